@@ -1,0 +1,53 @@
+"""The headless CMS: articles by slug, and the article list by page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apis.client import ApiClient, Payload, expect
+from apis.config import ApiSettings, UpstreamConfig
+from apis.paths import page_window, segment
+
+MAX_PAGE_SIZE = 100
+
+
+class CmsAPI(ApiClient):
+    """Articles of the CMS; `total` in each page tells how far to page."""
+
+    service = "cms"
+
+    @classmethod
+    def configure(cls, settings: ApiSettings) -> UpstreamConfig:
+        return settings.upstream(
+            cls.service, base_url=settings.cms_base_url, base_url_setting="CMS_BASE_URL"
+        )
+
+    def get(self, slug: str) -> Payload:
+        """One article by its slug (the seed's `CmsAPI.get`)."""
+        path = f"/article/{segment(slug, name='slug', service=self.service)}"
+        payload = self.fetch(path)
+        expect(isinstance(payload.data, dict), "article is not an object", self, path)
+        return payload
+
+    def get_articles(self, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+        """One page: `{"entities": [...], "total": N}`."""
+        page_window(limit, offset, max_limit=MAX_PAGE_SIZE, service=self.service)
+        data = self.fetch("/articles", params={"limit": limit, "offset": offset}).data
+        expect(
+            isinstance(data, dict)
+            and isinstance(data.get("entities"), list)
+            and isinstance(data.get("total"), int),
+            "article page lacks entities or total",
+            self,
+            "/articles",
+        )
+        return dict(data)
+
+    def get_all_articles(self, page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
+        """Every article, page after page, until `total` is reached or a page is empty."""
+        articles: list[dict[str, Any]] = []
+        while True:
+            page = self.get_articles(limit=page_size, offset=len(articles))
+            articles.extend(page["entities"])
+            if not page["entities"] or len(articles) >= page["total"]:
+                return articles

@@ -1,0 +1,154 @@
+"""Shared client configuration for every upstream, read from the environment once.
+
+Defaults are named here rather than scattered through calls. A missing optional value
+(the CMS address, the Semaphore token) does not stop the process from starting: only the
+calls that need it fail, with `NotConfigured`, before any request is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker)"
+SEMAPHORE_USER_AGENT = "SemaphoreCI v2.0 Client"
+
+DEFAULT_CONNECT_TIMEOUT = 3.05
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_POOL_SIZE = 16
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the client retries transient failures of idempotent requests."""
+
+    attempts: int = 4
+    max_seconds: float = 20.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 5.0
+    retry_after_cap: float = 10.0
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """Everything one client needs: where, how to authenticate, and its limits."""
+
+    service: str
+    base_url: str | None
+    user_agent: str = PROJECT_USER_AGENT
+    token: SecretStr | None = None
+    token_scheme: str = "Token"  # noqa: S105 (an auth scheme name, not a secret)
+    token_setting: str = ""
+    base_url_setting: str = ""
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    pool_size: int = DEFAULT_POOL_SIZE
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def total_timeout(self) -> float:
+        """The longest one attempt may take, body included (guards against slow drips)."""
+        return self.connect_timeout + 2 * self.read_timeout
+
+
+def _validate_base_url(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    return value.rstrip("/")
+
+
+class ApiSettings(BaseSettings):
+    """The API layer's settings; each field is read from the upper-case environment name."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    pokeapi_base_url: str | None = "https://pokeapi.co/api/v2"
+    cms_base_url: str | None = None
+    semaphore_base_url: str | None = None
+    semaphore_api_token: SecretStr | None = None
+
+    http_connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0, le=60)
+    http_read_timeout: float = Field(DEFAULT_READ_TIMEOUT, gt=0, le=300)
+    # The pool should hold one connection per concurrent job, so it follows the worker's
+    # concurrency unless set on its own.
+    http_pool_size: int = Field(
+        DEFAULT_POOL_SIZE,
+        ge=1,
+        le=1000,
+        validation_alias=AliasChoices("http_pool_size", "worker_concurrency"),
+    )
+    http_max_response_bytes: int = Field(DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+
+    http_retry_attempts: int = Field(RetryPolicy.attempts, ge=1, le=10)
+    http_retry_max_seconds: float = Field(RetryPolicy.max_seconds, gt=0, le=300)
+    http_retry_backoff_initial: float = Field(RetryPolicy.backoff_initial, ge=0)
+    http_retry_backoff_max: float = Field(RetryPolicy.backoff_max, ge=0)
+    http_retry_after_cap: float = Field(RetryPolicy.retry_after_cap, ge=0)
+
+    @field_validator("pokeapi_base_url", "cms_base_url", "semaphore_base_url", mode="before")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        return _validate_base_url(value)
+
+    @field_validator("semaphore_api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> ApiSettings:
+        if self.http_retry_backoff_max < self.http_retry_backoff_initial:
+            raise ValueError("HTTP_RETRY_BACKOFF_MAX must be >= HTTP_RETRY_BACKOFF_INITIAL")
+        return self
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            attempts=self.http_retry_attempts,
+            max_seconds=self.http_retry_max_seconds,
+            backoff_initial=self.http_retry_backoff_initial,
+            backoff_max=self.http_retry_backoff_max,
+            retry_after_cap=self.http_retry_after_cap,
+        )
+
+    def upstream(
+        self,
+        service: str,
+        *,
+        base_url: str | None,
+        base_url_setting: str,
+        user_agent: str = PROJECT_USER_AGENT,
+        token: SecretStr | None = None,
+        token_setting: str = "",
+    ) -> UpstreamConfig:
+        """The configuration of one upstream, with the shared limits filled in."""
+        return UpstreamConfig(
+            service=service,
+            base_url=base_url,
+            base_url_setting=base_url_setting,
+            user_agent=user_agent,
+            token=token,
+            token_setting=token_setting,
+            connect_timeout=self.http_connect_timeout,
+            read_timeout=self.http_read_timeout,
+            pool_size=self.http_pool_size,
+            max_response_bytes=self.http_max_response_bytes,
+            retry=self.retry_policy,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ApiSettings:
+    """The process-wide settings, validated on first use (the worker calls it at start)."""
+    return ApiSettings()

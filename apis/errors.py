@@ -1,0 +1,145 @@
+"""One error model for every upstream.
+
+Every failure of an upstream call is raised as one of these, mapped in one place
+(`apis.client`); nothing above `apis/` ever sees a `requests` exception or a raw response.
+
+    UpstreamError
+    ├── NotConfigured          the upstream or its credential is not configured; no request sent
+    ├── InvalidParameter       a path parameter is unsafe or malformed; no request sent
+    ├── TransportError         the request did not complete
+    │   ├── UpstreamConnectionError   refused, reset, DNS, truncated body
+    │   └── UpstreamTimeout           connect or read timeout, or the total deadline
+    ├── HTTPStatusError        the upstream answered with an error status
+    │   ├── ServerError               5xx
+    │   ├── RateLimited               429, with the parsed Retry-After
+    │   ├── AuthError                 401 / 403
+    │   ├── NotFound                  404
+    │   └── ClientError               any other 4xx
+    └── InvalidResponse        the answer cannot be used
+        ├── UnexpectedRedirect        a 3xx (redirects are never followed)
+        └── ResponseTooLarge          the body exceeds the configured cap
+
+Every argument is passed positionally to `Exception.__init__`, so each class survives a
+pickle round trip and Celery's JSON exception transport (both rebuild it from `args`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class UpstreamError(Exception):
+    """Base class: something went wrong talking to an upstream service."""
+
+    transient: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        service: str = "",
+        method: str = "",
+        path: str = "",
+        status: int | None = None,
+        body_excerpt: str = "",
+    ) -> None:
+        super().__init__(message, service, method, path, status, body_excerpt)
+        self.message = message
+        self.service = service
+        self.method = method
+        self.path = path
+        self.status = status
+        self.body_excerpt = body_excerpt
+
+    @property
+    def is_transient(self) -> bool:
+        """Whether trying the same request again later may succeed."""
+        return self.transient
+
+    def __str__(self) -> str:
+        where = " ".join(part for part in (self.service, self.method, self.path) if part)
+        status = f" -> {self.status}" if self.status is not None else ""
+        return f"{self.message} [{where}{status}]" if where or status else self.message
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message={self.message!r}, service={self.service!r}, "
+            f"method={self.method!r}, path={self.path!r}, status={self.status!r})"
+        )
+
+
+class NotConfigured(UpstreamError):
+    """The upstream (or a credential it needs) is not configured; no request was sent."""
+
+
+class InvalidParameter(UpstreamError, ValueError):
+    """A path or query parameter was rejected before any request was sent."""
+
+
+class TransportError(UpstreamError):
+    """The request did not complete: no usable HTTP answer arrived."""
+
+    transient = True
+
+
+class UpstreamConnectionError(TransportError):
+    """The connection failed: refused, reset, or closed before the whole body arrived."""
+
+
+class UpstreamTimeout(TransportError):
+    """The upstream took longer than the connect, read or total timeout."""
+
+
+class HTTPStatusError(UpstreamError):
+    """The upstream answered with an error status."""
+
+    @property
+    def is_transient(self) -> bool:
+        return self.status in TRANSIENT_STATUSES
+
+
+class ServerError(HTTPStatusError):
+    """A 5xx answer; only 502, 503 and 504 are worth retrying."""
+
+
+class RateLimited(HTTPStatusError):
+    """A 429 answer; `retry_after` holds the seconds the upstream asked us to wait."""
+
+    def __init__(
+        self,
+        message: str,
+        service: str = "",
+        method: str = "",
+        path: str = "",
+        status: int | None = 429,
+        body_excerpt: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, service, method, path, status, body_excerpt)
+        self.args = (*self.args, retry_after)
+        self.retry_after = retry_after
+
+
+class AuthError(HTTPStatusError):
+    """A 401 or 403 answer: the credential is missing, wrong or lacks permission."""
+
+
+class NotFound(HTTPStatusError):
+    """A 404 answer: the resource does not exist upstream."""
+
+
+class ClientError(HTTPStatusError):
+    """Any other 4xx answer: the request itself is wrong and will stay wrong."""
+
+
+class InvalidResponse(UpstreamError):
+    """The answer arrived but is unusable: not JSON, the wrong content type or shape."""
+
+
+class UnexpectedRedirect(InvalidResponse):
+    """A 3xx answer: redirects are never followed, so a moved upstream is a config error."""
+
+
+class ResponseTooLarge(InvalidResponse):
+    """The body is larger than the configured cap; reading stopped there."""

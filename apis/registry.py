@@ -1,0 +1,36 @@
+"""One client instance per upstream per process, built from the settings on first use."""
+
+from __future__ import annotations
+
+import threading
+from typing import TypeVar
+
+from apis.client import ApiClient
+from apis.config import get_settings
+
+C = TypeVar("C", bound=ApiClient)
+
+_lock = threading.Lock()
+_clients: dict[type[ApiClient], ApiClient] = {}
+
+
+def get_client(cls: type[C]) -> C:
+    """The shared client of upstream `cls`; its session is per process (see ApiClient)."""
+    client = _clients.get(cls)
+    if client is None:
+        with _lock:
+            client = _clients.get(cls)
+            if client is None:
+                client = cls(cls.configure(get_settings()))
+                _clients[cls] = client
+    assert isinstance(client, cls)
+    return client
+
+
+def reset_clients() -> None:
+    """Forget every client and the cached settings (tests change the environment)."""
+    with _lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()
+        get_settings.cache_clear()

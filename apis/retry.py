@@ -1,0 +1,102 @@
+"""The one retry policy for upstream calls, built on tenacity.
+
+Only transient failures are retried (connection errors, timeouts, 502/503/504, 429), and
+only for idempotent requests; the caller decides idempotency, this module decides the
+rest. Backoff is exponential with full jitter, bounded both in attempts and in total
+seconds, and a 429's `Retry-After` is honoured up to a cap: beyond the cap the error is
+raised at once so that the task layer can defer the whole job instead of holding a
+worker slot.
+
+Layers multiply: this budget (attempts per call) times Celery's task retries is the most
+upstream calls one job can make; `docs/reliability.md` writes that product down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from apis import metrics
+from apis.config import RetryPolicy
+from apis.errors import RateLimited, UpstreamError
+
+log = logging.getLogger("apis.retry")
+
+Sleep = Callable[[float], None]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same request may succeed if sent again."""
+    return isinstance(exc, UpstreamError) and exc.is_transient
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    return exc.retry_after if isinstance(exc, RateLimited) else None
+
+
+class _WaitJitterOrRetryAfter:
+    """Full-jitter exponential backoff, unless the upstream said how long to wait."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._jitter = wait_random_exponential(
+            multiplier=policy.backoff_initial, max=policy.backoff_max
+        )
+
+    def __call__(self, state: RetryCallState) -> float:
+        asked = _retry_after(state.outcome.exception() if state.outcome else None)
+        if asked is not None:
+            return asked
+        return float(self._jitter(state))
+
+
+class _StopWhenRetryAfterTooLong(stop_base):
+    """Give up when the upstream asks for a pause longer than we hold a worker slot."""
+
+    def __init__(self, cap: float) -> None:
+        self._cap = cap
+
+    def __call__(self, state: RetryCallState) -> bool:
+        asked = _retry_after(state.outcome.exception() if state.outcome else None)
+        return asked is not None and asked > self._cap
+
+
+def _log_retry(service: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        metrics.UPSTREAM_RETRIES.labels(service=service).inc()
+        log.warning(
+            "retrying upstream call service=%s attempt=%d wait=%.2fs error=%s",
+            service,
+            state.attempt_number,
+            state.upcoming_sleep,
+            type(exc).__name__ if exc else "unknown",
+        )
+
+    return before_sleep
+
+
+def build_retrying(policy: RetryPolicy, *, service: str, sleep: Sleep = time.sleep) -> Retrying:
+    """A tenacity controller for one upstream call under `policy`."""
+    return Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=(
+            stop_after_attempt(policy.attempts)
+            | stop_before_delay(policy.max_seconds)
+            | _StopWhenRetryAfterTooLong(policy.retry_after_cap)
+        ),
+        wait=_WaitJitterOrRetryAfter(policy),
+        before_sleep=_log_retry(service),
+        sleep=sleep,
+        reraise=True,
+    )

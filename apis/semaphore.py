@@ -1,0 +1,67 @@
+"""Semaphore CI, API v1alpha: https://docs.semaphoreci.com/reference/api-v1alpha
+
+Token auth (`Authorization: Token <token>`) and the user agent its docs ask for. Lists
+are paged by the `link` response header (`rel="next"`), followed here to the last page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apis import errors
+from apis.client import ApiClient, Payload, expect
+from apis.config import SEMAPHORE_USER_AGENT, ApiSettings, UpstreamConfig
+from apis.paths import segment
+
+MAX_PAGES = 1000  # a loop guard: a server whose `next` never ends must not hold a job forever
+
+
+class SemaphoreAPI(ApiClient):
+    """Projects and pipelines of one Semaphore organisation."""
+
+    service = "semaphore"
+    requires_token = True
+
+    @classmethod
+    def configure(cls, settings: ApiSettings) -> UpstreamConfig:
+        return settings.upstream(
+            cls.service,
+            base_url=settings.semaphore_base_url,
+            base_url_setting="SEMAPHORE_BASE_URL",
+            user_agent=SEMAPHORE_USER_AGENT,
+            token=settings.semaphore_api_token,
+            token_setting="SEMAPHORE_API_TOKEN",  # noqa: S106 (a setting name)
+        )
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        """Every project of the organisation."""
+        return self._all_pages("/projects", {})
+
+    def list_pipelines(self, project_id: str) -> list[dict[str, Any]]:
+        """Every pipeline of a project, across all pages of the `link` header."""
+        project = segment(project_id, name="project_id", service=self.service)
+        return self._all_pages("/pipelines", {"project_id": project})
+
+    def get_pipeline(self, pipeline_id: str) -> Payload:
+        """One pipeline: `{"pipeline": {...}, "blocks": [...]}`."""
+        path = f"/pipelines/{segment(pipeline_id, name='pipeline_id', service=self.service)}"
+        payload = self.fetch(path)
+        expect(
+            isinstance(payload.data, dict) and isinstance(payload.data.get("pipeline"), dict),
+            "pipeline answer lacks a pipeline object",
+            self,
+            path,
+        )
+        return payload
+
+    def _all_pages(self, path: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        payload = self.fetch(path, params=params)
+        for _ in range(MAX_PAGES):
+            expect(isinstance(payload.data, list), "list answer is not an array", self, path)
+            items.extend(payload.data)
+            next_url = payload.links.get("next")
+            if not next_url:
+                return items
+            payload = self.fetch(next_url)
+        raise errors.InvalidResponse(f"more than {MAX_PAGES} pages", self.service, "GET", path)

@@ -1,0 +1,60 @@
+"""Run the sandbox upstream as a process: `python -m sandbox --port 8900`.
+
+Useful when the client lives in another process (a worker under test, a benchmark); it
+serves until SIGINT or SIGTERM and then exits cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from sandbox.server import DEFAULT_SEMAPHORE_TOKEN, SandboxServer
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox",
+        description="Serve fake PokeAPI, CMS and Semaphore APIs with fault injection.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="port to bind (default: any free port)")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds added to every API response"
+    )
+    parser.add_argument(
+        "--token", default=DEFAULT_SEMAPHORE_TOKEN, help="Semaphore API token to accept"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.latency < 0:
+        raise SystemExit("--latency must not be negative")
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    server = SandboxServer(
+        args.host, args.port, semaphore_token=args.token, latency=args.latency, seed=args.seed
+    ).start()
+    try:
+        print(f"sandbox upstream listening on {server.base_url}", flush=True)
+        stop.wait()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

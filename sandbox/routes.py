@@ -1,0 +1,95 @@
+"""Maps request paths to named routes of the three impersonated APIs.
+
+Route names are the handles tests use to inject faults and read request counts, so they
+are part of the public surface and listed in `ROUTES`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from sandbox.cms import Cms
+from sandbox.messages import Request, Response, json_response, text_response
+from sandbox.pokeapi import PokeApi
+from sandbox.semaphore import Semaphore
+
+ROUTES = (
+    "pokemon",
+    "pokemon_list",
+    "article",
+    "articles",
+    "projects",
+    "pipelines",
+    "pipeline",
+)
+# Requests to no known route are counted under this name; it takes no faults.
+UNKNOWN_ROUTE = "unknown"
+
+_PATTERNS = (
+    ("pokemon_list", re.compile(r"/api/v2/pokemon/?")),
+    ("pokemon", re.compile(r"/api/v2/pokemon/(?P<key>[^/]+)/?")),
+    ("articles", re.compile(r"/api/v1/articles/?")),
+    ("article", re.compile(r"/api/v1/article/(?P<key>[^/]+)/?")),
+    ("projects", re.compile(r"/api/v1alpha/projects/?")),
+    ("pipelines", re.compile(r"/api/v1alpha/pipelines/?")),
+    ("pipeline", re.compile(r"/api/v1alpha/pipelines/(?P<key>[^/]+)/?")),
+)
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """A matched route: its name and how to answer it normally (no fault)."""
+
+    name: str
+    respond: Callable[[Request], Response]
+
+
+class Upstreams:
+    """The three fake APIs bound to one server address and Semaphore token."""
+
+    def __init__(self, base_url: str, semaphore_token: str) -> None:
+        self.pokeapi = PokeApi(base_url)
+        self.cms = Cms()
+        self.semaphore = Semaphore(base_url, semaphore_token)
+
+    def resolve(self, path: str) -> Route | None:
+        for name, pattern in _PATTERNS:
+            match = pattern.fullmatch(path)
+            if match is not None:
+                key = unquote(match.group("key")) if "key" in pattern.groupindex else ""
+                return Route(name, self._responder(name, key))
+        return None
+
+    def _responder(self, name: str, key: str) -> Callable[[Request], Response]:
+        def respond(request: Request) -> Response:
+            if request.method not in _READ_METHODS:
+                return Response(405, b"", None, (("Allow", "GET, HEAD"),))
+            return self._answer(name, key, request)
+
+        return respond
+
+    def _answer(self, name: str, key: str, request: Request) -> Response:
+        if name == "pokemon":
+            return self.pokeapi.pokemon(request, key)
+        if name == "pokemon_list":
+            return self.pokeapi.pokemon_list(request)
+        if name == "article":
+            return self.cms.article(request, key)
+        if name == "articles":
+            return self.cms.article_list(request)
+        if not self.semaphore.authorized(request):
+            return json_response(401, {"message": "Unauthorized"})
+        if name == "projects":
+            return self.semaphore.project_list(request)
+        if name == "pipelines":
+            return self.semaphore.pipeline_list(request)
+        return self.semaphore.pipeline(request, key)
+
+
+def not_found() -> Response:
+    """What any path outside the known routes gets, like the live APIs' plain 404."""
+    return text_response(404, "Not Found")

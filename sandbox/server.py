@@ -1,0 +1,378 @@
+"""The sandbox upstream: one local HTTP server impersonating PokeAPI, a CMS and Semaphore.
+
+It is a real server on a real socket, so clients under test exercise their actual
+connection pooling, timeouts and error handling. Each connection gets its own daemon
+thread: a hanging or dripping response never delays the others, and a stuck client can
+never keep the process alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from sandbox import admin
+from sandbox.faults import UNSET, Fault, FaultBook, Unset
+from sandbox.messages import JSON_TYPE, Request, Response, text_response
+from sandbox.request_log import RequestLog
+from sandbox.routes import ROUTES, UNKNOWN_ROUTE, Route, Upstreams, not_found
+
+DEFAULT_SEMAPHORE_TOKEN = "sandbox-token"  # noqa: S105 - a fixed fake for local tests
+_STATUS_PHRASES = {
+    int(status): phrase for status, (phrase, _) in BaseHTTPRequestHandler.responses.items()
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Parses a request, records it, applies any fault, and writes the response."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as every real client expects
+    server_version = "sandbox-upstream"
+    sys_version = ""
+    disable_nagle_algorithm = True  # small header writes must not wait for ACKs
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: a line per request on stderr would dominate benchmark time."""
+
+    def do_GET(self) -> None:
+        arrived = time.monotonic()
+        try:
+            request = self._read_request()
+        except ValueError as error:
+            self.close_connection = True
+            self._send(text_response(400, f"Bad Request: {error}"), head_only=False)
+            return
+        try:
+            self._serve(request, arrived)
+        except (ConnectionError, TimeoutError):
+            # The client went away (often on purpose, after a fault); drop the connection.
+            self.close_connection = True
+
+    # Every method goes through one path: routes answer 405 themselves, admin takes writes.
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET  # noqa: N815
+
+    def _read_request(self) -> Request:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            raise ValueError("chunked request bodies are not supported")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        return Request(
+            method=self.command,
+            path=parts.path or "/",
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=body,
+        )
+
+    def _serve(self, request: Request, arrived: float) -> None:
+        server = self.server
+        head_only = request.method == "HEAD"
+        if admin.is_admin_path(request.path):
+            self._send(admin.handle(server.sandbox, request), head_only=head_only)
+            return
+        route = server.upstreams.resolve(request.path)
+        server.log.record(route.name if route else UNKNOWN_ROUTE, arrived)
+        if route is None:
+            self._send(not_found(), head_only=head_only)
+            return
+        latency = server.sandbox.latency
+        if latency > 0:
+            server.stopping.wait(latency)
+        fault = server.faults.take(route.name)
+        if fault is None:
+            self._send(route.respond(request), head_only=head_only)
+        else:
+            self._misbehave(fault, route, request, head_only=head_only)
+
+    def _misbehave(self, fault: Fault, route: Route, request: Request, *, head_only: bool) -> None:
+        canned = fault.canned_response()
+        if canned is not None:
+            self._send(canned, head_only=head_only)
+            return
+        stopping = self.server.stopping
+        if fault.kind == "latency":
+            stopping.wait(fault.seconds)
+            self._send(route.respond(request), head_only=head_only)
+        elif fault.kind == "hang":
+            self.close_connection = True
+            stopping.wait(fault.seconds)
+        elif fault.kind == "reset":
+            self._reset()
+        elif fault.kind == "truncated":
+            self.close_connection = True
+            response = route.respond(request)
+            half = response.body[: len(response.body) // 2]
+            self.wfile.write(self._head(response, len(response.body)) + half)
+        elif fault.kind == "huge":
+            self.wfile.write(self._head(Response(200, b"", JSON_TYPE), fault.size))
+            if not head_only:
+                for chunk in fault.huge_body():
+                    self.wfile.write(chunk)
+        elif fault.kind == "slow_drip":
+            self.close_connection = True
+            response = route.respond(request)
+            self.wfile.write(self._head(response, len(response.body)))
+            for index in range(len(response.body)):
+                if stopping.wait(fault.interval):
+                    return
+                self.wfile.write(response.body[index : index + 1])
+        else:  # pragma: no cover - Fault.build rejects unknown kinds
+            raise AssertionError(f"unhandled fault kind {fault.kind}")
+
+    def _reset(self) -> None:
+        """Abort with a TCP RST: zero linger makes close() discard the connection."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # The real close happens when the handler drops its file objects, before the
+        # server would send a FIN; the server's later shutdown() then fails harmlessly.
+        self.connection.close()
+
+    def _send(self, response: Response, *, head_only: bool) -> None:
+        head = self._head(response, len(response.body))
+        self.wfile.write(head if head_only or not response.body else head + response.body)
+
+    def _head(self, response: Response, content_length: int) -> bytes:
+        status = response.status
+        lines = [
+            f"HTTP/1.1 {status} {_STATUS_PHRASES.get(status, '')}",
+            f"Server: {self.server_version}",
+            f"Date: {formatdate(usegmt=True)}",
+        ]
+        if response.content_type is not None:
+            lines.append(f"Content-Type: {response.content_type}")
+        if status != 304:
+            lines.append(f"Content-Length: {content_length}")
+        lines.extend(f"{name}: {value}" for name, value in response.headers)
+        if self.close_connection:
+            lines.append("Connection: close")
+        elif self.request_version == "HTTP/1.0":
+            lines.append("Connection: keep-alive")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """A threading server that can be stopped while connections are still open."""
+
+    daemon_threads = True
+    block_on_close = False  # stop() must not wait for hung or idle keep-alive connections
+    request_queue_size = 128  # benchmarks open many connections at once
+    upstreams: Upstreams
+
+    def __init__(self, address: tuple[str, int], sandbox: SandboxServer) -> None:
+        self.sandbox = sandbox
+        self.faults = sandbox._faults
+        self.log = sandbox._log
+        self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can stall on DNS.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def process_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        if isinstance(request, socket.socket):
+            with self._connections_lock:
+                self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket | tuple[bytes, socket.socket]) -> None:
+        if isinstance(request, socket.socket):
+            with self._connections_lock:
+                self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Wake every handler still reading from a client so its thread can end."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        # Clients dropping connections is routine here (timeouts, injected faults).
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        if self.stopping.is_set():
+            return
+        super().handle_error(request, client_address)
+
+
+def _url_host(host: str) -> str:
+    """The host to put in absolute URLs: a wildcard bind is reached over loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    return host
+
+
+class SandboxServer:
+    """A local stand-in for the three upstream APIs, with fault injection.
+
+    Start it, point the clients at `pokeapi_url`, `cms_url` and `semaphore_url`, and use
+    `inject()` to make a route misbehave. Every request is counted (faulted ones too),
+    so tests can check how many attempts a client made.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        semaphore_token: str = DEFAULT_SEMAPHORE_TOKEN,
+        latency: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.latency = latency
+        self._semaphore_token = semaphore_token
+        self._faults = FaultBook(seed)
+        self._log = RequestLog()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._base_url: str | None = None
+        self._lifecycle = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> SandboxServer:
+        """Bind and serve from a daemon thread; the port is known when this returns."""
+        with self._lifecycle:
+            if self._httpd is not None:
+                raise RuntimeError("the sandbox server is already running")
+            httpd = _HTTPServer((self.host, self.port), self)
+            self.port = int(httpd.server_address[1])
+            self._base_url = f"http://{_url_host(self.host)}:{self.port}"
+            httpd.upstreams = Upstreams(self._base_url, self._semaphore_token)
+            thread = threading.Thread(
+                target=httpd.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name=f"sandbox-upstream-{self.port}",
+                daemon=True,
+            )
+            thread.start()
+            self._httpd, self._thread = httpd, thread
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open connections; hung faults end at once."""
+        with self._lifecycle:
+            httpd, thread = self._httpd, self._thread
+            self._httpd = self._thread = None
+        if httpd is None or thread is None:
+            return
+        httpd.stopping.set()
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses ---------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("the sandbox server has not been started")
+        return self._base_url
+
+    @property
+    def pokeapi_url(self) -> str:
+        return self.base_url + "/api/v2"
+
+    @property
+    def cms_url(self) -> str:
+        return self.base_url + "/api/v1"
+
+    @property
+    def semaphore_url(self) -> str:
+        return self.base_url + "/api/v1alpha"
+
+    @property
+    def semaphore_token(self) -> str:
+        return self._semaphore_token
+
+    @semaphore_token.setter
+    def semaphore_token(self, token: str) -> None:
+        self._semaphore_token = token
+        if self._httpd is not None:
+            self._httpd.upstreams.semaphore.token = token
+
+    # -- faults and the request log -------------------------------------------------
+
+    def inject(
+        self,
+        route: str,
+        kind: str,
+        *,
+        times: int | Unset | None = UNSET,
+        probability: float | None = None,
+        **params: Any,
+    ) -> None:
+        """Make `route` misbehave as `kind` for its next `times` requests.
+
+        `times` defaults to 1; None means until cleared. With `probability`, each request
+        is faulted at random with that chance, and `times` (default: no limit) caps how
+        many are. Faults queued on one route are consumed in order. Raises ValueError for
+        an unknown route, kind or parameter.
+        """
+        if route not in ROUTES:
+            raise ValueError(f"unknown route {route!r}; expected one of {', '.join(ROUTES)}")
+        self._faults.add(route, Fault.build(kind, params), times=times, probability=probability)
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def pending_faults(self) -> dict[str, list[str]]:
+        """Fault kinds still queued, per route."""
+        return self._faults.pending()
+
+    def reset(self) -> None:
+        """Clear faults and the request log (latency is left as it is)."""
+        self._faults.clear()
+        self._log.clear()
+
+    def calls(self, route: str | None = None) -> int:
+        """Requests received for `route` (all routes when None), faulted ones included."""
+        return self._log.calls(route)
+
+    def call_times(self, route: str) -> list[float]:
+        """`time.monotonic()` at the arrival of each request to `route`."""
+        return self._log.call_times(route)
+
+    def call_counts(self) -> dict[str, int]:
+        """Requests per route, for the routes that received any."""
+        return self._log.counts()

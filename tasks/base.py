@@ -1,0 +1,109 @@
+"""The base of every task: Celery-level retry for transient failures, failure records.
+
+Two layers, two budgets. The client retries a transient failure a few times within
+seconds (apis.retry); a failure that survives that is retried here by Celery with
+exponential backoff and full jitter, up to TASK_MAX_RETRIES, and only for idempotent
+tasks. Anything permanent fails at once and leaves a record in the failure stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from celery import Task
+from prometheus_client import Counter
+
+from apis.errors import RateLimited, UpstreamError
+from apis.redact import redact
+from tasks.runtime import get_runtime
+from worker.settings import get_worker_settings
+
+log = logging.getLogger("tasks")
+
+TASK_RETRIES = Counter("apiworker_task_retries", "Celery-level retries of jobs, by task.", ["task"])
+FAILURES_RECORDED = Counter(
+    "apiworker_failures_recorded",
+    "Permanent job failures written to the failure stream.",
+    ["task", "error"],
+)
+
+
+def retry_countdown(retries: int, exc: BaseException, *, base: float, cap: float) -> float:
+    """Full jitter over an exponential window; never sooner than a 429's Retry-After."""
+    window = min(cap, base * (2**retries))
+    countdown = random.uniform(0, window)  # noqa: S311 (jitter, not cryptography)
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        countdown = max(countdown, min(exc.retry_after, cap))
+    return countdown
+
+
+class UpstreamTask(Task):  # type: ignore[misc]
+    """An idempotent fetch-and-store job."""
+
+    #: Whether running the job twice is harmless; only such jobs are retried by Celery.
+    idempotent = True
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = get_worker_settings().task_max_retries
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.request.started_at = time.monotonic()
+        try:
+            return super().__call__(*args, **kwargs)
+        except UpstreamError as exc:
+            if not (self.idempotent and exc.is_transient):
+                raise
+            settings = get_worker_settings()
+            countdown = retry_countdown(
+                self.request.retries,
+                exc,
+                base=settings.task_retry_backoff,
+                cap=settings.task_retry_backoff_max,
+            )
+            raise self.retry(exc=exc, countdown=countdown) from exc
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        TASK_RETRIES.labels(self.name).inc()
+        log.warning(
+            "job retry task=%s id=%s attempt=%d error=%s",
+            self.name,
+            task_id,
+            self.request.retries + 1,
+            type(exc).__name__,
+        )
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Leave a record of every permanent failure: no job vanishes silently."""
+        record = failure_record(self.name, task_id, args, kwargs, exc, self.request.retries + 1)
+        try:
+            get_runtime().store.record_failure(record)
+        except Exception:
+            log.exception("could not record the failure of task=%s id=%s", self.name, task_id)
+            return
+        FAILURES_RECORDED.labels(self.name, type(exc).__name__).inc()
+
+
+def failure_record(
+    task: str, task_id: str, args: Any, kwargs: Any, exc: BaseException, attempts: int
+) -> dict[str, str]:
+    """The failure stream's fields; every text is redacted, arguments kept for replay."""
+    return {
+        "task": task,
+        "task_id": task_id or "",
+        "args": redact(orjson.dumps(list(args or []), default=str).decode()),
+        "kwargs": redact(orjson.dumps(dict(kwargs or {}), default=str).decode()),
+        "error": type(exc).__name__,
+        "message": redact(str(exc))[:500],
+        "status": str(getattr(exc, "status", "") or ""),
+        "attempts": str(attempts),
+        "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }

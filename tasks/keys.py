@@ -1,0 +1,39 @@
+"""The Redis key names of the results contract, in one place (documented in README)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under an optional prefix that namespaces them in a shared Redis."""
+
+    prefix: str = ""
+
+    def result(self, kind: str, ident: str) -> str:
+        """The value: exactly the transformed JSON, e.g. `pokemon:charizard`."""
+        return f"{self.prefix}{kind}:{ident}"
+
+    def meta(self, kind: str, ident: str) -> str:
+        """A hash beside the value: fetched_at, task_id, etag, last_modified."""
+        return f"{self.prefix}meta:{kind}:{ident}"
+
+    def lock(self, kind: str, ident: str) -> str:
+        """The single-flight lock of one result."""
+        return f"{self.prefix}lock:{kind}:{ident}"
+
+    @property
+    def pokemon_ids(self) -> str:
+        """A hash from Pokémon id to canonical name, so an id job can find its result."""
+        return f"{self.prefix}index:pokemon-ids"
+
+    @property
+    def events(self) -> str:
+        """The stream every result write appends to."""
+        return f"{self.prefix}events:results"
+
+    @property
+    def failures(self) -> str:
+        """The stream of permanent job failures."""
+        return f"{self.prefix}events:failures"

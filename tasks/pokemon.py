@@ -1,0 +1,78 @@
+"""PokeAPI jobs. Task names are a public contract: other services send them by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apis import PokeAPI, get_client
+from tasks import validation
+from tasks.base import UpstreamTask
+from tasks.runtime import Runtime, get_runtime
+from tasks.single_flight import fetch_once
+from tasks.store import Fetched, now
+from tasks.transforms import PokemonSummary, pokemon_summary
+from worker.app import app
+
+KIND = "pokemon"
+
+
+def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI) -> PokemonSummary:
+    """Fetch one Pokémon (unless a fresh result exists), transform it, store it.
+
+    `ref` is a validated lower-case name or a numeric id; an id is stored under the
+    canonical name the upstream returns, and remembered so the next id job finds it.
+    """
+    store = runtime.store
+    name = store.pokemon_name_for_id(ref) if ref.isdigit() else ref
+
+    def fetch() -> Fetched:
+        payload = client.get_pokemon(ref if name is None else name)
+        summary = pokemon_summary(payload.data)
+        return Fetched(
+            kind=KIND,
+            ident=summary["name"],
+            value=summary,
+            fetched_at=now(),
+            etag=payload.etag,
+            last_modified=payload.last_modified,
+        )
+
+    def write(result: Fetched) -> None:
+        store.write(result, task_id, alias=str(result.value["id"]))
+
+    if name is None:
+        result = fetch()
+        write(result)
+        summary: PokemonSummary = result.value
+        return summary
+    value: PokemonSummary = fetch_once(
+        store,
+        KIND,
+        name,
+        fetch,
+        write,
+        max_age=runtime.settings.freshness_max_age,
+        lock_seconds=runtime.settings.single_flight_lock_seconds,
+    )
+    return value
+
+
+@app.task(name="tasks.pokemon.fetch_pokemon", base=UpstreamTask, bind=True)
+def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
+    """Store `pokemon:{name}` = {id, name, image, height, weight}; returns the same."""
+    ref = validation.pokemon_ref(name_or_id)
+    return fetch_and_store(ref, self.request.id, runtime=get_runtime(), client=get_client(PokeAPI))
+
+
+@app.task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True)
+def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
+    """Fan out one `fetch_pokemon` job per configured name (or every name of the index)."""
+    settings = get_runtime().settings
+    if settings.whole_catalog:
+        names = [entry["name"] for entry in get_client(PokeAPI).iter_all_pokemon(page_size=500)]
+    else:
+        names = [validation.pokemon_ref(name) for name in settings.pokemon_catalog]
+    with app.producer_or_acquire() as producer:
+        for name in names:
+            fetch_pokemon.apply_async((name,), producer=producer)
+    return {"enqueued": len(names)}

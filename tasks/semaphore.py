@@ -1,0 +1,56 @@
+"""Semaphore CI jobs. Results at `semaphore-pipelines:{project_id}` and `semaphore-projects:all`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apis import SemaphoreAPI, get_client
+from tasks import validation
+from tasks.base import UpstreamTask
+from tasks.runtime import Runtime, get_runtime
+from tasks.store import Fetched, now
+from tasks.transforms import PipelineSummary, pipeline_summary
+from worker.app import app
+
+PIPELINES = "semaphore-pipelines"
+PROJECTS = "semaphore-projects"
+
+
+def sync_project_pipelines(
+    project_id: str, task_id: str, *, runtime: Runtime, client: SemaphoreAPI
+) -> list[PipelineSummary]:
+    pipelines = [pipeline_summary(item) for item in client.list_pipelines(project_id)]
+    runtime.store.write(Fetched(PIPELINES, project_id, pipelines, now()), task_id)
+    return pipelines
+
+
+def sync_projects(task_id: str, *, runtime: Runtime, client: SemaphoreAPI) -> list[dict[str, str]]:
+    projects = []
+    for project in client.list_projects():
+        metadata = project.get("metadata") if isinstance(project, dict) else None
+        if not isinstance(metadata, dict):
+            continue
+        projects.append({"id": str(metadata.get("id", "")), "name": str(metadata.get("name", ""))})
+    runtime.store.write(Fetched(PROJECTS, "all", projects, now()), task_id)
+    return projects
+
+
+@app.task(name="tasks.semaphore.sync_pipelines", base=UpstreamTask, bind=True)
+def sync_pipelines(self: UpstreamTask, project_id: str) -> list[PipelineSummary]:
+    """Store every pipeline of one project, newest first as the upstream lists them."""
+    checked = validation.project_id(project_id)
+    return sync_project_pipelines(
+        checked, self.request.id, runtime=get_runtime(), client=get_client(SemaphoreAPI)
+    )
+
+
+@app.task(name="tasks.semaphore.sync_all_projects", base=UpstreamTask, bind=True)
+def sync_all_projects(self: UpstreamTask) -> dict[str, Any]:
+    """Store the project list and fan out one `sync_pipelines` job per project."""
+    projects = sync_projects(
+        self.request.id, runtime=get_runtime(), client=get_client(SemaphoreAPI)
+    )
+    for project in projects:
+        if project["id"]:
+            sync_pipelines.apply_async((project["id"],))
+    return {"projects": len(projects)}

@@ -1,0 +1,135 @@
+"""Atomic writes of results, their metadata and their change event; fresh reads.
+
+One Lua script writes the value, replaces the metadata hash and appends the stream event
+together, so a reader never sees a value without its metadata, and it refuses a result
+fetched earlier than the one already stored, so a late, older job cannot overwrite a
+newer result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from tasks.keys import Keys
+
+# KEYS: value, meta, events stream, [alias hash]
+# ARGV: value, fetched_at_ms, stream maxlen, kind, ident, task_id, alias field, meta pairs...
+_WRITE = """
+local stored = redis.call('HGET', KEYS[2], 'fetched_at_ms')
+if stored and tonumber(stored) > tonumber(ARGV[2]) then
+    return 0
+end
+local changed = redis.call('GET', KEYS[1]) ~= ARGV[1] and '1' or '0'
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'fetched_at_ms', ARGV[2], unpack(ARGV, 8))
+if KEYS[4] then
+    redis.call('HSET', KEYS[4], ARGV[7], ARGV[5])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
+    'key', KEYS[1], 'kind', ARGV[4], 'id', ARGV[5], 'task_id', ARGV[6],
+    'fetched_at_ms', ARGV[2], 'changed', changed)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A transformed result with what the metadata hash records about it."""
+
+    kind: str
+    ident: str
+    value: Any
+    fetched_at: float
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class ResultStore:
+    """Reads and writes results in the documented keys of one Redis."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, events_maxlen: int, failures_maxlen: int
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.events_maxlen = events_maxlen
+        self.failures_maxlen = failures_maxlen
+        self._write = client.register_script(_WRITE)
+
+    def write(self, result: Fetched, task_id: str, *, alias: str | None = None) -> bool:
+        """Store one result atomically; False when a newer one was already there."""
+        return bool(self._write(**self._write_args(result, task_id, alias)))
+
+    def write_many(self, results: list[Fetched], task_id: str) -> int:
+        """Store several results in one round trip; each write stays atomic."""
+        pipe = self.redis.pipeline(transaction=False)
+        for result in results:
+            self._write(client=pipe, **self._write_args(result, task_id, None))
+        return sum(1 for written in pipe.execute() if written)
+
+    def _write_args(self, result: Fetched, task_id: str, alias: str | None) -> dict[str, Any]:
+        keys = [
+            self.keys.result(result.kind, result.ident),
+            self.keys.meta(result.kind, result.ident),
+            self.keys.events,
+        ]
+        if alias is not None:
+            keys.append(self.keys.pokemon_ids)
+        meta: list[str] = ["task_id", task_id]
+        if result.etag:
+            meta += ["etag", result.etag]
+        if result.last_modified:
+            meta += ["last_modified", result.last_modified]
+        args = [
+            orjson.dumps(result.value),
+            int(result.fetched_at * 1000),
+            self.events_maxlen,
+            result.kind,
+            result.ident,
+            task_id,
+            alias or "",
+            *meta,
+        ]
+        return {"keys": keys, "args": args}
+
+    def read(self, kind: str, ident: str) -> tuple[Any, float] | None:
+        """The stored value and its fetch time (epoch seconds), or None."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.result(kind, ident))
+        pipe.hget(self.keys.meta(kind, ident), "fetched_at_ms")
+        raw, fetched_ms = pipe.execute()
+        if raw is None or fetched_ms is None:
+            return None
+        return orjson.loads(raw), int(fetched_ms) / 1000
+
+    def read_fresh(self, kind: str, ident: str, *, newer_than: float) -> Any | None:
+        """The stored value when it was fetched after `newer_than`, else None."""
+        found = self.read(kind, ident)
+        if found is None or found[1] < newer_than:
+            return None
+        return found[0]
+
+    def pokemon_name_for_id(self, pokemon_id: str) -> str | None:
+        name = self.redis.hget(self.keys.pokemon_ids, pokemon_id)
+        return name.decode() if isinstance(name, bytes) else name
+
+    def record_failure(self, record: Mapping[str, str]) -> str:
+        """Append a permanent failure to the failure stream; returns the entry id."""
+        entry = self.redis.xadd(
+            self.keys.failures,
+            dict(record),  # type: ignore[arg-type]
+            maxlen=self.failures_maxlen,
+            approximate=True,
+        )
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+
+def now() -> float:
+    return time.time()

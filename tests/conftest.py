@@ -1,0 +1,73 @@
+"""Suite-wide fixtures: a private Redis, the sandbox upstream, and a clean environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from apis import reset_clients
+from tests.support.redis_server import RedisServer
+
+pytest_plugins = ["sandbox.pytest_plugin"]
+
+SHARED_REDIS_PORT = 6379
+
+# Settings the project reads from the environment; a developer's shell must not leak
+# into the suite, and one test's settings must not leak into the next.
+PROJECT_SETTINGS = (
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "RESULT_KEY_PREFIX",
+    "POKEAPI_BASE_URL",
+    "CMS_BASE_URL",
+    "SEMAPHORE_BASE_URL",
+    "SEMAPHORE_API_TOKEN",
+    "WORKER_CONCURRENCY",
+    "HTTP_POOL_SIZE",
+)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A Redis owned by this test run: TEST_REDIS_URL, or a private redis-server."""
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        if urlsplit(given).port in (None, SHARED_REDIS_PORT):
+            raise RuntimeError("TEST_REDIS_URL must not be the shared Redis on port 6379")
+        yield given
+        return
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """The private Redis, emptied before the test."""
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    client.close()
+    return redis_server_url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in PROJECT_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    reset_clients()
+    yield
+    reset_clients()

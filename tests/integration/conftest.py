@@ -1,0 +1,75 @@
+"""Integration fixtures: a real worker subprocess on the private Redis and the sandbox.
+
+Redis databases split the roles so a test can empty the results without pulling the
+broker's queue bindings from under a running worker: db 0 holds the results contract
+(REDIS_URL), db 1 the broker, db 2 the result backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from tests.support.celery_worker import WorkerProcess, producer_app
+
+
+def with_db(url: str, db: int) -> str:
+    return url.rsplit("/", 1)[0] + f"/{db}"
+
+
+TEST_TOKEN = "integration-token-7f3a9c"
+
+
+def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[str, str]:
+    env = {
+        "REDIS_URL": with_db(redis_url, 0),
+        "CELERY_BROKER_URL": with_db(redis_url, 1),
+        "CELERY_RESULT_BACKEND": with_db(redis_url, 2),
+        "POKEAPI_BASE_URL": sandbox.pokeapi_url,
+        "CMS_BASE_URL": sandbox.cms_url,
+        "SEMAPHORE_BASE_URL": sandbox.semaphore_url,
+        "SEMAPHORE_API_TOKEN": sandbox.semaphore_token,
+        "HTTP_CONNECT_TIMEOUT": "1",
+        "HTTP_READ_TIMEOUT": "2",
+        "HTTP_RETRY_ATTEMPTS": "3",
+        "HTTP_RETRY_BACKOFF_INITIAL": "0.01",
+        "HTTP_RETRY_BACKOFF_MAX": "0.05",
+        "TASK_MAX_RETRIES": "2",
+        "TASK_RETRY_BACKOFF": "0.05",
+        "TASK_RETRY_BACKOFF_MAX": "0.2",
+        "POKEMON_CATALOG": "charizard,pikachu,mew",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_server_url: str, sandbox_server: Any) -> dict[str, str]:
+    return worker_environment(redis_server_url, sandbox_server)
+
+
+@pytest.fixture(scope="session")
+def producer(worker_env: dict[str, str]) -> Iterator[Celery]:
+    app = producer_app(worker_env["CELERY_BROKER_URL"], worker_env["CELERY_RESULT_BACKEND"])
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(worker_env: dict[str, str], producer: Celery) -> Iterator[WorkerProcess]:
+    """One real worker for the session, consuming every queue."""
+    worker = WorkerProcess(worker_env).start(producer)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def results(redis_url: str, celery_worker: WorkerProcess, sandbox: Any) -> Iterator[redis.Redis]:
+    """The results Redis (db 0), emptied, with a serving worker and a reset sandbox."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()

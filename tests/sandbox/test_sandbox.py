@@ -1,0 +1,451 @@
+"""The sandbox upstream, exercised over real HTTP the way the worker's clients use it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from sandbox import KINDS, ROUTES, SandboxServer
+
+TOKEN = {"Authorization": "Token sandbox-token"}
+IDENTITY = {"Accept-Encoding": "identity"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _project_id(sandbox: SandboxServer, index: int) -> str:
+    projects = requests.get(f"{sandbox.semaphore_url}/projects", headers=TOKEN, timeout=5).json()
+    return str(projects[index]["metadata"]["id"])
+
+
+# -- PokeAPI -------------------------------------------------------------------------
+
+
+def test_charizard_is_the_real_record_with_absolute_urls_and_gzip(sandbox):
+    """Charizard is served from the real record, gzipped on request, with absolute URLs."""
+    response = requests.get(
+        f"{sandbox.pokeapi_url}/pokemon/charizard", headers={"Accept-Encoding": "gzip"}, timeout=5
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.headers["ETag"] and response.headers["Last-Modified"]
+    record = response.json()
+    assert (record["id"], record["name"], record["height"], record["weight"]) == (
+        6,
+        "charizard",
+        17,
+        905,
+    )
+    assert record["species"]["url"] == f"{sandbox.pokeapi_url}/pokemon-species/6/"
+    assert record["location_area_encounters"] == f"{sandbox.pokeapi_url}/pokemon/6/encounters"
+    assert '"/api/v2/' not in response.text
+
+    plain = requests.get(f"{sandbox.pokeapi_url}/pokemon/6/", headers=IDENTITY, timeout=5)
+    assert "Content-Encoding" not in plain.headers
+    assert int(plain.headers["Content-Length"]) == len(plain.content) > 300_000
+    assert plain.content == response.content
+    assert gzip.decompress(gzip.compress(plain.content)) == plain.content
+
+
+def test_matching_etag_gets_304(sandbox):
+    """A matching If-None-Match is answered 304 without a body."""
+    first = requests.get(f"{sandbox.pokeapi_url}/pokemon/25", timeout=5)
+    again = requests.get(
+        f"{sandbox.pokeapi_url}/pokemon/25",
+        headers={"If-None-Match": first.headers["ETag"]},
+        timeout=5,
+    )
+    assert again.status_code == 304
+    assert again.content == b""
+
+
+@pytest.mark.parametrize("key", ["missingno", "Charizard", "99999", "0"])
+def test_unknown_pokemon_is_404_not_found(sandbox, key):
+    """Unknown names and ids (lookup is exact and lower-case) get the live API's 404."""
+    response = requests.get(f"{sandbox.pokeapi_url}/pokemon/{key}", timeout=5)
+    assert response.status_code == 404
+    assert response.text == "Not Found"
+
+
+def test_index_pages_walk_the_whole_list(sandbox):
+    """The index pages through all 1351 entries with absolute next/previous links."""
+    url: str | None = f"{sandbox.pokeapi_url}/pokemon?limit=500"
+    pages = []
+    while url is not None:
+        page = requests.get(url, timeout=5).json()
+        pages.append(page)
+        url = page["next"]
+    assert [len(page["results"]) for page in pages] == [500, 500, 351]
+    assert {page["count"] for page in pages} == {1351}
+    assert pages[0]["previous"] is None
+    assert pages[1]["previous"] == f"{sandbox.pokeapi_url}/pokemon?offset=0&limit=500"
+    assert pages[0]["next"] == f"{sandbox.pokeapi_url}/pokemon?offset=500&limit=500"
+    names = [entry["name"] for page in pages for entry in page["results"]]
+    assert len(set(names)) == 1351
+    assert pages[0]["results"][5] == {
+        "name": "charizard",
+        "url": f"{sandbox.pokeapi_url}/pokemon/6/",
+    }
+    default = requests.get(f"{sandbox.pokeapi_url}/pokemon/", timeout=5).json()
+    assert len(default["results"]) == 20
+
+
+def test_synthetic_pokemon_is_realistic_and_stable(sandbox):
+    """A name without a real record gets a full-size synthetic record, the same every time."""
+    by_name = requests.get(f"{sandbox.pokeapi_url}/pokemon/pikachu-rock-star", timeout=5)
+    by_id = requests.get(f"{sandbox.pokeapi_url}/pokemon/10080/", timeout=5)
+    assert by_name.status_code == 200
+    assert by_name.content == by_id.content
+    assert len(by_name.content) > 10_000
+    record = by_name.json()
+    assert (record["id"], record["name"]) == (10080, "pikachu-rock-star")
+    assert record["sprites"]["front_default"] == (
+        "https://raw.githubusercontent.com/PokeAPI/sprites/master/sprites/pokemon/10080.png"
+    )
+    assert isinstance(record["height"], int) and isinstance(record["weight"], int)
+    assert record["forms"][0]["url"] == f"{sandbox.pokeapi_url}/pokemon-form/10080/"
+
+
+# -- CMS -----------------------------------------------------------------------------
+
+
+def test_cms_article_and_pages(sandbox):
+    """Articles are served by slug and paged with entities/total; unknown slugs are 404."""
+    article = requests.get(f"{sandbox.cms_url}/article/hello-world", timeout=5).json()
+    assert set(article) == {
+        "id",
+        "slug",
+        "title",
+        "author",
+        "body",
+        "tags",
+        "published_at",
+        "updated_at",
+    }
+    assert article["slug"] == "hello-world"
+    missing = requests.get(f"{sandbox.cms_url}/article/no-such-article", timeout=5)
+    assert (missing.status_code, missing.json()) == (404, {"error": "not found"})
+
+    slugs: list[str] = []
+    offset = 0
+    while True:
+        page = requests.get(f"{sandbox.cms_url}/articles", params={"offset": offset}, timeout=5)
+        entities = page.json()["entities"]
+        if not entities:
+            break
+        assert len(entities) <= 10
+        slugs += [entity["slug"] for entity in entities]
+        offset += len(entities)
+    assert page.json()["total"] == len(slugs) == 44
+    assert slugs[0] == "article-01" and "hello-world" in slugs
+    capped = requests.get(f"{sandbox.cms_url}/articles?limit=1000", timeout=5).json()
+    assert len(capped["entities"]) == 44
+    bad = requests.get(f"{sandbox.cms_url}/articles?limit=ten", timeout=5)
+    assert bad.status_code == 400
+
+
+# -- Semaphore -----------------------------------------------------------------------
+
+
+def test_semaphore_requires_the_token(sandbox):
+    """Semaphore routes answer 401 without the right `Authorization: Token` header."""
+    for headers in (
+        {},
+        {"Authorization": "Token wrong"},
+        {"Authorization": "Bearer sandbox-token"},
+    ):
+        response = requests.get(f"{sandbox.semaphore_url}/projects", headers=headers, timeout=5)
+        assert (response.status_code, response.json()) == (401, {"message": "Unauthorized"})
+
+
+def test_semaphore_pipelines_page_through_the_link_header(sandbox):
+    """Project 1's 75 pipelines come in 3 pages linked by next/prev/first."""
+    project_id = _project_id(sandbox, 0)
+    url: str | None = f"{sandbox.semaphore_url}/pipelines?project_id={project_id}"
+    pages = []
+    while url is not None:
+        response = requests.get(url, headers=TOKEN, timeout=5)
+        assert response.status_code == 200
+        pages.append(response)
+        url = response.links.get("next", {}).get("url")
+    assert [len(page.json()) for page in pages] == [30, 30, 15]
+    first_url = f"{sandbox.semaphore_url}/pipelines?project_id={project_id}&page=1"
+    assert all(page.links["first"]["url"] == first_url for page in pages)
+    assert "prev" not in pages[0].links
+    assert pages[2].links["prev"]["url"].endswith("&page=2")
+    assert pages[2].headers["x-total-count"] == "75"
+    pipelines = [item for page in pages for item in page.json()]
+    assert len({item["ppl_id"] for item in pipelines}) == 75
+    assert {item["state"] for item in pipelines} == {"DONE", "RUNNING"}
+    assert {item["project_id"] for item in pipelines} == {project_id}
+
+
+def test_semaphore_other_projects_and_errors(sandbox):
+    """Project sizes, the pipeline detail route, and 400/404 errors."""
+    base = sandbox.semaphore_url
+    second = requests.get(
+        f"{base}/pipelines", params={"project_id": _project_id(sandbox, 1)}, headers=TOKEN
+    )
+    assert len(second.json()) == 30 and "next" not in second.links
+    third = requests.get(
+        f"{base}/pipelines", params={"project_id": _project_id(sandbox, 2)}, headers=TOKEN
+    )
+    assert third.json() == []
+    assert requests.get(f"{base}/pipelines", headers=TOKEN).status_code == 400
+    unknown = requests.get(f"{base}/pipelines", params={"project_id": "nope"}, headers=TOKEN)
+    assert unknown.status_code == 404
+
+    ppl_id = second.json()[0]["ppl_id"]
+    detail = requests.get(f"{base}/pipelines/{ppl_id}", headers=TOKEN).json()
+    assert detail == {"pipeline": second.json()[0], "blocks": []}
+    assert requests.get(f"{base}/pipelines/nope", headers=TOKEN).status_code == 404
+
+
+def test_unknown_route_is_404(sandbox):
+    """Paths outside the three APIs are 404 and counted as `unknown`."""
+    assert requests.get(f"{sandbox.base_url}/api/v2/berry/1", timeout=5).status_code == 404
+    assert sandbox.call_counts() == {"unknown": 1}
+
+
+# -- faults --------------------------------------------------------------------------
+
+
+def test_status_fault_applies_n_times_then_clears(sandbox):
+    """A status fault answers the next `times` requests, then normal service resumes."""
+    sandbox.inject("pokemon", "status", status=503, times=2)
+    url = f"{sandbox.pokeapi_url}/pokemon/1"
+    codes = [requests.get(url, timeout=5).status_code for _ in range(3)]
+    assert codes == [503, 503, 200]
+    assert sandbox.calls("pokemon") == 3
+
+
+def test_faults_on_a_route_are_consumed_in_order(sandbox):
+    """Several queued faults on one route apply one after another."""
+    sandbox.inject("article", "status", status=500)
+    sandbox.inject("article", "unauthorized")
+    url = f"{sandbox.cms_url}/article/hello-world"
+    assert [requests.get(url, timeout=5).status_code for _ in range(3)] == [500, 401, 200]
+
+
+def test_rate_limited_fault_sends_retry_after(sandbox):
+    """rate_limited answers 429 with the requested Retry-After."""
+    sandbox.inject("projects", "rate_limited", retry_after=7)
+    response = requests.get(f"{sandbox.semaphore_url}/projects", headers=TOKEN, timeout=5)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "7"
+
+
+def test_reset_fault_aborts_the_connection(sandbox):
+    """reset drops the connection with an RST, which requests reports as ConnectionError."""
+    sandbox.inject("pokemon", "reset")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=5)
+    assert requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=5).status_code == 200
+
+
+def test_hang_fault_outlasts_the_read_timeout(sandbox):
+    """hang sends nothing, so the client's read timeout fires; other requests still flow."""
+    sandbox.inject("pokemon", "hang", seconds=1.0)
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=(2, 0.2))
+    assert requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=5).status_code == 200
+    assert time.monotonic() - started < 1.0
+
+
+def test_truncated_fault_breaks_the_body(sandbox):
+    """truncated promises the full Content-Length but sends half, which requests rejects."""
+    sandbox.inject("pokemon", "truncated")
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        requests.get(f"{sandbox.pokeapi_url}/pokemon/1", headers=IDENTITY, timeout=5)
+
+
+def test_redirect_fault_points_elsewhere(sandbox):
+    """redirect answers 302 to another host."""
+    sandbox.inject("article", "redirect")
+    response = requests.get(
+        f"{sandbox.cms_url}/article/hello-world", allow_redirects=False, timeout=5
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "http://example.invalid/elsewhere"
+
+
+def test_huge_fault_sends_the_requested_size_of_valid_json(sandbox):
+    """huge streams a valid JSON body of exactly `size` bytes."""
+    sandbox.inject("pokemon", "huge", size=3_000_001)
+    response = requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=5)
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) == len(response.content) == 3_000_001
+    assert set(json.loads(response.content)) == {"padding"}
+
+
+def test_slow_drip_fault_sends_one_byte_per_interval(sandbox):
+    """slow_drip promises the full body but sends it a byte at a time."""
+    sandbox.inject("pokemon", "slow_drip", interval=0.05)
+    expected = requests.get(f"{sandbox.pokeapi_url}/pokemon/1", headers=IDENTITY, timeout=5)
+    started = time.monotonic()
+    with requests.get(
+        f"{sandbox.pokeapi_url}/pokemon/1", headers=IDENTITY, stream=True, timeout=5
+    ) as response:
+        assert int(response.headers["Content-Length"]) == len(expected.content)
+        first = response.raw.read(4)
+    assert first == expected.content[:4]
+    assert time.monotonic() - started >= 0.15
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "check"),
+    [
+        ("malformed_json", 200, lambda r: r.text == '{"id": 6, "name": '),
+        ("wrong_content_type", 200, lambda r: r.headers["Content-Type"].startswith("text/html")),
+        ("wrong_shape", 200, lambda r: r.json() == [1, 2, 3]),
+        ("unauthorized", 401, lambda r: True),
+    ],
+)
+def test_response_faults(sandbox, kind, status, check):
+    """The faults that are just a different answer are served once, then normal service."""
+    sandbox.inject("pokemon_list", kind)
+    response = requests.get(f"{sandbox.pokeapi_url}/pokemon", timeout=5)
+    assert response.status_code == status and check(response)
+    assert "results" in requests.get(f"{sandbox.pokeapi_url}/pokemon", timeout=5).json()
+
+
+def test_latency_fault_and_global_latency_do_not_block_other_requests(sandbox):
+    """Latency delays responses in parallel, never serialising them."""
+    sandbox.inject("pokemon", "latency", seconds=0.3)
+    started = time.monotonic()
+    assert requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=5).status_code == 200
+    assert time.monotonic() - started >= 0.3
+
+    sandbox.latency = 0.2
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(
+                lambda n: requests.get(f"{sandbox.pokeapi_url}/pokemon/{n}", timeout=5).status_code,
+                range(1, 9),
+            )
+        )
+    elapsed = time.monotonic() - started
+    assert codes == [200] * 8
+    assert 0.2 <= elapsed < 0.2 * 4
+
+
+def test_probability_faults_are_random_and_unbounded(sandbox):
+    """probability=1 faults every request until cleared; probability=0 never fires."""
+    sandbox.inject("article", "status", status=502, probability=0.0)
+    sandbox.inject("article", "status", status=503, probability=1.0)
+    url = f"{sandbox.cms_url}/article/hello-world"
+    assert [requests.get(url, timeout=5).status_code for _ in range(3)] == [503] * 3
+    sandbox.clear_faults()
+    assert requests.get(url, timeout=5).status_code == 200
+
+
+def test_inject_rejects_unknown_route_kind_and_parameter(sandbox):
+    """inject raises ValueError for anything it cannot honour."""
+    with pytest.raises(ValueError, match="route"):
+        sandbox.inject("nope", "status")
+    with pytest.raises(ValueError, match="kind"):
+        sandbox.inject("pokemon", "explode")
+    with pytest.raises(ValueError, match="seconds"):
+        sandbox.inject("pokemon", "status", seconds=3)
+    assert set(ROUTES) >= {"pokemon", "pipelines"} and "slow_drip" in KINDS
+
+
+# -- request log and admin endpoint -----------------------------------------------
+
+
+def test_requests_are_counted_on_arrival(sandbox):
+    """Every request is counted per route with its arrival time, faulted ones included."""
+    sandbox.inject("pokemon", "reset")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{sandbox.pokeapi_url}/pokemon/4", timeout=5)
+    requests.get(f"{sandbox.pokeapi_url}/pokemon/4", timeout=5)
+    requests.get(f"{sandbox.semaphore_url}/projects", timeout=5)
+    assert sandbox.call_counts() == {"pokemon": 2, "projects": 1}
+    assert sandbox.calls() == 3 and sandbox.calls("pokemon") == 2 and sandbox.calls("article") == 0
+    first, second = sandbox.call_times("pokemon")
+    assert first <= second <= time.monotonic()
+    sandbox.reset()
+    assert sandbox.calls() == 0
+
+
+def test_admin_endpoint_controls_the_server(sandbox):
+    """/_sandbox injects and clears faults, reports counts, sets latency and resets."""
+    admin = f"{sandbox.base_url}/_sandbox"
+    created = requests.post(
+        f"{admin}/faults", json={"route": "pokemon", "kind": "status", "status": 504, "times": 1}
+    )
+    assert created.status_code == 201
+    assert requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=5).status_code == 504
+    assert requests.get(f"{admin}/requests").json() == {"counts": {"pokemon": 1}, "total": 1}
+
+    requests.post(f"{admin}/faults", json={"route": "pokemon", "kind": "status", "times": None})
+    assert requests.delete(f"{admin}/faults").status_code == 200
+    assert requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=5).status_code == 200
+
+    assert requests.put(f"{admin}/latency", json={"seconds": 0.05}).status_code == 200
+    assert sandbox.latency == 0.05
+    assert requests.post(f"{admin}/reset").status_code == 200
+    assert requests.get(f"{admin}/requests").json() == {"counts": {}, "total": 0}
+    bad = requests.post(f"{admin}/faults", json={"route": "pokemon", "kind": "explode"})
+    assert bad.status_code == 400 and "explode" in bad.json()["error"]
+    assert sandbox.calls() == 0
+
+
+def test_cli_serves_until_sigterm():
+    """`python -m sandbox` prints its address, serves, and exits cleanly on SIGTERM."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "--port", "0", "--token", "cli-token"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("sandbox upstream listening on http://127.0.0.1:")
+        base_url = line.rsplit(" ", 1)[1]
+        projects = requests.get(
+            f"{base_url}/api/v1alpha/projects",
+            headers={"Authorization": "Token cli-token"},
+            timeout=5,
+        )
+        assert projects.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_standalone_server_lifecycle():
+    """A server runs as a context manager, and stopping it ends hung requests at once."""
+    with SandboxServer(seed=1) as server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        assert requests.get(f"{server.pokeapi_url}/pokemon/1", timeout=5).status_code == 200
+        server.inject("pokemon", "hang", seconds=30)
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        client.sendall(b"GET /api/v2/pokemon/1 HTTP/1.1\r\nHost: sandbox\r\n\r\n")
+        started = time.monotonic()
+    with client:
+        try:
+            assert client.recv(1024) == b""
+        except ConnectionResetError:
+            pass
+    assert time.monotonic() - started < 5
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.pokeapi_url}/pokemon/1", timeout=5)

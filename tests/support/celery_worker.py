@@ -1,0 +1,115 @@
+"""Real Celery worker processes for integration tests, and a producer that is not the project.
+
+The producer is a bare Celery app that knows only broker and backend URLs and sends
+tasks by name, exactly as another service would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from celery import Celery
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def producer_app(broker_url: str, backend_url: str) -> Celery:
+    """A Celery client app that does not import the project."""
+    app = Celery("producer", broker=broker_url, backend=backend_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float, interval: float = 0.05, what: str = ""
+) -> object:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """`celery -A worker worker` as a subprocess, run from the repository root."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        pool: str = "threads",
+        concurrency: int = 8,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+        self.pool = pool
+        self.concurrency = concurrency
+        self.extra_args = extra_args
+        self.log_path = Path(tempfile.mkstemp(prefix="apiworker-worker-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, producer: Celery, timeout: float = 30.0) -> WorkerProcess:
+        args = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            "--loglevel=INFO", f"--pool={self.pool}", f"--concurrency={self.concurrency}",
+            f"--hostname={self.name}", "--without-mingle", "--without-gossip",
+            *self.extra_args,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                args, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_for(
+            lambda: self._answers_ping(producer), timeout=timeout, what=f"worker {self.name}"
+        )
+        return self
+
+    def _answers_ping(self, producer: Celery) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{self.log()}")
+        replies = producer.control.ping(destination=[self.name], timeout=0.5)
+        return bool(replies)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the worker dies as in an OOM kill."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None

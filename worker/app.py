@@ -1,0 +1,85 @@
+"""The Celery app: `celery -A worker worker|beat|flower` finds it from the repository root.
+
+Every setting below is chosen on purpose; each says why, with a link to Celery's docs
+(https://docs.celeryq.dev/en/stable/userguide/configuration.html, "CFG" below).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue  # type: ignore[attr-defined]  # kombu exports it untyped
+
+from worker.beat import beat_schedule
+from worker.settings import get_worker_settings
+
+QUEUES = ("pokeapi", "cms", "semaphore")
+DEFAULT_QUEUE = "celery"
+
+settings = get_worker_settings()
+
+app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
+app.conf.update(
+    broker_url=settings.broker_url,
+    result_backend=settings.result_backend,
+    # JSON only: a pickled message could run arbitrary code on the worker, so any other
+    # content type is refused by kombu before a task sees it. CFG#accept-content
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    # Every task here is an idempotent fetch-and-store: acknowledge after the work, and
+    # requeue if the worker process dies mid-job, so a killed worker's jobs run again.
+    # CFG#task-acks-late, CFG#task-reject-on-worker-lost
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # With Redis, an unacknowledged message is redelivered after the visibility timeout;
+    # it must exceed the longest retry countdown (TASK_RETRY_BACKOFF_MAX) and any ETA, or
+    # such a job runs twice. CFG#broker-transport-options and the Redis caveats page:
+    # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#caveats
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+    result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+    # Above the client's worst case (attempts x timeouts + backoff), so a limit only
+    # fires on a genuine hang. CFG#task-soft-time-limit, CFG#task-time-limit
+    task_soft_time_limit=settings.task_soft_time_limit,
+    task_time_limit=settings.task_time_limit,
+    # I/O-bound jobs: a few messages in hand per thread keep threads busy without
+    # hoarding work a second worker could take. CFG#worker-prefetch-multiplier
+    worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+    worker_pool=settings.worker_pool,
+    worker_concurrency=settings.worker_concurrency,
+    # The prefork pool recycles a child that grows past this; a leak cannot take the
+    # host down. CFG#worker-max-memory-per-child
+    worker_max_memory_per_child=settings.worker_max_memory_per_child_kb or None,
+    # Results are also in the documented Redis keys; the backend copy is for callers
+    # waiting on one job, so it expires. CFG#result-expires
+    result_expires=settings.result_expires,
+    result_extended=True,
+    # On a lost broker connection, unacknowledged jobs are redelivered anyway; cancel
+    # them rather than run them twice. CFG#worker-cancel-long-running-tasks-on-connection-loss
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # Wait for Redis at start instead of crashing (Celery 6 changes the default).
+    # CFG#broker-connection-retry-on-startup
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    # One queue per upstream, so a slow upstream cannot starve the others; the default
+    # queue is consumed too, so a job sent by name without routing is never stranded.
+    # CFG#task-queues, CFG#task-routes
+    task_queues=[Queue(name) for name in (*QUEUES, DEFAULT_QUEUE)],  # type: ignore[no-untyped-call]
+    task_default_queue=DEFAULT_QUEUE,
+    task_routes={
+        "tasks.pokemon.*": {"queue": "pokeapi"},
+        "tasks.cms.*": {"queue": "cms"},
+        "tasks.semaphore.*": {"queue": "semaphore"},
+    },
+    worker_hijack_root_logger=False,
+    # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat
+    # instance waits instead of double-scheduling. https://redbeat.readthedocs.io/
+    beat_scheduler="redbeat.RedBeatScheduler",
+    redbeat_redis_url=settings.redis_url,
+    redbeat_key_prefix=f"{settings.result_key_prefix}redbeat",
+    redbeat_lock_timeout=settings.beat_lock_timeout,
+    beat_max_loop_interval=5,
+    beat_schedule=beat_schedule(settings),
+    task_send_sent_event=False,
+    broker_pool_limit=max(10, settings.worker_concurrency),
+)

@@ -1,0 +1,93 @@
+"""The worker's settings: where Redis is, how jobs run, what beat schedules.
+
+Read once from the environment and validated at start, so a typo fails the worker before
+it takes a job. The API layer's own settings live in `apis.config`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+class WorkerSettings(BaseSettings):
+    """Each field is read from its upper-case environment name."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    redis_url: str = DEFAULT_REDIS_URL
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+    result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
+
+    worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
+    worker_concurrency: int = Field(16, ge=1, le=1000)
+    worker_prefetch_multiplier: int = Field(4, ge=1, le=100)
+    worker_max_memory_per_child_kb: int = Field(512_000, ge=0)
+
+    # Freshness: a result younger than this is served from Redis without an upstream call.
+    freshness_max_age: float = Field(300.0, ge=0)
+    # How long one job may hold the single-flight lock of a key before it expires.
+    single_flight_lock_seconds: float = Field(60.0, gt=0)
+
+    task_max_retries: int = Field(3, ge=0, le=20)
+    task_retry_backoff: float = Field(2.0, ge=0)
+    task_retry_backoff_max: float = Field(300.0, ge=0)
+    task_soft_time_limit: float = Field(120.0, gt=0)
+    task_time_limit: float = Field(150.0, gt=0)
+    # Must exceed the longest countdown a retry can ask for (see worker.app).
+    broker_visibility_timeout: int = Field(3600, ge=10)
+    result_expires: int = Field(86_400, ge=60)
+
+    events_stream_maxlen: int = Field(100_000, ge=100)
+    failures_stream_maxlen: int = Field(100_000, ge=100)
+
+    # Beat: an interval of 0 removes the entry from the schedule.
+    pokemon_catalog: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["bulbasaur", "charizard", "pikachu", "mewtwo", "mew"]
+    )
+    pokemon_refresh_interval: float = Field(3600.0, ge=0)
+    cms_sync_interval: float = Field(900.0, ge=0)
+    semaphore_sync_interval: float = Field(300.0, ge=0)
+    beat_lock_timeout: int = Field(300, ge=10)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("pokemon_catalog", mode="before")
+    @classmethod
+    def _split_catalog(cls, value: object) -> object:
+        """`POKEMON_CATALOG` is a comma-separated list, or `*` for the whole index."""
+        if isinstance(value, str):
+            return [name.strip().lower() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("task_time_limit")
+    @classmethod
+    def _hard_above_soft(cls, value: float, info: ValidationInfo) -> float:
+        soft = info.data.get("task_soft_time_limit")
+        if soft is not None and value <= soft:
+            raise ValueError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
+        return value
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.redis_url
+
+    @property
+    def whole_catalog(self) -> bool:
+        return self.pokemon_catalog == ["*"]
+
+
+@lru_cache(maxsize=1)
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()
