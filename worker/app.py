@@ -7,7 +7,7 @@ Every setting below is chosen on purpose; each says why, with a link to Celery's
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]  # kombu exports it untyped
+from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports them untyped
 
 from worker.beat import beat_schedule
 from worker.settings import get_worker_settings
@@ -36,7 +36,18 @@ app.conf.update(
     # it must exceed the longest retry countdown (TASK_RETRY_BACKOFF_MAX) and any ETA, or
     # such a job runs twice. CFG#broker-transport-options and the Redis caveats page:
     # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#caveats
-    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+    # A dead worker's unacknowledged jobs are swept back to their queue every
+    # BROKER_RESTORE_INTERVAL seconds once older than the visibility timeout. A socket
+    # timeout lets a worker notice a Redis that vanished without closing the connection.
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout,
+        "unacked_restore_interval": settings.broker_restore_interval,
+        "unacked_restore_throttle": 1,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    },
     result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
     # Above the client's worst case (attempts x timeouts + backoff), so a limit only
     # fires on a genuine hang. CFG#task-soft-time-limit, CFG#task-time-limit
@@ -64,12 +75,17 @@ app.conf.update(
     # One queue per upstream, so a slow upstream cannot starve the others; the default
     # queue is consumed too, so a job sent by name without routing is never stranded.
     # CFG#task-queues, CFG#task-routes
-    task_queues=[Queue(name) for name in (*QUEUES, DEFAULT_QUEUE)],  # type: ignore[no-untyped-call]
+    # Each queue has its own exchange and key: Celery would otherwise bind them all to
+    # the default exchange with the same key, and a message could reach every queue.
+    task_queues=[
+        Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+        for name in (*QUEUES, DEFAULT_QUEUE)
+    ],
     task_default_queue=DEFAULT_QUEUE,
     task_routes={
-        "tasks.pokemon.*": {"queue": "pokeapi"},
-        "tasks.cms.*": {"queue": "cms"},
-        "tasks.semaphore.*": {"queue": "semaphore"},
+        "tasks.pokemon.*": {"queue": "pokeapi", "routing_key": "pokeapi"},
+        "tasks.cms.*": {"queue": "cms", "routing_key": "cms"},
+        "tasks.semaphore.*": {"queue": "semaphore", "routing_key": "semaphore"},
     },
     worker_hijack_root_logger=False,
     # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat

@@ -41,7 +41,9 @@ class WorkerSettings(BaseSettings):
     task_soft_time_limit: float = Field(120.0, gt=0)
     task_time_limit: float = Field(150.0, gt=0)
     # Must exceed the longest countdown a retry can ask for (see worker.app).
-    broker_visibility_timeout: int = Field(3600, ge=10)
+    broker_visibility_timeout: int = Field(3600, ge=1)
+    # How often a worker looks for jobs a dead worker left unacknowledged.
+    broker_restore_interval: int = Field(10, ge=1)
     result_expires: int = Field(86_400, ge=60)
 
     events_stream_maxlen: int = Field(100_000, ge=100)

@@ -46,9 +46,7 @@ def test_fetch_pokemon_by_name_stores_the_contract(
     assert sandbox.calls("pokemon") == 1
 
 
-def test_case_and_id_inputs_share_the_canonical_key(
-    producer: Celery, results: redis.Redis
-) -> None:
+def test_case_and_id_inputs_share_the_canonical_key(producer: Celery, results: redis.Redis) -> None:
     """`Charizard` and `6` both land in pokemon:charizard."""
     assert producer.send_task(FETCH, args=["Charizard"]).get(timeout=TIMEOUT) == CHARIZARD
     results.delete("pokemon:charizard", "meta:pokemon:charizard", "index:pokemon-ids")
@@ -134,8 +132,10 @@ def test_a_pickled_message_is_refused_and_the_worker_keeps_serving(
     producer.send_task(FETCH, args=["mew"], serializer="pickle")
     assert producer.send_task(FETCH, args=["pikachu"]).get(timeout=TIMEOUT)["id"] == 25
     wait_for(
-        lambda: "ContentDisallowed" in celery_worker.log()
-        or "Refusing to deserialize" in celery_worker.log(),
+        lambda: (
+            "ContentDisallowed" in celery_worker.log()
+            or "Refusing to deserialize" in celery_worker.log()
+        ),
         timeout=5,
         what="the refusal in the worker log",
     )
@@ -195,3 +195,18 @@ def test_cms_and_semaphore_tasks_store_their_keys(
         timeout=TIMEOUT
     )
     assert json.loads(results.get(f"semaphore-pipelines:{project_id}")) == pipelines
+
+
+def test_refresh_catalog_fans_out_one_job_per_configured_name(
+    producer: Celery, results: redis.Redis, sandbox: Any
+) -> None:
+    """The beat task enqueues fetch_pokemon for charizard, pikachu and mew."""
+    outcome = producer.send_task("tasks.pokemon.refresh_catalog").get(timeout=TIMEOUT)
+    assert outcome == {"enqueued": 3}
+    wait_for(lambda: len(results.keys("pokemon:*")) == 3, timeout=TIMEOUT, what="three results")
+    assert sorted(results.keys("pokemon:*")) == [
+        "pokemon:charizard",
+        "pokemon:mew",
+        "pokemon:pikachu",
+    ]
+    assert sandbox.calls("pokemon") == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -39,7 +40,8 @@ def test_charizard_is_the_real_record_with_absolute_urls_and_gzip(sandbox):
     assert response.status_code == 200
     assert response.headers["Content-Encoding"] == "gzip"
     assert response.headers["Content-Type"] == "application/json; charset=utf-8"
-    assert response.headers["ETag"] and response.headers["Last-Modified"]
+    assert response.headers["ETag"]
+    assert response.headers["Last-Modified"]
     record = response.json()
     assert (record["id"], record["name"], record["height"], record["weight"]) == (
         6,
@@ -113,7 +115,8 @@ def test_synthetic_pokemon_is_realistic_and_stable(sandbox):
     assert record["sprites"]["front_default"] == (
         "https://raw.githubusercontent.com/PokeAPI/sprites/master/sprites/pokemon/10080.png"
     )
-    assert isinstance(record["height"], int) and isinstance(record["weight"], int)
+    assert isinstance(record["height"], int)
+    assert isinstance(record["weight"], int)
     assert record["forms"][0]["url"] == f"{sandbox.pokeapi_url}/pokemon-form/10080/"
 
 
@@ -148,7 +151,8 @@ def test_cms_article_and_pages(sandbox):
         slugs += [entity["slug"] for entity in entities]
         offset += len(entities)
     assert page.json()["total"] == len(slugs) == 44
-    assert slugs[0] == "article-01" and "hello-world" in slugs
+    assert slugs[0] == "article-01"
+    assert "hello-world" in slugs
     capped = requests.get(f"{sandbox.cms_url}/articles?limit=1000", timeout=5).json()
     assert len(capped["entities"]) == 44
     bad = requests.get(f"{sandbox.cms_url}/articles?limit=ten", timeout=5)
@@ -197,7 +201,8 @@ def test_semaphore_other_projects_and_errors(sandbox):
     second = requests.get(
         f"{base}/pipelines", params={"project_id": _project_id(sandbox, 1)}, headers=TOKEN
     )
-    assert len(second.json()) == 30 and "next" not in second.links
+    assert len(second.json()) == 30
+    assert "next" not in second.links
     third = requests.get(
         f"{base}/pipelines", params={"project_id": _project_id(sandbox, 2)}, headers=TOKEN
     )
@@ -292,8 +297,8 @@ def test_huge_fault_sends_the_requested_size_of_valid_json(sandbox):
 
 def test_slow_drip_fault_sends_one_byte_per_interval(sandbox):
     """slow_drip promises the full body but sends it a byte at a time."""
-    sandbox.inject("pokemon", "slow_drip", interval=0.05)
     expected = requests.get(f"{sandbox.pokeapi_url}/pokemon/1", headers=IDENTITY, timeout=5)
+    sandbox.inject("pokemon", "slow_drip", interval=0.05)
     started = time.monotonic()
     with requests.get(
         f"{sandbox.pokeapi_url}/pokemon/1", headers=IDENTITY, stream=True, timeout=5
@@ -317,7 +322,8 @@ def test_response_faults(sandbox, kind, status, check):
     """The faults that are just a different answer are served once, then normal service."""
     sandbox.inject("pokemon_list", kind)
     response = requests.get(f"{sandbox.pokeapi_url}/pokemon", timeout=5)
-    assert response.status_code == status and check(response)
+    assert response.status_code == status
+    assert check(response)
     assert "results" in requests.get(f"{sandbox.pokeapi_url}/pokemon", timeout=5).json()
 
 
@@ -360,7 +366,8 @@ def test_inject_rejects_unknown_route_kind_and_parameter(sandbox):
         sandbox.inject("pokemon", "explode")
     with pytest.raises(ValueError, match="seconds"):
         sandbox.inject("pokemon", "status", seconds=3)
-    assert set(ROUTES) >= {"pokemon", "pipelines"} and "slow_drip" in KINDS
+    assert set(ROUTES) >= {"pokemon", "pipelines"}
+    assert "slow_drip" in KINDS
 
 
 # -- request log and admin endpoint -----------------------------------------------
@@ -374,7 +381,9 @@ def test_requests_are_counted_on_arrival(sandbox):
     requests.get(f"{sandbox.pokeapi_url}/pokemon/4", timeout=5)
     requests.get(f"{sandbox.semaphore_url}/projects", timeout=5)
     assert sandbox.call_counts() == {"pokemon": 2, "projects": 1}
-    assert sandbox.calls() == 3 and sandbox.calls("pokemon") == 2 and sandbox.calls("article") == 0
+    assert sandbox.calls() == 3
+    assert sandbox.calls("pokemon") == 2
+    assert sandbox.calls("article") == 0
     first, second = sandbox.call_times("pokemon")
     assert first <= second <= time.monotonic()
     sandbox.reset()
@@ -400,7 +409,8 @@ def test_admin_endpoint_controls_the_server(sandbox):
     assert requests.post(f"{admin}/reset").status_code == 200
     assert requests.get(f"{admin}/requests").json() == {"counts": {}, "total": 0}
     bad = requests.post(f"{admin}/faults", json={"route": "pokemon", "kind": "explode"})
-    assert bad.status_code == 400 and "explode" in bad.json()["error"]
+    assert bad.status_code == 400
+    assert "explode" in bad.json()["error"]
     assert sandbox.calls() == 0
 
 
@@ -441,11 +451,8 @@ def test_standalone_server_lifecycle():
         client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         client.sendall(b"GET /api/v2/pokemon/1 HTTP/1.1\r\nHost: sandbox\r\n\r\n")
         started = time.monotonic()
-    with client:
-        try:
-            assert client.recv(1024) == b""
-        except ConnectionResetError:
-            pass
+    with client, contextlib.suppress(ConnectionResetError):
+        assert client.recv(1024) == b""
     assert time.monotonic() - started < 5
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.pokeapi_url}/pokemon/1", timeout=5)

@@ -69,7 +69,8 @@ class WorkerProcess:
     def start(self, producer: Celery, timeout: float = 30.0) -> WorkerProcess:
         args = [
             sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "--loglevel=INFO", f"--pool={self.pool}", f"--concurrency={self.concurrency}",
+            f"--loglevel={self.env.get('TEST_WORKER_LOGLEVEL', 'INFO')}",
+            f"--pool={self.pool}", f"--concurrency={self.concurrency}",
             f"--hostname={self.name}", "--without-mingle", "--without-gossip",
             *self.extra_args,
         ]  # fmt: skip
@@ -78,9 +79,7 @@ class WorkerProcess:
                 args, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        wait_for(
-            lambda: self._answers_ping(producer), timeout=timeout, what=f"worker {self.name}"
-        )
+        wait_for(lambda: self._answers_ping(producer), timeout=timeout, what=f"worker {self.name}")
         return self
 
     def _answers_ping(self, producer: Celery) -> bool:

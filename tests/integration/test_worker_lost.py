@@ -1,0 +1,47 @@
+"""A worker killed mid-job loses nothing: the job runs again on the next worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from tests.integration.conftest import with_db, worker_environment
+from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
+
+
+def test_a_job_in_flight_survives_sigkill_of_its_worker(redis_url: str, sandbox: Any) -> None:
+    """SIGKILL during the upstream call; a new worker completes the job."""
+    env = worker_environment(
+        redis_url,
+        sandbox,
+        CELERY_BROKER_URL=with_db(redis_url, 3),
+        CELERY_RESULT_BACKEND=with_db(redis_url, 4),
+        BROKER_VISIBILITY_TIMEOUT="2",
+        BROKER_RESTORE_INTERVAL="1",
+        HTTP_READ_TIMEOUT="10",
+        # The killed job holds the single-flight lock until it expires.
+        SINGLE_FLIGHT_LOCK_SECONDS="3",
+    )
+    producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
+    results = redis.Redis.from_url(redis_url, decode_responses=True)
+    first = WorkerProcess(env).start(producer)
+    second = None
+    try:
+        sandbox.inject("pokemon", "latency", seconds=5, times=1)
+        job = producer.send_task("tasks.pokemon.fetch_pokemon", args=["charizard"])
+        wait_for(lambda: sandbox.calls("pokemon") == 1, timeout=20, what="the job in flight")
+        first.kill()
+        assert results.get("pokemon:charizard") is None
+        second = WorkerProcess(env).start(producer)
+        assert job.get(timeout=30)["name"] == "charizard"
+        assert json.loads(results.get("pokemon:charizard"))["id"] == 6
+        assert sandbox.calls("pokemon") == 2
+        assert results.xlen("events:failures") == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        results.close()
+        producer.close()
