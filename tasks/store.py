@@ -17,6 +17,7 @@ import orjson
 import redis
 
 from tasks.keys import Keys
+from tasks.outcome import note_result_key
 
 # KEYS: value, meta, events stream, [alias hash]
 # ARGV: value, fetched_at_ms, stream maxlen, kind, ident, task_id, alias field, meta pairs...
@@ -65,6 +66,7 @@ class ResultStore:
 
     def write(self, result: Fetched, task_id: str, *, alias: str | None = None) -> bool:
         """Store one result atomically; False when a newer one was already there."""
+        note_result_key(self.keys.result(result.kind, result.ident))
         return bool(self._write(**self._write_args(result, task_id, alias)))
 
     def write_many(self, results: list[Fetched], task_id: str) -> int:
@@ -114,6 +116,7 @@ class ResultStore:
         found = self.read(kind, ident)
         if found is None or found[1] < newer_than:
             return None
+        note_result_key(self.keys.result(kind, ident))
         return found[0]
 
     def pokemon_name_for_id(self, pokemon_id: str) -> str | None:

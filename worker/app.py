@@ -8,14 +8,21 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports them untyped
+from pydantic import ValidationError
 
+from apis.config import get_settings
 from worker.beat import beat_schedule
 from worker.settings import get_worker_settings
 
 QUEUES = ("pokeapi", "cms", "semaphore")
 DEFAULT_QUEUE = "celery"
 
-settings = get_worker_settings()
+try:
+    # Validate every setting (the worker's and the API layer's) before taking a job.
+    settings = get_worker_settings()
+    get_settings()
+except ValidationError as exc:
+    raise SystemExit(f"api-layer-worker: invalid configuration\n{exc}") from None
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
 app.conf.update(
@@ -99,3 +106,6 @@ app.conf.update(
     task_send_sent_event=False,
     broker_pool_limit=max(10, settings.worker_concurrency),
 )
+
+# Signal handlers: logging, job outcome lines, metrics. Imported for their side effect.
+import worker.observability  # noqa: E402, F401

@@ -58,6 +58,10 @@ class WorkerSettings(BaseSettings):
     semaphore_sync_interval: float = Field(300.0, ge=0)
     beat_lock_timeout: int = Field(300, ge=10)
 
+    # Prometheus metrics of this worker on http://0.0.0.0:METRICS_PORT/metrics; 0 turns
+    # them off. Several workers on one host each need their own port.
+    metrics_port: int = Field(9808, ge=0, le=65535)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

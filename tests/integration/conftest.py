@@ -15,6 +15,7 @@ import redis
 from celery import Celery
 
 from tests.support.celery_worker import WorkerProcess, producer_app
+from tests.support.redis_server import free_port
 
 
 def with_db(url: str, db: int) -> str:
@@ -42,6 +43,7 @@ def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[s
         "TASK_RETRY_BACKOFF": "0.05",
         "TASK_RETRY_BACKOFF_MAX": "0.2",
         "POKEMON_CATALOG": "charizard,pikachu,mew",
+        "METRICS_PORT": "0",
     }
     env.update(overrides)
     return env
@@ -49,7 +51,7 @@ def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[s
 
 @pytest.fixture(scope="session")
 def worker_env(redis_server_url: str, sandbox_server: Any) -> dict[str, str]:
-    return worker_environment(redis_server_url, sandbox_server)
+    return worker_environment(redis_server_url, sandbox_server, METRICS_PORT=str(free_port()))
 
 
 @pytest.fixture(scope="session")
