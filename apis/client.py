@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+from urllib3 import exceptions as urllib3_errors
 
 from apis import errors, metrics
 from apis.config import ApiSettings, UpstreamConfig
@@ -229,7 +229,7 @@ class ApiClient:
             ) from exc
         except requests.ConnectionError as exc:
             cause = exc.args[0] if exc.args else None
-            if isinstance(cause, ReadTimeoutError):
+            if isinstance(cause, urllib3_errors.ReadTimeoutError):
                 raise errors.UpstreamTimeout(
                     "timed out reading the body", self.service, method, path
                 ) from exc
@@ -239,6 +239,22 @@ class ApiClient:
         except requests.RequestException as exc:
             raise errors.UpstreamConnectionError(
                 f"request failed: {type(exc).__name__}", self.service, method, path
+            ) from exc
+        # Reading the body goes to urllib3 directly (see _read).
+        except urllib3_errors.ReadTimeoutError as exc:
+            raise errors.UpstreamTimeout(
+                "timed out reading the body", self.service, method, path
+            ) from exc
+        except urllib3_errors.DecodeError as exc:
+            raise errors.InvalidResponse(
+                "body could not be decompressed", self.service, method, path
+            ) from exc
+        except (urllib3_errors.HTTPError, OSError) as exc:
+            raise errors.UpstreamConnectionError(
+                f"connection failed reading the body: {type(exc).__name__}",
+                self.service,
+                method,
+                path,
             ) from exc
 
     def _read(
@@ -257,7 +273,10 @@ class ApiClient:
         deadline = started + self.config.total_timeout
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(_CHUNK):
+        # read1 returns whatever has arrived (at most one read timeout later), so the
+        # total deadline is checked even when the upstream drips one byte at a time;
+        # iter_content would block until a whole chunk is in.
+        while chunk := response.raw.read1(_CHUNK, decode_content=True):
             size += len(chunk)
             chunks.append(chunk)
             if size > cap:

@@ -365,3 +365,16 @@ def test_settings_repr_hides_the_token() -> None:
     settings = ApiSettings(semaphore_api_token="another-secret-value")
     assert "another-secret-value" not in repr(settings)
     assert "another-secret-value" not in str(settings.model_dump())
+
+
+def test_a_slow_drip_ends_at_the_total_deadline(make_client, sandbox) -> None:
+    """A body sent a byte at a time cannot hold a worker past connect + 2 x read timeout."""
+    sandbox.inject("pokemon", "slow_drip", interval=0.01, times=None)
+    client = make_client(
+        PokeAPI, http_read_timeout=0.3, http_connect_timeout=0.3, http_retry_attempts=1
+    )
+    started = time.monotonic()
+    with pytest.raises(errors.UpstreamTimeout, match="body not complete"):
+        client.get_pokemon("pikachu")
+    assert time.monotonic() - started < client.config.total_timeout + 1
+    assert sandbox.calls("pokemon") == 1
