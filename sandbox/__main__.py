@@ -31,6 +31,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--token", default=DEFAULT_SEMAPHORE_TOKEN, help="Semaphore API token to accept"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
+    parser.add_argument(
+        "--public-url",
+        default=None,
+        help="base URL clients reach this server by, used in links "
+        "(default: http://HOST:PORT; e.g. http://sandbox:8000 in docker compose)",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     server = SandboxServer(
-        args.host, args.port, semaphore_token=args.token, latency=args.latency, seed=args.seed
+        args.host,
+        args.port,
+        semaphore_token=args.token,
+        latency=args.latency,
+        seed=args.seed,
+        public_url=args.public_url,
     ).start()
     try:
         print(f"sandbox upstream listening on {server.base_url}", flush=True)

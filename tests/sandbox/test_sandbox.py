@@ -456,3 +456,11 @@ def test_standalone_server_lifecycle():
     assert time.monotonic() - started < 5
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.pokeapi_url}/pokemon/1", timeout=5)
+
+
+def test_public_url_is_used_in_links() -> None:
+    """Behind a compose network, links name the service, not the bound address."""
+    with SandboxServer(public_url="http://sandbox:8000") as server:
+        bound = f"http://127.0.0.1:{server.port}"
+        page = requests.get(f"{bound}/api/v2/pokemon?limit=1", timeout=5).json()
+        assert page["next"].startswith("http://sandbox:8000/api/v2/pokemon?")
