@@ -27,7 +27,7 @@ def sync_one(slug: str, task_id: str, *, runtime: Runtime, client: CmsAPI) -> Ar
         KIND,
         slug,
         fetch,
-        lambda result: runtime.store.write(result, task_id),
+        task_id=task_id,
         max_age=runtime.settings.freshness_max_age,
         lock_seconds=runtime.settings.single_flight_lock_seconds,
     )

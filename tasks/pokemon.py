@@ -35,14 +35,12 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
             fetched_at=now(),
             etag=payload.etag,
             last_modified=payload.last_modified,
+            alias=str(summary["id"]),
         )
 
-    def write(result: Fetched) -> None:
-        store.write(result, task_id, alias=str(result.value["id"]))
-
-    if name is None:
+    if name is None:  # an id not seen before: its key is known only after the fetch
         result = fetch()
-        write(result)
+        store.write(result, task_id)
         summary: PokemonSummary = result.value
         return summary
     value: PokemonSummary = fetch_once(
@@ -50,7 +48,7 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
         KIND,
         name,
         fetch,
-        write,
+        task_id=task_id,
         max_age=runtime.settings.freshness_max_age,
         lock_seconds=runtime.settings.single_flight_lock_seconds,
     )

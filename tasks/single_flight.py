@@ -1,25 +1,25 @@
 """Freshness and single flight: one upstream call per key, however many jobs ask.
 
-A job first looks for a stored result younger than the freshness window. Otherwise it
-takes a short Redis lock on the key (redis-py's `Lock`, which expires on its own if the
-holder dies). Jobs that find the lock taken wait for it, then look again: a result stored
-after they started is as fresh as one they would fetch, so they return it instead of
-calling the upstream. Twenty concurrent jobs for one name make one upstream call.
+A job asks Redis, in one round trip, for a stored result younger than the freshness
+window and, failing that, for a short lock on the key (it expires on its own if its
+holder dies). Jobs that find the lock taken poll until a result stored after they
+started appears (as fresh as one they would fetch) or the lock frees up. Twenty
+concurrent jobs for one name make one upstream call. The holder writes its result and
+releases the lock in one more round trip.
 """
 
 from __future__ import annotations
 
-import logging
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter
-from redis.exceptions import LockError
-from redis.lock import Lock
 
 from tasks.store import Fetched, ResultStore, now
 
-log = logging.getLogger("tasks.single_flight")
+POLL_SECONDS = 0.02
 
 FRESHNESS_HITS = Counter(
     "apiworker_freshness_hits",
@@ -38,44 +38,47 @@ def fetch_once(
     kind: str,
     ident: str,
     fetch: Callable[[], Fetched],
-    write: Callable[[Fetched], object],
     *,
+    task_id: str,
     max_age: float,
     lock_seconds: float,
 ) -> Any:
-    """Return a fresh value for (kind, ident), calling `fetch` only when none exists."""
-    started = now()
-    fresh_since = started - max_age if max_age > 0 else started
-    if max_age > 0:
-        value = store.read_fresh(kind, ident, newer_than=fresh_since)
-        if value is not None:
-            FRESHNESS_HITS.labels(kind).inc()
-            return value
-    lock = store.redis.lock(
-        store.keys.lock(kind, ident),
-        timeout=lock_seconds,
-        blocking=True,
-        blocking_timeout=lock_seconds,
-        sleep=0.02,
-    )
-    acquired = lock.acquire(blocking=False)
-    if not acquired:
-        SINGLE_FLIGHT_WAITS.labels(kind).inc()
-        acquired = lock.acquire()
+    """Return a fresh value for (kind, ident), calling `fetch` only when none exists.
+
+    With `max_age` 0 only a result stored after this job began counts as fresh.
+    """
+    fresh_since = now() - max_age
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + lock_seconds
+    waited = False
+    while True:
+        claim = store.claim(kind, ident, fresh_since=fresh_since, token=token, ttl=lock_seconds)
+        if claim.state == "fresh":
+            if not waited:
+                FRESHNESS_HITS.labels(kind).inc()
+            return claim.value
+        if claim.state == "owner":
+            break
+        if not waited:
+            SINGLE_FLIGHT_WAITS.labels(kind).inc()
+            waited = True
+        if time.monotonic() > deadline:
+            return _fetch_and_write(store, fetch, task_id, None)  # the holder is stuck
+        time.sleep(POLL_SECONDS)
+    lock = (store.keys.lock(kind, ident), token)
     try:
-        value = store.read_fresh(kind, ident, newer_than=fresh_since)
-        if value is not None:
-            return value
-        result = fetch()
-        write(result)
-        return result.value
-    finally:
-        if acquired:
-            _release(lock)
+        return _fetch_and_write(store, fetch, task_id, lock)
+    except BaseException:
+        store.release(*lock)
+        raise
 
 
-def _release(lock: Lock) -> None:
-    try:
-        lock.release()
-    except LockError:
-        log.warning("single-flight lock expired before release: %s", lock.name)
+def _fetch_and_write(
+    store: ResultStore,
+    fetch: Callable[[], Fetched],
+    task_id: str,
+    lock: tuple[str, str] | None,
+) -> Any:
+    result = fetch()
+    store.write(result, task_id, release=lock)
+    return result.value

@@ -20,6 +20,7 @@ from tasks.keys import Keys
 from tasks.outcome import note_result_key
 
 # KEYS: value, meta, events stream, [alias hash]
+# (the single-flight lock is released in the same round trip by _RELEASE, pipelined)
 # ARGV: value, fetched_at_ms, stream maxlen, kind, ident, task_id, alias field, meta pairs...
 _WRITE = """
 local stored = redis.call('HGET', KEYS[2], 'fetched_at_ms')
@@ -40,6 +41,39 @@ return 1
 """
 
 
+# KEYS: value, meta, lock. ARGV: fresh_since_ms, lock token, lock ttl ms.
+# One round trip answers "is there a fresh value?" and, if not, "may I fetch it?".
+_CLAIM = """
+local stored = redis.call('HGET', KEYS[2], 'fetched_at_ms')
+if stored and tonumber(stored) >= tonumber(ARGV[1]) then
+    local value = redis.call('GET', KEYS[1])
+    if value then
+        return {'fresh', value}
+    end
+end
+if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
+    return {'owner'}
+end
+return {'wait'}
+"""
+
+# Delete a lock only if we still hold it (it may have expired and been taken over).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of `ResultStore.claim`: a fresh value, the lock, or neither."""
+
+    state: str  # "fresh", "owner" or "wait"
+    value: Any = None
+
+
 @dataclass(frozen=True)
 class Fetched:
     """A transformed result with what the metadata hash records about it."""
@@ -50,6 +84,8 @@ class Fetched:
     fetched_at: float
     etag: str | None = None
     last_modified: str | None = None
+    #: Another name of the same result (a Pokémon id), kept in `index:pokemon-ids`.
+    alias: str | None = None
 
 
 class ResultStore:
@@ -63,20 +99,53 @@ class ResultStore:
         self.events_maxlen = events_maxlen
         self.failures_maxlen = failures_maxlen
         self._write = client.register_script(_WRITE)
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
 
-    def write(self, result: Fetched, task_id: str, *, alias: str | None = None) -> bool:
-        """Store one result atomically; False when a newer one was already there."""
+    def write(
+        self, result: Fetched, task_id: str, *, release: tuple[str, str] | None = None
+    ) -> bool:
+        """Store one result atomically; False when a newer one was already there.
+
+        `release` is a single-flight lock (key, token) to give up in the same round trip.
+        """
         note_result_key(self.keys.result(result.kind, result.ident))
-        return bool(self._write(**self._write_args(result, task_id, alias)))
+        if release is None:
+            return bool(self._write(**self._write_args(result, task_id)))
+        pipe = self.redis.pipeline(transaction=False)
+        self._write(client=pipe, **self._write_args(result, task_id))
+        self._release(keys=[release[0]], args=[release[1]], client=pipe)
+        written, _ = pipe.execute()
+        return bool(written)
 
     def write_many(self, results: list[Fetched], task_id: str) -> int:
         """Store several results in one round trip; each write stays atomic."""
         pipe = self.redis.pipeline(transaction=False)
         for result in results:
-            self._write(client=pipe, **self._write_args(result, task_id, None))
+            note_result_key(self.keys.result(result.kind, result.ident))
+            self._write(client=pipe, **self._write_args(result, task_id))
         return sum(1 for written in pipe.execute() if written)
 
-    def _write_args(self, result: Fetched, task_id: str, alias: str | None) -> dict[str, Any]:
+    def claim(self, kind: str, ident: str, *, fresh_since: float, token: str, ttl: float) -> Claim:
+        """A value fetched at or after `fresh_since`, else the fetch lock, else "wait"."""
+        keys = [
+            self.keys.result(kind, ident),
+            self.keys.meta(kind, ident),
+            self.keys.lock(kind, ident),
+        ]
+        answer = self._claim(keys=keys, args=[int(fresh_since * 1000), token, int(ttl * 1000)])
+        state = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+        if state == "fresh":
+            note_result_key(keys[0])
+            return Claim(state, orjson.loads(answer[1]))
+        return Claim(state)
+
+    def release(self, lock_key: str, token: str) -> None:
+        """Give up a fetch lock (after a failed fetch) so waiters stop waiting."""
+        self._release(keys=[lock_key], args=[token])
+
+    def _write_args(self, result: Fetched, task_id: str) -> dict[str, Any]:
+        alias = result.alias
         keys = [
             self.keys.result(result.kind, result.ident),
             self.keys.meta(result.kind, result.ident),

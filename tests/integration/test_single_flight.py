@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis
 
 from tasks.keys import Keys
@@ -36,7 +37,7 @@ def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str
             "pokemon",
             "mew",
             fetch,
-            lambda result: store.write(result, "t"),
+            task_id="t",
             max_age=0,
             lock_seconds=10,
         )
@@ -58,7 +59,7 @@ def test_a_result_older_than_the_job_is_refetched_when_freshness_is_off(redis_ur
         "pokemon",
         "mew",
         lambda: Fetched("pokemon", "mew", {"v": 2}, now()),
-        lambda result: store.write(result, "new"),
+        task_id="new",
         max_age=0,
         lock_seconds=10,
     )
@@ -73,5 +74,28 @@ def test_a_fresh_result_is_served_without_fetching(redis_url: str) -> None:
     def fetch() -> Fetched:
         raise AssertionError("must not fetch")
 
-    value = fetch_once(store, "pokemon", "mew", fetch, lambda r: None, max_age=60, lock_seconds=10)
+    value = fetch_once(store, "pokemon", "mew", fetch, task_id="t", max_age=60, lock_seconds=10)
     assert value == {"v": 1}
+
+
+def test_a_failed_fetch_releases_the_lock_for_the_next_job(redis_url: str) -> None:
+    """The lock of a failed fetch is freed at once, not left to expire."""
+    store = make_store(redis_url)
+
+    def failing() -> Fetched:
+        raise RuntimeError("upstream down")
+
+    with pytest.raises(RuntimeError):
+        fetch_once(store, "pokemon", "mew", failing, task_id="a", max_age=0, lock_seconds=30)
+    assert store.redis.exists(store.keys.lock("pokemon", "mew")) == 0
+    value = fetch_once(
+        store,
+        "pokemon",
+        "mew",
+        lambda: Fetched("pokemon", "mew", {"v": 3}, now()),
+        task_id="b",
+        max_age=0,
+        lock_seconds=30,
+    )
+    assert value == {"v": 3}
+    assert store.redis.exists(store.keys.lock("pokemon", "mew")) == 0

@@ -16,14 +16,16 @@ def store() -> ResultStore:
     return ResultStore(client, Keys(), events_maxlen=1000, failures_maxlen=1000)
 
 
-def pokemon(name: str, fetched_at: float, weight: str = "1 kg") -> Fetched:
+def pokemon(
+    name: str, fetched_at: float, weight: str = "1 kg", alias: str | None = None
+) -> Fetched:
     value = {"id": 1, "name": name, "image": None, "height": "1 cm", "weight": weight}
-    return Fetched("pokemon", name, value, fetched_at, etag='"e1"')
+    return Fetched("pokemon", name, value, fetched_at, etag='"e1"', alias=alias)
 
 
 def test_a_write_stores_value_metadata_and_event(store: ResultStore) -> None:
     """Value, metadata hash and stream event appear together."""
-    assert store.write(pokemon("mew", 1000.0), "task-1", alias="151")
+    assert store.write(pokemon("mew", 1000.0, alias="151"), "task-1")
     redis = store.redis
     assert orjson.loads(redis.get("pokemon:mew"))["name"] == "mew"
     assert redis.hgetall("meta:pokemon:mew") == {
@@ -65,7 +67,7 @@ def test_prefix_namespaces_every_key() -> None:
     client = fakeredis.FakeRedis(decode_responses=True)
     store = ResultStore(client, Keys("svc:"), events_maxlen=1000, failures_maxlen=1000)
     store.write(pokemon("mew", 1.0), "t")
-    store.write(pokemon("mew", 1.0), "t", alias="151")
+    store.write(pokemon("mew", 1.0, alias="151"), "t")
     assert sorted(client.keys("*")) == [
         "svc:events:results",
         "svc:index:pokemon-ids",
