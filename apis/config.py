@@ -7,6 +7,7 @@ calls that need it fail, with `NotConfigured`, before any request is sent.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -35,6 +36,37 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class CircuitPolicy:
+    """When one upstream's circuit opens, for how long, and through which Redis.
+
+    `failure_threshold` transient failures of whole calls (after the client's own retries)
+    within `window_seconds`, with no success in between, open the circuit for
+    `cooldown_seconds`; 0 turns the breaker off.
+    """
+
+    failure_threshold: int = 0
+    window_seconds: float = 60.0
+    cooldown_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """The shared token bucket of one upstream: `rate` requests per second, 0 = no limit.
+
+    `burst` is the bucket size (0: one second's worth); a request waits for its token
+    at most `max_wait` seconds, beyond which the call is held back (`Throttled`).
+    """
+
+    rate: float = 0.0
+    burst: int = 0
+    max_wait: float = 10.0
+
+    @property
+    def capacity(self) -> int:
+        return self.burst or max(1, math.ceil(self.rate))
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     """Everything one client needs: where, how to authenticate, and its limits."""
 
@@ -50,6 +82,11 @@ class UpstreamConfig:
     pool_size: int = DEFAULT_POOL_SIZE
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     retry: RetryPolicy = RetryPolicy()
+    # Shared state of the breaker and the rate limit (None: neither is used).
+    state_redis_url: str | None = None
+    state_key_prefix: str = ""
+    circuit: CircuitPolicy = CircuitPolicy()
+    rate_limit: RateLimitPolicy = RateLimitPolicy()
 
     @property
     def total_timeout(self) -> float:
@@ -96,10 +133,37 @@ class ApiSettings(BaseSettings):
     http_retry_backoff_max: float = Field(RetryPolicy.backoff_max, ge=0)
     http_retry_after_cap: float = Field(RetryPolicy.retry_after_cap, ge=0)
 
+    # The Redis that holds the circuit breakers and rate-limit buckets, shared by every
+    # worker process (the worker's results Redis, same variable). Unset: the API layer
+    # keeps no shared state, so the breaker and the shared rate limit are off; the worker
+    # deployments (`make run`, docker compose, the tests) always set it.
+    redis_url: str | None = None
+    result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
+
+    circuit_failure_threshold: int = Field(5, ge=0, le=1000)
+    circuit_window_seconds: float = Field(CircuitPolicy.window_seconds, gt=0, le=3600)
+    circuit_cooldown_seconds: float = Field(CircuitPolicy.cooldown_seconds, gt=0, le=600)
+    # How many times one job may be put off (open circuit, no rate-limit token) before it
+    # fails with a record; deferrals do not use up TASK_MAX_RETRIES.
+    task_max_deferrals: int = Field(20, ge=0, le=1000)
+
+    pokeapi_rate_limit: float = Field(0.0, ge=0)
+    pokeapi_rate_limit_burst: int = Field(0, ge=0)
+    cms_rate_limit: float = Field(0.0, ge=0)
+    cms_rate_limit_burst: int = Field(0, ge=0)
+    semaphore_rate_limit: float = Field(0.0, ge=0)
+    semaphore_rate_limit_burst: int = Field(0, ge=0)
+    rate_limit_max_wait: float = Field(RateLimitPolicy.max_wait, ge=0, le=300)
+
     @field_validator("pokeapi_base_url", "cms_base_url", "semaphore_base_url", mode="before")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
         return _validate_base_url(value)
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_redis_url_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("semaphore_api_token", mode="before")
     @classmethod
@@ -111,6 +175,12 @@ class ApiSettings(BaseSettings):
         if self.http_retry_backoff_max < self.http_retry_backoff_initial:
             raise ValueError("HTTP_RETRY_BACKOFF_MAX must be >= HTTP_RETRY_BACKOFF_INITIAL")
         return self
+
+    @property
+    def worst_case_call_seconds(self) -> float:
+        """The longest one client call can take: the retry budget plus a last attempt."""
+        last_attempt = self.http_connect_timeout + 2 * self.http_read_timeout
+        return self.http_retry_max_seconds + last_attempt
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -145,7 +215,24 @@ class ApiSettings(BaseSettings):
             pool_size=self.http_pool_size,
             max_response_bytes=self.http_max_response_bytes,
             retry=self.retry_policy,
+            state_redis_url=self.redis_url,
+            state_key_prefix=self.result_key_prefix,
+            circuit=CircuitPolicy(
+                failure_threshold=self.circuit_failure_threshold,
+                window_seconds=self.circuit_window_seconds,
+                cooldown_seconds=self.circuit_cooldown_seconds,
+            ),
+            rate_limit=self.rate_limit_policy(service),
         )
+
+    def rate_limit_policy(self, service: str) -> RateLimitPolicy:
+        """The bucket of `service` (POKEAPI_RATE_LIMIT and so on); unknown ones: no limit."""
+        rate, burst = {
+            "pokeapi": (self.pokeapi_rate_limit, self.pokeapi_rate_limit_burst),
+            "cms": (self.cms_rate_limit, self.cms_rate_limit_burst),
+            "semaphore": (self.semaphore_rate_limit, self.semaphore_rate_limit_burst),
+        }.get(service, (0.0, 0))
+        return RateLimitPolicy(rate=rate, burst=burst, max_wait=self.rate_limit_max_wait)
 
 
 @lru_cache(maxsize=1)

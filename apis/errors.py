@@ -6,6 +6,9 @@ Every failure of an upstream call is raised as one of these, mapped in one place
     UpstreamError
     ├── NotConfigured          the upstream or its credential is not configured; no request sent
     ├── InvalidParameter       a path parameter is unsafe or malformed; no request sent
+    ├── HeldBack               a local guard held the call back; no request sent; retry later
+    │   ├── CircuitOpen               the upstream's circuit breaker is open
+    │   └── Throttled                 no rate-limit token within the wait bound
     ├── TransportError         the request did not complete
     │   ├── UpstreamConnectionError   refused, reset, DNS, truncated body
     │   └── UpstreamTimeout           connect or read timeout, or the total deadline
@@ -75,6 +78,39 @@ class NotConfigured(UpstreamError):
 
 class InvalidParameter(UpstreamError, ValueError):
     """A path or query parameter was rejected before any request was sent."""
+
+
+class HeldBack(UpstreamError):
+    """No request was sent: a guard of ours says to try again in `retry_after` seconds.
+
+    Transient by nature, so other callers treat it like an outage; the task layer defers
+    the whole job instead of retrying it, and the client never retries it in place (the
+    guard would only say no again).
+    """
+
+    transient = True
+
+    def __init__(
+        self,
+        message: str,
+        service: str = "",
+        method: str = "",
+        path: str = "",
+        status: int | None = None,
+        body_excerpt: str = "",
+        retry_after: float = 0.0,
+    ) -> None:
+        super().__init__(message, service, method, path, status, body_excerpt)
+        self.args = (*self.args, retry_after)
+        self.retry_after = retry_after
+
+
+class CircuitOpen(HeldBack):
+    """The upstream failed repeatedly; calls are refused until its cool-down ends."""
+
+
+class Throttled(HeldBack):
+    """The shared rate limit has no token for this upstream soon enough to wait for it."""
 
 
 class TransportError(UpstreamError):

@@ -9,7 +9,12 @@ from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.runtime import Runtime, get_runtime
 from tasks.store import Fetched, now
-from tasks.transforms import PipelineSummary, pipeline_summary
+from tasks.transforms import (
+    PipelineSummary,
+    ProjectSummary,
+    pipeline_summary,
+    project_summary,
+)
 from worker.app import app
 
 PIPELINES = "semaphore-pipelines"
@@ -24,13 +29,8 @@ def sync_project_pipelines(
     return pipelines
 
 
-def sync_projects(task_id: str, *, runtime: Runtime, client: SemaphoreAPI) -> list[dict[str, str]]:
-    projects = []
-    for project in client.list_projects():
-        metadata = project.get("metadata") if isinstance(project, dict) else None
-        if not isinstance(metadata, dict):
-            continue
-        projects.append({"id": str(metadata.get("id", "")), "name": str(metadata.get("name", ""))})
+def sync_projects(task_id: str, *, runtime: Runtime, client: SemaphoreAPI) -> list[ProjectSummary]:
+    projects = [project_summary(project) for project in client.list_projects()]
     runtime.store.write(Fetched(PROJECTS, "all", projects, now()), task_id)
     return projects
 
@@ -50,7 +50,7 @@ def sync_all_projects(self: UpstreamTask) -> dict[str, Any]:
     projects = sync_projects(
         self.request.id, runtime=get_runtime(), client=get_client(SemaphoreAPI)
     )
-    for project in projects:
-        if project["id"]:
-            sync_pipelines.apply_async((project["id"],))
+    with app.producer_or_acquire() as producer:
+        for project in projects:
+            sync_pipelines.apply_async((project["id"],), producer=producer)
     return {"projects": len(projects)}

@@ -31,6 +31,11 @@ class ArticleSummary(TypedDict):
     updated_at: str | None
 
 
+class ProjectSummary(TypedDict):
+    id: str
+    name: str
+
+
 class PipelineSummary(TypedDict):
     id: str
     name: str
@@ -141,3 +146,9 @@ def pipeline_summary(pipeline: object) -> PipelineSummary:
         "created_at": _timestamp(payload, "created_at"),
         "done_at": _timestamp(payload, "done_at"),
     }
+
+
+def project_summary(project: object) -> ProjectSummary:
+    """Semaphore project → its id and name (both under `metadata`)."""
+    metadata = _mapping(_mapping(project, "project").get("metadata"), "field 'metadata'")
+    return {"id": _field(metadata, "id", str), "name": _field(metadata, "name", str)}

@@ -20,9 +20,16 @@ DEFAULT_QUEUE = "celery"
 try:
     # Validate every setting (the worker's and the API layer's) before taking a job.
     settings = get_worker_settings()
-    get_settings()
+    upstream_settings = get_settings()
 except ValidationError as exc:
     raise SystemExit(f"api-layer-worker: invalid configuration\n{exc}") from None
+if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
+    raise SystemExit(
+        "api-layer-worker: invalid configuration\nTASK_SOFT_TIME_LIMIT "
+        f"({settings.task_soft_time_limit:g}s) must exceed the longest upstream call "
+        f"({upstream_settings.worst_case_call_seconds:g}s: HTTP_RETRY_MAX_SECONDS + "
+        "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
+    )
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
 app.conf.update(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -80,6 +80,16 @@ class WorkerSettings(BaseSettings):
         if soft is not None and value <= soft:
             raise ValueError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
         return value
+
+    @model_validator(mode="after")
+    def _visibility_above_countdown(self) -> WorkerSettings:
+        # With Redis, a job whose countdown outlasts the visibility timeout is delivered
+        # a second time while the first copy still waits.
+        if self.broker_visibility_timeout <= self.task_retry_backoff_max:
+            raise ValueError(
+                "BROKER_VISIBILITY_TIMEOUT must be greater than TASK_RETRY_BACKOFF_MAX"
+            )
+        return self
 
     @property
     def broker_url(self) -> str:
