@@ -11,6 +11,7 @@ import redis
 
 from apis import reset_clients
 from tests.support.redis_server import RedisServer
+from worker.settings import get_worker_settings
 
 pytest_plugins = ["sandbox.pytest_plugin"]
 
@@ -29,6 +30,9 @@ PROJECT_SETTINGS = (
     "SEMAPHORE_API_TOKEN",
     "WORKER_CONCURRENCY",
     "HTTP_POOL_SIZE",
+    "FRESHNESS_MAX_AGE",
+    "LOG_FORMAT",
+    "METRICS_PORT",
 )
 
 
@@ -69,5 +73,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in PROJECT_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     reset_clients()
+    get_worker_settings.cache_clear()
     yield
     reset_clients()
+    get_worker_settings.cache_clear()
