@@ -4,6 +4,10 @@ Two layers, two budgets. The client retries a transient failure a few times with
 seconds (apis.retry); a failure that survives that is retried here by Celery with
 exponential backoff and full jitter, up to TASK_MAX_RETRIES, and only for idempotent
 tasks. Anything permanent fails at once and leaves a record in the failure stream.
+
+A call the API layer held back without sending it (an open circuit, no rate-limit token
+soon enough) is not a failure: the job is deferred until the guard's wait is over, up to
+TASK_MAX_DEFERRALS times, without using up its retries.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import orjson
 from celery import Task
 from prometheus_client import Counter
 
-from apis.errors import RateLimited, UpstreamError
+from apis.config import get_settings
+from apis.errors import HeldBack, RateLimited, UpstreamError
 from apis.redact import redact
 from tasks.runtime import get_runtime
 from worker.settings import get_worker_settings
@@ -26,6 +31,9 @@ from worker.settings import get_worker_settings
 log = logging.getLogger("tasks")
 
 TASK_RETRIES = Counter("apiworker_task_retries", "Celery-level retries of jobs, by task.", ["task"])
+# A message header counting the job's deferrals, carried from one delivery to the next.
+DEFERRALS_HEADER = "apiworker_deferrals"
+
 FAILURES_RECORDED = Counter(
     "apiworker_failures_recorded",
     "Permanent job failures written to the failure stream.",
@@ -42,6 +50,22 @@ def retry_countdown(retries: int, exc: BaseException, *, base: float, cap: float
     return countdown
 
 
+def deferral_countdown(exc: HeldBack, *, cap: float) -> float:
+    """The guard's own wait plus jitter, so deferred jobs do not all return at once.
+
+    Capped below the broker's visibility timeout, or the job would be delivered twice.
+    """
+    wait = max(exc.retry_after, 0.1)
+    jitter = random.uniform(0, max(1.0, wait / 2))  # noqa: S311 (jitter, not cryptography)
+    return min(cap, wait + jitter)
+
+
+def deferrals_of(request: Any) -> int:
+    """How many times this job was deferred so far (a header its deferrals carry)."""
+    value = (getattr(request, "headers", None) or {}).get(DEFERRALS_HEADER, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 class UpstreamTask(Task):  # type: ignore[misc]
     """An idempotent fetch-and-store job."""
 
@@ -55,17 +79,53 @@ class UpstreamTask(Task):  # type: ignore[misc]
         self.request.started_at = time.monotonic()
         try:
             return super().__call__(*args, **kwargs)
+        except HeldBack as exc:
+            self._defer(exc)  # raises Retry, or returns once the deferrals are used up
+            raise
         except UpstreamError as exc:
             if not (self.idempotent and exc.is_transient):
                 raise
             settings = get_worker_settings()
+            deferrals = deferrals_of(self.request)
             countdown = retry_countdown(
-                self.request.retries,
+                self.request.retries - deferrals,
                 exc,
                 base=settings.task_retry_backoff,
                 cap=settings.task_retry_backoff_max,
             )
-            raise self.retry(exc=exc, countdown=countdown) from exc
+            # Deferrals are counted in `retries` too; they must not use up this budget.
+            raise self.retry(
+                exc=exc, countdown=countdown, max_retries=self.max_retries + deferrals
+            ) from exc
+
+    def _defer(self, exc: HeldBack) -> None:
+        """Put the job off until the guard lets calls through, without using its retries.
+
+        Nothing was sent, so even a non-idempotent job may run again. An outage longer
+        than the retry budget then costs deferrals, not failure records; but deferrals are
+        bounded too (TASK_MAX_DEFERRALS), so a job never waits forever: past the bound it
+        fails with a record like any other.
+        """
+        deferrals = deferrals_of(self.request)
+        if deferrals >= get_settings().task_max_deferrals:
+            return
+        worker = get_worker_settings()
+        countdown = deferral_countdown(exc, cap=worker.broker_visibility_timeout / 2)
+        log.info(
+            "job deferred task=%s id=%s for=%.1fs deferral=%d error=%s",
+            self.name,
+            self.request.id,
+            countdown,
+            deferrals + 1,
+            type(exc).__name__,
+        )
+        headers = {**(self.request.headers or {}), DEFERRALS_HEADER: deferrals + 1}
+        raise self.retry(
+            exc=exc,
+            countdown=countdown,
+            max_retries=self.max_retries + deferrals + 1,
+            headers=headers,
+        )
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any

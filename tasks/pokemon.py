@@ -7,6 +7,7 @@ from typing import Any
 from apis import PokeAPI, get_client
 from tasks import validation
 from tasks.base import UpstreamTask
+from tasks.catalog import refresh_batch
 from tasks.runtime import Runtime, get_runtime
 from tasks.single_flight import fetch_once
 from tasks.store import Fetched, now
@@ -62,15 +63,40 @@ def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
     return fetch_and_store(ref, self.request.id, runtime=get_runtime(), client=get_client(PokeAPI))
 
 
+# Not part of the public contract: only refresh_catalog sends it.
+@app.task(name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True)
+def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
+    """Internal to `refresh_catalog`: store many names in one job (see tasks.catalog)."""
+    refs = validation.pokemon_batch(names)
+    settings = get_runtime().settings
+    outcome = refresh_batch(
+        refs,
+        self.request.id,
+        runtime=get_runtime(),
+        client=get_client(PokeAPI),
+        concurrency=settings.catalog_batch_concurrency,
+        defer=lambda name: fetch_pokemon.apply_async((name,)),
+    )
+    return outcome.summary()
+
+
 @app.task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True)
 def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
-    """Fan out one `fetch_pokemon` job per configured name (or every name of the index)."""
+    """Enqueue the configured names (or the whole index): in batches, or one job each."""
     settings = get_runtime().settings
     if settings.whole_catalog:
         names = [entry["name"] for entry in get_client(PokeAPI).iter_all_pokemon(page_size=500)]
     else:
         names = [validation.pokemon_ref(name) for name in settings.pokemon_catalog]
+    size = settings.catalog_batch_size
+    jobs = 0
     with app.producer_or_acquire() as producer:
-        for name in names:
-            fetch_pokemon.apply_async((name,), producer=producer)
-    return {"enqueued": len(names)}
+        if size:
+            for start in range(0, len(names), size):
+                fetch_pokemon_batch.apply_async((names[start : start + size],), producer=producer)
+                jobs += 1
+        else:
+            for name in names:
+                fetch_pokemon.apply_async((name,), producer=producer)
+                jobs += 1
+    return {"names": len(names), "jobs": jobs}

@@ -188,6 +188,18 @@ class ResultStore:
         note_result_key(self.keys.result(kind, ident))
         return found[0]
 
+    def fresh_idents(self, kind: str, idents: list[str], *, newer_than: float) -> set[str]:
+        """Which of `idents` have a result fetched after `newer_than`, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for ident in idents:
+            pipe.hget(self.keys.meta(kind, ident), "fetched_at_ms")
+        cutoff = newer_than * 1000
+        return {
+            ident
+            for ident, fetched_ms in zip(idents, pipe.execute(), strict=True)
+            if fetched_ms is not None and int(fetched_ms) >= cutoff
+        }
+
     def pokemon_name_for_id(self, pokemon_id: str) -> str | None:
         name = self.redis.hget(self.keys.pokemon_ids, pokemon_id)
         return name.decode() if isinstance(name, bytes) else name

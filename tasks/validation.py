@@ -59,3 +59,15 @@ def project_id(value: object) -> str:
     if not _PROJECT_ID.fullmatch(text):
         raise InvalidInput(f"project_id may hold only letters, digits and '-': {text[:40]!r}")
     return text
+
+
+MAX_BATCH = 500
+
+
+def pokemon_batch(value: object) -> list[str]:
+    """A list of 1..500 Pokémon names or ids, each checked as `pokemon_ref`."""
+    if not isinstance(value, list) or not value:
+        raise InvalidInput("names must be a non-empty list")
+    if len(value) > MAX_BATCH:
+        raise InvalidInput(f"names must hold at most {MAX_BATCH} entries, got {len(value)}")
+    return [pokemon_ref(item) for item in value]

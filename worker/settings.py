@@ -54,6 +54,10 @@ class WorkerSettings(BaseSettings):
         default_factory=lambda: ["bulbasaur", "charizard", "pikachu", "mewtwo", "mew"]
     )
     pokemon_refresh_interval: float = Field(3600.0, ge=0)
+    # refresh_catalog sends this many names per job (0: one fetch_pokemon job per name),
+    # each job fetching up to CATALOG_BATCH_CONCURRENCY of them at once.
+    catalog_batch_size: int = Field(50, ge=0, le=500)
+    catalog_batch_concurrency: int = Field(8, ge=1, le=64)
     cms_sync_interval: float = Field(900.0, ge=0)
     semaphore_sync_interval: float = Field(300.0, ge=0)
     beat_lock_timeout: int = Field(300, ge=10)

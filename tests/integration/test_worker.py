@@ -200,9 +200,9 @@ def test_cms_and_semaphore_tasks_store_their_keys(
 def test_refresh_catalog_fans_out_one_job_per_configured_name(
     producer: Celery, results: redis.Redis, sandbox: Any
 ) -> None:
-    """The beat task enqueues fetch_pokemon for charizard, pikachu and mew."""
+    """The beat task stores charizard, pikachu and mew (one batch job by default)."""
     outcome = producer.send_task("tasks.pokemon.refresh_catalog").get(timeout=TIMEOUT)
-    assert outcome == {"enqueued": 3}
+    assert outcome == {"names": 3, "jobs": 1}
     wait_for(lambda: len(results.keys("pokemon:*")) == 3, timeout=TIMEOUT, what="three results")
     assert sorted(results.keys("pokemon:*")) == [
         "pokemon:charizard",

@@ -14,6 +14,7 @@ import worker
 from apis import PokeAPI
 from apis.config import ApiSettings
 from tasks import pokemon
+from tasks.catalog import refresh_batch
 from tasks.errors import InvalidInput
 from tasks.runtime import Runtime, set_runtime
 from worker.settings import WorkerSettings
@@ -54,8 +55,13 @@ def upstream() -> Iterator[responses.RequestsMock]:
 def test_the_app_registers_exactly_the_public_task_names() -> None:
     """Refactors cannot rename the contract."""
     worker.app.loader.import_default_modules()
-    names = {name for name in worker.app.tasks if name.startswith("tasks.")}
-    assert names == PUBLIC_TASKS
+    tasks = worker.app.tasks
+    public = {
+        n for n in tasks if n.startswith("tasks.") and not getattr(tasks[n], "internal", False)
+    }
+    internal = {n for n in tasks if getattr(tasks[n], "internal", False)}
+    assert public == PUBLIC_TASKS
+    assert internal == {"tasks.pokemon.fetch_pokemon_batch"}
 
 
 def test_fetch_and_store_writes_the_reference_result(runtime, client, upstream) -> None:
@@ -92,3 +98,35 @@ def test_invalid_input_fails_before_any_call(runtime, upstream, bad) -> None:
     assert len(upstream.calls) == 0
     [(_, record)] = runtime.store.redis.xrange("events:failures")
     assert record[b"error"] == b"InvalidInput"
+
+
+def test_a_batch_stores_records_and_defers_per_name(runtime, client, upstream) -> None:
+    """Stored, permanent failure recorded per name, transient one handed to a single job."""
+    upstream.get(f"{BASE}/pokemon/missingno", status=404)
+    upstream.get(f"{BASE}/pokemon/mew", status=503)
+    deferred: list[str] = []
+    outcome = refresh_batch(
+        ["charizard", "missingno", "mew"],
+        "batch-1",
+        runtime=runtime,
+        client=client,
+        concurrency=3,
+        defer=deferred.append,
+    )
+    assert outcome.summary() == {"stored": 1, "fresh": 0, "failed": 1, "deferred": 1}
+    assert deferred == ["mew"]
+    assert orjson.loads(runtime.store.redis.get("pokemon:charizard"))["id"] == 6
+    [(_, record)] = runtime.store.redis.xrange("events:failures")
+    assert record[b"task"] == b"tasks.pokemon.fetch_pokemon"
+    assert record[b"args"] == b'["missingno"]'
+    assert record[b"error"] == b"NotFound"
+
+
+def test_a_batch_skips_fresh_names(runtime, client, upstream) -> None:
+    """Names with a fresh result cost no upstream call."""
+    pokemon.fetch_and_store("charizard", "t1", runtime=runtime, client=client)
+    outcome = refresh_batch(
+        ["charizard"], "b", runtime=runtime, client=client, concurrency=2, defer=print
+    )
+    assert outcome.fresh == ["charizard"]
+    assert len(upstream.calls) == 1
