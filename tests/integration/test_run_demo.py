@@ -1,0 +1,324 @@
+"""`make demo`, `make run` and the compose file, exercised as a newcomer would use them.
+
+Each command runs as a real subprocess from the repository root. Neither may touch the
+shared Redis: the demo always starts its own, and `worker.run` is pointed at a closed
+port so that it starts a private one under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.celery_worker import REPO_ROOT, producer_app, wait_for
+from tests.support.redis_server import free_port
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+START_TIMEOUT = 45
+STOP_TIMEOUT = 30
+
+# Settings a developer's shell may carry that would point the children elsewhere.
+INHERITED_SETTINGS = (
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "RESULT_KEY_PREFIX",
+    "POKEAPI_BASE_URL",
+    "CMS_BASE_URL",
+    "SEMAPHORE_BASE_URL",
+    "SEMAPHORE_API_TOKEN",
+    "FLOWER_BASIC_AUTH",
+    "FLOWER_PORT",
+)
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED_SETTINGS}
+    env.update(PYTHONUNBUFFERED="1", NO_COLOR="1", **overrides)
+    return env
+
+
+def test_demo_shows_the_whole_flow() -> None:
+    """Results, an event and the failure of the unknown name, all printed; exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.demo"],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    stored = re.search(r"pokemon:charizard = (\{.*\})", out)
+    assert stored is not None, out
+    assert json.loads(stored.group(1))["name"] == "charizard"
+    assert re.search(r"key=pokemon:charizard kind=pokemon id=charizard", out), out
+    failure = re.search(r"task=tasks\.pokemon\.fetch_pokemon .*args=\[\"missingno\"\].*", out)
+    assert failure is not None, out
+    assert "error=NotFound" in failure.group(0)
+
+
+class Output:
+    """Collects a process's output lines from a thread, so reading never blocks the test."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        assert process.stdout is not None
+        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def search(self, pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, self.text())
+
+    def join(self) -> None:
+        self._thread.join(timeout=5)
+
+
+def group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+class RunProcess:
+    """`python -m worker.run` as a subprocess, with its output collected."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker.run", *args],
+            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        self.output = Output(self.process)
+
+    def printed(self, pattern: str) -> re.Match[str] | None:
+        """The first match in the output so far; fails at once if the process has ended."""
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker.run exited ({self.process.returncode}):\n{self.text}")
+        return self.output.search(pattern)
+
+    def wait_printed(self, pattern: str) -> re.Match[str]:
+        found = wait_for(lambda: self.printed(pattern), timeout=START_TIMEOUT, what=pattern)
+        return cast(re.Match[str], found)
+
+    def started(self) -> dict[str, int]:
+        """Each child's name and pid, as announced by worker.run."""
+        lines = re.findall(r"started (\S+) \(pid (\d+)\)", self.output.text())
+        return {name: int(pid) for name, pid in lines}
+
+    @property
+    def text(self) -> str:
+        return self.output.text()
+
+    def kill_everything(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        for pid in self.started().values():
+            if group_exists(pid):
+                os.killpg(pid, signal.SIGKILL)
+        self.output.join()
+
+
+@pytest.fixture
+def start_run(tmp_path: Path) -> Iterator[Callable[..., RunProcess]]:
+    """Start worker.run with a Redis URL nobody answers; everything is killed at the end."""
+    started: list[RunProcess] = []
+
+    def start(*args: str, **env: str) -> RunProcess:
+        environment = clean_env(
+            REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+            APIWORKER_RUN_DIR=str(tmp_path / "run"),
+            POKEMON_REFRESH_INTERVAL="0",
+            WORKER_CONCURRENCY="2",
+            METRICS_PORT="0",
+            **env,
+        )
+        run = RunProcess(list(args), environment)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.kill_everything()
+
+
+def test_run_starts_private_redis_and_stops_everything_on_sigint(
+    start_run: Callable[..., RunProcess], tmp_path: Path
+) -> None:
+    run = start_run("--workers", "2", "--flower-port", str(free_port()))
+    redis_url = run.wait_printed(r"Redis:\s+(redis://\S+)").group(1)
+    flower_url = run.wait_printed(r"Flower: (http://\S+)").group(1)
+    run.wait_printed(r"started flower")
+    pids = run.started()
+    assert set(pids) == {"redis", "worker1", "worker2", "beat", "flower"}, run.text
+
+    producer = producer_app(redis_url, redis_url)
+    try:
+
+        def both_workers_answer() -> bool:
+            run.printed("")
+            replies = producer.control.ping(timeout=0.5) or []
+            return len({node for reply in replies for node in reply}) == 2
+
+        wait_for(both_workers_answer, timeout=START_TIMEOUT, what="both workers to answer ping")
+    finally:
+        producer.close()
+
+    def flower_answers() -> bool:
+        run.printed("")
+        try:
+            with urllib.request.urlopen(flower_url + "/healthcheck", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_for(flower_answers, timeout=START_TIMEOUT, what="Flower's health check")
+
+    run.process.send_signal(signal.SIGINT)
+    assert run.process.wait(timeout=STOP_TIMEOUT) == 0, run.text
+    run.output.join()
+    assert port_closed(int(urlsplit(redis_url).port or 0))
+    assert not [name for name, pid in pids.items() if group_exists(pid)], run.text
+    assert not group_exists(run.process.pid)
+    assert (tmp_path / "run" / "redis" / "appendonlydir").is_dir()
+    assert "everything started here has stopped" in run.text
+
+
+def test_run_stops_the_rest_when_a_child_dies(start_run: Callable[..., RunProcess]) -> None:
+    """A worker killed from outside: the others are stopped and the exit code is not 0."""
+    run = start_run("--workers", "1", "--no-flower")
+    run.wait_printed(r"started beat")
+    pids = run.started()
+    os.killpg(pids["worker1"], signal.SIGKILL)
+    assert run.process.wait(timeout=STOP_TIMEOUT) == 1, run.text
+    run.output.join()
+    assert "worker1 exited unexpectedly" in run.text
+    assert not [name for name, pid in pids.items() if group_exists(pid)], run.text
+
+
+def test_run_explains_how_to_get_a_redis(
+    start_run: Callable[..., RunProcess], tmp_path: Path
+) -> None:
+    """No answering REDIS_URL and no redis-server on PATH: exit 1 naming the three ways."""
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    run = start_run("--no-flower", PATH=str(empty))
+    assert run.process.wait(timeout=STOP_TIMEOUT) == 1
+    run.output.join()
+    for remedy in ("install redis-server", "REDIS_URL", "docker compose up -d redis"):
+        assert remedy in run.text
+    assert run.started() == {}
+
+
+def compose_command() -> list[str] | None:
+    """Compose v2: the docker CLI's plugin, or a standalone `docker-compose` v2 binary."""
+    candidates: list[list[str]] = []
+    docker = shutil.which("docker")
+    if docker is not None:
+        candidates.append([docker, "compose"])
+    venv_bin = str(Path(sys.executable).parent)
+    standalone = shutil.which("docker-compose") or shutil.which("docker-compose", path=venv_bin)
+    if standalone is not None:
+        candidates.append([standalone])
+    for command in candidates:
+        probe = subprocess.run(
+            [*command, "version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        if probe.returncode == 0 and re.search(r"version v?2", probe.stdout):
+            return [*command, "-f", str(COMPOSE_FILE)]
+    return None
+
+
+def compose_model() -> dict[str, Any]:
+    """The compose file as `docker compose config` resolves it, else as YAML says it."""
+    compose = compose_command()
+    if compose is not None:
+        for extra in ([], ["--profile", "offline"]):
+            checked = subprocess.run(
+                [*compose, *extra, "config", "-q"],
+                env=clean_env(FLOWER_BASIC_AUTH="a:b"), capture_output=True, text=True,
+                timeout=60,
+            )  # fmt: skip
+            assert checked.returncode == 0, checked.stderr
+        resolved = subprocess.run(
+            [*compose, "--profile", "offline", "config", "--format", "json"],
+            env=clean_env(), capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        model: dict[str, Any] = json.loads(resolved.stdout)
+        return model
+    try:
+        yaml = importlib.import_module("yaml")
+    except ImportError:
+        pytest.fail("neither `docker compose` nor PyYAML is installed: cannot check the file")
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return loaded
+
+
+def test_compose_file_describes_the_stack() -> None:
+    """Valid for compose (when installed), and shaped as the README promises."""
+    model = compose_model()
+    services = model["services"]
+    assert set(services) == {"redis", "worker", "beat", "flower", "sandbox"}
+    redis_service = services["redis"]
+    assert redis_service["image"].startswith("redis:7")
+    assert "--appendonly" in redis_service["command"]
+    assert any(str(v).endswith(":/data") or "/data" in str(v) for v in redis_service["volumes"])
+    assert "redis-cli" in redis_service["healthcheck"]["test"]
+    for name in ("worker", "beat", "flower"):
+        service = services[name]
+        assert "container_name" not in service
+        assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "ports" not in services["worker"]  # so --scale worker=N can run
+    assert services["worker"]["command"][:4] == ["celery", "-A", "worker", "worker"]
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    assert services["sandbox"]["profiles"] == ["offline"]
+    assert "--host" in services["sandbox"]["command"]
+
+
+def test_flower_service_refuses_to_start_without_basic_auth() -> None:
+    """The container's own check: an unset FLOWER_BASIC_AUTH stops it before Flower runs."""
+    command = compose_model()["services"]["flower"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    script = command[2].replace("$$", "$")  # compose's escape for a literal `$`
+    refused = subprocess.run(
+        ["sh", "-c", script], env=clean_env(), capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 64
+    assert "FLOWER_BASIC_AUTH" in refused.stderr

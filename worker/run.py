@@ -1,0 +1,327 @@
+"""`make run`: the whole service in the foreground, for development.
+
+Finds a Redis (REDIS_URL when it answers, else a private redis-server under `.run/`),
+then runs one worker process per CPU core, one beat and, when installed, Flower, with
+their logs labelled on one stream. Ctrl-C or SIGTERM stops exactly what was started
+here; if any of it dies on its own, the rest is stopped too and the exit code says so,
+so a half-running service is never mistaken for a healthy one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from worker.processes import (
+    REPO_ROOT,
+    Child,
+    PrefixedOutput,
+    PrivateRedis,
+    RedisUnusable,
+    StartupFailed,
+    StopOptions,
+    find_redis_server,
+    leftover_redis_pid,
+    port_is_free,
+    redacted,
+    redis_answers,
+    spawn,
+    start_private_redis,
+    stop_children,
+)
+from worker.settings import get_worker_settings
+
+RUN_DIR_ENV = "APIWORKER_RUN_DIR"
+# A stable port (the first free one) keeps the private Redis's URL the same between runs.
+PRIVATE_REDIS_PORTS = range(6380, 6390)
+SUPERVISE_INTERVAL = 0.1
+ME = "run"
+
+
+@dataclass
+class StopRequest:
+    """Set by SIGINT/SIGTERM: the first asks for a clean stop, a second one to hurry.
+
+    The handler only flips flags: taking a lock (print, Event.set) inside a signal
+    handler can deadlock against the interrupted main thread holding the same lock.
+    """
+
+    requested: bool = False
+    hurry: bool = False
+    signals: list[int] = field(default_factory=list)
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)
+        if self.requested:
+            self.hurry = True
+        self.requested = True
+
+
+@dataclass
+class Redis:
+    """The Redis the service will use, and the private server when we started one."""
+
+    url: str
+    private: PrivateRedis | None = None
+
+    def children(self) -> list[Child]:
+        """The private server's process, to be watched like the services."""
+        child = self.private.child if self.private is not None else None
+        return [] if child is None else [child]
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.run",
+        description="Run workers, beat and Flower in the foreground; Ctrl-C stops them all.",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=_cpu_count(),
+        help="worker processes, each with the pool and WORKER_CONCURRENCY from the "
+        "environment (default: one per CPU core, here %(default)s)",
+    )
+    parser.add_argument("--no-beat", action="store_true", help="do not run celery beat")
+    parser.add_argument("--no-flower", action="store_true", help="do not run Flower")
+    parser.add_argument(
+        "--flower-port",
+        type=int,
+        default=int(os.environ.get("FLOWER_PORT", "5555")),
+        help="Flower's port on 127.0.0.1 (default: FLOWER_PORT or 5555)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a clean stop may take (running jobs finish) before SIGKILL "
+        "(default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
+
+
+def _cpu_count() -> int:
+    """CPU cores this process may use (a container's limit, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def run_dir() -> Path:
+    """Where private state (the Redis data) lives: APIWORKER_RUN_DIR, else `.run/`."""
+    return Path(os.environ.get(RUN_DIR_ENV) or REPO_ROOT / ".run")
+
+
+def _no_redis_message(url: str) -> str:
+    return (
+        f"No Redis: REDIS_URL ({redacted(url)}) does not answer PING and redis-server "
+        "is not on PATH. Any one of these fixes it:\n"
+        "  - install redis-server (Debian/Ubuntu: sudo apt-get install redis-server; "
+        "macOS: brew install redis), and `make run` starts a private one under .run/\n"
+        "  - set REDIS_URL to a Redis that answers, e.g. REDIS_URL=redis://host:6379/0\n"
+        "  - start the project's Redis container: docker compose up -d redis "
+        "(it listens on 127.0.0.1:6379)"
+    )
+
+
+def ensure_redis(out: PrefixedOutput) -> Redis | None:
+    """REDIS_URL when it answers; else a private redis-server; else None, explained."""
+    url = get_worker_settings().redis_url
+    if redis_answers(url):
+        out.write(ME, f"Redis:  {redacted(url)} (REDIS_URL answers PING)")
+        return Redis(url)
+    binary = find_redis_server()
+    if binary is None:
+        out.write(ME, _no_redis_message(url))
+        return None
+    out.write(ME, f"REDIS_URL ({redacted(url)}) does not answer PING")
+    data_dir = run_dir() / "redis"
+    leftover = leftover_redis_pid(data_dir)
+    if leftover is not None:
+        out.write(
+            ME,
+            f"A redis-server from an earlier run still uses {data_dir} (pid {leftover}); "
+            f"stop it first (kill {leftover}), or set {RUN_DIR_ENV} to another folder.",
+        )
+        return None
+    out.write(ME, f"starting a private redis-server, data in {data_dir}")
+    server = start_private_redis(
+        binary, data_dir, out, appendonly=True, preferred_ports=PRIVATE_REDIS_PORTS
+    )
+    assert server.child is not None
+    out.write(ME, f"started redis (pid {server.child.pid}): redis-server --port {server.port}")
+    out.write(ME, f"Redis:  {server.url} (private redis-server, append-only file on)")
+    return Redis(server.url, server)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process to run: its label, its argv and what its environment adds."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def service_commands(args: argparse.Namespace, out: PrefixedOutput) -> list[Service]:
+    """The processes to run, workers first."""
+    celery = [sys.executable, "-m", "celery", "-A", "worker"]
+    settings = get_worker_settings()
+    level = f"--loglevel={settings.log_level}"
+    services = [
+        Service(
+            f"worker{i}",
+            # Distinct node names: two nodes with one name confuse remote control and Flower.
+            [*celery, "worker", level, f"--hostname=worker{i}.{os.getpid()}@%h"],
+            _metrics_env(settings.metrics_port, i),
+        )
+        for i in range(1, args.workers + 1)
+    ]
+    if settings.metrics_port:
+        ports = [settings.metrics_port + i for i in range(args.workers)]
+        urls = ", ".join(f"http://127.0.0.1:{port}/metrics" for port in ports)
+        out.write(ME, f"Metrics: {urls} (one per worker process)")
+    if not args.no_beat:
+        services.append(Service("beat", [*celery, "beat", level]))
+    flower = _flower_command(args, out)
+    if flower is not None:
+        services.append(Service("flower", [*celery, *flower]))
+    return services
+
+
+def _metrics_env(first_port: int, worker: int) -> dict[str, str]:
+    """Each worker process serves its own metrics, so each needs its own port."""
+    if not first_port:
+        return {}
+    return {"METRICS_PORT": str(first_port + worker - 1)}
+
+
+def _flower_command(args: argparse.Namespace, out: PrefixedOutput) -> list[str] | None:
+    """Flower's arguments, or None (and why) when it is off, missing or its port is taken."""
+    if args.no_flower:
+        return None
+    if importlib.util.find_spec("flower") is None:
+        out.write(ME, "Flower: not installed (pip install -e '.[flower]'), not started")
+        return None
+    if not port_is_free(args.flower_port):
+        out.write(
+            ME,
+            f"Flower: port {args.flower_port} is in use, not started "
+            "(choose another with --flower-port or FLOWER_PORT)",
+        )
+        return None
+    out.write(ME, f"Flower: http://127.0.0.1:{args.flower_port}")
+    # Loopback only: without FLOWER_BASIC_AUTH its pages are open to whoever reaches them.
+    return ["flower", "--address=127.0.0.1", f"--port={args.flower_port}"]
+
+
+def _announce_celery_urls(out: PrefixedOutput) -> None:
+    """CELERY_BROKER_URL / CELERY_RESULT_BACKEND take precedence over REDIS_URL: say so."""
+    settings = get_worker_settings()
+    if settings.celery_broker_url:
+        out.write(ME, f"Broker: {redacted(settings.celery_broker_url)} (CELERY_BROKER_URL)")
+    if settings.celery_result_backend:
+        backend = redacted(settings.celery_result_backend)
+        out.write(ME, f"Result backend: {backend} (CELERY_RESULT_BACKEND)")
+
+
+def child_environment(redis: Redis) -> dict[str, str]:
+    """The children's environment: ours, with REDIS_URL pointing at the Redis in use."""
+    env = dict(os.environ)
+    env["REDIS_URL"] = redis.url
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_services(
+    services: list[Service],
+    env: dict[str, str],
+    out: PrefixedOutput,
+    started: list[Child],
+) -> None:
+    """Start each service, adding it to `started` at once so a failure halfway through
+    still leaves the caller a complete list of what to stop."""
+    for service in services:
+        child = spawn(service.name, service.argv, output=out, env={**env, **service.env})
+        started.append(child)
+        out.write(ME, f"started {service.name} (pid {child.pid}): {' '.join(service.argv[1:])}")
+
+
+def supervise(children: Sequence[Child], stop: StopRequest, out: PrefixedOutput) -> int:
+    """Block until a stop signal (0) or until any child exits on its own (1)."""
+    while not stop.requested:
+        for child in children:
+            code = child.exit_code()
+            if code is not None:
+                out.write(ME, f"{child.name} exited unexpectedly (code {code}); stopping the rest")
+                return 1
+        time.sleep(SUPERVISE_INTERVAL)
+    first = signal.Signals(stop.signals[0]).name if stop.signals else "stop"
+    out.write(ME, f"{first} received: stopping (again to stop at once)")
+    return 0
+
+
+def shutdown(
+    services: Sequence[Child],
+    redis: Redis | None,
+    stop: StopRequest,
+    timeout: float,
+    out: PrefixedOutput,
+) -> None:
+    """Services first (workers finish their jobs), the private Redis last."""
+
+    def hurried() -> None:
+        out.write(ME, "second signal: killing what is still running")
+
+    stop_children(
+        services, StopOptions(timeout=timeout, hurry=lambda: stop.hurry, on_hurry=hurried)
+    )
+    private = redis.private if redis is not None else None
+    if private is not None:
+        private.stop()
+    if services or private is not None:
+        out.write(ME, "everything started here has stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    out = PrefixedOutput()
+    stop = StopRequest()
+    stop.install()
+    redis: Redis | None = None
+    services: list[Child] = []
+    try:
+        redis = ensure_redis(out)
+        if redis is None:
+            return 1
+        _announce_celery_urls(out)
+        if stop.requested:  # interrupted while Redis was starting: start nothing more
+            return 0
+        start_services(service_commands(args, out), child_environment(redis), out, services)
+        out.write(ME, "Ctrl-C stops everything")
+        return supervise([*services, *redis.children()], stop, out)
+    except (RedisUnusable, StartupFailed) as error:
+        out.write(ME, f"error: {error}")
+        return 1
+    finally:
+        shutdown(services, redis, stop, args.stop_timeout, out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
