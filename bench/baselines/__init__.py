@@ -1,0 +1,1 @@
+"""Baseline workers the project is compared against, each as small as its users write it."""

@@ -1,0 +1,501 @@
+"""The processes a benchmark run owns: a private Redis, the sandbox upstream, Celery workers.
+
+Each runs as its own process so that its CPU is never counted as another's: the worker's
+CPU is read from /proc for its process group only (a prefork pool's children included),
+and the sandbox, which burns CPU building and gzipping bodies, stays outside that figure.
+Every child gets its own session, so stopping one signals exactly what it forked and
+nothing else on the machine. Waits are bounded by deadlines: a process that never comes
+up fails the run instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from celery import Celery
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+SHARED_REDIS_PORT = 6379
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_PR_SET_PDEATHSIG = 1
+# Loaded here, not in the forked child, where only async-signal-safe work is wise.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel's choice, never 6379)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((LOOPBACK, 0))
+            port: int = sock.getsockname()[1]
+        if port != SHARED_REDIS_PORT:
+            return port
+
+
+def wait_until(predicate: Any, *, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll `predicate` until it is truthy; TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the bench dies, even by SIGKILL.
+
+    Children run in their own sessions (so stopping one reaches what it forked), which
+    also means nothing else would stop a redis-server or worker left behind by a killed
+    run. Linux only, like the /proc readings above.
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _spawn(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Popen in a new session, tied to this process's life."""
+    return subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+
+
+def _stop_group(process: subprocess.Popen[bytes], *, grace: float) -> None:
+    """SIGTERM the child's process group, SIGKILL it if it is still there after `grace`."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+# -- /proc readings -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    pgrp: int
+    cpu_seconds: float  # user + system of the process itself
+    children_cpu_seconds: float  # of its children that exited and were reaped
+    rss_bytes: int
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """One process's CPU and RSS from /proc/PID/stat; None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    return ProcStat(
+        pid=pid,
+        ppid=int(fields[1]),
+        pgrp=int(fields[2]),
+        cpu_seconds=(int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+        children_cpu_seconds=(int(fields[13]) + int(fields[14])) / _CLOCK_TICKS,
+        rss_bytes=int(fields[21]) * _PAGE_SIZE,
+    )
+
+
+def group_pids(root: int) -> list[int]:
+    """Every live process of `root`'s process group and every descendant of `root`.
+
+    Descendants count too: `make run` starts each worker process in a session of its own.
+    """
+    stats = [
+        stat
+        for entry in os.scandir("/proc")
+        if entry.name.isdigit() and (stat := read_stat(int(entry.name))) is not None
+    ]
+    members = {stat.pid for stat in stats if stat.pgrp == root} | {root}
+    grew = True
+    while grew:
+        grew = False
+        for stat in stats:
+            if stat.ppid in members and stat.pid not in members:
+                members.add(stat.pid)
+                grew = True
+    return sorted(members & {stat.pid for stat in stats})
+
+
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages split between sharers, fair to a prefork pool."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+class ProcessTree:
+    """CPU and memory of a process and everything in its process group."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self._pids = [root_pid]
+        self._last_scan = 0.0
+
+    def pids(self) -> list[int]:
+        # A prefork pool may replace a child; rescan the group now and then, not per read.
+        if time.monotonic() - self._last_scan > 1.0:
+            self._pids = group_pids(self.root_pid) or [self.root_pid]
+            self._last_scan = time.monotonic()
+        return self._pids
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the live group, plus what its reaped children used."""
+        self._last_scan = 0.0
+        total = 0.0
+        for pid in self.pids():
+            stat = read_stat(pid)
+            if stat is not None:
+                total += stat.cpu_seconds + stat.children_cpu_seconds
+        return total
+
+    def memory(self) -> tuple[int, int]:
+        """(RSS, PSS) of the group in bytes."""
+        rss = pss = 0
+        for pid in self.pids():
+            stat = read_stat(pid)
+            if stat is not None:
+                rss += stat.rss_bytes
+                pss += _pss_bytes(pid)
+        return rss, pss
+
+
+class MemorySampler:
+    """Samples a process tree's memory a few times a second and keeps the peak.
+
+    RSS counts pages shared by a prefork pool's children once per child; PSS splits them,
+    so both are kept and the report can say which one a ratio uses.
+    """
+
+    def __init__(self, tree: ProcessTree, interval: float = 0.2) -> None:
+        self.tree = tree
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._peak_rss = 0
+        self._peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def start(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self._peak_rss = self._peak_pss = 0
+        self.sample()
+
+    def peak(self) -> tuple[int, int]:
+        self.sample()
+        with self._lock:
+            return self._peak_rss, self._peak_pss
+
+    def sample(self) -> None:
+        rss, pss = self.tree.memory()
+        with self._lock:
+            self._peak_rss = max(self._peak_rss, rss)
+            self._peak_pss = max(self._peak_pss, pss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+
+# -- Redis ----------------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A disposable redis-server on loopback, never the shared one on 6379.
+
+    Keyspace notifications for string writes are on, so the driver learns the moment
+    each result key is written without polling (which would cost CPU on a 2-core box and
+    blur latencies by the polling interval).
+    """
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="apiworker-bench-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/{db}"
+
+    def start(self) -> PrivateRedis:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", LOOPBACK,
+            "--dir", str(self.dir),
+            "--save", "",
+            "--appendonly", "no",
+            "--notify-keyspace-events", "E$",
+            "--logfile", str(self.dir / "redis.log"),
+        ]  # fmt: skip
+        self.process = _spawn(args, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url(), socket_connect_timeout=0.5)
+
+        def answers() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: see {self.dir / 'redis.log'}")
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        try:
+            wait_until(answers, timeout=10, what="redis-server")
+        finally:
+            client.close()
+        return self
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.url(db), decode_responses=True)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop_group(self.process, grace=10)
+            self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class KeyWatcher:
+    """Records when each result key is first written, from Redis keyspace notifications.
+
+    The time is taken on arrival in this process, on the same clock as the enqueue times,
+    so enqueue→stored latencies need no clock agreement between processes.
+    """
+
+    def __init__(self, client: redis.Redis, db: int = 0, prefix: str = "pokemon:") -> None:
+        self.prefix = prefix
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._pubsub.subscribe(f"__keyevent@{db}__:set")
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="key-watcher", daemon=True)
+
+    def start(self) -> KeyWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._pubsub.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+    def seen(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._seen)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.1)
+            except (redis.ConnectionError, ValueError):
+                return
+            if message is None:
+                continue
+            arrived = time.time()
+            key = message["data"]
+            if isinstance(key, str) and key.startswith(self.prefix):
+                with self._lock:
+                    self._seen.setdefault(key, arrived)
+
+
+# -- the sandbox upstream ---------------------------------------------------------------
+
+
+class SandboxProcess:
+    """`python -m sandbox` in its own process, driven through its `/_sandbox` admin API."""
+
+    def __init__(self, latency: float, *, seed: int = 7) -> None:
+        self.latency = latency
+        self.seed = seed
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.tree: ProcessTree | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pokeapi_url(self) -> str:
+        return self.base_url + "/api/v2"
+
+    def start(self) -> SandboxProcess:
+        args = [
+            sys.executable, "-m", "sandbox",
+            "--port", str(self.port),
+            "--latency", str(self.latency),
+            "--seed", str(self.seed),
+        ]  # fmt: skip
+        self.process = _spawn(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+        self.tree = ProcessTree(self.process.pid)
+
+        def answers() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError("the sandbox upstream exited at start")
+            try:
+                self.admin("GET", "/latency")
+            except OSError:
+                return False
+            return True
+
+        wait_until(answers, timeout=20, what="the sandbox upstream")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop_group(self.process, grace=10)
+            self.process = None
+
+    def cpu_seconds(self) -> float:
+        return self.tree.cpu_seconds() if self.tree is not None else 0.0
+
+    def admin(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = orjson.dumps(body) if body is not None else None
+        request = urllib.request.Request(
+            f"{self.base_url}/_sandbox{path}", data=data, method=method
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return orjson.loads(response.read())
+
+    def get(self, path: str) -> Any:
+        """A plain API read (the index), not counted against any scenario after a reset."""
+        with urllib.request.urlopen(self.pokeapi_url + path, timeout=30) as response:
+            return orjson.loads(response.read())
+
+    def reset(self) -> None:
+        """Clear faults and the request log."""
+        self.admin("POST", "/reset")
+
+    def inject(self, spec: Mapping[str, Any]) -> None:
+        self.admin("POST", "/faults", spec)
+
+    def calls(self) -> dict[str, int]:
+        counts: dict[str, int] = self.admin("GET", "/requests")["counts"]
+        return counts
+
+
+# -- Celery workers ---------------------------------------------------------------------
+
+
+def producer_app(broker_url: str, backend_url: str) -> Celery:
+    """A bare client app that sends tasks by name, as another service would."""
+    app = Celery("bench-producer", broker=broker_url, backend=backend_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+class WorkerProcess:
+    """`celery -A MODULE worker [args]` from the repository root, in its own session."""
+
+    def __init__(
+        self,
+        module: str,
+        env: Mapping[str, str],
+        args: Sequence[str],
+        log_dir: Path,
+        *,
+        label: str = "",
+        command: Sequence[str] = (),
+    ) -> None:
+        self.module = module
+        self.full_command = list(command)
+        self.env = dict(env)
+        self.args = list(args)
+        self.log_path = log_dir / f"worker-{label or module.replace('.', '-')}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.tree: ProcessTree | None = None
+        self.sampler: MemorySampler | None = None
+
+    @property
+    def command(self) -> list[str]:
+        if self.full_command:
+            return [sys.executable, *self.full_command]
+        return [sys.executable, "-m", "celery", "-A", self.module, "worker", *self.args]
+
+    def start(self, producer: Celery, timeout: float = 60) -> WorkerProcess:
+        with self.log_path.open("ab") as log:
+            self.process = _spawn(
+                self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.tree = ProcessTree(self.process.pid)
+
+        def answers() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.module} exited at start:\n{self.log_tail()}")
+            return bool(producer.control.ping(timeout=0.5))
+
+        wait_until(answers, timeout=timeout, what=f"worker {self.module}", interval=0.1)
+        self.sampler = MemorySampler(self.tree).start()
+        return self
+
+    def cpu_seconds(self) -> float:
+        return self.tree.cpu_seconds() if self.tree is not None else 0.0
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.sampler = None
+        if self.process is not None:
+            _stop_group(self.process, grace=20)
+            self.process = None
+
+
+def clean_environment(drop: Iterable[str]) -> dict[str, str]:
+    """This process's environment without the given settings, so defaults apply."""
+    dropped = {name.upper() for name in drop}
+    return {name: value for name, value in os.environ.items() if name.upper() not in dropped}

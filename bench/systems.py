@@ -1,0 +1,107 @@
+"""The systems a run compares: the project's worker and two baselines.
+
+All three register the same task names (`tasks.pokemon.fetch_pokemon`,
+`tasks.pokemon.refresh_catalog`), so the driver sends the identical message to each and
+only the worker on the other end changes. Each is started the way its users would start
+it: the project exactly as its README says (`make run`, i.e. `python -m worker.run`: one
+worker process per core, settings at their defaults, the environment only telling it
+where Redis and the upstream are; beat and Flower are left out of the measurement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from apis.config import ApiSettings
+from worker.settings import WorkerSettings
+
+FETCH_TASK = "tasks.pokemon.fetch_pokemon"
+CATALOG_TASK = "tasks.pokemon.refresh_catalog"
+PROJECT = "project"
+TUNED = "tuned"
+TUTORIAL = "tutorial"
+
+
+@dataclass(frozen=True)
+class System:
+    """One worker under test: its Celery app module, CLI arguments and queue."""
+
+    name: str
+    module: str
+    queue: str
+    args: tuple[str, ...] = ()
+    description: str = ""
+    # Whether the system records permanent failures in the `events:failures` stream.
+    records_failures: bool = False
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    # The whole command line, when the system is not started as `celery -A MODULE worker`.
+    command: tuple[str, ...] = ()
+
+
+SYSTEMS: dict[str, System] = {
+    PROJECT: System(
+        name=PROJECT,
+        module="worker",
+        queue="pokeapi",
+        description="make run: one worker process per core (threads x16 each), defaults",
+        records_failures=True,
+        command=("-m", "worker.run", "--no-beat", "--no-flower"),
+    ),
+    TUNED: System(
+        name=TUNED,
+        module="bench.baselines.tuned",
+        queue="celery",
+        description="threads x16, pooled Session, orjson, plain SET",
+    ),
+    TUTORIAL: System(
+        name=TUTORIAL,
+        module="bench.baselines.tutorial",
+        queue="celery",
+        # Celery's "First steps" tutorial starts its worker with --loglevel=INFO.
+        args=("--loglevel=INFO",),
+        description="prefork defaults, requests.get, stdlib json, plain SET",
+    ),
+}
+
+# What-ifs (bench/experiments): the project's worker with one change patched in. Run
+# only when named with --systems; each is compared with "project" like a baseline.
+EXPERIMENTS: dict[str, System] = {
+    name: System(
+        name=name,
+        module=f"bench.experiments.{module}",
+        queue="pokeapi",
+        description=description,
+        records_failures=True,
+        extra_env=env,
+    )
+    for name, module, description, env in (
+        ("exp-gc", "gc_freeze", "project + gc.freeze() at ready, gen-0 threshold 50000", {}),
+        ("exp-lean", "lean_decode", "project + typed msgspec decode of the 5 fields used", {}),
+        ("exp-lean-gc", "lean_gc", "project + lean decode + gc.freeze()", {}),
+        (
+            "exp-lean-gc-32",
+            "lean_gc",
+            "project + lean decode + gc.freeze(), WORKER_CONCURRENCY=32",
+            {"WORKER_CONCURRENCY": "32"},
+        ),
+        # Settings only, no patch: the batch path runs up to WORKER_CONCURRENCY x
+        # CATALOG_BATCH_CONCURRENCY (16 x 8) requests at once through a pool of 16.
+        ("exp-pool", "plain", "project, HTTP_POOL_SIZE=128", {"HTTP_POOL_SIZE": "128"}),
+        (
+            "exp-all",
+            "lean_gc",
+            "project + lean decode + gc.freeze(), HTTP_POOL_SIZE=128",
+            {"HTTP_POOL_SIZE": "128"},
+        ),
+    )
+}
+ALL_SYSTEMS = {**SYSTEMS, **EXPERIMENTS}
+
+
+def settings_names() -> set[str]:
+    """Every environment name the project reads, so a developer's shell cannot leak in."""
+    names = {name.upper() for name in WorkerSettings.model_fields}
+    names |= {name.upper() for name in ApiSettings.model_fields}
+    names |= {"WORKER_CONCURRENCY", "HTTP_POOL_SIZE", "PROMETHEUS_MULTIPROC_DIR"}
+    return names

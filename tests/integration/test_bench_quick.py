@@ -1,0 +1,86 @@
+"""`python -m bench --quick` end to end: it runs, and its JSON has every scenario's figures.
+
+Speeds are never asserted: the machine is shared and small, and a benchmark that fails
+the suite on a busy minute would teach everyone to ignore it. What is checked is that
+the harness starts and stops its processes, reaches every scenario and measures
+something real in each.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.celery_worker import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+SCENARIOS = ("cold", "latency", "hot", "catalog", "faulty")
+POSITIVE = {
+    "cold": ("jobs", "jobs_per_s", "worker_cpu_ms_per_job", "peak_rss_mib"),
+    "latency": ("offered_per_s", "jobs", "p50_ms", "p99_ms"),
+    "hot": ("jobs", "distinct_names", "upstream_calls", "jobs_per_s"),
+    "catalog": ("names", "names_per_s", "upstream_calls", "worker_cpu_ms_per_job"),
+    "faulty": ("jobs", "upstream_calls_per_job", "p99_ms"),
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Any]:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    document = json.loads(Path(out).read_text()) if out.exists() else None
+    return completed, document
+
+
+@pytest.mark.timeout(120)
+def test_quick_run_exits_zero_and_prints_the_tables(quick_run: Any) -> None:
+    completed, _ = quick_run
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "### 1. Cold" in completed.stdout
+    assert "### Targets" in completed.stdout
+
+
+def test_every_system_has_every_scenario_with_positive_figures(quick_run: Any) -> None:
+    _, document = quick_run
+    assert document is not None
+    systems = document["systems"]
+    assert {"project", "tuned"} <= set(systems)
+    for name, figures in systems.items():
+        for scenario in SCENARIOS:
+            assert scenario in figures, f"{name} lacks {scenario}"
+            assert figures[scenario]["timed_out"] is False, f"{name} {scenario} timed out"
+            for key in POSITIVE[scenario]:
+                assert figures[scenario][key] > 0, f"{name} {scenario} {key}"
+
+
+def test_ratios_and_targets_are_reported(quick_run: Any) -> None:
+    _, document = quick_run
+    assert document is not None
+    assert document["ratios"]["tuned"]["cold"]["jobs_per_s"] > 0
+    assert {target["name"] for target in document["targets"]} >= {
+        "worker CPU ms/job (cold)",
+        "hot: upstream calls per distinct name",
+    }
+    assert document["meta"]["nproc"] >= 1
+
+
+def test_the_project_stores_or_records_every_faulty_job(quick_run: Any) -> None:
+    """A correctness property, not a speed: no job of the project is lost to 503s."""
+    _, document = quick_run
+    assert document is not None
+    assert document["systems"]["project"]["faulty"]["lost_jobs"] == 0
