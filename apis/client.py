@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -23,14 +23,19 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+from tenacity import retry_if_exception
 from urllib3 import exceptions as urllib3_errors
 
 from apis import errors, metrics
+from apis.breaker import CircuitBreaker
 from apis.config import ApiSettings, UpstreamConfig
+from apis.ratelimit import RateLimiter
 from apis.redact import excerpt, redact, register_secret
-from apis.retry import Sleep, build_retrying
+from apis.retry import Sleep, build_retrying, is_transient
 
 log = logging.getLogger("apis")
+
+Decoder = Callable[[bytes], Any]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CHUNK = 64 * 1024
@@ -59,6 +64,8 @@ class ApiClient:
         self._session: requests.Session | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self.breaker = CircuitBreaker(config)
+        self.rate_limiter = RateLimiter(config, sleep=sleep)
         if config.token is not None:
             register_secret(config.token.get_secret_value())
 
@@ -91,7 +98,15 @@ class ApiClient:
         session = requests.Session()
         # Ignore proxy variables and ~/.netrc: credentials come only from our settings.
         session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.config.pool_size, max_retries=0)
+        # pool_block: a thread waits for a free connection rather than opening one more
+        # that the pool would discard afterwards, so HTTP_POOL_SIZE bounds the requests
+        # in flight per upstream per process (batch jobs fetch several names at once).
+        adapter = HTTPAdapter(
+            pool_connections=1,
+            pool_maxsize=self.config.pool_size,
+            pool_block=True,
+            max_retries=0,
+        )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update(
@@ -110,8 +125,14 @@ class ApiClient:
 
     # -- requests -----------------------------------------------------------------
 
-    def fetch(self, path: str, *, params: Mapping[str, str | int] | None = None) -> Payload:
-        return self.request("GET", path, params=params)
+    def fetch(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        decode: Decoder = orjson.loads,
+    ) -> Payload:
+        return self.request("GET", path, params=params, decode=decode)
 
     def request(
         self,
@@ -121,25 +142,56 @@ class ApiClient:
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
         idempotent: bool | None = None,
+        decode: Decoder = orjson.loads,
     ) -> Payload:
         """Send one logical request: retried when idempotent, mapped errors, logged once.
 
         `path_or_url` is a path below the base URL, or an absolute URL on the same
-        origin (a pagination link); any other host is refused.
+        origin (a pagination link); any other host is refused. `decode` turns the body
+        into data and raises ValueError on malformed input; a client may pass a typed
+        decoder that reads only the fields it needs.
         """
         method = method.upper()
         url = self._url(method, path_or_url)
         headers = self._auth_headers(method, url)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
+        # An open circuit refuses the call before anything is sent (raises CircuitOpen).
+        probe = self.breaker.before_call(method, urlsplit(url).path)
         try:
             if not idempotent:
-                return self._send(method, url, params, json, headers)
-            retrying = build_retrying(self.config.retry, service=self.service, sleep=self._sleep)
-            return retrying(self._send, method, url, params, json, headers)
+                payload = self._send(method, url, params, json, headers, decode)
+            else:
+                failed: list[errors.UpstreamError] = []
+
+                def attempt() -> Payload:
+                    try:
+                        return self._send(method, url, params, json, headers, decode)
+                    except errors.UpstreamError as exc:
+                        failed.append(exc)
+                        raise
+
+                retrying = build_retrying(
+                    self.config.retry, service=self.service, sleep=self._sleep
+                ).copy(retry=retry_if_exception(_retry_in_place))
+                try:
+                    payload = retrying(attempt)
+                except errors.Throttled:
+                    sent = [exc for exc in failed if not isinstance(exc, errors.HeldBack)]
+                    if sent:
+                        # The call did reach the upstream and fail: report that, so the
+                        # job's retry budget pays for it rather than a free deferral.
+                        raise sent[-1] from None
+                    raise
         except errors.UpstreamError as exc:
+            self.breaker.after_call(probe, exc)
             self._log_failure(exc)
             raise
+        except BaseException as exc:
+            self.breaker.after_call(probe, exc)
+            raise
+        self.breaker.after_call(probe, None)
+        return payload
 
     def _url(self, method: str, path_or_url: str) -> str:
         base = self.config.base_url
@@ -181,9 +233,13 @@ class ApiClient:
         params: Mapping[str, str | int] | None,
         json: Any,
         headers: dict[str, str],
+        decode: Decoder,
     ) -> Payload:
         """One attempt: one HTTP request, its whole body read, decoded or mapped to an error."""
         path = urlsplit(url).path
+        # Every attempt reaches the upstream, so every attempt takes a token (or raises
+        # Throttled, which is not retried in place).
+        self.rate_limiter.acquire(method, path)
         started = time.monotonic()
         outcome = "error"
         try:
@@ -206,7 +262,7 @@ class ApiClient:
                     body = self._read(
                         response, method, path, started, self.config.max_response_bytes
                     )
-                    return self._decode(response, body, method, path)
+                    return self._decode(response, body, method, path, decode)
         except errors.TransportError as exc:
             outcome = "timeout" if isinstance(exc, errors.UpstreamTimeout) else "connection"
             raise
@@ -306,7 +362,8 @@ class ApiClient:
         status = response.status_code
         args = (self.service, method, path, status, excerpt(body))
         if status < 400:
-            location = urlsplit(response.headers.get("Location", "")).netloc or "?"
+            # The host only, masked: a Location may carry credentials (user:token@host).
+            location = redact(urlsplit(response.headers.get("Location", "")).netloc) or "?"
             return errors.UnexpectedRedirect(f"redirect to {location} not followed", *args)
         if status == 429:
             return errors.RateLimited(
@@ -320,17 +377,22 @@ class ApiClient:
             return errors.ServerError("upstream server error", *args)
         return errors.ClientError("request rejected", *args)
 
-    def _decode(self, response: requests.Response, body: bytes, method: str, path: str) -> Payload:
+    def _decode(
+        self, response: requests.Response, body: bytes, method: str, path: str, decode: Decoder
+    ) -> Payload:
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        args = (self.service, method, path, response.status_code, excerpt(body))
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise errors.InvalidResponse(
-                f"expected JSON, got content type {content_type or 'none'!r}", *args
+                f"expected JSON, got content type {content_type or 'none'!r}",
+                *self._error_args(method, path, response.status_code, body),
             )
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise errors.InvalidResponse(f"malformed JSON: {exc}", *args) from exc
+            data = decode(body)
+        except ValueError as exc:
+            raise errors.InvalidResponse(
+                f"malformed JSON: {exc}",
+                *self._error_args(method, path, response.status_code, body),
+            ) from exc
         links = {rel: link["url"] for rel, link in response.links.items() if "url" in link}
         return Payload(
             data=data,
@@ -339,9 +401,17 @@ class ApiClient:
             links=links,
         )
 
+    def _error_args(
+        self, method: str, path: str, status: int, body: bytes
+    ) -> tuple[str, str, str, int, str]:
+        """The fields every error carries; the excerpt is built only when one is raised."""
+        return (self.service, method, path, status, excerpt(body))
+
     def _log_failure(self, exc: errors.UpstreamError) -> None:
         """Log each failed call once; a 401 is an expected answer, not an error."""
         level = logging.INFO if exc.status == 401 else logging.ERROR
+        if isinstance(exc, errors.HeldBack):
+            level = logging.WARNING  # nothing failed: the job is put off, not lost
         log.log(
             level,
             "upstream call failed service=%s method=%s path=%s status=%s error=%s: %s",
@@ -352,6 +422,11 @@ class ApiClient:
             type(exc).__name__,
             redact(exc.message),
         )
+
+
+def _retry_in_place(exc: BaseException) -> bool:
+    """The retry policy's test, minus held-back calls: the guard would only refuse again."""
+    return is_transient(exc) and not isinstance(exc, errors.HeldBack)
 
 
 def _parse_retry_after(value: str | None) -> float | None:

@@ -134,10 +134,9 @@ class ApiSettings(BaseSettings):
     http_retry_after_cap: float = Field(RetryPolicy.retry_after_cap, ge=0)
 
     # The Redis that holds the circuit breakers and rate-limit buckets, shared by every
-    # worker process (the worker's results Redis, same variable). Unset: the API layer
-    # keeps no shared state, so the breaker and the shared rate limit are off; the worker
-    # deployments (`make run`, docker compose, the tests) always set it.
-    redis_url: str | None = None
+    # worker process: the worker's results Redis (same variable, same default). Empty:
+    # the API layer keeps no shared state, so the breaker and shared rate limit are off.
+    redis_url: str | None = "redis://localhost:6379/0"
     result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
 
     circuit_failure_threshold: int = Field(5, ge=0, le=1000)

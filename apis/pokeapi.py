@@ -1,15 +1,52 @@
-"""PokeAPI v2 (public, no auth): https://pokeapi.co/docs/v2"""
+"""PokeAPI v2 (public, no auth): https://pokeapi.co/docs/v2
+
+A Pokémon record is 16-560 KB of JSON (charizard ~305 KB), nearly all of it moves and
+game versions. Decoding it whole builds tens of thousands of objects, which was half a
+job's CPU; `get_pokemon` therefore decodes, with msgspec, only the fields this service
+uses, and hands a record of the wrong shape to orjson whole, so the caller's validation
+names what is wrong. `full=True` returns the whole record.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
+import orjson
+
 from apis.client import ApiClient, Payload, expect
 from apis.config import ApiSettings, UpstreamConfig
 from apis.paths import page_window, segment
 
 MAX_PAGE_SIZE = 1000
+
+
+class _Sprites(msgspec.Struct):
+    front_default: str | None = None
+
+
+class _RecordFields(msgspec.Struct):
+    """The fields of a record the service reads; msgspec skips the rest unparsed."""
+
+    id: int
+    name: str
+    height: int
+    weight: int
+    sprites: _Sprites
+
+
+_record_decoder = msgspec.json.Decoder(_RecordFields)
+
+
+def decode_record_fields(body: bytes) -> Any:
+    """The used fields as plain data; a record of another shape is decoded whole."""
+    try:
+        return msgspec.to_builtins(_record_decoder.decode(body))
+    except msgspec.ValidationError:
+        return orjson.loads(body)  # valid JSON, unexpected shape: let the caller say why
+    except msgspec.DecodeError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 class PokeAPI(ApiClient):
@@ -25,10 +62,13 @@ class PokeAPI(ApiClient):
             base_url_setting="POKEAPI_BASE_URL",
         )
 
-    def get_pokemon(self, name_or_id: str | int) -> Payload:
-        """One full record; names are lower-case upstream, so callers normalise first."""
+    def get_pokemon(self, name_or_id: str | int, *, full: bool = False) -> Payload:
+        """One record (id, name, height, weight, sprites.front_default unless `full`).
+
+        Names are lower-case upstream, so callers normalise first.
+        """
         path = f"/pokemon/{segment(name_or_id, name='name_or_id', service=self.service)}"
-        payload = self.fetch(path)
+        payload = self.fetch(path, decode=orjson.loads if full else decode_record_fields)
         expect(isinstance(payload.data, dict), "pokemon record is not an object", self, path)
         return payload
 

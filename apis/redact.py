@@ -30,6 +30,7 @@ def redact(text: str) -> str:
 
 def excerpt(body: bytes | str, limit: int = 200) -> str:
     """A short, single-line, redacted excerpt of a body for error messages."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = " ".join(text[: limit * 2].split())
+    head = body[: limit * 4]  # never decode a whole 300 KB body for a 200-character excerpt
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    text = " ".join(text.split())
     return redact(text)[:limit]

@@ -64,39 +64,7 @@ SYSTEMS: dict[str, System] = {
     ),
 }
 
-# What-ifs (bench/experiments): the project's worker with one change patched in. Run
-# only when named with --systems; each is compared with "project" like a baseline.
-EXPERIMENTS: dict[str, System] = {
-    name: System(
-        name=name,
-        module=f"bench.experiments.{module}",
-        queue="pokeapi",
-        description=description,
-        records_failures=True,
-        extra_env=env,
-    )
-    for name, module, description, env in (
-        ("exp-gc", "gc_freeze", "project + gc.freeze() at ready, gen-0 threshold 50000", {}),
-        ("exp-lean", "lean_decode", "project + typed msgspec decode of the 5 fields used", {}),
-        ("exp-lean-gc", "lean_gc", "project + lean decode + gc.freeze()", {}),
-        (
-            "exp-lean-gc-32",
-            "lean_gc",
-            "project + lean decode + gc.freeze(), WORKER_CONCURRENCY=32",
-            {"WORKER_CONCURRENCY": "32"},
-        ),
-        # Settings only, no patch: the batch path runs up to WORKER_CONCURRENCY x
-        # CATALOG_BATCH_CONCURRENCY (16 x 8) requests at once through a pool of 16.
-        ("exp-pool", "plain", "project, HTTP_POOL_SIZE=128", {"HTTP_POOL_SIZE": "128"}),
-        (
-            "exp-all",
-            "lean_gc",
-            "project + lean decode + gc.freeze(), HTTP_POOL_SIZE=128",
-            {"HTTP_POOL_SIZE": "128"},
-        ),
-    )
-}
-ALL_SYSTEMS = {**SYSTEMS, **EXPERIMENTS}
+ALL_SYSTEMS = SYSTEMS
 
 
 def settings_names() -> set[str]:

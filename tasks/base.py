@@ -16,10 +16,12 @@ import logging
 import random
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
+import redis
 from celery import Task
+from celery.exceptions import Reject
 from prometheus_client import Counter
 
 from apis.config import get_settings
@@ -85,18 +87,31 @@ class UpstreamTask(Task):  # type: ignore[misc]
         except UpstreamError as exc:
             if not (self.idempotent and exc.is_transient):
                 raise
-            settings = get_worker_settings()
-            deferrals = deferrals_of(self.request)
-            countdown = retry_countdown(
-                self.request.retries - deferrals,
-                exc,
-                base=settings.task_retry_backoff,
-                cap=settings.task_retry_backoff_max,
-            )
-            # Deferrals are counted in `retries` too; they must not use up this budget.
-            raise self.retry(
-                exc=exc, countdown=countdown, max_retries=self.max_retries + deferrals
-            ) from exc
+            self._retry_later(exc)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Our own Redis blinked (a restart, a failover) mid-job: the job is idempotent
+            # and may well succeed a moment later, so it is retried, not failed for good.
+            if not self.idempotent:
+                raise
+            self._retry_later(exc)
+
+    def _retry_later(self, exc: Exception) -> NoReturn:
+        """A Celery retry with backoff, within TASK_MAX_RETRIES (deferrals not counted)."""
+        settings = get_worker_settings()
+        deferrals = deferrals_of(self.request)
+        countdown = retry_countdown(
+            self.request.retries - deferrals,
+            exc,
+            base=settings.task_retry_backoff,
+            cap=settings.task_retry_backoff_max,
+        )
+        # Deferrals are counted in `retries` too; they must not use up this budget.
+        try:
+            raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries + deferrals)
+        except Reject:
+            # The retry could not be published (the broker is away too): Celery would drop
+            # the message. Failing instead leaves a record to replay; nothing is lost.
+            raise exc from None
 
     def _defer(self, exc: HeldBack) -> None:
         """Put the job off until the guard lets calls through, without using its retries.
@@ -152,15 +167,41 @@ class UpstreamTask(Task):  # type: ignore[misc]
         FAILURES_RECORDED.labels(self.name, type(exc).__name__).inc()
 
 
+MAX_RECORDED_STRING = 1024
+MAX_RECORDED_ITEMS = 1000
+
+
+def _bounded(value: Any, cut: list[bool], depth: int = 0) -> Any:
+    """`value` with long strings and lists shortened, so a hostile 1 MB argument costs
+    a failure record a few KB; `cut` notes that something was shortened."""
+    if isinstance(value, str) and len(value) > MAX_RECORDED_STRING:
+        cut.append(True)
+        return value[:MAX_RECORDED_STRING]
+    if depth > 5:
+        return value if isinstance(value, str | int | float | bool | None) else repr(value)[:80]
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_RECORDED_ITEMS:
+            cut.append(True)
+        return [_bounded(item, cut, depth + 1) for item in value[:MAX_RECORDED_ITEMS]]
+    if isinstance(value, dict):
+        return {str(key)[:100]: _bounded(item, cut, depth + 1) for key, item in value.items()}
+    return value
+
+
 def failure_record(
     task: str, task_id: str, args: Any, kwargs: Any, exc: BaseException, attempts: int
 ) -> dict[str, str]:
-    """The failure stream's fields; every text is redacted, arguments kept for replay."""
+    """The failure stream's fields; every text is redacted, arguments kept for replay
+    (shortened, and marked `truncated`, when they are huge)."""
+    cut: list[bool] = []
+    bounded_args = _bounded(list(args or []), cut)
+    bounded_kwargs = _bounded(dict(kwargs or {}), cut)
     return {
         "task": task,
         "task_id": task_id or "",
-        "args": redact(orjson.dumps(list(args or []), default=str).decode()),
-        "kwargs": redact(orjson.dumps(dict(kwargs or {}), default=str).decode()),
+        "args": redact(orjson.dumps(bounded_args, default=str).decode()),
+        "kwargs": redact(orjson.dumps(bounded_kwargs, default=str).decode()),
+        "truncated": "1" if cut else "0",
         "error": type(exc).__name__,
         "message": redact(str(exc))[:500],
         "status": str(getattr(exc, "status", "") or ""),

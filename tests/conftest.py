@@ -33,6 +33,16 @@ PROJECT_SETTINGS = (
     "FRESHNESS_MAX_AGE",
     "LOG_FORMAT",
     "METRICS_PORT",
+    "CIRCUIT_WINDOW_SECONDS",
+    "CIRCUIT_COOLDOWN_SECONDS",
+    "TASK_MAX_DEFERRALS",
+    "POKEAPI_RATE_LIMIT",
+    "POKEAPI_RATE_LIMIT_BURST",
+    "CMS_RATE_LIMIT",
+    "CMS_RATE_LIMIT_BURST",
+    "SEMAPHORE_RATE_LIMIT",
+    "SEMAPHORE_RATE_LIMIT_BURST",
+    "RATE_LIMIT_MAX_WAIT",
 )
 
 
@@ -72,6 +82,9 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in PROJECT_SETTINGS:
         monkeypatch.delenv(name, raising=False)
+    # In-process clients must not keep breaker state in whatever Redis REDIS_URL defaults
+    # to (a shared one); tests of the breaker turn it on with their own private Redis.
+    monkeypatch.setenv("CIRCUIT_FAILURE_THRESHOLD", "0")
     reset_clients()
     get_worker_settings.cache_clear()
     yield

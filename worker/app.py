@@ -11,6 +11,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports
 from pydantic import ValidationError
 
 from apis.config import get_settings
+from worker import transport
 from worker.beat import beat_schedule
 from worker.settings import get_worker_settings
 
@@ -30,6 +31,9 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
         f"({upstream_settings.worst_case_call_seconds:g}s: HTTP_RETRY_MAX_SECONDS + "
         "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
     )
+
+# A malformed broker message must not stop the worker (see worker/transport.py).
+transport.install()
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
 app.conf.update(
@@ -114,5 +118,7 @@ app.conf.update(
     broker_pool_limit=max(10, settings.worker_concurrency),
 )
 
-# Signal handlers: logging, job outcome lines, metrics. Imported for their side effect.
-import worker.observability  # noqa: E402, F401
+# Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for
+# their side effect.
+import worker.observability  # noqa: E402
+import worker.tuning  # noqa: E402, F401

@@ -378,3 +378,27 @@ def test_a_slow_drip_ends_at_the_total_deadline(make_client, sandbox) -> None:
         client.get_pokemon("pikachu")
     assert time.monotonic() - started < client.config.total_timeout + 1
     assert sandbox.calls("pokemon") == 1
+
+
+def test_get_pokemon_decodes_only_the_used_fields_unless_full(make_client) -> None:
+    """The lean decode skips moves and the rest; `full=True` keeps them."""
+    client = make_client(PokeAPI)
+    lean = client.get_pokemon("charizard").data
+    assert lean == {
+        "id": 6,
+        "name": "charizard",
+        "height": 17,
+        "weight": 905,
+        "sprites": {"front_default": lean["sprites"]["front_default"]},
+    }
+    full = client.get_pokemon("charizard", full=True).data
+    assert len(full["moves"]) > 10
+    assert {key: full[key] for key in ("id", "name", "height", "weight")} == {
+        key: lean[key] for key in ("id", "name", "height", "weight")
+    }
+
+
+def test_a_record_of_another_shape_is_decoded_whole(make_client, sandbox) -> None:
+    """An unexpected shape is not hidden by the lean decoder: the caller sees all of it."""
+    sandbox.inject("pokemon", "wrong_shape", shape="object")
+    assert make_client(PokeAPI).get_pokemon("pikachu").data == {"unexpected": True}

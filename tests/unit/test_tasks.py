@@ -130,3 +130,12 @@ def test_a_batch_skips_fresh_names(runtime, client, upstream) -> None:
     )
     assert outcome.fresh == ["charizard"]
     assert len(upstream.calls) == 1
+
+
+def test_a_huge_argument_is_shortened_in_its_failure_record(runtime, upstream) -> None:
+    """A 1 MB argument costs a failure record about 1 KB, marked truncated."""
+    pokemon.fetch_pokemon.apply(args=["a" * 1_000_000])
+    [(_, record)] = runtime.store.redis.xrange("events:failures")
+    assert record[b"truncated"] == b"1"
+    assert len(record[b"args"]) < 2048
+    assert record[b"error"] == b"InvalidInput"

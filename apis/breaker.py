@@ -1,0 +1,291 @@
+"""A circuit breaker per upstream, shared by every worker process through Redis.
+
+Why shared: an outage is a property of the upstream, not of one process. Sixteen threads
+in each of several workers would otherwise each have to learn it on their own, and keep
+hammering an upstream that is down with retries that cannot succeed.
+
+States, kept in three small keys per upstream (names under `{prefix}circuit:{service}:`):
+
+- closed: calls go through. A transient failure of a whole call (after the client's own
+  retries: connection errors, timeouts, 429, 502/503/504) increments `failures`, which
+  expires `window_seconds` after the first one; any answered call resets it. Reaching
+  `failure_threshold` opens the circuit. Resetting on success means sporadic failures
+  under load never add up to an outage; a partial outage is the retries' job.
+- open: `open` exists, with a TTL of `cooldown_seconds`. Calls are refused at once with
+  `CircuitOpen`, carrying the remaining cool-down, and no request is sent.
+- half-open: `open` has expired but `tripped` is still set. The first caller takes
+  `probe` (SET NX with a TTL, so a probe that dies frees it) and is let through; the
+  others are refused until it ends. Its success closes the circuit (all keys go), a
+  transient failure opens it for another cool-down.
+
+Each decision is one Lua script, so concurrent callers in different processes see one
+consistent state. Redis trouble never blocks a job: when Redis cannot be reached, the
+breaker allows the call (fails open), and stops asking Redis for a second so that a dead
+Redis does not add a timeout to every call (see `StateGuard`, which `apis.ratelimit`
+shares).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+from prometheus_client import Counter
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from apis import errors
+from apis.config import UpstreamConfig
+
+log = logging.getLogger("apis.breaker")
+
+T = TypeVar("T")
+
+CIRCUIT_TRANSITIONS = Counter(
+    "apiworker_circuit_transitions",
+    "Circuit breaker state changes caused by this process, by service and new state.",
+    ["service", "state"],
+)
+CIRCUIT_REJECTIONS = Counter(
+    "apiworker_circuit_rejections",
+    "Calls refused without a request because the circuit was open, by service.",
+    ["service"],
+)
+
+# A tripped circuit is forgotten after this long without a probe (nobody called the
+# upstream for a day): the next call then starts from closed.
+_TRIPPED_SECONDS = 86_400.0
+# How long to stop asking an unreachable Redis before trying it again.
+_STATE_BACKOFF_SECONDS = 1.0
+# At most one "Redis unavailable" warning per process in this many seconds.
+_WARN_EVERY_SECONDS = 30.0
+
+# KEYS: open, tripped, probe. ARGV: probe token, probe ttl ms, cool-down ms.
+# Returns {verdict, wait ms}: 1 = allowed (closed), 2 = allowed as the probe, 0 = refused.
+# While a probe is out, the wait is at most one cool-down: a probe usually ends in far
+# less than its key's TTL (which only guards against a probe that died).
+_BEFORE = """
+local open_ttl = redis.call('PTTL', KEYS[1])
+if open_ttl > 0 then
+    return {0, open_ttl}
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    return {1, 0}
+end
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return {2, 0}
+end
+return {0, math.max(math.min(redis.call('PTTL', KEYS[3]), tonumber(ARGV[3])), 1)}
+"""
+
+# KEYS: open, tripped, probe, failures.
+# ARGV: outcome (ok | fail | abandon), probe token, threshold, window ms, cool-down ms,
+# tripped ms. Returns 1 when this call opened the circuit, 2 when it closed it, else 0.
+_AFTER = """
+local outcome = ARGV[1]
+if outcome == 'abandon' then
+    if redis.call('GET', KEYS[3]) == ARGV[2] then
+        redis.call('DEL', KEYS[3])
+    end
+    return 0
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return 0
+end
+local tripped = redis.call('EXISTS', KEYS[2]) == 1
+if outcome == 'ok' then
+    if tripped then
+        redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+        return 2
+    end
+    redis.call('DEL', KEYS[4])
+    return 0
+end
+if tripped then
+    redis.call('SET', KEYS[1], '1', 'PX', ARGV[5])
+    redis.call('DEL', KEYS[3])
+    return 1
+end
+local failures = redis.call('INCR', KEYS[4])
+if failures == 1 then
+    redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
+if failures >= tonumber(ARGV[3]) then
+    redis.call('SET', KEYS[1], '1', 'PX', ARGV[5])
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[6])
+    redis.call('DEL', KEYS[4])
+    return 1
+end
+return 0
+"""
+
+_clients_lock = threading.Lock()
+_clients: dict[str, redis.Redis] = {}
+
+
+def shared_redis(url: str) -> redis.Redis:
+    """One client per URL per process for the guards' state; redis-py's pool is
+    thread-safe and rebuilt after a fork.
+
+    Short timeouts and no redis-py retries: a guard that cannot answer within a second
+    must fail open rather than hold the job (redis-py's default would retry ten times).
+    """
+    client = _clients.get(url)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(url)
+            if client is None:
+                client = redis.Redis.from_url(
+                    url,
+                    socket_timeout=1.0,
+                    socket_connect_timeout=1.0,
+                    health_check_interval=30,
+                    retry=Retry(NoBackoff(), 0),
+                )
+                _clients[url] = client
+    return client
+
+
+class StateGuard:
+    """Runs the guards' Redis calls so that Redis trouble means "allow", never an error.
+
+    After a failure, Redis is left alone for a second (calls get the fail-open answer at
+    once); warnings are rate-limited so that an outage of Redis does not flood the log.
+    """
+
+    def __init__(self, what: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self._clock = clock
+        self._skip_until = 0.0
+        self._warned_at: float | None = None
+
+    def run(self, operation: Callable[[], T], fallback: T) -> T:
+        now = self._clock()
+        if now < self._skip_until:
+            return fallback
+        try:
+            return operation()
+        except (redis.RedisError, OSError) as exc:
+            self._skip_until = now + _STATE_BACKOFF_SECONDS
+            if self._warned_at is None or now - self._warned_at >= _WARN_EVERY_SECONDS:
+                self._warned_at = now
+                log.warning(
+                    "%s unavailable, allowing calls (fail open): %s", self.what, type(exc).__name__
+                )
+            return fallback
+
+
+class CircuitBreaker:
+    """The breaker of one upstream; a no-op when its threshold is 0 or no Redis is set."""
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        client: redis.Redis | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        policy = config.circuit
+        self.service = config.service
+        self.policy = policy
+        if client is None and config.state_redis_url and policy.failure_threshold > 0:
+            client = shared_redis(config.state_redis_url)
+        self.enabled = client is not None and policy.failure_threshold > 0
+        self._redis = client
+        prefix = f"{config.state_key_prefix}circuit:{config.service}:"
+        self.keys = [prefix + name for name in ("open", "tripped", "probe", "failures")]
+        # One probe call may take every attempt of the client, each up to the total
+        # deadline, and wait for rate-limit tokens: the probe key outlives all of that.
+        token_waits = config.rate_limit.max_wait if config.rate_limit.rate > 0 else 0.0
+        probe_seconds = (
+            config.retry.max_seconds + config.total_timeout + token_waits * config.retry.attempts
+        )
+        self._probe_ms = max(1000, int(probe_seconds * 1000))
+        self._guard = StateGuard(f"circuit breaker state of {config.service}", clock=clock)
+        if client is not None:
+            self._before = client.register_script(_BEFORE)
+            self._after = client.register_script(_AFTER)
+
+    def before_call(self, method: str = "", path: str = "") -> str | None:
+        """Allow the call, or raise `CircuitOpen`; returns the probe token if it is one."""
+        if not self.enabled:
+            return None
+        token = secrets.token_hex(8)
+        verdict, wait_ms = self._guard.run(
+            lambda: self._before(
+                keys=self.keys[:3],
+                args=[token, self._probe_ms, int(self.policy.cooldown_seconds * 1000)],
+            ),
+            [1, 0],
+        )
+        if verdict == 1:
+            return None
+        if verdict == 2:
+            log.info("circuit half-open service=%s: sending one probe call", self.service)
+            return token
+        CIRCUIT_REJECTIONS.labels(self.service).inc()
+        raise errors.CircuitOpen(
+            "circuit open: upstream failing, call not sent",
+            self.service,
+            method,
+            path,
+            None,
+            "",
+            int(wait_ms) / 1000,
+        )
+
+    def after_call(self, probe: str | None, exc: BaseException | None) -> None:
+        """Record how a call allowed by `before_call` ended (None: it succeeded)."""
+        if not self.enabled:
+            return
+        outcome = _outcome(exc)
+        if outcome == "abandon" and probe is None:
+            return
+        policy = self.policy
+        args: list[str | int] = [
+            outcome,
+            probe or "",
+            policy.failure_threshold,
+            int(policy.window_seconds * 1000),
+            int(policy.cooldown_seconds * 1000),
+            int(max(_TRIPPED_SECONDS, 10 * policy.cooldown_seconds) * 1000),
+        ]
+        changed = self._guard.run(lambda: self._after(keys=self.keys, args=args), 0)
+        if changed == 1:
+            CIRCUIT_TRANSITIONS.labels(self.service, "open").inc()
+            log.warning(
+                "circuit opened service=%s: calls refused for %.0fs (error=%s)",
+                self.service,
+                policy.cooldown_seconds,
+                type(exc).__name__,
+            )
+        elif changed == 2:
+            CIRCUIT_TRANSITIONS.labels(self.service, "closed").inc()
+            log.warning("circuit closed service=%s: the upstream answers again", self.service)
+
+    def state(self) -> str:
+        """The state as Redis has it now: closed, open or half-open (for tests and tools)."""
+        if self._redis is None:
+            return "closed"
+        open_key, tripped_key = self.keys[0], self.keys[1]
+        if self._redis.exists(open_key):
+            return "open"
+        return "half-open" if self._redis.exists(tripped_key) else "closed"
+
+
+def _outcome(exc: BaseException | None) -> str:
+    """What a call's ending says about the upstream: ok, fail, or nothing (abandon)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, errors.HeldBack) or not isinstance(exc, errors.UpstreamError):
+        return "abandon"  # no answer was waited for: it says nothing about the upstream
+    if exc.is_transient:
+        return "fail"
+    if isinstance(exc, errors.NotConfigured | errors.InvalidParameter):
+        return "abandon"
+    return "ok"  # the upstream answered (404, 401, a bad body): it is up

@@ -1,0 +1,96 @@
+"""Many jobs against an upstream that fails at random: none lost, none stuck, calls bounded."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from tests.chaos.conftest import FETCH, pokemon_names, scaled
+from tests.support.celery_worker import wait_for
+
+ATTEMPTS, MAX_RETRIES = 3, 2
+WORST_CASE_CALLS = ATTEMPTS * (MAX_RETRIES + 1)
+# (fault kind, share of requests, parameters): about one request in three misbehaves.
+FAULTS = (
+    ("status", 0.12, {"status": 503}),
+    ("hang", 0.04, {"seconds": 2.0}),
+    ("reset", 0.08, {}),
+    ("latency", 0.05, {"seconds": 0.3}),
+    ("malformed_json", 0.03, {}),
+)
+PERMANENT = {"InvalidResponse"}
+TRANSIENT = {"ServerError", "UpstreamTimeout", "UpstreamConnectionError"}
+
+
+def test_random_upstream_faults_leave_every_job_stored_or_recorded(
+    deploy, sandbox: Any, monkeypatch
+) -> None:
+    """503s, hangs, resets, slow and malformed bodies: each job a result or a record."""
+    deployment = deploy(
+        HTTP_CONNECT_TIMEOUT="1",
+        HTTP_READ_TIMEOUT="0.5",
+        HTTP_RETRY_ATTEMPTS=str(ATTEMPTS),
+        TASK_MAX_RETRIES=str(MAX_RETRIES),
+        TASK_RETRY_BACKOFF="0.05",
+        TASK_RETRY_BACKOFF_MAX="0.5",
+        CIRCUIT_COOLDOWN_SECONDS="1",
+        FRESHNESS_MAX_AGE="0",
+    )
+    calls = tally_calls_per_pokemon(sandbox, monkeypatch)
+    deployment.start_worker(concurrency=16)
+    deployment.start_worker(concurrency=16)
+    for kind, share, params in FAULTS:
+        sandbox.inject("pokemon", kind, probability=share, **params)
+
+    names = pokemon_names(scaled(300))
+    jobs = [deployment.producer.send_task(FETCH, args=[name]) for name in names]
+    pending = {job.id: job for job in jobs}
+
+    def all_finished() -> bool:
+        for job_id in [job_id for job_id, job in pending.items() if job.ready()]:
+            del pending[job_id]
+        return not pending
+
+    wait_for(all_finished, timeout=60 + len(names) / 10, interval=0.2, what="every job")
+    wait_for(deployment.drained, timeout=10, what="empty queues, nothing unacked")
+
+    records = {fields["task_id"]: fields for fields in deployment.failures()}
+    stored = set(deployment.results.keys("pokemon:*"))
+    states = Counter(job.state for job in jobs)
+    assert set(states) <= {"SUCCESS", "FAILURE"}
+    for job, name in zip(jobs, names, strict=True):
+        if job.state == "SUCCESS":
+            assert f"pokemon:{name}" in stored
+        else:
+            assert records[job.id]["error"] in PERMANENT | TRANSIENT
+    assert len(records) == states["FAILURE"]
+
+    jobs_per_name = Counter(names)
+    worst = max(calls[name] / count for name, count in jobs_per_name.items())
+    assert all(calls[name] <= WORST_CASE_CALLS * count for name, count in jobs_per_name.items())
+    errors = Counter(record["error"] for record in records.values())
+    print(
+        f"upstream chaos: sent={len(jobs)} completed={states['SUCCESS']} "
+        f"recorded={states['FAILURE']} lost=0 calls={sum(calls.values())} "
+        f"max_calls_per_job={worst:g} (bound {WORST_CASE_CALLS}) errors={dict(errors)}"
+    )
+
+
+def tally_calls_per_pokemon(sandbox: Any, monkeypatch) -> Counter[str]:
+    """Count the sandbox's requests per Pokémon, faulted ones included.
+
+    The sandbox counts per route; a per-job bound needs per-name counts, so this wraps
+    its route lookup (which runs for every request before any fault) for this test.
+    """
+    upstreams = sandbox._httpd.upstreams
+    resolve = upstreams.resolve
+    calls: Counter[str] = Counter()
+
+    def counting(path: str) -> Any:
+        route = resolve(path)
+        if route is not None and route.name == "pokemon":
+            calls[path.rstrip("/").rsplit("/", 1)[1]] += 1
+        return route
+
+    monkeypatch.setattr(upstreams, "resolve", counting)
+    return calls

@@ -1,0 +1,67 @@
+"""Keep one malformed broker message from stopping the worker.
+
+kombu's Redis transport decodes each raw queue item in the consumer loop. An item that
+is not JSON, a JSON value that is not a message envelope, or an envelope whose body is
+not valid base64 raises there, and Celery ends the worker with "Unrecoverable error".
+Worse, the last kind goes back on the queue as the worker dies, so every worker that
+takes it dies too. Anyone who can write to the broker could stop the service.
+
+This wraps the transport's `loads` so that such an item becomes a message of a content
+type the worker refuses (`accept_content` is JSON only): Celery logs it and drops it, as
+it does a pickle message, and the next job is served. Well-formed envelopes pass
+through untouched. Proven by tests/chaos/test_poison_messages.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+REFUSED_CONTENT_TYPE = "application/x-malformed-queue-item"
+_KEPT_BYTES = 4096
+
+
+def envelope_or_refused(raw: str | bytes) -> Any:
+    """The envelope of a well-formed item, or one the worker will refuse and log.
+
+    The transport also decodes its own unacknowledged-message records with this
+    function: `[envelope, exchange, routing_key]`, passed through as they are.
+    """
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        value = None
+    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], dict):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+        if value["properties"].get("body_encoding") != "base64":
+            return value
+        try:
+            base64.b64decode(value.get("body", ""), validate=True)
+            return value
+        except (TypeError, ValueError, binascii.Error):
+            pass
+    data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
+    return {
+        "body": base64.b64encode(data[:_KEPT_BYTES]).decode(),
+        "content-type": REFUSED_CONTENT_TYPE,
+        "content-encoding": "binary",
+        "headers": {},
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": ""},
+            "priority": 0,
+        },
+    }
+
+
+def install() -> None:
+    """Route the Redis transport's message decoding through `envelope_or_refused`."""
+    # kombu declares `loads` with a wider signature; the transport calls it with one item.
+    kombu_redis.loads = envelope_or_refused  # type: ignore[attr-defined,assignment]
