@@ -1,0 +1,97 @@
+"""`python -m bench.memory [--jobs 20000]`: does one worker's memory level off?
+
+One `celery -A worker worker` process (threads pool, defaults) takes N jobs over the
+1351 index names in turn, freshness off so that every job fetches, decodes and stores a
+real-sized record. The worker's resident memory is read after every slice of jobs; a
+leak shows as a curve that keeps climbing, a healthy worker as one that flattens once
+its pools, caches and allocator arenas are warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.harness import (
+    PrivateRedis,
+    SandboxProcess,
+    WorkerProcess,
+    clean_environment,
+    free_port,
+    producer_app,
+    wait_until,
+)
+from bench.systems import FETCH_TASK, settings_names
+
+RESULTS = Path(__file__).parent / "results"
+INDEX = Path(__file__).parents[1] / "sandbox" / "data" / "pokemon-index.json"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--slice", type=int, default=1_000, help="jobs between readings")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    names = [entry["name"] for entry in json.loads(INDEX.read_text())["results"]]
+    redis_server = PrivateRedis().start()
+    sandbox = SandboxProcess(0.0).start()
+    log_dir = Path(redis_server.dir)
+    env = {
+        **clean_environment(settings_names()),
+        "REDIS_URL": redis_server.url(0),
+        "CELERY_BROKER_URL": redis_server.url(1),
+        "CELERY_RESULT_BACKEND": redis_server.url(2),
+        "POKEAPI_BASE_URL": sandbox.pokeapi_url,
+        "METRICS_PORT": str(free_port()),
+        "FRESHNESS_MAX_AGE": "0",
+        "RESULT_EXPIRES": "60",
+    }
+    producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
+    worker = WorkerProcess("worker", env, ["--loglevel=WARNING"], log_dir, label="memory")
+    results = redis_server.client(0)
+    curve: list[dict[str, float]] = []
+    started = time.monotonic()
+    try:
+        worker.start(producer)
+        assert worker.tree is not None
+        sent = 0
+        while sent < args.jobs:
+            batch = min(args.slice, args.jobs - sent)
+            with producer.producer_or_acquire() as publisher:
+                for offset in range(batch):
+                    name = names[(sent + offset) % len(names)]
+                    producer.send_task(FETCH_TASK, args=[name], queue="pokeapi", producer=publisher)
+            sent += batch
+            wait_until(
+                lambda total=sent: results.xlen("events:results") >= total,
+                timeout=300,
+                what=f"{sent} stored results",
+                interval=0.2,
+            )
+            rss, _ = worker.tree.memory()
+            point = {"jobs": sent, "rss_mib": round(rss / 2**20, 1)}
+            curve.append(point)
+            print(f"{point['jobs']:>7} jobs  RSS {point['rss_mib']:>7.1f} MiB", flush=True)
+    finally:
+        worker.stop()
+        producer.close()
+        sandbox.stop()
+        redis_server.stop()
+    out = args.out or RESULTS / f"memory-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    out.write_text(
+        json.dumps(
+            {"jobs": args.jobs, "wall_s": round(time.monotonic() - started, 1), "curve": curve},
+            indent=2,
+        )
+    )
+    print(f"curve saved to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
