@@ -61,6 +61,11 @@ app.conf.update(
         "visibility_timeout": settings.broker_visibility_timeout,
         "unacked_restore_interval": settings.broker_restore_interval,
         "unacked_restore_throttle": 1,
+        # The sweep holds a mutex key; a worker killed during its sweep would otherwise
+        # leave it for kombu's default 300 s, and nobody restores anything meanwhile.
+        # A sweep takes milliseconds; two overlapping ones only requeue an idempotent
+        # job twice.
+        "unacked_mutex_expire": 10,
         "socket_timeout": 30,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
