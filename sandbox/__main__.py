@@ -32,6 +32,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
     parser.add_argument(
+        "--prewarm",
+        action="store_true",
+        help="build and gzip every PokeAPI record before serving (benchmarks; ~400 MB)",
+    )
+    parser.add_argument(
         "--public-url",
         default=None,
         help="base URL clients reach this server by, used in links "
@@ -58,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency=args.latency,
         seed=args.seed,
         public_url=args.public_url,
+        prewarm=args.prewarm,
     ).start()
     try:
         print(f"sandbox upstream listening on {server.base_url}", flush=True)

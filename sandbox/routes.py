@@ -51,8 +51,10 @@ class Route:
 class Upstreams:
     """The three fake APIs bound to one server address and Semaphore token."""
 
-    def __init__(self, base_url: str, semaphore_token: str) -> None:
+    def __init__(self, base_url: str, semaphore_token: str, *, prewarm: bool = False) -> None:
         self.pokeapi = PokeApi(base_url)
+        if prewarm:
+            self.pokeapi.prewarm()
         self.cms = Cms()
         self.semaphore = Semaphore(base_url, semaphore_token)
 

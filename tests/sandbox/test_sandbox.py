@@ -464,3 +464,18 @@ def test_public_url_is_used_in_links() -> None:
         bound = f"http://127.0.0.1:{server.port}"
         page = requests.get(f"{bound}/api/v2/pokemon?limit=1", timeout=5).json()
         assert page["next"].startswith("http://sandbox:8000/api/v2/pokemon?")
+
+
+def test_prewarm_serves_the_same_bytes() -> None:
+    """A prewarmed sandbox answers exactly as a lazily building one does."""
+    with (
+        SandboxServer(public_url="http://s") as lazy,
+        SandboxServer(prewarm=True, public_url="http://s") as warm,
+    ):
+        for name in ("pikachu", "ivysaur", "rayquaza"):
+            bodies = [
+                requests.get(f"http://127.0.0.1:{server.port}/api/v2/pokemon/{name}", timeout=5)
+                for server in (lazy, warm)
+            ]
+            assert bodies[0].status_code == bodies[1].status_code == 200
+            assert bodies[0].content == bodies[1].content
