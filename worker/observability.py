@@ -80,6 +80,11 @@ def configure_logging(**_: Any) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    if settings.log_level != "DEBUG":
+        # Celery logs "received" and "succeeded in ...: <result>" for every job; the job
+        # outcome line below replaces both (one line per job), and its errors still show.
+        logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 
 @task_prerun.connect
