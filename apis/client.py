@@ -98,13 +98,13 @@ class ApiClient:
         session = requests.Session()
         # Ignore proxy variables and ~/.netrc: credentials come only from our settings.
         session.trust_env = False
-        # pool_block: a thread waits for a free connection rather than opening one more
-        # that the pool would discard afterwards, so HTTP_POOL_SIZE bounds the requests
-        # in flight per upstream per process (batch jobs fetch several names at once).
+        # The pool keeps HTTP_POOL_SIZE connections; a burst above it (a catalog batch)
+        # opens extra ones that are closed after use. Never pool_block: a thread waiting
+        # for a connection has no timeout in requests, and the threads pool has no time
+        # limits to end it.
         adapter = HTTPAdapter(
             pool_connections=1,
             pool_maxsize=self.config.pool_size,
-            pool_block=True,
             max_retries=0,
         )
         session.mount("http://", adapter)
