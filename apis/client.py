@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
-from tenacity import retry_if_exception
 from urllib3 import exceptions as urllib3_errors
 
 from apis import errors, metrics
@@ -31,7 +30,7 @@ from apis.breaker import CircuitBreaker
 from apis.config import ApiSettings, UpstreamConfig
 from apis.ratelimit import RateLimiter
 from apis.redact import excerpt, redact, register_secret
-from apis.retry import Sleep, build_retrying, is_transient
+from apis.retry import Sleep, build_retrying
 
 log = logging.getLogger("apis")
 
@@ -173,7 +172,7 @@ class ApiClient:
 
                 retrying = build_retrying(
                     self.config.retry, service=self.service, sleep=self._sleep
-                ).copy(retry=retry_if_exception(_retry_in_place))
+                )
                 try:
                     payload = retrying(attempt)
                 except errors.Throttled:
@@ -318,7 +317,12 @@ class ApiClient:
     ) -> bytes:
         """Read the body up to `cap` bytes and within the total deadline."""
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > cap and response.status_code < 300:
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and int(declared) > cap
+            and response.status_code < 300
+        ):
             raise errors.ResponseTooLarge(
                 f"body of {declared} bytes exceeds the cap of {cap}",
                 self.service,
@@ -424,17 +428,12 @@ class ApiClient:
         )
 
 
-def _retry_in_place(exc: BaseException) -> bool:
-    """The retry policy's test, minus held-back calls: the guard would only refuse again."""
-    return is_transient(exc) and not isinstance(exc, errors.HeldBack)
-
-
 def _parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # headers are latin-1: "²".isdigit()
         return float(value)
     try:
         when = parsedate_to_datetime(value)

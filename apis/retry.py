@@ -29,16 +29,20 @@ from tenacity.stop import stop_base
 
 from apis import metrics
 from apis.config import RetryPolicy
-from apis.errors import RateLimited, UpstreamError
+from apis.errors import HeldBack, RateLimited, UpstreamError
 
 log = logging.getLogger("apis.retry")
 
 Sleep = Callable[[float], None]
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether the same request may succeed if sent again."""
-    return isinstance(exc, UpstreamError) and exc.is_transient
+def retry_in_place(exc: BaseException) -> bool:
+    """Whether sending the same request again, now, may succeed.
+
+    A call our own guard held back (open circuit, no rate-limit token) is transient but
+    not retried here: the guard would only say no again; the task layer defers it.
+    """
+    return isinstance(exc, UpstreamError) and exc.is_transient and not isinstance(exc, HeldBack)
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -89,7 +93,7 @@ def _log_retry(service: str) -> Callable[[RetryCallState], None]:
 def build_retrying(policy: RetryPolicy, *, service: str, sleep: Sleep = time.sleep) -> Retrying:
     """A tenacity controller for one upstream call under `policy`."""
     return Retrying(
-        retry=retry_if_exception(is_transient),
+        retry=retry_if_exception(retry_in_place),
         stop=(
             stop_after_attempt(policy.attempts)
             | stop_before_delay(policy.max_seconds)

@@ -30,7 +30,7 @@ def _text(value: object, field: str) -> str:
 def pokemon_ref(value: object) -> str:
     """A Pokémon name (case-insensitive) or a positive id, normalised to what PokeAPI uses."""
     text = _text(value, "name_or_id").lower()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "²".isdigit() is True, int("²") fails
         number = int(text)
         if number < 1:
             raise InvalidInput("a Pokémon id must be a positive integer")

@@ -28,3 +28,14 @@ def test_non_string_segments_are_rejected(value: object) -> None:
     """A wrong type is a clear error, not a str() of it."""
     with pytest.raises(InvalidParameter):
         segment(value)  # type: ignore[arg-type]
+
+
+def test_unicode_digits_are_not_numbers() -> None:
+    """`"²".isdigit()` is True but `int("²")` fails: such input is refused, not crashed on."""
+    from apis.client import _parse_retry_after
+    from tasks.errors import InvalidInput
+    from tasks.validation import pokemon_ref
+
+    with pytest.raises(InvalidInput):
+        pokemon_ref("²")
+    assert _parse_retry_after("²") is None
