@@ -8,9 +8,10 @@ States, kept in three small keys per upstream (names under `{prefix}circuit:{ser
 
 - closed: calls go through. A transient failure of a whole call (after the client's own
   retries: connection errors, timeouts, 429, 502/503/504) increments `failures`, which
-  expires `window_seconds` after the first one; any answered call resets it. Reaching
-  `failure_threshold` opens the circuit. Resetting on success means sporadic failures
-  under load never add up to an outage; a partial outage is the retries' job.
+  expires `window_seconds` after the first one; an answered call that began while a
+  count was pending resets it. Reaching `failure_threshold` opens the circuit. Resetting
+  on success means sporadic failures under load never add up to an outage; a partial
+  outage is the retries' job.
 - open: `open` exists, with a TTL of `cooldown_seconds`. Calls are refused at once with
   `CircuitOpen`, carrying the remaining cool-down, and no request is sent.
 - half-open: `open` has expired but `tripped` is still set. The first caller takes
@@ -19,10 +20,13 @@ States, kept in three small keys per upstream (names under `{prefix}circuit:{ser
   transient failure opens it for another cool-down.
 
 Each decision is one Lua script, so concurrent callers in different processes see one
-consistent state. Redis trouble never blocks a job: when Redis cannot be reached, the
-breaker allows the call (fails open), and stops asking Redis for a second so that a dead
-Redis does not add a timeout to every call (see `StateGuard`, which `apis.ratelimit`
-shares).
+consistent state. A healthy upstream costs one round trip per call, not two: the check
+before the call also says whether a failure count is pending, and a success with
+nothing to reset records nothing.
+
+Redis trouble never blocks a job: when Redis cannot be reached, the breaker allows the
+call (fails open), and stops asking Redis for a second so that a dead Redis does not add
+a timeout to every call (see `StateGuard`, which `apis.ratelimit` shares).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
@@ -65,8 +70,9 @@ _STATE_BACKOFF_SECONDS = 1.0
 # At most one "Redis unavailable" warning per process in this many seconds.
 _WARN_EVERY_SECONDS = 30.0
 
-# KEYS: open, tripped, probe. ARGV: probe token, probe ttl ms, cool-down ms.
-# Returns {verdict, wait ms}: 1 = allowed (closed), 2 = allowed as the probe, 0 = refused.
+# KEYS: open, tripped, probe, failures. ARGV: probe token, probe ttl ms, cool-down ms.
+# Returns {verdict, wait ms}: 1 = allowed (closed, a failure count pending), 3 = allowed
+# (closed, nothing counted), 2 = allowed as the probe, 0 = refused.
 # While a probe is out, the wait is at most one cool-down: a probe usually ends in far
 # less than its key's TTL (which only guards against a probe that died).
 _BEFORE = """
@@ -75,7 +81,10 @@ if open_ttl > 0 then
     return {0, open_ttl}
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
-    return {1, 0}
+    if redis.call('EXISTS', KEYS[4]) == 1 then
+        return {1, 0}
+    end
+    return {3, 0}
 end
 if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return {2, 0}
@@ -123,6 +132,19 @@ if failures >= tonumber(ARGV[3]) then
 end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class Permit:
+    """What `before_call` learnt, for `after_call`: the probe token when the call is the
+    half-open probe, and whether a failure count (or the probe) awaits a success."""
+
+    probe: str | None = None
+    counted: bool = False
+
+
+_UNCOUNTED = Permit()
+_COUNTED = Permit(counted=True)
 
 _clients_lock = threading.Lock()
 _clients: dict[str, redis.Redis] = {}
@@ -211,23 +233,25 @@ class CircuitBreaker:
             self._before = client.register_script(_BEFORE)
             self._after = client.register_script(_AFTER)
 
-    def before_call(self, method: str = "", path: str = "") -> str | None:
-        """Allow the call, or raise `CircuitOpen`; returns the probe token if it is one."""
+    def before_call(self, method: str = "", path: str = "") -> Permit:
+        """Allow the call (the permit goes to `after_call`), or raise `CircuitOpen`."""
         if not self.enabled:
-            return None
+            return _UNCOUNTED
         token = secrets.token_hex(8)
         verdict, wait_ms = self._guard.run(
             lambda: self._before(
-                keys=self.keys[:3],
+                keys=self.keys,
                 args=[token, self._probe_ms, int(self.policy.cooldown_seconds * 1000)],
             ),
-            [1, 0],
+            [3, 0],  # Redis unreachable: allow, and count nothing
         )
+        if verdict == 3:
+            return _UNCOUNTED
         if verdict == 1:
-            return None
+            return _COUNTED
         if verdict == 2:
             log.info("circuit half-open service=%s: sending one probe call", self.service)
-            return token
+            return Permit(probe=token, counted=True)
         CIRCUIT_REJECTIONS.labels(self.service).inc()
         raise errors.CircuitOpen(
             "circuit open: upstream failing, call not sent",
@@ -239,17 +263,19 @@ class CircuitBreaker:
             int(wait_ms) / 1000,
         )
 
-    def after_call(self, probe: str | None, exc: BaseException | None) -> None:
+    def after_call(self, permit: Permit, exc: BaseException | None) -> None:
         """Record how a call allowed by `before_call` ended (None: it succeeded)."""
         if not self.enabled:
             return
         outcome = _outcome(exc)
-        if outcome == "abandon" and probe is None:
+        if outcome == "abandon" and permit.probe is None:
             return
+        if outcome == "ok" and not permit.counted:
+            return  # closed with nothing counted when the call began: nothing to reset
         policy = self.policy
         args: list[str | int] = [
             outcome,
-            probe or "",
+            permit.probe or "",
             policy.failure_threshold,
             int(policy.window_seconds * 1000),
             int(policy.cooldown_seconds * 1000),

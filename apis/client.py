@@ -156,7 +156,7 @@ class ApiClient:
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         # An open circuit refuses the call before anything is sent (raises CircuitOpen).
-        probe = self.breaker.before_call(method, urlsplit(url).path)
+        permit = self.breaker.before_call(method, urlsplit(url).path)
         try:
             if not idempotent:
                 payload = self._send(method, url, params, json, headers, decode)
@@ -183,13 +183,13 @@ class ApiClient:
                         raise sent[-1] from None
                     raise
         except errors.UpstreamError as exc:
-            self.breaker.after_call(probe, exc)
+            self.breaker.after_call(permit, exc)
             self._log_failure(exc)
             raise
         except BaseException as exc:
-            self.breaker.after_call(probe, exc)
+            self.breaker.after_call(permit, exc)
             raise
-        self.breaker.after_call(probe, None)
+        self.breaker.after_call(permit, None)
         return payload
 
     def _url(self, method: str, path_or_url: str) -> str:

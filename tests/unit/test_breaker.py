@@ -72,6 +72,31 @@ def test_permanent_errors_do_not_count_and_an_answer_resets(server) -> None:
     assert b.state() == "closed"
 
 
+def test_a_healthy_upstream_costs_one_round_trip_per_call(server, monkeypatch) -> None:
+    """With nothing counted, a success records nothing; after a failure it resets."""
+    b = breaker(server, threshold=3)
+    recorded: list[str] = []
+    after = b._after
+    monkeypatch.setattr(b, "_after", lambda **kw: recorded.append(kw["args"][0]) or after(**kw))
+    for _ in range(5):
+        b.after_call(b.before_call(), None)
+    assert recorded == []
+    fail(b)
+    b.after_call(b.before_call(), None)
+    assert recorded == ["fail", "ok"]
+    assert not server_keys(server, "failures")
+
+
+def test_only_a_success_begun_while_failures_are_counted_resets_them(server) -> None:
+    """A call that began before the first failure says nothing about the upstream since."""
+    b = breaker(server, threshold=3)
+    early = b.before_call()
+    fail(b, times=2)
+    b.after_call(early, None)
+    fail(b)
+    assert b.state() == "open"
+
+
 def test_failures_older_than_the_window_are_forgotten(server) -> None:
     """The count expires a window after its first failure."""
     b = breaker(server, threshold=3, window=0.2)
@@ -91,13 +116,13 @@ def test_after_the_cool_down_one_probe_goes_through_and_its_success_closes(serve
     fail(b)
     wait_for(lambda: b.state() == "half-open", timeout=3, what="half-open")
     probe = b.before_call()
-    assert probe is not None
+    assert probe.probe is not None
     with pytest.raises(errors.CircuitOpen) as refused:
         b.before_call()
     assert refused.value.retry_after > 0
     b.after_call(probe, None)
     assert b.state() == "closed"
-    assert b.before_call() is None
+    assert b.before_call().probe is None
 
 
 def test_a_failed_probe_opens_the_circuit_again(server) -> None:
@@ -119,7 +144,7 @@ def test_a_probe_that_sent_nothing_frees_its_slot(server) -> None:
     probe = b.before_call()
     b.after_call(probe, errors.Throttled("no token", "pokeapi", retry_after=3.0))
     assert b.state() == "half-open"
-    assert b.before_call() is not None
+    assert b.before_call().probe is not None
 
 
 def test_a_late_success_does_not_cut_the_cool_down_short(server) -> None:
@@ -154,7 +179,7 @@ def test_an_unreachable_redis_fails_open(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="apis.breaker"):
         for _ in range(5):
             b.after_call(b.before_call(), SERVER_ERROR)
-            assert b.before_call() is None
+            assert b.before_call().probe is None
     warnings = [r for r in caplog.records if "fail open" in r.getMessage()]
     assert len(warnings) == 1
 
@@ -166,7 +191,7 @@ def test_a_zero_threshold_or_no_redis_turns_it_off() -> None:
     for b in (off, no_redis):
         assert not b.enabled
         fail(b, times=10)
-        assert b.before_call() is None
+        assert b.before_call().probe is None
 
 
 def test_settings_reach_the_client(monkeypatch) -> None:
