@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--jobs N] [--latency S] [--out PATH]`.
+"""`python -m bench [--quick] [--jobs N] [--repeat N] [--latency S] [--out PATH]`.
 
 Starts a private redis-server, the sandbox upstream (its own process, so its CPU is
 not the worker's) and, one after the other, each system's worker; runs the scenarios
@@ -57,6 +57,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated subset of: " + ", ".join(ALL_SYSTEMS),
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="cold runs per system, their median reported (default 3, 1 with --quick)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="profile the project's worker with py-spy during the cold scenario only",
@@ -64,8 +70,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs is None:
         args.jobs = 100 if args.quick else 2000
-    if args.jobs < 1 or args.latency < 0:
-        parser.error("--jobs must be positive and --latency not negative")
+    if args.repeat is None:
+        args.repeat = 1 if args.quick or args.profile else 3
+    if args.jobs < 1 or args.latency < 0 or args.repeat < 1:
+        parser.error("--jobs and --repeat must be positive and --latency not negative")
     return args
 
 
@@ -146,6 +154,7 @@ class Bench:
             "platform": platform.platform(),
             "revision": _git_revision(),
             "upstream_latency_s": self.args.latency,
+            "cold_repeat": self.args.repeat,
             "index_size": index_size,
             "plan": self.plan.__dict__,
             "systems": {system.name: system.description for system in self.systems()},
@@ -222,7 +231,12 @@ class Bench:
                 out["cold"] = self._scenario(ctx, "cold", lambda: scenarios.cold(ctx))
             out["profile"] = profiler.summary(out["cold"])
             return out
-        out["cold"] = self._scenario(ctx, "cold", lambda: scenarios.cold(ctx))
+        # The machine is noisy: the cold figures are the median of --repeat runs.
+        runs = [
+            self._scenario(ctx, "cold", lambda: scenarios.cold(ctx))
+            for _ in range(self.args.repeat)
+        ]
+        out["cold"] = scenarios.median_of_runs(runs)
         # Latency and faults are measured below saturation: at half this system's peak.
         rate = max(1.0, out["cold"]["jobs_per_s"] / 2)
         out["latency"] = self._scenario(ctx, "latency", lambda: scenarios.latency(ctx, rate))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,6 +231,26 @@ class Meter:
             "peak_rss_mib": round(rss / 2**20, 1),
             "peak_pss_mib": round(pss / 2**20, 1),
         }
+
+
+def median_of_runs(runs: Sequence[Figures]) -> Figures:
+    """One scenario's figures over repeated runs: the median of each number (so two
+    figures may come from different runs), each run's throughput and CPU kept beside it."""
+    if len(runs) == 1:
+        return dict(runs[0])
+    merged: Figures = {}
+    for key, value in runs[0].items():
+        values = [run.get(key) for run in runs]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(numbers) == len(runs):
+            middle = statistics.median(numbers)
+            merged[key] = round(middle, 3) if isinstance(middle, float) else middle
+        else:
+            merged[key] = value if not isinstance(value, bool) else any(values)
+    merged["runs"] = len(runs)
+    for key in ("jobs_per_s", "worker_cpu_ms_per_job"):
+        merged[f"{key}_each_run"] = " / ".join(f"{run.get(key, 0):g}" for run in runs)
+    return merged
 
 
 def _rate(count: int, start: float, end: float) -> float:

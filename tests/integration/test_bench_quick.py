@@ -36,7 +36,7 @@ def quick_run(
 ) -> tuple[subprocess.CompletedProcess[str], Any]:
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--repeat", "2", "--out", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -77,6 +77,14 @@ def test_ratios_and_targets_are_reported(quick_run: Any) -> None:
         "hot: upstream calls per distinct name",
     }
     assert document["meta"]["nproc"] >= 1
+
+
+def test_repeated_cold_runs_report_their_median_and_each_run(quick_run: Any) -> None:
+    _, document = quick_run
+    assert document is not None
+    cold = document["systems"]["project"]["cold"]
+    assert cold["runs"] == 2
+    assert len(cold["worker_cpu_ms_per_job_each_run"].split(" / ")) == 2
 
 
 def test_the_project_stores_or_records_every_faulty_job(quick_run: Any) -> None:
