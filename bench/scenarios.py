@@ -236,8 +236,6 @@ class Meter:
 def median_of_runs(runs: Sequence[Figures]) -> Figures:
     """One scenario's figures over repeated runs: the median of each number (so two
     figures may come from different runs), each run's throughput and CPU kept beside it."""
-    if len(runs) == 1:
-        return dict(runs[0])
     merged: Figures = {}
     for key, value in runs[0].items():
         values = [run.get(key) for run in runs]

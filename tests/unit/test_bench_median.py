@@ -21,5 +21,10 @@ def test_each_number_is_the_median_and_each_run_is_listed() -> None:
 
 
 def test_a_single_run_is_reported_as_it_is() -> None:
-    run = {"jobs": 5, "jobs_per_s": 100.0}
-    assert median_of_runs([run]) == run
+    run = {"jobs": 5, "jobs_per_s": 100.0, "worker_cpu_ms_per_job": 3.25}
+    assert median_of_runs([run]) == {
+        **run,
+        "runs": 1,
+        "jobs_per_s_each_run": "100",
+        "worker_cpu_ms_per_job_each_run": "3.25",
+    }
