@@ -20,9 +20,14 @@ States, kept in three small keys per upstream (names under `{prefix}circuit:{ser
   transient failure opens it for another cool-down.
 
 Each decision is one Lua script, so concurrent callers in different processes see one
-consistent state. A healthy upstream costs one round trip per call, not two: the check
-before the call also says whether a failure count is pending, and a success with
-nothing to reset records nothing.
+consistent state.
+
+A healthy upstream costs the breaker almost no round trips. The check before a call
+also says whether a failure count is pending; a success with nothing to reset records
+nothing. And a process that found the circuit closed with nothing counted trusts that
+reading for `CLOSED_TRUST_SECONDS` without asking again, unless one of its own calls
+fails meanwhile. The price: when another process opens the circuit, this one may send
+calls for up to that long, and each of those, failing, ends the trust at once.
 
 Redis trouble never blocks a job: when Redis cannot be reached, the breaker allows the
 call (fails open), and stops asking Redis for a second so that a dead Redis does not add
@@ -65,6 +70,8 @@ CIRCUIT_REJECTIONS = Counter(
 # A tripped circuit is forgotten after this long without a probe (nobody called the
 # upstream for a day): the next call then starts from closed.
 _TRIPPED_SECONDS = 86_400.0
+# How long a process trusts a "closed, nothing counted" reading before asking Redis again.
+CLOSED_TRUST_SECONDS = 0.5
 # How long to stop asking an unreachable Redis before trying it again.
 _STATE_BACKOFF_SECONDS = 1.0
 # At most one "Redis unavailable" warning per process in this many seconds.
@@ -229,6 +236,10 @@ class CircuitBreaker:
         )
         self._probe_ms = max(1000, int(probe_seconds * 1000))
         self._guard = StateGuard(f"circuit breaker state of {config.service}", clock=clock)
+        self._clock = clock
+        # Until when this process trusts its last "closed, nothing counted" reading (a
+        # float written whole under the GIL: threads may race on it only harmlessly).
+        self._trusted_until = 0.0
         if client is not None:
             self._before = client.register_script(_BEFORE)
             self._after = client.register_script(_AFTER)
@@ -236,6 +247,9 @@ class CircuitBreaker:
     def before_call(self, method: str = "", path: str = "") -> Permit:
         """Allow the call (the permit goes to `after_call`), or raise `CircuitOpen`."""
         if not self.enabled:
+            return _UNCOUNTED
+        now = self._clock()
+        if now < self._trusted_until:
             return _UNCOUNTED
         token = secrets.token_hex(8)
         verdict, wait_ms = self._guard.run(
@@ -246,6 +260,7 @@ class CircuitBreaker:
             [3, 0],  # Redis unreachable: allow, and count nothing
         )
         if verdict == 3:
+            self._trusted_until = now + CLOSED_TRUST_SECONDS
             return _UNCOUNTED
         if verdict == 1:
             return _COUNTED
@@ -272,6 +287,8 @@ class CircuitBreaker:
             return
         if outcome == "ok" and not permit.counted:
             return  # closed with nothing counted when the call began: nothing to reset
+        if outcome == "fail":
+            self._trusted_until = 0.0  # ask Redis again before the next call
         policy = self.policy
         args: list[str | int] = [
             outcome,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
@@ -11,7 +13,7 @@ import pytest
 import responses
 
 from apis import PokeAPI, errors
-from apis.breaker import CircuitBreaker
+from apis.breaker import CLOSED_TRUST_SECONDS, CircuitBreaker
 from apis.config import ApiSettings, CircuitPolicy, UpstreamConfig
 from tasks.base import DEFERRALS_HEADER, deferral_countdown, deferrals_of
 from tests.support.celery_worker import wait_for
@@ -37,8 +39,27 @@ def server() -> fakeredis.FakeServer:
     return fakeredis.FakeServer()
 
 
-def breaker(server: fakeredis.FakeServer, **policy: Any) -> CircuitBreaker:
-    return CircuitBreaker(config(**policy), fakeredis.FakeRedis(server=server))
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(
+    server: fakeredis.FakeServer, clock: Callable[[], float] | None = None, **policy: Any
+) -> CircuitBreaker:
+    """A breaker on the fake server; with no clock given, it never trusts a reading."""
+    return CircuitBreaker(
+        config(**policy), fakeredis.FakeRedis(server=server), clock=clock or ever_later()
+    )
+
+
+def ever_later() -> Callable[[], float]:
+    """A clock a minute later at each reading: every call asks Redis again."""
+    ticks = itertools.count()
+    return lambda: 60.0 * next(ticks)
 
 
 def fail(b: CircuitBreaker, exc: BaseException = SERVER_ERROR, times: int = 1) -> None:
@@ -72,19 +93,46 @@ def test_permanent_errors_do_not_count_and_an_answer_resets(server) -> None:
     assert b.state() == "closed"
 
 
-def test_a_healthy_upstream_costs_one_round_trip_per_call(server, monkeypatch) -> None:
-    """With nothing counted, a success records nothing; after a failure it resets."""
-    b = breaker(server, threshold=3)
-    recorded: list[str] = []
-    after = b._after
-    monkeypatch.setattr(b, "_after", lambda **kw: recorded.append(kw["args"][0]) or after(**kw))
+def test_a_healthy_upstream_costs_one_round_trip_in_a_while(server, monkeypatch) -> None:
+    """With nothing counted, a success records nothing, and a closed reading is trusted
+    for CLOSED_TRUST_SECONDS; a failure is recorded, and the next success resets it."""
+    clock = FakeClock()
+    b = breaker(server, clock, threshold=3)
+    sent: list[str] = []
+    before, after = b._before, b._after
+    monkeypatch.setattr(b, "_before", lambda **kw: sent.append("check") or before(**kw))
+    monkeypatch.setattr(b, "_after", lambda **kw: sent.append(kw["args"][0]) or after(**kw))
     for _ in range(5):
         b.after_call(b.before_call(), None)
-    assert recorded == []
+    assert sent == ["check"]
+    clock.now += CLOSED_TRUST_SECONDS
+    b.after_call(b.before_call(), None)
+    assert sent == ["check", "check"]
     fail(b)
     b.after_call(b.before_call(), None)
-    assert recorded == ["fail", "ok"]
+    assert sent == ["check", "check", "fail", "check", "ok"]
     assert not server_keys(server, "failures")
+
+
+def test_a_trusted_closed_reading_lasts_until_its_time_or_an_own_failure(server) -> None:
+    """Another process opening the circuit is seen within CLOSED_TRUST_SECONDS, and at
+    once after a failure of this process's own."""
+    clock = FakeClock()
+    here, there = breaker(server, clock, threshold=1), breaker(server, threshold=1)
+    here.after_call(here.before_call(), None)
+    fail(there)
+    assert here.before_call().probe is None  # still trusted: the call may go out
+    clock.now += CLOSED_TRUST_SECONDS
+    with pytest.raises(errors.CircuitOpen):
+        here.before_call()
+
+    other_server = fakeredis.FakeServer()
+    here, there = breaker(other_server, clock, threshold=1), breaker(other_server, threshold=1)
+    permit = here.before_call()
+    fail(there)
+    here.after_call(permit, SERVER_ERROR)
+    with pytest.raises(errors.CircuitOpen):
+        here.before_call()
 
 
 def test_only_a_success_begun_while_failures_are_counted_resets_them(server) -> None:
