@@ -69,6 +69,22 @@ def test_list_pokemon_one_page(make_client) -> None:
     assert page["previous"] is None
 
 
+def test_params_join_a_query_the_url_already_has(make_client) -> None:
+    """A link with a query keeps it; params are appended with `&`, percent-encoded."""
+    client = make_client(PokeAPI)
+    first = client.list_pokemon(limit=5, offset=3)["results"]
+    page = client.fetch("/pokemon?limit=2", params={"offset": 3, "x": "a b&c"}).data
+    assert page["results"] == first[:2]
+
+
+def test_a_call_with_a_json_body_is_sent_once_and_not_retried(make_client, sandbox) -> None:
+    """Not idempotent: a 503 is raised after one request, never sent twice."""
+    sandbox.inject("pokemon", "status", status=503, times=None)
+    with pytest.raises(errors.ServerError):
+        make_client(PokeAPI).request("POST", "/pokemon/pikachu", json={"note": "é"})
+    assert sandbox.calls("pokemon") == 1
+
+
 def test_iter_all_pokemon_follows_next_to_the_end(make_client, sandbox) -> None:
     """Every name of the index, once, by following `next`."""
     names = [entry["name"] for entry in make_client(PokeAPI).iter_all_pokemon(page_size=500)]
@@ -115,7 +131,7 @@ def test_semaphore_sends_token_and_documented_user_agent(make_client, sandbox) -
 def test_gzip_bodies_are_decoded(make_client) -> None:
     """The client asks for gzip, as the live API serves it."""
     client = make_client(PokeAPI)
-    assert "gzip" in client.session.headers["Accept-Encoding"]
+    assert "gzip" in client.default_headers["Accept-Encoding"]
     assert client.get_pokemon("pikachu").data["id"] == 25
 
 

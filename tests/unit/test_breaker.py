@@ -10,7 +10,6 @@ from typing import Any
 
 import fakeredis
 import pytest
-import responses
 
 from apis import PokeAPI, errors
 from apis.breaker import CLOSED_TRUST_SECONDS, CircuitBreaker
@@ -253,22 +252,21 @@ def test_settings_reach_the_client(monkeypatch) -> None:
     assert ApiSettings(redis_url="").redis_url is None
 
 
-@responses.activate
-def test_the_client_sends_nothing_while_the_circuit_is_open(server) -> None:
+def test_the_client_sends_nothing_while_the_circuit_is_open(server, sandbox) -> None:
     """Whole calls count once each; once open, no request leaves the process."""
-    responses.get(f"{BASE}/pokemon/mew", status=503, json={"error": "down"})
+    sandbox.inject("pokemon", "status", status=503, times=None)
     settings = ApiSettings(
-        pokeapi_base_url=BASE, http_retry_attempts=2, http_retry_backoff_initial=0
+        pokeapi_base_url=sandbox.pokeapi_url, http_retry_attempts=2, http_retry_backoff_initial=0
     )
     client = PokeAPI(PokeAPI.configure(settings))
     client.breaker = CircuitBreaker(config(threshold=2), fakeredis.FakeRedis(server=server))
     for _ in range(2):
         with pytest.raises(errors.ServerError):
             client.get_pokemon("mew")
-    assert len(responses.calls) == 4
+    assert sandbox.calls("pokemon") == 4
     with pytest.raises(errors.CircuitOpen):
         client.get_pokemon("mew")
-    assert len(responses.calls) == 4
+    assert sandbox.calls("pokemon") == 4
 
 
 def test_circuit_open_survives_pickling() -> None:

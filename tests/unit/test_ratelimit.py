@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
-import responses
 
 from apis import CmsAPI, PokeAPI, SemaphoreAPI, errors
 from apis.config import ApiSettings, RateLimitPolicy, UpstreamConfig
@@ -117,32 +116,31 @@ def test_each_upstream_reads_its_own_settings(monkeypatch) -> None:
     assert pokeapi.key != semaphore.key
 
 
-@responses.activate
-def test_every_attempt_takes_a_token_and_throttled_is_not_retried_in_place(server) -> None:
+def test_every_attempt_takes_a_token_and_throttled_is_not_retried_in_place(server, sandbox) -> None:
     """Retries queue for tokens like first attempts; a held-back call sends nothing more."""
-    responses.get(f"{BASE}/pokemon/mew", status=503, json={"error": "down"})
-    responses.get(f"{BASE}/pokemon/mew", json={"id": 151, "name": "mew"})
+    sandbox.inject("pokemon", "status", status=503, times=1)
     sleeps = Sleeps()
-    settings = ApiSettings(pokeapi_base_url=BASE, http_retry_backoff_initial=0)
+    settings = ApiSettings(pokeapi_base_url=sandbox.pokeapi_url, http_retry_backoff_initial=0)
     client = PokeAPI(PokeAPI.configure(settings), sleep=sleeps)
     client.rate_limiter = limiter(server, sleeps, rate=5, burst=1, max_wait=0.3)
-    assert client.get_pokemon("mew").data["id"] == 151
-    assert len(responses.calls) == 2
+    assert client.get_pokemon("pikachu").data["id"] == 25
+    assert sandbox.calls("pokemon") == 2
     assert [s for s in sleeps if s] == [pytest.approx(0.2, abs=0.05)]
     with pytest.raises(errors.Throttled):
-        client.get_pokemon("mew")
+        client.get_pokemon("pikachu")
     with pytest.raises(errors.Throttled):
-        client.get_pokemon("mew")
-    assert len(responses.calls) == 2
+        client.get_pokemon("pikachu")
+    assert sandbox.calls("pokemon") == 2
 
 
-@responses.activate
-def test_a_call_that_failed_upstream_before_it_was_throttled_reports_the_failure(server) -> None:
+def test_a_call_that_failed_upstream_before_it_was_throttled_reports_the_failure(
+    server, sandbox
+) -> None:
     """503 then no token: the 503 is raised, so the job's retry budget pays for the call."""
-    responses.get(f"{BASE}/pokemon/mew", status=503, json={"error": "down"})
-    settings = ApiSettings(pokeapi_base_url=BASE, http_retry_backoff_initial=0)
+    sandbox.inject("pokemon", "status", status=503, times=None)
+    settings = ApiSettings(pokeapi_base_url=sandbox.pokeapi_url, http_retry_backoff_initial=0)
     client = PokeAPI(PokeAPI.configure(settings), sleep=Sleeps())
     client.rate_limiter = limiter(server, Sleeps(), rate=1, burst=1, max_wait=0.3)
     with pytest.raises(errors.ServerError):
-        client.get_pokemon("mew")
-    assert len(responses.calls) == 1
+        client.get_pokemon("pikachu")
+    assert sandbox.calls("pokemon") == 1
