@@ -19,10 +19,14 @@ import redis
 from tasks.keys import Keys
 from tasks.outcome import note_result_key
 
-# KEYS: value, meta, events stream, [alias hash]
-# (the single-flight lock is released in the same round trip by _RELEASE, pipelined)
-# ARGV: value, fetched_at_ms, stream maxlen, kind, ident, task_id, alias field, meta pairs...
+# KEYS: value, meta, events stream, alias hash, single-flight lock
+# ARGV: value, fetched_at_ms, stream maxlen, kind, ident, task_id, alias field ('' for
+# none), lock token ('' for none), meta pairs...
+# The lock is given up in the same call, whether or not the write is refused.
 _WRITE = """
+if ARGV[8] ~= '' and redis.call('GET', KEYS[5]) == ARGV[8] then
+    redis.call('DEL', KEYS[5])
+end
 local stored = redis.call('HGET', KEYS[2], 'fetched_at_ms')
 if stored and tonumber(stored) > tonumber(ARGV[2]) then
     return 0
@@ -30,8 +34,8 @@ end
 local changed = redis.call('GET', KEYS[1]) ~= ARGV[1] and '1' or '0'
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'fetched_at_ms', ARGV[2], unpack(ARGV, 8))
-if KEYS[4] then
+redis.call('HSET', KEYS[2], 'fetched_at_ms', ARGV[2], unpack(ARGV, 9))
+if ARGV[7] ~= '' then
     redis.call('HSET', KEYS[4], ARGV[7], ARGV[5])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
@@ -107,16 +111,12 @@ class ResultStore:
     ) -> bool:
         """Store one result atomically; False when a newer one was already there.
 
-        `release` is a single-flight lock (key, token) to give up in the same round trip.
+        `release` is a single-flight lock (key, token) to give up in the same call. One
+        script call, not a pipeline: redis-py asks `SCRIPT EXISTS` before every pipeline
+        that runs a script, a round trip more per job.
         """
         note_result_key(self.keys.result(result.kind, result.ident))
-        if release is None:
-            return bool(self._write(**self._write_args(result, task_id)))
-        pipe = self.redis.pipeline(transaction=False)
-        self._write(client=pipe, **self._write_args(result, task_id))
-        self._release(keys=[release[0]], args=[release[1]], client=pipe)
-        written, _ = pipe.execute()
-        return bool(written)
+        return bool(self._write(**self._write_args(result, task_id, release)))
 
     def write_many(self, results: list[Fetched], task_id: str) -> int:
         """Store several results in one round trip; each write stays atomic."""
@@ -144,15 +144,18 @@ class ResultStore:
         """Give up a fetch lock (after a failed fetch) so waiters stop waiting."""
         self._release(keys=[lock_key], args=[token])
 
-    def _write_args(self, result: Fetched, task_id: str) -> dict[str, Any]:
+    def _write_args(
+        self, result: Fetched, task_id: str, release: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
         alias = result.alias
+        lock_key, lock_token = release or (self.keys.lock(result.kind, result.ident), "")
         keys = [
             self.keys.result(result.kind, result.ident),
             self.keys.meta(result.kind, result.ident),
             self.keys.events,
+            self.keys.pokemon_ids,
+            lock_key,
         ]
-        if alias is not None:
-            keys.append(self.keys.pokemon_ids)
         meta: list[str] = ["task_id", task_id]
         if result.etag:
             meta += ["etag", result.etag]
@@ -166,6 +169,7 @@ class ResultStore:
             result.ident,
             task_id,
             alias or "",
+            lock_token,
             *meta,
         ]
         return {"keys": keys, "args": args}

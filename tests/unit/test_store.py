@@ -89,3 +89,30 @@ def test_write_many_writes_each_atomically(store: ResultStore) -> None:
     written = store.write_many([pokemon("a", 1.0), pokemon("b", 1.0)], "batch")
     assert written == 2
     assert store.redis.xlen("events:results") == 2
+
+
+def test_a_write_gives_up_its_lock_even_when_refused(store: ResultStore) -> None:
+    """The single-flight lock goes in the same call, and only when the token matches."""
+    redis = store.redis
+    lock = store.keys.lock("pokemon", "mew")
+    store.write(pokemon("mew", 2000.0), "newer")
+    redis.set(lock, "mine")
+    assert not store.write(pokemon("mew", 1000.0), "older", release=(lock, "mine"))
+    assert redis.get(lock) is None
+    redis.set(lock, "someone-else")
+    store.write(pokemon("mew", 3000.0), "newest", release=(lock, "mine"))
+    assert redis.get(lock) == "someone-else"
+
+
+def test_a_job_writes_its_result_in_one_round_trip(redis_client) -> None:
+    """One EVALSHA on a real Redis: no pipeline, so no SCRIPT EXISTS before it."""
+    store = ResultStore(redis_client, Keys(), events_maxlen=1000, failures_maxlen=1000)
+    lock = store.keys.lock("pokemon", "mew")
+    store.write(pokemon("mew", 1000.0), "warm-up")  # loads the script once
+    redis_client.set(lock, "mine")
+    redis_client.config_resetstat()
+    assert store.write(pokemon("mew", 2000.0, alias="151"), "t", release=(lock, "mine"))
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert not any("script" in name for name in stats)
+    assert redis_client.get(lock) is None
