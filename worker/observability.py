@@ -60,6 +60,19 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class PoolOverflowFilter(logging.Filter):
+    """Drop urllib3's "Connection pool is full, discarding connection" warning.
+
+    The API layer lets a burst above HTTP_POOL_SIZE (a catalog batch) open extra
+    connections and close them after use, on purpose (apis/client.py: a thread waiting
+    for a pooled connection would hold a job). Each of those is otherwise one warning:
+    hundreds per catalog refresh, none of them actionable. Kept at LOG_LEVEL=DEBUG.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Connection pool is full")
+
+
 @setup_logging.connect
 def configure_logging(**_: Any) -> None:
     """Replace Celery's logging set-up: our format, our level, secrets masked."""
@@ -85,6 +98,9 @@ def configure_logging(**_: Any) -> None:
         # outcome line below replaces both (one line per job), and its errors still show.
         logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
         logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+        pool_logger = logging.getLogger("urllib3.connectionpool")
+        if not any(isinstance(f, PoolOverflowFilter) for f in pool_logger.filters):
+            pool_logger.addFilter(PoolOverflowFilter())
 
 
 @task_prerun.connect
