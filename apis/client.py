@@ -110,8 +110,9 @@ class ApiClient:
     def _new_pool(self) -> urllib3.PoolManager:
         # No proxy variables, no ~/.netrc: PoolManager reads neither, so credentials come
         # only from our settings. It keeps HTTP_POOL_SIZE connections per origin; a burst
-        # above it (a catalog batch) opens extra ones that are closed after use, rather
-        # than block a thread waiting for a free one.
+        # above it (a catalog batch fetching several names per thread) opens extra ones
+        # that are closed after use. Blocking instead would cap such a burst at the pool
+        # size and make threads queue for connections.
         return urllib3.PoolManager(
             num_pools=4,  # one origin per upstream (links to other hosts are refused)
             maxsize=self.config.pool_size,
