@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from apis.config import ApiSettings
-from worker.settings import WorkerSettings
+from worker.settings import setting_names
 
 FETCH_TASK = "tasks.pokemon.fetch_pokemon"
 CATALOG_TASK = "tasks.pokemon.refresh_catalog"
@@ -69,7 +68,4 @@ ALL_SYSTEMS = SYSTEMS
 
 def settings_names() -> set[str]:
     """Every environment name the project reads, so a developer's shell cannot leak in."""
-    names = {name.upper() for name in WorkerSettings.model_fields}
-    names |= {name.upper() for name in ApiSettings.model_fields}
-    names |= {"WORKER_CONCURRENCY", "HTTP_POOL_SIZE", "PROMETHEUS_MULTIPROC_DIR"}
-    return names
+    return {*setting_names(), "PROMETHEUS_MULTIPROC_DIR"}

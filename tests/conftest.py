@@ -11,39 +11,11 @@ import redis
 
 from apis import reset_clients
 from tests.support.redis_server import RedisServer
-from worker.settings import get_worker_settings
+from worker.settings import get_worker_settings, setting_names
 
 pytest_plugins = ["sandbox.pytest_plugin"]
 
 SHARED_REDIS_PORT = 6379
-
-# Settings the project reads from the environment; a developer's shell must not leak
-# into the suite, and one test's settings must not leak into the next.
-PROJECT_SETTINGS = (
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "CELERY_RESULT_BACKEND",
-    "RESULT_KEY_PREFIX",
-    "POKEAPI_BASE_URL",
-    "CMS_BASE_URL",
-    "SEMAPHORE_BASE_URL",
-    "SEMAPHORE_API_TOKEN",
-    "WORKER_CONCURRENCY",
-    "HTTP_POOL_SIZE",
-    "FRESHNESS_MAX_AGE",
-    "LOG_FORMAT",
-    "METRICS_PORT",
-    "CIRCUIT_WINDOW_SECONDS",
-    "CIRCUIT_COOLDOWN_SECONDS",
-    "TASK_MAX_DEFERRALS",
-    "POKEAPI_RATE_LIMIT",
-    "POKEAPI_RATE_LIMIT_BURST",
-    "CMS_RATE_LIMIT",
-    "CMS_RATE_LIMIT_BURST",
-    "SEMAPHORE_RATE_LIMIT",
-    "SEMAPHORE_RATE_LIMIT_BURST",
-    "RATE_LIMIT_MAX_WAIT",
-)
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +52,9 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in PROJECT_SETTINGS:
+    # Every setting the project reads: a developer's shell must not leak into the suite,
+    # and one test's settings must not leak into the next.
+    for name in setting_names():
         monkeypatch.delenv(name, raising=False)
     # In-process clients must not keep breaker state in whatever Redis REDIS_URL defaults
     # to (a shared one); tests of the breaker turn it on with their own private Redis.

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from apis.config import ApiSettings
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
@@ -111,3 +113,14 @@ class WorkerSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_worker_settings() -> WorkerSettings:
     return WorkerSettings()
+
+
+def setting_names() -> frozenset[str]:
+    """Every environment name the service reads: the worker's and the API layer's fields.
+
+    Derived, not listed, so the README check and everything that must start from
+    defaults (the test suite, the benchmarks) see a new setting without being told.
+    """
+    return frozenset(
+        name.upper() for cls in (WorkerSettings, ApiSettings) for name in cls.model_fields
+    )

@@ -28,24 +28,14 @@ import pytest
 
 from tests.support.celery_worker import REPO_ROOT, producer_app, wait_for
 from tests.support.redis_server import free_port
+from worker.settings import setting_names
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 START_TIMEOUT = 45
 STOP_TIMEOUT = 30
 
 # Settings a developer's shell may carry that would point the children elsewhere.
-INHERITED_SETTINGS = (
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "CELERY_RESULT_BACKEND",
-    "RESULT_KEY_PREFIX",
-    "POKEAPI_BASE_URL",
-    "CMS_BASE_URL",
-    "SEMAPHORE_BASE_URL",
-    "SEMAPHORE_API_TOKEN",
-    "FLOWER_BASIC_AUTH",
-    "FLOWER_PORT",
-)
+INHERITED_SETTINGS = setting_names() | {"FLOWER_BASIC_AUTH", "FLOWER_PORT"}
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

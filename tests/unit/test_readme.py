@@ -6,21 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from apis.config import ApiSettings
-from worker.settings import WorkerSettings
+from worker.cli import PUBLIC_TASKS
+from worker.settings import setting_names
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
-SETTINGS = sorted(
-    name.upper() for cls in (ApiSettings, WorkerSettings) for name in cls.model_fields
-)
-TASKS = [
-    "tasks.pokemon.fetch_pokemon",
-    "tasks.pokemon.refresh_catalog",
-    "tasks.cms.sync_article",
-    "tasks.cms.sync_articles",
-    "tasks.semaphore.sync_pipelines",
-    "tasks.semaphore.sync_all_projects",
-]
+SETTINGS = sorted(setting_names())
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -29,7 +19,7 @@ def test_every_setting_is_documented(setting: str) -> None:
     assert f"`{setting}`" in README
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", sorted(PUBLIC_TASKS))
 def test_every_task_name_is_documented(task: str) -> None:
     """Task names are a public contract."""
     assert f"`{task}`" in README
