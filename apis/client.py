@@ -157,20 +157,21 @@ class ApiClient:
         """
         method = method.upper()
         url = self._url(method, path_or_url)
-        headers = self._auth_headers(method, url)
+        path = urlsplit(url).path
+        headers = self._auth_headers(method, path)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         # An open circuit refuses the call before anything is sent (raises CircuitOpen).
-        permit = self.breaker.before_call(method, urlsplit(url).path)
+        permit = self.breaker.before_call(method, path)
         try:
             if not idempotent:
-                payload = self._send(method, url, params, json, headers, decode)
+                payload = self._send(method, url, path, params, json, headers, decode)
             else:
                 failed: list[errors.UpstreamError] = []
 
                 def attempt() -> Payload:
                     try:
-                        return self._send(method, url, params, json, headers, decode)
+                        return self._send(method, url, path, params, json, headers, decode)
                     except errors.UpstreamError as exc:
                         failed.append(exc)
                         raise
@@ -217,7 +218,7 @@ class ApiClient:
             )
         return path_or_url
 
-    def _auth_headers(self, method: str, url: str) -> dict[str, str]:
+    def _auth_headers(self, method: str, path: str) -> dict[str, str]:
         """The headers of one request: the defaults, and the token when there is one."""
         token = self.config.token
         if token is None:
@@ -226,7 +227,7 @@ class ApiClient:
                     f"{self.service} needs a token: set {self.config.token_setting}",
                     self.service,
                     method,
-                    urlsplit(url).path,
+                    path,
                 )
             return self.default_headers
         return {
@@ -238,13 +239,13 @@ class ApiClient:
         self,
         method: str,
         url: str,
+        path: str,
         params: Mapping[str, str | int] | None,
         json: Any,
         headers: dict[str, str],
         decode: Decoder,
     ) -> Payload:
         """One attempt: one HTTP request, its whole body read, decoded or mapped to an error."""
-        path = urlsplit(url).path
         # Every attempt reaches the upstream, so every attempt takes a token (or raises
         # Throttled, which is not retried in place).
         self.rate_limiter.acquire(method, path)
