@@ -49,7 +49,7 @@ from prometheus_client import Counter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from apis import errors
+from apis import errors, tracing
 from apis.config import UpstreamConfig
 
 log = logging.getLogger("apis.breaker")
@@ -268,6 +268,10 @@ class CircuitBreaker:
             log.info("circuit half-open service=%s: sending one probe call", self.service)
             return Permit(probe=token, counted=True)
         CIRCUIT_REJECTIONS.labels(self.service).inc()
+        tracing.add_event(
+            tracing.CIRCUIT_OPEN,
+            {"apiworker.upstream": self.service, "apiworker.retry_after_s": int(wait_ms) / 1000},
+        )
         raise errors.CircuitOpen(
             "circuit open: upstream failing, call not sent",
             self.service,

@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from apis import tracing
 from tasks.store import Fetched, ResultStore, now
 
 POLL_SECONDS = 0.02
@@ -56,11 +57,13 @@ def fetch_once(
         if claim.state == "fresh":
             if not waited:
                 FRESHNESS_HITS.labels(kind).inc()
+                tracing.add_event(tracing.FRESHNESS_HIT, {"apiworker.result.kind": kind})
             return claim.value
         if claim.state == "owner":
             break
         if not waited:
             SINGLE_FLIGHT_WAITS.labels(kind).inc()
+            tracing.add_event(tracing.SINGLE_FLIGHT_WAIT, {"apiworker.result.kind": kind})
             waited = True
         if time.monotonic() > deadline:
             return _fetch_and_write(store, fetch, task_id, None)  # the holder is stuck

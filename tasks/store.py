@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import redis
 
+from apis import tracing
 from tasks.keys import Keys
 from tasks.outcome import note_result_key
 
@@ -115,8 +116,13 @@ class ResultStore:
         script call, not a pipeline: redis-py asks `SCRIPT EXISTS` before every pipeline
         that runs a script, a round trip more per job.
         """
-        note_result_key(self.keys.result(result.kind, result.ident))
-        return bool(self._write(**self._write_args(result, task_id, release)))
+        key = self.keys.result(result.kind, result.ident)
+        note_result_key(key)
+        with self._span("apiworker.store.write", key, 1) as span:
+            written = bool(self._write(**self._write_args(result, task_id, release)))
+            if span is not None:
+                span.set_attribute("apiworker.results.written", int(written))
+        return written
 
     def write_many(self, results: list[Fetched], task_id: str) -> int:
         """Store several results in one round trip; each write stays atomic."""
@@ -124,7 +130,21 @@ class ResultStore:
         for result in results:
             note_result_key(self.keys.result(result.kind, result.ident))
             self._write(client=pipe, **self._write_args(result, task_id))
-        return sum(1 for written in pipe.execute() if written)
+        with self._span("apiworker.store.write", None, len(results)) as span:
+            written = sum(1 for answer in pipe.execute() if answer)
+            if span is not None:
+                span.set_attribute("apiworker.results.written", written)
+        return written
+
+    def _span(self, name: str, key: str | None, count: int) -> Any:
+        """The write's span when tracing is on (apis.tracing), else a no-op context."""
+        if not tracing.enabled():
+            return tracing.NO_SPAN
+        attributes: dict[str, Any] = {"apiworker.results.count": count}
+        if key is not None:
+            attributes["apiworker.result.key"] = key
+        connection = self.redis.connection_pool.connection_kwargs
+        return tracing.redis_span(name, connection, **attributes)
 
     def claim(self, kind: str, ident: str, *, fresh_since: float, token: str, ttl: float) -> Claim:
         """A value fetched at or after `fresh_since`, else the fetch lock, else "wait"."""

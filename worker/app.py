@@ -11,7 +11,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports
 from pydantic import ValidationError
 
 from apis.config import get_settings
-from worker import transport
+from worker import tracing, transport
 from worker.beat import beat_schedule
 from worker.settings import get_worker_settings
 
@@ -31,6 +31,9 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
         f"({upstream_settings.worst_case_call_seconds:g}s: HTTP_RETRY_MAX_SECONDS + "
         "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
     )
+
+# Traces asked for by OTEL_* variables need the tracing extra: say so now, not at a job.
+tracing.check_installed()
 
 # A malformed broker message must not stop the worker (see worker/transport.py).
 transport.install()

@@ -28,6 +28,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from apis.redact import redact
 from tasks.outcome import begin_job, result_keys
+from worker import tracing
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("worker.jobs")
@@ -86,10 +87,13 @@ def configure_logging(**_: Any) -> None:
             )
         )
     else:
+        text = tracing.TraceContextFormatter if tracing.configured() else logging.Formatter
         handler.setFormatter(
-            logging.Formatter("[%(asctime)s %(levelname)s/%(processName)s] %(name)s: %(message)s")
+            text("[%(asctime)s %(levelname)s/%(processName)s] %(name)s: %(message)s")
         )
     handler.addFilter(RedactingFilter())
+    if tracing.configured():
+        handler.addFilter(tracing.TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

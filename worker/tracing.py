@@ -1,0 +1,165 @@
+"""OpenTelemetry traces of the worker, configured only by the standard OTEL_* variables.
+
+Off unless the environment asks for it: `OTEL_TRACES_EXPORTER` names an exporter
+(`otlp`, `console`, ...; `none` is off), or, with it unset, an OTLP endpoint is set
+(`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the exporter
+defaults to `otlp`, as in the SDK). `OTEL_SDK_DISABLED=true` wins over both. Off, nothing
+from OpenTelemetry is even imported and the job path is what it is without it.
+
+On, the SDK's own configurator (opentelemetry-distro's, what `opentelemetry-instrument`
+runs) builds the tracer provider from the environment: exporter, endpoint, protocol,
+headers, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, batch
+settings. Then:
+
+- opentelemetry-instrumentation-celery makes each job a CONSUMER span (`run/<task>`),
+  the child of the producer's span when the message headers carry a W3C `traceparent`
+  (and `tracestate`), and each job the worker sends (a catalog's batches, a retry, a
+  deferral, a fan-out) a PRODUCER span whose context travels on in that job's headers;
+- the job span gets the attributes below (`annotate_job`), and the API layer's spans and
+  events are switched on (apis/tracing.py);
+- log lines carry `trace_id` and `span_id` (`TraceContextFilter`).
+
+The provider is set up once per worker process at `worker_init`; a prefork child
+inherits it (the SDK restarts its export thread after a fork) and the provider is flushed
+at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from celery.signals import task_failure, task_postrun, worker_init, worker_shutdown
+
+from apis import tracing as api_tracing
+
+log = logging.getLogger("worker.tracing")
+
+_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def configured(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the OTEL_* variables ask for traces (see the module docstring)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporters:
+        return any(name.strip() not in ("", "none") for name in exporters.split(","))
+    return any(environ.get(name, "").strip() for name in _OTLP_ENDPOINTS)
+
+
+def check_installed() -> None:
+    """Stop at start, with the fix, when traces are asked for but the extra is missing."""
+    if not configured():
+        return
+    try:
+        import opentelemetry.distro
+        import opentelemetry.instrumentation.celery  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(
+            "api-layer-worker: OTEL_* variables ask for traces, but the tracing packages are "
+            f"missing ({exc.name}): pip install 'api-layer-worker[tracing]'"
+        ) from None
+
+
+def start(environ: Mapping[str, str] = os.environ) -> bool:
+    """Build the tracer provider from the environment and instrument Celery (once)."""
+    if api_tracing.enabled() or not configured(environ):
+        return False
+    from opentelemetry import trace
+    from opentelemetry.distro import OpenTelemetryConfigurator
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    # The distro and the instrumentation ship no annotations.
+    OpenTelemetryConfigurator().configure()  # type: ignore[no-untyped-call]
+    provider = trace.get_tracer_provider()
+    # Connected before the instrumentor's own handlers, so the job span is still open
+    # (and current) when these run.
+    task_postrun.connect(annotate_job, weak=False)
+    task_failure.connect(note_failure, weak=False)
+    CeleryInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
+    api_tracing.enable(provider)
+    log.info("tracing on: exporter=%s", os.environ.get("OTEL_TRACES_EXPORTER", "otlp"))
+    return True
+
+
+def annotate_job(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+    """The job span's own attributes: task, id, queue, retries, deferrals and outcome."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    from tasks.base import deferrals_of
+
+    request = task.request
+    delivery = getattr(request, "delivery_info", None) or {}
+    span.set_attributes(
+        {
+            "celery.task_name": task.name,
+            "messaging.message.id": task_id,
+            "messaging.destination.name": str(delivery.get("routing_key") or ""),
+            "celery.retries": int(request.retries or 0),
+            "apiworker.job.deferrals": deferrals_of(request),
+            "apiworker.job.outcome": state or "UNKNOWN",
+        }
+    )
+
+
+def note_failure(exception: BaseException | None = None, **_: Any) -> None:
+    """A failed job's span is an error with the exception's class as `error.type`,
+    expected failures (NotFound, InvalidInput) included."""
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+
+    span = trace.get_current_span()
+    if exception is None or not span.is_recording():
+        return
+    error_type = type(exception).__qualname__
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR, error_type))
+
+
+class TraceContextFilter(logging.Filter):
+    """Put the current span's `trace_id` and `span_id` (hex, as tracing UIs show them)
+    on every log record made inside a span; JSON lines carry them as fields."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from opentelemetry import trace
+
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+            record.span_id = format(context.span_id, "016x")
+        return True
+
+
+class TraceContextFormatter(logging.Formatter):
+    """The text format, with ` trace_id=… span_id=…` after the message inside a span."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is None:
+            return text
+        head, newline, rest = text.partition("\n")  # before a traceback, if any
+        return f"{head} trace_id={trace_id} span_id={record.__dict__['span_id']}{newline}{rest}"
+
+
+@worker_init.connect
+def _start_tracing(**_: Any) -> None:
+    start()
+
+
+@worker_shutdown.connect
+def _flush_spans(**_: Any) -> None:
+    if not api_tracing.enabled():
+        return
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if shutdown is not None:
+        shutdown()
