@@ -283,7 +283,15 @@ def test_compose_file_describes_the_stack() -> None:
     """Valid for compose (when installed), and shaped as the README promises."""
     model = compose_model()
     services = model["services"]
-    assert set(services) == {"redis", "worker", "beat", "flower", "sandbox"}
+    assert set(services) == {
+        "redis",
+        "worker",
+        "beat",
+        "flower",
+        "sandbox",
+        "prometheus",
+        "grafana",
+    }
     redis_service = services["redis"]
     assert redis_service["image"].startswith("redis:7")
     assert "--appendonly" in redis_service["command"]
