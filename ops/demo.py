@@ -30,7 +30,7 @@ from celery import Celery
 
 from sandbox.server import SandboxServer
 from tasks.keys import Keys
-from worker.processes import (
+from ops.processes import (
     Child,
     StartupFailed,
     find_redis_server,
@@ -251,7 +251,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argparse.ArgumentParser(
-        prog="python -m worker.demo",
+        prog="python -m ops.demo",
         description="Run the whole flow offline with a private Redis, worker and sandbox.",
     ).parse_args(argv)
     binary = find_redis_server()
