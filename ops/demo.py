@@ -28,8 +28,6 @@ from typing import Any
 import redis
 from celery import Celery
 
-from sandbox.server import SandboxServer
-from tasks.keys import Keys
 from ops.processes import (
     Child,
     StartupFailed,
@@ -40,6 +38,8 @@ from ops.processes import (
     tail,
     wait_until,
 )
+from sandbox.server import SandboxServer
+from tasks.keys import Keys
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 FOUND = ("charizard", "pikachu")

@@ -14,10 +14,10 @@ import redis
 from celery import Celery
 from click.testing import CliRunner, Result
 
+from ops.cli import cli
 from tests.integration.conftest import with_db
 from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import free_port
-from ops.cli import cli
 
 CHARIZARD = {
     "id": 6,
