@@ -29,6 +29,7 @@ from apis.errors import HeldBack, NotFound, RateLimited, UpstreamError
 from apis.redact import redact
 from tasks.errors import InvalidInput
 from tasks.runtime import get_runtime
+from tasks.single_flight import job_began_at
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("tasks")
@@ -36,6 +37,9 @@ log = logging.getLogger("tasks")
 TASK_RETRIES = Counter("apiworker_task_retries", "Celery-level retries of jobs, by task.", ["task"])
 # A message header counting the job's deferrals, carried from one delivery to the next.
 DEFERRALS_HEADER = "apiworker_deferrals"
+# When the job first ran (epoch ms), carried by its deferrals: a result stored since then
+# is fresh enough for it, whatever FRESHNESS_MAX_AGE says.
+BEGAN_HEADER = "apiworker_began_ms"
 
 FAILURES_RECORDED = Counter(
     "apiworker_failures_recorded",
@@ -59,7 +63,8 @@ def deferral_countdown(exc: HeldBack, *, cap: float) -> float:
     Capped below the broker's visibility timeout, or the job would be delivered twice.
     """
     wait = max(exc.retry_after, 0.1)
-    jitter = random.uniform(0, max(1.0, wait / 2))  # noqa: S311 (jitter, not cryptography)
+    spread = max(exc.jitter_floor, wait * exc.jitter_fraction)
+    jitter = random.uniform(0, spread)  # noqa: S311 (jitter, not cryptography)
     return min(cap, wait + jitter)
 
 
@@ -67,6 +72,12 @@ def deferrals_of(request: Any) -> int:
     """How many times this job was deferred so far (a header its deferrals carry)."""
     value = (getattr(request, "headers", None) or {}).get(DEFERRALS_HEADER, 0)
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def began_at(request: Any) -> float:
+    """When this job first ran: its deferrals' header, else now (epoch seconds)."""
+    value = (getattr(request, "headers", None) or {}).get(BEGAN_HEADER)
+    return value / 1000 if isinstance(value, int) and value > 0 else time.time()
 
 
 class UpstreamTask(Task):  # type: ignore[misc]
@@ -83,6 +94,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()
+        job_began_at.set(began_at(self.request))
         try:
             return super().__call__(*args, **kwargs)
         except HeldBack as exc:
@@ -138,7 +150,11 @@ class UpstreamTask(Task):  # type: ignore[misc]
             deferrals + 1,
             type(exc).__name__,
         )
-        headers = {**(self.request.headers or {}), DEFERRALS_HEADER: deferrals + 1}
+        headers = {
+            **(self.request.headers or {}),
+            DEFERRALS_HEADER: deferrals + 1,
+            BEGAN_HEADER: int((job_began_at.get() or time.time()) * 1000),
+        }
         raise self.retry(
             exc=exc,
             countdown=countdown,

@@ -34,8 +34,12 @@ class WorkerSettings(BaseSettings):
 
     # Freshness: a result younger than this is served from Redis without an upstream call.
     freshness_max_age: float = Field(300.0, ge=0)
-    # How long one job may hold the single-flight lock of a key before it expires.
-    single_flight_lock_seconds: float = Field(60.0, gt=0)
+    # The single-flight lease of a key: renewed by its holder while it fetches, so a dead
+    # holder delays the other jobs for that key by this much at most.
+    single_flight_lock_seconds: float = Field(4.0, ge=0.5, le=60)
+    # How long a job waits in its thread for another job's fetch before it is deferred
+    # (the thread serves other keys meanwhile).
+    single_flight_wait_seconds: float = Field(1.0, ge=0, le=30)
 
     task_max_retries: int = Field(3, ge=0, le=20)
     task_retry_backoff: float = Field(2.0, ge=0)

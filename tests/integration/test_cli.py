@@ -14,10 +14,10 @@ import redis
 from celery import Celery
 from click.testing import CliRunner, Result
 
+from ops.cli import cli
 from tests.integration.conftest import with_db
 from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import free_port
-from worker.cli import cli
 
 CHARIZARD = {
     "id": 6,
@@ -150,7 +150,7 @@ def test_follow_prints_only_new_events(
     """By default only events written after `follow` starts are printed."""
     producer.send_task(FETCH, args=["pikachu"]).get(timeout=TIMEOUT)
     follower = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "follow", "--count", "1", "--block", "200"],
+        [sys.executable, "-m", "ops.cli", "follow", "--count", "1", "--block", "200"],
         cwd=REPO_ROOT,
         env={**os.environ, **worker_env},
         stdout=subprocess.PIPE,

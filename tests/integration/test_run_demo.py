@@ -1,7 +1,7 @@
 """`make demo`, `make run` and the compose file, exercised as a newcomer would use them.
 
 Each command runs as a real subprocess from the repository root. Neither may touch the
-shared Redis: the demo always starts its own, and `worker.run` is pointed at a closed
+shared Redis: the demo always starts its own, and `ops.run` is pointed at a closed
 port so that it starts a private one under a temporary folder.
 """
 
@@ -47,7 +47,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
 def test_demo_shows_the_whole_flow() -> None:
     """Results, an event and the failure of the unknown name, all printed; exit 0."""
     done = subprocess.run(
-        [sys.executable, "-m", "worker.demo"],
+        [sys.executable, "-m", "ops.demo"],
         cwd=REPO_ROOT,
         env=clean_env(),
         capture_output=True,
@@ -105,11 +105,11 @@ def port_closed(port: int) -> bool:
 
 
 class RunProcess:
-    """`python -m worker.run` as a subprocess, with its output collected."""
+    """`python -m ops.run` as a subprocess, with its output collected."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.run", *args],
+            [sys.executable, "-m", "ops.run", *args],
             cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
@@ -118,7 +118,7 @@ class RunProcess:
     def printed(self, pattern: str) -> re.Match[str] | None:
         """The first match in the output so far; fails at once if the process has ended."""
         if self.process.poll() is not None:
-            raise AssertionError(f"worker.run exited ({self.process.returncode}):\n{self.text}")
+            raise AssertionError(f"ops.run exited ({self.process.returncode}):\n{self.text}")
         return self.output.search(pattern)
 
     def wait_printed(self, pattern: str) -> re.Match[str]:
@@ -126,7 +126,7 @@ class RunProcess:
         return cast(re.Match[str], found)
 
     def started(self) -> dict[str, int]:
-        """Each child's name and pid, as announced by worker.run."""
+        """Each child's name and pid, as announced by ops.run."""
         lines = re.findall(r"started (\S+) \(pid (\d+)\)", self.output.text())
         return {name: int(pid) for name, pid in lines}
 
@@ -146,7 +146,7 @@ class RunProcess:
 
 @pytest.fixture
 def start_run(tmp_path: Path) -> Iterator[Callable[..., RunProcess]]:
-    """Start worker.run with a Redis URL nobody answers; everything is killed at the end."""
+    """Start ops.run with a Redis URL nobody answers; everything is killed at the end."""
     started: list[RunProcess] = []
 
     def start(*args: str, **env: str) -> RunProcess:

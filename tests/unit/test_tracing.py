@@ -17,7 +17,7 @@ from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
 from apis.ratelimit import RateLimiter
 from apis.redact import register_secret
 from tasks.keys import Keys
-from tasks.single_flight import fetch_once
+from tasks.single_flight import SingleFlightBusy, fetch_once
 from tasks.store import Fetched, ResultStore, now
 from tests.support.spans import RecordedSpans, recorded_spans
 from worker.tracing import TraceContextFilter, TraceContextFormatter, configured
@@ -115,10 +115,11 @@ def test_waiting_on_another_jobs_fetch_is_a_single_flight_event(
 ) -> None:
     """The lock is held elsewhere: the job span records the wait."""
     assert store.claim("pokemon", "mew", fresh_since=now(), token="other", ttl=5).state == "owner"
-    with spans.job():
+    with spans.job(), pytest.raises(SingleFlightBusy):
         fetch_once(
-            store, "pokemon", "mew", lambda: mew(now()), task_id="t", max_age=0, lock_seconds=0.05
-        )
+            store, "pokemon", "mew", lambda: pytest.fail("fetched"),
+            task_id="t", max_age=0, lock_seconds=5, wait_seconds=0.05,
+        )  # fmt: skip
     (job,) = spans.finished("job")
     assert tracing.SINGLE_FLIGHT_WAIT in [event.name for event in job.events]
 

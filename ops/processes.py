@@ -1,4 +1,4 @@
-"""Process plumbing shared by `python -m worker.run` and `python -m worker.demo`.
+"""Process plumbing shared by `python -m ops.run` and `python -m ops.demo`.
 
 Both start real processes (redis-server, Celery) and must leave nothing behind: every
 child runs in its own process group, so stopping it also stops whatever it forked, and
