@@ -3,8 +3,9 @@
 Off unless the environment asks for it: `OTEL_TRACES_EXPORTER` names an exporter
 (`otlp`, `console`, ...; `none` is off), or, with it unset, an OTLP endpoint is set
 (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the exporter
-defaults to `otlp`, as in the SDK). `OTEL_SDK_DISABLED=true` wins over both. Off, nothing
-from OpenTelemetry is even imported and the job path is what it is without it.
+defaults to `otlp`, as in the SDK). `OTEL_SDK_DISABLED=true` wins over both. Off, no
+tracer provider, exporter or instrumentation is loaded and the job path is what it is
+without it.
 
 On, the SDK's own configurator (opentelemetry-distro's, what `opentelemetry-instrument`
 runs) builds the tracer provider from the environment: exporter, endpoint, protocol,

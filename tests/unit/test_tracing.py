@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -20,7 +24,12 @@ from tasks.keys import Keys
 from tasks.single_flight import SingleFlightBusy, fetch_once
 from tasks.store import Fetched, ResultStore, now
 from tests.support.spans import RecordedSpans, recorded_spans
-from worker.tracing import TraceContextFilter, TraceContextFormatter, configured
+from worker.tracing import (
+    TraceContextFilter,
+    TraceContextFormatter,
+    check_installed,
+    configured,
+)
 
 
 @pytest.fixture
@@ -193,3 +202,35 @@ def test_json_log_lines_carry_trace_and_span_ids_as_fields(spans: RecordedSpans)
     fields = json.loads(JsonFormatter("%(message)s").format(record))
     assert fields["trace_id"] == f"{job.get_span_context().trace_id:032x}"
     assert fields["span_id"] == f"{job.get_span_context().span_id:016x}"
+
+
+def test_with_tracing_off_a_worker_process_imports_nothing_of_opentelemetry() -> None:
+    """Off is free: no tracing SDK, exporter, propagator set-up or instrumentation loads.
+
+    (redis-py imports parts of the OpenTelemetry API for its own metrics when installed.)
+    """
+    code = (
+        "import sys, worker.app, tasks.pokemon, tasks.cms, tasks.semaphore, apis\n"
+        "from apis import tracing\n"
+        "parts = ('opentelemetry.sdk.trace', 'opentelemetry.exporter',\n"
+        "         'opentelemetry.instrumentation', 'opentelemetry.distro')\n"
+        "print(tracing.enabled(), sorted(m for m in sys.modules if m.startswith(parts)))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env,
+        cwd=Path(__file__).resolve().parents[2], timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "False []"
+
+
+def test_traces_asked_for_without_the_packages_stop_the_worker_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_TRACES_EXPORTER set, the extra missing: a clear exit naming the extra."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setitem(sys.modules, "opentelemetry.distro", None)
+    with pytest.raises(SystemExit, match=r"api-layer-worker\[tracing\]"):
+        check_installed()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    check_installed()  # off: the packages are not needed
