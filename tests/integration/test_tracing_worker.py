@@ -10,7 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from ops.cli import cli
 from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
 from tests.support.otlp_collector import ExportedSpan, OtlpCollector
@@ -49,7 +51,7 @@ def traced(redis_server_url: str, sandbox_server: Any, collector: OtlpCollector)
         client.close()
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     worker = WorkerProcess(env).start(producer)
-    yield producer, worker
+    yield producer, worker, env
     worker.stop()
     producer.close()
 
@@ -80,7 +82,7 @@ def test_a_sent_traceparent_parents_the_job_its_fan_out_and_its_upstream_calls(
     traced: Any, collector: OtlpCollector, sandbox: Any, semaphore_token: None
 ) -> None:
     """Job span under the producer's; CLIENT spans per attempt under it; fan-out linked on."""
-    producer, _ = traced
+    producer, _, _ = traced
     trace_id, parent_id, traceparent = new_parent()
     sandbox.inject("projects", "status", status=503, times=1)
     job = producer.send_task(
@@ -145,7 +147,7 @@ def test_log_lines_of_a_traced_job_carry_its_trace_and_span_ids(
     traced: Any, collector: OtlpCollector
 ) -> None:
     """The job's outcome line names the trace id and the job span's id."""
-    producer, worker = traced
+    producer, worker, _ = traced
     trace_id, _, traceparent = new_parent()
     job = producer.send_task(
         "tasks.pokemon.fetch_pokemon", args=["bulbasaur"], headers={"traceparent": traceparent}
@@ -169,7 +171,7 @@ def test_an_expected_failure_logs_one_line_without_a_traceback_and_marks_the_spa
     traced: Any, collector: OtlpCollector
 ) -> None:
     """A 404 fails the job: its outcome line, no traceback; the span is an error NotFound."""
-    producer, worker = traced
+    producer, worker, _ = traced
     trace_id, _, traceparent = new_parent()
     job = producer.send_task(
         "tasks.pokemon.fetch_pokemon", args=["missingno"], headers={"traceparent": traceparent}
@@ -189,3 +191,27 @@ def test_an_expected_failure_logs_one_line_without_a_traceback_and_marks_the_spa
     log = worker.log()
     assert [ln for ln in log.splitlines() if job.id in ln and "job FAILURE" not in ln] == []
     assert "Traceback" not in log
+
+
+def test_apiworker_enqueue_puts_the_job_in_the_callers_trace(
+    traced: Any, collector: OtlpCollector
+) -> None:
+    """--traceparent (or TRACEPARENT) makes the job span a child of the caller's span."""
+    _, _, env = traced
+    for name, via_environment in (("pikachu", False), ("eevee", True)):
+        trace_id, parent_id, traceparent = new_parent()
+        args = ["enqueue", "tasks.pokemon.fetch_pokemon", name, "--wait", "--timeout", "30"]
+        extra = {"TRACEPARENT": traceparent, "TRACESTATE": "cli=1"}
+        if not via_environment:
+            args += ["--traceparent", traceparent, "--tracestate", "cli=1"]
+            extra = {}
+        outcome = CliRunner().invoke(cli, args, env={**env, **extra})
+        assert outcome.exit_code == 0, outcome.output
+        (span,) = wait_for(
+            lambda trace_id=trace_id: named(
+                trace_of(collector, trace_id), "run/tasks.pokemon.fetch_pokemon"
+            ),
+            timeout=TIMEOUT,
+            what="the job span",
+        )  # type: ignore[misc]
+        assert span.parent_span_id == parent_id
