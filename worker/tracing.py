@@ -20,9 +20,9 @@ settings. Then:
   events are switched on (apis/tracing.py);
 - log lines carry `trace_id` and `span_id` (`TraceContextFilter`).
 
-The provider is set up once per worker process at `worker_init`; a prefork child
-inherits it (the SDK restarts its export thread after a fork) and the provider is flushed
-at shutdown.
+The provider is set up once per process that runs jobs: at `worker_init` for the threads
+(or solo, gevent) pool, in each child at `worker_process_init` for prefork (an exporter's
+connections, gRPC's above all, must not cross a fork); it is flushed at shutdown.
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from celery.signals import task_failure, task_postrun, worker_init, worker_shutdown
+from celery.signals import (
+    task_failure,
+    task_postrun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from apis import tracing as api_tracing
 
@@ -149,12 +156,26 @@ class TraceContextFormatter(logging.Formatter):
         return f"{head} trace_id={trace_id} span_id={record.__dict__['span_id']}{newline}{rest}"
 
 
+def _forks(worker: Any) -> bool:
+    """Whether this worker runs its jobs in forked children (the prefork pool)."""
+    pool = getattr(worker, "pool_cls", "")
+    name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    return name in ("prefork", "processes") or name.endswith(".prefork")
+
+
 @worker_init.connect
-def _start_tracing(**_: Any) -> None:
+def _start_tracing(sender: Any = None, **_: Any) -> None:
+    if not _forks(sender):
+        start()
+
+
+@worker_process_init.connect
+def _start_tracing_in_child(**_: Any) -> None:
     start()
 
 
 @worker_shutdown.connect
+@worker_process_shutdown.connect
 def _flush_spans(**_: Any) -> None:
     if not api_tracing.enabled():
         return

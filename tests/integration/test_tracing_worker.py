@@ -20,6 +20,7 @@ from tests.support.otlp_collector import ExportedSpan, OtlpCollector
 TOKEN = "trace-test-token-41c7e2"
 TIMEOUT = 30
 RESULTS_DB, BROKER_DB, BACKEND_DB = 11, 12, 13
+RUN_FETCH = "run/tasks.pokemon.fetch_pokemon"
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +216,96 @@ def test_apiworker_enqueue_puts_the_job_in_the_callers_trace(
             what="the job span",
         )  # type: ignore[misc]
         assert span.parent_span_id == parent_id
+
+
+def test_a_prefork_worker_traces_in_its_children(
+    redis_server_url: str, sandbox_server: Any, collector: OtlpCollector
+) -> None:
+    """Under prefork each child sets tracing up itself: job and upstream spans arrive."""
+    env = worker_environment(
+        redis_server_url,
+        sandbox_server,
+        REDIS_URL=with_db(redis_server_url, 14),
+        CELERY_BROKER_URL=with_db(redis_server_url, 15),
+        CELERY_RESULT_BACKEND=with_db(redis_server_url, 15),
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    for db in (14, 15):
+        client = redis.Redis.from_url(with_db(redis_server_url, db))
+        client.flushdb()
+        client.close()
+    producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
+    worker = WorkerProcess(env, pool="prefork", concurrency=1).start(producer)
+    try:
+        trace_id, parent_id, traceparent = new_parent()
+        job = producer.send_task(
+            "tasks.pokemon.fetch_pokemon", args=["ditto"], headers={"traceparent": traceparent}
+        )
+        job.get(timeout=TIMEOUT)
+        spans: list[ExportedSpan] = wait_for(
+            lambda: (found := trace_of(collector, trace_id)) and len(found) >= 3 and found,
+            timeout=TIMEOUT,
+            what="the child's spans",
+        )  # type: ignore[assignment]
+    finally:
+        worker.stop()
+        producer.close()
+    (run,) = named(spans, "run/tasks.pokemon.fetch_pokemon")
+    assert run.parent_span_id == parent_id
+    assert [s.attributes["http.response.status_code"] for s in named(spans, "GET")] == [200]
+    assert named(spans, "apiworker.store.write")
+
+
+def test_a_celery_retry_and_a_catalog_batch_stay_in_the_senders_trace(
+    traced: Any, collector: OtlpCollector, sandbox: Any, redis_server_url: str
+) -> None:
+    """A retried job and a catalog's batch are children of PRODUCER spans of their sender;
+    a batch's concurrent fetches are children of the batch's span."""
+    producer, _, env = traced
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    client.flushdb()  # no fresh results: the batch fetches every name
+    client.close()
+    retried_trace, _, traceparent = new_parent()
+    sandbox.inject("pokemon", "status", status=503, times=3)  # one execution's attempts
+    job = producer.send_task(
+        "tasks.pokemon.fetch_pokemon", args=["charmander"], headers={"traceparent": traceparent}
+    )
+    job.get(timeout=TIMEOUT)
+    runs: list[ExportedSpan] = wait_for(
+        lambda: len(found := named(trace_of(collector, retried_trace), RUN_FETCH)) == 2 and found,
+        timeout=TIMEOUT,
+        what="both executions",
+    )  # type: ignore[assignment]
+    spans = trace_of(collector, retried_trace)
+    first, second = sorted(runs, key=lambda span: span.attributes["celery.retries"])
+    assert first.attributes["apiworker.job.outcome"] == "RETRY"
+    assert second.attributes["apiworker.job.outcome"] == "SUCCESS"
+    (resend,) = [span for span in spans if span.span_id == second.parent_span_id]
+    assert resend.kind == "PRODUCER"
+    assert resend.parent_span_id == first.span_id
+
+    catalog_trace, _, traceparent = new_parent()
+    producer.send_task("tasks.pokemon.refresh_catalog", headers={"traceparent": traceparent})
+    batch_name = "run/tasks.pokemon.fetch_pokemon_batch"
+    (batch,) = wait_for(
+        lambda: named(trace_of(collector, catalog_trace), batch_name),
+        timeout=TIMEOUT,
+        what="the batch span",
+    )  # type: ignore[misc]
+    spans = wait_for(
+        lambda: (
+            (found := trace_of(collector, catalog_trace))
+            and len([s for s in found if s.name == "GET" and s.parent_span_id == batch.span_id])
+            == 3
+            and found
+        ),
+        timeout=TIMEOUT,
+        what="the batch's three fetches",
+    )
+    (refresh,) = named(spans, "run/tasks.pokemon.refresh_catalog")  # type: ignore[arg-type]
+    (publish,) = [s for s in spans if s.span_id == batch.parent_span_id]  # type: ignore[union-attr]
+    assert publish.kind == "PRODUCER"
+    assert publish.parent_span_id == refresh.span_id
