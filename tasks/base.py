@@ -30,7 +30,8 @@ from apis.redact import redact
 from tasks.errors import InvalidInput
 from tasks.runtime import get_runtime
 from tasks.single_flight import job_began_at
-from worker.settings import get_worker_settings
+from worker.broker import BrokerConfig, broker_kind
+from worker.settings import DEFERRAL_MAX_SECONDS, get_worker_settings
 
 log = logging.getLogger("tasks")
 
@@ -60,12 +61,17 @@ def retry_countdown(retries: int, exc: BaseException, *, base: float, cap: float
 def deferral_countdown(exc: HeldBack, *, cap: float) -> float:
     """The guard's own wait plus jitter, so deferred jobs do not all return at once.
 
-    Capped below the broker's visibility timeout, or the job would be delivered twice.
+    Capped (DEFERRAL_MAX_SECONDS), so the Redis broker's visibility timeout covers it.
     """
     wait = max(exc.retry_after, 0.1)
     spread = max(exc.jitter_floor, wait * exc.jitter_fraction)
     jitter = random.uniform(0, spread)  # noqa: S311 (jitter, not cryptography)
     return min(cap, wait + jitter)
+
+
+def broker_countdown(seconds: float) -> float:
+    """A countdown the broker can honour (RabbitMQ's delayed delivery: whole seconds)."""
+    return BrokerConfig.shape_countdown(broker_kind(get_worker_settings().broker_url), seconds)
 
 
 def deferrals_of(request: Any) -> int:
@@ -121,6 +127,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
             base=settings.task_retry_backoff,
             cap=settings.task_retry_backoff_max,
         )
+        countdown = broker_countdown(countdown)
         # Deferrals are counted in `retries` too; they must not use up this budget.
         try:
             raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries + deferrals)
@@ -140,8 +147,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
         deferrals = deferrals_of(self.request)
         if deferrals >= get_settings().task_max_deferrals:
             return
-        worker = get_worker_settings()
-        countdown = deferral_countdown(exc, cap=worker.broker_visibility_timeout / 2)
+        countdown = broker_countdown(deferral_countdown(exc, cap=DEFERRAL_MAX_SECONDS))
         log.info(
             "job deferred task=%s id=%s for=%.1fs deferral=%d error=%s",
             self.name,

@@ -221,6 +221,22 @@ def test_run_stops_the_rest_when_a_child_dies(start_run: Callable[..., RunProces
     assert not [name for name, pid in pids.items() if group_exists(pid)], run.text
 
 
+def test_children_of_a_sigkilled_run_end_with_it(start_run: Callable[..., RunProcess]) -> None:
+    """SIGKILL of `ops.run` alone (no chance to clean up): its worker, beat and private
+    Redis still stop, each through the parent-death signal; none is left orphaned."""
+    run = start_run("--workers", "1", "--no-flower")
+    run.wait_printed(r"started beat")
+    pids = run.started()
+    assert set(pids) == {"redis", "worker1", "beat"}, run.text
+    os.kill(run.process.pid, signal.SIGKILL)
+    run.process.wait(timeout=10)
+    wait_for(
+        lambda: not [name for name, pid in pids.items() if group_exists(pid)],
+        timeout=STOP_TIMEOUT,
+        what="the children of the killed run to exit",
+    )
+
+
 def test_run_explains_how_to_get_a_redis(
     start_run: Callable[..., RunProcess], tmp_path: Path
 ) -> None:
