@@ -33,7 +33,7 @@ from ops.brokers import Broker, BrokerError, NotSupported, ParkedMessage, open_b
 from ops.processes import redacted
 from tasks.keys import Keys
 from worker.app import app as project_app
-from worker.broker import ALL_QUEUES
+from worker.broker import ALL_QUEUES, broker_config
 from worker.settings import WorkerSettings
 
 # The public contract: task name -> its parameters. Checked before sending, because a
@@ -54,11 +54,8 @@ _SENDER_CONF = (
     "result_serializer",
     "accept_content",
     "result_accept_content",
-    "task_queues",
     "task_default_queue",
     "task_routes",
-    "broker_transport_options",
-    "result_backend_transport_options",
     "result_extended",
 )
 
@@ -94,6 +91,9 @@ def sender_app(settings: WorkerSettings) -> Celery:
     app = Celery("apiworker", set_as_current=False)
     app.conf.update(
         {name: project_app.conf[name] for name in _SENDER_CONF},
+        # The queues and transport options of this invocation's broker, which need not be
+        # the one `worker.app` was configured for when it was imported.
+        **broker_config(settings).conf,
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
     )

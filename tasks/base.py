@@ -31,7 +31,7 @@ from tasks.errors import InvalidInput
 from tasks.runtime import get_runtime
 from tasks.single_flight import job_began_at
 from worker.broker import BrokerConfig, broker_kind
-from worker.settings import DEFERRAL_MAX_SECONDS, get_worker_settings
+from worker.settings import get_worker_settings
 
 log = logging.getLogger("tasks")
 
@@ -61,7 +61,7 @@ def retry_countdown(retries: int, exc: BaseException, *, base: float, cap: float
 def deferral_countdown(exc: HeldBack, *, cap: float) -> float:
     """The guard's own wait plus jitter, so deferred jobs do not all return at once.
 
-    Capped (DEFERRAL_MAX_SECONDS), so the Redis broker's visibility timeout covers it.
+    Capped (TASK_DEFERRAL_MAX_SECONDS), so the Redis broker's visibility timeout covers it.
     """
     wait = max(exc.retry_after, 0.1)
     spread = max(exc.jitter_floor, wait * exc.jitter_fraction)
@@ -147,7 +147,8 @@ class UpstreamTask(Task):  # type: ignore[misc]
         deferrals = deferrals_of(self.request)
         if deferrals >= get_settings().task_max_deferrals:
             return
-        countdown = broker_countdown(deferral_countdown(exc, cap=DEFERRAL_MAX_SECONDS))
+        cap = get_worker_settings().task_deferral_max_seconds
+        countdown = broker_countdown(deferral_countdown(exc, cap=cap))
         log.info(
             "job deferred task=%s id=%s for=%.1fs deferral=%d error=%s",
             self.name,

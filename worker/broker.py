@@ -30,6 +30,8 @@ ALL_QUEUES = (*QUEUES, DEFAULT_QUEUE)
 
 #: Where RabbitMQ parks messages it will not deliver again, and the suffix of their queues.
 DEAD_LETTER_EXCHANGE = "apiworker.dead"
+#: How long the Redis broker's sweep mutex outlives a worker killed mid-sweep.
+REDIS_SWEEP_MUTEX_SECONDS = 3
 DEAD_LETTER_SUFFIX = ".dead"
 
 
@@ -83,7 +85,7 @@ def _redis_conf(settings: WorkerSettings) -> dict[str, Any]:
             # leave it for kombu's default 300 s, and nobody restores anything meanwhile.
             # A sweep takes milliseconds; two overlapping ones only requeue an idempotent
             # job twice.
-            "unacked_mutex_expire": 10,
+            "unacked_mutex_expire": REDIS_SWEEP_MUTEX_SECONDS,
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,

@@ -16,8 +16,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from apis.config import ApiSettings
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-#: A deferred job (open circuit, rate limit, another job's fetch) comes back within this.
-DEFERRAL_MAX_SECONDS = 60.0
 REDIS_ONLY = frozenset({"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL"})
 AMQP_ONLY = frozenset({"BROKER_DELIVERY_LIMIT", "BROKER_CONSUMER_TIMEOUT"})
 
@@ -62,6 +60,8 @@ class WorkerSettings(BaseSettings):
     task_max_retries: int = Field(3, ge=0, le=20)
     task_retry_backoff: float = Field(2.0, ge=0)
     task_retry_backoff_max: float = Field(300.0, ge=0)
+    # A deferred job (open circuit, rate limit, another job's fetch) comes back within this.
+    task_deferral_max_seconds: float = Field(60.0, gt=0, le=3600)
     task_soft_time_limit: float = Field(120.0, gt=0)
     task_time_limit: float = Field(150.0, gt=0)
     # Redis broker only. Unset: the smallest safe value (`safe_visibility_timeout`); set,
@@ -136,8 +136,9 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(
                     f"BROKER_VISIBILITY_TIMEOUT ({self.broker_visibility_timeout}s) must be at "
                     f"least {safe}s: 2 x TASK_TIME_LIMIT + the longest countdown "
-                    f"({self.largest_countdown:g}s, TASK_RETRY_BACKOFF_MAX or a deferral), or "
-                    "a job still running or waiting its countdown is delivered twice"
+                    f"({self.largest_countdown:g}s: TASK_RETRY_BACKOFF_MAX or "
+                    "TASK_DEFERRAL_MAX_SECONDS), or a job still running or waiting its "
+                    "countdown is delivered twice"
                 )
         else:
             needed = self.task_time_limit * (1 + self.worker_prefetch_multiplier)
@@ -154,8 +155,8 @@ class WorkerSettings(BaseSettings):
     def largest_countdown(self) -> float:
         """The longest a job can wait for its next delivery: a retry's countdown is capped
         at TASK_RETRY_BACKOFF_MAX (a 429's Retry-After included), a deferral's at
-        DEFERRAL_MAX_SECONDS."""
-        return max(self.task_retry_backoff_max, DEFERRAL_MAX_SECONDS)
+        TASK_DEFERRAL_MAX_SECONDS."""
+        return max(self.task_retry_backoff_max, self.task_deferral_max_seconds)
 
     @property
     def safe_visibility_timeout(self) -> int:
