@@ -10,8 +10,9 @@ gauges out of that scrape instead of failing it.
 
 Queue depth depends on the broker, so it sits behind one small interface chosen once from
 the broker URL (`queue_depth_reader`): on Redis, a queue is a list and its depth is its
-LLEN (messages sent with a priority sit in sibling lists; this service sends none). A
-broker without a reader (RabbitMQ, for now) simply has no depth gauge.
+LLEN (messages sent with a priority sit in sibling lists; this service sends none); on
+RabbitMQ, a passive declare returns the queue's ready messages. A broker URL without a
+reader (Sentinel) has no depth gauge.
 """
 
 from __future__ import annotations
@@ -62,9 +63,40 @@ class RedisQueueDepths:
         return dict(zip(queues, (int(n) for n in pipe.execute()), strict=True))
 
 
+@dataclass(frozen=True)
+class AmqpQueueDepths:
+    """RabbitMQ counts a queue's ready messages itself: a passive declare reads it
+    (a queue not declared yet holds nothing). One short connection per reading."""
+
+    url: str
+
+    def __call__(self, queues: Sequence[str]) -> Mapping[str, int]:
+        from kombu import Connection  # type: ignore[attr-defined]  # exported untyped
+
+        depths: dict[str, int] = {}
+        with Connection(self.url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+            for name in queues:
+                channel = conn.channel()
+                try:
+                    _, count, _ = channel.queue_declare(queue=name, passive=True)
+                    depths[name] = int(count)
+                except conn.channel_errors:  # 404: no such queue (yet)
+                    depths[name] = 0
+                finally:
+                    try:
+                        channel.close()
+                    except conn.connection_errors + conn.channel_errors:
+                        pass
+        return depths
+
+
 def queue_depth_reader(broker_url: str, key_prefix: str = "") -> QueueDepthReader | None:
-    """The reader for this broker, or None when there is none yet."""
-    if urlsplit(broker_url).scheme in ("redis", "rediss", "redis+socket", "unix"):
+    """The reader for this broker, or None when there is none (Sentinel URLs)."""
+    scheme = urlsplit(broker_url).scheme
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        return AmqpQueueDepths(broker_url)
+    if scheme in ("redis", "rediss", "unix"):
         return RedisQueueDepths(_client(broker_url), key_prefix)
     return None
 
@@ -120,7 +152,7 @@ class BacklogCollector(Collector):
         if self.depths is not None:
             try:
                 depths = self.depths(self.queues)
-            except redis.RedisError as exc:
+            except Exception as exc:  # the broker is away: no depth in this scrape
                 log.warning("queue depths not read: %s", type(exc).__name__)
         failures: int | None = None
         circuits: dict[str, bool] = {}

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 import redis
 import requests
 from celery import Celery
+from kombu import Connection, Exchange, Queue
 
 from tests.support.celery_worker import wait_for
+from worker.backlog import queue_depth_reader
 
 
 def scrape(worker_env: dict[str, str]) -> str:
@@ -42,3 +45,18 @@ def test_metrics_show_queue_depths_failure_stream_length_and_circuits(
         assert gauge(body, "apiworker_queue_depth", f'{{queue="{queue}"}}') is not None
     for service in ("pokeapi", "cms", "semaphore"):
         assert gauge(body, "apiworker_circuit_open", f'{{service="{service}"}}') == 0
+
+
+@pytest.mark.broker("amqp")
+def test_rabbitmq_queue_depth_is_its_ready_message_count(broker_kind: str, new_broker) -> None:
+    """Three messages published to a queue read as 3; a queue never declared reads as 0."""
+    url = new_broker(0)
+    with Connection(url) as connection:
+        queue = Queue("pokeapi", Exchange("pokeapi", type="direct"), routing_key="pokeapi")
+        producer = connection.Producer()
+        for number in range(3):
+            producer.publish({"n": number}, exchange=queue.exchange, routing_key="pokeapi",
+                             declare=[queue], serializer="json")  # fmt: skip
+    reader = queue_depth_reader(url)
+    assert reader is not None
+    assert reader(["pokeapi", "cms"]) == {"pokeapi": 3, "cms": 0}

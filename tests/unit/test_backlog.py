@@ -8,7 +8,12 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.backlog import BacklogCollector, RedisQueueDepths, queue_depth_reader
+from worker.backlog import (
+    AmqpQueueDepths,
+    BacklogCollector,
+    RedisQueueDepths,
+    queue_depth_reader,
+)
 
 QUEUES = ("pokeapi", "celery")
 
@@ -92,7 +97,21 @@ def test_registration_does_not_read_redis() -> None:
 
 
 def test_the_depth_reader_is_chosen_from_the_broker_url() -> None:
-    """Redis URLs get the LLEN reader; a broker without one has no depth gauge."""
+    """Redis URLs get the LLEN reader, RabbitMQ the passive declare; Sentinel none."""
     assert isinstance(queue_depth_reader("redis://localhost:6379/1"), RedisQueueDepths)
     assert isinstance(queue_depth_reader("rediss://localhost:6380/1"), RedisQueueDepths)
-    assert queue_depth_reader("amqp://guest:guest@localhost:5672/vhost") is None
+    assert isinstance(queue_depth_reader("amqp://guest:guest@localhost:5672/v"), AmqpQueueDepths)
+    assert queue_depth_reader("sentinel://localhost:26379") is None
+
+
+def test_an_unreachable_rabbitmq_leaves_the_depths_out() -> None:
+    """The broker away: the scrape still answers, without depth samples."""
+    client = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    gauges = BacklogCollector(
+        queues=QUEUES,
+        depths=AmqpQueueDepths("amqp://guest:guest@127.0.0.1:1//"),
+        results=client,
+        failures_key="events:failures",
+        circuit_keys={},
+    )
+    assert gauges.reading().depths == {}
