@@ -12,12 +12,11 @@ runs) builds the tracer provider from the environment: exporter, endpoint, proto
 headers, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, batch
 settings. Then:
 
-- opentelemetry-instrumentation-celery makes each job a CONSUMER span (`run/<task>`),
-  the child of the producer's span when the message headers carry a W3C `traceparent`
-  (and `tracestate`), and each job the worker sends (a catalog's batches, a retry, a
-  deferral, a fan-out) a PRODUCER span whose context travels on in that job's headers;
-- the job span gets the attributes below (`annotate_job`), and the API layer's spans and
-  events are switched on (apis/tracing.py);
+- each job is a CONSUMER span (`run/<task>`), the child of the producer's span when the
+  message headers carry a W3C `traceparent` (and `tracestate`), and each job the worker
+  sends (a catalog's batches, a retry, a deferral, a fan-out) a PRODUCER span whose
+  context travels on in that job's headers (worker/celery_spans.py);
+- the API layer's spans and events are switched on (apis/tracing.py);
 - log lines carry `trace_id` and `span_id` (`TraceContextFilter`).
 
 The provider is set up once per process that runs jobs: at `worker_init` for the threads
@@ -33,8 +32,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery.signals import (
+    after_task_publish,
+    before_task_publish,
     task_failure,
     task_postrun,
+    task_prerun,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -63,8 +65,7 @@ def check_installed() -> None:
     if not configured():
         return
     try:
-        import opentelemetry.distro
-        import opentelemetry.instrumentation.celery  # noqa: F401
+        import opentelemetry.distro  # noqa: F401
     except ImportError as exc:
         raise SystemExit(
             "api-layer-worker: OTEL_* variables ask for traces, but the tracing packages are "
@@ -73,61 +74,29 @@ def check_installed() -> None:
 
 
 def start(environ: Mapping[str, str] = os.environ) -> bool:
-    """Build the tracer provider from the environment and instrument Celery (once)."""
+    """Build the tracer provider from the environment and trace Celery's jobs (once)."""
     if api_tracing.enabled() or not configured(environ):
         return False
     from opentelemetry import trace
     from opentelemetry.distro import OpenTelemetryConfigurator
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
-    # The distro and the instrumentation ship no annotations.
+    from tasks.base import UpstreamTask
+    from worker.celery_spans import CelerySpans
+
+    # The distro ships no annotations.
     OpenTelemetryConfigurator().configure()  # type: ignore[no-untyped-call]
     provider = trace.get_tracer_provider()
-    # Connected before the instrumentor's own handlers, so the job span is still open
-    # (and current) when these run.
-    task_postrun.connect(annotate_job, weak=False)
-    task_failure.connect(note_failure, weak=False)
-    CeleryInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
+    spans = CelerySpans(provider.get_tracer(api_tracing.TRACER_NAME), UpstreamTask.throws)
+    # After the job log's own handlers (worker/observability.py), so the outcome line is
+    # still logged inside the job span.
+    task_prerun.connect(spans.job_started, weak=False)
+    task_failure.connect(spans.job_failed, weak=False)
+    task_postrun.connect(spans.job_finished, weak=False)
+    before_task_publish.connect(spans.publishing, weak=False)
+    after_task_publish.connect(spans.published, weak=False)
     api_tracing.enable(provider)
     log.info("tracing on: exporter=%s", os.environ.get("OTEL_TRACES_EXPORTER", "otlp"))
     return True
-
-
-def annotate_job(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
-    """The job span's own attributes: task, id, queue, retries, deferrals and outcome."""
-    from opentelemetry import trace
-
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
-    from tasks.base import deferrals_of
-
-    request = task.request
-    delivery = getattr(request, "delivery_info", None) or {}
-    span.set_attributes(
-        {
-            "celery.task_name": task.name,
-            "messaging.message.id": task_id,
-            "messaging.destination.name": str(delivery.get("routing_key") or ""),
-            "celery.retries": int(request.retries or 0),
-            "apiworker.job.deferrals": deferrals_of(request),
-            "apiworker.job.outcome": state or "UNKNOWN",
-        }
-    )
-
-
-def note_failure(exception: BaseException | None = None, **_: Any) -> None:
-    """A failed job's span is an error with the exception's class as `error.type`,
-    expected failures (NotFound, InvalidInput) included."""
-    from opentelemetry import trace
-    from opentelemetry.trace import Status, StatusCode
-
-    span = trace.get_current_span()
-    if exception is None or not span.is_recording():
-        return
-    error_type = type(exception).__qualname__
-    span.set_attribute("error.type", error_type)
-    span.set_status(Status(StatusCode.ERROR, error_type))
 
 
 class TraceContextFilter(logging.Filter):

@@ -30,13 +30,22 @@ def collector() -> Iterator[OtlpCollector]:
 
 
 @pytest.fixture(scope="module")
-def traced(redis_server_url: str, sandbox_server: Any, collector: OtlpCollector) -> Iterator[Any]:
-    """A worker exporting OTLP/HTTP to the collector, on Redis databases of its own."""
+def traced(
+    broker_kind: str,
+    redis_server_url: str,
+    sandbox_server: Any,
+    collector: OtlpCollector,
+    request: pytest.FixtureRequest,
+) -> Iterator[Any]:
+    """A worker exporting OTLP/HTTP to the collector, on a broker and Redis dbs of its own."""
+    vhost = None
+    if broker_kind == "amqp":
+        vhost = request.getfixturevalue("rabbit_server").create_vhost()
     env = worker_environment(
         redis_server_url,
         sandbox_server,
         REDIS_URL=with_db(redis_server_url, RESULTS_DB),
-        CELERY_BROKER_URL=with_db(redis_server_url, BROKER_DB),
+        CELERY_BROKER_URL=vhost or with_db(redis_server_url, BROKER_DB),
         CELERY_RESULT_BACKEND=with_db(redis_server_url, BACKEND_DB),
         SEMAPHORE_API_TOKEN=TOKEN,
         OTEL_TRACES_EXPORTER="otlp",
@@ -52,9 +61,13 @@ def traced(redis_server_url: str, sandbox_server: Any, collector: OtlpCollector)
         client.close()
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     worker = WorkerProcess(env).start(producer)
-    yield producer, worker, env
-    worker.stop()
-    producer.close()
+    try:
+        yield producer, worker, env
+    finally:
+        worker.stop()
+        producer.close()
+        if vhost is not None:
+            request.getfixturevalue("rabbit_server").delete_vhost(vhost)
 
 
 @pytest.fixture

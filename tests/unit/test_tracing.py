@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tasks.keys import Keys
 from tasks.single_flight import SingleFlightBusy, fetch_once
 from tasks.store import Fetched, ResultStore, now
 from tests.support.spans import RecordedSpans, recorded_spans
+from worker.celery_spans import CelerySpans
 from worker.tracing import (
     TraceContextFilter,
     TraceContextFormatter,
@@ -234,3 +236,46 @@ def test_traces_asked_for_without_the_packages_stop_the_worker_with_the_fix(
         check_installed()
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
     check_installed()  # off: the packages are not needed
+
+
+class _Request:
+    def __init__(self, retries: int) -> None:
+        self.retries = retries
+        self.delivery_info = {"routing_key": "pokeapi"}
+        self.headers: dict[str, object] = {}
+        self.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class _Task:
+    name = "tasks.pokemon.fetch_pokemon"
+
+    def __init__(self, request: _Request) -> None:
+        self.request = request
+
+
+def test_a_retry_started_before_the_first_execution_ends_keeps_its_own_span(
+    spans: RecordedSpans,
+) -> None:
+    """Two executions of one job id overlap: each span ends with its own outcome."""
+    celery_spans = CelerySpans(spans.tracer, ())
+    first, retry = _Task(_Request(0)), _Task(_Request(1))
+    celery_spans.job_started("job-1", first)
+    started, finish = threading.Event(), threading.Event()
+
+    def second_execution() -> None:
+        celery_spans.job_started("job-1", retry)
+        started.set()
+        finish.wait(5)
+        celery_spans.job_finished("job-1", retry, "SUCCESS")
+
+    thread = threading.Thread(target=second_execution)
+    thread.start()
+    started.wait(5)
+    celery_spans.job_finished("job-1", first, "RETRY")
+    finish.set()
+    thread.join(5)
+    runs = sorted(spans.finished("run/tasks.pokemon.fetch_pokemon"), key=lambda s: s.start_time)
+    assert [s.attributes["apiworker.job.outcome"] for s in runs] == ["RETRY", "SUCCESS"]
+    assert [s.attributes["celery.retries"] for s in runs] == [0, 1]
+    assert {s.parent.span_id for s in runs} == {0x00F067AA0BA902B7}
+    assert {s.context.trace_id for s in runs} == {0x4BF92F3577B34DA6A3CE929D0E0E4736}
