@@ -24,7 +24,7 @@ def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str
     gate = threading.Event()
     lock = threading.Lock()
 
-    def fetch() -> Fetched:
+    def fetch(_: object) -> Fetched:
         nonlocal calls
         with lock:
             calls += 1
@@ -58,7 +58,7 @@ def test_a_result_older_than_the_job_is_refetched_when_freshness_is_off(redis_ur
         store,
         "pokemon",
         "mew",
-        lambda: Fetched("pokemon", "mew", {"v": 2}, now()),
+        lambda _: Fetched("pokemon", "mew", {"v": 2}, now()),
         task_id="new",
         max_age=0,
         lock_seconds=10,
@@ -71,7 +71,7 @@ def test_a_fresh_result_is_served_without_fetching(redis_url: str) -> None:
     store = make_store(redis_url)
     store.write(Fetched("pokemon", "mew", {"v": 1}, now() - 5), "old")
 
-    def fetch() -> Fetched:
+    def fetch(_: object) -> Fetched:
         raise AssertionError("must not fetch")
 
     value = fetch_once(store, "pokemon", "mew", fetch, task_id="t", max_age=60, lock_seconds=10)
@@ -82,7 +82,7 @@ def test_a_failed_fetch_releases_the_lock_for_the_next_job(redis_url: str) -> No
     """The lock of a failed fetch is freed at once, not left to expire."""
     store = make_store(redis_url)
 
-    def failing() -> Fetched:
+    def failing(_: object) -> Fetched:
         raise RuntimeError("upstream down")
 
     with pytest.raises(RuntimeError):
@@ -92,7 +92,7 @@ def test_a_failed_fetch_releases_the_lock_for_the_next_job(redis_url: str) -> No
         store,
         "pokemon",
         "mew",
-        lambda: Fetched("pokemon", "mew", {"v": 3}, now()),
+        lambda _: Fetched("pokemon", "mew", {"v": 3}, now()),
         task_id="b",
         max_age=0,
         lock_seconds=30,
