@@ -34,7 +34,7 @@ from urllib3 import exceptions as urllib3_errors
 
 from apis import errors, metrics
 from apis.breaker import CircuitBreaker
-from apis.conditional import Validators, freshness_lifetime, with_validators
+from apis.conditional import Validators, freshness_lifetime, sent_validators, with_validators
 from apis.config import ApiSettings, UpstreamConfig
 from apis.ratelimit import RateLimiter
 from apis.redact import excerpt, redact, register_secret
@@ -178,15 +178,13 @@ class ApiClient:
         permit = self.breaker.before_call(method, path)
         try:
             if not idempotent:
-                payload = self._send(method, url, path, params, json, headers, decode, validators)
+                payload = self._send(method, url, path, params, json, headers, decode)
             else:
                 failed: list[errors.UpstreamError] = []
 
                 def attempt() -> Payload:
                     try:
-                        return self._send(
-                            method, url, path, params, json, headers, decode, validators
-                        )
+                        return self._send(method, url, path, params, json, headers, decode)
                     except errors.UpstreamError as exc:
                         failed.append(exc)
                         raise
@@ -261,7 +259,6 @@ class ApiClient:
         json: Any,
         headers: dict[str, str],
         decode: Decoder,
-        validators: Validators | None = None,
     ) -> Payload:
         """One attempt: one HTTP request, its whole body read, decoded or mapped to an error."""
         # Every attempt reaches the upstream, so every attempt takes a token (or raises
@@ -292,7 +289,7 @@ class ApiClient:
                 try:
                     outcome = str(response.status)
                     if response.status == 304:
-                        payload = self._not_modified(response, validators, method, path)
+                        payload = self._not_modified(response, headers, method, path)
                         complete = True  # a 304 has no body: the connection stays usable
                         return payload
                     if response.status >= 300:
@@ -452,15 +449,16 @@ class ApiClient:
     def _not_modified(
         self,
         response: urllib3.BaseHTTPResponse,
-        validators: Validators | None,
+        headers: Mapping[str, str],
         method: str,
         path: str,
     ) -> Payload:
         """A 304: the stored copy is still good, with the validators it now has.
 
-        Only an answer to a request that sent a validator can be a 304; any other is an
-        upstream bug, and an answer without a body cannot be used.
+        Only an answer to a request that sent a validator (in `headers`) can be a 304;
+        any other is an upstream bug, and an answer without a body cannot be used.
         """
+        validators = sent_validators(headers)
         if not validators:
             raise errors.InvalidResponse(
                 "304 Not Modified to a request that sent no validator",

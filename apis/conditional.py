@@ -49,6 +49,11 @@ def with_validators(headers: dict[str, str], validators: Validators | None) -> d
     return {**headers, **conditional} if conditional else headers
 
 
+def sent_validators(headers: Mapping[str, str]) -> Validators:
+    """The validators a request carried (empty for an unconditional one)."""
+    return Validators(headers.get("If-None-Match"), headers.get("If-Modified-Since"))
+
+
 def freshness_lifetime(headers: Mapping[str, str]) -> float | None:
     """Seconds the answer stays fresh by its `Cache-Control`, None when it says nothing.
 
