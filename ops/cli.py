@@ -279,7 +279,8 @@ def enqueue(
     """
     kwargs = parse_kwargs(kwargs_json)
     check_call(task, args, kwargs)
-    options: dict[str, Any] = {"queue": queue} if queue else {}
+    # The routing key too: the task's route would otherwise still name its usual queue.
+    options: dict[str, Any] = {"queue": queue, "routing_key": queue} if queue else {}
     if traceparent:
         options["headers"] = trace_context.headers(traceparent, tracestate)
     job = services.celery().send_task(task, args=list(args), kwargs=kwargs, **options)
