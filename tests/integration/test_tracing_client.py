@@ -115,11 +115,19 @@ def test_the_upstream_receives_the_attempt_span_as_its_traceparent(
     assert "traceparent" not in client.default_headers
 
 
+@pytest.fixture
+def semaphore_token(sandbox: Any) -> Iterator[str]:
+    """The sandbox expects this test's token, and the default one again afterwards."""
+    previous = sandbox.semaphore_token
+    sandbox.semaphore_token = TOKEN
+    yield TOKEN
+    sandbox.semaphore_token = previous
+
+
 def test_no_span_attribute_or_event_carries_the_token(
-    spans: RecordedSpans, make_client, sandbox
+    spans: RecordedSpans, make_client, sandbox, semaphore_token: str
 ) -> None:
     """Semaphore calls send the token; no recorded span holds it anywhere."""
-    sandbox.semaphore_token = TOKEN
     sandbox.inject("projects", "status", status=401, times=1)
     with spans.job():
         with pytest.raises(errors.AuthError):

@@ -23,7 +23,7 @@ from apis.ratelimit import RateLimiter
 from apis.redact import register_secret
 from tasks.keys import Keys
 from tasks.single_flight import SingleFlightBusy, fetch_once
-from tasks.store import Fetched, ResultStore, now
+from tasks.store import Fetched, ResultStore, Unchanged, now
 from tests.support.spans import RecordedSpans, recorded_spans
 from worker.celery_spans import CelerySpans
 from worker.tracing import (
@@ -125,7 +125,7 @@ def test_waiting_on_another_jobs_fetch_is_a_single_flight_event(
     spans: RecordedSpans, store: ResultStore
 ) -> None:
     """The lock is held elsewhere: the job span records the wait."""
-    assert store.claim("pokemon", "mew", fresh_since=now(), token="other", ttl=5).state == "owner"
+    store.redis.set(store.keys.lock("pokemon", "mew"), "other", px=5000)
     with spans.job(), pytest.raises(SingleFlightBusy):
         fetch_once(
             store, "pokemon", "mew", lambda: pytest.fail("fetched"),
@@ -279,3 +279,21 @@ def test_a_retry_started_before_the_first_execution_ends_keeps_its_own_span(
     assert [s.attributes["celery.retries"] for s in runs] == [0, 1]
     assert {s.parent.span_id for s in runs} == {0x00F067AA0BA902B7}
     assert {s.context.trace_id for s in runs} == {0x4BF92F3577B34DA6A3CE929D0E0E4736}
+
+
+def test_a_revalidation_is_a_redis_span_and_a_batch_counts_its_revalidations(
+    spans: RecordedSpans, store: ResultStore
+) -> None:
+    """A 304 brought forward: its own span; in a batch, the revalidated count."""
+    store.write(mew(now() - 10), "task-1")
+    with spans.job():
+        assert store.revalidate(Unchanged("pokemon", "mew", now(), '"e2"'), "task-2")["id"] == 151
+        outcomes = store.apply_many(
+            [Unchanged("pokemon", "mew", now() + 1, '"e3"'), mew(now() + 2)], "task-3"
+        )
+    assert outcomes == ["revalidated", "written"]
+    (single,) = spans.finished("apiworker.store.revalidate")
+    assert single.attributes["apiworker.result.key"] == "pokemon:mew"
+    batch = spans.finished("apiworker.store.write")[-1]
+    assert batch.attributes["apiworker.results.revalidated"] == 1
+    assert batch.attributes["apiworker.results.written"] == 1
