@@ -119,12 +119,33 @@ class ResultStore:
         return bool(self._write(**self._write_args(result, task_id, release)))
 
     def write_many(self, results: list[Fetched], task_id: str) -> int:
-        """Store several results in one round trip; each write stays atomic."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Store several results in one round trip; each write stays atomic.
+
+        EVALSHA in a plain pipeline: redis-py's script pipeline asks `SCRIPT EXISTS`
+        first, a second round trip per batch. Only when Redis lost the script (a restart,
+        SCRIPT FLUSH) is it loaded and the refused writes sent again.
+        """
+        calls = []
         for result in results:
             note_result_key(self.keys.result(result.kind, result.ident))
-            self._write(client=pipe, **self._write_args(result, task_id))
-        return sum(1 for written in pipe.execute() if written)
+            call = self._write_args(result, task_id)
+            calls.append((len(call["keys"]), *call["keys"], *call["args"]))
+        replies = self._evalsha_all(calls)
+        missing = [call for call, reply in zip(calls, replies, strict=True) if _no_script(reply)]
+        if missing:
+            self.redis.script_load(_WRITE)
+            replies = [reply for reply in replies if not _no_script(reply)]
+            replies += self._evalsha_all(missing)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return sum(1 for written in replies if written)
+
+    def _evalsha_all(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(self._write.sha, *call)
+        return list(pipe.execute(raise_on_error=False))
 
     def claim(self, kind: str, ident: str, *, fresh_since: float, token: str, ttl: float) -> Claim:
         """A value fetched at or after `fresh_since`, else the fetch lock, else "wait"."""
@@ -221,3 +242,7 @@ class ResultStore:
 
 def now() -> float:
     return time.time()
+
+
+def _no_script(reply: object) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError)
