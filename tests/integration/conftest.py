@@ -33,9 +33,9 @@ SUITE_OVERRIDES: dict[str, tuple[str, str]] = {
     "HTTP_CONNECT_TIMEOUT": ("1", "a refused or black-holed connection ends in 1 s, not 3"),
     "HTTP_READ_TIMEOUT": ("2", "a hung upstream ends in 2 s, not 10; the attempts are the same"),
     "HTTP_RETRY_BACKOFF_INITIAL": ("0.01", "retries wait milliseconds; their count is default"),
-    "HTTP_RETRY_BACKOFF_MAX": ("0.05", "as above: the suite's waits stay short"),
+    "HTTP_RETRY_BACKOFF_MAX": ("0.05", "the longest client backoff, shortened with the first"),
     "TASK_RETRY_BACKOFF": ("0.05", "task retries run at once; their count is the default"),
-    "TASK_RETRY_BACKOFF_MAX": ("0.2", "as above"),
+    "TASK_RETRY_BACKOFF_MAX": ("0.2", "the longest task countdown, shortened with the first"),
     "POKEMON_CATALOG": ("charizard,pikachu,mew", "a catalogue refresh asserts three jobs"),
     "METRICS_PORT": ("0", "several workers share the host; a test that reads metrics names a port"),
 }
