@@ -35,9 +35,9 @@ def test_each_hostile_answer_ends_in_its_typed_record_after_one_call_or_the_wors
     assert WORST_CASE_CALLS == 16  # the figure docs/reliability.md gives
     deployment = deploy(
         # The slow drip runs to the body's deadline (connect + 2 x read) on each of its
-        # 16 attempts: 0.6 s each rather than 23 s. The drip (a byte every 0.05 s) stays
+        # 16 attempts: 0.5 s each rather than 23 s. The drip (a byte every 0.05 s) stays
         # well inside each read timeout, so only the deadline can stop it.
-        HTTP_CONNECT_TIMEOUT="0.2",
+        HTTP_CONNECT_TIMEOUT="0.1",
         HTTP_READ_TIMEOUT="0.2",
     )
     deployment.start_worker(concurrency=2)
