@@ -67,7 +67,8 @@ class Supervisor:
 def test_every_job_sent_around_a_redis_restart_or_crash_is_stored_or_recorded(
     deploy, durable_redis: RedisServer, sandbox: Any, how: str
 ) -> None:
-    """SIGTERM or SIGKILL mid-flow: every job stored (or recorded to replay), none lost."""
+    """SIGTERM or SIGKILL mid-flow: every job stored (or recorded to replay), none lost,
+    and the worker keeps serving without a restart."""
     deployment = deploy(
         redis_url=durable_redis.url,
         # A job the worker held unacknowledged when the connection dropped comes back
@@ -114,7 +115,9 @@ def test_every_job_sent_around_a_redis_restart_or_crash_is_stored_or_recorded(
     for record in deployment.failures():
         assert record["error"] in ("ConnectionError", "TimeoutError")
         assert json.loads(record["args"])[0] in before
-    assert supervisor.worker.alive
+    # And the worker rode it out: it used to exit in about one restart in ten (kombu
+    # closing a detached channel, worker/transport.py).
+    assert (supervisor.restarts, supervisor.worker.alive) == (0, True)
     print(
         f"redis {how}: sent={len(names)} stored={len(stored & set(names))} "
         f"recorded={len(recorded)} lost={len(lost)} worker_restarts={supervisor.restarts}"

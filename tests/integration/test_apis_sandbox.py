@@ -405,8 +405,9 @@ def test_settings_repr_hides_the_token() -> None:
 
 
 def test_a_slow_drip_ends_at_the_total_deadline(make_client, sandbox) -> None:
-    """A body sent a byte at a time cannot hold a worker past connect + 2 x read timeout."""
-    sandbox.inject("pokemon", "slow_drip", interval=0.01, times=None)
+    """A body sent a byte at a time cannot hold a worker past connect + 2 x read timeout,
+    gzipped too (its first ~70 bytes decode to nothing: 3.5 s at this drip)."""
+    sandbox.inject("pokemon", "slow_drip", interval=0.05, times=None)
     client = make_client(
         PokeAPI, http_read_timeout=0.3, http_connect_timeout=0.3, http_retry_attempts=1
     )
