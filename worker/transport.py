@@ -1,4 +1,4 @@
-"""Two adjustments to kombu's Redis transport, installed when the Celery app is built.
+"""Three adjustments to kombu's Redis transport, installed when the Celery app is built.
 
 1. Keep one malformed broker message from stopping the worker.
 
@@ -20,6 +20,13 @@ redis-py 8 a `Redis()` costs ~0.1 ms of CPU (it builds its response-callback tab
 a job with late acks needs two of them, about 6% of a job's CPU here. The object holds no
 connection of its own (the pool does) and redis-py clients are safe to share between
 threads, so one per channel and pool does the same work. See docs/performance.md.
+
+3. Survive a lost broker connection. Celery closes the dead connection's channel, which
+tries to restore its unacknowledged messages through a connection kombu has already
+detached; the AttributeError that raised ended the worker (about one Redis restart in
+ten). It is now a connection error, which the closing code ignores (`conn_or_acquire`).
+And a message taken from its queue but not yet recorded as unacknowledged when the
+connection dropped is put back (`worker/unrecorded.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+
+from worker import unrecorded
 
 REFUSED_CONTENT_TYPE = "application/x-malformed-queue-item"
 _KEPT_BYTES = 4096
@@ -79,10 +88,18 @@ def conn_or_acquire(channel: Any, client: redis.Redis | None = None) -> Iterator
     """kombu's `Channel.conn_or_acquire`, with the client built once per channel and pool.
 
     A closed channel drops its pool; the next call then builds a client for the new one.
+    A channel whose connection was already detached (kombu closes it again after a lost
+    broker connection, to restore its unacknowledged messages) cannot build one: that is
+    a connection error, which the closing code ignores, not an AttributeError that ends
+    the worker. The messages stay recorded in Redis and return after the visibility
+    timeout.
     """
     if client:
         yield client
         return
+    connection = getattr(channel, "connection", None)
+    if channel._pool is None and getattr(connection, "client", None) is None:
+        raise redis.ConnectionError("broker connection already closed")
     pool = channel.pool
     cached: redis.Redis | None = channel.__dict__.get("_apiworker_client")
     if cached is None or cached.connection_pool is not pool:
@@ -99,3 +116,4 @@ def install() -> None:
     # Replacing the method on kombu's class covers every Redis URL kind (redis, rediss,
     # sentinel); a transport subclass would not survive kombu's URL-scheme lookup.
     kombu_redis.Channel.conn_or_acquire = conn_or_acquire  # type: ignore[method-assign,assignment]
+    unrecorded.install()

@@ -27,7 +27,9 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on loopback, started and stopped by its owner."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, appendonly: bool = False, args: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -37,6 +39,7 @@ class RedisServer:
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.args = args  # more redis-server options, e.g. the compose file's
         self.dir = Path(tempfile.mkdtemp(prefix="apiworker-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -52,9 +55,9 @@ class RedisServer:
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
+            *self.args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         self.wait_ready(timeout)
@@ -96,7 +99,13 @@ class RedisServer:
             self.process = None
 
     def restart(self) -> None:
+        """SIGTERM and start again: Redis writes its append-only file out first."""
         self.stop()
+        self.start()
+
+    def crash_and_start(self) -> None:
+        """SIGKILL and start again: only what the fsync policy had written survives."""
+        self.kill()
         self.start()
 
     def cleanup(self) -> None:
