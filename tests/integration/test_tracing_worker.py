@@ -12,6 +12,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from apis.config import ApiSettings
 from ops.cli import cli
 from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
@@ -282,7 +283,8 @@ def test_a_celery_retry_and_a_catalog_batch_stay_in_the_senders_trace(
     client.flushdb()  # no fresh results: the batch fetches every name
     client.close()
     retried_trace, _, traceparent = new_parent()
-    sandbox.inject("pokemon", "status", status=503, times=3)  # one execution's attempts
+    attempts = ApiSettings.model_fields["http_retry_attempts"].default
+    sandbox.inject("pokemon", "status", status=503, times=attempts)  # one execution's worth
     job = producer.send_task(
         "tasks.pokemon.fetch_pokemon", args=["charmander"], headers={"traceparent": traceparent}
     )
