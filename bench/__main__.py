@@ -2,8 +2,10 @@
 
 Starts a private redis-server, the sandbox upstream (its own process, so its CPU is
 not the worker's) and, one after the other, each system's worker; runs the scenarios
-against each with the same upstream and Redis; prints a Markdown table per scenario with
-every project figure divided by each baseline's, and saves all figures as JSON.
+against each with the same upstream and Redis; then restarts each system against an
+upstream serving ~4 KB bodies with no latency for the small-body cold case; prints a
+Markdown table per scenario with every project figure divided by each baseline's, and
+saves all figures as JSON.
 """
 
 from __future__ import annotations
@@ -36,7 +38,20 @@ from bench.harness import (
     producer_app,
 )
 from bench.profile import Profiler
-from bench.systems import ALL_SYSTEMS, PROJECT, SYSTEMS, TUNED, TUTORIAL, System, settings_names
+from bench.senders import sender
+from bench.systems import (
+    ALL_SYSTEMS,
+    CELERY,
+    DRAMATIQ,
+    DRAMATIQ_PROTOCOL,
+    PROBE,
+    PROJECT,
+    SYSTEMS,
+    TUNED,
+    TUTORIAL,
+    System,
+    settings_names,
+)
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -106,14 +121,16 @@ class Bench:
         )
         self.log_dir = Path(tempfile.mkdtemp(prefix="apiworker-bench-"))
         self.redis = PrivateRedis()
-        self.sandbox = SandboxProcess(args.latency)
+        self.sandbox = SandboxProcess(args.latency, prewarm=False)  # the index only
 
     def systems(self) -> list[System]:
         if self.args.systems:
             return [ALL_SYSTEMS[name.strip()] for name in self.args.systems.split(",")]
         if self.args.profile:
             return [SYSTEMS[PROJECT]]
-        names = [PROJECT, TUNED] if self.args.quick else [PROJECT, TUNED, TUTORIAL]
+        names = [PROJECT, TUNED, DRAMATIQ, PROBE]
+        if not self.args.quick:
+            names.insert(2, TUTORIAL)
         return [SYSTEMS[name] for name in names]
 
     def run(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
@@ -168,6 +185,9 @@ class Bench:
             "REDIS_URL": self.redis.url(0),
             "CELERY_BROKER_URL": self.redis.url(1),
             "CELERY_RESULT_BACKEND": self.redis.url(2),
+            # The Dramatiq baseline's broker and the probe's list, beside Celery's broker.
+            "DRAMATIQ_BROKER_URL": self.redis.url(1),
+            "PROBE_QUEUE_URL": self.redis.url(1),
             "POKEAPI_BASE_URL": self.sandbox.pokeapi_url,
             # Another process on the host may hold the default 9808.
             "METRICS_PORT": str(free_port()),
@@ -177,10 +197,37 @@ class Bench:
     def _run_system(
         self, system: System, names: list[str], watcher: KeyWatcher, producer: Any
     ) -> dict[str, Any]:
+        out = self._phase(system, names, watcher, producer, small=False)
+        if self._small(system):
+            small = self._phase(system, names, watcher, producer, small=True)
+            out["process_small"] = small["process"]
+            out["small"] = small["small"]
+        return out
+
+    def _small(self, system: System) -> bool:
+        """Whether `system` also runs the small-body cold case (a smoke run: two do)."""
+        if self.args.profile or "small" not in system.scenarios:
+            return False
+        return not self.args.quick or system.name in (PROJECT, TUNED)
+
+    def _phase(
+        self,
+        system: System,
+        names: list[str],
+        watcher: KeyWatcher,
+        producer: Any,
+        *,
+        small: bool,
+    ) -> dict[str, Any]:
+        """One worker's life: the real-size scenarios, or the small-body cold case."""
         self.redis.client(0).flushall()
         # A fresh upstream per system: the sandbox caches built and gzipped bodies, and a
         # system must not get cheaper answers because another warmed the cache before it.
-        self.sandbox = SandboxProcess(self.args.latency)
+        self.sandbox = SandboxProcess(
+            0.0 if small else self.args.latency,
+            small_bodies=small,
+            prewarm=not self.args.quick,
+        )
         worker: WorkerProcess | None = None
         try:
             self.sandbox.start()
@@ -195,7 +242,7 @@ class Bench:
             )
             log(f"{system.name}: starting `{' '.join(worker.command[1:])}`")
             started = time.monotonic()
-            worker.start(producer)
+            worker.start(producer, ready=self._readiness(system, producer, names[-1]))
             process: dict[str, Any] = {
                 "startup_s": round(time.monotonic() - started, 2),
                 "loadavg_at_start": os.getloadavg(),
@@ -216,7 +263,10 @@ class Bench:
                 producer=producer,
                 watcher=watcher,
                 names=names,
+                broker_url=self.redis.url(1),
             )
+            if small:
+                return {"process": process, "small": self._cold(ctx, "small")}
             return {"process": process, **self._scenarios(ctx)}
         finally:
             if worker is not None:
@@ -231,19 +281,52 @@ class Bench:
                 out["cold"] = self._scenario(ctx, "cold", lambda: scenarios.cold(ctx))
             out["profile"] = profiler.summary(out["cold"])
             return out
-        # The machine is noisy: the cold figures are the median of --repeat runs.
-        runs = [
-            self._scenario(ctx, "cold", lambda: scenarios.cold(ctx))
-            for _ in range(self.args.repeat)
-        ]
-        out["cold"] = scenarios.median_of_runs(runs)
+        out["cold"] = self._cold(ctx, "cold")
         # Latency and faults are measured below saturation: at half this system's peak.
         rate = max(1.0, out["cold"]["jobs_per_s"] / 2)
-        out["latency"] = self._scenario(ctx, "latency", lambda: scenarios.latency(ctx, rate))
-        out["hot"] = self._scenario(ctx, "hot", lambda: scenarios.hot(ctx))
-        out["catalog"] = self._scenario(ctx, "catalog", lambda: scenarios.catalog(ctx))
-        out["faulty"] = self._scenario(ctx, "faulty", lambda: scenarios.faulty(ctx, rate))
+        wanted = ctx.system.scenarios
+        if "latency" in wanted:
+            out["latency"] = self._scenario(ctx, "latency", lambda: scenarios.latency(ctx, rate))
+        if "hot" in wanted:
+            out["hot"] = self._scenario(ctx, "hot", lambda: scenarios.hot(ctx))
+        if "catalog" in wanted:
+            out["catalog"] = self._scenario(ctx, "catalog", lambda: scenarios.catalog(ctx))
+        if "faulty" in wanted:
+            out["faulty"] = self._scenario(ctx, "faulty", lambda: scenarios.faulty(ctx, rate))
         return out
+
+    def _cold(self, ctx: scenarios.Context, label: str) -> dict[str, Any]:
+        """The machine is noisy: the cold figures are the median of --repeat runs."""
+        runs = [
+            self._scenario(ctx, label, lambda: scenarios.cold(ctx)) for _ in range(self.args.repeat)
+        ]
+        return scenarios.median_of_runs(runs)
+
+    def _readiness(self, system: System, producer: Any, name: str) -> Any:
+        """When a worker takes jobs: a Celery ping, or else a first job stored.
+
+        Dramatiq and the probe answer no ping; one job for `name` is sent and the worker
+        is ready when its key appears (the scenarios flush it). Dramatiq also has each of
+        its worker processes polling the broker (its heartbeats), one per core by default.
+        """
+        if system.protocol == CELERY:
+            return None
+        results = self.redis.client(0)
+        queue = self.redis.client(1)
+        sent: list[str] = []
+
+        def ready() -> bool:
+            if not sent:
+                with sender(system, producer, self.redis.url(1)) as enqueue:
+                    sent.append(enqueue(name))
+            if not results.exists(f"pokemon:{name}"):
+                return False
+            if system.protocol == DRAMATIQ_PROTOCOL:
+                polling = int(queue.zcard("dramatiq:__heartbeats__"))
+                return polling >= (os.cpu_count() or 1)  # its CLI default
+            return True
+
+        return ready
 
     def _scenario(self, ctx: scenarios.Context, name: str, run: Any) -> dict[str, Any]:
         started = time.monotonic()

@@ -1,8 +1,12 @@
-"""The systems a run compares: the project's worker and two baselines.
+"""The systems a run compares: the project's worker and four baselines.
 
-All three register the same task names (`tasks.pokemon.fetch_pokemon`,
+The three Celery systems register the same task names (`tasks.pokemon.fetch_pokemon`,
 `tasks.pokemon.refresh_catalog`), so the driver sends the identical message to each and
-only the worker on the other end changes. Each is started the way its users would start
+only the worker on the other end changes. The Dramatiq baseline takes the same job as a
+Dramatiq message, the asyncio probe as a name on a Redis list; both store the same
+`pokemon:{name}` key, which is what the cold and latency scenarios watch. They run only
+the scenarios their users' code can take part in: neither has a result a caller can
+wait on (hot, faulty) nor a catalog task. Each is started the way its users would start
 it: the project exactly as its README says (`make run`, i.e. `python -m worker.run`: one
 worker process per core, settings at their defaults, the environment only telling it
 where Redis and the upstream are; beat and Flower are left out of the measurement).
@@ -20,6 +24,15 @@ CATALOG_TASK = "tasks.pokemon.refresh_catalog"
 PROJECT = "project"
 TUNED = "tuned"
 TUTORIAL = "tutorial"
+DRAMATIQ = "dramatiq"
+PROBE = "probe"
+# How the driver enqueues a job (bench.senders).
+CELERY = "celery"
+DRAMATIQ_PROTOCOL = "dramatiq"
+LIST_PROTOCOL = "list"
+# Scenario names; "small" is the cold scenario over ~4 KB bodies at 0 ms latency.
+EVERY_SCENARIO = ("cold", "latency", "hot", "catalog", "faulty", "small")
+QUEUE_ONLY_SCENARIOS = ("cold", "latency", "small")
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,10 @@ class System:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     # The whole command line, when the system is not started as `celery -A MODULE worker`.
     command: tuple[str, ...] = ()
+    protocol: str = CELERY
+    # The Dramatiq actor name (Celery systems use FETCH_TASK).
+    actor: str = ""
+    scenarios: tuple[str, ...] = EVERY_SCENARIO
 
 
 SYSTEMS: dict[str, System] = {
@@ -60,6 +77,28 @@ SYSTEMS: dict[str, System] = {
         # Celery's "First steps" tutorial starts its worker with --loglevel=INFO.
         args=("--loglevel=INFO",),
         description="prefork defaults, requests.get, stdlib json, plain SET",
+    ),
+    DRAMATIQ: System(
+        name=DRAMATIQ,
+        module="bench.baselines.dramatiq_redis",
+        queue="default",
+        # The CLI's defaults: one process per core, 8 threads each.
+        command=("-m", "dramatiq", "bench.baselines.dramatiq_redis"),
+        description="dramatiq CLI defaults (processes = cores, threads x8), Redis broker, "
+        "pooled Session, orjson, plain SET",
+        protocol=DRAMATIQ_PROTOCOL,
+        actor="fetch_pokemon",
+        scenarios=QUEUE_ONLY_SCENARIOS,
+    ),
+    PROBE: System(
+        name=PROBE,
+        module="bench.baselines.probe",
+        queue="probe:jobs",
+        command=("-m", "bench.baselines.probe"),
+        description="one asyncio process: aiohttp, redis.asyncio, msgspec of five fields, "
+        "a Redis list, no guarantees",
+        protocol=LIST_PROTOCOL,
+        scenarios=QUEUE_ONLY_SCENARIOS,
     ),
 }
 
