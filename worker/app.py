@@ -11,7 +11,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports
 from pydantic import ValidationError
 
 from apis.config import get_settings
-from worker import transport
+from worker import result_backend, transport
 from worker.beat import beat_schedule
 from worker.settings import get_worker_settings
 
@@ -36,6 +36,8 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
 transport.install()
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
+# Each result stored in one Redis round trip, Celery's key, value and message unchanged.
+app.backend_cls = result_backend.backend_class(settings.result_backend)
 app.conf.update(
     broker_url=settings.broker_url,
     result_backend=settings.result_backend,
