@@ -44,6 +44,7 @@ from bench.systems import (
     CELERY,
     DRAMATIQ,
     DRAMATIQ_PROTOCOL,
+    EVERY_SCENARIO,
     PROBE,
     PROJECT,
     SYSTEMS,
@@ -78,6 +79,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="cold runs per system, their median reported (default 3, 1 with --quick)",
     )
     parser.add_argument(
+        "--scenarios",
+        default=",".join(EVERY_SCENARIO),
+        help="comma-separated subset of: " + ", ".join(EVERY_SCENARIO) + " (cold always runs)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="profile the project's worker with py-spy during the cold scenario only",
@@ -89,6 +95,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeat = 1 if args.quick or args.profile else 3
     if args.jobs < 1 or args.latency < 0 or args.repeat < 1:
         parser.error("--jobs and --repeat must be positive and --latency not negative")
+    args.scenarios = {name.strip() for name in args.scenarios.split(",")} | {"cold"}
+    if not args.scenarios <= set(EVERY_SCENARIO):
+        parser.error("--scenarios: one of " + ", ".join(EVERY_SCENARIO))
     return args
 
 
@@ -204,9 +213,13 @@ class Bench:
             out["small"] = small["small"]
         return out
 
+    def _wanted(self, system: System) -> set[str]:
+        chosen: set[str] = self.args.scenarios
+        return set(system.scenarios) & chosen
+
     def _small(self, system: System) -> bool:
         """Whether `system` also runs the small-body cold case (a smoke run: two do)."""
-        if self.args.profile or "small" not in system.scenarios:
+        if self.args.profile or "small" not in self._wanted(system):
             return False
         return not self.args.quick or system.name in (PROJECT, TUNED)
 
@@ -284,7 +297,7 @@ class Bench:
         out["cold"] = self._cold(ctx, "cold")
         # Latency and faults are measured below saturation: at half this system's peak.
         rate = max(1.0, out["cold"]["jobs_per_s"] / 2)
-        wanted = ctx.system.scenarios
+        wanted = self._wanted(ctx.system)
         if "latency" in wanted:
             out["latency"] = self._scenario(ctx, "latency", lambda: scenarios.latency(ctx, rate))
         if "hot" in wanted:
