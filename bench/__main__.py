@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -51,6 +52,7 @@ from bench.systems import (
     TUNED,
     TUTORIAL,
     System,
+    project_at,
     settings_names,
 )
 
@@ -77,6 +79,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="cold runs per system, their median reported (default 3, 1 with --quick)",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        default=None,
+        help="also run the project at git revision REV (from a copy of its files), "
+        "right after the project, to measure a change side by side",
     )
     parser.add_argument(
         "--scenarios",
@@ -130,45 +139,188 @@ class Bench:
         )
         self.log_dir = Path(tempfile.mkdtemp(prefix="apiworker-bench-"))
         self.redis = PrivateRedis()
-        self.sandbox = SandboxProcess(args.latency, prewarm=False)  # the index only
+        self.errors: list[str] = []
+        self._against: System | None = None
 
     def systems(self) -> list[System]:
         if self.args.systems:
-            return [ALL_SYSTEMS[name.strip()] for name in self.args.systems.split(",")]
-        if self.args.profile:
+            chosen = [ALL_SYSTEMS[name.strip()] for name in self.args.systems.split(",")]
+        elif self.args.profile:
             return [SYSTEMS[PROJECT]]
-        names = [PROJECT, TUNED, DRAMATIQ, PROBE]
-        if not self.args.quick:
-            names.insert(2, TUTORIAL)
-        return [SYSTEMS[name] for name in names]
+        else:
+            names = [PROJECT, TUNED, DRAMATIQ, PROBE]
+            if not self.args.quick:
+                names.insert(2, TUTORIAL)
+            chosen = [SYSTEMS[name] for name in names]
+        if self.args.against:
+            chosen.insert(1, self._project_at(self.args.against))
+        return chosen
+
+    def _project_at(self, revision: str) -> System:
+        """A copy of the project's files at `revision` (git archive), run as a system."""
+        if self._against is None:
+            tree = self.log_dir / f"tree-{revision}"
+            tree.mkdir()
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", revision],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                check=True,
+            )
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+            self._against = project_at(revision, str(tree))
+        return self._against
 
     def run(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
         self.redis.start()
-        self.sandbox.start()  # for the index only; each system gets a fresh one
+        index_sandbox = SandboxProcess(self.args.latency, prewarm=False)
         results: dict[str, dict[str, Any]] = {}
-        errors: list[str] = []
         watcher = KeyWatcher(self.redis.client(0)).start()
-        producer = producer_app(self.redis.url(1), self.redis.url(2))
         try:
-            index = self.sandbox.get("/pokemon?limit=100000")["results"]
+            index_sandbox.start()
+            index = index_sandbox.get("/pokemon?limit=100000")["results"]
             names = [entry["name"] for entry in index]
-            self.sandbox.stop()
+            index_sandbox.stop()
             meta = self._meta(len(names))
             log(f"{len(names)} index names; logs in {self.log_dir}")
-            for system in self.systems():
-                try:
-                    results[system.name] = self._run_system(system, names, watcher, producer)
-                except Exception as exc:  # one system failing must not lose the others
-                    errors.append(f"{system.name}: {exc}")
-                    log(f"{system.name} failed:\n{traceback.format_exc()}")
+            systems = self.systems()
+            results.update({system.name: {} for system in systems})
+            self._stage(systems, names, watcher, results, small=False)
+            small = [s for s in systems if self._small(s) and "cold" in results[s.name]]
+            if small:
+                self._stage(small, names, watcher, results, small=True)
         finally:
-            producer.close()
             watcher.stop()
-            self.sandbox.stop()
+            index_sandbox.stop()
             self.redis.stop()
         meta["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         meta["loadavg_after"] = os.getloadavg()
-        return meta, results, errors
+        return meta, {name: figures for name, figures in results.items() if figures}, self.errors
+
+    def _failed(self, system: System, exc: Exception) -> None:
+        """One system failing must not lose the others' figures."""
+        self.errors.append(f"{system.name}: {exc}")
+        log(f"{system.name} failed:\n{traceback.format_exc()}")
+
+    def _stage(
+        self,
+        systems: Sequence[System],
+        names: list[str],
+        watcher: KeyWatcher,
+        results: dict[str, dict[str, Any]],
+        *,
+        small: bool,
+    ) -> None:
+        """Every system's worker up at once against one upstream, the cold runs in rounds.
+
+        The machine is shared and its load drifts over minutes; running system A's three
+        cold runs and only then B's would hand A and B different machines. Rounds (A B C,
+        A B C, ...) spread the drift over all of them, and the medians compare like with
+        like. Each system has its own broker database, so an idle worker never takes
+        another's job; only the one under measurement gets work.
+        """
+        sandbox = SandboxProcess(
+            0.0 if small else self.args.latency, small_bodies=small, prewarm=not self.args.quick
+        )
+        label = "small" if small else "cold"
+        running: dict[str, scenarios.Context] = {}
+        try:
+            sandbox.start()
+            for system in systems:
+                try:
+                    ctx, process = self._start(system, names, watcher, sandbox, small=small)
+                except Exception as exc:
+                    self._failed(system, exc)
+                    continue
+                running[system.name] = ctx
+                results[system.name]["process_small" if small else "process"] = process
+            if self.args.profile:
+                self._profile(running[PROJECT], results[PROJECT])
+                return
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
+            for _ in range(self.args.repeat):
+                for name, ctx in list(running.items()):
+                    try:
+                        runs[name].append(self._scenario(ctx, label, partial(scenarios.cold, ctx)))
+                    except Exception as exc:
+                        self._failed(ctx.system, exc)
+                        del running[name]
+            for name in running:
+                results[name][label] = scenarios.median_of_runs(runs[name])
+            if not small:
+                for name, ctx in running.items():
+                    try:
+                        results[name].update(self._others(ctx, results[name]["cold"]))
+                    except Exception as exc:
+                        self._failed(ctx.system, exc)
+        finally:
+            for ctx in running.values():
+                ctx.worker.stop()
+                ctx.producer.close()
+            sandbox.stop()
+
+    def _start(
+        self,
+        system: System,
+        names: list[str],
+        watcher: KeyWatcher,
+        sandbox: SandboxProcess,
+        *,
+        small: bool,
+    ) -> tuple[scenarios.Context, dict[str, Any]]:
+        """Start one system's worker on a broker database of its own; wait until ready."""
+        broker_db = self._broker_db(system, small, list(self.systems()))
+        producer = producer_app(self.redis.url(broker_db), self.redis.url(2))
+        env = {
+            **self._environment(names, sandbox, broker_db),
+            **system.extra_env,
+        }
+        worker = WorkerProcess(
+            system.module,
+            env,
+            system.args,
+            self.log_dir,
+            label=f"{system.name}-small" if small else system.name,
+            command=system.command,
+            cwd=Path(system.cwd) if system.cwd else REPO_ROOT,
+        )
+        log(f"{system.name}: starting `{' '.join(worker.command[1:])}` (broker db {broker_db})")
+        started = time.monotonic()
+        try:
+            worker.start(producer, ready=self._readiness(system, producer, names[-1], broker_db))
+        except BaseException:
+            worker.stop()
+            producer.close()
+            raise
+        process: dict[str, Any] = {
+            "startup_s": round(time.monotonic() - started, 2),
+            "loadavg_at_start": os.getloadavg(),
+        }
+        time.sleep(0.5)  # let the worker settle (mingle, first polls) before measuring
+        assert worker.sampler is not None
+        rss, pss = worker.sampler.peak()
+        process["idle_rss_mib"] = round(rss / 2**20, 1)
+        process["idle_pss_mib"] = round(pss / 2**20, 1)
+        worker.sampler.pause()  # sampled only while a scenario measures it
+        ctx = scenarios.Context(
+            system=system,
+            plan=self.plan,
+            worker=worker,
+            sandbox=sandbox,
+            redis_tree=ProcessTree(self.redis.process.pid if self.redis.process else 0),
+            results=self.redis.client(0),
+            backend=self.redis.client(2),
+            producer=producer,
+            watcher=watcher,
+            names=names,
+            broker_url=self.redis.url(broker_db),
+        )
+        return ctx, process
+
+    def _broker_db(self, system: System, small: bool, systems: list[System]) -> int:
+        """db 0 holds results and db 2 the result backend; brokers get 3, 4, 5, ..."""
+        position = [one.name for one in systems].index(system.name)
+        return 3 + 2 * position + int(small)
 
     def _meta(self, index_size: int) -> dict[str, Any]:
         return {
@@ -186,32 +338,24 @@ class Bench:
             "systems": {system.name: system.description for system in self.systems()},
         }
 
-    def _environment(self, names: Sequence[str]) -> dict[str, str]:
+    def _environment(
+        self, names: Sequence[str], sandbox: SandboxProcess, broker_db: int
+    ) -> dict[str, str]:
         """Defaults everywhere; only where Redis and the upstream are (and the catalog)."""
         size = self.plan.catalog_size
         return {
             **clean_environment(settings_names()),
             "REDIS_URL": self.redis.url(0),
-            "CELERY_BROKER_URL": self.redis.url(1),
+            "CELERY_BROKER_URL": self.redis.url(broker_db),
             "CELERY_RESULT_BACKEND": self.redis.url(2),
-            # The Dramatiq baseline's broker and the probe's list, beside Celery's broker.
-            "DRAMATIQ_BROKER_URL": self.redis.url(1),
-            "PROBE_QUEUE_URL": self.redis.url(1),
-            "POKEAPI_BASE_URL": self.sandbox.pokeapi_url,
+            # The Dramatiq baseline's broker and the probe's list, in the same database.
+            "DRAMATIQ_BROKER_URL": self.redis.url(broker_db),
+            "PROBE_QUEUE_URL": self.redis.url(broker_db),
+            "POKEAPI_BASE_URL": sandbox.pokeapi_url,
             # Another process on the host may hold the default 9808.
             "METRICS_PORT": str(free_port()),
             "POKEMON_CATALOG": "*" if size is None else ",".join(names[:size]),
         }
-
-    def _run_system(
-        self, system: System, names: list[str], watcher: KeyWatcher, producer: Any
-    ) -> dict[str, Any]:
-        out = self._phase(system, names, watcher, producer, small=False)
-        if self._small(system):
-            small = self._phase(system, names, watcher, producer, small=True)
-            out["process_small"] = small["process"]
-            out["small"] = small["small"]
-        return out
 
     def _wanted(self, system: System) -> set[str]:
         chosen: set[str] = self.args.scenarios
@@ -223,80 +367,11 @@ class Bench:
             return False
         return not self.args.quick or system.name in (PROJECT, TUNED)
 
-    def _phase(
-        self,
-        system: System,
-        names: list[str],
-        watcher: KeyWatcher,
-        producer: Any,
-        *,
-        small: bool,
-    ) -> dict[str, Any]:
-        """One worker's life: the real-size scenarios, or the small-body cold case."""
-        self.redis.client(0).flushall()
-        # A fresh upstream per system: the sandbox caches built and gzipped bodies, and a
-        # system must not get cheaper answers because another warmed the cache before it.
-        self.sandbox = SandboxProcess(
-            0.0 if small else self.args.latency,
-            small_bodies=small,
-            prewarm=not self.args.quick,
-        )
-        worker: WorkerProcess | None = None
-        try:
-            self.sandbox.start()
-            env = {**self._environment(names), **system.extra_env}
-            worker = WorkerProcess(
-                system.module,
-                env,
-                system.args,
-                self.log_dir,
-                label=system.name,
-                command=system.command,
-            )
-            log(f"{system.name}: starting `{' '.join(worker.command[1:])}`")
-            started = time.monotonic()
-            worker.start(producer, ready=self._readiness(system, producer, names[-1]))
-            process: dict[str, Any] = {
-                "startup_s": round(time.monotonic() - started, 2),
-                "loadavg_at_start": os.getloadavg(),
-            }
-            time.sleep(0.5)  # let the worker settle (mingle, first polls) before measuring
-            assert worker.sampler is not None
-            rss, pss = worker.sampler.peak()
-            process["idle_rss_mib"] = round(rss / 2**20, 1)
-            process["idle_pss_mib"] = round(pss / 2**20, 1)
-            ctx = scenarios.Context(
-                system=system,
-                plan=self.plan,
-                worker=worker,
-                sandbox=self.sandbox,
-                redis_tree=ProcessTree(self.redis.process.pid if self.redis.process else 0),
-                results=self.redis.client(0),
-                backend=self.redis.client(2),
-                producer=producer,
-                watcher=watcher,
-                names=names,
-                broker_url=self.redis.url(1),
-            )
-            if small:
-                return {"process": process, "small": self._cold(ctx, "small")}
-            return {"process": process, **self._scenarios(ctx)}
-        finally:
-            if worker is not None:
-                worker.stop()
-            self.sandbox.stop()
-
-    def _scenarios(self, ctx: scenarios.Context) -> dict[str, Any]:
+    def _others(self, ctx: scenarios.Context, cold: dict[str, Any]) -> dict[str, Any]:
+        """The scenarios after the cold runs, each system in turn."""
         out: dict[str, Any] = {}
-        if self.args.profile:
-            profiler = Profiler(ctx.worker, self.log_dir)
-            with profiler:
-                out["cold"] = self._scenario(ctx, "cold", lambda: scenarios.cold(ctx))
-            out["profile"] = profiler.summary(out["cold"])
-            return out
-        out["cold"] = self._cold(ctx, "cold")
         # Latency and faults are measured below saturation: at half this system's peak.
-        rate = max(1.0, out["cold"]["jobs_per_s"] / 2)
+        rate = max(1.0, cold["jobs_per_s"] / 2)
         wanted = self._wanted(ctx.system)
         if "latency" in wanted:
             out["latency"] = self._scenario(ctx, "latency", lambda: scenarios.latency(ctx, rate))
@@ -308,14 +383,13 @@ class Bench:
             out["faulty"] = self._scenario(ctx, "faulty", lambda: scenarios.faulty(ctx, rate))
         return out
 
-    def _cold(self, ctx: scenarios.Context, label: str) -> dict[str, Any]:
-        """The machine is noisy: the cold figures are the median of --repeat runs."""
-        runs = [
-            self._scenario(ctx, label, lambda: scenarios.cold(ctx)) for _ in range(self.args.repeat)
-        ]
-        return scenarios.median_of_runs(runs)
+    def _profile(self, ctx: scenarios.Context, out: dict[str, Any]) -> None:
+        profiler = Profiler(ctx.worker, self.log_dir)
+        with profiler:
+            out["cold"] = self._scenario(ctx, "cold", lambda: scenarios.cold(ctx))
+        out["profile"] = profiler.summary(out["cold"])
 
-    def _readiness(self, system: System, producer: Any, name: str) -> Any:
+    def _readiness(self, system: System, producer: Any, name: str, broker_db: int) -> Any:
         """When a worker takes jobs: a Celery ping, or else a first job stored.
 
         Dramatiq and the probe answer no ping; one job for `name` is sent and the worker
@@ -325,12 +399,12 @@ class Bench:
         if system.protocol == CELERY:
             return None
         results = self.redis.client(0)
-        queue = self.redis.client(1)
+        queue = self.redis.client(broker_db)
         sent: list[str] = []
 
         def ready() -> bool:
             if not sent:
-                with sender(system, producer, self.redis.url(1)) as enqueue:
+                with sender(system, producer, self.redis.url(broker_db)) as enqueue:
                     sent.append(enqueue(name))
             if not results.exists(f"pokemon:{name}"):
                 return False

@@ -208,11 +208,20 @@ class MemorySampler:
         self._peak_pss = 0
         self._peak_largest = 0
         self._stop = threading.Event()
+        # Paused while its worker sits idle, so idle workers cost the driver nothing.
+        self._active = threading.Event()
+        self._active.set()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
     def start(self) -> MemorySampler:
         self._thread.start()
         return self
+
+    def pause(self) -> None:
+        self._active.clear()
+
+    def resume(self) -> None:
+        self._active.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -243,7 +252,8 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.sample()
+            if self._active.is_set():
+                self.sample()
 
 
 # -- Redis ----------------------------------------------------------------------------
@@ -468,8 +478,10 @@ class WorkerProcess:
         *,
         label: str = "",
         command: Sequence[str] = (),
+        cwd: Path = REPO_ROOT,
     ) -> None:
         self.module = module
+        self.cwd = cwd
         self.full_command = list(command)
         self.env = dict(env)
         self.args = list(args)
@@ -493,7 +505,7 @@ class WorkerProcess:
     ) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = _spawn(
-                self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         self.tree = ProcessTree(self.process.pid)
 

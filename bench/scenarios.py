@@ -207,6 +207,7 @@ class Meter:
         self.ctx = ctx
         if ctx.worker.sampler is not None:
             ctx.worker.sampler.reset_peak()
+            ctx.worker.sampler.resume()
         self.worker_cpu = ctx.worker.cpu_seconds()
         self.sandbox_cpu = ctx.sandbox.cpu_seconds()
         self.redis_cpu = ctx.redis_tree.cpu_seconds()
@@ -216,6 +217,8 @@ class Meter:
         ctx, per_job = self.ctx, 1000 / max(jobs, 1)
         rss, pss = ctx.worker.sampler.peak() if ctx.worker.sampler is not None else (0, 0)
         largest = ctx.worker.sampler.peak_largest() if ctx.worker.sampler is not None else 0
+        if ctx.worker.sampler is not None:
+            ctx.worker.sampler.pause()
         return {
             "worker_cpu_ms_per_job": round(
                 (ctx.worker.cpu_seconds() - self.worker_cpu) * per_job, 3

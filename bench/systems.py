@@ -15,7 +15,7 @@ where Redis and the upstream are; beat and Flower are left out of the measuremen
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from worker.settings import setting_names
 
@@ -53,6 +53,8 @@ class System:
     # The Dramatiq actor name (Celery systems use FETCH_TASK).
     actor: str = ""
     scenarios: tuple[str, ...] = EVERY_SCENARIO
+    # Where its code is, when not this checkout (a project system at another revision).
+    cwd: str = ""
 
 
 SYSTEMS: dict[str, System] = {
@@ -77,6 +79,8 @@ SYSTEMS: dict[str, System] = {
         # Celery's "First steps" tutorial starts its worker with --loglevel=INFO.
         args=("--loglevel=INFO",),
         description="prefork defaults, requests.get, stdlib json, plain SET",
+        # Its cold runs alone take minutes; the small-body case compares the fast systems.
+        scenarios=("cold", "latency", "hot", "catalog", "faulty"),
     ),
     DRAMATIQ: System(
         name=DRAMATIQ,
@@ -103,6 +107,19 @@ SYSTEMS: dict[str, System] = {
 }
 
 ALL_SYSTEMS = SYSTEMS
+
+
+def project_at(revision: str, tree: str) -> System:
+    """The project as `make run` starts it, from `tree`: a copy of `revision`'s files.
+
+    Measures an optimisation side by side with the code before it, in one run.
+    """
+    return replace(
+        SYSTEMS[PROJECT],
+        name=f"{PROJECT}@{revision}",
+        description=f"the project at {revision}, started the same way",
+        cwd=tree,
+    )
 
 
 def settings_names() -> set[str]:

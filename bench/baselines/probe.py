@@ -53,7 +53,8 @@ async def _consume(
 ) -> None:
     base = os.environ["POKEAPI_BASE_URL"]
     while True:
-        popped = await queue.blpop([QUEUE])
+        # A short server-side wait: redis-py's client gives up on a silent socket after 5 s.
+        popped = await queue.blpop([QUEUE], timeout=1)
         if popped is None:
             continue
         raw = popped[1]
