@@ -82,10 +82,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--against",
-        metavar="REV",
+        metavar="REV[,REV...]",
         default=None,
-        help="also run the project at git revision REV (from a copy of its files), "
-        "right after the project, to measure a change side by side",
+        help="also run the project at each git revision REV (from a copy of its files), "
+        "right after the project, to measure changes side by side",
     )
     parser.add_argument(
         "--scenarios",
@@ -140,7 +140,7 @@ class Bench:
         self.log_dir = Path(tempfile.mkdtemp(prefix="apiworker-bench-"))
         self.redis = PrivateRedis()
         self.errors: list[str] = []
-        self._against: System | None = None
+        self._against: dict[str, System] = {}
 
     def systems(self) -> list[System]:
         if self.args.systems:
@@ -153,12 +153,13 @@ class Bench:
                 names.insert(2, TUTORIAL)
             chosen = [SYSTEMS[name] for name in names]
         if self.args.against:
-            chosen.insert(1, self._project_at(self.args.against))
+            revisions = [rev.strip() for rev in self.args.against.split(",") if rev.strip()]
+            chosen[1:1] = [self._project_at(revision) for revision in revisions]
         return chosen
 
     def _project_at(self, revision: str) -> System:
         """A copy of the project's files at `revision` (git archive), run as a system."""
-        if self._against is None:
+        if revision not in self._against:
             tree = self.log_dir / f"tree-{revision}"
             tree.mkdir()
             archive = subprocess.run(
@@ -168,8 +169,8 @@ class Bench:
                 check=True,
             )
             subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-            self._against = project_at(revision, str(tree))
-        return self._against
+            self._against[revision] = project_at(revision, str(tree))
+        return self._against[revision]
 
     def run(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
         self.redis.start()
