@@ -95,7 +95,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="profile the project's worker with py-spy during the cold scenario only",
+        help="profile the project's worker with py-spy during the cold scenario only "
+        "(with --scenarios small: during the small-body case instead)",
     )
     args = parser.parse_args(argv)
     if args.jobs is None:
@@ -186,10 +187,13 @@ class Bench:
             log(f"{len(names)} index names; logs in {self.log_dir}")
             systems = self.systems()
             results.update({system.name: {} for system in systems})
-            self._stage(systems, names, watcher, results, small=False)
-            small = [s for s in systems if self._small(s) and "cold" in results[s.name]]
-            if small:
-                self._stage(small, names, watcher, results, small=True)
+            if self._profile_small():
+                self._stage(systems, names, watcher, results, small=True)
+            else:
+                self._stage(systems, names, watcher, results, small=False)
+                small = [s for s in systems if self._small(s) and "cold" in results[s.name]]
+                if small:
+                    self._stage(small, names, watcher, results, small=True)
         finally:
             watcher.stop()
             index_sandbox.stop()
@@ -236,7 +240,7 @@ class Bench:
                 running[system.name] = ctx
                 results[system.name]["process_small" if small else "process"] = process
             if self.args.profile:
-                self._profile(running[PROJECT], results[PROJECT])
+                self._profile(running[PROJECT], results[PROJECT], label)
                 return
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
             for _ in range(self.args.repeat):
@@ -384,11 +388,15 @@ class Bench:
             out["faulty"] = self._scenario(ctx, "faulty", lambda: scenarios.faulty(ctx, rate))
         return out
 
-    def _profile(self, ctx: scenarios.Context, out: dict[str, Any]) -> None:
+    def _profile_small(self) -> bool:
+        chosen: set[str] = self.args.scenarios
+        return bool(self.args.profile) and "small" in chosen
+
+    def _profile(self, ctx: scenarios.Context, out: dict[str, Any], label: str) -> None:
         profiler = Profiler(ctx.worker, self.log_dir)
         with profiler:
-            out["cold"] = self._scenario(ctx, "cold", lambda: scenarios.cold(ctx))
-        out["profile"] = profiler.summary(out["cold"])
+            out[label] = self._scenario(ctx, label, lambda: scenarios.cold(ctx))
+        out["profile"] = profiler.summary(out[label])
 
     def _readiness(self, system: System, producer: Any, name: str, broker_db: int) -> Any:
         """When a worker takes jobs: a Celery ping, or else a first job stored.
