@@ -306,6 +306,7 @@ class Bench:
         rss, pss = worker.sampler.peak()
         process["idle_rss_mib"] = round(rss / 2**20, 1)
         process["idle_pss_mib"] = round(pss / 2**20, 1)
+        process["idle_rss_mib_largest_process"] = round(worker.sampler.peak_largest() / 2**20, 1)
         worker.sampler.pause()  # sampled only while a scenario measures it
         ctx = scenarios.Context(
             system=system,
