@@ -243,8 +243,10 @@ class Bench:
                 self._profile(running[PROJECT], results[PROJECT], label)
                 return
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
-            for _ in range(self.args.repeat):
+            for round_number in range(self.args.repeat):
                 for name, ctx in list(running.items()):
+                    if 0 < ctx.system.max_repeat <= round_number:
+                        continue
                     try:
                         runs[name].append(self._scenario(ctx, label, partial(scenarios.cold, ctx)))
                     except Exception as exc:
