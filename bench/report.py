@@ -210,17 +210,32 @@ def scenario_table(scenario: str, results: Results) -> str:
         arrow = {"higher": " ↑", "lower": " ↓"}.get(better, "")
         row = [label + arrow]
         row += [_cell(results[name][scenario].get(key)) for name in systems]
-        row += [
-            _cell(table_ratios.get(name, {}).get(scenario, {}).get(key)) + "x"
-            if table_ratios.get(name, {}).get(scenario, {}).get(key) is not None
-            else "-"
-            for name in baselines
-        ]
+        if key.endswith("_each_run"):
+            row += [
+                _per_round(results.get(PROJECT, {}).get(scenario, {}), results[name][scenario], key)
+                for name in baselines
+            ]
+        else:
+            row += [
+                _cell(table_ratios.get(name, {}).get(scenario, {}).get(key)) + "x"
+                if table_ratios.get(name, {}).get(scenario, {}).get(key) is not None
+                else "-"
+                for name in baselines
+            ]
         lines.append("| " + " | ".join(row) + " |")
     if any(results[name][scenario].get("timed_out") for name in systems):
         late = [name for name in systems if results[name][scenario].get("timed_out")]
         lines += ["", f"Timed out before every job finished: {', '.join(late)}."]
     return "\n".join(lines)
+
+
+def _per_round(project: Mapping[str, Any], other: Mapping[str, Any], key: str) -> str:
+    """project ÷ baseline for each round of cold runs ("1.2x / 0.9x / ..."): the runs of a
+    round were made minutes apart at most, so their ratio is the one drift spares."""
+    mine, theirs = str(project.get(key, "")), str(other.get(key, ""))
+    pairs = zip(mine.split(" / "), theirs.split(" / "), strict=False)
+    ratios = [f"{float(a) / float(b):.2f}x" for a, b in pairs if a and b and float(b)]
+    return " / ".join(ratios) if ratios else "-"
 
 
 def targets_table(found: list[Target]) -> str:
