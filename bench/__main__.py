@@ -89,7 +89,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(EVERY_SCENARIO),
+        default=None,
         help="comma-separated subset of: " + ", ".join(EVERY_SCENARIO) + " (cold always runs)",
     )
     parser.add_argument(
@@ -105,6 +105,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeat = 1 if args.quick or args.profile else 3
     if args.jobs < 1 or args.latency < 0 or args.repeat < 1:
         parser.error("--jobs and --repeat must be positive and --latency not negative")
+    if args.scenarios is None:
+        args.scenarios = ",".join(EVERY_SCENARIO)
+        args.profile_small = False
+    else:
+        args.profile_small = args.profile and "small" in args.scenarios.split(",")
     args.scenarios = {name.strip() for name in args.scenarios.split(",")} | {"cold"}
     if not args.scenarios <= set(EVERY_SCENARIO):
         parser.error("--scenarios: one of " + ", ".join(EVERY_SCENARIO))
@@ -392,8 +397,7 @@ class Bench:
         return out
 
     def _profile_small(self) -> bool:
-        chosen: set[str] = self.args.scenarios
-        return bool(self.args.profile) and "small" in chosen
+        return bool(self.args.profile_small)
 
     def _profile(self, ctx: scenarios.Context, out: dict[str, Any], label: str) -> None:
         profiler = Profiler(ctx.worker, self.log_dir)
