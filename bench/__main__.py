@@ -248,19 +248,20 @@ class Bench:
                 self._profile(running[PROJECT], results[PROJECT], label)
                 return
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
+            healthy = dict(running)  # a system that fails leaves the rounds, not `running`
             for round_number in range(self.args.repeat):
-                for name, ctx in list(running.items()):
+                for name, ctx in list(healthy.items()):
                     if 0 < ctx.system.max_repeat <= round_number:
                         continue
                     try:
                         runs[name].append(self._scenario(ctx, label, partial(scenarios.cold, ctx)))
                     except Exception as exc:
                         self._failed(ctx.system, exc)
-                        del running[name]
-            for name in running:
+                        del healthy[name]
+            for name in healthy:
                 results[name][label] = scenarios.median_of_runs(runs[name])
             if not small:
-                for name, ctx in running.items():
+                for name, ctx in healthy.items():
                     try:
                         results[name].update(self._others(ctx, results[name]["cold"]))
                     except Exception as exc:
