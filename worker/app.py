@@ -10,7 +10,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from apis.config import get_settings
-from worker import tracing, transport
+from worker import result_backend, tracing, transport
 from worker.beat import beat_schedule
 from worker.broker import DEFAULT_QUEUE, QUEUES, broker_config
 from worker.settings import get_worker_settings
@@ -39,6 +39,8 @@ broker = broker_config(settings)
 transport.install()
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
+# Each result stored in one Redis round trip, Celery's key, value and message unchanged.
+app.backend_cls = result_backend.backend_class(settings.result_backend)
 app.conf.update(
     broker_url=settings.broker_url,
     result_backend=settings.result_backend,
