@@ -64,6 +64,8 @@ class Supervisor:
         assert self.worker.alive, "five replacement workers died in a row"
 
 
+# Redis as the broker and as the store at once: the case where its outage costs most.
+@pytest.mark.broker("redis")
 @pytest.mark.parametrize("how", ["restart", "crash"])
 def test_every_job_sent_around_a_redis_restart_or_crash_is_stored_or_recorded(
     deploy, durable_redis: RedisServer, sandbox: Any, how: str, broker_kind: str

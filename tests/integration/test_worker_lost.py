@@ -6,12 +6,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 
 from tests.integration.conftest import fast_redelivery, with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
 
 
+# On the Redis broker the same path, after its visibility timeout, is the host-kill test's
+# (tests/chaos/test_worker_killed.py); here it costs a second, there twelve.
+@pytest.mark.broker("amqp")
 def test_a_job_in_flight_survives_sigkill_of_its_worker(
     redis_url: str, sandbox: Any, broker_kind: str, new_broker: Callable[[int], str]
 ) -> None:
