@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import redis
 
+import redisconn
 from tasks.keys import Keys
 from tasks.store import ResultStore
 from worker.settings import WorkerSettings, get_worker_settings
@@ -19,8 +20,8 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: WorkerSettings, client: redis.Redis | None = None) -> Runtime:
-        client = client or redis.Redis.from_url(
-            settings.redis_url,
+        client = client or redisconn.client(
+            settings.redis,
             health_check_interval=30,
             socket_timeout=10,
             socket_connect_timeout=5,

@@ -11,6 +11,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports
 from pydantic import ValidationError
 
 from apis.config import get_settings
+from apis.redact import register_secret
 from worker import transport
 from worker.beat import beat_schedule
 from worker.settings import get_worker_settings
@@ -34,11 +35,17 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
 
 # A malformed broker message must not stop the worker (see worker/transport.py).
 transport.install()
+# Redis passwords are masked in every log line, as upstream tokens are.
+for secret in settings.redis.secrets():
+    register_secret(secret)
+# Where the broker, the result backend and beat's schedule live: the results Redis
+# (REDIS_URL, or the master the sentinels name) unless CELERY_BROKER_URL /
+# CELERY_RESULT_BACKEND say otherwise. See redisconn/celery_config.py.
+connection = settings.celery_connection
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
 app.conf.update(
-    broker_url=settings.broker_url,
-    result_backend=settings.result_backend,
+    **connection.settings,
     # JSON only: a pickled message could run arbitrary code on the worker, so any other
     # content type is refused by kombu before a task sees it. CFG#accept-content
     task_serializer="json",
@@ -70,8 +77,18 @@ app.conf.update(
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
+        **connection.broker_transport_options,
     },
-    result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+    result_backend_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout,
+        **connection.backend_transport_options,
+    },
+    # A result the backend cannot store (Redis restarting, a failover under way) is
+    # retried with backoff rather than turning a finished job into a failure: the job's
+    # own result is already in the results keys. CFG#result-backend-always-retry
+    result_backend_always_retry=True,
+    result_backend_max_retries=20,
+    result_backend_max_sleep_between_retries_ms=2000,
     # Above the client's worst case (attempts x timeouts + backoff), so a limit only
     # fires on a genuine hang. CFG#task-soft-time-limit, CFG#task-time-limit
     task_soft_time_limit=settings.task_soft_time_limit,
@@ -113,8 +130,8 @@ app.conf.update(
     worker_hijack_root_logger=False,
     # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat
     # instance waits instead of double-scheduling. https://redbeat.readthedocs.io/
+    # Its Redis (redbeat_redis_url and options) comes with the connection settings above.
     beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_redis_url=settings.redis_url,
     redbeat_key_prefix=f"{settings.result_key_prefix}redbeat",
     redbeat_lock_timeout=settings.beat_lock_timeout,
     beat_max_loop_interval=5,

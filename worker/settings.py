@@ -10,18 +10,20 @@ from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from apis.config import ApiSettings
+from redisconn.celery_config import CeleryConnection, connection_config
+from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
-
-class WorkerSettings(BaseSettings):
-    """Each field is read from its upper-case environment name."""
+class WorkerSettings(RedisSettings):
+    """Each field is read from its upper-case environment name (the Redis ones: see
+    `redisconn.settings`)."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
+    # The worker always has a Redis: REDIS_URL cannot be empty here (Sentinel replaces it).
     redis_url: str = DEFAULT_REDIS_URL
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
@@ -98,12 +100,31 @@ class WorkerSettings(BaseSettings):
         return self
 
     @property
+    def redis(self) -> RedisTarget:
+        """The results Redis: REDIS_URL, or the master the sentinels name."""
+        target = self.resolve_redis()
+        assert target is not None  # REDIS_URL is never empty here
+        return target
+
+    @property
+    def celery_connection(self) -> CeleryConnection:
+        """Broker, backend and beat settings for Celery (the results Redis by default)."""
+        return connection_config(
+            self.redis,
+            broker_url=self.celery_broker_url,
+            result_backend=self.celery_result_backend,
+            beat_retry_seconds=self.beat_lock_timeout,
+        )
+
+    @property
     def broker_url(self) -> str:
-        return self.celery_broker_url or self.redis_url
+        url: str = self.celery_connection.settings["broker_url"]
+        return url
 
     @property
     def result_backend(self) -> str:
-        return self.celery_result_backend or self.redis_url
+        url: str = self.celery_connection.settings["result_backend"]
+        return url
 
     @property
     def whole_catalog(self) -> bool:
