@@ -130,8 +130,9 @@ app.conf.update(
     worker_hijack_root_logger=False,
     # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat
     # instance waits instead of double-scheduling. https://redbeat.readthedocs.io/
-    # Its Redis (redbeat_redis_url and options) comes with the connection settings above.
-    beat_scheduler="redbeat.RedBeatScheduler",
+    # Its Redis (redbeat_redis_url and options) comes with the connection settings above;
+    # the subclass keeps beat running through a Redis restart or failover.
+    beat_scheduler="worker.beat_scheduler:FailoverTolerantScheduler",
     redbeat_key_prefix=f"{settings.result_key_prefix}redbeat",
     redbeat_lock_timeout=settings.beat_lock_timeout,
     beat_max_loop_interval=5,

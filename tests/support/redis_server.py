@@ -27,7 +27,13 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on loopback, started and stopped by its owner."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -37,6 +43,8 @@ class RedisServer:
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
+        # More redis-server options (replication, TLS, ACL), as "--name", "value" pairs.
+        self.extra_args = extra_args
         self.dir = Path(tempfile.mkdtemp(prefix="apiworker-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -55,6 +63,7 @@ class RedisServer:
             "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         self.wait_ready(timeout)
