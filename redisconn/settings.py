@@ -194,6 +194,13 @@ class RedisSettings(BaseSettings):
             raise ValueError("REDIS_TLS_* files are set but REDIS_TLS is not: set REDIS_TLS=true")
         return self
 
+    def __repr_args__(self) -> Any:
+        """Field values for repr and str, with any URL's password masked."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and "://" in value:
+                value = ";".join(masked_url(part) for part in value.split(";"))
+            yield name, value
+
     def tls_files(self) -> TlsFiles:
         return TlsFiles(
             ca_file=_path(self.redis_tls_ca_file),
