@@ -14,19 +14,20 @@ WORKDIR /app
 # empty package skeleton, then remove the skeleton itself so only its dependencies stay.
 COPY pyproject.toml ./
 RUN set -eux; \
-    for package in apis tasks worker sandbox; do \
+    for package in apis tasks worker ops sandbox; do \
         mkdir -p "$package"; touch "$package/__init__.py"; \
     done; \
     touch README.md; \
     pip install '.[flower]'; \
     pip uninstall --yes api-layer-worker; \
-    rm -rf apis tasks worker sandbox README.md build ./*.egg-info
+    rm -rf apis tasks worker ops sandbox README.md build ./*.egg-info
 
 # The source, installed without touching the dependency layer above.
 COPY README.md ./
 COPY apis ./apis
 COPY tasks ./tasks
 COPY worker ./worker
+COPY ops ./ops
 COPY sandbox ./sandbox
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 

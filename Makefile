@@ -29,10 +29,10 @@ format: install
 	$(BIN)/ruff check --fix .
 
 run: install
-	$(BIN)/python -m worker.run
+	$(BIN)/python -m ops.run
 
 demo: install
-	$(BIN)/python -m worker.demo
+	$(BIN)/python -m ops.demo
 
 bench: install
 	$(BIN)/python -m bench

@@ -89,6 +89,10 @@ class HeldBack(UpstreamError):
     """
 
     transient = True
+    #: A deferred job comes back after `retry_after` plus up to this share of it (at
+    #: least `jitter_floor` seconds), so held-back jobs do not all return at once.
+    jitter_fraction = 0.5
+    jitter_floor = 1.0
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 All three register the same task names (`tasks.pokemon.fetch_pokemon`,
 `tasks.pokemon.refresh_catalog`), so the driver sends the identical message to each and
 only the worker on the other end changes. Each is started the way its users would start
-it: the project exactly as its README says (`make run`, i.e. `python -m worker.run`: one
+it: the project exactly as its README says (`make run`, i.e. `python -m ops.run`: one
 worker process per core, settings at their defaults, the environment only telling it
 where Redis and the upstream are; beat and Flower are left out of the measurement).
 """
@@ -45,7 +45,7 @@ SYSTEMS: dict[str, System] = {
         queue="pokeapi",
         description="make run: one worker process per core (threads x16 each), defaults",
         records_failures=True,
-        command=("-m", "worker.run", "--no-beat", "--no-flower"),
+        command=("-m", "ops.run", "--no-beat", "--no-flower"),
     ),
     TUNED: System(
         name=TUNED,

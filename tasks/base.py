@@ -28,6 +28,8 @@ from apis.config import get_settings
 from apis.errors import HeldBack, RateLimited, UpstreamError
 from apis.redact import redact
 from tasks.runtime import get_runtime
+from tasks.single_flight import job_began_at
+from worker.broker import BrokerConfig, broker_kind
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("tasks")
@@ -35,6 +37,9 @@ log = logging.getLogger("tasks")
 TASK_RETRIES = Counter("apiworker_task_retries", "Celery-level retries of jobs, by task.", ["task"])
 # A message header counting the job's deferrals, carried from one delivery to the next.
 DEFERRALS_HEADER = "apiworker_deferrals"
+# When the job first ran (epoch ms), carried by its deferrals: a result stored since then
+# is fresh enough for it, whatever FRESHNESS_MAX_AGE says.
+BEGAN_HEADER = "apiworker_began_ms"
 
 FAILURES_RECORDED = Counter(
     "apiworker_failures_recorded",
@@ -62,17 +67,29 @@ def retry_countdown(retries: int, exc: BaseException, *, base: float, cap: float
 def deferral_countdown(exc: HeldBack, *, cap: float) -> float:
     """The guard's own wait plus jitter, so deferred jobs do not all return at once.
 
-    Capped below the broker's visibility timeout, or the job would be delivered twice.
+    Capped (TASK_DEFERRAL_MAX_SECONDS), so the Redis broker's visibility timeout covers it.
     """
     wait = max(exc.retry_after, 0.1)
-    jitter = random.uniform(0, max(1.0, wait / 2))  # noqa: S311 (jitter, not cryptography)
+    spread = max(exc.jitter_floor, wait * exc.jitter_fraction)
+    jitter = random.uniform(0, spread)  # noqa: S311 (jitter, not cryptography)
     return min(cap, wait + jitter)
+
+
+def broker_countdown(seconds: float) -> float:
+    """A countdown the broker can honour (RabbitMQ's delayed delivery: whole seconds)."""
+    return BrokerConfig.shape_countdown(broker_kind(get_worker_settings().broker_url), seconds)
 
 
 def deferrals_of(request: Any) -> int:
     """How many times this job was deferred so far (a header its deferrals carry)."""
     value = (getattr(request, "headers", None) or {}).get(DEFERRALS_HEADER, 0)
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def began_at(request: Any) -> float:
+    """When this job first ran: its deferrals' header, else now (epoch seconds)."""
+    value = (getattr(request, "headers", None) or {}).get(BEGAN_HEADER)
+    return value / 1000 if isinstance(value, int) and value > 0 else time.time()
 
 
 class UpstreamTask(Task):  # type: ignore[misc]
@@ -86,6 +103,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()
+        job_began_at.set(began_at(self.request))
         try:
             return super().__call__(*args, **kwargs)
         except HeldBack as exc:
@@ -112,6 +130,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
             base=settings.task_retry_backoff,
             cap=settings.task_retry_backoff_max,
         )
+        countdown = broker_countdown(countdown)
         # Deferrals are counted in `retries` too; they must not use up this budget.
         try:
             raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries + deferrals)
@@ -131,8 +150,8 @@ class UpstreamTask(Task):  # type: ignore[misc]
         deferrals = deferrals_of(self.request)
         if deferrals >= get_settings().task_max_deferrals:
             return
-        worker = get_worker_settings()
-        countdown = deferral_countdown(exc, cap=worker.broker_visibility_timeout / 2)
+        cap = get_worker_settings().task_deferral_max_seconds
+        countdown = broker_countdown(deferral_countdown(exc, cap=cap))
         log.info(
             "job deferred task=%s id=%s for=%.1fs deferral=%d error=%s",
             self.name,
@@ -141,7 +160,11 @@ class UpstreamTask(Task):  # type: ignore[misc]
             deferrals + 1,
             type(exc).__name__,
         )
-        headers = {**(self.request.headers or {}), DEFERRALS_HEADER: deferrals + 1}
+        headers = {
+            **(self.request.headers or {}),
+            DEFERRALS_HEADER: deferrals + 1,
+            BEGAN_HEADER: int((job_began_at.get() or time.time()) * 1000),
+        }
         raise self.retry(
             exc=exc,
             countdown=countdown,

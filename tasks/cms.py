@@ -30,6 +30,7 @@ def sync_one(slug: str, task_id: str, *, runtime: Runtime, client: CmsAPI) -> Ar
         task_id=task_id,
         max_age=runtime.settings.freshness_max_age,
         lock_seconds=runtime.settings.single_flight_lock_seconds,
+        wait_seconds=runtime.settings.single_flight_wait_seconds,
     )
     return value
 

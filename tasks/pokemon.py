@@ -52,6 +52,7 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
         task_id=task_id,
         max_age=runtime.settings.freshness_max_age,
         lock_seconds=runtime.settings.single_flight_lock_seconds,
+        wait_seconds=runtime.settings.single_flight_wait_seconds,
     )
     return value
 

@@ -1,23 +1,35 @@
 """Freshness and single flight: one upstream call per key, however many jobs ask.
 
 A job asks Redis, in one round trip, for a stored result younger than the freshness
-window and, failing that, for a short lock on the key (it expires on its own if its
-holder dies). Jobs that find the lock taken poll until a result stored after they
-started appears (as fresh as one they would fetch) or the lock frees up. Twenty
-concurrent jobs for one name make one upstream call. The holder writes its result and
-releases the lock in one more round trip.
+window and, failing that, for the key's lock. The lock is a short lease
+(`SINGLE_FLIGHT_LOCK_SECONDS`) that this process renews while the fetch runs, as
+Redisson's lock watchdog does: a holder that dies stops renewing, so the others are
+delayed by one lease at most, not by the longest fetch it might have made. The holder
+writes its result and gives the lease up in one more round trip.
+
+A job that finds the lease taken waits in its thread only briefly
+(`SINGLE_FLIGHT_WAIT_SECONDS`) for a result stored after it began. If none arrives, it
+is deferred until the lease would run out (`SingleFlightBusy`, a held-back call): the
+thread goes back to jobs for other keys instead of sleeping on a key it cannot serve.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import Counter
 
+from apis.errors import HeldBack
 from tasks.store import Fetched, ResultStore, now
+
+log = logging.getLogger("tasks.single_flight")
 
 POLL_SECONDS = 0.02
 
@@ -32,6 +44,84 @@ SINGLE_FLIGHT_WAITS = Counter(
     ["kind"],
 )
 
+#: When the current job first ran (epoch seconds): a deferred job that comes back keeps
+#: it, so a result another job stored meanwhile still counts as fresh for it.
+job_began_at: ContextVar[float | None] = ContextVar("job_began_at", default=None)
+
+
+class SingleFlightBusy(HeldBack):
+    """Another job holds the key's lease and is fetching it: come back when it is done.
+
+    `retry_after` is what is left of the holder's lease: by then it has written its
+    result, renewed the lease (it is alive: wait again) or lost it (it died: fetch).
+    """
+
+    jitter_fraction = 0.1
+    jitter_floor = 0.1
+
+
+class LeaseKeeper:
+    """Renews this process's single-flight leases while their fetches run.
+
+    One daemon thread for the whole process, waking a few times per lease and renewing
+    every lease still held in one round trip. A lease that was lost (Redis lost it, or it
+    ran out while this process stalled) is dropped, never taken back: another job may
+    hold it by then.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[ResultStore, str, float]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def holding(self, store: ResultStore, key: str, token: str, ttl: float) -> Iterator[None]:
+        with self._lock:
+            self._held[key] = (store, token, ttl)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="single-flight-leases", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()  # a shorter lease than the thread sleeps for may have arrived
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                held = dict(self._held)
+            if held:
+                self._renew(held)
+                interval = min(ttl for _, _, ttl in held.values()) / 3
+            else:
+                interval = 1.0
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def _renew(self, held: dict[str, tuple[ResultStore, str, float]]) -> None:
+        by_store: dict[int, tuple[ResultStore, float, dict[str, str]]] = {}
+        for key, (store, token, ttl) in held.items():
+            entry = by_store.setdefault(id(store), (store, ttl, {}))
+            entry[2][key] = token
+        for store, ttl, leases in by_store.values():
+            try:
+                lost = store.renew(leases, ttl)
+            except Exception as exc:  # Redis away: the fetches go on, leases may lapse
+                log.warning("single-flight leases not renewed: %s", type(exc).__name__)
+                continue
+            with self._lock:
+                for key in lost:
+                    if self._held.get(key, (None, ""))[1] == leases[key]:
+                        self._held.pop(key, None)
+
+
+LEASES = LeaseKeeper()
+
 
 def fetch_once(
     store: ResultStore,
@@ -42,14 +132,17 @@ def fetch_once(
     task_id: str,
     max_age: float,
     lock_seconds: float,
+    wait_seconds: float = 1.0,
 ) -> Any:
     """Return a fresh value for (kind, ident), calling `fetch` only when none exists.
 
-    With `max_age` 0 only a result stored after this job began counts as fresh.
+    With `max_age` 0 only a result stored after this job began counts as fresh. Raises
+    `SingleFlightBusy` when another job's fetch outlasts `wait_seconds`.
     """
-    fresh_since = now() - max_age
+    began = job_began_at.get() or now()
+    fresh_since = min(began, now() - max_age)
     token = uuid.uuid4().hex
-    deadline = time.monotonic() + lock_seconds
+    deadline = time.monotonic() + wait_seconds
     waited = False
     while True:
         claim = store.claim(kind, ident, fresh_since=fresh_since, token=token, ttl=lock_seconds)
@@ -63,22 +156,17 @@ def fetch_once(
             SINGLE_FLIGHT_WAITS.labels(kind).inc()
             waited = True
         if time.monotonic() > deadline:
-            return _fetch_and_write(store, fetch, task_id, None)  # the holder is stuck
+            raise SingleFlightBusy(
+                f"{kind}:{ident} is being fetched by another job",
+                retry_after=max(claim.lease_left, POLL_SECONDS),
+            )
         time.sleep(POLL_SECONDS)
-    lock = (store.keys.lock(kind, ident), token)
-    try:
-        return _fetch_and_write(store, fetch, task_id, lock)
-    except BaseException:
-        store.release(*lock)
-        raise
-
-
-def _fetch_and_write(
-    store: ResultStore,
-    fetch: Callable[[], Fetched],
-    task_id: str,
-    lock: tuple[str, str] | None,
-) -> Any:
-    result = fetch()
-    store.write(result, task_id, release=lock)
+    lock_key = store.keys.lock(kind, ident)
+    with LEASES.holding(store, lock_key, token, lock_seconds):
+        try:
+            result = fetch()
+            store.write(result, task_id, release=(lock_key, token))
+        except BaseException:
+            store.release(lock_key, token)
+            raise
     return result.value

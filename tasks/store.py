@@ -58,7 +58,16 @@ end
 if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
     return {'owner'}
 end
-return {'wait'}
+return {'wait', redis.call('PTTL', KEYS[3])}
+"""
+
+# Extend a lease only while we still hold it; 0 when it expired and was taken over.
+# KEYS: lock. ARGV: token, ttl ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
 """
 
 # Delete a lock only if we still hold it (it may have expired and been taken over).
@@ -76,6 +85,8 @@ class Claim:
 
     state: str  # "fresh", "owner" or "wait"
     value: Any = None
+    #: With "wait": seconds until the holder's lease runs out unless it is renewed.
+    lease_left: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,7 @@ class ResultStore:
         self._write = client.register_script(_WRITE)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
 
     def write(
         self, result: Fetched, task_id: str, *, release: tuple[str, str] | None = None
@@ -138,7 +150,18 @@ class ResultStore:
         if state == "fresh":
             note_result_key(keys[0])
             return Claim(state, orjson.loads(answer[1]))
+        if state == "wait":
+            return Claim(state, lease_left=max(int(answer[1]), 0) / 1000)
         return Claim(state)
+
+    def renew(self, leases: Mapping[str, str], ttl: float) -> list[str]:
+        """Extend every lease (lock key -> token) still held, in one round trip; returns
+        the keys that were lost (expired and taken over) and must not be renewed again."""
+        pipe = self.redis.pipeline(transaction=False)
+        keys = list(leases)
+        for key in keys:
+            self._renew(keys=[key], args=[leases[key], int(ttl * 1000)], client=pipe)
+        return [key for key, kept in zip(keys, pipe.execute(), strict=True) if not kept]
 
     def release(self, lock_key: str, token: str) -> None:
         """Give up a fetch lock (after a failed fetch) so waiters stop waiting."""

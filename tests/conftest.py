@@ -3,19 +3,62 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
 import redis
 
 from apis import reset_clients
+from tests.support.rabbitmq import RabbitServer, RabbitUnavailable
 from tests.support.redis_server import RedisServer
 from worker.settings import get_worker_settings, setting_names
 
 pytest_plugins = ["sandbox.pytest_plugin"]
 
 SHARED_REDIS_PORT = 6379
+BROKERS = ("redis", "amqp")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that needs a broker runs on each (or on those its `broker` mark names)."""
+    if "broker_kind" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("broker")
+    kinds = list(marker.args) if marker else list(BROKERS)
+    metafunc.parametrize("broker_kind", kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """ "redis" or "amqp": the broker of the workers this test starts."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="session")
+def rabbit_server() -> RabbitServer:
+    """The RabbitMQ the suite makes its vhosts on (127.0.0.1:5672, or TEST_AMQP_URL).
+
+    Outside CI a machine without RabbitMQ skips the RabbitMQ half of the suite, saying so;
+    under CI=true that is a failure, so CI never passes without it.
+    """
+    try:
+        return RabbitServer.from_environment()
+    except RabbitUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true needs RabbitMQ for the broker tests: {exc}")
+        pytest.skip(f"RabbitMQ broker tests skipped: {exc}")
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost(rabbit_server: RabbitServer) -> Iterator[str]:
+    """A vhost of this test run's own, deleted at its end."""
+    url = rabbit_server.create_vhost()
+    try:
+        yield url
+    finally:
+        rabbit_server.delete_vhost(url)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +75,29 @@ def redis_server_url() -> Iterator[str]:
         yield server.url
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def new_broker(
+    broker_kind: str, redis_server_url: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[[int], str]]:
+    """Make a broker no other worker consumes: a Redis db (emptied) or a new vhost."""
+    made: list[str] = []
+
+    def make(redis_db: int) -> str:
+        if broker_kind == "redis":
+            url = redis_server_url.rsplit("/", 1)[0] + f"/{redis_db}"
+            client = redis.Redis.from_url(url)
+            client.flushdb()
+            client.close()
+            return url
+        url = request.getfixturevalue("rabbit_server").create_vhost()
+        made.append(url)
+        return url
+
+    yield make
+    for url in made:
+        request.getfixturevalue("rabbit_server").delete_vhost(url)
 
 
 @pytest.fixture

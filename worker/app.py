@@ -7,17 +7,16 @@ Every setting below is chosen on purpose; each says why, with a link to Celery's
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports them untyped
 from pydantic import ValidationError
 
 from apis.config import get_settings
 from apis.redact import register_secret
 from worker import transport
 from worker.beat import beat_schedule
+from worker.broker import DEFAULT_QUEUE, QUEUES, broker_config
 from worker.settings import get_worker_settings
 
-QUEUES = ("pokeapi", "cms", "semaphore")
-DEFAULT_QUEUE = "celery"
+__all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
 
 try:
     # Validate every setting (the worker's and the API layer's) before taking a job.
@@ -33,6 +32,7 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
         "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
     )
 
+broker = broker_config(settings)
 # A malformed broker message must not stop the worker (see worker/transport.py).
 transport.install()
 # Redis passwords are masked in every log line, as upstream tokens are.
@@ -40,8 +40,19 @@ for secret in settings.redis.secrets():
     register_secret(secret)
 # Where the broker, the result backend and beat's schedule live: the results Redis
 # (REDIS_URL, or the master the sentinels name) unless CELERY_BROKER_URL /
-# CELERY_RESULT_BACKEND say otherwise. See redisconn/celery_config.py.
+# CELERY_RESULT_BACKEND say otherwise; with Sentinel, the master's name and the
+# sentinels' credentials join the transport options. See redisconn/celery_config.py.
 connection = settings.celery_connection
+transport_options = {
+    "broker_transport_options": {
+        **broker.conf.get("broker_transport_options", {}),
+        **connection.broker_transport_options,
+    },
+    "result_backend_transport_options": {
+        **broker.conf.get("result_backend_transport_options", {}),
+        **connection.backend_transport_options,
+    },
+}
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
 app.conf.update(
@@ -57,32 +68,6 @@ app.conf.update(
     # CFG#task-acks-late, CFG#task-reject-on-worker-lost
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    # With Redis, an unacknowledged message is redelivered after the visibility timeout;
-    # it must exceed the longest retry countdown (TASK_RETRY_BACKOFF_MAX) and any ETA, or
-    # such a job runs twice. CFG#broker-transport-options and the Redis caveats page:
-    # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#caveats
-    # A dead worker's unacknowledged jobs are swept back to their queue every
-    # BROKER_RESTORE_INTERVAL seconds once older than the visibility timeout. A socket
-    # timeout lets a worker notice a Redis that vanished without closing the connection.
-    broker_transport_options={
-        "visibility_timeout": settings.broker_visibility_timeout,
-        "unacked_restore_interval": settings.broker_restore_interval,
-        "unacked_restore_throttle": 1,
-        # The sweep holds a mutex key; a worker killed during its sweep would otherwise
-        # leave it for kombu's default 300 s, and nobody restores anything meanwhile.
-        # A sweep takes milliseconds; two overlapping ones only requeue an idempotent
-        # job twice.
-        "unacked_mutex_expire": 10,
-        "socket_timeout": 30,
-        "socket_connect_timeout": 5,
-        "socket_keepalive": True,
-        "health_check_interval": 25,
-        **connection.broker_transport_options,
-    },
-    result_backend_transport_options={
-        "visibility_timeout": settings.broker_visibility_timeout,
-        **connection.backend_transport_options,
-    },
     # A result the backend cannot store (Redis restarting, a failover under way) is
     # retried with backoff rather than turning a finished job into a failure: the job's
     # own result is already in the results keys. CFG#result-backend-always-retry
@@ -114,13 +99,8 @@ app.conf.update(
     broker_connection_max_retries=None,
     # One queue per upstream, so a slow upstream cannot starve the others; the default
     # queue is consumed too, so a job sent by name without routing is never stranded.
-    # CFG#task-queues, CFG#task-routes
-    # Each queue has its own exchange and key: Celery would otherwise bind them all to
-    # the default exchange with the same key, and a message could reach every queue.
-    task_queues=[
-        Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
-        for name in (*QUEUES, DEFAULT_QUEUE)
-    ],
+    # The queues themselves (and the transport options) depend on the broker: see
+    # worker/broker.py. CFG#task-queues, CFG#task-routes
     task_default_queue=DEFAULT_QUEUE,
     task_routes={
         "tasks.pokemon.*": {"queue": "pokeapi", "routing_key": "pokeapi"},
@@ -139,6 +119,10 @@ app.conf.update(
     beat_schedule=beat_schedule(settings),
     task_send_sent_event=False,
     broker_pool_limit=max(10, settings.worker_concurrency),
+    # Undecodable messages and unknown task names leave a failure record (and, on
+    # RabbitMQ, are dead-lettered) instead of vanishing with a log line.
+    worker_consumer="worker.consumer:RecordingConsumer",
+    **{**broker.conf, **transport_options},
 )
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for

@@ -6,6 +6,7 @@ it takes a job. The API layer's own settings live in `apis.config`.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -15,6 +16,22 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from apis.config import ApiSettings
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
+
+REDIS_ONLY = frozenset({"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL"})
+AMQP_ONLY = frozenset({"BROKER_DELIVERY_LIMIT", "BROKER_CONSUMER_TIMEOUT"})
+
+
+def broker_kind_of(url: str) -> str:
+    """ "redis" or "amqp" by URL scheme (worker.broker has the full mapping)."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        return "amqp"
+    if scheme in ("redis", "rediss", "sentinel"):
+        return "redis"
+    raise ValueError(
+        f"CELERY_BROKER_URL: unsupported scheme {scheme!r}; use redis://, rediss://, "
+        "sentinel://, amqp:// or amqps://"
+    )
 
 
 class WorkerSettings(RedisSettings):
@@ -36,18 +53,34 @@ class WorkerSettings(RedisSettings):
 
     # Freshness: a result younger than this is served from Redis without an upstream call.
     freshness_max_age: float = Field(300.0, ge=0)
-    # How long one job may hold the single-flight lock of a key before it expires.
-    single_flight_lock_seconds: float = Field(60.0, gt=0)
+    # The single-flight lease of a key: renewed by its holder while it fetches, so a dead
+    # holder delays the other jobs for that key by this much at most.
+    single_flight_lock_seconds: float = Field(4.0, ge=0.5, le=60)
+    # How long a job waits in its thread for another job's fetch before it is deferred
+    # (the thread serves other keys meanwhile).
+    single_flight_wait_seconds: float = Field(1.0, ge=0, le=30)
 
     task_max_retries: int = Field(3, ge=0, le=20)
     task_retry_backoff: float = Field(2.0, ge=0)
     task_retry_backoff_max: float = Field(300.0, ge=0)
+    # A deferred job (open circuit, rate limit, another job's fetch) comes back within this.
+    task_deferral_max_seconds: float = Field(60.0, gt=0, le=3600)
     task_soft_time_limit: float = Field(120.0, gt=0)
     task_time_limit: float = Field(150.0, gt=0)
-    # Must exceed the longest countdown a retry can ask for (see worker.app).
-    broker_visibility_timeout: int = Field(3600, ge=1)
-    # How often a worker looks for jobs a dead worker left unacknowledged.
+    # Redis broker only. Unset: the smallest safe value (`safe_visibility_timeout`); set,
+    # it may not be smaller, or a job still running or waiting its countdown is
+    # delivered a second time.
+    broker_visibility_timeout: int | None = Field(None, ge=1)
+    # Redis broker only: how often a worker looks for jobs a dead worker left
+    # unacknowledged and older than the visibility timeout.
     broker_restore_interval: int = Field(10, ge=1)
+    # RabbitMQ only: deliveries of one message (each ended by a dead worker or a reject
+    # with requeue) before it is dead-lettered to its queue's `.dead` queue.
+    broker_delivery_limit: int = Field(5, ge=1, le=1000)
+    # RabbitMQ only: the server's `consumer_timeout` in seconds (RabbitMQ's default is
+    # 30 minutes). A delivery unacknowledged for longer closes the worker's channel, so it
+    # must exceed what a job can take from delivery to acknowledgement.
+    broker_consumer_timeout: int = Field(1800, ge=1)
     result_expires: int = Field(86_400, ge=60)
 
     events_stream_maxlen: int = Field(100_000, ge=100)
@@ -90,13 +123,35 @@ class WorkerSettings(RedisSettings):
         return value
 
     @model_validator(mode="after")
-    def _visibility_above_countdown(self) -> WorkerSettings:
-        # With Redis, a job whose countdown outlasts the visibility timeout is delivered
-        # a second time while the first copy still waits.
-        if self.broker_visibility_timeout <= self.task_retry_backoff_max:
+    def _broker_settings_fit_the_broker(self) -> WorkerSettings:
+        kind = broker_kind_of(self.broker_url)
+        given = {name.upper() for name in self.model_fields_set}
+        foreign = sorted(given & (AMQP_ONLY if kind == "redis" else REDIS_ONLY))
+        if foreign:
+            other = "RabbitMQ" if kind == "redis" else "Redis"
             raise ValueError(
-                "BROKER_VISIBILITY_TIMEOUT must be greater than TASK_RETRY_BACKOFF_MAX"
+                f"{', '.join(foreign)} only apply to the {other} broker, and the broker "
+                f"here is {'Redis' if kind == 'redis' else 'RabbitMQ'} (CELERY_BROKER_URL)"
             )
+        if kind == "redis":
+            safe = self.safe_visibility_timeout
+            if self.broker_visibility_timeout is not None and self.broker_visibility_timeout < safe:
+                raise ValueError(
+                    f"BROKER_VISIBILITY_TIMEOUT ({self.broker_visibility_timeout}s) must be at "
+                    f"least {safe}s: 2 x TASK_TIME_LIMIT + the longest countdown "
+                    f"({self.largest_countdown:g}s: TASK_RETRY_BACKOFF_MAX or "
+                    "TASK_DEFERRAL_MAX_SECONDS), or a job still running or waiting its "
+                    "countdown is delivered twice"
+                )
+        else:
+            needed = self.task_time_limit * (1 + self.worker_prefetch_multiplier)
+            if self.broker_consumer_timeout <= needed:
+                raise ValueError(
+                    f"BROKER_CONSUMER_TIMEOUT ({self.broker_consumer_timeout}s) must exceed "
+                    f"TASK_TIME_LIMIT x (1 + WORKER_PREFETCH_MULTIPLIER) = {needed:g}s: a "
+                    "prefetched job may wait behind that many others before it runs; raise "
+                    "RabbitMQ's consumer_timeout and this setting together"
+                )
         return self
 
     @property
@@ -115,6 +170,28 @@ class WorkerSettings(RedisSettings):
             result_backend=self.celery_result_backend,
             beat_retry_seconds=self.beat_lock_timeout,
         )
+
+    @property
+    def largest_countdown(self) -> float:
+        """The longest a job can wait for its next delivery: a retry's countdown is capped
+        at TASK_RETRY_BACKOFF_MAX (a 429's Retry-After included), a deferral's at
+        TASK_DEFERRAL_MAX_SECONDS."""
+        return max(self.task_retry_backoff_max, self.task_deferral_max_seconds)
+
+    @property
+    def safe_visibility_timeout(self) -> int:
+        """The smallest visibility timeout that never redelivers a job still in hand.
+
+        On the Redis broker a job stays unacknowledged from delivery to the end of its
+        run: it may wait for a thread (at most about one time limit), run (at most one
+        time limit), or, as a retry or deferral, sit in the worker for its countdown.
+        With the defaults: 2 x 150 + 300 = 600 s.
+        """
+        return math.ceil(2 * self.task_time_limit + self.largest_countdown)
+
+    @property
+    def visibility_timeout(self) -> int:
+        return self.broker_visibility_timeout or self.safe_visibility_timeout
 
     @property
     def broker_url(self) -> str:

@@ -1,87 +1,136 @@
-"""SIGKILL a worker with many jobs in flight and queued: none is lost, none runs twice
-as far as the results can tell (each result key written, each value exact)."""
+"""A host dies: every worker process of a `python -m ops.run` is SIGKILLed mid-flow.
+
+Its jobs (running and prefetched) must all be stored by a healthy worker, within the
+broker's recovery bound: 10 s after that worker answers on RabbitMQ (the dead
+connection returns them at once; the single-flight leases they held lapse within one
+lease); on Redis, the visibility timeout plus one sweep (which a sweep mutex the dead
+worker held can delay by REDIS_SWEEP_MUTEX_SECONDS) before they are even redelivered,
+so that bound is the timeout + the sweep + the same 10 s. Jobs may run
+twice, but only those in flight at the kill.
+
+Settings are the defaults but for those `fast_redelivery` names (Redis only: a 12 s
+visibility timeout instead of 600 s, and what keeps it safe) and the sandbox's 200 ms
+latency, which keeps many jobs in flight at the moment of the kill.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from tests.integration.conftest import with_db, worker_environment
+from tests.chaos.conftest import scaled
+from tests.integration.conftest import (
+    REDIS_TEST_VISIBILITY,
+    fast_redelivery,
+    with_db,
+    worker_environment,
+)
 from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
+from tests.support.run_process import RunProcess, clean_env, group_exists
+from worker.broker import REDIS_SWEEP_MUTEX_SECONDS
+from worker.settings import WorkerSettings
 
-SCALE = int(os.environ.get("CHAOS_SCALE", "1"))
 INDEX = json.loads(
     (Path(__file__).parents[2] / "sandbox" / "data" / "pokemon-index.json").read_text()
 )
+RECOVERY_SECONDS = 10.0
+FETCH = "tasks.pokemon.fetch_pokemon"
 
 
-def test_no_job_is_lost_when_a_worker_is_killed(redis_url: str, sandbox: Any) -> None:
-    """Kill the worker mid-flow; a new worker finishes every job: lost = 0."""
-    names = [entry["name"] for entry in INDEX["results"][: 120 * SCALE]]
+def test_default_redis_recovery_bound_is_at_most_ten_minutes() -> None:
+    """Read from the settings, not waited for: with every default, a dead worker's jobs
+    come back within the visibility timeout (600 s) plus one sweep."""
+    defaults = WorkerSettings()
+    sweep = defaults.broker_restore_interval + REDIS_SWEEP_MUTEX_SECONDS
+    assert defaults.broker_visibility_timeout is None  # derived, not a fixed guess
+    assert defaults.visibility_timeout == defaults.safe_visibility_timeout == 600
+    assert defaults.visibility_timeout + sweep <= 615
+
+
+def test_every_job_of_a_killed_host_is_stored_within_the_recovery_bound(
+    redis_url: str, sandbox: Any, broker_kind: str, new_broker: Callable[[int], str]
+) -> None:
+    """200 jobs, two worker processes of 16 threads killed after 64 are stored: all stored
+    within the bound (on Redis, but for at most one per killed process: kombu's known
+    window), duplicates no more than the jobs in flight at the kill."""
+    names = [entry["name"] for entry in INDEX["results"][: scaled(200)]]
     env = worker_environment(
         redis_url,
         sandbox,
-        CELERY_BROKER_URL=with_db(redis_url, 6),
+        CELERY_BROKER_URL=new_broker(6),
         CELERY_RESULT_BACKEND=with_db(redis_url, 7),
-        BROKER_VISIBILITY_TIMEOUT="3",
-        BROKER_RESTORE_INTERVAL="1",
-        SINGLE_FLIGHT_LOCK_SECONDS="3",
-        FRESHNESS_MAX_AGE="0",
+        WORKER_CONCURRENCY="16",  # the default, stated: `ops.run` reads it
+        **fast_redelivery(broker_kind),
     )
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     results = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = [f"pokemon:{name}" for name in names]
 
     def stored() -> int:
-        # Only this test's keys: another test's worker may share the results database.
         return int(results.exists(*keys))
 
-    sandbox.latency = 0.2  # keep many jobs in flight at the moment of the kill
-    first = WorkerProcess(env, concurrency=8).start(producer)
-    second = None
+    sandbox.latency = 0.2
+    host = RunProcess(["--workers", "2", "--no-beat", "--no-flower"], clean_env(**env))
+    healthy = None
     try:
+        host.wait_printed(r"started worker2")
+        pids = {name: pid for name, pid in host.started().items() if name.startswith("worker")}
+        wait_for(lambda: len(producer.control.ping(timeout=0.5)) == 2, timeout=45,
+                 what="both worker processes answering")  # fmt: skip
         for name in names:
-            producer.send_task("tasks.pokemon.fetch_pokemon", args=[name])
-        wait_for(
-            lambda: stored() >= len(names) // 4,
-            timeout=60,
-            what="a quarter of the jobs stored",
-        )
-        first.kill()
+            producer.send_task(FETCH, args=[name])
+        wait_for(lambda: stored() >= 64, timeout=60, what="64 jobs stored")
+        for pid in pids.values():  # the host dies: every worker process at once
+            os.killpg(pid, signal.SIGKILL)
         stored_at_kill = stored()
-        assert stored_at_kill < len(names)  # jobs were still in flight or queued
-        second = WorkerProcess(env, concurrency=8).start(producer)
-        broker = redis.Redis.from_url(env["CELERY_BROKER_URL"], decode_responses=True)
+        assert stored_at_kill < len(names), "jobs must still be in flight or queued"
+        wait_for(lambda: not any(group_exists(pid) for pid in pids.values()), timeout=10,
+                 what="the killed workers gone")  # fmt: skip
+        calls_at_kill = sandbox.calls("pokemon")  # a request sent before the kill included
+
+        healthy = WorkerProcess(env, concurrency=16).start(producer)
+        answered = time.monotonic()
+        bound = RECOVERY_SECONDS
+        if broker_kind == "redis":  # plus a sweep, which a mutex the dead held may delay
+            bound += REDIS_TEST_VISIBILITY + int(env["BROKER_RESTORE_INTERVAL"])
+            bound += REDIS_SWEEP_MUTEX_SECONDS
+        # On Redis, kombu pops a message (BRPOP) before it records it as unacknowledged:
+        # a worker killed in between loses it, at most one per worker process
+        # (docs/reliability.md). RabbitMQ loses none.
+        may_lose = len(pids) if broker_kind == "redis" else 0
         try:
-            wait_for(
-                lambda: stored() == len(names),
-                timeout=60,
-                what="every job stored",
-            )
+            wait_for(lambda: stored() >= len(names) - may_lose, timeout=bound,
+                     what="every job stored")  # fmt: skip
         except TimeoutError:
-            missing = [n for n in names if results.get(f"pokemon:{n}") is None]
+            missing = [name for name in names if not results.exists(f"pokemon:{name}")]
             raise AssertionError(
-                f"missing={missing} queue={broker.llen('celery')} "
-                f"unacked={broker.hlen('unacked')} index={broker.zcard('unacked_index')} "
-                f"keys={broker.keys('*')}"
+                f"{len(missing)} jobs not stored within {bound:g}s on {broker_kind}: {missing}"
             ) from None
-        lost = [name for name in names if results.get(f"pokemon:{name}") is None]
-        assert lost == []
-        for name in names:
+        recovered = time.monotonic() - answered
+        lost = [name for name in names if not results.exists(f"pokemon:{name}")]
+
+        for name in set(names) - set(lost):
             assert json.loads(results.get(f"pokemon:{name}"))["name"] == name
         assert results.xlen("events:failures") == 0
+        in_flight = calls_at_kill - stored_at_kill
+        duplicates = sandbox.calls("pokemon") - (len(names) - len(lost))
+        assert 0 <= duplicates <= in_flight
         print(
-            f"worker killed: sent={len(names)} stored-before-kill={stored_at_kill} "
-            f"completed={len(names)} lost={len(lost)} upstream-calls={sandbox.calls('pokemon')}"
+            f"host killed ({broker_kind}): sent={len(names)} stored-at-kill={stored_at_kill} "
+            f"in-flight-at-kill={in_flight} duplicates={duplicates} lost={len(lost)} "
+            f"recovered-in={recovered:.1f}s (bound {bound:g}s)"
         )
     finally:
         sandbox.latency = 0.0
-        first.stop()
-        if second is not None:
-            second.stop()
+        host.kill_everything()
+        if healthy is not None:
+            healthy.stop()
         results.close()
         producer.close()

@@ -2,7 +2,8 @@
 
 Redis databases split the roles so a test can empty the results without pulling the
 broker's queue bindings from under a running worker: db 0 holds the results contract
-(REDIS_URL), db 1 the broker, db 2 the result backend.
+(REDIS_URL), db 1 the broker, db 2 the result backend. Every test that starts a worker
+runs twice, once per broker: Redis (db 1) and RabbitMQ (a vhost of this run's own).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def with_db(url: str, db: int) -> str:
 
 
 TEST_TOKEN = "integration-token-7f3a9c"
+REDIS_TEST_VISIBILITY = 12
 
 
 def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[str, str]:
@@ -49,9 +51,49 @@ def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[s
     return env
 
 
+def fast_redelivery(broker_kind: str) -> dict[str, str]:
+    """What a test that waits for a dead worker's jobs to come back must change.
+
+    RabbitMQ redelivers them as soon as the dead worker's connection drops: nothing. On
+    Redis they come back after the visibility timeout (600 s by default), which the
+    settings check keeps above 2 x TASK_TIME_LIMIT + the longest countdown; so all of
+    these shrink together, to a 12 s bound (an upstream answer must come within 1.5 s).
+    """
+    if broker_kind == "amqp":
+        return {}
+    return {
+        "BROKER_VISIBILITY_TIMEOUT": str(REDIS_TEST_VISIBILITY),  # the bound, from 600 s
+        "BROKER_RESTORE_INTERVAL": "1",  # sweep often, so the bound is the timeout
+        "TASK_SOFT_TIME_LIMIT": "5",  # 2 x 5.5 + 1 = 12: the shortest safe timeout
+        "TASK_TIME_LIMIT": "5.5",
+        "TASK_RETRY_BACKOFF_MAX": "1",
+        "TASK_DEFERRAL_MAX_SECONDS": "1",
+        # The soft limit must cover the client's worst case: 0.5 + 0.5 + 2 x 1.5 = 4 s.
+        "HTTP_RETRY_MAX_SECONDS": "0.5",
+        "HTTP_CONNECT_TIMEOUT": "0.5",
+        "HTTP_READ_TIMEOUT": "1.5",
+    }
+
+
 @pytest.fixture(scope="session")
-def worker_env(redis_server_url: str, sandbox_server: Any) -> dict[str, str]:
-    return worker_environment(redis_server_url, sandbox_server, METRICS_PORT=str(free_port()))
+def session_broker_url(broker_kind: str, redis_server_url: str, request: Any) -> str:
+    """The session worker's broker: db 1 of the private Redis, or this run's vhost."""
+    if broker_kind == "amqp":
+        url: str = request.getfixturevalue("amqp_vhost")
+        return url
+    return with_db(redis_server_url, 1)
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    redis_server_url: str, sandbox_server: Any, session_broker_url: str
+) -> dict[str, str]:
+    return worker_environment(
+        redis_server_url,
+        sandbox_server,
+        CELERY_BROKER_URL=session_broker_url,
+        METRICS_PORT=str(free_port()),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """`make demo`, `make run` and the compose file, exercised as a newcomer would use them.
 
 Each command runs as a real subprocess from the repository root. Neither may touch the
-shared Redis: the demo always starts its own, and `worker.run` is pointed at a closed
+shared Redis: the demo always starts its own, and `ops.run` is pointed at a closed
 port so that it starts a private one under a temporary folder.
 """
 
@@ -13,41 +13,35 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support.celery_worker import REPO_ROOT, producer_app, wait_for
 from tests.support.redis_server import free_port
-from worker.settings import setting_names
+from tests.support.run_process import (
+    START_TIMEOUT,
+    RunProcess,
+    clean_env,
+    group_exists,
+    port_closed,
+)
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-START_TIMEOUT = 45
 STOP_TIMEOUT = 30
-
-# Settings a developer's shell may carry that would point the children elsewhere.
-INHERITED_SETTINGS = setting_names() | {"FLOWER_BASIC_AUTH", "FLOWER_PORT"}
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in INHERITED_SETTINGS}
-    env.update(PYTHONUNBUFFERED="1", NO_COLOR="1", **overrides)
-    return env
 
 
 def test_demo_shows_the_whole_flow() -> None:
     """Results, an event and the failure of the unknown name, all printed; exit 0."""
     done = subprocess.run(
-        [sys.executable, "-m", "worker.demo"],
+        [sys.executable, "-m", "ops.demo"],
         cwd=REPO_ROOT,
         env=clean_env(),
         capture_output=True,
@@ -65,88 +59,9 @@ def test_demo_shows_the_whole_flow() -> None:
     assert "error=NotFound" in failure.group(0)
 
 
-class Output:
-    """Collects a process's output lines from a thread, so reading never blocks the test."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._lock = threading.Lock()
-        assert process.stdout is not None
-        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: Any) -> None:
-        for line in stream:
-            with self._lock:
-                self.lines.append(line.rstrip("\n"))
-
-    def text(self) -> str:
-        with self._lock:
-            return "\n".join(self.lines)
-
-    def search(self, pattern: str) -> re.Match[str] | None:
-        return re.search(pattern, self.text())
-
-    def join(self) -> None:
-        self._thread.join(timeout=5)
-
-
-def group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def port_closed(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-class RunProcess:
-    """`python -m worker.run` as a subprocess, with its output collected."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.run", *args],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-        self.output = Output(self.process)
-
-    def printed(self, pattern: str) -> re.Match[str] | None:
-        """The first match in the output so far; fails at once if the process has ended."""
-        if self.process.poll() is not None:
-            raise AssertionError(f"worker.run exited ({self.process.returncode}):\n{self.text}")
-        return self.output.search(pattern)
-
-    def wait_printed(self, pattern: str) -> re.Match[str]:
-        found = wait_for(lambda: self.printed(pattern), timeout=START_TIMEOUT, what=pattern)
-        return cast(re.Match[str], found)
-
-    def started(self) -> dict[str, int]:
-        """Each child's name and pid, as announced by worker.run."""
-        lines = re.findall(r"started (\S+) \(pid (\d+)\)", self.output.text())
-        return {name: int(pid) for name, pid in lines}
-
-    @property
-    def text(self) -> str:
-        return self.output.text()
-
-    def kill_everything(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        for pid in self.started().values():
-            if group_exists(pid):
-                os.killpg(pid, signal.SIGKILL)
-        self.output.join()
-
-
 @pytest.fixture
 def start_run(tmp_path: Path) -> Iterator[Callable[..., RunProcess]]:
-    """Start worker.run with a Redis URL nobody answers; everything is killed at the end."""
+    """Start ops.run with a Redis URL nobody answers; everything is killed at the end."""
     started: list[RunProcess] = []
 
     def start(*args: str, **env: str) -> RunProcess:
@@ -219,6 +134,22 @@ def test_run_stops_the_rest_when_a_child_dies(start_run: Callable[..., RunProces
     run.output.join()
     assert "worker1 exited unexpectedly" in run.text
     assert not [name for name, pid in pids.items() if group_exists(pid)], run.text
+
+
+def test_children_of_a_sigkilled_run_end_with_it(start_run: Callable[..., RunProcess]) -> None:
+    """SIGKILL of `ops.run` alone (no chance to clean up): its worker, beat and private
+    Redis still stop, each through the parent-death signal; none is left orphaned."""
+    run = start_run("--workers", "1", "--no-flower")
+    run.wait_printed(r"started beat")
+    pids = run.started()
+    assert set(pids) == {"redis", "worker1", "beat"}, run.text
+    os.kill(run.process.pid, signal.SIGKILL)
+    run.process.wait(timeout=10)
+    wait_for(
+        lambda: not [name for name, pid in pids.items() if group_exists(pid)],
+        timeout=STOP_TIMEOUT,
+        what="the children of the killed run to exit",
+    )
 
 
 def test_run_explains_how_to_get_a_redis(

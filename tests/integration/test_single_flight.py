@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 
 from tasks.keys import Keys
-from tasks.single_flight import fetch_once
+from tasks.single_flight import SingleFlightBusy, fetch_once, job_began_at
 from tasks.store import Fetched, ResultStore, now
+from tests.support.celery_worker import wait_for
 
 
 def make_store(url: str) -> ResultStore:
@@ -40,6 +42,7 @@ def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str
             task_id="t",
             max_age=0,
             lock_seconds=10,
+            wait_seconds=10,  # all of them wait in place, so all twenty share the fetch
         )
 
     with ThreadPoolExecutor(20) as pool:
@@ -99,3 +102,72 @@ def test_a_failed_fetch_releases_the_lock_for_the_next_job(redis_url: str) -> No
     )
     assert value == {"v": 3}
     assert store.redis.exists(store.keys.lock("pokemon", "mew")) == 0
+
+
+def test_a_fetch_longer_than_its_lease_keeps_the_lease_until_it_writes(redis_url: str) -> None:
+    """The holder renews its 1 s lease through a 3 s fetch; nobody else may claim it."""
+    store = make_store(redis_url)
+    lock_key = store.keys.lock("pokemon", "mew")
+    inside = threading.Event()
+    release = threading.Event()
+
+    def slow_fetch() -> Fetched:
+        inside.set()
+        release.wait(10)
+        return Fetched("pokemon", "mew", {"v": 1}, now())
+
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(
+            fetch_once, store, "pokemon", "mew", slow_fetch, task_id="h", max_age=0,
+            lock_seconds=1.0,
+        )  # fmt: skip
+        assert inside.wait(5)
+        token = store.redis.get(lock_key)
+        deadline = now() + 3.0
+        while now() < deadline:  # three lease lengths
+            assert store.redis.get(lock_key) == token, "the lease lapsed while its fetch ran"
+            assert (
+                store.claim("pokemon", "mew", fresh_since=now(), token="x", ttl=1).state == "wait"
+            )
+            time.sleep(0.05)  # poll interval
+        release.set()
+        assert holder.result(timeout=5) == {"v": 1}
+    assert store.redis.exists(lock_key) == 0
+
+
+def test_a_dead_holders_lease_runs_out_and_the_next_job_fetches(redis_url: str) -> None:
+    """A lease nobody renews (its holder died) expires; a waiter is told how long it has
+    left, and a job after it fetches."""
+    store = make_store(redis_url)
+    lock_key = store.keys.lock("pokemon", "mew")
+    store.redis.set(lock_key, "dead-holder", px=1500)
+    with pytest.raises(SingleFlightBusy) as busy:
+        fetch_once(
+            store, "pokemon", "mew", lambda: Fetched("pokemon", "mew", {}, now()),
+            task_id="w", max_age=0, lock_seconds=4, wait_seconds=0.1,
+        )  # fmt: skip
+    assert 0 < busy.value.retry_after <= 1.5
+    wait_for(lambda: not store.redis.exists(lock_key), timeout=5, what="the dead lease to lapse")
+    value = fetch_once(
+        store, "pokemon", "mew", lambda: Fetched("pokemon", "mew", {"v": 2}, now()),
+        task_id="n", max_age=0, lock_seconds=4,
+    )  # fmt: skip
+    assert value == {"v": 2}
+
+
+def test_a_deferred_waiter_accepts_the_result_stored_since_it_first_ran(redis_url: str) -> None:
+    """With freshness off, a job coming back from a deferral takes the holder's result
+    instead of fetching again: what counts is when the job first ran."""
+    store = make_store(redis_url)
+    began = now()
+    store.write(Fetched("pokemon", "mew", {"v": "holder"}, began + 0.01), "holder")
+
+    def fetch() -> Fetched:
+        raise AssertionError("must not fetch: the holder's result is newer than the job")
+
+    token = job_began_at.set(began)
+    try:
+        value = fetch_once(store, "pokemon", "mew", fetch, task_id="w", max_age=0, lock_seconds=4)
+    finally:
+        job_began_at.reset(token)
+    assert value == {"v": "holder"}

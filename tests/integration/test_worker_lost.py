@@ -3,33 +3,34 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from tests.integration.conftest import with_db, worker_environment
+from tests.integration.conftest import fast_redelivery, with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
 
 
-def test_a_job_in_flight_survives_sigkill_of_its_worker(redis_url: str, sandbox: Any) -> None:
-    """SIGKILL during the upstream call; a new worker completes the job."""
+def test_a_job_in_flight_survives_sigkill_of_its_worker(
+    redis_url: str, sandbox: Any, broker_kind: str, new_broker: Callable[[int], str]
+) -> None:
+    """SIGKILL during the upstream call; a new worker completes the job with one more
+    upstream call and no failure record."""
     env = worker_environment(
         redis_url,
         sandbox,
-        CELERY_BROKER_URL=with_db(redis_url, 3),
+        CELERY_BROKER_URL=new_broker(3),
         CELERY_RESULT_BACKEND=with_db(redis_url, 4),
-        BROKER_VISIBILITY_TIMEOUT="2",
-        BROKER_RESTORE_INTERVAL="1",
-        HTTP_READ_TIMEOUT="10",
-        # The killed job holds the single-flight lock until it expires.
-        SINGLE_FLIGHT_LOCK_SECONDS="3",
+        **fast_redelivery(broker_kind),  # on Redis: a 12 s visibility timeout, not 600 s
     )
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     results = redis.Redis.from_url(redis_url, decode_responses=True)
     first = WorkerProcess(env).start(producer)
     second = None
     try:
-        sandbox.inject("pokemon", "latency", seconds=5, times=1)
+        # Long enough to kill the worker mid-call, short of every timeout above.
+        sandbox.inject("pokemon", "latency", seconds=1.0, times=1)
         job = producer.send_task("tasks.pokemon.fetch_pokemon", args=["charizard"])
         wait_for(lambda: sandbox.calls("pokemon") == 1, timeout=20, what="the job in flight")
         first.kill()

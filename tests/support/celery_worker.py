@@ -17,12 +17,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def producer_app(broker_url: str, backend_url: str) -> Celery:
-    """A Celery client app that does not import the project."""
+    """A Celery client app that does not import the project.
+
+    On RabbitMQ it publishes to the worker's queues without declaring them, as the README
+    tells other services to: a queue's arguments (quorum, delivery limit, dead-letter
+    exchange) are the worker's to declare.
+    """
     app = Celery("producer", broker=broker_url, backend=backend_url)
     app.conf.update(
         task_serializer="json",
@@ -30,6 +36,11 @@ def producer_app(broker_url: str, backend_url: str) -> Celery:
         result_accept_content=["json"],
         broker_connection_retry_on_startup=True,
     )
+    if broker_url.startswith("amqp"):
+        app.conf.task_queues = [
+            Queue(name, Exchange(name, type="topic"), routing_key=name, no_declare=True)
+            for name in ("celery", "pokeapi", "cms", "semaphore")
+        ]
     return app
 
 

@@ -11,8 +11,8 @@ import pytest
 import tasks.cms
 import tasks.pokemon
 import tasks.semaphore
+from ops.cli import PUBLIC_TASKS, check_call, safe_url
 from worker.app import app
-from worker.cli import PUBLIC_TASKS, check_call, safe_url
 
 TASK_MODULES = (tasks.cms, tasks.pokemon, tasks.semaphore)  # importing them registers the tasks
 

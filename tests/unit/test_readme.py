@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli import PUBLIC_TASKS
+from ops.cli import PUBLIC_TASKS
 from worker.settings import setting_names
 
 README = (Path(__file__).parents[2] / "README.md").read_text()

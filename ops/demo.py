@@ -28,9 +28,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from sandbox.server import SandboxServer
-from tasks.keys import Keys
-from worker.processes import (
+from ops.processes import (
     Child,
     StartupFailed,
     find_redis_server,
@@ -40,6 +38,8 @@ from worker.processes import (
     tail,
     wait_until,
 )
+from sandbox.server import SandboxServer
+from tasks.keys import Keys
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 FOUND = ("charizard", "pikachu")
@@ -251,7 +251,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argparse.ArgumentParser(
-        prog="python -m worker.demo",
+        prog="python -m ops.demo",
         description="Run the whole flow offline with a private Redis, worker and sandbox.",
     ).parse_args(argv)
     binary = find_redis_server()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from worker.processes import (
+from ops.processes import (
     REPO_ROOT,
     Child,
     PrefixedOutput,
@@ -84,7 +84,7 @@ class Redis:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.run",
+        prog="python -m ops.run",
         description="Run workers, beat and Flower in the foreground; Ctrl-C stops them all.",
     )
     parser.add_argument(

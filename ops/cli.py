@@ -15,7 +15,6 @@ import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
@@ -29,9 +28,11 @@ from redis.retry import Retry
 from apis import ApiClient, ApiSettings, CmsAPI, PokeAPI, SemaphoreAPI
 from apis.config import RetryPolicy
 from apis.redact import redact
+from ops.brokers import Broker, BrokerError, NotSupported, ParkedMessage, open_broker
+from ops.processes import redacted
 from tasks.keys import Keys
-from worker.app import DEFAULT_QUEUE, QUEUES
 from worker.app import app as project_app
+from worker.broker import ALL_QUEUES, broker_config
 from worker.settings import WorkerSettings
 
 # The public contract: task name -> its parameters. Checked before sending, because a
@@ -44,7 +45,6 @@ PUBLIC_TASKS: Mapping[str, tuple[str, ...]] = {
     "tasks.semaphore.sync_pipelines": ("project_id",),
     "tasks.semaphore.sync_all_projects": (),
 }
-ALL_QUEUES = (*QUEUES, DEFAULT_QUEUE)
 
 # What a sender must share with the worker for a job to be routed and decoded as the
 # worker expects; the connection URLs are deliberately not among them.
@@ -53,16 +53,10 @@ _SENDER_CONF = (
     "result_serializer",
     "accept_content",
     "result_accept_content",
-    "task_queues",
     "task_default_queue",
     "task_routes",
-    "broker_transport_options",
-    "result_backend_transport_options",
     "result_extended",
 )
-# kombu's Redis transport keeps delivered-but-unacknowledged messages here.
-UNACKED_HASH = "unacked"
-UNACKED_INDEX = "unacked_index"
 
 Record = dict[str, str]
 Entry = tuple[str, Record]
@@ -83,13 +77,8 @@ def json_line(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def safe_url(url: str) -> str:
-    """The URL with any password masked, so output can be pasted into a ticket."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+#: The URL with any password masked, so output can be pasted into a ticket.
+safe_url = redacted
 
 
 def sender_app(settings: WorkerSettings) -> Celery:
@@ -101,6 +90,9 @@ def sender_app(settings: WorkerSettings) -> Celery:
     app = Celery("apiworker", set_as_current=False)
     app.conf.update(
         {name: project_app.conf[name] for name in _SENDER_CONF},
+        # The queues and transport options of this invocation's broker, which need not be
+        # the one `worker.app` was configured for when it was imported.
+        **broker_config(settings).conf,
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
     )
@@ -114,6 +106,7 @@ class Services:
     settings: WorkerSettings
     _clients: list[redis.Redis] = field(default_factory=list)
     _celery: Celery | None = None
+    _broker: Broker | None = None
 
     @property
     def keys(self) -> Keys:
@@ -122,8 +115,15 @@ class Services:
     def results(self) -> redis.Redis:
         return self.redis(self.settings.redis_url)
 
-    def broker(self) -> redis.Redis:
-        return self.redis(self.settings.broker_url)
+    def broker(self) -> Broker:
+        """The broker behind CELERY_BROKER_URL, over its own protocol."""
+        if self._broker is None:
+            prefix = project_app.conf.broker_transport_options.get("global_keyprefix", "")
+            try:
+                self._broker = open_broker(self.settings.broker_url, redis_key_prefix=prefix)
+            except BrokerError as exc:
+                raise ConfigError(str(exc)) from exc
+        return self._broker
 
     def redis(self, url: str, **options: Any) -> redis.Redis:
         try:
@@ -145,6 +145,8 @@ class Services:
             client.close()
         if self._celery is not None:
             self._celery.close()
+        if self._broker is not None:
+            self._broker.close()
 
 
 class OperatorGroup(click.Group):
@@ -155,7 +157,7 @@ class OperatorGroup(click.Group):
             return super().invoke(ctx)
         except redis.RedisError as exc:
             raise click.ClickException(f"Redis error: {exc}") from exc
-        except OperationalError as exc:
+        except (OperationalError, BrokerError) as exc:
             raise click.ClickException(f"broker error: {exc}") from exc
 
 
@@ -507,21 +509,127 @@ def replay(services: Services, entry_ids: tuple[str, ...], replay_all: bool, dry
 # -- queues ---------------------------------------------------------------------------
 
 
+def count_cell(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 @cli.command()
 @click.pass_obj
 def queues(services: Services) -> None:
-    """Show the jobs waiting in each queue and those delivered but not yet acknowledged."""
-    prefix = project_app.conf.broker_transport_options.get("global_keyprefix", "")
-    pipe = services.broker().pipeline(transaction=False)
-    for name in ALL_QUEUES:
-        pipe.llen(prefix + name)
-    pipe.hlen(prefix + UNACKED_HASH)
-    pipe.zcard(prefix + UNACKED_INDEX)
-    *lengths, unacked, indexed = pipe.execute()
-    for name, length in zip(ALL_QUEUES, lengths, strict=True):
-        click.echo(f"{name:<10} {length}")
-    index_note = "" if indexed == unacked else f" (index: {indexed})"
-    click.echo(f"{'unacked':<10} {unacked}{index_note}")
+    """Show each queue's jobs: waiting (ready), delivered but not yet acknowledged, and
+    dead-lettered.
+
+    A "-" is what the broker cannot tell: the Redis broker has no dead-letter queues, and
+    RabbitMQ reports unacknowledged counts only through its management API
+    (RABBITMQ_MANAGEMENT_URL).
+    """
+    depths = services.broker().depths(ALL_QUEUES)
+    click.echo(f"{'queue':<10} {'ready':>7} {'unacked':>8} {'dead':>6}")
+    for depth in depths:
+        click.echo(
+            f"{depth.name:<10} {depth.ready:>7} {count_cell(depth.unacked):>8} "
+            f"{count_cell(depth.dead):>6}"
+        )
+
+
+# -- dead letters ---------------------------------------------------------------------
+
+
+@cli.group("dead-letters")
+def dead_letters() -> None:
+    """Inspect and replay jobs RabbitMQ parked in a queue's `.dead` queue.
+
+    A job is parked when it was delivered BROKER_DELIVERY_LIMIT times without being
+    acknowledged (it keeps killing its workers), or when no task could run it.
+    """
+
+
+queue_choice = click.option(
+    "--queue",
+    "queue_names",
+    type=click.Choice(ALL_QUEUES),
+    multiple=True,
+    help="Only this queue (repeatable).  [default: every queue]",
+)
+
+
+def parked_line(message: ParkedMessage) -> str:
+    call = json_line(message.args) + ("" if not message.kwargs else f" {json_line(message.kwargs)}")
+    return "  ".join(
+        (
+            message.queue,
+            message.task_id or "?",
+            message.task,
+            call,
+            f"reason={message.reason}",
+            f"deliveries={message.deliveries}",
+        )
+    )
+
+
+def parked_json(message: ParkedMessage) -> str:
+    return json_line(
+        {
+            "queue": message.queue,
+            "task": message.task,
+            "task_id": message.task_id,
+            "args": message.args,
+            "kwargs": message.kwargs,
+            "reason": message.reason,
+            "deliveries": message.deliveries,
+        }
+    )
+
+
+def parked_or_exit(action: Callable[[], list[ParkedMessage]]) -> list[ParkedMessage]:
+    try:
+        return action()
+    except NotSupported as exc:
+        fail(str(exc))
+
+
+@dead_letters.command("list")
+@queue_choice
+@click.option("--count", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def list_dead_letters(
+    services: Services, queue_names: tuple[str, ...], count: int, as_json: bool
+) -> None:
+    """Show parked jobs, oldest first: queue, job id, task, arguments, why, deliveries.
+
+    Nothing is removed. Exit 1 on the Redis broker, which parks nothing (a job no task
+    could run is in `apiworker failures list`).
+    """
+    broker = services.broker()
+    found = parked_or_exit(lambda: broker.parked(queue_names or ALL_QUEUES, count))
+    if not found and not as_json:
+        click.echo("no dead-lettered jobs", err=True)
+    for message in found:
+        click.echo(parked_json(message) if as_json else parked_line(message))
+
+
+@dead_letters.command("replay")
+@queue_choice
+@click.option("--count", type=click.IntRange(min=1), help="Replay at most N jobs.")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every parked job.")
+@click.pass_obj
+def replay_dead_letters(
+    services: Services, queue_names: tuple[str, ...], count: int | None, replay_all: bool
+) -> None:
+    """Send parked jobs back to the queue they came from, with a fresh delivery count.
+
+    Each job is published (and confirmed by RabbitMQ) before it leaves the dead-letter
+    queue, so a replay interrupted halfway loses nothing.
+    """
+    if (count is None) == (not replay_all):
+        raise click.UsageError("give --count N or --all (not both)")
+    broker = services.broker()
+    replayed = parked_or_exit(lambda: broker.replay_parked(queue_names or ALL_QUEUES, count))
+    if not replayed:
+        click.echo("no dead-lettered jobs to replay", err=True)
+    for message in replayed:
+        click.echo(f"replayed {parked_line(message)}")
 
 
 # -- health ---------------------------------------------------------------------------
@@ -548,6 +656,15 @@ def ping_redis(services: Services, name: str, url: str, timeout: float) -> Check
     except (redis.RedisError, OSError) as exc:
         return Check(name, False, f"{safe_url(url)}: {exc}")
     return Check(name, True, safe_url(url))
+
+
+def ping_broker(services: Services, timeout: float) -> Check:
+    """The broker checked over its own protocol (Redis PING, an AMQP connection)."""
+    try:
+        broker = services.broker()
+        return Check("broker", True, broker.ping(timeout))
+    except (BrokerError, ConfigError) as exc:
+        return Check("broker", False, str(exc))
 
 
 def ping_workers(services: Services, timeout: float) -> Check:
@@ -615,7 +732,7 @@ def health(ctx: click.Context, timeout: float) -> None:
     """
     services: Services = ctx.obj
     settings = services.settings
-    broker = ping_redis(services, "broker", settings.broker_url, timeout)
+    broker = ping_broker(services, timeout)
     checks = [broker, ping_redis(services, "results", settings.redis_url, timeout)]
     if broker.ok:
         checks.append(ping_workers(services, timeout))

@@ -1,4 +1,4 @@
-"""Process plumbing shared by `python -m worker.run` and `python -m worker.demo`.
+"""Process plumbing shared by `python -m ops.run` and `python -m ops.demo`.
 
 Both start real processes (redis-server, Celery) and must leave nothing behind: every
 child runs in its own process group, so stopping it also stops whatever it forked, and
@@ -8,6 +8,7 @@ so a process that never comes up fails the caller instead of hanging it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -179,6 +180,39 @@ class Child:
 Output = PrefixedOutput | Path
 
 
+def _end_with_parent(parent: int) -> Callable[[], None]:
+    """A pre-exec hook: the child gets SIGTERM when its parent dies, even by SIGKILL.
+
+    Each child leads its own session, so no terminal or process-group signal reaches it
+    once the parent is gone; Linux's parent-death signal does. If the parent died before
+    the hook ran, the child exits at once instead of running as an orphan.
+    """
+    prctl = _prctl()
+
+    def hook() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Callable[[int, int], int] | None:
+    """libc's prctl, looked up before any fork (a forked child must not load libraries)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    function: Callable[[int, int], int] = libc.prctl
+    return function
+
+
 def spawn(
     name: str,
     args: Sequence[str],
@@ -190,20 +224,24 @@ def spawn(
     """Start `args` in a new session; its output goes to `output` (labelled, or a log file).
 
     A new session means a terminal's Ctrl-C reaches only the parent, which then stops the
-    children in order instead of having them all die at once mid-job.
+    children in order instead of having them all die at once mid-job; the parent-death
+    signal ends them if the parent itself is killed.
     """
     base_env = dict(os.environ if env is None else env)
     base_env.setdefault("PYTHONUNBUFFERED", "1")
+    on_exec = _end_with_parent(os.getpid())
     if isinstance(output, Path):
         with output.open("ab") as log:
             process = subprocess.Popen(  # noqa: S603 - fixed argument lists, no shell
                 list(args), cwd=cwd, env=base_env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=on_exec,
             )  # fmt: skip
         return Child(name, process)
     process = subprocess.Popen(  # noqa: S603 - fixed argument lists, no shell
         list(args), cwd=cwd, env=base_env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=on_exec,
     )  # fmt: skip
     assert process.stdout is not None
     return Child(name, process, output.follow(name, process.stdout))

@@ -1,0 +1,209 @@
+"""The RabbitMQ broker, over AMQP itself: queue depths from passive declares, parked
+messages from each queue's `.dead` quorum queue (see worker/broker.py).
+
+AMQP has no way to ask how many messages are delivered but unacknowledged; RabbitMQ's
+management API has, so that column is filled when `RABBITMQ_MANAGEMENT_URL` names it
+(e.g. http://user:password@rabbitmq:15672) and left unknown otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from kombu import Connection, Exchange, Producer, Queue  # type: ignore[attr-defined]
+from kombu.exceptions import KombuError
+
+from ops.brokers.base import BrokerError, ParkedMessage, QueueDepth
+from ops.processes import redacted
+from worker.broker import dead_letter_queue
+
+# Headers RabbitMQ adds on the way to the dead-letter queue; a replayed job starts afresh.
+_BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
+                   "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",
+                   "x-last-death-reason", "x-delivery-count")  # fmt: skip
+
+
+class AmqpBroker:
+    kind = "amqp"
+
+    def __init__(self, url: str, *, management_url: str | None = None) -> None:
+        self.display_url = redacted(url)
+        self._url = url
+        self._management_url = management_url
+        self.vhost = _vhost_of(url)
+
+    @contextmanager
+    def _connection(self, timeout: float = 5.0) -> Iterator[Any]:
+        # Publisher confirms: a replayed message leaves the dead-letter queue only once
+        # RabbitMQ has confirmed its copy in the queue it returns to.
+        connection = Connection(
+            self._url, connect_timeout=timeout, transport_options={"confirm_publish": True}
+        )
+        try:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+            yield connection
+        except (KombuError, OSError) as exc:
+            raise BrokerError(f"{self.display_url}: {exc}") from exc
+        finally:
+            connection.release()
+
+    def ping(self, timeout: float) -> str:
+        with self._connection(timeout) as connection:
+            server = connection.connection.server_properties or {}
+        product = server.get("product", "AMQP server")
+        version = server.get("version", "")
+        return f"{self.display_url} ({product} {version})".replace(" )", ")")
+
+    def depths(self, queues: Sequence[str]) -> list[QueueDepth]:
+        unacked = self._unacked_from_management(queues)
+        with self._connection() as connection:
+            return [
+                QueueDepth(
+                    name,
+                    _ready(connection, name),
+                    unacked.get(name),
+                    _ready(connection, dead_letter_queue(name)),
+                )
+                for name in queues
+            ]
+
+    def _unacked_from_management(self, queues: Sequence[str]) -> dict[str, int]:
+        if not self._management_url:
+            return {}
+        parts = urlsplit(self._management_url)
+        auth = (parts.username or "guest", parts.password or "guest")
+        host = parts.hostname or "localhost"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        base = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+        found: dict[str, int] = {}
+        for name in queues:
+            try:
+                answer = requests.get(
+                    f"{base}/api/queues/{quote(self.vhost, safe='')}/{quote(name, safe='')}",
+                    auth=auth,
+                    timeout=5,
+                )
+            except requests.RequestException as exc:
+                raise BrokerError(f"RabbitMQ management API: {type(exc).__name__}") from exc
+            if answer.status_code == 404:
+                continue
+            if answer.status_code != 200:
+                raise BrokerError(f"RabbitMQ management API answered {answer.status_code}")
+            found[name] = int(answer.json().get("messages_unacknowledged", 0))
+        return found
+
+    def parked(self, queues: Sequence[str], limit: int) -> list[ParkedMessage]:
+        found: list[ParkedMessage] = []
+        with self._connection() as connection:
+            # Taken without acknowledging, on a channel that is then closed: every
+            # message goes back to its dead-letter queue untouched.
+            channel = connection.channel()
+            try:
+                for name in queues:
+                    if not _ready(connection, dead_letter_queue(name)):
+                        continue
+                    while len(found) < limit:
+                        message = _get(channel, dead_letter_queue(name))
+                        if message is None:
+                            break
+                        found.append(_parked(name, message))
+            finally:
+                channel.close()
+        return found
+
+    def replay_parked(self, queues: Sequence[str], limit: int | None) -> list[ParkedMessage]:
+        replayed: list[ParkedMessage] = []
+        with self._connection() as connection:
+            channel = connection.channel()
+            producer = Producer(channel)
+            try:
+                for name in queues:
+                    if not _ready(connection, dead_letter_queue(name)):
+                        continue
+                    while limit is None or len(replayed) < limit:
+                        message = _get(channel, dead_letter_queue(name))
+                        if message is None:
+                            break
+                        _republish(producer, name, message)  # confirmed before the ack
+                        message.ack()
+                        replayed.append(_parked(name, message))
+            finally:
+                channel.close()
+        return replayed
+
+    def close(self) -> None:
+        """Each command opens and releases its own connection."""
+
+
+def _vhost_of(url: str) -> str:
+    path = urlsplit(url).path
+    return "/" if path in ("", "/") else path[1:]
+
+
+def _ready(connection: Any, queue: str) -> int:
+    """Messages waiting in `queue`; 0 when it was never declared."""
+    channel = connection.channel()
+    try:
+        _, count, _ = channel.queue_declare(queue=queue, passive=True)
+        return int(count)
+    except connection.channel_errors:  # 404: no such queue yet
+        return 0
+    finally:
+        try:
+            channel.close()
+        except connection.connection_errors + connection.channel_errors:
+            pass
+
+
+def _get(channel: Any, queue: str) -> Any:
+    """The next message of `queue` as a kombu message (headers, decode, ack), or None."""
+    try:
+        return Queue(queue, channel=channel, no_declare=True).get(no_ack=False, accept=["json"])
+    except Exception as exc:
+        raise BrokerError(f"cannot read {queue}: {exc}") from exc
+
+
+def _parked(queue: str, message: Any) -> ParkedMessage:
+    headers = message.headers or {}
+    deaths = headers.get("x-death") or [{}]
+    death = deaths[0] if isinstance(deaths, list) and deaths else {}
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    # An undecodable body is why some messages are parked: then only headers are shown.
+    with contextlib.suppress(Exception):
+        payload = message.decode()
+        if isinstance(payload, list | tuple) and len(payload) >= 2:
+            args, kwargs = list(payload[0]), dict(payload[1])
+    return ParkedMessage(
+        queue=queue,
+        task=str(headers.get("task", "?")),
+        task_id=str(headers.get("id", "")),
+        args=args,
+        kwargs=kwargs,
+        deliveries=int(headers.get("x-delivery-count") or death.get("count") or 0),
+        reason=str(death.get("reason", "?")),
+    )
+
+
+def _republish(producer: Any, queue: str, message: Any) -> None:
+    headers = {key: value for key, value in (message.headers or {}).items()
+               if key not in _BROKER_HEADERS}  # fmt: skip
+    properties = message.properties or {}
+    producer.publish(
+        message.body,
+        exchange=Exchange(queue, type="topic", durable=True),
+        routing_key=queue,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        correlation_id=properties.get("correlation_id"),
+        reply_to=properties.get("reply_to"),
+        delivery_mode=2,
+        retry=True,
+        retry_policy={"max_retries": 3},
+    )

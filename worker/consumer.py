@@ -1,0 +1,143 @@
+"""The worker's message consumer: messages no task can run leave a failure record.
+
+Celery logs a message it cannot decode, one for a task name it does not know, or one
+without task headers, and then drops it (an ack or a reject). A log line scrolls away;
+the service's promise is that every job either succeeds or leaves a record that says
+why. So each such message is written to the failure stream like any failed job, and
+rejected without requeueing: on RabbitMQ that dead-letters it to its queue's `.dead`
+queue, where `apiworker dead-letters` lists and replays it; on Redis it is removed (its
+record keeps what was readable of it). The worker then goes on with the next message.
+
+On RabbitMQ the consumer also declares the dead-letter exchange and queues each time it
+connects, before it consumes, so a rejected message always has somewhere to go.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from apis.redact import redact
+from tasks.base import FAILURES_RECORDED, failure_record
+from tasks.runtime import get_runtime
+from worker.broker import amqp_dead_letter_queues, broker_kind
+from worker.settings import get_worker_settings
+
+log = logging.getLogger("worker.consumer")
+
+#: The `task` field of a record whose message named no task it could be run as.
+UNREADABLE = "(unreadable message)"
+_EXCERPT_BYTES = 200
+
+
+class UnreadableMessage(Exception):
+    """A broker message that cannot be run as a job: why, in its message."""
+
+
+class RecordingConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, recording what it would otherwise only log."""
+
+    def connect(self) -> Any:
+        connection = super().connect()
+        if broker_kind(get_worker_settings().broker_url) == "amqp":
+            declare_dead_letter_queues(connection)
+        return connection
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        log.error(
+            "undecodable message dropped from the queue: %s (content type %r)",
+            type(exc).__name__,
+            message.content_type,
+        )
+        excerpt = _excerpt(message.body)
+        _record(
+            UNREADABLE,
+            _header(message, "id"),
+            UnreadableMessage(
+                f"cannot decode ({type(exc).__name__}: {exc}); content type "
+                f"{message.content_type!r}; body starts {excerpt!r}"
+            ),
+        )
+        message.reject(requeue=False)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        super().on_unknown_task(body, message, exc)
+        name = _header(message, "task") or "?"
+        args, kwargs = _arguments(message)
+        _record(
+            name,
+            _header(message, "id"),
+            UnreadableMessage(f"no task named {name!r} is registered"),
+            args,
+            kwargs,
+        )
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        super().on_invalid_task(body, message, exc)
+        _record(
+            _header(message, "task") or UNREADABLE,
+            _header(message, "id"),
+            UnreadableMessage(f"invalid task message: {exc}"),
+        )
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        super().on_unknown_message(body, message)
+        _record(
+            UNREADABLE,
+            "",
+            UnreadableMessage(f"message without task headers; body starts {_excerpt(body)!r}"),
+        )
+
+
+def declare_dead_letter_queues(connection: Any) -> None:
+    """Declare the dead-letter exchange and one `.dead` quorum queue per queue."""
+    channel = connection.channel()
+    try:
+        for queue in amqp_dead_letter_queues():
+            queue(channel).declare()  # type: ignore[no-untyped-call]
+    finally:
+        channel.close()
+
+
+def _header(message: Any, name: str) -> str:
+    value = (getattr(message, "headers", None) or {}).get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _arguments(message: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The job's arguments, when its body decodes as Celery's protocol 2 payload."""
+    try:
+        payload = message.decode()
+    except Exception:  # the record says what it can; the body itself was unreadable
+        return [], {}
+    if isinstance(payload, list | tuple) and len(payload) >= 2:
+        args, kwargs = payload[0], payload[1]
+        if isinstance(args, list | tuple) and isinstance(kwargs, dict):
+            return list(args), kwargs
+    return [], {}
+
+
+def _excerpt(body: Any) -> str:
+    if isinstance(body, bytes | bytearray | memoryview):
+        text = bytes(body[:_EXCERPT_BYTES]).decode("utf-8", "replace")
+    else:
+        text = str(body)[:_EXCERPT_BYTES]
+    return redact(text)
+
+
+def _record(
+    task: str,
+    task_id: str,
+    exc: Exception,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> None:
+    record = failure_record(task, task_id, args or [], kwargs or {}, exc, attempts=1)
+    try:
+        get_runtime().store.record_failure(record)
+    except Exception:  # the results Redis away: the log line above stays
+        log.exception("could not record an unreadable message (task=%s)", task)
+        return
+    FAILURES_RECORDED.labels(task, type(exc).__name__).inc()
