@@ -194,6 +194,19 @@ class WorkerSettings(RedisSettings):
         return self.broker_visibility_timeout or self.safe_visibility_timeout
 
     @property
+    def broker_redis(self) -> RedisTarget | None:
+        """The broker's Redis (the results Redis unless CELERY_BROKER_URL names another);
+        None when the broker is not Redis."""
+        if self.celery_broker_url is None:
+            return self.redis
+        scheme = self.celery_broker_url.split("://", 1)[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            return None
+        return RedisTarget.from_url(
+            self.celery_broker_url, self.tls_files() if scheme == "rediss" else None
+        )
+
+    @property
     def broker_url(self) -> str:
         url: str = self.celery_connection.settings["broker_url"]
         return url

@@ -20,6 +20,16 @@ redis-py 8 a `Redis()` costs ~0.1 ms of CPU (it builds its response-callback tab
 a job with late acks needs two of them, about 6% of a job's CPU here. The object holds no
 connection of its own (the pool does) and redis-py clients are safe to share between
 threads, so one per channel and pool does the same work. See docs/performance.md.
+
+3. Survive a broker connection lost with jobs unacknowledged. On a connection error
+Celery 5.7 detaches the transport from its connection (`collect()`) and then closes the
+channel, whose close tries to put the unacknowledged jobs back on their queues; building
+a client for that needs the detached connection, and kombu 5.7 ends the worker with
+`Unrecoverable error: AttributeError("'NoneType' object has no attribute 'hostname'")`.
+A Redis restart or a Sentinel failover stopped the worker that way. Here the restore
+meets a connection error instead, which the close ignores: the jobs stay recorded as
+unacknowledged in Redis, and the sweep returns them after the visibility timeout.
+Proven by tests/chaos/test_sentinel_failover.py (the same worker process serves on).
 """
 
 from __future__ import annotations
@@ -83,6 +93,10 @@ def conn_or_acquire(channel: Any, client: redis.Redis | None = None) -> Iterator
     if client:
         yield client
         return
+    if channel._pool is None and getattr(channel.connection, "client", None) is None:
+        # See point 3 above: the connection is gone, and so is what kombu needs to
+        # build a pool. A connection error is what the closing code expects and ignores.
+        raise redis.ConnectionError("the broker connection was already released")
     pool = channel.pool
     cached: redis.Redis | None = channel.__dict__.get("_apiworker_client")
     if cached is None or cached.connection_pool is not pool:

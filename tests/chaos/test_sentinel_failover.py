@@ -23,14 +23,18 @@ import kombu.exceptions
 import pytest
 import redis
 from celery import Celery
+from click.testing import CliRunner
 from redis.sentinel import Sentinel
 
+from ops.cli import cli
 from tests.chaos.conftest import FAILURES, FETCH, pokemon_names, scaled
-from tests.integration.conftest import worker_environment
+from tests.integration.conftest import fast_redelivery, worker_environment
 from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
 from tests.support.redis_server import RedisServer
 from tests.support.sentinel import MASTER_NAME, SentinelDeployment
 
+PASSWORD = "data-node-pw-8c1f"
+SENTINEL_PASSWORD = "sentinel-pw-2b7d"
 BEAT_NAME = "mew"  # the one name beat's catalog refresh stores; no job asks for it
 SEND_ERRORS = (OSError, redis.RedisError, kombu.exceptions.KombuError)
 
@@ -38,7 +42,13 @@ SEND_ERRORS = (OSError, redis.RedisError, kombu.exceptions.KombuError)
 @pytest.fixture
 def sentinel_deployment() -> Iterator[SentinelDeployment]:
     """A master (append-only), one replica and three sentinels, quorum 2, down-after 1 s."""
-    deployment = SentinelDeployment(sentinels=3, quorum=2, down_after_ms=1000).start()
+    deployment = SentinelDeployment(
+        sentinels=3,
+        quorum=2,
+        down_after_ms=1000,
+        password=PASSWORD,
+        sentinel_password=SENTINEL_PASSWORD,
+    ).start()
     try:
         yield deployment
     finally:
@@ -51,13 +61,12 @@ def sentinel_environment(deployment: SentinelDeployment, sandbox: Any) -> dict[s
         "redis://unused.invalid:1/0",
         sandbox,
         **deployment.env,
-        # Jobs a worker held when its broker connection dropped come back after this long.
-        BROKER_VISIBILITY_TIMEOUT="5",
-        BROKER_RESTORE_INTERVAL="1",
+        # Jobs a worker held when its broker connection dropped come back within 12 s.
+        **fast_redelivery("redis"),
         SINGLE_FLIGHT_LOCK_SECONDS="5",
+        # Retries (each under a second) outlast a failover of a few seconds.
         TASK_MAX_RETRIES="8",
         TASK_RETRY_BACKOFF="0.5",
-        TASK_RETRY_BACKOFF_MAX="2",
         POKEMON_CATALOG=BEAT_NAME,
         POKEMON_REFRESH_INTERVAL="1",
         CATALOG_BATCH_SIZE="0",
@@ -67,11 +76,22 @@ def sentinel_environment(deployment: SentinelDeployment, sandbox: Any) -> dict[s
     return env
 
 
+def results_client(deployment: SentinelDeployment) -> redis.Redis:
+    """The test's own view of the master, through the sentinels."""
+    sentinel = Sentinel(
+        [("127.0.0.1", s.port) for s in deployment.sentinels],
+        sentinel_kwargs={"password": SENTINEL_PASSWORD, "socket_timeout": 1},
+        password=PASSWORD,
+        socket_timeout=2,
+    )
+    return sentinel.master_for(MASTER_NAME, decode_responses=True)
+
+
 def sentinel_producer(deployment: SentinelDeployment) -> Celery:
     """Another service's producer, sending by name through the same sentinels."""
-    hosts = ";".join(f"sentinel://127.0.0.1:{s.port}/0" for s in deployment.sentinels)
+    hosts = ";".join(f"sentinel://:{PASSWORD}@127.0.0.1:{s.port}/0" for s in deployment.sentinels)
     app = Celery("producer", broker=hosts, backend=hosts)
-    options = {"master_name": MASTER_NAME}
+    options = {"master_name": MASTER_NAME, "sentinel_kwargs": {"password": SENTINEL_PASSWORD}}
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -151,8 +171,7 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
     deployment = sentinel_deployment
     env = sentinel_environment(deployment, sandbox)
     producer = sentinel_producer(deployment)
-    sentinel = Sentinel([("127.0.0.1", s.port) for s in deployment.sentinels], socket_timeout=1)
-    results = sentinel.master_for(MASTER_NAME, decode_responses=True, socket_timeout=2)
+    results = results_client(deployment)
     worker = WorkerProcess(env, concurrency=4)
     beat_log = tmp_path / "beat.log"
     beat: subprocess.Popen[bytes] | None = None
@@ -186,7 +205,11 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
             except redis.RedisError:
                 return set()
 
-        wait_for(lambda: set(after) <= stored(), timeout=30, what="new jobs stored")
+        wait_for(
+            lambda: set(after) <= stored(),
+            timeout=30,
+            what=f"new jobs stored (worker log {worker.log_path})",
+        )
         stored_within = time.monotonic() - promoted_at
 
         def recorded() -> set[str]:
@@ -213,6 +236,8 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
         assert worker.process.pid == worker_pid
         assert beat.poll() is None, f"beat exited:\n{beat_log.read_text()[-3000:]}"
         assert deployment.role(new_port) == "master"
+        for secret in (PASSWORD, SENTINEL_PASSWORD):
+            assert secret not in worker.log() + beat_log.read_text()
         # A job sent after the kill can never be lost: only writes the old master
         # acknowledged (a publish or a result) and did not replicate can be.
         assert set(after) <= stored()
@@ -239,3 +264,50 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
         worker.stop()
         producer.close()
         results.close()
+
+
+def test_health_names_the_master_and_replica_then_the_new_master_after_a_failover(
+    sentinel_deployment: SentinelDeployment, sandbox: Any
+) -> None:
+    """`apiworker health` through Sentinel: master, replica, sentinels; no password shown."""
+    deployment = sentinel_deployment
+    env = sentinel_environment(deployment, sandbox)
+    producer = sentinel_producer(deployment)
+    worker = WorkerProcess(env, concurrency=2)
+    try:
+        worker.start(producer)
+
+        def health() -> tuple[int, dict[str, str]]:
+            outcome = CliRunner().invoke(cli, ["health", "--timeout", "2"], env=env)
+            assert PASSWORD not in outcome.output
+            assert SENTINEL_PASSWORD not in outcome.output
+            lines = {line.split()[1]: line for line in outcome.output.splitlines()}
+            return outcome.exit_code, lines
+
+        code, lines = health()
+        assert code == 0, lines
+        master, replica = deployment.master.port, deployment.replica.port
+        assert f"at 127.0.0.1:{master}; replicas: 127.0.0.1:{replica};" in lines["sentinel"]
+        assert "sentinels answering: 3/3" in lines["sentinel"]
+        enqueued = CliRunner().invoke(
+            cli, ["enqueue", FETCH, "pikachu", "--wait", "--timeout", "20"], env=env
+        )
+        assert enqueued.exit_code == 0, enqueued.output
+        assert json.loads(enqueued.stdout.splitlines()[-1])["name"] == "pikachu"
+
+        deployment.wait_promoted(deployment.kill_master())
+        last: list[dict[str, str]] = []
+
+        def healthy() -> bool:
+            code, lines = health()
+            last[:] = [lines]
+            return code == 0
+
+        try:
+            wait_for(healthy, timeout=30, interval=0.5, what="healthy after the failover")
+        except TimeoutError as exc:
+            raise AssertionError(f"still unhealthy: {last}\n{worker.log()[-6000:]}") from exc
+        assert f"at 127.0.0.1:{replica}; replicas: none;" in health()[1]["sentinel"]
+    finally:
+        worker.stop()
+        producer.close()

@@ -29,12 +29,14 @@ class SentinelProcess:
         quorum: int,
         down_after_ms: int,
         extra_config: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
         self.binary = binary
         self.port = free_port()
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="apiworker-sentinel-"))
         self.config = self.dir / "sentinel.conf"
         # Sentinel rewrites its configuration file (the epochs, the other sentinels, the
@@ -60,7 +62,9 @@ class SentinelProcess:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        return redis.Redis(
+            port=self.port, password=self.password, socket_timeout=1, socket_connect_timeout=1
+        )
 
     def log(self) -> str:
         path = self.dir / "sentinel.log"
@@ -79,15 +83,43 @@ class SentinelProcess:
 
 
 class SentinelDeployment:
-    """A master with an append-only file, one replica and `count` sentinels (quorum 2)."""
+    """A master with an append-only file, one replica and `count` sentinels (quorum 2).
 
-    def __init__(self, *, sentinels: int = 3, quorum: int = 2, down_after_ms: int = 1000) -> None:
+    With `password`, the data nodes require it (and replicate with it); with
+    `sentinel_password`, the sentinels require theirs and use it among themselves.
+    """
+
+    def __init__(
+        self,
+        *,
+        sentinels: int = 3,
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        self.password = password
+        self.sentinel_password = sentinel_password
         self.master = RedisServer(appendonly=True)
         self.replica = RedisServer(
             appendonly=True, extra_args=("--replicaof", "127.0.0.1", str(self.master.port))
         )
+        auth: list[str] = []
+        if password:
+            auth.append(f"sentinel auth-pass {MASTER_NAME} {password}")
+        if sentinel_password:
+            auth += [
+                f"requirepass {sentinel_password}",
+                f"sentinel sentinel-pass {sentinel_password}",
+            ]
         self.sentinels = [
-            SentinelProcess(self.master.port, quorum=quorum, down_after_ms=down_after_ms)
+            SentinelProcess(
+                self.master.port,
+                quorum=quorum,
+                down_after_ms=down_after_ms,
+                extra_config=tuple(auth),
+                password=sentinel_password,
+            )
             for _ in range(sentinels)
         ]
         self.servers = {self.master.port: self.master, self.replica.port: self.replica}
@@ -95,6 +127,13 @@ class SentinelDeployment:
     def start(self, timeout: float = 30.0) -> SentinelDeployment:
         self.master.start()
         self.replica.start()
+        if self.password:
+            # Set once both answer (the readiness check speaks without a password).
+            for server in (self.replica, self.master):
+                client = redis.Redis(port=server.port)
+                client.config_set("masterauth", self.password)
+                client.config_set("requirepass", self.password)
+                client.close()
         for sentinel in self.sentinels:
             sentinel.start()
         self.wait_until(self._ready, timeout, "replica in sync and every sentinel aware")
@@ -103,10 +142,19 @@ class SentinelDeployment:
     @property
     def env(self) -> dict[str, str]:
         """The worker's settings for this deployment: Sentinel only, no REDIS_URL."""
-        return {
+        env = {
             "REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
             "REDIS_SENTINEL_MASTER": MASTER_NAME,
         }
+        if self.password:
+            env["REDIS_PASSWORD"] = self.password
+        if self.sentinel_password:
+            env["REDIS_SENTINEL_PASSWORD"] = self.sentinel_password
+        return env
+
+    def client(self, port: int, **options: object) -> redis.Redis:
+        """A client of one data node (master or replica), with its password."""
+        return redis.Redis(port=port, password=self.password, **options)  # type: ignore[arg-type]
 
     def master_port(self) -> int | None:
         """The master's port as a sentinel that answers names it."""
@@ -123,7 +171,7 @@ class SentinelDeployment:
         return None
 
     def role(self, port: int) -> str | None:
-        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+        client = self.client(port, socket_timeout=1, socket_connect_timeout=1)
         try:
             info = client.info("replication")
             return str(info["role"])
@@ -133,7 +181,7 @@ class SentinelDeployment:
             client.close()
 
     def _ready(self) -> bool:
-        replica = redis.Redis(port=self.replica.port, socket_timeout=1)
+        replica = self.client(self.replica.port, socket_timeout=1)
         try:
             if replica.info("replication").get("master_link_status") != "up":
                 return False
