@@ -6,6 +6,7 @@ subclasses; nothing here returns a `requests` object.
 
 from apis.client import ApiClient, Payload
 from apis.cms import CmsAPI
+from apis.conditional import Validators
 from apis.config import ApiSettings, get_settings
 from apis.pokeapi import PokeAPI
 from apis.registry import get_client, reset_clients
@@ -18,6 +19,7 @@ __all__ = [
     "Payload",
     "PokeAPI",
     "SemaphoreAPI",
+    "Validators",
     "get_client",
     "get_settings",
     "reset_clients",

@@ -34,6 +34,7 @@ from urllib3 import exceptions as urllib3_errors
 
 from apis import errors, metrics
 from apis.breaker import CircuitBreaker
+from apis.conditional import Validators, freshness_lifetime, sent_validators, with_validators
 from apis.config import ApiSettings, UpstreamConfig
 from apis.ratelimit import RateLimiter
 from apis.redact import excerpt, redact, register_secret
@@ -50,12 +51,20 @@ _ERROR_BODY_LIMIT = 2048
 
 @dataclass(frozen=True)
 class Payload:
-    """A decoded upstream body with the validators the results contract stores."""
+    """A decoded upstream body with the validators the results contract stores.
+
+    `not_modified` is a `304` to a conditional fetch: no body, `data` is None, and the
+    caller's stored copy is still good (`etag` / `last_modified` are then the ones the
+    304 carried, or the ones sent). `max_age` is the answer's freshness lifetime from
+    its `Cache-Control`, None when it gave none.
+    """
 
     data: Any
     etag: str | None = None
     last_modified: str | None = None
     links: Mapping[str, str] = field(default_factory=dict)
+    not_modified: bool = False
+    max_age: float | None = None
 
 
 class ApiClient:
@@ -135,8 +144,10 @@ class ApiClient:
         *,
         params: Mapping[str, str | int] | None = None,
         decode: Decoder = orjson.loads,
+        validators: Validators | None = None,
     ) -> Payload:
-        return self.request("GET", path, params=params, decode=decode)
+        """GET `path`; with `validators` it is conditional (see `apis.conditional`)."""
+        return self.request("GET", path, params=params, decode=decode, validators=validators)
 
     def request(
         self,
@@ -147,18 +158,20 @@ class ApiClient:
         json: Any = None,
         idempotent: bool | None = None,
         decode: Decoder = orjson.loads,
+        validators: Validators | None = None,
     ) -> Payload:
         """Send one logical request: retried when idempotent, mapped errors, logged once.
 
         `path_or_url` is a path below the base URL, or an absolute URL on the same
         origin (a pagination link); any other host is refused. `decode` turns the body
         into data and raises ValueError on malformed input; a client may pass a typed
-        decoder that reads only the fields it needs.
+        decoder that reads only the fields it needs. `validators` make the request
+        conditional: a 304 is then a success (`Payload.not_modified`), never retried.
         """
         method = method.upper()
         url = self._url(method, path_or_url)
         path = urlsplit(url).path
-        headers = self._auth_headers(method, path)
+        headers = with_validators(self._auth_headers(method, path), validators)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         # An open circuit refuses the call before anything is sent (raises CircuitOpen).
@@ -196,6 +209,8 @@ class ApiClient:
             self.breaker.after_call(permit, exc)
             raise
         self.breaker.after_call(permit, None)
+        if validators:
+            _count_revalidation(self.service, payload)
         return payload
 
     def _url(self, method: str, path_or_url: str) -> str:
@@ -273,6 +288,10 @@ class ApiClient:
                 complete = False
                 try:
                     outcome = str(response.status)
+                    if response.status == 304:
+                        payload = self._not_modified(response, headers, method, path)
+                        complete = True  # a 304 has no body: the connection stays usable
+                        return payload
                     if response.status >= 300:
                         body = self._read(response, method, path, started, _ERROR_BODY_LIMIT)
                         raise self._status_error(response, body, method, path)
@@ -424,6 +443,36 @@ class ApiClient:
             etag=response.headers.get("ETag"),
             last_modified=response.headers.get("Last-Modified"),
             links=links,
+            max_age=freshness_lifetime(response.headers),
+        )
+
+    def _not_modified(
+        self,
+        response: urllib3.BaseHTTPResponse,
+        headers: Mapping[str, str],
+        method: str,
+        path: str,
+    ) -> Payload:
+        """A 304: the stored copy is still good, with the validators it now has.
+
+        Only an answer to a request that sent a validator (in `headers`) can be a 304;
+        any other is an upstream bug, and an answer without a body cannot be used.
+        """
+        validators = sent_validators(headers)
+        if not validators:
+            raise errors.InvalidResponse(
+                "304 Not Modified to a request that sent no validator",
+                self.service,
+                method,
+                path,
+                response.status,
+            )
+        return Payload(
+            data=None,
+            etag=response.headers.get("ETag") or validators.etag,
+            last_modified=response.headers.get("Last-Modified") or validators.last_modified,
+            not_modified=True,
+            max_age=freshness_lifetime(response.headers),
         )
 
     def _error_args(
@@ -447,6 +496,12 @@ class ApiClient:
             type(exc).__name__,
             redact(exc.message),
         )
+
+
+def _count_revalidation(service: str, payload: Payload) -> None:
+    """One conditional call's outcome: the stored copy still good, or a new body."""
+    outcome = "not_modified" if payload.not_modified else "modified"
+    metrics.REVALIDATIONS.labels(service, outcome).inc()
 
 
 def _links(value: str | None) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from apis.client import ApiClient, Payload, expect
+from apis.conditional import Validators
 from apis.config import ApiSettings, UpstreamConfig
 from apis.paths import page_window, segment
 
@@ -22,17 +23,30 @@ class CmsAPI(ApiClient):
             cls.service, base_url=settings.cms_base_url, base_url_setting="CMS_BASE_URL"
         )
 
-    def get(self, slug: str) -> Payload:
-        """One article by its slug (the seed's `CmsAPI.get`)."""
+    def get(self, slug: str, *, validators: Validators | None = None) -> Payload:
+        """One article by its slug (the seed's `CmsAPI.get`); may be `not_modified`."""
         path = f"/article/{segment(slug, name='slug', service=self.service)}"
-        payload = self.fetch(path)
-        expect(isinstance(payload.data, dict), "article is not an object", self, path)
+        payload = self.fetch(path, validators=validators)
+        if not payload.not_modified:
+            expect(isinstance(payload.data, dict), "article is not an object", self, path)
         return payload
 
     def get_articles(self, limit: int = 20, offset: int = 0) -> dict[str, Any]:
         """One page: `{"entities": [...], "total": N}`."""
+        data: dict[str, Any] = self.get_articles_page(limit, offset).data
+        return data
+
+    def get_articles_page(
+        self, limit: int = 20, offset: int = 0, *, validators: Validators | None = None
+    ) -> Payload:
+        """One page with its validators; with the stored page's, it may be `not_modified`."""
         page_window(limit, offset, max_limit=MAX_PAGE_SIZE, service=self.service)
-        data = self.fetch("/articles", params={"limit": limit, "offset": offset}).data
+        payload = self.fetch(
+            "/articles", params={"limit": limit, "offset": offset}, validators=validators
+        )
+        if payload.not_modified:
+            return payload
+        data = payload.data
         expect(
             isinstance(data, dict)
             and isinstance(data.get("entities"), list)
@@ -41,7 +55,7 @@ class CmsAPI(ApiClient):
             self,
             "/articles",
         )
-        return dict(data)
+        return payload
 
     def get_all_articles(self, page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
         """Every article, page after page, until `total` is reached or a page is empty."""

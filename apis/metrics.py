@@ -24,3 +24,8 @@ UPSTREAM_RETRIES = Counter(
     "Client-side retries of upstream requests (tenacity), by service.",
     ["service"],
 )
+REVALIDATIONS = Counter(
+    "apiworker_revalidations",
+    "Conditional fetches by service and outcome: not_modified (304) or modified (200).",
+    ["service", "outcome"],
+)

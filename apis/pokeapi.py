@@ -16,6 +16,7 @@ import msgspec
 import orjson
 
 from apis.client import ApiClient, Payload, expect
+from apis.conditional import Validators
 from apis.config import ApiSettings, UpstreamConfig
 from apis.paths import page_window, segment
 
@@ -62,14 +63,20 @@ class PokeAPI(ApiClient):
             base_url_setting="POKEAPI_BASE_URL",
         )
 
-    def get_pokemon(self, name_or_id: str | int, *, full: bool = False) -> Payload:
+    def get_pokemon(
+        self, name_or_id: str | int, *, full: bool = False, validators: Validators | None = None
+    ) -> Payload:
         """One record (id, name, height, weight, sprites.front_default unless `full`).
 
-        Names are lower-case upstream, so callers normalise first.
+        Names are lower-case upstream, so callers normalise first. With the stored
+        copy's `validators` the answer may be `not_modified` (no data).
         """
         path = f"/pokemon/{segment(name_or_id, name='name_or_id', service=self.service)}"
-        payload = self.fetch(path, decode=orjson.loads if full else decode_record_fields)
-        expect(isinstance(payload.data, dict), "pokemon record is not an object", self, path)
+        payload = self.fetch(
+            path, decode=orjson.loads if full else decode_record_fields, validators=validators
+        )
+        if not payload.not_modified:
+            expect(isinstance(payload.data, dict), "pokemon record is not an object", self, path)
         return payload
 
     def list_pokemon(self, limit: int = 20, offset: int = 0) -> dict[str, Any]:

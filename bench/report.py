@@ -149,6 +149,8 @@ def targets(results: Results) -> list[Target]:
         ">= 1.5x",
         None if refresh is None else refresh >= 1.5,
     )
+    for target in refresh_targets(results):
+        found.append(target)
     dup = fig(PROJECT, "hot", "calls_per_distinct_name")
     check(
         "hot: upstream calls per distinct name",
@@ -161,6 +163,92 @@ def targets(results: Results) -> list[Target]:
     calls = fig(PROJECT, "faulty", "upstream_calls_per_job")
     check("faulty: upstream calls/job", calls, "<= 1.25", None if calls is None else calls <= 1.25)
     return found
+
+
+# (figure, label, which base the ratio columns divide by) of the refresh table. Bases:
+# "cold" is the cold scenario (1.), "pass" the refresh scenario's own cold pass.
+REFRESH_ROWS: list[tuple[str, str, str]] = [
+    ("names_per_s", "names/s, enqueue to last event ↑ (÷ cold jobs/s)", "cold:jobs_per_s"),
+    ("seconds", "wall seconds", ""),
+    ("worker_cpu_ms_per_job", "worker CPU ms/name ↓ (÷ cold ms/job)", "cold:worker_cpu_ms_per_job"),
+    ("upstream_body_bytes", "upstream body bytes ↓ (÷ cold pass)", "pass:upstream_body_bytes"),
+    ("upstream_calls", "upstream calls (incl. index pages)", "pass:upstream_calls"),
+    ("not_modified", "304 answers", ""),
+    ("revalidated", "events with revalidated=1", ""),
+    ("changed_flags", "events with changed=1", ""),
+    ("changed_upstream", "records changed upstream", ""),
+    ("flags_match_changes", "changed=1 exactly on the changed records", ""),
+    ("upstream_cpu_ms_per_job", "upstream (sandbox) CPU ms/name", ""),
+    ("redis_cpu_ms_per_job", "redis-server CPU ms/name", ""),
+    ("peak_rss_mib", "worker peak RSS MiB (tree)", ""),
+]
+REFRESH_TITLE = "5. Refresh of a stored catalog: conditional requests (FRESHNESS_MAX_AGE=0)"
+
+
+def refresh_ratio(results: Results, part: str, key: str, base: str) -> float | None:
+    """One refresh pass's figure divided by its base (the cold scenario or the cold pass)."""
+    if not base:
+        return None
+    project = results.get(PROJECT, {})
+    refresh = project.get("refresh", {})
+    where, base_key = base.split(":")
+    other = project.get("cold", {}) if where == "cold" else refresh.get("cold", {})
+    value = refresh.get(part, {}).get(key)
+    if not _number(value):
+        return None
+    return _ratio(value, other.get(base_key))
+
+
+def refresh_table(results: Results) -> str:
+    """The refresh scenario: its three passes side by side, ratios against cold."""
+    refresh = results.get(PROJECT, {}).get("refresh", {})
+    parts = ("cold", "unchanged", "changed")
+    names = refresh.get("names", 0)
+    changed = refresh.get("changed", {}).get("changed_upstream", 0)
+    head = [
+        "figure",
+        "cold pass (stores all)",
+        "unchanged",
+        f"{changed} of {names} changed",
+        "unchanged ÷ base",
+        "changed ÷ base",
+    ]
+    lines = [
+        f"### {REFRESH_TITLE}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for key, label, base in REFRESH_ROWS:
+        row = [label, *(_cell(refresh.get(part, {}).get(key)) for part in parts)]
+        for part in ("unchanged", "changed"):
+            ratio = refresh_ratio(results, part, key, base)
+            row.append("-" if ratio is None else f"{_cell(ratio)}x")
+        lines.append("| " + " | ".join(row) + " |")
+    if refresh.get("timed_out"):
+        lines += ["", "Timed out before every name of a pass had its event."]
+    return "\n".join(lines)
+
+
+def refresh_targets(results: Results) -> list[Target]:
+    """Refreshing unchanged data: faster and cheaper than fetching it cold."""
+    refresh = results.get(PROJECT, {}).get("refresh")
+    if not refresh:
+        return []
+    speed = refresh_ratio(results, "unchanged", "names_per_s", "cold:jobs_per_s")
+    cpu = refresh.get("unchanged", {}).get("worker_cpu_ms_per_job")
+    size = refresh_ratio(results, "unchanged", "upstream_body_bytes", "pass:upstream_body_bytes")
+    match = refresh.get("changed", {}).get("flags_match_changes")
+    return [
+        Target("refresh unchanged: names/s vs cold jobs/s", speed, ">= 2x",
+               None if speed is None else speed >= 2),
+        Target("refresh unchanged: worker CPU ms/name", cpu, "<= 1.2",
+               None if cpu is None else cpu <= 1.2),
+        Target("refresh unchanged: body bytes vs cold refresh", size, "<= 0.01",
+               None if size is None else size <= 0.01),
+        Target("refresh 10% changed: changed flags = changed records", None, "exact",
+               None if match is None else bool(match)),
+    ]  # fmt: skip
 
 
 def _cell(value: object) -> str:
@@ -215,6 +303,8 @@ def render(results: Results) -> str:
     """Every scenario's table, then the targets; ↑/↓ says which way is better."""
     order = [name for name in TABLES if any(name in figures for figures in results.values())]
     parts = [scenario_table(name, results) for name in order]
+    if "refresh" in results.get(PROJECT, {}):
+        parts.append(refresh_table(results))
     parts.append(targets_table(targets(results)))
     return "\n\n".join(parts)
 

@@ -46,6 +46,7 @@ class Plan:
     hang_probability: float
     status_probability: float = 0.1
     catalog_size: int | None = None  # None: the whole index (POKEMON_CATALOG=*)
+    changed_share: float = 0.1  # records the upstream changes before the last refresh
     zipf_exponent: float = 1.1
     seed: int = 11
 
@@ -404,6 +405,87 @@ def faulty(ctx: Context, rate: float) -> Figures:
         "backend_failures": sum(1 for state, _ in done.values() if state == "FAILURE"),
         "upstream_calls_per_job": round(calls / len(names), 3),
         **latency_figures([at - by_id[task_id] for task_id, (_, at) in done.items()]),
+        **figures,
+        "timed_out": timed_out,
+    }
+
+
+# -- refresh: conditional requests over a stored catalog ----------------------------------
+
+EVENTS_STREAM = "events:results"
+
+
+def refresh(ctx: Context) -> Figures:
+    """The whole catalog stored, then refreshed (FRESHNESS_MAX_AGE=0) twice: unchanged,
+    then with `changed_share` of the records changed upstream.
+
+    Three `refresh_catalog` passes over the same stored keys: the first is cold (it
+    stores everything, and its upstream bytes are the cold refresh's), the second finds
+    every record unchanged (a 304 each), the third finds a seeded random tenth changed.
+    The worker must run with FRESHNESS_MAX_AGE=0, or the refreshes would be fresh hits.
+    """
+    reset(ctx)
+    size = ctx.plan.catalog_size
+    expected = list(ctx.names if size is None else ctx.names[:size])
+    cold_pass = _catalog_pass(ctx, expected, set())
+    ctx.sandbox.reset()
+    unchanged = _catalog_pass(ctx, expected, set())
+    ctx.sandbox.reset()  # also undoes record changes (none yet)
+    count = max(1, round(len(expected) * ctx.plan.changed_share))
+    changed_names = set(random.Random(ctx.plan.seed).sample(expected, count))
+    for name in sorted(changed_names):
+        ctx.sandbox.admin("POST", f"/records/pokemon/{name}")
+    changed = _catalog_pass(ctx, expected, changed_names)
+    return {
+        "names": len(expected),
+        "cold": cold_pass,
+        "unchanged": unchanged,
+        "changed": changed,
+        "timed_out": any(part["timed_out"] for part in (cold_pass, unchanged, changed)),
+    }
+
+
+def _catalog_pass(ctx: Context, expected: Sequence[str], changed: set[str]) -> Figures:
+    """One `refresh_catalog`, done when every name has its new `events:results` entry.
+
+    The end is the Redis time in the last entry's id (the same host clock as `start`);
+    which entries say `changed=1` is compared with the names the upstream changed.
+    """
+    last: list[tuple[str, dict[str, str]]] = ctx.results.xrevrange(EVENTS_STREAM, count=1)  # type: ignore[assignment]
+    after = "(" + last[0][0] if last else "-"
+    meter = Meter(ctx)
+    start = time.time()
+    ctx.producer.send_task(CATALOG_TASK, queue=ctx.system.queue)
+    deadline = time.monotonic() + max(120.0, len(expected) / 4)
+    entries: list[tuple[str, dict[str, str]]] = []
+    while True:
+        entries += ctx.results.xrange(EVENTS_STREAM, min=after, max="+")  # type: ignore[arg-type]
+        if entries:
+            after = f"({entries[-1][0]}"
+        if len({fields["id"] for _, fields in entries}) >= len(expected):
+            timed_out = False
+            break
+        if time.monotonic() > deadline:
+            timed_out = True
+            break
+        time.sleep(0.02)
+    figures = meter.finish(len(expected))
+    end = max((int(entry_id.split("-")[0]) / 1000 for entry_id, _ in entries), default=start)
+    flagged = {fields["id"] for _, fields in entries if fields.get("changed") == "1"}
+    revalidated = sum(1 for _, fields in entries if fields.get("revalidated") == "1")
+    upstream = ctx.sandbox.admin("GET", "/requests")
+    calls = upstream["counts"]
+    return {
+        "names_per_s": _rate(len(entries), start, end),
+        "seconds": round(end - start, 3),
+        "entries": len(entries),
+        "revalidated": revalidated,
+        "changed_flags": len(flagged),
+        "changed_upstream": len(changed),
+        "flags_match_changes": flagged == changed if changed or revalidated else None,
+        "upstream_calls": calls.get("pokemon", 0) + calls.get("pokemon_list", 0),
+        "not_modified": upstream.get("not_modified", 0),
+        "upstream_body_bytes": upstream.get("bytes_sent", 0),
         **figures,
         "timed_out": timed_out,
     }

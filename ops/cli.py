@@ -285,7 +285,8 @@ def enqueue(
     """
     kwargs = parse_kwargs(kwargs_json)
     check_call(task, args, kwargs)
-    options = {"queue": queue} if queue else {}
+    # The routing key too: the task's route would otherwise still name its usual queue.
+    options = {"queue": queue, "routing_key": queue} if queue else {}
     job = services.celery().send_task(task, args=list(args), kwargs=kwargs, **options)
     click.echo(job.id)
     if wait:

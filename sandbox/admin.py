@@ -1,12 +1,14 @@
 """The `/_sandbox` control endpoint: the Python control API over HTTP.
 
 It lets a process that did not start the server (a worker under test, a benchmark
-driver, a shell with curl) inject faults, read request counts and tune latency.
+driver, a shell with curl) inject faults, read request counts (with conditional
+requests, 304s and body bytes sent), change a record and tune latency.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -35,7 +37,9 @@ def handle(server: SandboxServer, request: Request) -> Response:
         if action == ("GET", "/faults"):
             return json_response(200, {"faults": server.pending_faults()})
         if action == ("GET", "/requests"):
-            return json_response(200, {"counts": server.call_counts(), "total": server.calls()})
+            return json_response(200, _requests(server))
+        if request.method == "POST" and action[1].startswith("/records/"):
+            return _change(server, action[1].removeprefix("/records/"))
         if action == ("POST", "/reset"):
             server.reset()
             return json_response(200, {"ok": True})
@@ -47,6 +51,30 @@ def handle(server: SandboxServer, request: Request) -> Response:
     except ValueError as error:
         return json_response(400, {"error": str(error)})
     return json_response(404, {"error": "unknown admin endpoint"})
+
+
+def _requests(server: SandboxServer) -> dict[str, Any]:
+    """Arrivals per route, conditional ones, 304s and body bytes sent (per route, total)."""
+    return {
+        "counts": server.call_counts(),
+        "total": server.calls(),
+        "conditional": server.conditional_calls(),
+        "not_modified": server.not_modified(),
+        "not_modified_by_route": server.not_modified_counts(),
+        "bytes_sent": server.bytes_sent(),
+        "bytes_by_route": server.bytes_sent_counts(),
+    }
+
+
+def _change(server: SandboxServer, target: str) -> Response:
+    """`POST /_sandbox/records/{route}/{key}`: edit one record (its ETag changes)."""
+    route, _, key = target.partition("/")
+    if not route or not key:
+        raise ValueError("expected /_sandbox/records/{route}/{key}")
+    try:
+        return json_response(200, server.change_record(route, unquote(key)))
+    except KeyError as error:
+        return json_response(404, {"error": str(error.args[0])})
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -6,10 +6,22 @@ tests can assert on it and caches see stable bodies between runs.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sandbox.messages import Request, Response, dump_json, json_response, query_int
+import orjson
+
+from sandbox.messages import (
+    Body,
+    Request,
+    Response,
+    body_response,
+    dump_json,
+    http_date,
+    json_response,
+    query_int,
+)
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
@@ -89,18 +101,57 @@ def build_articles() -> list[dict[str, Any]]:
     return articles
 
 
+def _last_modified(articles: list[dict[str, Any]]) -> str | None:
+    """The newest `updated_at` of some articles as an HTTP date."""
+    if not articles:
+        return None
+    newest = max(datetime.fromisoformat(article["updated_at"]) for article in articles)
+    return http_date(newest.timestamp())
+
+
 class Cms:
-    """Serves the CMS routes from a fixed article list."""
+    """Serves the CMS routes from an article list the admin API can edit.
+
+    Articles and pages carry an ETag (a hash of their bytes) and a Last-Modified (the
+    newest `updated_at`), and answer a matching conditional GET with 304.
+    """
 
     def __init__(self) -> None:
-        self.articles = build_articles()
-        self._by_slug = {article["slug"]: dump_json(article) for article in self.articles}
+        self._original = build_articles()
+        self._lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        """Undo every change made through `change`."""
+        with self._lock:
+            self.articles = list(self._original)
+            self._by_slug = {a["slug"]: Body(dump_json(a)) for a in self.articles}
+            self._revisions: dict[str, int] = {}
 
     def article(self, request: Request, slug: str) -> Response:
         body = self._by_slug.get(slug)
         if body is None:
             return json_response(404, {"error": "not found"})
-        return Response(200, body)
+        updated = orjson.loads(body.raw)["updated_at"]
+        modified = http_date(datetime.fromisoformat(updated).timestamp())
+        return body_response(request, body, conditional=True, last_modified=modified)
+
+    def change(self, slug: str) -> dict[str, Any] | None:
+        """Edit an article (a revised title, `updated_at` now); None for an unknown slug."""
+        with self._lock:
+            index = next(
+                (i for i, article in enumerate(self.articles) if article["slug"] == slug), None
+            )
+            if index is None:
+                return None
+            article = dict(self._original[index])
+            revision = self._revisions.get(slug, 0) + 1
+            self._revisions[slug] = revision
+            article["title"] = f"{article['title']} (revision {revision})"
+            article["updated_at"] = _iso(datetime.now(UTC).replace(microsecond=0))
+            self.articles[index] = article
+            body = self._by_slug[slug] = Body(dump_json(article))
+        return {"slug": slug, "revision": revision, "etag": body.etag}
 
     def article_list(self, request: Request) -> Response:
         try:
@@ -113,4 +164,5 @@ class Cms:
         if limit < 1 or offset < 0:
             return json_response(400, {"error": "limit must be >= 1 and offset >= 0"})
         page = self.articles[offset : offset + min(limit, MAX_LIMIT)]
-        return json_response(200, {"entities": page, "total": len(self.articles)})
+        body = Body(dump_json({"entities": page, "total": len(self.articles)}))
+        return body_response(request, body, conditional=True, last_modified=_last_modified(page))

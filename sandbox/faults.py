@@ -114,6 +114,8 @@ class Fault:
     def canned_response(self) -> Response | None:
         """The replacement response for kinds that are just a different answer."""
         if self.kind == "status":
+            if self.status in (204, 304):  # statuses that never carry a body
+                return Response(self.status, b"", None)
             return json_response(self.status, {"error": f"injected status {self.status}"})
         if self.kind == "rate_limited":
             return json_response(

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
 import orjson
@@ -106,24 +107,57 @@ def body_response(
     body: Body,
     *,
     conditional: bool = False,
+    last_modified: str | None = None,
     headers: tuple[tuple[str, str], ...] = (),
 ) -> Response:
     """Serve a cached body, gzipped when the client asks, as PokeAPI's CDN does.
 
-    With `conditional`, an ETag is sent and a matching If-None-Match gets 304.
+    With `conditional`, the ETag (and `last_modified`, when given) are sent, and a
+    request they match (`not_modified`) gets a 304 with the same headers and no body.
     """
     extra: list[tuple[str, str]] = [("Vary", "Accept-Encoding"), *headers]
     if conditional:
         extra.append(("ETag", body.etag))
-        if_none_match = request.header("if-none-match")
-        if if_none_match is not None and body.etag in {
-            tag.strip() for tag in if_none_match.split(",")
-        }:
+        if last_modified is not None:
+            extra.append(("Last-Modified", last_modified))
+        if not_modified(request, body.etag, last_modified):
             return Response(304, b"", None, tuple(extra))
     if request.accepts_gzip:
         extra.append(("Content-Encoding", "gzip"))
         return Response(200, body.gzipped, JSON_TYPE, tuple(extra))
     return Response(200, body.raw, JSON_TYPE, tuple(extra))
+
+
+def not_modified(request: Request, etag: str, last_modified: str | None) -> bool:
+    """Whether a conditional GET matches the current representation (RFC 9110 13.1).
+
+    `If-None-Match` is compared weakly (`W/"x"` matches `"x"`), `*` matches anything,
+    and when it is present `If-Modified-Since` is ignored, as the RFC asks.
+    """
+    if_none_match = request.header("if-none-match")
+    if if_none_match is not None:
+        tags = {_opaque(tag) for tag in if_none_match.split(",")}
+        return "*" in tags or _opaque(etag) in tags
+    if_modified_since = request.header("if-modified-since")
+    if if_modified_since is None or last_modified is None:
+        return False
+    try:
+        since = parsedate_to_datetime(if_modified_since)
+        modified = parsedate_to_datetime(last_modified)
+    except (TypeError, ValueError):
+        return False  # an unparsable date is ignored, as the RFC says
+    return modified <= since
+
+
+def _opaque(tag: str) -> str:
+    """An entity tag without its weakness marker, for the weak comparison."""
+    tag = tag.strip()
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def http_date(epoch_seconds: float) -> str:
+    """An IMF-fixdate, as Last-Modified carries it."""
+    return formatdate(epoch_seconds, usegmt=True)
 
 
 def query_int(request: Request, name: str) -> int | None:

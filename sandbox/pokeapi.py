@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
@@ -19,11 +20,21 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
 
-from sandbox.messages import Body, Request, Response, body_response, dump_json, text_response
+from sandbox.messages import (
+    Body,
+    Request,
+    Response,
+    body_response,
+    dump_json,
+    http_date,
+    text_response,
+)
 
 SPRITE_URL = "https://raw.githubusercontent.com/PokeAPI/sprites/master/sprites/pokemon/{id}.png"
 # The snapshot date of the stored records; a fixed value keeps Last-Modified stable.
 LAST_MODIFIED = "Sat, 01 Mar 2025 00:00:00 GMT"
+# What pokeapi.co sends with every record.
+CACHE_CONTROL = "public, max-age=86400, s-maxage=86400"
 DEFAULT_PAGE_LIMIT = 20
 _LIST_CACHE_SIZE = 1024
 # All 1351 bodies together take ~400 MB; a synthetic body rebuilds in about a millisecond,
@@ -86,6 +97,9 @@ class PokeApi:
         self._templates: dict[int, dict[str, Any]] = {}
         self._pages: dict[tuple[int, int], Body] = {}
         self._cache_limit: int | None = SYNTHETIC_CACHE_SIZE
+        # Records changed through the admin API: id -> (revision, body, Last-Modified).
+        self._changed: dict[int, tuple[int, Body, str]] = {}
+        self._changed_lock = threading.Lock()
 
     def prewarm(self) -> None:
         """Build and gzip every record now and keep them all (about 400 MB).
@@ -106,6 +120,42 @@ class PokeApi:
 
     def record(self, pokemon_id: int) -> Body:
         """The served body for a known id, built on first use."""
+        changed = self._changed.get(pokemon_id)
+        if changed is not None:
+            return changed[1]
+        return self._original(pokemon_id)
+
+    def last_modified(self, pokemon_id: int) -> str:
+        changed = self._changed.get(pokemon_id)
+        return LAST_MODIFIED if changed is None else changed[2]
+
+    def change(self, key: str) -> dict[str, Any] | None:
+        """Edit a record as the upstream would (its weight grows by one per revision), so
+        its ETag and Last-Modified change; None for an unknown key."""
+        pokemon_id = self.lookup(key)
+        if pokemon_id is None:
+            return None
+        with self._changed_lock:
+            revision = self._changed.get(pokemon_id, (0, None, ""))[0] + 1
+            record = json.loads(self._original(pokemon_id).raw)
+            record["weight"] = int(record["weight"]) + revision
+            body = Body(dump_json(record))
+            modified = http_date(time.time())
+            self._changed[pokemon_id] = (revision, body, modified)
+        return {
+            "id": pokemon_id,
+            "name": self.catalogue.name_by_id[pokemon_id],
+            "revision": revision,
+            "etag": body.etag,
+            "last_modified": modified,
+        }
+
+    def restore(self) -> None:
+        """Undo every change made through `change`."""
+        with self._changed_lock:
+            self._changed.clear()
+
+    def _original(self, pokemon_id: int) -> Body:
         real = self.catalogue.real.get(pokemon_id)
         if real is not None:
             body = self._real_bodies.get(pokemon_id)
@@ -135,13 +185,14 @@ class PokeApi:
             request,
             self.record(pokemon_id),
             conditional=True,
-            headers=(("Last-Modified", LAST_MODIFIED),),
+            last_modified=self.last_modified(pokemon_id),
+            headers=(("Cache-Control", CACHE_CONTROL),),
         )
 
     def pokemon_list(self, request: Request) -> Response:
         limit = _positive_int(request.query.get("limit"), DEFAULT_PAGE_LIMIT, strict=True)
         offset = _positive_int(request.query.get("offset"), 0, strict=False)
-        return body_response(request, self._page(offset, limit))
+        return body_response(request, self._page(offset, limit), conditional=True)
 
     def _page(self, offset: int, limit: int) -> Body:
         body = self._pages.get((offset, limit))

@@ -85,7 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(admin.handle(server.sandbox, request), head_only=head_only)
             return
         route = server.upstreams.resolve(request.path)
-        server.log.record(route.name if route else UNKNOWN_ROUTE, arrived)
+        conditional = "if-none-match" in request.headers or "if-modified-since" in request.headers
+        server.log.record(route.name if route else UNKNOWN_ROUTE, arrived, conditional=conditional)
         if route is None:
             self._send(not_found(), head_only=head_only)
             return
@@ -94,7 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
             server.stopping.wait(latency)
         fault = server.faults.take(route.name)
         if fault is None:
-            self._send(route.respond(request), head_only=head_only)
+            self._reply(route, request, head_only=head_only)
         else:
             self._misbehave(fault, route, request, head_only=head_only)
 
@@ -106,7 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
         stopping = self.server.stopping
         if fault.kind == "latency":
             stopping.wait(fault.seconds)
-            self._send(route.respond(request), head_only=head_only)
+            self._reply(route, request, head_only=head_only)
         elif fault.kind == "hang":
             self.close_connection = True
             stopping.wait(fault.seconds)
@@ -132,6 +133,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(response.body[index : index + 1])
         else:  # pragma: no cover - Fault.build rejects unknown kinds
             raise AssertionError(f"unhandled fault kind {fault.kind}")
+
+    def _reply(self, route: Route, request: Request, *, head_only: bool) -> None:
+        """The route's normal answer, counted (status, body bytes) in the request log."""
+        response = route.respond(request)
+        self.server.log.answered(
+            route.name, response.status, 0 if head_only else len(response.body)
+        )
+        self._send(response, head_only=head_only)
 
     def _reset(self) -> None:
         """Abort with a TCP RST: zero linger makes close() discard the connection."""
@@ -367,9 +376,12 @@ class SandboxServer:
         return self._faults.pending()
 
     def reset(self) -> None:
-        """Clear faults and the request log (latency is left as it is)."""
+        """Clear faults and the request log, undo record changes (latency is kept)."""
         self._faults.clear()
         self._log.clear()
+        if self._httpd is not None:
+            self._httpd.upstreams.pokeapi.restore()
+            self._httpd.upstreams.cms.restore()
 
     def calls(self, route: str | None = None) -> int:
         """Requests received for `route` (all routes when None), faulted ones included."""
@@ -382,3 +394,47 @@ class SandboxServer:
     def call_counts(self) -> dict[str, int]:
         """Requests per route, for the routes that received any."""
         return self._log.counts()
+
+    def conditional_calls(self) -> dict[str, int]:
+        """Requests per route that carried If-None-Match or If-Modified-Since."""
+        return self._log.conditional()
+
+    def not_modified(self, route: str | None = None) -> int:
+        """304 answers sent for `route` (all routes when None)."""
+        counts = self._log.not_modified()
+        return sum(counts.values()) if route is None else counts.get(route, 0)
+
+    def not_modified_counts(self) -> dict[str, int]:
+        """304 answers per route, for the routes that sent any."""
+        return self._log.not_modified()
+
+    def bytes_sent_counts(self) -> dict[str, int]:
+        """Body bytes of normal answers per route."""
+        return self._log.bytes_sent()
+
+    def bytes_sent(self, route: str | None = None) -> int:
+        """Body bytes of normal answers for `route` (all when None), as sent (gzipped)."""
+        counts = self._log.bytes_sent()
+        return sum(counts.values()) if route is None else counts.get(route, 0)
+
+    # -- records -------------------------------------------------------------------
+
+    def change_record(self, route: str, key: str) -> dict[str, object]:
+        """Edit one record as the upstream would, so its ETag and Last-Modified change.
+
+        `route` is `pokemon` (its weight grows by one per revision) or `article` (a
+        revised title and `updated_at`). Raises ValueError for another route, KeyError
+        for an unknown record.
+        """
+        if self._httpd is None:
+            raise RuntimeError("the sandbox server has not been started")
+        upstreams = self._httpd.upstreams
+        if route == "pokemon":
+            changed = upstreams.pokeapi.change(key)
+        elif route == "article":
+            changed = upstreams.cms.change(key)
+        else:
+            raise ValueError(f"records of {route!r} cannot be changed (pokemon, article)")
+        if changed is None:
+            raise KeyError(f"no {route} {key!r}")
+        return changed

@@ -103,7 +103,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()
-        job_began_at.set(began_at(self.request))
+        began = job_began_at.set(began_at(self.request))
         try:
             return super().__call__(*args, **kwargs)
         except HeldBack as exc:
@@ -119,6 +119,8 @@ class UpstreamTask(Task):  # type: ignore[misc]
             if not self.idempotent:
                 raise
             self._retry_later(exc)
+        finally:
+            job_began_at.reset(began)
 
     def _retry_later(self, exc: Exception) -> NoReturn:
         """A Celery retry with backoff, within TASK_MAX_RETRIES (deferrals not counted)."""

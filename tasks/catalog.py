@@ -7,6 +7,10 @@ is written atomically with its event and never over a newer one, a permanent fai
 recorded as a failure of `tasks.pokemon.fetch_pokemon(name)` (so it can be replayed by
 itself), and a transient one is handed to a single `fetch_pokemon` job with its own
 retries.
+
+A stored name is revalidated: its validators are read with the freshness check (the
+same round trip), its fetch is conditional, and a `304` brings the stored result forward
+in the same pipeline as the writes, with its own `revalidated=1` event.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from apis import PokeAPI
 from apis.errors import UpstreamError
 from tasks.base import failure_record
 from tasks.errors import InvalidInput, InvalidPayload
+from tasks.outcome import note_revalidation
 from tasks.runtime import Runtime
-from tasks.store import Fetched, now
+from tasks.store import Fetched, Freshness, Unchanged, now
 from tasks.transforms import pokemon_summary
 
 log = logging.getLogger("tasks.catalog")
@@ -35,6 +40,7 @@ class BatchOutcome:
     """What became of each name of a batch."""
 
     stored: list[str] = field(default_factory=list)
+    revalidated: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
@@ -42,6 +48,7 @@ class BatchOutcome:
     def summary(self) -> dict[str, int]:
         return {
             "stored": len(self.stored),
+            "revalidated": len(self.revalidated),
             "fresh": len(self.fresh),
             "failed": len(self.failed),
             "deferred": len(self.deferred),
@@ -60,29 +67,44 @@ def refresh_batch(
     """Fetch, transform and store every name of `names` (already validated, by name)."""
     store = runtime.store
     outcome = BatchOutcome()
-    max_age = runtime.settings.freshness_max_age
-    fresh = store.fresh_idents(KIND, names, newer_than=now() - max_age) if max_age else set()
+    settings = runtime.settings
+    freshness = Freshness(settings.freshness_max_age, settings.upstream_max_age)
+    started = now()
+    stored = store.stored_many(KIND, names)
+    fresh = {
+        name
+        for name, meta in stored.items()
+        if meta.fetched_at >= started - freshness.window(meta.max_age)
+    }
     outcome.fresh = [name for name in names if name in fresh]
     wanted = [name for name in names if name not in fresh]
 
-    def fetch(name: str) -> Fetched | BaseException:
+    def fetch(name: str) -> Fetched | Unchanged | BaseException:
+        known = stored.get(name)
         try:
-            payload = client.get_pokemon(name)
+            validators = known.validators if known is not None else None
+            payload = client.get_pokemon(name, validators=validators)
+            if payload.not_modified:
+                return Unchanged(
+                    KIND, name, now(), payload.etag, payload.last_modified, payload.max_age
+                )
             summary = pokemon_summary(payload.data)
         except (UpstreamError, InvalidPayload, InvalidInput) as exc:
             return exc
         return Fetched(
             KIND, summary["name"], summary, now(), payload.etag, payload.last_modified,
-            alias=str(summary["id"]),
+            alias=str(summary["id"]), max_age=payload.max_age,
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(wanted)))) as pool:
         fetched = list(pool.map(fetch, wanted))
-    results: list[Fetched] = []
+    results: list[Fetched | Unchanged] = []
     for name, result in zip(wanted, fetched, strict=True):
-        if isinstance(result, Fetched):
+        if isinstance(result, Fetched | Unchanged):
             results.append(result)
-            outcome.stored.append(name)
+            known = stored.get(name)
+            if known is not None and known.validators is not None:
+                note_revalidation(modified=isinstance(result, Fetched))
         elif isinstance(result, UpstreamError) and result.is_transient:
             defer(name)
             outcome.deferred.append(name)
@@ -90,5 +112,13 @@ def refresh_batch(
             store.record_failure(failure_record(SINGLE_TASK, task_id, [name], {}, result, 1))
             outcome.failed.append(name)
     if results:
-        store.write_many(results, task_id)
+        applied = store.apply_many(results, task_id)
+        for result, applied_as in zip(results, applied, strict=True):
+            if applied_as == "gone":  # the stored value vanished: fetch it whole alone
+                defer(result.ident)
+                outcome.deferred.append(result.ident)
+            elif isinstance(result, Unchanged):
+                outcome.revalidated.append(result.ident)
+            else:
+                outcome.stored.append(result.ident)
     return outcome

@@ -4,46 +4,91 @@ from __future__ import annotations
 
 from typing import Any
 
-from apis import CmsAPI, get_client
+from apis import CmsAPI, Validators, get_client
+from apis.cms import MAX_PAGE_SIZE
 from tasks import validation
 from tasks.base import UpstreamTask
+from tasks.outcome import note_revalidation
 from tasks.runtime import Runtime, get_runtime
 from tasks.single_flight import fetch_once
-from tasks.store import Fetched, now
+from tasks.store import Fetched, Page, Unchanged, now
 from tasks.transforms import ArticleSummary, article_summary
 from worker.app import app
 
 KIND = "article"
+PAGE_SIZE = MAX_PAGE_SIZE
 
 
 def sync_one(slug: str, task_id: str, *, runtime: Runtime, client: CmsAPI) -> ArticleSummary:
-    def fetch() -> Fetched:
-        payload = client.get(slug)
-        summary = article_summary(payload.data)
-        return Fetched(KIND, summary["slug"], summary, now(), payload.etag, payload.last_modified)
+    """Store one article; a stored one is revalidated (a 304 brings it forward)."""
 
+    def fetch(validators: Validators | None) -> Fetched | Unchanged:
+        payload = client.get(slug, validators=validators)
+        if payload.not_modified:
+            return Unchanged(
+                KIND, slug, now(), payload.etag, payload.last_modified, payload.max_age
+            )
+        summary = article_summary(payload.data)
+        return Fetched(
+            KIND, summary["slug"], summary, now(), payload.etag, payload.last_modified,
+            max_age=payload.max_age,
+        )  # fmt: skip
+
+    settings = runtime.settings
     value: ArticleSummary = fetch_once(
         runtime.store,
         KIND,
         slug,
         fetch,
         task_id=task_id,
-        max_age=runtime.settings.freshness_max_age,
-        lock_seconds=runtime.settings.single_flight_lock_seconds,
-        wait_seconds=runtime.settings.single_flight_wait_seconds,
+        max_age=settings.freshness_max_age,
+        lock_seconds=settings.single_flight_lock_seconds,
+        wait_seconds=settings.single_flight_wait_seconds,
+        upstream_max_age=settings.upstream_max_age,
     )
     return value
 
 
 def sync_every(task_id: str, *, runtime: Runtime, client: CmsAPI) -> dict[str, Any]:
-    """Fetch every page, then write all articles in one pipeline."""
-    fetched_at = now()
-    results = [
-        Fetched(KIND, summary["slug"], summary, fetched_at)
-        for summary in map(article_summary, client.get_all_articles())
-    ]
-    written = runtime.store.write_many(results, task_id)
-    return {"articles": len(results), "written": written}
+    """Fetch every page (each conditionally, by the validators it had last time), then
+    write the articles of changed pages and revalidate those of unchanged ones, in one
+    pipeline. An unchanged page's articles are the ids it listed last time."""
+    store = runtime.store
+    items: list[Fetched | Unchanged] = []
+    pages: list[Page] = []
+    offset = 0
+    while True:
+        page_id = f"{offset}:{PAGE_SIZE}"
+        known = store.read_page(KIND, page_id)
+        validators = known.validators if known is not None else None
+        payload = client.get_articles_page(PAGE_SIZE, offset, validators=validators)
+        if validators is not None:
+            note_revalidation(modified=not payload.not_modified)
+        fetched_at = now()
+        if payload.not_modified and known is not None:
+            slugs, total = known.idents, known.total
+            items.extend(Unchanged(KIND, slug, fetched_at) for slug in slugs)
+        else:
+            summaries = [article_summary(entity) for entity in payload.data["entities"]]
+            slugs, total = [summary["slug"] for summary in summaries], payload.data["total"]
+            items.extend(Fetched(KIND, s["slug"], s, fetched_at) for s in summaries)
+        pages.append(Page(page_id, payload.etag, payload.last_modified, slugs, total, fetched_at))
+        offset += len(slugs)
+        if not slugs or offset >= total:
+            break
+    applied = store.apply_many(items, task_id)
+    # An unchanged page whose article is no longer stored: that one is fetched whole.
+    gone = [item.ident for item, how in zip(items, applied, strict=True) if how == "gone"]
+    refetched = [_whole_article(client, slug) for slug in gone]
+    written = applied.count("written") + store.write_many(refetched, task_id)
+    store.write_pages(KIND, pages)
+    return {"articles": len(items), "written": written, "revalidated": applied.count("revalidated")}
+
+
+def _whole_article(client: CmsAPI, slug: str) -> Fetched:
+    payload = client.get(slug)
+    summary = article_summary(payload.data)
+    return Fetched(KIND, summary["slug"], summary, now(), payload.etag, payload.last_modified)
 
 
 @app.task(name="tasks.cms.sync_article", base=UpstreamTask, bind=True)
@@ -55,5 +100,5 @@ def sync_article(self: UpstreamTask, slug: str) -> ArticleSummary:
 
 @app.task(name="tasks.cms.sync_articles", base=UpstreamTask, bind=True)
 def sync_articles(self: UpstreamTask) -> dict[str, Any]:
-    """Store every article; returns how many were fetched and written."""
+    """Store every article; returns how many were listed, written and revalidated."""
     return sync_every(self.request.id, runtime=get_runtime(), client=get_client(CmsAPI))

@@ -19,6 +19,10 @@ class Keys:
         """A hash beside the value: fetched_at, task_id, etag, last_modified."""
         return f"{self.prefix}meta:{kind}:{ident}"
 
+    def page(self, kind: str, page: str) -> str:
+        """The validators and ids of one list page, for a conditional fetch of it."""
+        return f"{self.prefix}meta:{kind}-page:{page}"
+
     def lock(self, kind: str, ident: str) -> str:
         """The single-flight lock of one result."""
         return f"{self.prefix}lock:{kind}:{ident}"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from apis import PokeAPI, get_client
+from apis import Payload, PokeAPI, Validators, get_client
 from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.catalog import refresh_batch
 from tasks.runtime import Runtime, get_runtime
 from tasks.single_flight import fetch_once
-from tasks.store import Fetched, now
+from tasks.store import Fetched, Unchanged, now
 from tasks.transforms import PokemonSummary, pokemon_summary
 from worker.app import app
 
@@ -22,12 +22,12 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
 
     `ref` is a validated lower-case name or a numeric id; an id is stored under the
     canonical name the upstream returns, and remembered so the next id job finds it.
+    A stored result is revalidated (a conditional fetch; a 304 brings it forward).
     """
     store = runtime.store
     name = store.pokemon_name_for_id(ref) if ref.isdigit() else ref
 
-    def fetch() -> Fetched:
-        payload = client.get_pokemon(ref if name is None else name)
+    def stored(payload: Payload) -> Fetched:
         summary = pokemon_summary(payload.data)
         return Fetched(
             kind=KIND,
@@ -37,22 +37,35 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
             etag=payload.etag,
             last_modified=payload.last_modified,
             alias=str(summary["id"]),
+            max_age=payload.max_age,
         )
 
     if name is None:  # an id not seen before: its key is known only after the fetch
-        result = fetch()
+        result = stored(client.get_pokemon(ref))
         store.write(result, task_id)
         summary: PokemonSummary = result.value
         return summary
+    known: str = name
+
+    def fetch(validators: Validators | None) -> Fetched | Unchanged:
+        payload = client.get_pokemon(known, validators=validators)
+        if payload.not_modified:
+            return Unchanged(
+                KIND, known, now(), payload.etag, payload.last_modified, payload.max_age
+            )
+        return stored(payload)
+
+    settings = runtime.settings
     value: PokemonSummary = fetch_once(
         store,
         KIND,
         name,
         fetch,
         task_id=task_id,
-        max_age=runtime.settings.freshness_max_age,
-        lock_seconds=runtime.settings.single_flight_lock_seconds,
-        wait_seconds=runtime.settings.single_flight_wait_seconds,
+        max_age=settings.freshness_max_age,
+        lock_seconds=settings.single_flight_lock_seconds,
+        wait_seconds=settings.single_flight_wait_seconds,
+        upstream_max_age=settings.upstream_max_age,
     )
     return value
 

@@ -11,6 +11,10 @@ A job that finds the lease taken waits in its thread only briefly
 (`SINGLE_FLIGHT_WAIT_SECONDS`) for a result stored after it began. If none arrives, it
 is deferred until the lease would run out (`SingleFlightBusy`, a held-back call): the
 thread goes back to jobs for other keys instead of sleeping on a key it cannot serve.
+
+The holder's fetch is conditional when a copy is stored: the claim hands it the stored
+validators, and a `304` (an `Unchanged`) brings the stored result forward instead of
+writing it again. Waiters see that as a fresh result, exactly like a write.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from apis.conditional import Validators
 from apis.errors import HeldBack
-from tasks.store import Fetched, ResultStore, now
+from tasks.outcome import note_revalidation
+from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, now
 
 log = logging.getLogger("tasks.single_flight")
 
@@ -123,29 +129,38 @@ class LeaseKeeper:
 LEASES = LeaseKeeper()
 
 
+Fetch = Callable[[Validators | None], Fetched | Unchanged]
+
+
 def fetch_once(
     store: ResultStore,
     kind: str,
     ident: str,
-    fetch: Callable[[], Fetched],
+    fetch: Fetch,
     *,
     task_id: str,
     max_age: float,
     lock_seconds: float,
     wait_seconds: float = 1.0,
+    upstream_max_age: float | None = None,
 ) -> Any:
     """Return a fresh value for (kind, ident), calling `fetch` only when none exists.
 
-    With `max_age` 0 only a result stored after this job began counts as fresh. Raises
-    `SingleFlightBusy` when another job's fetch outlasts `wait_seconds`.
+    `fetch` gets the stored copy's validators (None: fetch in full) and returns a new
+    result or `Unchanged`. With `max_age` 0 only a result stored after this job began
+    counts as fresh; with `upstream_max_age`, a result the upstream gave a lifetime is
+    fresh for that long instead, up to `upstream_max_age`. Raises `SingleFlightBusy` when
+    another job's fetch outlasts `wait_seconds`.
     """
-    began = job_began_at.get() or now()
-    fresh_since = min(began, now() - max_age)
+    freshness = Freshness(max_age, upstream_max_age)
+    started = job_began_at.get() or now()
     token = uuid.uuid4().hex
     deadline = time.monotonic() + wait_seconds
     waited = False
     while True:
-        claim = store.claim(kind, ident, fresh_since=fresh_since, token=token, ttl=lock_seconds)
+        claim = store.claim(
+            kind, ident, started=started, freshness=freshness, token=token, ttl=lock_seconds
+        )
         if claim.state == "fresh":
             if not waited:
                 FRESHNESS_HITS.labels(kind).inc()
@@ -161,12 +176,37 @@ def fetch_once(
                 retry_after=max(claim.lease_left, POLL_SECONDS),
             )
         time.sleep(POLL_SECONDS)
-    lock_key = store.keys.lock(kind, ident)
-    with LEASES.holding(store, lock_key, token, lock_seconds):
+    lock = (store.keys.lock(kind, ident), token)
+    with LEASES.holding(store, lock[0], token, lock_seconds):
         try:
-            result = fetch()
-            store.write(result, task_id, release=(lock_key, token))
+            return _fetch_and_write(store, fetch, claim.validators, task_id, lock)
         except BaseException:
-            store.release(lock_key, token)
+            store.release(*lock)
             raise
+
+
+def _fetch_and_write(
+    store: ResultStore,
+    fetch: Fetch,
+    validators: Validators | None,
+    task_id: str,
+    lock: tuple[str, str],
+) -> Any:
+    """Fetch (conditionally when `validators`), then write or revalidate, releasing `lock`."""
+    result = fetch(validators)
+    if validators is not None:
+        note_revalidation(modified=not isinstance(result, Unchanged))
+    if isinstance(result, Unchanged):
+        value = store.revalidate(result, task_id, release=lock)
+        if value is not GONE:
+            return value
+        result = _whole(fetch(None))  # the stored value vanished since the claim
+    store.write(result, task_id, release=lock)
     return result.value
+
+
+def _whole(result: Fetched | Unchanged) -> Fetched:
+    """A fetch without validators never comes back unchanged; anything else is a bug."""
+    if isinstance(result, Unchanged):
+        raise TypeError("an unconditional fetch was answered 'unchanged'")
+    return result

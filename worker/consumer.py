@@ -47,9 +47,10 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         log.error(
-            "undecodable message dropped from the queue: %s (content type %r)",
-            type(exc).__name__,
+            "unreadable message rejected (content type %r): %s: %s",
             message.content_type,
+            type(exc).__name__,
+            redact(str(exc)),
         )
         excerpt = _excerpt(message.body)
         _record(

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from pythonjsonlogger.json import JsonFormatter
 
 from apis.redact import redact
-from tasks.outcome import begin_job, result_keys
+from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("worker.jobs")
@@ -119,8 +119,9 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
     JOB_SECONDS.labels(task.name).observe(duration)
     delivery = getattr(task.request, "delivery_info", None) or {}
     keys = result_keys()
+    revalidated = revalidations()
     log.info(
-        "job %s task=%s id=%s queue=%s duration_ms=%.1f attempts=%d key=%s",
+        "job %s task=%s id=%s queue=%s duration_ms=%.1f attempts=%d key=%s revalidation=%s",
         state,
         task.name,
         task_id,
@@ -128,6 +129,7 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
         duration * 1000,
         (task.request.retries or 0) + 1,
         ",".join(keys[:3]) + ("..." if len(keys) > 3 else "") if keys else "-",
+        revalidation_text(revalidated),
         extra={
             "task": task.name,
             "task_id": task_id,
@@ -135,6 +137,7 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
             "duration_ms": round(duration * 1000, 1),
             "attempts": (task.request.retries or 0) + 1,
             "result_keys": keys[:10],
+            "revalidation": revalidated,
         },
     )
 

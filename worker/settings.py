@@ -53,6 +53,10 @@ class WorkerSettings(RedisSettings):
 
     # Freshness: a result younger than this is served from Redis without an upstream call.
     freshness_max_age: float = Field(300.0, ge=0)
+    # Let a result's window follow the upstream's Cache-Control max-age instead, at most
+    # FRESHNESS_UPSTREAM_MAX_AGE: off by default, so the window is the operator's.
+    freshness_from_upstream: bool = False
+    freshness_upstream_max_age: float = Field(3600.0, ge=0)
     # The single-flight lease of a key: renewed by its holder while it fetches, so a dead
     # holder delays the other jobs for that key by this much at most.
     single_flight_lock_seconds: float = Field(4.0, ge=0.5, le=60)
@@ -215,6 +219,11 @@ class WorkerSettings(RedisSettings):
     def result_backend(self) -> str:
         url: str = self.celery_connection.settings["result_backend"]
         return url
+
+    @property
+    def upstream_max_age(self) -> float | None:
+        """The cap of an upstream-given freshness window; None when it is not followed."""
+        return self.freshness_upstream_max_age if self.freshness_from_upstream else None
 
     @property
     def whole_catalog(self) -> bool:

@@ -90,7 +90,8 @@ class AmqpBroker:
                 )
             except requests.RequestException as exc:
                 raise BrokerError(f"RabbitMQ management API: {type(exc).__name__}") from exc
-            if answer.status_code == 404:
+            if answer.status_code == 404:  # never declared: nothing delivered from it
+                found[name] = 0
                 continue
             if answer.status_code != 200:
                 raise BrokerError(f"RabbitMQ management API answered {answer.status_code}")

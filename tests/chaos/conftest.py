@@ -21,6 +21,8 @@ from celery import Celery
 from sandbox.pokeapi import load_catalogue
 from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
+from tests.support.rabbitmq import RabbitServer
+from worker.broker import ALL_QUEUES
 
 SCALE = float(os.environ.get("CHAOS_SCALE", "1"))
 FETCH = "tasks.pokemon.fetch_pokemon"
@@ -41,22 +43,34 @@ def pokemon_names(count: int) -> list[str]:
 
 
 class Deployment:
-    """A worker environment on its own databases, its producer, and its workers."""
+    """A worker environment on its own databases (and, on RabbitMQ, its own vhost), its
+    producer, and its workers."""
 
-    def __init__(self, redis_url: str, sandbox: Any, overrides: dict[str, str]) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        sandbox: Any,
+        overrides: dict[str, str],
+        *,
+        broker_url: str,
+        rabbit: RabbitServer | None = None,
+    ) -> None:
         self.env = worker_environment(
             redis_url,
             sandbox,
             REDIS_URL=with_db(redis_url, RESULTS_DB),
-            CELERY_BROKER_URL=with_db(redis_url, BROKER_DB),
+            CELERY_BROKER_URL=broker_url,
             CELERY_RESULT_BACKEND=with_db(redis_url, BACKEND_DB),
             **overrides,
         )
+        self.rabbit = rabbit
         self.results = redis.Redis.from_url(self.env["REDIS_URL"], decode_responses=True)
-        self.broker = redis.Redis.from_url(self.env["CELERY_BROKER_URL"])
         self.backend = redis.Redis.from_url(self.env["CELERY_RESULT_BACKEND"])
+        #: The Redis broker's own client (its lists and unacked hash); None on RabbitMQ.
+        self.broker = None if rabbit else redis.Redis.from_url(broker_url)
         for client in (self.results, self.broker, self.backend):
-            client.flushdb()
+            if client is not None:
+                client.flushdb()
         self.producer: Celery = producer_app(
             self.env["CELERY_BROKER_URL"], self.env["CELERY_RESULT_BACKEND"]
         )
@@ -80,8 +94,11 @@ class Deployment:
 
     def drained(self) -> bool:
         """No job waiting in a queue and none taken but unacknowledged (running or due)."""
-        queues = ("pokeapi", "cms", "semaphore", "celery")
-        return not any(self.broker.llen(queue) for queue in queues) and not self.broker.hlen(
+        if self.rabbit is not None:
+            counts = self.rabbit.queue_counts(self.env["CELERY_BROKER_URL"])
+            return not any(ready or unacked for ready, unacked in counts.values())
+        assert self.broker is not None
+        return not any(self.broker.llen(queue) for queue in ALL_QUEUES) and not self.broker.hlen(
             "unacked"
         )
 
@@ -94,16 +111,30 @@ class Deployment:
                 worker.stop()
         self.producer.close()
         for client in (self.results, self.broker, self.backend):
-            client.close()
+            if client is not None:
+                client.close()
 
 
 @pytest.fixture
-def deploy(redis_server_url: str, sandbox: Any) -> Iterator[Callable[..., Deployment]]:
-    """Make deployments (on the suite's Redis, or on `redis_url=`); all stopped after."""
+def deploy(
+    redis_server_url: str,
+    sandbox: Any,
+    broker_kind: str,
+    new_broker: Callable[[int], str],
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., Deployment]]:
+    """Make deployments (on the suite's Redis, or on `redis_url=`), each on this test's
+    broker; all stopped after."""
     made: list[Deployment] = []
 
     def make(redis_url: str | None = None, **overrides: str) -> Deployment:
-        deployment = Deployment(redis_url or redis_server_url, sandbox, overrides)
+        base = redis_url or redis_server_url
+        if broker_kind == "amqp":
+            broker_url = new_broker(BROKER_DB)
+            rabbit = request.getfixturevalue("rabbit_server")
+        else:
+            broker_url, rabbit = with_db(base, BROKER_DB), None
+        deployment = Deployment(base, sandbox, overrides, broker_url=broker_url, rabbit=rabbit)
         made.append(deployment)
         return deployment
 

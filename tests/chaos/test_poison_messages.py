@@ -7,6 +7,8 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
 from tests.chaos.conftest import FETCH, Deployment
 from tests.chaos.test_redis_restart import Supervisor
 from tests.support.celery_worker import wait_for
@@ -52,6 +54,7 @@ def serve_one(deployment: Deployment, supervisor: Supervisor, name: str) -> None
     assert job.get(timeout=1)["name"] == name
 
 
+@pytest.mark.broker("redis")  # raw items in kombu's Redis lists; AMQP: test_dead_letters
 def test_malformed_queue_items_never_stop_the_service(deploy, sandbox: Any) -> None:
     """Raw items pushed into the queue: consumed once, logged, and the next job is served."""
     deployment = deploy()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.chaos.conftest import FETCH, Deployment, pokemon_names, scaled
+from tests.integration.conftest import fast_redelivery
 from tests.support.celery_worker import WorkerProcess, wait_for
 from tests.support.redis_server import RedisServer
 
@@ -49,15 +50,14 @@ class Supervisor:
 
 
 def test_jobs_before_and_after_a_redis_restart_all_complete(
-    deploy, durable_redis: RedisServer, sandbox: Any
+    deploy, durable_redis: RedisServer, sandbox: Any, broker_kind: str
 ) -> None:
     """Restart mid-flow: jobs sent after it all stored, none lost, the worker serving."""
     deployment = deploy(
         redis_url=durable_redis.url,
-        # Jobs a worker held when the connection dropped come back after this long.
-        BROKER_VISIBILITY_TIMEOUT="5",
-        BROKER_RESTORE_INTERVAL="1",
-        SINGLE_FLIGHT_LOCK_SECONDS="5",
+        # On the Redis broker, jobs a worker held when the connection dropped come back
+        # after the visibility timeout: 12 s here instead of 600 s.
+        **fast_redelivery(broker_kind),
     )
     supervisor = Supervisor(deployment)
     sandbox.latency = 0.05

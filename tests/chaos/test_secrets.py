@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import redis
 
 from tests.chaos.conftest import Deployment
@@ -16,6 +17,7 @@ SYNC_ALL = "tasks.semaphore.sync_all_projects"
 SYNC_PIPELINES = "tasks.semaphore.sync_pipelines"
 
 
+@pytest.mark.broker("redis")  # reads every key of the Redis broker
 def test_the_token_never_leaves_the_request_header(deploy, sandbox: Any) -> None:
     """401s, 5xx, a redirect echoing the token, DEBUG logs: the token is nowhere."""
     accepted = sandbox.semaphore_token

@@ -92,3 +92,20 @@ def test_the_project_stores_or_records_every_faulty_job(quick_run: Any) -> None:
     _, document = quick_run
     assert document is not None
     assert document["systems"]["project"]["faulty"]["lost_jobs"] == 0
+
+
+def test_the_refresh_scenario_revalidates_and_flags_exactly_the_changed(quick_run: Any) -> None:
+    """Refresh unchanged: a 304 per name, no body bytes; 10% changed: the flags match."""
+    _, document = quick_run
+    assert document is not None
+    refresh = document["systems"]["project"]["refresh"]
+    assert refresh["timed_out"] is False
+    names = refresh["names"]
+    unchanged, changed = refresh["unchanged"], refresh["changed"]
+    assert unchanged["not_modified"] == unchanged["revalidated"] == names
+    assert unchanged["upstream_body_bytes"] == 0 < refresh["cold"]["upstream_body_bytes"]
+    assert changed["flags_match_changes"] is True
+    assert changed["changed_flags"] == changed["changed_upstream"] > 0
+    assert changed["revalidated"] == names - changed["changed_upstream"]
+    assert unchanged["names_per_s"] > 0
+    assert unchanged["worker_cpu_ms_per_job"] > 0

@@ -28,6 +28,7 @@ CHARIZARD = {
 }
 FETCH = "tasks.pokemon.fetch_pokemon"
 TIMEOUT = 30
+MANAGEMENT_URL = os.environ.get("TEST_AMQP_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
 
 Run = Callable[..., Result]
 Entry = tuple[str, dict[str, str]]
@@ -236,6 +237,7 @@ def queue_table(output: str) -> dict[str, list[str]]:
     return {row.split()[0]: row.split()[1:] for row in rows}
 
 
+@pytest.mark.broker("redis")
 def test_queues_counts_waiting_jobs(run: Run, redis_server_url: str, results: redis.Redis) -> None:
     """Ready and unacknowledged jobs per queue on the Redis broker; no dead-letter column
     there ("-"). Jobs on a broker nobody consumes are counted where they were routed."""
@@ -254,6 +256,28 @@ def test_queues_counts_waiting_jobs(run: Run, redis_server_url: str, results: re
         "semaphore": ["0", "0", "-"],
         "celery": ["0", "0", "-"],
     }
+
+
+@pytest.mark.broker("amqp")
+def test_queues_on_rabbitmq_counts_ready_and_dead_and_asks_management_for_unacked(
+    run: Run, new_broker: Callable[[int], str], results: redis.Redis
+) -> None:
+    """On a vhost nobody consumes: ready counts over AMQP at once, the dead-letter column
+    filled, and the unacknowledged column only with the management API."""
+    idle = new_broker(3)
+    assert run("enqueue", FETCH, "pikachu", CELERY_BROKER_URL=idle).exit_code == 0
+    assert run("enqueue", FETCH, "mew", "--queue", "cms", CELERY_BROKER_URL=idle).exit_code == 0
+    plain = run("queues", CELERY_BROKER_URL=idle, RABBITMQ_MANAGEMENT_URL=None)
+    assert plain.exit_code == 0, plain.output
+    assert queue_table(plain.stdout) == {
+        "pokeapi": ["1", "-", "0"],
+        "cms": ["1", "-", "0"],
+        "semaphore": ["0", "-", "0"],
+        "celery": ["0", "-", "0"],
+    }
+    managed = run("queues", CELERY_BROKER_URL=idle, RABBITMQ_MANAGEMENT_URL=MANAGEMENT_URL)
+    assert managed.exit_code == 0, managed.output
+    assert [row[1] for row in queue_table(managed.stdout).values()] == ["0"] * 4
 
 
 def test_health_ok_with_the_worker_up(run: Run, results: redis.Redis, sandbox: Any) -> None:

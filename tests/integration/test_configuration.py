@@ -18,7 +18,9 @@ from tests.support.celery_worker import REPO_ROOT
         ("POKEAPI_BASE_URL", "ftp://example.com"),
         ("HTTP_READ_TIMEOUT", "-1"),
         ("RESULT_KEY_PREFIX", "bad prefix!"),
-        ("BROKER_VISIBILITY_TIMEOUT", "100"),
+        ("BROKER_VISIBILITY_TIMEOUT", "100"),  # below 2 x TASK_TIME_LIMIT + 300 s
+        ("BROKER_DELIVERY_LIMIT", "3"),  # a RabbitMQ setting, on the Redis broker
+        ("CELERY_BROKER_URL", "kafka://localhost:9092"),
         ("TASK_SOFT_TIME_LIMIT", "30"),
     ],
 )
@@ -32,6 +34,26 @@ def test_invalid_settings_fail_at_start_naming_the_setting(name: str, value: str
     assert done.returncode == 1
     assert "invalid configuration" in done.stderr
     assert name.lower() in done.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"BROKER_VISIBILITY_TIMEOUT": "900"},  # a Redis setting, on RabbitMQ
+        {"BROKER_CONSUMER_TIMEOUT": "600"},  # under 150 s x (1 + 4)
+    ],
+)
+def test_rabbitmq_refuses_settings_that_do_not_fit_it(settings: dict[str, str]) -> None:
+    """With an amqp:// broker, a Redis-only setting or a consumer timeout shorter than a
+    prefetched job can wait stops the worker at start, naming the setting."""
+    env = {**os.environ, "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/x", **settings}
+    done = subprocess.run(
+        [sys.executable, "-c", "import worker"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "invalid configuration" in done.stderr
+    assert next(iter(settings)) in done.stderr
 
 
 def test_a_missing_semaphore_token_does_not_stop_the_worker() -> None:

@@ -214,7 +214,7 @@ def test_compose_file_describes_the_stack() -> None:
     """Valid for compose (when installed), and shaped as the README promises."""
     model = compose_model()
     services = model["services"]
-    assert set(services) == {"redis", "worker", "beat", "flower", "sandbox"}
+    assert {"redis", "worker", "beat", "flower", "sandbox", "rabbitmq"} <= set(services)
     redis_service = services["redis"]
     assert redis_service["image"].startswith("redis:7")
     assert "--appendonly" in redis_service["command"]
@@ -231,6 +231,35 @@ def test_compose_file_describes_the_stack() -> None:
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert services["sandbox"]["profiles"] == ["offline"]
     assert "--host" in services["sandbox"]["command"]
+
+
+def test_compose_rabbitmq_profile_is_the_broker_of_worker_and_beat_when_chosen() -> None:
+    """The rabbitmq service sits in its own profile; worker, beat and Flower take their
+    broker from CELERY_BROKER_URL (empty: Redis) and wait for RabbitMQ only when it runs;
+    it keeps its data on a volume and refuses to start without a password."""
+    model = compose_model()
+    rabbit = model["services"]["rabbitmq"]
+    assert rabbit["profiles"] == ["rabbitmq"]
+    assert rabbit["image"].startswith("rabbitmq:3")
+    assert "rabbitmq-data:/var/lib/rabbitmq" in rabbit["volumes"]
+    assert rabbit["environment"]["RABBITMQ_DEFAULT_VHOST"] == "apiworker"
+    assert all(port.startswith("127.0.0.1:") for port in rabbit["ports"])
+    assert "rabbitmq-diagnostics" in rabbit["healthcheck"]["test"]
+    for name in ("worker", "beat", "flower"):
+        service = model["services"][name]
+        assert service["environment"]["CELERY_BROKER_URL"] == "${CELERY_BROKER_URL:-}"
+        assert service["depends_on"]["rabbitmq"] == {
+            "condition": "service_healthy",
+            "required": False,
+        }
+    script = (
+        rabbit["command"][2].replace("$$", "$").replace("exec docker-entrypoint.sh", "exec true")
+    )
+    refused = subprocess.run(
+        ["sh", "-c", script], env=clean_env(), capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 64
+    assert "RABBITMQ_PASSWORD" in refused.stderr
 
 
 def test_flower_service_refuses_to_start_without_basic_auth() -> None:

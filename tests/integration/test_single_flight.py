@@ -11,8 +11,10 @@ import redis
 
 from tasks.keys import Keys
 from tasks.single_flight import SingleFlightBusy, fetch_once, job_began_at
-from tasks.store import Fetched, ResultStore, now
+from tasks.store import Fetched, Freshness, ResultStore, now
 from tests.support.celery_worker import wait_for
+
+NO_FRESHNESS = Freshness(0)
 
 
 def make_store(url: str) -> ResultStore:
@@ -26,7 +28,7 @@ def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str
     gate = threading.Event()
     lock = threading.Lock()
 
-    def fetch() -> Fetched:
+    def fetch(_: object) -> Fetched:
         nonlocal calls
         with lock:
             calls += 1
@@ -61,7 +63,7 @@ def test_a_result_older_than_the_job_is_refetched_when_freshness_is_off(redis_ur
         store,
         "pokemon",
         "mew",
-        lambda: Fetched("pokemon", "mew", {"v": 2}, now()),
+        lambda _: Fetched("pokemon", "mew", {"v": 2}, now()),
         task_id="new",
         max_age=0,
         lock_seconds=10,
@@ -74,7 +76,7 @@ def test_a_fresh_result_is_served_without_fetching(redis_url: str) -> None:
     store = make_store(redis_url)
     store.write(Fetched("pokemon", "mew", {"v": 1}, now() - 5), "old")
 
-    def fetch() -> Fetched:
+    def fetch(_: object) -> Fetched:
         raise AssertionError("must not fetch")
 
     value = fetch_once(store, "pokemon", "mew", fetch, task_id="t", max_age=60, lock_seconds=10)
@@ -85,7 +87,7 @@ def test_a_failed_fetch_releases_the_lock_for_the_next_job(redis_url: str) -> No
     """The lock of a failed fetch is freed at once, not left to expire."""
     store = make_store(redis_url)
 
-    def failing() -> Fetched:
+    def failing(_: object) -> Fetched:
         raise RuntimeError("upstream down")
 
     with pytest.raises(RuntimeError):
@@ -95,7 +97,7 @@ def test_a_failed_fetch_releases_the_lock_for_the_next_job(redis_url: str) -> No
         store,
         "pokemon",
         "mew",
-        lambda: Fetched("pokemon", "mew", {"v": 3}, now()),
+        lambda _: Fetched("pokemon", "mew", {"v": 3}, now()),
         task_id="b",
         max_age=0,
         lock_seconds=30,
@@ -111,7 +113,7 @@ def test_a_fetch_longer_than_its_lease_keeps_the_lease_until_it_writes(redis_url
     inside = threading.Event()
     release = threading.Event()
 
-    def slow_fetch() -> Fetched:
+    def slow_fetch(_: object) -> Fetched:
         inside.set()
         release.wait(10)
         return Fetched("pokemon", "mew", {"v": 1}, now())
@@ -127,7 +129,10 @@ def test_a_fetch_longer_than_its_lease_keeps_the_lease_until_it_writes(redis_url
         while now() < deadline:  # three lease lengths
             assert store.redis.get(lock_key) == token, "the lease lapsed while its fetch ran"
             assert (
-                store.claim("pokemon", "mew", fresh_since=now(), token="x", ttl=1).state == "wait"
+                store.claim(
+                    "pokemon", "mew", started=now(), freshness=NO_FRESHNESS, token="x", ttl=1
+                ).state
+                == "wait"
             )
             time.sleep(0.05)  # poll interval
         release.set()
@@ -143,13 +148,13 @@ def test_a_dead_holders_lease_runs_out_and_the_next_job_fetches(redis_url: str) 
     store.redis.set(lock_key, "dead-holder", px=1500)
     with pytest.raises(SingleFlightBusy) as busy:
         fetch_once(
-            store, "pokemon", "mew", lambda: Fetched("pokemon", "mew", {}, now()),
+            store, "pokemon", "mew", lambda _: Fetched("pokemon", "mew", {}, now()),
             task_id="w", max_age=0, lock_seconds=4, wait_seconds=0.1,
         )  # fmt: skip
     assert 0 < busy.value.retry_after <= 1.5
     wait_for(lambda: not store.redis.exists(lock_key), timeout=5, what="the dead lease to lapse")
     value = fetch_once(
-        store, "pokemon", "mew", lambda: Fetched("pokemon", "mew", {"v": 2}, now()),
+        store, "pokemon", "mew", lambda _: Fetched("pokemon", "mew", {"v": 2}, now()),
         task_id="n", max_age=0, lock_seconds=4,
     )  # fmt: skip
     assert value == {"v": 2}
@@ -162,7 +167,7 @@ def test_a_deferred_waiter_accepts_the_result_stored_since_it_first_ran(redis_ur
     began = now()
     store.write(Fetched("pokemon", "mew", {"v": "holder"}, began + 0.01), "holder")
 
-    def fetch() -> Fetched:
+    def fetch(_: object) -> Fetched:
         raise AssertionError("must not fetch: the holder's result is newer than the job")
 
     token = job_began_at.set(began)

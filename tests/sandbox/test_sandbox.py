@@ -72,6 +72,89 @@ def test_matching_etag_gets_304(sandbox):
     assert again.content == b""
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v2/pokemon/25", "/api/v2/pokemon/ivysaur", "/api/v1/article/hello-world",
+     "/api/v1/articles?limit=100", "/api/v2/pokemon?limit=5"],
+)  # fmt: skip
+def test_every_record_has_a_stable_etag_and_last_modified_and_answers_304(sandbox, path):
+    """Both validators are sent, equal on every request, and each alone earns a 304."""
+    first = requests.get(sandbox.base_url + path, timeout=5)
+    second = requests.get(sandbox.base_url + path, timeout=5)
+    assert first.headers["ETag"] == second.headers["ETag"]
+    by_etag = requests.get(
+        sandbox.base_url + path, headers={"If-None-Match": first.headers["ETag"]}, timeout=5
+    )
+    assert (by_etag.status_code, by_etag.content) == (304, b"")
+    assert by_etag.headers["ETag"] == first.headers["ETag"]
+    if "Last-Modified" in first.headers:  # the index pages have no modification date
+        assert first.headers["Last-Modified"] == second.headers["Last-Modified"]
+        by_date = requests.get(
+            sandbox.base_url + path,
+            headers={"If-Modified-Since": first.headers["Last-Modified"]},
+            timeout=5,
+        )
+        assert by_date.status_code == 304
+    assert path.startswith("/api/v2/pokemon?") or "Last-Modified" in first.headers
+
+
+def test_if_none_match_is_weak_and_wins_over_if_modified_since(sandbox):
+    """W/"x" matches "x"; a stale ETag gets 200 even with a matching date (RFC 9110)."""
+    url = f"{sandbox.pokeapi_url}/pokemon/25"
+    first = requests.get(url, timeout=5)
+    weak = requests.get(url, headers={"If-None-Match": "W/" + first.headers["ETag"]}, timeout=5)
+    assert weak.status_code == 304
+    stale = requests.get(
+        url,
+        headers={
+            "If-None-Match": '"not-the-current-one"',
+            "If-Modified-Since": first.headers["Last-Modified"],
+        },
+        timeout=5,
+    )
+    assert stale.status_code == 200
+    earlier = requests.get(
+        url, headers={"If-Modified-Since": "Mon, 01 Jan 2024 00:00:00 GMT"}, timeout=5
+    )
+    assert earlier.status_code == 200
+
+
+def test_a_changed_record_gets_new_validators_and_a_new_body(sandbox):
+    """The admin API edits a record: the old ETag gets 200 with the new body and ETag."""
+    url = f"{sandbox.pokeapi_url}/pokemon/pikachu"
+    before = requests.get(url, timeout=5)
+    changed = requests.post(f"{sandbox.base_url}/_sandbox/records/pokemon/pikachu", timeout=5)
+    assert changed.status_code == 200
+    after = requests.get(url, headers={"If-None-Match": before.headers["ETag"]}, timeout=5)
+    assert after.status_code == 200
+    assert after.headers["ETag"] == changed.json()["etag"] != before.headers["ETag"]
+    assert after.headers["Last-Modified"] != before.headers["Last-Modified"]
+    assert after.json()["weight"] == before.json()["weight"] + 1
+    article = f"{sandbox.cms_url}/article/hello-world"
+    old = requests.get(article, timeout=5)
+    sandbox.change_record("article", "hello-world")
+    new = requests.get(article, headers={"If-None-Match": old.headers["ETag"]}, timeout=5)
+    assert new.status_code == 200
+    assert new.json()["title"] == "Hello, world (revision 1)"
+    missing = requests.post(f"{sandbox.base_url}/_sandbox/records/pokemon/missingno", timeout=5)
+    assert missing.status_code == 404
+    other = requests.post(f"{sandbox.base_url}/_sandbox/records/projects/x", timeout=5)
+    assert other.status_code == 400
+
+
+def test_admin_counts_conditional_requests_304s_and_bytes_sent(sandbox):
+    """What revalidation saves is visible: 304s counted, their bodies cost no bytes."""
+    url = f"{sandbox.pokeapi_url}/pokemon/charizard"
+    first = requests.get(url, timeout=5)
+    requests.get(url, headers={"If-None-Match": first.headers["ETag"]}, timeout=5)
+    counted = requests.get(f"{sandbox.base_url}/_sandbox/requests", timeout=5).json()
+    assert counted["counts"] == {"pokemon": 2}
+    assert counted["conditional"] == {"pokemon": 1}
+    assert counted["not_modified"] == 1
+    assert counted["bytes_sent"] == int(first.headers["Content-Length"]) > 5_000
+    assert sandbox.not_modified("pokemon") == 1
+
+
 @pytest.mark.parametrize("key", ["missingno", "Charizard", "99999", "0"])
 def test_unknown_pokemon_is_404_not_found(sandbox, key):
     """Unknown names and ids (lookup is exact and lower-case) get the live API's 404."""
@@ -398,7 +481,8 @@ def test_admin_endpoint_controls_the_server(sandbox):
     )
     assert created.status_code == 201
     assert requests.get(f"{sandbox.pokeapi_url}/pokemon/1", timeout=5).status_code == 504
-    assert requests.get(f"{admin}/requests").json() == {"counts": {"pokemon": 1}, "total": 1}
+    counted = requests.get(f"{admin}/requests").json()
+    assert (counted["counts"], counted["total"]) == ({"pokemon": 1}, 1)
 
     requests.post(f"{admin}/faults", json={"route": "pokemon", "kind": "status", "times": None})
     assert requests.delete(f"{admin}/faults").status_code == 200
@@ -407,7 +491,8 @@ def test_admin_endpoint_controls_the_server(sandbox):
     assert requests.put(f"{admin}/latency", json={"seconds": 0.05}).status_code == 200
     assert sandbox.latency == 0.05
     assert requests.post(f"{admin}/reset").status_code == 200
-    assert requests.get(f"{admin}/requests").json() == {"counts": {}, "total": 0}
+    counted = requests.get(f"{admin}/requests").json()
+    assert (counted["counts"], counted["total"]) == ({}, 0)
     bad = requests.post(f"{admin}/faults", json={"route": "pokemon", "kind": "explode"})
     assert bad.status_code == 400
     assert "explode" in bad.json()["error"]

@@ -91,6 +91,11 @@ class WorkerProcess:
                 start_new_session=True,
             )  # fmt: skip
         wait_for(lambda: self._answers_ping(producer), timeout=timeout, what=f"worker {self.name}")
+        if self.env.get("TEST_WORKER_LOGLEVEL", "INFO") in ("INFO", "DEBUG"):
+            # Remote control answers before the task queues are declared (on RabbitMQ a
+            # publish to a queue nobody declared yet goes nowhere); "ready" comes after.
+            wait_for(lambda: f"{self.name} ready." in self.log(), timeout=timeout,
+                     what=f"worker {self.name} ready")  # fmt: skip
         return self
 
     def _answers_ping(self, producer: Celery) -> bool:

@@ -6,8 +6,9 @@ import fakeredis
 import orjson
 import pytest
 
+from apis.conditional import Validators
 from tasks.keys import Keys
-from tasks.store import Fetched, ResultStore
+from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged
 
 
 @pytest.fixture
@@ -41,6 +42,7 @@ def test_a_write_stores_value_metadata_and_event(store: ResultStore) -> None:
         "task_id": "task-1",
         "fetched_at_ms": "1000000",
         "changed": "1",
+        "revalidated": "0",
     }
     assert store.pokemon_name_for_id("151") == "mew"
 
@@ -116,3 +118,112 @@ def test_a_job_writes_its_result_in_one_round_trip(redis_client) -> None:
     assert stats["cmdstat_evalsha"]["calls"] == 1
     assert not any("script" in name for name in stats)
     assert redis_client.get(lock) is None
+
+
+def unchanged(name: str, fetched_at: float, etag: str | None = '"e2"') -> Unchanged:
+    return Unchanged("pokemon", name, fetched_at, etag=etag, max_age=60)
+
+
+def test_a_revalidation_brings_the_metadata_forward_and_leaves_the_value(
+    store: ResultStore,
+) -> None:
+    """Fetch time, task and the 304's validators move on; the event says revalidated."""
+    store.write(pokemon("mew", 1000.0), "first")
+    value = store.revalidate(unchanged("mew", 2000.0), "second")
+    assert value["name"] == "mew"
+    assert store.redis.hgetall("meta:pokemon:mew") == {
+        "fetched_at_ms": "2000000",
+        "task_id": "second",
+        "etag": '"e2"',
+        "max_age": "60",
+    }
+    [_, (_, event)] = store.redis.xrange("events:results")
+    assert event == {
+        "key": "pokemon:mew",
+        "kind": "pokemon",
+        "id": "mew",
+        "task_id": "second",
+        "fetched_at_ms": "2000000",
+        "changed": "0",
+        "revalidated": "1",
+    }
+
+
+def test_a_304_without_validators_keeps_the_stored_ones(store: ResultStore) -> None:
+    """An answer that carried no ETag does not erase the one stored."""
+    store.write(pokemon("mew", 1000.0), "first")
+    store.revalidate(unchanged("mew", 2000.0, etag=None), "second")
+    assert store.redis.hget("meta:pokemon:mew", "etag") == '"e1"'
+
+
+def test_an_older_revalidation_never_moves_a_newer_result(store: ResultStore) -> None:
+    """A late 304 of an earlier fetch leaves the newer result, its metadata and stream."""
+    store.write(pokemon("mew", 2000.0, weight="2 kg"), "newer")
+    value = store.revalidate(unchanged("mew", 1000.0), "older")
+    assert value["weight"] == "2 kg"
+    assert store.redis.hget("meta:pokemon:mew", "task_id") == "newer"
+    assert store.redis.xlen("events:results") == 1
+
+
+def test_a_revalidation_of_a_vanished_value_says_gone(store: ResultStore) -> None:
+    """Nothing to bring forward: the caller must fetch whole; nothing is written."""
+    assert store.revalidate(unchanged("mew", 1000.0), "t") is GONE
+    assert store.redis.exists("meta:pokemon:mew") == 0
+    assert store.redis.xlen("events:results") == 0
+
+
+def test_the_claim_hands_the_owner_the_stored_validators(store: ResultStore) -> None:
+    """One round trip gives the lock and what a conditional fetch needs."""
+    store.write(pokemon("mew", 1000.0), "first")
+    claim = store.claim(
+        "pokemon", "mew", started=2000.0, freshness=Freshness(0.0), token="tok", ttl=10
+    )
+    assert claim.state == "owner"
+    assert claim.validators == Validators(etag='"e1"')
+    nothing = store.claim(
+        "pokemon", "absent", started=2000.0, freshness=Freshness(0.0), token="tok", ttl=10
+    )
+    assert (nothing.state, nothing.validators) == ("owner", None)
+
+
+def test_the_upstream_lifetime_sets_the_window_only_when_followed(store: ResultStore) -> None:
+    """max_age 60 in the meta: fresh for 60 s when followed (capped), else FRESHNESS_MAX_AGE."""
+    store.write(
+        Fetched("pokemon", "mew", {"name": "mew"}, 1000.0, etag='"e1"', max_age=60), "first"
+    )
+
+    def claim(freshness: Freshness, started: float) -> str:
+        store.redis.delete("lock:pokemon:mew")
+        answer = store.claim(
+            "pokemon", "mew", started=started, freshness=freshness, token="t", ttl=10
+        )
+        return answer.state
+
+    assert claim(Freshness(0.0), 1030.0) == "owner"
+    assert claim(Freshness(0.0, upstream_cap=3600.0), 1030.0) == "fresh"
+    assert claim(Freshness(0.0, upstream_cap=3600.0), 1070.0) == "owner"
+    assert claim(Freshness(0.0, upstream_cap=20.0), 1030.0) == "owner"
+    assert Freshness(300.0, upstream_cap=20.0).window(None) == 300.0
+
+
+def test_apply_many_mixes_writes_and_revalidations(store: ResultStore) -> None:
+    """One pipeline: a write, a revalidation, a refused one and a vanished one."""
+    store.write(pokemon("a", 1000.0), "old")
+    store.write(pokemon("b", 5000.0), "newer")
+    outcomes = store.apply_many(
+        [pokemon("c", 2000.0), unchanged("a", 2000.0), unchanged("b", 2000.0),
+         unchanged("gone", 2000.0)],
+        "batch",
+    )  # fmt: skip
+    assert outcomes == ["written", "revalidated", "refused", "gone"]
+
+
+def test_stored_many_gives_validators_only_where_the_value_exists(store: ResultStore) -> None:
+    """A metadata hash without its value is not a stored result."""
+    store.write(pokemon("a", 1000.0), "t")
+    store.write(pokemon("b", 1000.0), "t")
+    store.redis.delete("pokemon:b")
+    found = store.stored_many("pokemon", ["a", "b", "c"])
+    assert set(found) == {"a"}
+    assert found["a"].validators == Validators(etag='"e1"')
+    assert found["a"].fetched_at == 1000.0

@@ -1,0 +1,148 @@
+"""Messages no worker can finish: parked or recorded, never looped forever, never lost.
+
+On RabbitMQ a job delivered BROKER_DELIVERY_LIMIT times without an acknowledgement
+(each delivery ended by a dying worker) is dead-lettered to its queue's `.dead` queue,
+and `apiworker dead-letters` lists and replays it; a body no worker can decode is
+dead-lettered at once. On either broker such a message, and one for a task name nobody
+registered, leaves a record in the failure stream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from kombu import Connection, Exchange, Producer
+
+from ops.cli import cli
+from tests.chaos.conftest import FETCH, Deployment
+from tests.support.celery_worker import wait_for
+
+DELIVERY_LIMIT = 2
+
+
+def run_cli(deployment: Deployment, *args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), env=deployment.env)
+
+
+def records_of(deployment: Deployment, task: str) -> list[dict[str, str]]:
+    return [record for record in deployment.failures() if record["task"] == task]
+
+
+def test_unknown_task_and_undecodable_message_are_recorded(deploy, sandbox: Any) -> None:
+    """A job for a task nobody registered and a pickled job each leave a failure record
+    saying why; the worker goes on serving."""
+    deployment: Deployment = deploy()
+    worker = deployment.start_worker(concurrency=2)
+    producer = deployment.producer
+    unknown = producer.send_task("tasks.pokemon.no_such_task", args=["x"], kwargs={"k": 1})
+    pickled = producer.send_task(FETCH, args=["mew"], serializer="pickle")
+    assert producer.send_task(FETCH, args=["ditto"]).get(timeout=30)["name"] == "ditto"
+
+    found = wait_for(
+        lambda: len(deployment.failures()) >= 2 and deployment.failures(),
+        timeout=15,
+        what="two failure records",
+    )
+    by_id = {record["task_id"]: record for record in found}  # type: ignore[union-attr]
+    assert by_id[unknown.id]["task"] == "tasks.pokemon.no_such_task"
+    assert by_id[unknown.id]["error"] == "UnreadableMessage"
+    assert json.loads(by_id[unknown.id]["args"]) == ["x"]
+    assert json.loads(by_id[unknown.id]["kwargs"]) == {"k": 1}
+    assert by_id[pickled.id]["task"] == FETCH
+    assert by_id[pickled.id]["error"] == "UnreadableMessage"
+    assert "pickle" in by_id[pickled.id]["message"]
+    assert not deployment.results.exists("pokemon:mew")
+    assert worker.alive
+
+
+@pytest.mark.broker("amqp")
+def test_unreadable_messages_are_parked_and_listed(deploy, sandbox: Any) -> None:
+    """On RabbitMQ both kinds of unreadable message end in `celery.dead`, listed with
+    their task and reason; nothing is left in the queue."""
+    deployment: Deployment = deploy()
+    deployment.start_worker(concurrency=2)
+    producer = deployment.producer
+    producer.send_task("tasks.pokemon.no_such_task", args=["x"])
+    publish_raw(deployment, b"\x00\x01 not a job", content_type="application/x-garbage")
+    assert producer.send_task(FETCH, args=["ditto"]).get(timeout=30)["name"] == "ditto"
+
+    def parked() -> list[dict[str, Any]]:
+        listed = run_cli(deployment, "dead-letters", "list", "--json")
+        assert listed.exit_code == 0, listed.output
+        return [json.loads(line) for line in listed.stdout.splitlines()]
+
+    found = wait_for(lambda: len(parked()) == 2 and parked(), timeout=15, what="two parked")
+    assert {entry["queue"] for entry in found} == {"celery"}  # type: ignore[union-attr]
+    assert {entry["reason"] for entry in found} == {"rejected"}  # type: ignore[union-attr]
+    assert "tasks.pokemon.no_such_task" in {entry["task"] for entry in found}  # type: ignore[union-attr]
+    assert len(parked()) == 2  # listing leaves them where they are
+    wait_for(deployment.drained, timeout=10, what="the queues drained")
+
+
+@pytest.mark.broker("amqp")
+def test_a_job_that_keeps_killing_its_workers_is_parked_then_replayed(deploy, sandbox: Any) -> None:
+    """Each delivery dies with its worker: after the delivery limit the job is parked,
+    not delivered again; `dead-letters replay` sends it back and it is stored."""
+    deployment: Deployment = deploy(
+        BROKER_DELIVERY_LIMIT=str(DELIVERY_LIMIT),  # fewer worker deaths to reach it
+        SINGLE_FLIGHT_LOCK_SECONDS="0.5",  # the dead holder's lease is gone by the next try
+    )
+    sandbox.inject("pokemon", "latency", seconds=30, times=None)  # every call hangs
+    worker = deployment.start_worker(concurrency=1)  # it declares the queues
+    job = deployment.producer.send_task(FETCH, args=["mew"])
+    deliveries = 0
+    while True:
+
+        def delivered(before: int = deliveries) -> bool:
+            return sandbox.calls("pokemon") > before or bool(parked_count(deployment))
+
+        wait_for(delivered, timeout=30, what="the job delivered or parked")
+        if parked_count(deployment):
+            worker.stop()
+            break
+        deliveries += 1
+        worker.kill()  # dies mid-call, as an out-of-memory kill would
+        assert deliveries <= DELIVERY_LIMIT + 1, "delivered past its limit"
+        worker = deployment.start_worker(concurrency=1)
+    assert deliveries == DELIVERY_LIMIT + 1  # the first delivery and DELIVERY_LIMIT more
+
+    listed = run_cli(deployment, "dead-letters", "list", "--json")
+    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert entry["task_id"] == job.id
+    assert entry["queue"] == "celery"  # where a producer without routes sends it
+    assert entry["args"] == ["mew"]
+    assert entry["reason"] == "delivery_limit"
+
+    sandbox.clear_faults()
+    deployment.start_worker(concurrency=1)
+    replayed = run_cli(deployment, "dead-letters", "replay", "--all")
+    assert replayed.exit_code == 0, replayed.output
+    assert job.id in replayed.stdout
+    wait_for(lambda: deployment.results.exists("pokemon:mew"), timeout=30, what="mew stored")
+    relisted = run_cli(deployment, "dead-letters", "list", "--json")
+    assert relisted.exit_code == 0
+    assert relisted.stdout == ""  # nothing parked any more
+    assert deployment.failures() == []
+
+
+def parked_count(deployment: Deployment) -> int:
+    """Parked messages as the server counts them (its figures lag by a moment)."""
+    assert deployment.rabbit is not None
+    counts = deployment.rabbit.queue_counts(deployment.env["CELERY_BROKER_URL"])
+    return sum(ready for name, (ready, _) in counts.items() if name.endswith(".dead"))
+
+
+def publish_raw(deployment: Deployment, body: bytes, *, content_type: str) -> None:
+    """A message no Celery worker can decode, sent to the default queue's exchange."""
+    with Connection(deployment.env["CELERY_BROKER_URL"]) as connection:
+        Producer(connection.channel()).publish(
+            body,
+            exchange=Exchange("celery", type="topic", durable=True),
+            routing_key="celery",
+            content_type=content_type,
+            content_encoding="binary",
+            headers={"id": "raw-1"},
+        )
