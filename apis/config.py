@@ -86,9 +86,15 @@ class UpstreamConfig:
     retry: RetryPolicy = RetryPolicy()
     # Shared state of the breaker and the rate limit (None: neither is used).
     state_redis: RedisTarget | None = None
+    # Shorthand for a plain-URL `state_redis` (the tests' and scripts' usual case).
+    state_redis_url: str | None = None
     state_key_prefix: str = ""
     circuit: CircuitPolicy = CircuitPolicy()
     rate_limit: RateLimitPolicy = RateLimitPolicy()
+
+    def __post_init__(self) -> None:
+        if self.state_redis is None and self.state_redis_url:
+            object.__setattr__(self, "state_redis", RedisTarget.from_url(self.state_redis_url))
 
     @property
     def total_timeout(self) -> float:
