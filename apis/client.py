@@ -36,6 +36,7 @@ from apis import errors, metrics
 from apis.breaker import CircuitBreaker
 from apis.conditional import Validators, freshness_lifetime, sent_validators, with_validators
 from apis.config import ApiSettings, UpstreamConfig
+from apis.inflate import Inflater
 from apis.ratelimit import RateLimiter
 from apis.redact import excerpt, redact, register_secret
 from apis.retry import Sleep, build_retrying
@@ -371,7 +372,7 @@ class ApiClient:
         # read1 returns whatever has arrived (at most one read timeout later), so the
         # total deadline is checked even when the upstream drips one byte at a time;
         # iter_content would block until a whole chunk is in.
-        while chunk := response.read1(_CHUNK, decode_content=True):
+        for chunk in _decoded_reads(response, cap + 1):
             size += len(chunk)
             chunks.append(chunk)
             if size > cap:
@@ -535,3 +536,15 @@ def expect(condition: bool, message: str, client: ApiClient, path: str) -> None:
     """Raise `InvalidResponse` when an upstream body does not have the shape we rely on."""
     if not condition:
         raise errors.InvalidResponse(message, client.service, "GET", path)
+
+
+def _decoded_reads(response: urllib3.BaseHTTPResponse, limit: int) -> Iterator[bytes]:
+    """The body one raw read at a time, decoded (possibly to nothing yet: apis/inflate.py)."""
+    inflater = Inflater.for_encoding(response.headers.get("Content-Encoding", ""))
+    if inflater is None:
+        while chunk := response.read1(_CHUNK, decode_content=True):
+            yield chunk
+        return
+    while data := response.read1(_CHUNK, decode_content=False):
+        yield inflater.feed(data, limit)
+    yield inflater.flush()

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 from sandbox import admin
 from sandbox.faults import UNSET, Fault, FaultBook, Unset
 from sandbox.messages import JSON_TYPE, Request, Response, text_response
-from sandbox.request_log import RequestLog
+from sandbox.request_log import Received, RequestLog
 from sandbox.routes import ROUTES, UNKNOWN_ROUTE, Route, Upstreams, not_found
 
 DEFAULT_SEMAPHORE_TOKEN = "sandbox-token"  # noqa: S105 - a fixed fake for local tests
@@ -85,8 +85,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(admin.handle(server.sandbox, request), head_only=head_only)
             return
         route = server.upstreams.resolve(request.path)
+        name = route.name if route else UNKNOWN_ROUTE
         conditional = "if-none-match" in request.headers or "if-modified-since" in request.headers
-        server.log.record(route.name if route else UNKNOWN_ROUTE, arrived, conditional=conditional)
+        server.log.record(name, arrived, request.path, request.headers, conditional=conditional)
         if route is None:
             self._send(not_found(), head_only=head_only)
             return
@@ -394,6 +395,14 @@ class SandboxServer:
     def call_counts(self) -> dict[str, int]:
         """Requests per route, for the routes that received any."""
         return self._log.counts()
+
+    def calls_by_path(self, route: str) -> dict[str, int]:
+        """Requests per path to `route` (e.g. per Pokémon), faulted ones included."""
+        return self._log.path_counts(route)
+
+    def received(self, route: str | None = None) -> list[Received]:
+        """The latest requests (to `route`) with the headers the server read, oldest first."""
+        return self._log.received(route)
 
     def conditional_calls(self) -> dict[str, int]:
         """Requests per route that carried If-None-Match or If-Modified-Since."""

@@ -29,7 +29,7 @@ from apis.errors import HeldBack, RateLimited, UpstreamError
 from apis.redact import redact
 from tasks.runtime import get_runtime
 from tasks.single_flight import job_began_at
-from worker.broker import BrokerConfig, broker_kind
+from worker.broker import ALL_QUEUES, BrokerConfig, broker_kind
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("tasks")
@@ -86,6 +86,33 @@ def deferrals_of(request: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
+def own_headers(request: Any) -> dict[str, Any]:
+    """The delivery's headers without the broker's own (`x-death`, `x-delivery-count`...).
+
+    RabbitMQ adds those on the way through its delayed-delivery queues; a message that
+    carries an `x-death` of a queue back into that queue is a dead-letter cycle, which
+    RabbitMQ drops without a word.
+    """
+    return {
+        name: value
+        for name, value in (getattr(request, "headers", None) or {}).items()
+        if not name.startswith("x-")
+    }
+
+
+def home_queue(request: Any) -> str | None:
+    """The queue this delivery came from, to send its retry back to.
+
+    Celery routes a retry by the delivery's exchange and routing key; after RabbitMQ's
+    delayed delivery those are the delay exchanges' (a routing key like
+    `0.0.1.1.pokeapi`), and Celery would invent a queue of that name nobody consumes. The
+    queue's own name is the routing key's last part (queue names here have no dots).
+    """
+    routing_key = ((getattr(request, "delivery_info", None) or {}).get("routing_key")) or ""
+    name = routing_key.rsplit(".", 1)[-1]
+    return name if name in ALL_QUEUES else None
+
+
 def began_at(request: Any) -> float:
     """When this job first ran: its deferrals' header, else now (epoch seconds)."""
     value = (getattr(request, "headers", None) or {}).get(BEGAN_HEADER)
@@ -135,7 +162,12 @@ class UpstreamTask(Task):  # type: ignore[misc]
         countdown = broker_countdown(countdown)
         # Deferrals are counted in `retries` too; they must not use up this budget.
         try:
-            raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries + deferrals)
+            raise self.retry(
+                exc=exc,
+                countdown=countdown,
+                max_retries=self.max_retries + deferrals,
+                queue=home_queue(self.request),
+            )
         except Reject:
             # The retry could not be published (the broker is away too): Celery would drop
             # the message. Failing instead leaves a record to replay; nothing is lost.
@@ -163,7 +195,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
             type(exc).__name__,
         )
         headers = {
-            **(self.request.headers or {}),
+            **own_headers(self.request),
             DEFERRALS_HEADER: deferrals + 1,
             BEGAN_HEADER: int((job_began_at.get() or time.time()) * 1000),
         }
@@ -172,6 +204,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
             countdown=countdown,
             max_retries=self.max_retries + deferrals + 1,
             headers=headers,
+            queue=home_queue(self.request),
         )
 
     def on_retry(

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import redis
+from redis.commands.core import Script
 
 from apis.conditional import Validators
 from tasks.keys import Keys
@@ -272,22 +273,42 @@ class ResultStore:
 
         Per result: "written", "revalidated", "refused" (a newer one was there) or
         "gone" (a revalidation found no stored value: fetch it whole).
+
+        EVALSHA in a plain pipeline: redis-py's script pipeline asks `SCRIPT EXISTS`
+        first, a second round trip per batch. Only when Redis lost a script (a restart,
+        SCRIPT FLUSH) is it loaded and the calls it refused sent again.
         """
-        pipe = self.redis.pipeline(transaction=False)
+        calls: list[tuple[Script, tuple[Any, ...]]] = []
         for result in results:
             note_result_key(self.keys.result(result.kind, result.ident))
             if isinstance(result, Unchanged):
-                self._revalidate(client=pipe, **self._revalidate_args(result, task_id))
+                script, call = self._revalidate, self._revalidate_args(result, task_id)
             else:
-                self._write(client=pipe, **self._write_args(result, task_id))
+                script, call = self._write, self._write_args(result, task_id)
+            calls.append((script, (len(call["keys"]), *call["keys"], *call["args"])))
+        replies = self._evalsha_all(calls)
+        lost = [index for index, reply in enumerate(replies) if _no_script(reply)]
+        if lost:
+            for script in {id(script): script for script, _ in calls}.values():
+                self.redis.script_load(script.script)
+            for index, reply in zip(lost, self._evalsha_all([calls[i] for i in lost]), strict=True):
+                replies[index] = reply
         outcomes: list[str] = []
-        for result, answer in zip(results, pipe.execute(), strict=True):
+        for result, answer in zip(results, replies, strict=True):
+            if isinstance(answer, Exception):
+                raise answer
             if isinstance(result, Unchanged):
                 status = int(answer[0])
                 outcomes.append({1: "revalidated", 0: "refused"}.get(status, "gone"))
             else:
                 outcomes.append("written" if answer else "refused")
         return outcomes
+
+    def _evalsha_all(self, calls: Sequence[tuple[Script, tuple[Any, ...]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for script, args in calls:
+            pipe.evalsha(script.sha, *args)
+        return list(pipe.execute(raise_on_error=False))
 
     def claim(
         self,
@@ -508,3 +529,7 @@ def _seconds(value: float) -> str:
 
 def _revalidated_value(answer: list[Any]) -> Any:
     return GONE if int(answer[0]) < 0 else orjson.loads(answer[1])
+
+
+def _no_script(reply: object) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError)

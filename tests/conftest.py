@@ -124,6 +124,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     # In-process clients must not keep breaker state in whatever Redis REDIS_URL defaults
     # to (a shared one); tests of the breaker turn it on with their own private Redis.
+    # Worker processes do not inherit this: tests/support/celery_worker.py starts them
+    # from the defaults and tests/integration/conftest.py's SUITE_OVERRIDES only.
     monkeypatch.setenv("CIRCUIT_FAILURE_THRESHOLD", "0")
     reset_clients()
     get_worker_settings.cache_clear()

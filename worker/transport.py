@@ -1,4 +1,4 @@
-"""Two adjustments to kombu's Redis transport, installed when the Celery app is built.
+"""Three adjustments to kombu's Redis transport, installed when the Celery app is built.
 
 1. Keep one malformed broker message from stopping the worker.
 
@@ -21,15 +21,12 @@ a job with late acks needs two of them, about 6% of a job's CPU here. The object
 connection of its own (the pool does) and redis-py clients are safe to share between
 threads, so one per channel and pool does the same work. See docs/performance.md.
 
-3. Survive a broker connection lost with jobs unacknowledged. On a connection error
-Celery 5.7 detaches the transport from its connection (`collect()`) and then closes the
-channel, whose close tries to put the unacknowledged jobs back on their queues; building
-a client for that needs the detached connection, and kombu 5.7 ends the worker with
-`Unrecoverable error: AttributeError("'NoneType' object has no attribute 'hostname'")`.
-A Redis restart or a Sentinel failover stopped the worker that way. Here the restore
-meets a connection error instead, which the close ignores: the jobs stay recorded as
-unacknowledged in Redis, and the sweep returns them after the visibility timeout.
-Proven by tests/chaos/test_sentinel_failover.py (the same worker process serves on).
+3. Survive a lost broker connection. Celery closes the dead connection's channel, which
+tries to restore its unacknowledged messages through a connection kombu has already
+detached; the AttributeError that raised ended the worker (about one Redis restart in
+ten). It is now a connection error, which the closing code ignores (`conn_or_acquire`).
+And a message taken from its queue but not yet recorded as unacknowledged when the
+connection dropped is put back (`worker/unrecorded.py`).
 """
 
 from __future__ import annotations
@@ -44,6 +41,8 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+
+from worker import unrecorded
 
 REFUSED_CONTENT_TYPE = "application/x-malformed-queue-item"
 _KEPT_BYTES = 4096
@@ -89,14 +88,18 @@ def conn_or_acquire(channel: Any, client: redis.Redis | None = None) -> Iterator
     """kombu's `Channel.conn_or_acquire`, with the client built once per channel and pool.
 
     A closed channel drops its pool; the next call then builds a client for the new one.
+    A channel whose connection was already detached (kombu closes it again after a lost
+    broker connection, to restore its unacknowledged messages) cannot build one: that is
+    a connection error, which the closing code ignores, not an AttributeError that ends
+    the worker. The messages stay recorded in Redis and return after the visibility
+    timeout.
     """
     if client:
         yield client
         return
-    if channel._pool is None and getattr(channel.connection, "client", None) is None:
-        # See point 3 above: the connection is gone, and so is what kombu needs to
-        # build a pool. A connection error is what the closing code expects and ignores.
-        raise redis.ConnectionError("the broker connection was already released")
+    connection = getattr(channel, "connection", None)
+    if channel._pool is None and getattr(connection, "client", None) is None:
+        raise redis.ConnectionError("broker connection already closed")
     pool = channel.pool
     cached: redis.Redis | None = channel.__dict__.get("_apiworker_client")
     if cached is None or cached.connection_pool is not pool:
@@ -113,3 +116,4 @@ def install() -> None:
     # Replacing the method on kombu's class covers every Redis URL kind (redis, rediss,
     # sentinel); a transport subclass would not survive kombu's URL-scheme lookup.
     kombu_redis.Channel.conn_or_acquire = conn_or_acquire  # type: ignore[method-assign,assignment]
+    unrecorded.install()

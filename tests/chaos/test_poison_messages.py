@@ -42,6 +42,21 @@ RAW_ITEMS = {
     "an envelope without headers": envelope(TASK_BODY, headers=None),
     "an envelope whose body is not base64": envelope("%%% not base64 %%%", headers={}),
 }
+# The line the worker logs for each item: refused as a malformed item (worker/transport.py,
+# then worker/consumer.py records it), or, for a well-formed envelope that names no task,
+# dropped by Celery as unknown (and recorded too).
+REFUSED = (
+    "unreadable message rejected (content type 'application/x-malformed-queue-item'): "
+    "ContentDisallowed: Refusing to deserialize untrusted content"
+)
+UNKNOWN = "Received and deleted unknown message"
+LOGGED_AS = {
+    "not JSON": REFUSED,
+    "a JSON list": REFUSED,
+    "a JSON object that is no envelope": REFUSED,
+    "an envelope without headers": UNKNOWN,
+    "an envelope whose body is not base64": REFUSED,
+}
 # Without worker/transport.py, Celery 5.7 / kombu 5.7 stop the whole worker on the first
 # two, and the base64 one is put back on the queue as the worker dies, so it stops every
 # worker that takes it. With it, none may cost a worker restart.
@@ -55,19 +70,29 @@ def serve_one(deployment: Deployment, supervisor: Supervisor, name: str) -> None
 
 
 @pytest.mark.broker("redis")  # raw items in kombu's Redis lists; AMQP: test_dead_letters
-def test_malformed_queue_items_never_stop_the_service(deploy, sandbox: Any) -> None:
-    """Raw items pushed into the queue: consumed once, logged, and the next job is served."""
+def test_each_malformed_queue_item_is_logged_once_dropped_and_the_next_job_served(
+    deploy, sandbox: Any
+) -> None:
+    """Raw items pushed into the queue: consumed once, logged and recorded, and the next
+    job is served."""
     deployment = deploy()
     supervisor = Supervisor(deployment)
     crashed: list[str] = []
     for what, item in RAW_ITEMS.items():
         restarts = supervisor.restarts
+        logged = worker_logs(deployment).count(LOGGED_AS[what])
         deployment.broker.lpush(QUEUE, item)
         serve_one(deployment, supervisor, "pikachu")
         deployment.results.delete("pokemon:pikachu", "meta:pokemon:pikachu")
         if supervisor.restarts > restarts:
             crashed.append(what)
+        # Served after the item, so the item was taken first: its line is in the log.
+        assert worker_logs(deployment).count(LOGGED_AS[what]) == logged + 1, what
     assert set(crashed) <= KILLS_THE_WORKER_TODAY
+    log = worker_logs(deployment)
+    assert [log.count(line) for line in (REFUSED, UNKNOWN)] == [4, 1]
+    records = wait_for(lambda: recorded(deployment, len(RAW_ITEMS)), timeout=10)
+    assert {record["error"] for record in records} == {"UnreadableMessage"}  # type: ignore[union-attr]
     assert deployment.drained()
     print(f"poison: raw items={len(RAW_ITEMS)} worker restarts={len(crashed)} ({crashed})")
 
@@ -102,10 +127,23 @@ def test_hostile_jobs_are_refused_or_recorded(deploy, sandbox: Any) -> None:
     )
 
 
+def worker_logs(deployment: Deployment) -> str:
+    return "".join(worker.log() for worker in deployment.workers)
+
+
 def recorded(deployment: Deployment, count: int) -> list[dict[str, str]] | None:
     failures = deployment.failures()
     return failures if len(failures) >= count else None
 
 
+UNREGISTERED = "Received unregistered task of type 'tasks.pokemon.no_such_task'"
+PICKLE_REFUSED = (
+    "Received invalid task message: Refusing to deserialize untrusted content of type pickle"
+)
+
+
 def refusals_logged(log: str) -> str | None:
-    return log if "no_such_task" in log and "Refusing to deserialize" in log else None
+    """The log once both refusals are in it, each exactly once."""
+    counts = (log.count(UNREGISTERED), log.count(PICKLE_REFUSED))
+    assert counts in ((0, 0), (0, 1), (1, 0), (1, 1)), counts
+    return log if counts == (1, 1) else None

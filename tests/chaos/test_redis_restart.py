@@ -1,23 +1,43 @@
-"""Redis restarts while jobs flow: the worker reconnects, no job is lost."""
+"""Redis restarted or killed while jobs flow: the worker reconnects and no job is lost.
+
+The server runs with the compose file's own Redis options (append-only file, the
+default `appendfsync everysec`), read from docker-compose.yml, so the test crashes the
+Redis that production runs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chaos.conftest import FETCH, Deployment, pokemon_names, scaled
 from tests.integration.conftest import fast_redelivery
 from tests.support.celery_worker import WorkerProcess, wait_for
 from tests.support.redis_server import RedisServer
 
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+def compose_redis_options() -> tuple[str, ...]:
+    """The options after `redis-server` in the compose file's redis service."""
+    command = yaml.safe_load(COMPOSE.read_text())["services"]["redis"]["command"]
+    assert command[0] == "redis-server"
+    return tuple(command[1:])
+
 
 @pytest.fixture
 def durable_redis() -> Iterator[RedisServer]:
-    """A private Redis of this test alone, with an fsync'ed append-only file."""
-    server = RedisServer(appendonly=True).start()
+    """A private Redis of this test alone, configured as in docker-compose.yml."""
+    options = compose_redis_options()
+    assert "--appendonly" in options
+    assert "--appendfsync" not in options  # so Redis's default, everysec
+    server = RedisServer(args=options).start()
     try:
         yield server
     finally:
@@ -25,12 +45,7 @@ def durable_redis() -> Iterator[RedisServer]:
 
 
 class Supervisor:
-    """Replaces a worker that exits, as the deployment's restart policy does.
-
-    Celery 5.7 / kombu 5.7 sometimes exit with "Unrecoverable error: AttributeError"
-    when the broker connection drops while a BRPOP is in flight and jobs are unacked
-    (docs/reliability.md); restarts and lost jobs are counted and printed, not hidden.
-    """
+    """Replaces a worker that exits, as the deployment's restart policy does; counts it."""
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
@@ -49,10 +64,12 @@ class Supervisor:
         assert self.worker.alive, "five replacement workers died in a row"
 
 
-def test_jobs_before_and_after_a_redis_restart_all_complete(
-    deploy, durable_redis: RedisServer, sandbox: Any, broker_kind: str
+@pytest.mark.parametrize("how", ["restart", "crash"])
+def test_every_job_sent_around_a_redis_restart_or_crash_is_stored_or_recorded(
+    deploy, durable_redis: RedisServer, sandbox: Any, how: str, broker_kind: str
 ) -> None:
-    """Restart mid-flow: jobs sent after it all stored, none lost, the worker serving."""
+    """SIGTERM or SIGKILL mid-flow: every job stored (or recorded to replay), none lost,
+    and the worker keeps serving without a restart."""
     deployment = deploy(
         redis_url=durable_redis.url,
         # On the Redis broker, jobs a worker held when the connection dropped come back
@@ -67,7 +84,10 @@ def test_jobs_before_and_after_a_redis_restart_all_complete(
         deployment.producer.send_task(FETCH, args=[name])
     wait_for(lambda: deployment.results.keys("pokemon:*"), timeout=20, what="jobs flowing")
 
-    durable_redis.restart()
+    if how == "restart":
+        durable_redis.restart()
+    else:
+        durable_redis.crash_and_start()
     for name in after:
         deployment.producer.send_task(FETCH, args=[name])
 
@@ -78,23 +98,32 @@ def test_jobs_before_and_after_a_redis_restart_all_complete(
 
     def settled() -> bool:
         supervisor.check()
-        stored, _, missing = accounted()
-        if missing and not (supervisor.restarts and deployment.drained()):
-            return False
-        return set(after) <= stored
+        _, _, missing = accounted()
+        return not missing and deployment.drained()
 
-    wait_for(settled, timeout=60, what="every job stored or recorded")
+    with contextlib.suppress(TimeoutError):  # the assertions below say what is missing
+        wait_for(settled, timeout=60, interval=0.2, what="every job stored or recorded")
     stored, recorded, lost = accounted()
-    # A job caught mid-flight by the restart may end as a record (to replay): the Redis
-    # error it met outlived its retry, whose publication needed Redis too.
+    assert (lost, deployment.drained()) == (set(), True), (
+        f"lost={sorted(lost)} queues={queue_state(deployment)} restarts={supervisor.restarts}"
+    )
+    # A job caught mid-flight may end as a record (to replay): the Redis error it met
+    # outlived its retry, whose publication needed Redis too.
     for record in deployment.failures():
         assert record["error"] in ("ConnectionError", "TimeoutError")
         assert json.loads(record["args"])[0] in before
-    # Only a worker crash (the Celery defect above) can lose a job: the one its BRPOP had
-    # taken off the list when it died.
-    assert len(lost) <= supervisor.restarts
-    assert supervisor.worker.alive
+    # And the worker rode it out: it used to exit in about one restart in ten (kombu
+    # closing a detached channel, worker/transport.py).
+    assert (supervisor.restarts, supervisor.worker.alive) == (0, True)
     print(
-        f"redis restart: sent={len(names)} stored={len(stored & set(names))} "
+        f"redis {how}: sent={len(names)} stored={len(stored & set(names))} "
         f"recorded={len(recorded)} lost={len(lost)} worker_restarts={supervisor.restarts}"
     )
+
+
+def queue_state(deployment: Deployment) -> dict[str, int]:
+    """Queue lengths and unacknowledged count, to say where a missing job is."""
+    queues = ("pokeapi", "cms", "semaphore", "celery")
+    state = {queue: deployment.broker.llen(queue) for queue in queues}
+    state["unacked"] = deployment.broker.hlen("unacked")
+    return state

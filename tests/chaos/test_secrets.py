@@ -1,13 +1,22 @@
-"""A real-looking API token appears nowhere: not in logs, results, failures or the backend."""
+"""A real-looking API token appears nowhere: not in logs, results, failures or the backend.
+
+The broker is scanned while the jobs run (queued, taken, waiting for a retry), not only
+after the queues drained, and every message body is decoded from base64 before the
+search: a token inside a body would not show in the raw queue item.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+import requests
 
 from tests.chaos.conftest import Deployment
 from tests.support.celery_worker import wait_for
@@ -23,9 +32,30 @@ def test_the_token_never_leaves_the_request_header(deploy, sandbox: Any) -> None
     accepted = sandbox.semaphore_token
     sandbox.semaphore_token = TOKEN
     try:
-        deployment = deploy(SEMAPHORE_API_TOKEN=TOKEN, LOG_LEVEL="DEBUG")
-        worker = deployment.start_worker(concurrency=4, TEST_WORKER_LOGLEVEL="DEBUG")
-        run_jobs(deployment, sandbox)
+        deployment = deploy(
+            SEMAPHORE_API_TOKEN=TOKEN,
+            # Every log line a worker can write, debug included, is searched.
+            LOG_LEVEL="DEBUG",
+            # Retries wait as long as in production (not the suite's 0.05 s), so the
+            # scan below can see them waiting in the broker.
+            TASK_RETRY_BACKOFF="2",
+        )
+        # Jobs queued before any worker runs: the scan must find them, decoded.
+        project = first_project_id(sandbox)
+        queued = [
+            deployment.producer.send_task(SYNC_ALL),
+            deployment.producer.send_task(SYNC_PIPELINES, args=[project]),
+        ]
+        with BrokerScan(deployment) as scan:
+            wait_for(
+                lambda: any(project in body for body in scan.bodies),
+                timeout=10,
+                what="the queued jobs found by the scan, their bodies decoded",
+            )
+            worker = deployment.start_worker(concurrency=4, TEST_WORKER_LOGLEVEL="DEBUG")
+            for job in queued:
+                job.get(timeout=30)
+            run_jobs(deployment, sandbox)
     finally:
         sandbox.semaphore_token = accepted
     wait_for(deployment.drained, timeout=20, what="every job finished")
@@ -41,9 +71,16 @@ def test_the_token_never_leaves_the_request_header(deploy, sandbox: Any) -> None
         for key, value in dump(client):
             places[f"{name} {key!r}"] = value
     assert len(places) > 10
+    # Not vacuous: the scan saw messages in the broker, bodies decoded, before and while
+    # the worker ran (the first two jobs were found queued, their argument decoded).
+    assert len(scan.bodies) >= 2
+    places.update({f"broker item while running #{n}": t for n, t in enumerate(scan.items)})
+    places.update({f"broker body while running #{n}": t for n, t in enumerate(scan.bodies)})
     print(
         f"secrets: records={len(deployment.failures())} places searched={len(places)} "
-        f"log bytes={len(places['worker log'])}"
+        f"log bytes={len(places['worker log'])} broker scans={scan.rounds} "
+        f"distinct message bodies decoded={len(scan.bodies)} "
+        f"retries seen waiting={scan.retries_seen}"
     )
     leaks = [place for place, text in places.items() if TOKEN in text]
     assert leaks == []
@@ -65,6 +102,9 @@ def run_jobs(deployment: Deployment, sandbox: Any) -> None:
             (),
         ),
     ]
+    # 503 on every client attempt of a first execution: the job waits in the broker for a
+    # task retry, then succeeds.
+    failing.append(("pipelines", "status", {"status": 503, "times": 4}, SYNC_PIPELINES, (project,)))
     for route, kind, params, task, args in failing:
         sandbox.inject(route, kind, **params)
         producer.send_task(task, args=list(args)).get(timeout=30, propagate=False)
@@ -95,3 +135,85 @@ def dump(client: redis.Redis) -> Iterator[tuple[bytes, str]]:
         else:
             value = kind
         yield key, repr(value) + repr(key)
+
+
+class BrokerScan:
+    """Reads every key of the broker database in a loop while jobs run, decoding bodies."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.client = redis.Redis.from_url(deployment.env["CELERY_BROKER_URL"])
+        self.items: set[str] = set()  # raw values, as stored
+        self.bodies: set[str] = set()  # message bodies, decoded from base64
+        self.retries_seen = 0  # distinct retry messages caught waiting
+        self.rounds = 0
+        self._retries: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BrokerScan:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.rounds += 1
+            for key, raw in raw_items(self.client):
+                text = raw.decode("utf-8", "replace")
+                self.items.add(f"{key!r} {text}")
+                for envelope, body in decoded_bodies(text):
+                    self.bodies.add(body)
+                    headers = envelope.get("headers") or {}
+                    if headers.get("retries"):
+                        self._retries.add(f"{headers.get('id')}/{headers['retries']}")
+            self.retries_seen = len(self._retries)
+
+
+def raw_items(client: redis.Redis) -> Iterator[tuple[bytes, bytes]]:
+    """Every stored element of one database as bytes: strings, list items, hash values."""
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "string":
+            items = [client.get(key) or b""]
+        elif kind == "list":
+            items = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            items = list(client.hgetall(key).values())
+        elif kind in ("set", "zset"):
+            items = list(client.smembers(key) if kind == "set" else client.zrange(key, 0, -1))
+        else:
+            items = []
+        for item in items:
+            yield key, item
+
+
+def decoded_bodies(text: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """The base64 `body` of a kombu message envelope (a queue item, or an unacked record
+    `[envelope, exchange, routing_key]`), decoded."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return
+    envelopes = value if isinstance(value, list) else [value]
+    for envelope in envelopes:
+        if isinstance(envelope, dict) and isinstance(envelope.get("body"), str):
+            try:
+                body = base64.b64decode(envelope["body"], validate=True)
+            except (binascii.Error, ValueError):
+                body = envelope["body"].encode()
+            yield envelope, body.decode("utf-8", "replace")
+
+
+def first_project_id(sandbox: Any) -> str:
+    """The sandbox's first Semaphore project, read as a client would."""
+    response = requests.get(
+        f"{sandbox.semaphore_url}/projects",
+        headers={"Authorization": f"Token {sandbox.semaphore_token}"},
+        timeout=5,
+    )
+    return str(response.json()[0]["metadata"]["id"])

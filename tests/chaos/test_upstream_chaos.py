@@ -20,23 +20,26 @@ FAULTS = (
 )
 PERMANENT = {"InvalidResponse"}
 TRANSIENT = {"ServerError", "UpstreamTimeout", "UpstreamConnectionError"}
+# With the breaker on (its default), a job can also end refused after its deferrals.
+GUARDS = {"CircuitOpen"}
 
 
-def test_random_upstream_faults_leave_every_job_stored_or_recorded(
-    deploy, sandbox: Any, monkeypatch
+def test_random_upstream_faults_leave_every_job_stored_or_recorded_within_the_call_bound(
+    deploy, sandbox: Any
 ) -> None:
     """503s, hangs, resets, slow and malformed bodies: each job a result or a record."""
     deployment = deploy(
+        # A hang ends at 0.5 s (not 10): the 4% hangs would otherwise dominate the run.
         HTTP_CONNECT_TIMEOUT="1",
         HTTP_READ_TIMEOUT="0.5",
+        # A smaller budget keeps the bound below small enough to be tight at suite scale.
         HTTP_RETRY_ATTEMPTS=str(ATTEMPTS),
         TASK_MAX_RETRIES=str(MAX_RETRIES),
-        TASK_RETRY_BACKOFF="0.05",
-        TASK_RETRY_BACKOFF_MAX="0.5",
+        # A circuit opened by a streak of faults closes in 1 s, not 30: jobs finish in time.
         CIRCUIT_COOLDOWN_SECONDS="1",
+        # Every job calls the upstream, even for a name stored a moment ago.
         FRESHNESS_MAX_AGE="0",
     )
-    calls = tally_calls_per_pokemon(sandbox, monkeypatch)
     deployment.start_worker(concurrency=16)
     deployment.start_worker(concurrency=16)
     for kind, share, params in FAULTS:
@@ -51,7 +54,8 @@ def test_random_upstream_faults_leave_every_job_stored_or_recorded(
             del pending[job_id]
         return not pending
 
-    wait_for(all_finished, timeout=60 + len(names) / 10, interval=0.2, what="every job")
+    # A liveness bound, not a speed: generous, as the machine may be shared.
+    wait_for(all_finished, timeout=120 + len(names) / 5, interval=0.2, what="every job")
     wait_for(deployment.drained, timeout=10, what="empty queues, nothing unacked")
 
     records = {fields["task_id"]: fields for fields in deployment.failures()}
@@ -62,35 +66,30 @@ def test_random_upstream_faults_leave_every_job_stored_or_recorded(
         if job.state == "SUCCESS":
             assert f"pokemon:{name}" in stored
         else:
-            assert records[job.id]["error"] in PERMANENT | TRANSIENT
+            assert records[job.id]["error"] in PERMANENT | TRANSIENT | GUARDS
     assert len(records) == states["FAILURE"]
 
+    # Counted by the sandbox per path it received: one path per name, faults included.
+    calls = calls_per_pokemon(sandbox)
     jobs_per_name = Counter(names)
+    assert set(calls) == set(jobs_per_name)  # every job called (freshness is off)
+    assert sum(calls.values()) == sandbox.calls("pokemon")
+    assert sum(calls.values()) >= len(names)
     worst = max(calls[name] / count for name, count in jobs_per_name.items())
     assert all(calls[name] <= WORST_CASE_CALLS * count for name, count in jobs_per_name.items())
     errors = Counter(record["error"] for record in records.values())
+    logs = "".join(worker.log() for worker in deployment.workers)
     print(
         f"upstream chaos: sent={len(jobs)} completed={states['SUCCESS']} "
         f"recorded={states['FAILURE']} lost=0 calls={sum(calls.values())} "
-        f"max_calls_per_job={worst:g} (bound {WORST_CASE_CALLS}) errors={dict(errors)}"
+        f"max_calls_per_job={worst:g} (bound {WORST_CASE_CALLS}) errors={dict(errors)} "
+        f"circuit_opened={logs.count('circuit opened')} deferred={logs.count('job deferred')}"
     )
 
 
-def tally_calls_per_pokemon(sandbox: Any, monkeypatch) -> Counter[str]:
-    """Count the sandbox's requests per Pokémon, faulted ones included.
-
-    The sandbox counts per route; a per-job bound needs per-name counts, so this wraps
-    its route lookup (which runs for every request before any fault) for this test.
-    """
-    upstreams = sandbox._httpd.upstreams
-    resolve = upstreams.resolve
+def calls_per_pokemon(sandbox: Any) -> Counter[str]:
+    """The sandbox's own count of requests per Pokémon name (the last path segment)."""
     calls: Counter[str] = Counter()
-
-    def counting(path: str) -> Any:
-        route = resolve(path)
-        if route is not None and route.name == "pokemon":
-            calls[path.rstrip("/").rsplit("/", 1)[1]] += 1
-        return route
-
-    monkeypatch.setattr(upstreams, "resolve", counting)
+    for path, count in sandbox.calls_by_path("pokemon").items():
+        calls[path.rsplit("/", 1)[1]] += count
     return calls

@@ -27,7 +27,28 @@ TEST_TOKEN = "integration-token-7f3a9c"
 REDIS_TEST_VISIBILITY = 12
 
 
+# Every setting a test worker runs with that differs from production, and why. Anything
+# not named here (or by the test itself, with its own reason) is the documented default:
+# workers do not inherit the shell's settings (tests/support/celery_worker.py).
+# docs/reliability.md lists these per scenario.
+SUITE_OVERRIDES: dict[str, tuple[str, str]] = {
+    "HTTP_CONNECT_TIMEOUT": ("1", "a refused or black-holed connection ends in 1 s, not 3"),
+    "HTTP_READ_TIMEOUT": ("2", "a hung upstream ends in 2 s, not 10; the attempts are the same"),
+    "HTTP_RETRY_BACKOFF_INITIAL": ("0.01", "retries wait milliseconds; their count is default"),
+    "HTTP_RETRY_BACKOFF_MAX": ("0.05", "the longest client backoff, shortened with the first"),
+    "TASK_RETRY_BACKOFF": ("0.05", "task retries run at once; their count is the default"),
+    "TASK_RETRY_BACKOFF_MAX": ("0.2", "the longest task countdown, shortened with the first"),
+    "POKEMON_CATALOG": ("charizard,pikachu,mew", "a catalogue refresh asserts three jobs"),
+    "METRICS_PORT": ("0", "several workers share the host; a test that reads metrics names a port"),
+}
+
+
 def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[str, str]:
+    """A worker's settings: where its Redis and upstreams are, SUITE_OVERRIDES, `overrides`.
+
+    The addresses are wiring, not behaviour; every other value is production's default
+    unless SUITE_OVERRIDES or the calling test names it.
+    """
     env = {
         "REDIS_URL": with_db(redis_url, 0),
         "CELERY_BROKER_URL": with_db(redis_url, 1),
@@ -36,17 +57,8 @@ def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[s
         "CMS_BASE_URL": sandbox.cms_url,
         "SEMAPHORE_BASE_URL": sandbox.semaphore_url,
         "SEMAPHORE_API_TOKEN": sandbox.semaphore_token,
-        "HTTP_CONNECT_TIMEOUT": "1",
-        "HTTP_READ_TIMEOUT": "2",
-        "HTTP_RETRY_ATTEMPTS": "3",
-        "HTTP_RETRY_BACKOFF_INITIAL": "0.01",
-        "HTTP_RETRY_BACKOFF_MAX": "0.05",
-        "TASK_MAX_RETRIES": "2",
-        "TASK_RETRY_BACKOFF": "0.05",
-        "TASK_RETRY_BACKOFF_MAX": "0.2",
-        "POKEMON_CATALOG": "charizard,pikachu,mew",
-        "METRICS_PORT": "0",
     }
+    env.update({name: value for name, (value, _reason) in SUITE_OVERRIDES.items()})
     env.update(overrides)
     return env
 
@@ -88,6 +100,7 @@ def session_broker_url(broker_kind: str, redis_server_url: str, request: Any) ->
 def worker_env(
     redis_server_url: str, sandbox_server: Any, session_broker_url: str
 ) -> dict[str, str]:
+    # Its own metrics port: the observability tests read this worker's /metrics.
     return worker_environment(
         redis_server_url,
         sandbox_server,

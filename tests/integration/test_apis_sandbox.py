@@ -122,17 +122,28 @@ def test_semaphore_follows_link_header_through_every_page(make_client, sandbox) 
     assert semaphore.get_pipeline(pipeline_id).data["pipeline"]["ppl_id"] == pipeline_id
 
 
-def test_semaphore_sends_token_and_documented_user_agent(make_client, sandbox) -> None:
-    """Without the token the sandbox answers 401; with it, the call succeeds."""
+def test_the_server_receives_the_token_and_user_agent_and_401s_a_wrong_token(
+    make_client, sandbox
+) -> None:
+    """The headers as the sandbox read them; a token it does not accept gets its 401."""
     assert make_client(SemaphoreAPI).list_projects()
-    assert make_client(SemaphoreAPI).config.user_agent == "SemaphoreCI v2.0 Client"
+    [seen] = sandbox.received("projects")
+    assert seen.headers["authorization"] == f"Token {TOKEN}"
+    assert seen.headers["user-agent"] == "SemaphoreCI v2.0 Client"
+    with pytest.raises(errors.AuthError) as refused:
+        make_client(SemaphoreAPI, semaphore_api_token="not-the-sandbox-token").list_projects()
+    assert refused.value.status == 401
+    assert sandbox.received("projects")[-1].headers["authorization"] == (
+        "Token not-the-sandbox-token"
+    )
 
 
-def test_gzip_bodies_are_decoded(make_client) -> None:
-    """The client asks for gzip, as the live API serves it."""
+def test_gzip_bodies_are_asked_for_and_decoded(make_client, sandbox) -> None:
+    """The server receives `Accept-Encoding: gzip` (it then gzips) and the record decodes."""
     client = make_client(PokeAPI)
-    assert "gzip" in client.default_headers["Accept-Encoding"]
     assert client.get_pokemon("pikachu").data["id"] == 25
+    [seen] = sandbox.received("pokemon")
+    assert "gzip" in seen.headers["accept-encoding"]
 
 
 # -- faults, with exact call counts -------------------------------------------------
@@ -376,7 +387,12 @@ def test_token_never_appears_in_logs_errors_or_reprs(make_client, sandbox, caplo
         texts.append(repr(pickle.loads(pickle.dumps(caught.value)).args))
     texts += [record.getMessage() for record in caplog.records]
     texts.append(caplog.text)
-    assert texts
+    # The texts are the real ones: both failures were raised and logged with their status.
+    assert any("-> 503" in text for text in texts)
+    assert any("-> 401" in text for text in texts)
+    assert [seen.headers["authorization"] for seen in sandbox.received("projects")][-1] == (
+        f"Token {secret}"
+    )  # the token was sent, so it could have leaked
     for text in texts:
         assert secret not in text
 
@@ -389,8 +405,9 @@ def test_settings_repr_hides_the_token() -> None:
 
 
 def test_a_slow_drip_ends_at_the_total_deadline(make_client, sandbox) -> None:
-    """A body sent a byte at a time cannot hold a worker past connect + 2 x read timeout."""
-    sandbox.inject("pokemon", "slow_drip", interval=0.01, times=None)
+    """A body sent a byte at a time cannot hold a worker past connect + 2 x read timeout,
+    gzipped too (its first ~70 bytes decode to nothing: 3.5 s at this drip)."""
+    sandbox.inject("pokemon", "slow_drip", interval=0.05, times=None)
     client = make_client(
         PokeAPI, http_read_timeout=0.3, http_connect_timeout=0.3, http_retry_attempts=1
     )

@@ -9,6 +9,8 @@ something real in each.
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,7 @@ def quick_run(
 
 @pytest.mark.timeout(120)
 def test_quick_run_exits_zero_and_prints_the_tables(quick_run: Any) -> None:
+    """The harness finishes on its own and prints its tables."""
     completed, _ = quick_run
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "### 1. Cold" in completed.stdout
@@ -56,6 +59,7 @@ def test_quick_run_exits_zero_and_prints_the_tables(quick_run: Any) -> None:
 
 
 def test_every_system_has_every_scenario_with_positive_figures(quick_run: Any) -> None:
+    """Each system reached each scenario in time and measured something in it."""
     _, document = quick_run
     assert document is not None
     systems = document["systems"]
@@ -68,23 +72,33 @@ def test_every_system_has_every_scenario_with_positive_figures(quick_run: Any) -
                 assert figures[scenario][key] > 0, f"{name} {scenario} {key}"
 
 
-def test_ratios_and_targets_are_reported(quick_run: Any) -> None:
+def test_ratios_are_the_two_figures_divided_and_targets_and_cpus_are_reported(
+    quick_run: Any,
+) -> None:
+    """A ratio is project / baseline of the same run; nproc is the CPUs it could use."""
     _, document = quick_run
     assert document is not None
-    assert document["ratios"]["tuned"]["cold"]["jobs_per_s"] > 0
+    systems = document["systems"]
+    project, tuned = systems["project"]["cold"], systems["tuned"]["cold"]
+    ratio = document["ratios"]["tuned"]["cold"]["jobs_per_s"]
+    assert ratio == pytest.approx(project["jobs_per_s"] / tuned["jobs_per_s"], rel=0.01, abs=0.001)
     assert {target["name"] for target in document["targets"]} >= {
         "worker CPU ms/job (cold)",
         "hot: upstream calls per distinct name",
     }
-    assert document["meta"]["nproc"] >= 1
+    assert document["meta"]["nproc"] == len(os.sched_getaffinity(0))
 
 
 def test_repeated_cold_runs_report_their_median_and_each_run(quick_run: Any) -> None:
+    """--repeat 2: two cold runs, each one's figure listed beside the median."""
     _, document = quick_run
     assert document is not None
     cold = document["systems"]["project"]["cold"]
     assert cold["runs"] == 2
-    assert len(cold["worker_cpu_ms_per_job_each_run"].split(" / ")) == 2
+    for key in ("jobs_per_s", "worker_cpu_ms_per_job"):
+        each = [float(figure) for figure in cold[f"{key}_each_run"].split(" / ")]
+        assert len(each) == 2
+        assert cold[key] == pytest.approx(statistics.median(each), rel=0.01, abs=0.001), key
 
 
 def test_the_project_stores_or_records_every_faulty_job(quick_run: Any) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 from celery import Celery
 from kombu import Exchange, Queue
 
+from worker.settings import setting_names
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -69,7 +71,10 @@ class WorkerProcess:
         concurrency: int = 8,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        # The project's settings come from `env` alone: none leaks in from the shell or
+        # from a test's in-process environment, so unnamed settings are the defaults.
+        inherited = {k: v for k, v in os.environ.items() if k not in setting_names()}
+        self.env = {**inherited, **env, "PYTHONUNBUFFERED": "1"}
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         self.pool = pool
         self.concurrency = concurrency

@@ -28,11 +28,15 @@ class RedisServer:
     """One redis-server process on loopback, started and stopped by its owner."""
 
     def __init__(
+<<<<<<< HEAD
         self,
         port: int | None = None,
         *,
         appendonly: bool = False,
         extra_args: tuple[str, ...] = (),
+=======
+        self, port: int | None = None, *, appendonly: bool = False, args: tuple[str, ...] = ()
+>>>>>>> main
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -43,8 +47,12 @@ class RedisServer:
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
+<<<<<<< HEAD
         # More redis-server options (replication, TLS, ACL), as "--name", "value" pairs.
         self.extra_args = extra_args
+=======
+        self.args = args  # more redis-server options, e.g. the compose file's
+>>>>>>> main
         self.dir = Path(tempfile.mkdtemp(prefix="apiworker-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -60,10 +68,13 @@ class RedisServer:
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
+<<<<<<< HEAD
             *self.extra_args,
+=======
+            *self.args,
+>>>>>>> main
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         self.wait_ready(timeout)
@@ -105,7 +116,13 @@ class RedisServer:
             self.process = None
 
     def restart(self) -> None:
+        """SIGTERM and start again: Redis writes its append-only file out first."""
         self.stop()
+        self.start()
+
+    def crash_and_start(self) -> None:
+        """SIGKILL and start again: only what the fsync policy had written survives."""
+        self.kill()
         self.start()
 
     def cleanup(self) -> None:

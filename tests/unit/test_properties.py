@@ -6,6 +6,7 @@ import random
 import re
 import string
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
@@ -131,27 +132,130 @@ PIPELINE_SHAPED = st.fixed_dictionaries(
 )
 
 
-@given(ARTICLE_SHAPED | JSON)
-def test_article_summary_is_valid_or_invalid_payload(article: Any) -> None:
-    """CMS articles: the summary's fields, or InvalidPayload."""
+WELL_FORMED_ARTICLE = st.fixed_dictionaries(
+    {
+        "id": st.integers(1, 10**6) | st.text(min_size=1, max_size=8),
+        "slug": st.text(min_size=1, max_size=10),
+        "title": st.text(max_size=20),
+    },
+    optional={
+        "author": st.none() | st.text(max_size=10),
+        "tags": st.lists(st.text(max_size=5), max_size=4),
+        "published_at": st.none() | st.text(max_size=25),
+        "updated_at": st.none() | st.text(max_size=25),
+        "body": JSON,
+    },
+)
+WELL_FORMED_PIPELINE = st.fixed_dictionaries(
+    {"ppl_id": st.text(min_size=1, max_size=10), "name": st.text(max_size=10)},
+    optional={
+        key: st.none() | st.text(max_size=10)
+        for key in ("branch_name", "commit_sha", "state", "result")
+    }
+    | {
+        "created_at": st.none()
+        | st.text(max_size=25)
+        | st.fixed_dictionaries({"seconds": st.integers(0, 4 * 10**9), "nanos": st.integers()}),
+        "done_at": st.none() | st.fixed_dictionaries({"seconds": st.integers(0, 4 * 10**9)}),
+    },
+)
+
+
+def optional_text(payload: dict[str, Any], key: str) -> str | None:
+    """What a summary keeps of an optional string: the string, or None for none/empty."""
+    return payload.get(key) or None
+
+
+def timestamp(payload: dict[str, Any], key: str) -> str | None:
+    """A protobuf timestamp as ISO 8601 UTC (None for 0), or the optional string."""
+    value = payload.get(key)
+    if isinstance(value, dict):
+        seconds = int(value["seconds"])
+        if seconds == 0:
+            return None
+        return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+    return optional_text(payload, key)
+
+
+@given(WELL_FORMED_ARTICLE | ARTICLE_SHAPED | JSON)
+def test_article_summary_copies_every_field_and_refuses_only_malformed_articles(
+    article: Any,
+) -> None:
+    """CMS articles: each summary field is the article's own, or InvalidPayload."""
     try:
         summary = article_summary(article)
     except InvalidPayload:
+        assert not is_well_formed_article(article), article
         return
-    assert isinstance(summary["slug"], str)
-    assert all(isinstance(tag, str) for tag in summary["tags"])
+    assert summary == {
+        "id": article["id"],
+        "slug": article["slug"],
+        "title": article["title"],
+        "author": optional_text(article, "author"),
+        "tags": list(article.get("tags") or []),
+        "published_at": optional_text(article, "published_at"),
+        "updated_at": optional_text(article, "updated_at"),
+    }
+    assert isinstance(summary["id"], int | str)
+    assert not isinstance(summary["id"], bool)
 
 
-@given(PIPELINE_SHAPED | JSON)
-def test_pipeline_summary_is_valid_or_invalid_payload(pipeline: Any) -> None:
+def is_well_formed_article(article: Any) -> bool:
+    """Whether `article` has the shape WELL_FORMED_ARTICLE draws from."""
+    if not isinstance(article, dict):
+        return False
+    return (
+        isinstance(article.get("id"), int | str)
+        and not isinstance(article.get("id"), bool)
+        and isinstance(article.get("slug"), str)
+        and isinstance(article.get("title"), str)
+        and all(
+            article.get(key) is None or isinstance(article[key], str)
+            for key in ("author", "published_at", "updated_at")
+        )
+        and (
+            not article.get("tags")
+            or (
+                isinstance(article["tags"], list)
+                and all(isinstance(tag, str) for tag in article["tags"])
+            )
+        )
+    )
+
+
+@given(WELL_FORMED_ARTICLE)
+def test_a_well_formed_article_is_never_refused(article: dict[str, Any]) -> None:
+    """Every article of the documented shape gives a summary, whatever else it carries."""
+    assert article_summary(article)["slug"] == article["slug"]
+
+
+@given(WELL_FORMED_PIPELINE | PIPELINE_SHAPED | JSON)
+def test_pipeline_summary_copies_every_field_or_is_invalid_payload(pipeline: Any) -> None:
     """Semaphore pipelines, protobuf timestamps included: the summary, or InvalidPayload."""
     try:
         summary = pipeline_summary(pipeline)
     except InvalidPayload:
         return
-    assert isinstance(summary["id"], str)
+    assert summary == {
+        "id": pipeline["ppl_id"],
+        "name": pipeline["name"],
+        "branch": optional_text(pipeline, "branch_name"),
+        "commit_sha": optional_text(pipeline, "commit_sha"),
+        "state": optional_text(pipeline, "state"),
+        "result": optional_text(pipeline, "result"),
+        "created_at": timestamp(pipeline, "created_at"),
+        "done_at": timestamp(pipeline, "done_at"),
+    }
+
+
+@given(WELL_FORMED_PIPELINE)
+def test_a_well_formed_pipeline_is_never_refused(pipeline: dict[str, Any]) -> None:
+    """Every pipeline of the documented shape gives a summary with ISO 8601 timestamps."""
+    summary = pipeline_summary(pipeline)
     for key in ("created_at", "done_at"):
-        assert summary[key] is None or isinstance(summary[key], str)
+        value = pipeline.get(key)
+        if isinstance(value, dict) and value["seconds"]:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", summary[key])
 
 
 # -- 10,000+ jobs through the real task -------------------------------------------------

@@ -1,0 +1,142 @@
+"""The results store on a real Redis: concurrent late writers, and round trips counted.
+
+Round trips are counted by the server (`INFO stats` total_reads_processed: one per batch
+of commands a client sends, and `INFO commandstats`), on a Redis of this module alone so
+no other client's commands are counted.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+
+from tasks.keys import Keys
+from tasks.store import Fetched, ResultStore
+from tests.support.redis_server import RedisServer
+
+WRITERS, WRITES_EACH = 8, 40
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[str]:
+    """A redis-server of this module alone: its counters count only these tests."""
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def client(own_redis: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(own_redis, decode_responses=True)
+    connection.flushall()
+    yield connection
+    connection.close()
+
+
+def make_store(client: redis.Redis) -> ResultStore:
+    return ResultStore(client, Keys(), events_maxlen=100_000, failures_maxlen=1000)
+
+
+def pokemon(name: str, fetched_at: float, weight: str = "1 kg") -> Fetched:
+    value = {"id": 1, "name": name, "image": None, "height": "1 cm", "weight": weight}
+    return Fetched("pokemon", name, value, fetched_at, etag='"e1"')
+
+
+def round_trips(client: redis.Redis, action: object) -> tuple[int, dict[str, int]]:
+    """Batches the server read while `action()` ran, and the commands it ran by name
+    (those a script ran included: only `evalsha` and `script|*` are sent by clients)."""
+    assert callable(action)
+    client.config_resetstat()
+    reads = client.info("stats")["total_reads_processed"]
+    action()
+    after = client.info("stats")["total_reads_processed"]
+    commands = {
+        name.removeprefix("cmdstat_"): stats["calls"]
+        for name, stats in client.info("commandstats").items()
+    }
+    for own in ("info", "config|resetstat"):  # this function's own commands
+        commands.pop(own, None)
+    return after - reads - 1, commands  # minus the second INFO itself
+
+
+def test_concurrent_writers_of_one_key_leave_the_newest_fetch_and_never_step_back(
+    own_redis: str,
+) -> None:
+    """8 threads, each with its own connection, write one key with random fetch times."""
+    rng = random.Random(15)
+    times = rng.sample(range(1, 100_000), WRITERS * WRITES_EACH)
+    batches = [times[i::WRITERS] for i in range(WRITERS)]
+    accepted: list[int] = []
+    start = threading.Barrier(WRITERS)
+
+    def writer(batch: list[int]) -> None:
+        connection = redis.Redis.from_url(own_redis, decode_responses=True)
+        store = make_store(connection)
+        start.wait()
+        for at in batch:
+            if store.write(pokemon("mew", at / 1000, weight=f"{at} kg"), f"t{at}"):
+                accepted.append(at)
+        connection.close()
+
+    client = redis.Redis.from_url(own_redis, decode_responses=True)
+    client.flushall()
+    threads = [threading.Thread(target=writer, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    newest = max(times)
+    assert orjson.loads(client.get("pokemon:mew"))["weight"] == f"{newest} kg"
+    assert client.hget("meta:pokemon:mew", "task_id") == f"t{newest}"
+    # Each accepted write is in the stream, in the order Redis ran them: never older
+    # than the one before, so no reader ever saw the value step back in time.
+    events = [int(fields["fetched_at_ms"]) for _, fields in client.xrange("events:results")]
+    assert sorted(events) == sorted(accepted)
+    assert events == sorted(events)
+    # Not vacuous: the writers interleaved, so some writes were refused as too late.
+    assert 1 < len(events) < len(times)
+    client.close()
+
+
+def test_a_job_writes_its_result_in_one_round_trip(client: redis.Redis) -> None:
+    """One EVALSHA: no SCRIPT EXISTS before it, the lock released in the same call."""
+    store = make_store(client)
+    lock = store.keys.lock("pokemon", "mew")
+    store.write(pokemon("mew", 1.0), "warm-up")  # loads the script once
+    client.set(lock, "mine")
+    trips, commands = round_trips(
+        client, lambda: store.write(pokemon("mew", 2.0), "t", release=(lock, "mine"))
+    )
+    assert (trips, commands["evalsha"]) == (1, 1)
+    assert not [name for name in commands if name.startswith("script")]
+    assert client.get(lock) is None
+
+
+def test_write_many_writes_a_batch_in_one_round_trip_with_one_event_each(
+    client: redis.Redis,
+) -> None:
+    """Five results: five EVALSHA in one batch the server reads at once, five events."""
+    store = make_store(client)
+    store.write(pokemon("warm-up", 1.0), "warm-up")  # loads the script once
+    batch = [pokemon(name, 2.0) for name in ("a", "b", "c", "d", "e")]
+    written: list[int] = []
+    trips, commands = round_trips(client, lambda: written.append(store.write_many(batch, "b")))
+    assert written == [5]
+    assert (trips, commands["evalsha"]) == (1, 5)
+    assert not [name for name in commands if name.startswith("script")]
+    assert client.xlen("events:results") == 1 + 5
+
+
+def test_write_many_loads_its_script_when_redis_lost_it(client: redis.Redis) -> None:
+    """After a restart (or SCRIPT FLUSH) the batch still writes, each result once."""
+    store = make_store(client)
+    client.script_flush()
+    assert store.write_many([pokemon("a", 1.0), pokemon("b", 1.0)], "b") == 2
+    assert client.xlen("events:results") == 2
