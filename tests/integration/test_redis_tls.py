@@ -70,7 +70,7 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
     client_cert.private_key_pem.write_to_path(str(paths["cli.key"]))
     tls_port = free_port()
     server = RedisServer(
-        extra_args=(
+        args=(
             "--tls-port", str(tls_port),
             "--tls-cert-file", str(paths["srv"]),
             "--tls-key-file", str(paths["srv.key"]),

@@ -28,15 +28,7 @@ class RedisServer:
     """One redis-server process on loopback, started and stopped by its owner."""
 
     def __init__(
-<<<<<<< HEAD
-        self,
-        port: int | None = None,
-        *,
-        appendonly: bool = False,
-        extra_args: tuple[str, ...] = (),
-=======
         self, port: int | None = None, *, appendonly: bool = False, args: tuple[str, ...] = ()
->>>>>>> main
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -47,12 +39,7 @@ class RedisServer:
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
-<<<<<<< HEAD
-        # More redis-server options (replication, TLS, ACL), as "--name", "value" pairs.
-        self.extra_args = extra_args
-=======
         self.args = args  # more redis-server options, e.g. the compose file's
->>>>>>> main
         self.dir = Path(tempfile.mkdtemp(prefix="apiworker-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -70,11 +57,7 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
-<<<<<<< HEAD
-            *self.extra_args,
-=======
             *self.args,
->>>>>>> main
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         self.wait_ready(timeout)

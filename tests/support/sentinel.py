@@ -102,7 +102,7 @@ class SentinelDeployment:
         self.sentinel_password = sentinel_password
         self.master = RedisServer(appendonly=True)
         self.replica = RedisServer(
-            appendonly=True, extra_args=("--replicaof", "127.0.0.1", str(self.master.port))
+            appendonly=True, args=("--replicaof", "127.0.0.1", str(self.master.port))
         )
         auth: list[str] = []
         if password:
