@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from redis.sentinel import Sentinel
 
 from ops.cli import cli
+from sandbox.pokeapi import load_catalogue
 from tests.chaos.conftest import FAILURES, FETCH, pokemon_names, scaled
 from tests.integration.conftest import fast_redelivery, worker_environment
 from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
@@ -164,10 +165,19 @@ def explain_losses(
     return reasons
 
 
+def health(env: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """`apiworker health` with the worker's environment: exit code and line per check."""
+    outcome = CliRunner().invoke(cli, ["health", "--timeout", "2"], env=env)
+    for secret in (PASSWORD, SENTINEL_PASSWORD):
+        assert secret not in outcome.output
+    return outcome.exit_code, {line.split()[1]: line for line in outcome.output.splitlines()}
+
+
 def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_job(
     sentinel_deployment: SentinelDeployment, sandbox: Any, tmp_path: Path
 ) -> None:
-    """Master SIGKILLed mid-flow: promotion, same worker and beat, every job accounted."""
+    """Master SIGKILLed mid-flow: promotion, same worker and beat, every job accounted;
+    `apiworker health` names the master and replica before, the new master after."""
     deployment = sentinel_deployment
     env = sentinel_environment(deployment, sandbox)
     producer = sentinel_producer(deployment)
@@ -178,6 +188,12 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
     try:
         worker.start(producer)
         worker_pid = worker.process.pid if worker.process else None
+        # The operator CLI through the same sentinels: the master and its replica.
+        code, lines = health(env)
+        assert code == 0, lines
+        master, replica = deployment.master.port, deployment.replica.port
+        assert f"at 127.0.0.1:{master}; replicas: 127.0.0.1:{replica};" in lines["sentinel"]
+        assert "sentinels answering: 3/3" in lines["sentinel"]
         beat = start_beat(env, beat_log)
         wait_for(lambda: results.exists(f"pokemon:{BEAT_NAME}"), timeout=30, what="beat's job")
         sandbox.latency = 0.05
@@ -228,6 +244,14 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
             what="beat scheduling after the failover",
         )
 
+        # The CLI follows the failover too: the new master, no replica left, jobs sent.
+        wait_for(lambda: health(env)[0] == 0, timeout=30, interval=0.5, what="health again")
+        assert f"at 127.0.0.1:{new_port}; replicas: none;" in health(env)[1]["sentinel"]
+        extra = load_catalogue().names[-1]
+        enqueued = CliRunner().invoke(cli, ["enqueue", FETCH, extra, "--wait"], env=env)
+        assert enqueued.exit_code == 0, enqueued.output
+        assert json.loads(enqueued.stdout.splitlines()[-1])["name"] == extra
+
         lost = set(names) - stored() - recorded()
         reasons = explain_losses(deployment, old_port, new_port, lost)
         acknowledged = succeeded_names(worker)
@@ -264,50 +288,3 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
         worker.stop()
         producer.close()
         results.close()
-
-
-def test_health_names_the_master_and_replica_then_the_new_master_after_a_failover(
-    sentinel_deployment: SentinelDeployment, sandbox: Any
-) -> None:
-    """`apiworker health` through Sentinel: master, replica, sentinels; no password shown."""
-    deployment = sentinel_deployment
-    env = sentinel_environment(deployment, sandbox)
-    producer = sentinel_producer(deployment)
-    worker = WorkerProcess(env, concurrency=2)
-    try:
-        worker.start(producer)
-
-        def health() -> tuple[int, dict[str, str]]:
-            outcome = CliRunner().invoke(cli, ["health", "--timeout", "2"], env=env)
-            assert PASSWORD not in outcome.output
-            assert SENTINEL_PASSWORD not in outcome.output
-            lines = {line.split()[1]: line for line in outcome.output.splitlines()}
-            return outcome.exit_code, lines
-
-        code, lines = health()
-        assert code == 0, lines
-        master, replica = deployment.master.port, deployment.replica.port
-        assert f"at 127.0.0.1:{master}; replicas: 127.0.0.1:{replica};" in lines["sentinel"]
-        assert "sentinels answering: 3/3" in lines["sentinel"]
-        enqueued = CliRunner().invoke(
-            cli, ["enqueue", FETCH, "pikachu", "--wait", "--timeout", "20"], env=env
-        )
-        assert enqueued.exit_code == 0, enqueued.output
-        assert json.loads(enqueued.stdout.splitlines()[-1])["name"] == "pikachu"
-
-        deployment.wait_promoted(deployment.kill_master())
-        last: list[dict[str, str]] = []
-
-        def healthy() -> bool:
-            code, lines = health()
-            last[:] = [lines]
-            return code == 0
-
-        try:
-            wait_for(healthy, timeout=30, interval=0.5, what="healthy after the failover")
-        except TimeoutError as exc:
-            raise AssertionError(f"still unhealthy: {last}\n{worker.log()[-6000:]}") from exc
-        assert f"at 127.0.0.1:{replica}; replicas: none;" in health()[1]["sentinel"]
-    finally:
-        worker.stop()
-        producer.close()
