@@ -29,7 +29,6 @@ from urllib.parse import urlencode, urlsplit
 import certifi
 import orjson
 import urllib3
-from requests.utils import parse_header_links
 from urllib3 import exceptions as urllib3_errors
 
 from apis import errors, metrics
@@ -509,6 +508,9 @@ def _links(value: str | None) -> dict[str, str]:
     """rel -> URL of a `Link` header (RFC 8288), as requests' `Response.links` has it."""
     if not value:
         return {}
+    # Imported here: only paged APIs send the header, and requests costs a worker ~4 MB.
+    from requests.utils import parse_header_links
+
     links: dict[str, str] = {}
     for link in parse_header_links(value):
         url = link.get("url")

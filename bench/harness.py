@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,13 +178,19 @@ class ProcessTree:
 
     def memory(self) -> tuple[int, int]:
         """(RSS, PSS) of the group in bytes."""
-        rss = pss = 0
+        rss, pss, _ = self.memory_detail()
+        return rss, pss
+
+    def memory_detail(self) -> tuple[int, int, int]:
+        """(RSS, PSS) of the group and the RSS of its largest process, in bytes."""
+        rss = pss = largest = 0
         for pid in self.pids():
             stat = read_stat(pid)
             if stat is not None:
                 rss += stat.rss_bytes
                 pss += _pss_bytes(pid)
-        return rss, pss
+                largest = max(largest, stat.rss_bytes)
+        return rss, pss, largest
 
 
 class MemorySampler:
@@ -200,12 +206,22 @@ class MemorySampler:
         self._lock = threading.Lock()
         self._peak_rss = 0
         self._peak_pss = 0
+        self._peak_largest = 0
         self._stop = threading.Event()
+        # Paused while its worker sits idle, so idle workers cost the driver nothing.
+        self._active = threading.Event()
+        self._active.set()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
     def start(self) -> MemorySampler:
         self._thread.start()
         return self
+
+    def pause(self) -> None:
+        self._active.clear()
+
+    def resume(self) -> None:
+        self._active.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -213,7 +229,7 @@ class MemorySampler:
 
     def reset_peak(self) -> None:
         with self._lock:
-            self._peak_rss = self._peak_pss = 0
+            self._peak_rss = self._peak_pss = self._peak_largest = 0
         self.sample()
 
     def peak(self) -> tuple[int, int]:
@@ -221,15 +237,23 @@ class MemorySampler:
         with self._lock:
             return self._peak_rss, self._peak_pss
 
+    def peak_largest(self) -> int:
+        """The peak RSS of the largest single process (a per-process memory budget)."""
+        self.sample()
+        with self._lock:
+            return self._peak_largest
+
     def sample(self) -> None:
-        rss, pss = self.tree.memory()
+        rss, pss, largest = self.tree.memory_detail()
         with self._lock:
             self._peak_rss = max(self._peak_rss, rss)
             self._peak_pss = max(self._peak_pss, pss)
+            self._peak_largest = max(self._peak_largest, largest)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.sample()
+            if self._active.is_set():
+                self.sample()
 
 
 # -- Redis ----------------------------------------------------------------------------
@@ -347,9 +371,13 @@ class KeyWatcher:
 class SandboxProcess:
     """`python -m sandbox` in its own process, driven through its `/_sandbox` admin API."""
 
-    def __init__(self, latency: float, *, seed: int = 7) -> None:
+    def __init__(
+        self, latency: float, *, seed: int = 7, small_bodies: bool = False, prewarm: bool = True
+    ) -> None:
         self.latency = latency
         self.seed = seed
+        self.small_bodies = small_bodies
+        self.prewarm = prewarm
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.tree: ProcessTree | None = None
@@ -368,9 +396,11 @@ class SandboxProcess:
             "--port", str(self.port),
             "--latency", str(self.latency),
             "--seed", str(self.seed),
-            # Every body built and gzipped before the run: the real upstream's CPU is
-            # not on the worker's host, so its stand-in should take as little as it can.
-            "--prewarm",
+            # Every body built and gzipped before the run (~5 s; a smoke run skips it):
+            # the real upstream's CPU is not on the worker's host, so its stand-in should
+            # take as little as it can.
+            *(["--prewarm"] if self.prewarm else []),
+            *(["--small-bodies"] if self.small_bodies else []),
         ]  # fmt: skip
         self.process = _spawn(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
         self.tree = ProcessTree(self.process.pid)
@@ -436,7 +466,8 @@ def producer_app(broker_url: str, backend_url: str) -> Celery:
 
 
 class WorkerProcess:
-    """`celery -A MODULE worker [args]` from the repository root, in its own session."""
+    """`celery -A MODULE worker [args]` (or `command`) from the repository root, in its
+    own session; ready when `ready()` (default: a Celery ping through `producer`) says so."""
 
     def __init__(
         self,
@@ -447,8 +478,10 @@ class WorkerProcess:
         *,
         label: str = "",
         command: Sequence[str] = (),
+        cwd: Path = REPO_ROOT,
     ) -> None:
         self.module = module
+        self.cwd = cwd
         self.full_command = list(command)
         self.env = dict(env)
         self.args = list(args)
@@ -463,16 +496,25 @@ class WorkerProcess:
             return [sys.executable, *self.full_command]
         return [sys.executable, "-m", "celery", "-A", self.module, "worker", *self.args]
 
-    def start(self, producer: Celery, timeout: float = 60) -> WorkerProcess:
+    def start(
+        self,
+        producer: Celery | None = None,
+        timeout: float = 60,
+        *,
+        ready: Callable[[], bool] | None = None,
+    ) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = _spawn(
-                self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         self.tree = ProcessTree(self.process.pid)
 
         def answers() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"worker {self.module} exited at start:\n{self.log_tail()}")
+            if ready is not None:
+                return ready()
+            assert producer is not None, "a Celery worker's readiness needs a producer"
             return bool(producer.control.ping(timeout=0.5))
 
         wait_until(answers, timeout=timeout, what=f"worker {self.module}", interval=0.1)

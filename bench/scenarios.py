@@ -26,7 +26,8 @@ import redis
 from celery import Celery
 
 from bench.harness import KeyWatcher, ProcessTree, SandboxProcess, WorkerProcess
-from bench.systems import CATALOG_TASK, FETCH_TASK, System
+from bench.senders import sender
+from bench.systems import CATALOG_TASK, System
 
 Figures = dict[str, Any]
 TERMINAL = frozenset({"SUCCESS", "FAILURE"})
@@ -91,6 +92,7 @@ class Context:
     producer: Celery
     watcher: KeyWatcher
     names: Sequence[str]  # the sandbox's whole index, in index order
+    broker_url: str  # where the Dramatiq broker and the probe's list live (db 1)
 
 
 @dataclass(frozen=True)
@@ -115,17 +117,14 @@ def send(ctx: Context, names: Sequence[str], *, rate: float | None = None) -> li
     """Enqueue one fetch job per name, as fast as possible or at a fixed rate."""
     sent: list[Sent] = []
     start = time.monotonic()
-    with ctx.producer.producer_or_acquire() as producer:
+    with sender(ctx.system, ctx.producer, ctx.broker_url) as enqueue:
         for index, name in enumerate(names):
             if rate is not None:
                 delay = start + index / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
             at = time.time()
-            result = ctx.producer.send_task(
-                FETCH_TASK, args=[name], queue=ctx.system.queue, producer=producer
-            )
-            sent.append(Sent(result.id, name, at))
+            sent.append(Sent(enqueue(name), name, at))
     return sent
 
 
@@ -209,6 +208,7 @@ class Meter:
         self.ctx = ctx
         if ctx.worker.sampler is not None:
             ctx.worker.sampler.reset_peak()
+            ctx.worker.sampler.resume()
         self.worker_cpu = ctx.worker.cpu_seconds()
         self.sandbox_cpu = ctx.sandbox.cpu_seconds()
         self.redis_cpu = ctx.redis_tree.cpu_seconds()
@@ -217,6 +217,9 @@ class Meter:
     def finish(self, jobs: int) -> Figures:
         ctx, per_job = self.ctx, 1000 / max(jobs, 1)
         rss, pss = ctx.worker.sampler.peak() if ctx.worker.sampler is not None else (0, 0)
+        largest = ctx.worker.sampler.peak_largest() if ctx.worker.sampler is not None else 0
+        if ctx.worker.sampler is not None:
+            ctx.worker.sampler.pause()
         return {
             "worker_cpu_ms_per_job": round(
                 (ctx.worker.cpu_seconds() - self.worker_cpu) * per_job, 3
@@ -231,6 +234,7 @@ class Meter:
             "driver_cpu_ms_per_job": round((time.process_time() - self.driver_cpu) * per_job, 3),
             "peak_rss_mib": round(rss / 2**20, 1),
             "peak_pss_mib": round(pss / 2**20, 1),
+            "peak_rss_mib_largest_process": round(largest / 2**20, 1),
         }
 
 

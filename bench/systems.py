@@ -1,8 +1,12 @@
-"""The systems a run compares: the project's worker and two baselines.
+"""The systems a run compares: the project's worker and four baselines.
 
-All three register the same task names (`tasks.pokemon.fetch_pokemon`,
+The three Celery systems register the same task names (`tasks.pokemon.fetch_pokemon`,
 `tasks.pokemon.refresh_catalog`), so the driver sends the identical message to each and
-only the worker on the other end changes. Each is started the way its users would start
+only the worker on the other end changes. The Dramatiq baseline takes the same job as a
+Dramatiq message, the asyncio probe as a name on a Redis list; both store the same
+`pokemon:{name}` key, which is what the cold and latency scenarios watch. They run only
+the scenarios their users' code can take part in: neither has a result a caller can
+wait on (hot, faulty) nor a catalog task. Each is started the way its users would start
 it: the project exactly as its README says (`make run`, i.e. `python -m ops.run`: one
 worker process per core, settings at their defaults, the environment only telling it
 where Redis and the upstream are; beat and Flower are left out of the measurement).
@@ -11,7 +15,7 @@ where Redis and the upstream are; beat and Flower are left out of the measuremen
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from worker.settings import setting_names
 
@@ -20,6 +24,15 @@ CATALOG_TASK = "tasks.pokemon.refresh_catalog"
 PROJECT = "project"
 TUNED = "tuned"
 TUTORIAL = "tutorial"
+DRAMATIQ = "dramatiq"
+PROBE = "probe"
+# How the driver enqueues a job (bench.senders).
+CELERY = "celery"
+DRAMATIQ_PROTOCOL = "dramatiq"
+LIST_PROTOCOL = "list"
+# Scenario names; "small" is the cold scenario over ~4 KB bodies at 0 ms latency.
+EVERY_SCENARIO = ("cold", "latency", "hot", "catalog", "faulty", "small", "refresh")
+QUEUE_ONLY_SCENARIOS = ("cold", "latency", "small")
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,14 @@ class System:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     # The whole command line, when the system is not started as `celery -A MODULE worker`.
     command: tuple[str, ...] = ()
+    protocol: str = CELERY
+    # The Dramatiq actor name (Celery systems use FETCH_TASK).
+    actor: str = ""
+    scenarios: tuple[str, ...] = EVERY_SCENARIO
+    # Where its code is, when not this checkout (a project system at another revision).
+    cwd: str = ""
+    # At most this many cold runs, whatever --repeat says (0: no limit).
+    max_repeat: int = 0
 
 
 SYSTEMS: dict[str, System] = {
@@ -60,10 +81,49 @@ SYSTEMS: dict[str, System] = {
         # Celery's "First steps" tutorial starts its worker with --loglevel=INFO.
         args=("--loglevel=INFO",),
         description="prefork defaults, requests.get, stdlib json, plain SET",
+        # Its cold runs alone take minutes; the small-body case compares the fast systems,
+        # and one cold run (~50 s) is enough for a ratio this far from its target (5x).
+        scenarios=("cold", "latency", "hot", "catalog", "faulty"),
+        max_repeat=1,
+    ),
+    DRAMATIQ: System(
+        name=DRAMATIQ,
+        module="bench.baselines.dramatiq_redis",
+        queue="default",
+        # The CLI's defaults: one process per core, 8 threads each.
+        command=("-m", "dramatiq", "bench.baselines.dramatiq_redis"),
+        description="dramatiq CLI defaults (processes = cores, threads x8), Redis broker, "
+        "pooled Session, orjson, plain SET",
+        protocol=DRAMATIQ_PROTOCOL,
+        actor="fetch_pokemon",
+        scenarios=QUEUE_ONLY_SCENARIOS,
+    ),
+    PROBE: System(
+        name=PROBE,
+        module="bench.baselines.probe",
+        queue="probe:jobs",
+        command=("-m", "bench.baselines.probe"),
+        description="one asyncio process: aiohttp, redis.asyncio, msgspec of five fields, "
+        "a Redis list, no guarantees",
+        protocol=LIST_PROTOCOL,
+        scenarios=QUEUE_ONLY_SCENARIOS,
     ),
 }
 
 ALL_SYSTEMS = SYSTEMS
+
+
+def project_at(revision: str, tree: str) -> System:
+    """The project as `make run` starts it, from `tree`: a copy of `revision`'s files.
+
+    Measures an optimisation side by side with the code before it, in one run.
+    """
+    return replace(
+        SYSTEMS[PROJECT],
+        name=f"{PROJECT}@{revision}",
+        description=f"the project at {revision}, started the same way",
+        cwd=tree,
+    )
 
 
 def settings_names() -> set[str]:

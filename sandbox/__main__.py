@@ -37,6 +37,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="build and gzip every PokeAPI record before serving (benchmarks; ~400 MB)",
     )
     parser.add_argument(
+        "--small-bodies",
+        action="store_true",
+        help="serve PokeAPI records cut to ~4 KB each, same fields (benchmarks)",
+    )
+    parser.add_argument(
         "--public-url",
         default=None,
         help="base URL clients reach this server by, used in links "
@@ -64,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         public_url=args.public_url,
         prewarm=args.prewarm,
+        small_bodies=args.small_bodies,
     ).start()
     try:
         print(f"sandbox upstream listening on {server.base_url}", flush=True)

@@ -51,8 +51,15 @@ class Route:
 class Upstreams:
     """The three fake APIs bound to one server address and Semaphore token."""
 
-    def __init__(self, base_url: str, semaphore_token: str, *, prewarm: bool = False) -> None:
-        self.pokeapi = PokeApi(base_url)
+    def __init__(
+        self,
+        base_url: str,
+        semaphore_token: str,
+        *,
+        prewarm: bool = False,
+        small_bodies: bool = False,
+    ) -> None:
+        self.pokeapi = PokeApi(base_url, small_bodies=small_bodies)
         if prewarm:
             self.pokeapi.prewarm()
         self.cms = Cms()

@@ -256,12 +256,15 @@ class SandboxServer:
         seed: int | None = None,
         public_url: str | None = None,
         prewarm: bool = False,
+        small_bodies: bool = False,
     ) -> None:
         self.host = host
         # The address clients use in links (pagination, record URLs), when it is not the
         # bound one: e.g. http://sandbox:8000 inside a compose network.
         self.public_url = public_url.rstrip("/") if public_url else None
         self.prewarm = prewarm
+        # PokeAPI records cut to ~4 KB (benchmarks of the per-message cost).
+        self.small_bodies = small_bodies
         self.port = port
         self.latency = latency
         self._semaphore_token = semaphore_token
@@ -282,7 +285,12 @@ class SandboxServer:
             httpd = _HTTPServer((self.host, self.port), self)
             self.port = int(httpd.server_address[1])
             self._base_url = self.public_url or f"http://{_url_host(self.host)}:{self.port}"
-            httpd.upstreams = Upstreams(self._base_url, self._semaphore_token, prewarm=self.prewarm)
+            httpd.upstreams = Upstreams(
+                self._base_url,
+                self._semaphore_token,
+                prewarm=self.prewarm,
+                small_bodies=self.small_bodies,
+            )
             thread = threading.Thread(
                 target=httpd.serve_forever,
                 kwargs={"poll_interval": 0.1},

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from apis.config import get_settings
 from apis.redact import register_secret
-from worker import transport
+from worker import result_backend, transport
 from worker.beat import beat_schedule
 from worker.broker import DEFAULT_QUEUE, QUEUES, broker_config
 from worker.settings import get_worker_settings
@@ -55,6 +55,8 @@ transport_options = {
 }
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
+# Each result stored in one Redis round trip, Celery's key, value and message unchanged.
+app.backend_cls = result_backend.backend_class(settings.result_backend)
 app.conf.update(
     **connection.settings,
     # JSON only: a pickled message could run arbitrary code on the worker, so any other

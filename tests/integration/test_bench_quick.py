@@ -22,9 +22,23 @@ from tests.support.celery_worker import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ("cold", "latency", "hot", "catalog", "faulty")
+# What each system of a smoke run takes part in: the queue-only baselines have no result
+# a caller can wait on and no catalog task; the small-body case runs for two systems.
+SCENARIOS = {
+    "project": ("cold", "latency", "hot", "catalog", "faulty", "small"),
+    "tuned": ("cold", "latency", "hot", "catalog", "faulty", "small"),
+    "dramatiq": ("cold", "latency"),
+    "probe": ("cold", "latency"),
+}
 POSITIVE = {
-    "cold": ("jobs", "jobs_per_s", "worker_cpu_ms_per_job", "peak_rss_mib"),
+    "cold": (
+        "jobs",
+        "jobs_per_s",
+        "worker_cpu_ms_per_job",
+        "peak_rss_mib",
+        "peak_rss_mib_largest_process",
+    ),
+    "small": ("jobs", "jobs_per_s", "worker_cpu_ms_per_job", "peak_rss_mib"),
     "latency": ("offered_per_s", "jobs", "p50_ms", "p99_ms"),
     "hot": ("jobs", "distinct_names", "upstream_calls", "jobs_per_s"),
     "catalog": ("names", "names_per_s", "upstream_calls", "worker_cpu_ms_per_job"),
@@ -42,14 +56,14 @@ def quick_run(
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=170,
         check=False,
     )
     document = json.loads(Path(out).read_text()) if out.exists() else None
     return completed, document
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_quick_run_exits_zero_and_prints_the_tables(quick_run: Any) -> None:
     """The harness finishes on its own and prints its tables."""
     completed, _ = quick_run
@@ -58,16 +72,22 @@ def test_quick_run_exits_zero_and_prints_the_tables(quick_run: Any) -> None:
     assert "### Targets" in completed.stdout
 
 
-def test_every_system_has_every_scenario_with_positive_figures(quick_run: Any) -> None:
-    """Each system reached each scenario in time and measured something in it."""
+def test_every_system_has_each_of_its_scenarios_with_positive_figures(quick_run: Any) -> None:
+    """Each of the four systems measured something real in every scenario it takes."""
     _, document = quick_run
     assert document is not None
     systems = document["systems"]
-    assert {"project", "tuned"} <= set(systems)
+    assert set(systems) == set(SCENARIOS)
     for name, figures in systems.items():
-        for scenario in SCENARIOS:
+        for scenario in SCENARIOS[name]:
             assert scenario in figures, f"{name} lacks {scenario}"
-            assert figures[scenario]["timed_out"] is False, f"{name} {scenario} timed out"
+            if name == "probe":
+                # No retries by design: a job whose call fails is dropped, so a busy
+                # host may leave a few keys unwritten; most must still be stored.
+                stored, jobs = figures[scenario]["stored"], figures[scenario]["jobs"]
+                assert stored >= 0.9 * jobs, f"probe {scenario}: {stored} of {jobs} stored"
+            else:
+                assert figures[scenario]["timed_out"] is False, f"{name} {scenario} timed out"
             for key in POSITIVE[scenario]:
                 assert figures[scenario][key] > 0, f"{name} {scenario} {key}"
 
@@ -75,16 +95,23 @@ def test_every_system_has_every_scenario_with_positive_figures(quick_run: Any) -
 def test_ratios_are_the_two_figures_divided_and_targets_and_cpus_are_reported(
     quick_run: Any,
 ) -> None:
-    """A ratio is project / baseline of the same run; nproc is the CPUs it could use."""
+    """A ratio is project / baseline of the same run, against each baseline; the targets
+    are listed; nproc is the CPUs it could use."""
     _, document = quick_run
     assert document is not None
     systems = document["systems"]
     project, tuned = systems["project"]["cold"], systems["tuned"]["cold"]
     ratio = document["ratios"]["tuned"]["cold"]["jobs_per_s"]
     assert ratio == pytest.approx(project["jobs_per_s"] / tuned["jobs_per_s"], rel=0.01, abs=0.001)
+    for baseline in ("tuned", "dramatiq", "probe"):
+        assert document["ratios"][baseline]["cold"]["jobs_per_s"] > 0, baseline
+    assert document["ratios"]["tuned"]["small"]["jobs_per_s"] > 0
     assert {target["name"] for target in document["targets"]} >= {
         "worker CPU ms/job (cold)",
         "hot: upstream calls per distinct name",
+        "cold jobs/s vs dramatiq",
+        "cold jobs/s vs probe",
+        "small bodies: jobs/s vs tuned",
     }
     assert document["meta"]["nproc"] == len(os.sched_getaffinity(0))
 
