@@ -10,15 +10,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies (runtime and the flower extra, no dev tools): install the project from an
-# empty package skeleton, then remove the skeleton itself so only its dependencies stay.
+# Dependencies (runtime, the flower and tracing extras, no dev tools): install the project
+# from an empty package skeleton, then remove the skeleton itself so only its dependencies stay.
 COPY pyproject.toml ./
 RUN set -eux; \
     for package in apis tasks worker ops sandbox; do \
         mkdir -p "$package"; touch "$package/__init__.py"; \
     done; \
     touch README.md; \
-    pip install '.[flower]'; \
+    pip install '.[flower,tracing]'; \
     pip uninstall --yes api-layer-worker; \
     rm -rf apis tasks worker ops sandbox README.md build ./*.egg-info
 

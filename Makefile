@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,flower,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,flower,bench,tracing]'
 	touch $(STAMP)
 
 # The suite starts its own private redis-server on a free port (tests/support/redis_server.py);

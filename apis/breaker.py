@@ -50,7 +50,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import redisconn
-from apis import errors
+from apis import errors, tracing
 from apis.config import UpstreamConfig
 from redisconn.settings import RedisTarget
 
@@ -143,6 +143,13 @@ return 0
 """
 
 
+def state_keys(prefix: str, service: str) -> list[str]:
+    """The breaker's keys of one upstream: open, tripped, probe, failures (in that order;
+    the worker's metrics read `open`)."""
+    names = ("open", "tripped", "probe", "failures")
+    return [f"{prefix}circuit:{service}:{name}" for name in names]
+
+
 @dataclass(frozen=True)
 class Permit:
     """What `before_call` learnt, for `after_call`: the probe token when the call is the
@@ -228,8 +235,7 @@ class CircuitBreaker:
             client = shared_redis(config.state_redis)
         self.enabled = client is not None and policy.failure_threshold > 0
         self._redis = client
-        prefix = f"{config.state_key_prefix}circuit:{config.service}:"
-        self.keys = [prefix + name for name in ("open", "tripped", "probe", "failures")]
+        self.keys = state_keys(config.state_key_prefix, config.service)
         # One probe call may take every attempt of the client, each up to the total
         # deadline, and wait for rate-limit tokens: the probe key outlives all of that.
         token_waits = config.rate_limit.max_wait if config.rate_limit.rate > 0 else 0.0
@@ -270,6 +276,10 @@ class CircuitBreaker:
             log.info("circuit half-open service=%s: sending one probe call", self.service)
             return Permit(probe=token, counted=True)
         CIRCUIT_REJECTIONS.labels(self.service).inc()
+        tracing.add_event(
+            tracing.CIRCUIT_OPEN,
+            {"apiworker.upstream": self.service, "apiworker.retry_after_s": int(wait_ms) / 1000},
+        )
         raise errors.CircuitOpen(
             "circuit open: upstream failing, call not sent",
             self.service,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +32,7 @@ import orjson
 import urllib3
 from urllib3 import exceptions as urllib3_errors
 
-from apis import errors, metrics
+from apis import errors, metrics, tracing
 from apis.breaker import CircuitBreaker
 from apis.conditional import Validators, freshness_lifetime, sent_validators, with_validators
 from apis.config import ApiSettings, UpstreamConfig
@@ -184,7 +185,9 @@ class ApiClient:
 
                 def attempt() -> Payload:
                     try:
-                        return self._send(method, url, path, params, json, headers, decode)
+                        return self._send(
+                            method, url, path, params, json, headers, decode, resend=len(failed)
+                        )
                     except errors.UpstreamError as exc:
                         failed.append(exc)
                         raise
@@ -259,8 +262,13 @@ class ApiClient:
         json: Any,
         headers: dict[str, str],
         decode: Decoder,
+        *,
+        resend: int = 0,
     ) -> Payload:
-        """One attempt: one HTTP request, its whole body read, decoded or mapped to an error."""
+        """One attempt: one HTTP request, its whole body read, decoded or mapped to an error.
+
+        `resend` counts the attempts of the same call before this one (for its span).
+        """
         # Every attempt reaches the upstream, so every attempt takes a token (or raises
         # Throttled, which is not retried in place).
         self.rate_limiter.acquire(method, path)
@@ -270,6 +278,9 @@ class ApiClient:
         if json is not None:
             request_body = orjson.dumps(json)
             headers = {**headers, "Content-Type": "application/json"}
+        span = tracing.start_attempt(self.service, method, url, resend)
+        if span is not None:
+            headers = tracing.trace_headers(headers, span)
         started = time.monotonic()
         outcome = "error"
         try:
@@ -311,6 +322,8 @@ class ApiClient:
         finally:
             metrics.UPSTREAM_REQUESTS.labels(self.service, method, outcome).inc()
             metrics.UPSTREAM_LATENCY.labels(self.service).observe(time.monotonic() - started)
+            if span is not None:
+                tracing.end_attempt(span, outcome, sys.exc_info()[1])
 
     @contextmanager
     def _mapped_transport_errors(self, method: str, path: str) -> Iterator[None]:

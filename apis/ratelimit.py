@@ -24,7 +24,7 @@ from collections.abc import Callable
 import redis
 from prometheus_client import Counter
 
-from apis import errors
+from apis import errors, tracing
 from apis.breaker import StateGuard, shared_redis
 from apis.config import UpstreamConfig
 
@@ -118,5 +118,9 @@ class RateLimiter:
             )
         if wait_ms > 0:
             RATE_LIMIT_WAITS.labels(self.service).inc()
+            tracing.add_event(
+                tracing.RATE_LIMIT_WAIT,
+                {"apiworker.upstream": self.service, "apiworker.wait_s": wait_ms / 1000},
+            )
             self._sleep(wait_ms / 1000)
         return wait_ms / 1000

@@ -29,6 +29,7 @@ import redisconn
 from apis import ApiClient, ApiSettings, CmsAPI, PokeAPI, SemaphoreAPI
 from apis.config import RetryPolicy
 from apis.redact import redact
+from ops import trace_context
 from ops.brokers import Broker, BrokerError, NotSupported, ParkedMessage, open_broker
 from ops.processes import redacted
 from redisconn import RedisTarget
@@ -269,6 +270,15 @@ def print_outcome(job: Any, timeout: float) -> None:
     show_default=True,
     help="Seconds --wait waits.",
 )
+@click.option(
+    "--traceparent",
+    envvar="TRACEPARENT",
+    callback=trace_context.traceparent,
+    help="W3C traceparent: the job's spans join this trace.",
+)
+@click.option(
+    "--tracestate", envvar="TRACESTATE", callback=trace_context.tracestate, help="W3C tracestate."
+)
 @click.pass_obj
 def enqueue(
     services: Services,
@@ -278,15 +288,20 @@ def enqueue(
     queue: str | None,
     wait: bool,
     timeout: float,
+    traceparent: str | None,
+    tracestate: str | None,
 ) -> None:
     """Send TASK by its public name with ARGs (as strings) and print the job id.
 
     With --wait, also print the result; exit 1 if the job fails or is not done in time.
+    With --traceparent (or TRACEPARENT), the job is part of that trace.
     """
     kwargs = parse_kwargs(kwargs_json)
     check_call(task, args, kwargs)
     # The routing key too: the task's route would otherwise still name its usual queue.
-    options = {"queue": queue, "routing_key": queue} if queue else {}
+    options: dict[str, Any] = {"queue": queue, "routing_key": queue} if queue else {}
+    if traceparent:
+        options["headers"] = trace_context.headers(traceparent, tracestate)
     job = services.celery().send_task(task, args=list(args), kwargs=kwargs, **options)
     click.echo(job.id)
     if wait:

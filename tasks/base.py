@@ -25,8 +25,9 @@ from celery.exceptions import Reject
 from prometheus_client import Counter
 
 from apis.config import get_settings
-from apis.errors import HeldBack, RateLimited, UpstreamError
+from apis.errors import HeldBack, NotFound, RateLimited, UpstreamError
 from apis.redact import redact
+from tasks.errors import InvalidInput
 from tasks.runtime import get_runtime
 from tasks.single_flight import job_began_at
 from worker.broker import ALL_QUEUES, BrokerConfig, broker_kind
@@ -127,6 +128,9 @@ class UpstreamTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     max_retries = get_worker_settings().task_max_retries
+    #: Expected permanent failures: Celery logs them without a traceback (the job's
+    #: outcome line says what happened); any other exception keeps its traceback.
+    throws = (InvalidInput, NotFound)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()

@@ -15,6 +15,7 @@ in the same pipeline as the writes, with its own `revalidated=1` event.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,7 +98,10 @@ def refresh_batch(
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(wanted)))) as pool:
-        fetched = list(pool.map(fetch, wanted))
+        # Each fetch runs in a copy of the job's context, so its upstream spans are the
+        # job span's children (a pool thread starts with an empty context).
+        futures = [pool.submit(contextvars.copy_context().run, fetch, name) for name in wanted]
+        fetched = [future.result() for future in futures]
     results: list[Fetched | Unchanged] = []
     for name, result in zip(wanted, fetched, strict=True):
         if isinstance(result, Fetched | Unchanged):

@@ -30,6 +30,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from apis import tracing
 from apis.conditional import Validators
 from apis.errors import HeldBack
 from tasks.outcome import note_revalidation
@@ -164,11 +165,13 @@ def fetch_once(
         if claim.state == "fresh":
             if not waited:
                 FRESHNESS_HITS.labels(kind).inc()
+                tracing.add_event(tracing.FRESHNESS_HIT, {"apiworker.result.kind": kind})
             return claim.value
         if claim.state == "owner":
             break
         if not waited:
             SINGLE_FLIGHT_WAITS.labels(kind).inc()
+            tracing.add_event(tracing.SINGLE_FLIGHT_WAIT, {"apiworker.result.kind": kind})
             waited = True
         if time.monotonic() > deadline:
             raise SingleFlightBusy(

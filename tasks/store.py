@@ -23,6 +23,7 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from apis import tracing
 from apis.conditional import Validators
 from tasks.keys import Keys
 from tasks.outcome import note_result_key
@@ -251,18 +252,24 @@ class ResultStore:
         script call, not a pipeline: redis-py asks `SCRIPT EXISTS` before every pipeline
         that runs a script, a round trip more per job.
         """
-        note_result_key(self.keys.result(result.kind, result.ident))
-        return bool(self._write(**self._write_args(result, task_id, release)))
+        key = self.keys.result(result.kind, result.ident)
+        note_result_key(key)
+        with self._span("apiworker.store.write", key, 1) as span:
+            written = bool(self._write(**self._write_args(result, task_id, release)))
+            if span is not None:
+                span.set_attribute("apiworker.results.written", int(written))
+        return written
 
     def revalidate(
         self, result: Unchanged, task_id: str, *, release: tuple[str, str] | None = None
     ) -> Any:
         """Bring a stored result forward after a 304; returns the stored value (the newer
         one when a newer result was already there), or `GONE` when none is stored."""
-        note_result_key(self.keys.result(result.kind, result.ident))
-        return _revalidated_value(
-            self._revalidate(**self._revalidate_args(result, task_id, release))
-        )
+        key = self.keys.result(result.kind, result.ident)
+        note_result_key(key)
+        with self._span("apiworker.store.revalidate", key, 1):
+            answer = self._revalidate(**self._revalidate_args(result, task_id, release))
+        return _revalidated_value(answer)
 
     def write_many(self, results: Sequence[Fetched | Unchanged], task_id: str) -> int:
         """Store several results in one round trip; each write stays atomic."""
@@ -286,13 +293,23 @@ class ResultStore:
             else:
                 script, call = self._write, self._write_args(result, task_id)
             calls.append((script, (len(call["keys"]), *call["keys"], *call["args"])))
-        replies = self._evalsha_all(calls)
-        lost = [index for index, reply in enumerate(replies) if _no_script(reply)]
-        if lost:
-            for script in {id(script): script for script, _ in calls}.values():
-                self.redis.script_load(script.script)
-            for index, reply in zip(lost, self._evalsha_all([calls[i] for i in lost]), strict=True):
-                replies[index] = reply
+        with self._span("apiworker.store.write", None, len(results)) as span:
+            replies = self._evalsha_all(calls)
+            lost = [index for index, reply in enumerate(replies) if _no_script(reply)]
+            if lost:
+                for script in {id(script): script for script, _ in calls}.values():
+                    self.redis.script_load(script.script)
+                again = self._evalsha_all([calls[i] for i in lost])
+                for index, reply in zip(lost, again, strict=True):
+                    replies[index] = reply
+            outcomes = self._outcomes(results, replies)
+            if span is not None:
+                span.set_attribute("apiworker.results.written", outcomes.count("written"))
+                span.set_attribute("apiworker.results.revalidated", outcomes.count("revalidated"))
+        return outcomes
+
+    @staticmethod
+    def _outcomes(results: Sequence[Fetched | Unchanged], replies: list[Any]) -> list[str]:
         outcomes: list[str] = []
         for result, answer in zip(results, replies, strict=True):
             if isinstance(answer, Exception):
@@ -309,6 +326,16 @@ class ResultStore:
         for script, args in calls:
             pipe.evalsha(script.sha, *args)
         return list(pipe.execute(raise_on_error=False))
+
+    def _span(self, name: str, key: str | None, count: int) -> Any:
+        """The write's span when tracing is on (apis.tracing), else a no-op context."""
+        if not tracing.enabled():
+            return tracing.NO_SPAN
+        attributes: dict[str, Any] = {"apiworker.results.count": count}
+        if key is not None:
+            attributes["apiworker.result.key"] = key
+        connection = self.redis.connection_pool.connection_kwargs
+        return tracing.redis_span(name, connection, **attributes)
 
     def claim(
         self,

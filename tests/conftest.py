@@ -122,6 +122,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # and one test's settings must not leak into the next.
     for name in setting_names():
         monkeypatch.delenv(name, raising=False)
+    # Tracing is off unless a test turns it on (OTEL_* variables of a developer's shell).
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name, raising=False)
     # In-process clients must not keep breaker state in whatever Redis REDIS_URL defaults
     # to (a shared one); tests of the breaker turn it on with their own private Redis.
     # Worker processes do not inherit this: tests/support/celery_worker.py starts them

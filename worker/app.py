@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from apis.config import get_settings
 from apis.redact import register_secret
-from worker import result_backend, transport
+from worker import result_backend, tracing, transport
 from worker.beat import beat_schedule
 from worker.broker import DEFAULT_QUEUE, QUEUES, broker_config
 from worker.settings import get_worker_settings
@@ -31,6 +31,9 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
         f"({upstream_settings.worst_case_call_seconds:g}s: HTTP_RETRY_MAX_SECONDS + "
         "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
     )
+
+# Traces asked for by OTEL_* variables need the tracing extra: say so now, not at a job.
+tracing.check_installed()
 
 broker = broker_config(settings)
 # A malformed broker message must not stop the worker (see worker/transport.py).

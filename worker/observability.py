@@ -23,11 +23,19 @@ from celery.signals import (
     worker_init,
     worker_process_shutdown,
 )
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 from pythonjsonlogger.json import JsonFormatter
 
 from apis.redact import redact
 from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
+from worker import backlog, tracing
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("worker.jobs")
@@ -86,10 +94,13 @@ def configure_logging(**_: Any) -> None:
             )
         )
     else:
+        text = tracing.TraceContextFormatter if tracing.configured() else logging.Formatter
         handler.setFormatter(
-            logging.Formatter("[%(asctime)s %(levelname)s/%(processName)s] %(name)s: %(message)s")
+            text("[%(asctime)s %(levelname)s/%(processName)s] %(name)s: %(message)s")
         )
     handler.addFilter(RedactingFilter())
+    if tracing.configured():
+        handler.addFilter(tracing.TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
@@ -151,6 +162,8 @@ def _serve_metrics(**_: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    # Queue depths, the failure stream and open circuits, read from Redis on scrape.
+    backlog.register(registry or REGISTRY)
     try:
         if registry is None:
             start_http_server(port)
