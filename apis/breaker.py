@@ -49,8 +49,10 @@ from prometheus_client import Counter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import redisconn
 from apis import errors, tracing
 from apis.config import UpstreamConfig
+from redisconn.settings import RedisTarget
 
 log = logging.getLogger("apis.breaker")
 
@@ -161,29 +163,29 @@ _UNCOUNTED = Permit()
 _COUNTED = Permit(counted=True)
 
 _clients_lock = threading.Lock()
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[RedisTarget, redis.Redis] = {}
 
 
-def shared_redis(url: str) -> redis.Redis:
-    """One client per URL per process for the guards' state; redis-py's pool is
+def shared_redis(target: RedisTarget) -> redis.Redis:
+    """One client per Redis per process for the guards' state; redis-py's pool is
     thread-safe and rebuilt after a fork.
 
     Short timeouts and no redis-py retries: a guard that cannot answer within a second
     must fail open rather than hold the job (redis-py's default would retry ten times).
     """
-    client = _clients.get(url)
+    client = _clients.get(target)
     if client is None:
         with _clients_lock:
-            client = _clients.get(url)
+            client = _clients.get(target)
             if client is None:
-                client = redis.Redis.from_url(
-                    url,
+                client = redisconn.client(
+                    target,
                     socket_timeout=1.0,
                     socket_connect_timeout=1.0,
                     health_check_interval=30,
                     retry=Retry(NoBackoff(), 0),
                 )
-                _clients[url] = client
+                _clients[target] = client
     return client
 
 
@@ -229,8 +231,8 @@ class CircuitBreaker:
         policy = config.circuit
         self.service = config.service
         self.policy = policy
-        if client is None and config.state_redis_url and policy.failure_threshold > 0:
-            client = shared_redis(config.state_redis_url)
+        if client is None and config.state_redis and policy.failure_threshold > 0:
+            client = shared_redis(config.state_redis)
         self.enabled = client is not None and policy.failure_threshold > 0
         self._redis = client
         self.keys = state_keys(config.state_key_prefix, config.service)

@@ -13,7 +13,9 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from redisconn.settings import RedisSettings, RedisTarget
 
 PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker)"
 SEMAPHORE_USER_AGENT = "SemaphoreCI v2.0 Client"
@@ -83,10 +85,16 @@ class UpstreamConfig:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     retry: RetryPolicy = RetryPolicy()
     # Shared state of the breaker and the rate limit (None: neither is used).
+    state_redis: RedisTarget | None = None
+    # Shorthand for a plain-URL `state_redis` (the tests' and scripts' usual case).
     state_redis_url: str | None = None
     state_key_prefix: str = ""
     circuit: CircuitPolicy = CircuitPolicy()
     rate_limit: RateLimitPolicy = RateLimitPolicy()
+
+    def __post_init__(self) -> None:
+        if self.state_redis is None and self.state_redis_url:
+            object.__setattr__(self, "state_redis", RedisTarget.from_url(self.state_redis_url))
 
     @property
     def total_timeout(self) -> float:
@@ -105,8 +113,14 @@ def _validate_base_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-class ApiSettings(BaseSettings):
-    """The API layer's settings; each field is read from the upper-case environment name."""
+class ApiSettings(RedisSettings):
+    """The API layer's settings; each field is read from the upper-case environment name.
+
+    The Redis settings (`redisconn.settings`) say where the circuit breakers and
+    rate-limit buckets shared by every worker process live: the worker's results Redis
+    (same variables, same defaults). An empty REDIS_URL without Sentinel: the API layer
+    keeps no shared state, so the breaker and shared rate limit are off.
+    """
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
@@ -133,10 +147,6 @@ class ApiSettings(BaseSettings):
     http_retry_backoff_max: float = Field(RetryPolicy.backoff_max, ge=0)
     http_retry_after_cap: float = Field(RetryPolicy.retry_after_cap, ge=0)
 
-    # The Redis that holds the circuit breakers and rate-limit buckets, shared by every
-    # worker process: the worker's results Redis (same variable, same default). Empty:
-    # the API layer keeps no shared state, so the breaker and shared rate limit are off.
-    redis_url: str | None = "redis://localhost:6379/0"
     result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
 
     circuit_failure_threshold: int = Field(5, ge=0, le=1000)
@@ -158,11 +168,6 @@ class ApiSettings(BaseSettings):
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
         return _validate_base_url(value)
-
-    @field_validator("redis_url", mode="before")
-    @classmethod
-    def _empty_redis_url_is_none(cls, value: object) -> object:
-        return None if value == "" else value
 
     @field_validator("semaphore_api_token", mode="before")
     @classmethod
@@ -214,7 +219,7 @@ class ApiSettings(BaseSettings):
             pool_size=self.http_pool_size,
             max_response_bytes=self.http_max_response_bytes,
             retry=self.retry_policy,
-            state_redis_url=self.redis_url,
+            state_redis=self.resolve_redis(),
             state_key_prefix=self.result_key_prefix,
             circuit=CircuitPolicy(
                 failure_threshold=self.circuit_failure_threshold,

@@ -88,8 +88,8 @@ class RateLimiter:
         policy = config.rate_limit
         self.service = config.service
         self.policy = policy
-        if client is None and config.state_redis_url and policy.rate > 0:
-            client = shared_redis(config.state_redis_url)
+        if client is None and config.state_redis and policy.rate > 0:
+            client = shared_redis(config.state_redis)
         self.enabled = client is not None and policy.rate > 0
         self.key = f"{config.state_key_prefix}ratelimit:{config.service}"
         self._sleep = sleep

@@ -25,12 +25,14 @@ from pydantic import ValidationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import redisconn
 from apis import ApiClient, ApiSettings, CmsAPI, PokeAPI, SemaphoreAPI
 from apis.config import RetryPolicy
 from apis.redact import redact
 from ops import trace_context
 from ops.brokers import Broker, BrokerError, NotSupported, ParkedMessage, open_broker
 from ops.processes import redacted
+from redisconn import RedisTarget
 from tasks.keys import Keys
 from worker.app import app as project_app
 from worker.broker import ALL_QUEUES, broker_config
@@ -94,9 +96,18 @@ def sender_app(settings: WorkerSettings) -> Celery:
         # The queues and transport options of this invocation's broker, which need not be
         # the one `worker.app` was configured for when it was imported.
         **broker_config(settings).conf,
-        broker_url=settings.broker_url,
-        result_backend=settings.result_backend,
+        **settings.celery_connection.settings,
     )
+    # Sentinel's master name and the sentinels' credentials (redisconn.celery_config).
+    connection = settings.celery_connection
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        **connection.broker_transport_options,
+    }
+    app.conf.result_backend_transport_options = {
+        **app.conf.result_backend_transport_options,
+        **connection.backend_transport_options,
+    }
     return app
 
 
@@ -114,25 +125,33 @@ class Services:
         return Keys(self.settings.result_key_prefix)
 
     def results(self) -> redis.Redis:
-        return self.redis(self.settings.redis_url)
+        """The results Redis: REDIS_URL, or the master the sentinels name."""
+        return self.redis(self.settings.redis)
 
     def broker(self) -> Broker:
         """The broker behind CELERY_BROKER_URL, over its own protocol."""
         if self._broker is None:
             prefix = project_app.conf.broker_transport_options.get("global_keyprefix", "")
             try:
-                self._broker = open_broker(self.settings.broker_url, redis_key_prefix=prefix)
+                self._broker = open_broker(
+                    self.settings.broker_url,
+                    redis_key_prefix=prefix,
+                    redis_target=self.settings.broker_redis,
+                )
             except BrokerError as exc:
                 raise ConfigError(str(exc)) from exc
         return self._broker
 
-    def redis(self, url: str, **options: Any) -> redis.Redis:
+    def redis(self, target: RedisTarget | str, **options: Any) -> redis.Redis:
+        """A client of `target` (a URL for a Redis given on its own, as `queues` does)."""
+        if isinstance(target, str):
+            target = RedisTarget.from_url(target)
         try:
-            client = redis.Redis.from_url(
-                url, **{"decode_responses": True, "socket_connect_timeout": 5, **options}
+            client = redisconn.client(
+                target, **{"decode_responses": True, "socket_connect_timeout": 5, **options}
             )
         except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {safe_url(url)}: {exc}") from exc
+            raise ConfigError(f"invalid Redis URL {target.describe()}: {exc}") from exc
         self._clients.append(client)
         return client
 
@@ -662,16 +681,31 @@ class Check:
         return f"{status:<5} {self.name:<10} {self.detail}"
 
 
-def ping_redis(services: Services, name: str, url: str, timeout: float) -> Check:
+def ping_redis(services: Services, name: str, target: RedisTarget, timeout: float) -> Check:
     # No retries: a health check reports the state now, within its timeout.
     client = services.redis(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        target, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
     )
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        return Check(name, False, f"{safe_url(url)}: {exc}")
-    return Check(name, True, safe_url(url))
+        return Check(name, False, redact(f"{target.describe()}: {exc}"))
+    return Check(name, True, target.describe())
+
+
+def sentinel_check(target: RedisTarget) -> Check:
+    """Where the sentinels say the master is, which replicas follow it, who answers."""
+    try:
+        found = redisconn.topology(target)
+    except (redis.RedisError, OSError) as exc:
+        return Check("sentinel", False, redact(f"{target.describe()}: {exc}"))
+    replicas = ", ".join(f"{host}:{port}" for host, port in found.replicas) or "none"
+    host, port = found.master
+    detail = (
+        f"master {target.master} at {host}:{port}; replicas: {replicas}; "
+        f"sentinels answering: {found.sentinels_answering}/{len(target.sentinels)}"
+    )
+    return Check("sentinel", True, detail)
 
 
 def ping_broker(services: Services, timeout: float) -> Check:
@@ -749,7 +783,9 @@ def health(ctx: click.Context, timeout: float) -> None:
     services: Services = ctx.obj
     settings = services.settings
     broker = ping_broker(services, timeout)
-    checks = [broker, ping_redis(services, "results", settings.redis_url, timeout)]
+    checks = [broker, ping_redis(services, "results", settings.redis, timeout)]
+    if settings.redis.uses_sentinel:
+        checks.append(sentinel_check(settings.redis))
     if broker.ok:
         checks.append(ping_workers(services, timeout))
     else:

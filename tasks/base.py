@@ -49,6 +49,13 @@ FAILURES_RECORDED = Counter(
 )
 
 
+# Errors of our own Redis that pass: it is away (restarting, failing over), still loading
+# its data, or a demoted master refuses the write (READONLY) until clients find the new
+# one. redis-py's Sentinel client turns READONLY into a reconnect itself; a plain URL
+# (a proxy, a DNS name that moved) shows it as it is.
+REDIS_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+
+
 def retry_countdown(retries: int, exc: BaseException, *, base: float, cap: float) -> float:
     """Full jitter over an exponential window; never sooner than a 429's Retry-After."""
     window = min(cap, base * (2**retries))
@@ -137,7 +144,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
             if not (self.idempotent and exc.is_transient):
                 raise
             self._retry_later(exc)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_TRANSIENT as exc:
             # Our own Redis blinked (a restart, a failover) mid-job: the job is idempotent
             # and may well succeed a moment later, so it is retried, not failed for good.
             if not self.idempotent:

@@ -6,10 +6,15 @@ import threading
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
+import redisconn
 from tasks.keys import Keys
 from tasks.store import ResultStore
 from worker.settings import WorkerSettings, get_worker_settings
+
+RESULT_WRITE_RETRIES = 8
 
 
 @dataclass(frozen=True)
@@ -19,12 +24,16 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: WorkerSettings, client: redis.Redis | None = None) -> Runtime:
-        client = client or redis.Redis.from_url(
-            settings.redis_url,
+        client = client or redisconn.client(
+            settings.redis,
             health_check_interval=30,
             socket_timeout=10,
             socket_connect_timeout=5,
             retry_on_timeout=True,
+            # A write that meets a vanished master is sent again after a reconnect, which
+            # (with Sentinel) asks for the new master: up to about ten seconds, enough for
+            # a restart or a failover with a short down-after, before the job's own retry.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.2, cap=2.0), RESULT_WRITE_RETRIES),
         )
         store = ResultStore(
             client,

@@ -10,6 +10,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from apis.config import get_settings
+from apis.redact import register_secret
 from worker import result_backend, tracing, transport
 from worker.beat import beat_schedule
 from worker.broker import DEFAULT_QUEUE, QUEUES, broker_config
@@ -37,13 +38,30 @@ tracing.check_installed()
 broker = broker_config(settings)
 # A malformed broker message must not stop the worker (see worker/transport.py).
 transport.install()
+# Redis passwords are masked in every log line, as upstream tokens are.
+for secret in settings.redis.secrets():
+    register_secret(secret)
+# Where the broker, the result backend and beat's schedule live: the results Redis
+# (REDIS_URL, or the master the sentinels name) unless CELERY_BROKER_URL /
+# CELERY_RESULT_BACKEND say otherwise; with Sentinel, the master's name and the
+# sentinels' credentials join the transport options. See redisconn/celery_config.py.
+connection = settings.celery_connection
+transport_options = {
+    "broker_transport_options": {
+        **broker.conf.get("broker_transport_options", {}),
+        **connection.broker_transport_options,
+    },
+    "result_backend_transport_options": {
+        **broker.conf.get("result_backend_transport_options", {}),
+        **connection.backend_transport_options,
+    },
+}
 
 app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
 # Each result stored in one Redis round trip, Celery's key, value and message unchanged.
 app.backend_cls = result_backend.backend_class(settings.result_backend)
 app.conf.update(
-    broker_url=settings.broker_url,
-    result_backend=settings.result_backend,
+    **connection.settings,
     # JSON only: a pickled message could run arbitrary code on the worker, so any other
     # content type is refused by kombu before a task sees it. CFG#accept-content
     task_serializer="json",
@@ -55,6 +73,12 @@ app.conf.update(
     # CFG#task-acks-late, CFG#task-reject-on-worker-lost
     task_acks_late=True,
     task_reject_on_worker_lost=True,
+    # A result the backend cannot store (Redis restarting, a failover under way) is
+    # retried with backoff rather than turning a finished job into a failure: the job's
+    # own result is already in the results keys. CFG#result-backend-always-retry
+    result_backend_always_retry=True,
+    result_backend_max_retries=20,
+    result_backend_max_sleep_between_retries_ms=2000,
     # Above the client's worst case (attempts x timeouts + backoff), so a limit only
     # fires on a genuine hang. CFG#task-soft-time-limit, CFG#task-time-limit
     task_soft_time_limit=settings.task_soft_time_limit,
@@ -91,8 +115,9 @@ app.conf.update(
     worker_hijack_root_logger=False,
     # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat
     # instance waits instead of double-scheduling. https://redbeat.readthedocs.io/
-    beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_redis_url=settings.redis_url,
+    # Its Redis (redbeat_redis_url and options) comes with the connection settings above;
+    # the subclass keeps beat running through a Redis restart or failover.
+    beat_scheduler="worker.beat_scheduler:FailoverTolerantScheduler",
     redbeat_key_prefix=f"{settings.result_key_prefix}redbeat",
     redbeat_lock_timeout=settings.beat_lock_timeout,
     beat_max_loop_interval=5,
@@ -102,7 +127,7 @@ app.conf.update(
     # Undecodable messages and unknown task names leave a failure record (and, on
     # RabbitMQ, are dead-lettered) instead of vanishing with a log line.
     worker_consumer="worker.consumer:RecordingConsumer",
-    **broker.conf,
+    **{**broker.conf, **transport_options},
 )
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for

@@ -31,6 +31,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import redisconn
+
 log = logging.getLogger("worker.backlog")
 
 CACHE_SECONDS = 5.0
@@ -209,7 +211,13 @@ def register(registry: CollectorRegistry) -> BacklogCollector:
             settings.broker_url,
             app.conf.broker_transport_options.get("global_keyprefix", ""),
         ),
-        results=_client(settings.redis_url),
+        # The results Redis as every other user reaches it (Sentinel, TLS): redisconn.
+        results=redisconn.client(
+            settings.redis,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
+        ),
         failures_key=Keys(prefix).failures,
         circuit_keys={
             api.service: state_keys(prefix, api.service)[0]

@@ -11,11 +11,12 @@ from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from apis.config import ApiSettings
+from redisconn.celery_config import CeleryConnection, connection_config
+from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 REDIS_ONLY = frozenset({"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL"})
 AMQP_ONLY = frozenset({"BROKER_DELIVERY_LIMIT", "BROKER_CONSUMER_TIMEOUT"})
 
@@ -33,11 +34,13 @@ def broker_kind_of(url: str) -> str:
     )
 
 
-class WorkerSettings(BaseSettings):
-    """Each field is read from its upper-case environment name."""
+class WorkerSettings(RedisSettings):
+    """Each field is read from its upper-case environment name (the Redis ones: see
+    `redisconn.settings`)."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
+    # The worker always has a Redis: REDIS_URL cannot be empty here (Sentinel replaces it).
     redis_url: str = DEFAULT_REDIS_URL
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
@@ -156,6 +159,23 @@ class WorkerSettings(BaseSettings):
         return self
 
     @property
+    def redis(self) -> RedisTarget:
+        """The results Redis: REDIS_URL, or the master the sentinels name."""
+        target = self.resolve_redis()
+        assert target is not None  # REDIS_URL is never empty here
+        return target
+
+    @property
+    def celery_connection(self) -> CeleryConnection:
+        """Broker, backend and beat settings for Celery (the results Redis by default)."""
+        return connection_config(
+            self.redis,
+            broker_url=self.celery_broker_url,
+            result_backend=self.celery_result_backend,
+            beat_retry_seconds=self.beat_lock_timeout,
+        )
+
+    @property
     def largest_countdown(self) -> float:
         """The longest a job can wait for its next delivery: a retry's countdown is capped
         at TASK_RETRY_BACKOFF_MAX (a 429's Retry-After included), a deferral's at
@@ -178,12 +198,27 @@ class WorkerSettings(BaseSettings):
         return self.broker_visibility_timeout or self.safe_visibility_timeout
 
     @property
+    def broker_redis(self) -> RedisTarget | None:
+        """The broker's Redis (the results Redis unless CELERY_BROKER_URL names another);
+        None when the broker is not Redis."""
+        if self.celery_broker_url is None:
+            return self.redis
+        scheme = self.celery_broker_url.split("://", 1)[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            return None
+        return RedisTarget.from_url(
+            self.celery_broker_url, self.tls_files() if scheme == "rediss" else None
+        )
+
+    @property
     def broker_url(self) -> str:
-        return self.celery_broker_url or self.redis_url
+        url: str = self.celery_connection.settings["broker_url"]
+        return url
 
     @property
     def result_backend(self) -> str:
-        return self.celery_result_backend or self.redis_url
+        url: str = self.celery_connection.settings["result_backend"]
+        return url
 
     @property
     def upstream_max_age(self) -> float | None:

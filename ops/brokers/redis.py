@@ -13,8 +13,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import redisconn
 from ops.brokers.base import BrokerError, NotSupported, ParkedMessage, QueueDepth
-from ops.processes import redacted
+from redisconn import RedisTarget
 
 # kombu's Redis transport keeps delivered-but-unacknowledged messages here.
 UNACKED_HASH = "unacked"
@@ -28,19 +29,19 @@ NO_DEAD_LETTERS = (
 class RedisBroker:
     kind = "redis"
 
-    def __init__(self, url: str, *, key_prefix: str = "") -> None:
-        self.display_url = redacted(url)
+    def __init__(self, target: RedisTarget, *, key_prefix: str = "") -> None:
+        self.display_url = target.describe()
         self.key_prefix = key_prefix
-        self._url = url
+        self._target = target
         try:
-            self.client = redis.Redis.from_url(url, socket_connect_timeout=5)
+            self.client = redisconn.client(target, socket_connect_timeout=5)
         except ValueError as exc:
             raise BrokerError(f"invalid Redis URL {self.display_url}: {exc}") from exc
 
     def ping(self, timeout: float) -> str:
         # No retries: a health check reports the state now, within its timeout.
-        quick = redis.Redis.from_url(
-            self._url, socket_connect_timeout=timeout, socket_timeout=timeout,
+        quick = redisconn.client(
+            self._target, socket_connect_timeout=timeout, socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
         try:

@@ -18,6 +18,7 @@ import pytest
 from apis import PokeAPI, errors
 from apis.breaker import CLOSED_TRUST_SECONDS, CircuitBreaker
 from apis.config import ApiSettings, CircuitPolicy, UpstreamConfig
+from redisconn import RedisTarget
 from tasks.base import DEFERRALS_HEADER, deferral_countdown, deferrals_of
 from tests.support.celery_worker import wait_for
 from tests.support.redis_server import free_port
@@ -32,7 +33,7 @@ def config(threshold: int = 3, window: float = 60.0, cooldown: float = 30.0) -> 
     return UpstreamConfig(
         service="pokeapi",
         base_url=BASE,
-        state_redis_url="redis://unused.invalid:1/0",
+        state_redis=RedisTarget.from_url("redis://unused.invalid:1/0"),
         circuit=CircuitPolicy(threshold, window, cooldown),
     )
 
@@ -193,7 +194,7 @@ def test_an_unreachable_redis_fails_open(caplog) -> None:
         UpstreamConfig(
             service=cfg.service,
             base_url=BASE,
-            state_redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            state_redis=RedisTarget.from_url(f"redis://127.0.0.1:{free_port()}/0"),
             circuit=cfg.circuit,
         )
     )

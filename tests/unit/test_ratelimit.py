@@ -8,6 +8,7 @@ import pytest
 from apis import CmsAPI, PokeAPI, SemaphoreAPI, errors
 from apis.config import ApiSettings, RateLimitPolicy, UpstreamConfig
 from apis.ratelimit import RateLimiter
+from redisconn import RedisTarget
 from tests.support.redis_server import free_port
 
 BASE = "http://pokeapi.test/api/v2"
@@ -17,7 +18,7 @@ def config(rate: float, burst: int = 0, max_wait: float = 10.0, url: str = "redi
     return UpstreamConfig(
         service="pokeapi",
         base_url=BASE,
-        state_redis_url=url,
+        state_redis=RedisTarget.from_url(url),
         rate_limit=RateLimitPolicy(rate=rate, burst=burst, max_wait=max_wait),
     )
 

@@ -1,0 +1,109 @@
+"""What `WAIT 1` after each result write would cost: `python -m bench.replica_wait`.
+
+Redis replicates asynchronously: a write the master acknowledged can vanish if the
+master dies before its replica has it. `WAIT numreplicas timeout` after the write closes
+that window (the job is acknowledged only once a replica holds its result), for one more
+round trip and the replica's own delay. This measures both sides on loopback with the
+product's own write (`ResultStore.write`, one Lua script): a master and one replica,
+writes without and with `WAIT 1 1000`, interleaved in rounds so that both see the same
+machine; sequentially (latency per write) and from 8 threads (throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from bench.harness import PrivateRedis, wait_until
+from tasks.keys import Keys
+from tasks.store import Fetched, ResultStore
+
+VALUE = {"id": 6, "name": "charizard", "image": "https://example.invalid/6.png", "height": "170 cm"}
+WAIT_TIMEOUT_MS = 1000
+
+
+def writer(store: ResultStore, *, wait: bool) -> Callable[[int], None]:
+    def write(index: int) -> None:
+        store.write(Fetched("pokemon", f"p{index}", VALUE, time.time()), f"task-{index}")
+        if wait and store.redis.wait(1, WAIT_TIMEOUT_MS) < 1:
+            raise RuntimeError("the replica did not acknowledge within the timeout")
+
+    return write
+
+
+def sequential(write: Callable[[int], None], writes: int) -> float:
+    """Microseconds per write, one after the other."""
+    started = time.perf_counter()
+    for index in range(writes):
+        write(index)
+    return (time.perf_counter() - started) / writes * 1e6
+
+
+def threaded(write: Callable[[int], None], writes: int, threads: int) -> float:
+    """Writes per second from `threads` threads sharing one client pool."""
+    per_thread = writes // threads
+
+    def run(offset: int) -> None:
+        for index in range(per_thread):
+            write(offset * per_thread + index)
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    started = time.perf_counter()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return per_thread * threads / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writes", type=int, default=2000, help="writes per round and mode")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args()
+
+    master, replica = PrivateRedis().start(), PrivateRedis().start()
+    try:
+        follower = redis.Redis.from_url(replica.url())
+        follower.replicaof("127.0.0.1", master.port)
+        wait_until(
+            lambda: follower.info("replication").get("master_link_status") == "up",
+            timeout=10,
+            what="replica in sync",
+        )
+        client = redis.Redis.from_url(master.url(), max_connections=args.threads * 2)
+        store = ResultStore(client, Keys(), events_maxlen=100_000, failures_maxlen=1000)
+        names = ("us", "us_wait", "rps", "rps_wait")
+        figures: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.rounds):
+            figures["us"].append(sequential(writer(store, wait=False), args.writes))
+            figures["us_wait"].append(sequential(writer(store, wait=True), args.writes))
+            figures["rps"].append(threaded(writer(store, wait=False), args.writes, args.threads))
+            figures["rps_wait"].append(
+                threaded(writer(store, wait=True), args.writes, args.threads)
+            )
+        median = {name: statistics.median(values) for name, values in figures.items()}
+        print(f"result writes, median of {args.rounds} rounds of {args.writes} (one replica):")
+        print(
+            f"  sequential: {median['us']:.0f} us/write, with WAIT 1: {median['us_wait']:.0f} "
+            f"us/write (x{median['us_wait'] / median['us']:.2f})"
+        )
+        print(
+            f"  {args.threads} threads: {median['rps']:.0f} writes/s, with WAIT 1: "
+            f"{median['rps_wait']:.0f} writes/s (x{median['rps_wait'] / median['rps']:.2f})"
+        )
+        client.close()
+        follower.close()
+    finally:
+        master.stop()
+        replica.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The one place Redis clients are made, for every user of Redis in the service.
+
+A plain target becomes `redis.Redis.from_url`; a Sentinel target becomes a client of the
+master that the sentinels name, which finds the new master by itself after a failover
+(redis-py's `SentinelConnectionPool` asks the sentinels again on every reconnect, and
+turns a write refused by a demoted master, READONLY, into a reconnect). TLS options
+always verify the server's certificate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.sentinel import Sentinel
+
+from redisconn.settings import RedisTarget
+
+
+def sentinel_connection_options(target: RedisTarget) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: their ACL user, TLS, short timeouts."""
+    options: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    if target.sentinel_username:
+        options["username"] = target.sentinel_username
+    if target.sentinel_password:
+        options["password"] = target.sentinel_password.get_secret_value()
+    if target.tls:
+        options["ssl"] = True
+        options.update(target.tls.ssl_options())
+    return options
+
+
+def node_connection_options(target: RedisTarget) -> dict[str, Any]:
+    """How to talk to the master and replicas behind Sentinel: their ACL user and TLS."""
+    options: dict[str, Any] = {}
+    if target.username:
+        options["username"] = target.username
+    if target.password:
+        options["password"] = target.password.get_secret_value()
+    if target.tls:
+        options["ssl"] = True
+        options.update(target.tls.ssl_options())
+    return options
+
+
+def sentinel_for(target: RedisTarget, **options: Any) -> Sentinel:
+    """A Sentinel client of `target`, whose masters get `options` (timeouts, retries)."""
+    # redis.sentinel ships without annotations.
+    return Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs=sentinel_connection_options(target),
+        **node_connection_options(target),
+        **options,
+    )
+
+
+def client(target: RedisTarget, **options: Any) -> redis.Redis:
+    """A client of `target`'s master (through Sentinel) or of its URL.
+
+    `options` are redis-py's (timeouts, retries, decode_responses) and apply to the data
+    connections either way.
+    """
+    if target.uses_sentinel:
+        assert target.master is not None  # the settings require it with sentinels
+        sentinel = sentinel_for(target, **options)
+        master: redis.Redis = sentinel.master_for(target.master, db=target.db)  # type: ignore[no-untyped-call]
+        return master
+    assert target.url is not None  # a target is a URL or sentinels
+    tls = target.tls.ssl_options() if target.tls else {}
+    return redis.Redis.from_url(target.url, **tls, **options)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What the sentinels say about a master: where it is and which replicas follow it."""
+
+    master: tuple[str, int]
+    replicas: tuple[tuple[str, int], ...]
+    sentinels_answering: int
+
+
+def topology(target: RedisTarget) -> Topology:
+    """Ask the sentinels for the current master and its replicas that are up.
+
+    Raises `redis.sentinel.MasterNotFoundError` when no sentinel knows a master.
+    """
+    assert target.master is not None  # only called for Sentinel targets
+    sentinel = sentinel_for(target)
+    try:
+        master = sentinel.discover_master(target.master)  # type: ignore[no-untyped-call]
+        replicas = sentinel.discover_slaves(target.master)  # type: ignore[no-untyped-call]
+        answering = 0
+        for node in sentinel.sentinels:
+            try:
+                node.ping()
+                answering += 1
+            except (redis.RedisError, OSError):
+                continue
+        return Topology(master=master, replicas=tuple(replicas), sentinels_answering=answering)
+    finally:
+        for node in sentinel.sentinels:
+            node.close()

@@ -1,0 +1,149 @@
+"""The compose file's `ha` profile: a master, a replica, three sentinels the app can use.
+
+There is no Docker engine here, so the file is read as YAML; the sentinels' configuration
+it writes is then given to a real `redis-server --sentinel`, which must accept it and
+watch a real master.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from tests.support.celery_worker import REPO_ROOT, wait_for
+from tests.support.redis_server import RedisServer, free_port
+from worker.settings import WorkerSettings
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+HA_SERVICES = {"redis-master", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return loaded
+
+
+def shell(service: dict[str, Any]) -> str:
+    """The `sh -c` script of a service, with compose's `$$` unescaped."""
+    command = service["command"]
+    assert command[:2] == ["sh", "-c"]
+    return str(command[2]).replace("$$", "$")
+
+
+def documented_environment() -> dict[str, str]:
+    """The variables the file's header tells an operator to set for the ha profile."""
+    header = COMPOSE_FILE.read_text().split("--profile ha", 1)[0].rsplit("\n#\n", 1)[1]
+    return dict(re.findall(r"(REDIS_[A-Z_]+)=(\S+)", header))
+
+
+def test_the_ha_profile_has_a_durable_master_a_replica_and_three_sentinels(
+    compose: dict[str, Any],
+) -> None:
+    """Exactly those five in the profile; both data nodes append-only, on their own volumes."""
+    services = compose["services"]
+    in_profile = {name for name, s in services.items() if "ha" in s.get("profiles", [])}
+    assert in_profile == HA_SERVICES
+    master, replica = shell(services["redis-master"]), shell(services["redis-replica"])
+    assert "--appendonly yes" in master
+    assert "--appendonly yes" in replica
+    assert "--replicaof redis-master 6379" in replica
+    volumes = {
+        services[name]["volumes"][0].split(":")[0] for name in ("redis-master", "redis-replica")
+    }
+    assert len(volumes) == 2
+    assert volumes <= set(compose["volumes"])
+
+
+def test_the_sentinels_watch_the_master_with_a_quorum_of_two_of_three(
+    compose: dict[str, Any],
+) -> None:
+    """Same monitor line in each; quorum 2 is a majority of the three."""
+    monitors = {
+        re.search(
+            r"sentinel monitor (\S+) (\S+) (\d+) (\d+)", shell(compose["services"][name])
+        ).groups()  # type: ignore[union-attr]
+        for name in HA_SERVICES
+        if name.startswith("sentinel-")
+    }
+    assert monitors == {("apiworker", "redis-master", "6379", "2")}
+
+
+def test_the_worker_and_beat_take_the_documented_sentinel_settings(
+    compose: dict[str, Any],
+) -> None:
+    """The header's values reach worker and beat, and the settings accept them."""
+    documented = documented_environment()
+    assert documented["REDIS_SENTINELS"] == "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+    for name in ("worker", "beat", "flower"):
+        environment = compose["services"][name]["environment"]
+        for variable in ("REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_PASSWORD"):
+            assert environment[variable] == f"${{{variable}:-}}"
+        assert "sentinel-1" in compose["services"][name]["depends_on"]
+    target = WorkerSettings(
+        redis_sentinels=documented["REDIS_SENTINELS"],  # type: ignore[arg-type]
+        redis_sentinel_master=documented["REDIS_SENTINEL_MASTER"],
+        redis_password=documented["REDIS_PASSWORD"],  # type: ignore[arg-type]
+    ).redis
+    assert target.sentinels == tuple((f"sentinel-{n}", 26379) for n in (1, 2, 3))
+    assert target.master == "apiworker"
+
+
+@pytest.fixture
+def master() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def test_a_real_sentinel_accepts_the_profiles_configuration(
+    compose: dict[str, Any], master: RedisServer
+) -> None:
+    """The file's sentinel.conf lines, pointed at a local master, make a working sentinel."""
+    script = shell(compose["services"]["sentinel-1"])
+    lines = re.findall(r"'(sentinel [^']*|port [^']*)'", script.split(">", 1)[0])
+    assert len(lines) >= 5, script
+    port = free_port()
+    lines = [
+        line.replace("port 26379", f"port {port}").replace(
+            "redis-master 6379", f"127.0.0.1 {master.port}"
+        )
+        for line in lines
+    ]
+    directory = Path(tempfile.mkdtemp(prefix="apiworker-compose-sentinel-"))
+    config = directory / "sentinel.conf"
+    config.write_text("\n".join([*lines, "bind 127.0.0.1", f"dir {directory}"]) + "\n")
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    process = subprocess.Popen([binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
+    try:
+
+        def watching() -> dict[str, Any] | None:
+            try:
+                state: dict[str, Any] = client.sentinel_master("apiworker")
+                return state
+            except (redis.RedisError, OSError):
+                return None
+
+        state = wait_for(watching, timeout=10, what="the sentinel watching the master")
+        assert isinstance(state, dict)
+        assert int(state["port"]) == master.port
+        assert int(state["down-after-milliseconds"]) == 5000
+        assert int(state["quorum"]) == 2
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
