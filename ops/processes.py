@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
+
+from redisconn.settings import masked_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -83,16 +84,8 @@ def wait_until(
         time.sleep(interval)
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, so it can be printed."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+#: The URL without its password, so it can be printed (the one masking rule of redisconn).
+redacted = masked_url
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:

@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 
 from tests.support.celery_worker import WorkerProcess, producer_app
-from tests.support.redis_server import free_port
+from tests.support.redis_server import RedisServer, free_port
 
 
 def with_db(url: str, db: int) -> str:
@@ -85,6 +85,17 @@ def fast_redelivery(broker_kind: str) -> dict[str, str]:
         "HTTP_CONNECT_TIMEOUT": "0.5",
         "HTTP_READ_TIMEOUT": "1.5",
     }
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[str]:
+    """A redis-server of the requesting module alone: its counters (INFO commandstats)
+    count only that module's tests."""
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture(scope="session")

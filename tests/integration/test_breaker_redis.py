@@ -18,7 +18,6 @@ from apis import PokeAPI, errors
 from apis.breaker import CLOSED_TRUST_SECONDS, CircuitBreaker
 from apis.config import ApiSettings, CircuitPolicy, UpstreamConfig
 from tests.support.celery_worker import REPO_ROOT
-from tests.support.redis_server import RedisServer
 
 BASE = "http://pokeapi.test/api/v2"
 SERVER_ERROR = errors.ServerError("upstream server error", "pokeapi", "GET", "/pokemon/x", 503)
@@ -44,16 +43,6 @@ try:
 except errors.CircuitOpen:
     print("refused")
 """
-
-
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[str]:
-    """A redis-server of this module alone: its counters count only these tests."""
-    server = RedisServer().start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture

@@ -17,19 +17,8 @@ import redis
 
 from tasks.keys import Keys
 from tasks.store import Fetched, ResultStore
-from tests.support.redis_server import RedisServer
 
 WRITERS, WRITES_EACH = 8, 40
-
-
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[str]:
-    """A redis-server of this module alone: its counters count only these tests."""
-    server = RedisServer().start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
