@@ -34,6 +34,7 @@ from prometheus_client import (
 from pythonjsonlogger.json import JsonFormatter
 
 from apis.redact import redact
+from tasks.base import home_queue
 from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
 from worker import backlog, tracing
 from worker.settings import get_worker_settings
@@ -136,7 +137,8 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
         state,
         task.name,
         task_id,
-        delivery.get("routing_key", "-"),
+        # The queue's own name, also after RabbitMQ's delayed delivery (`0.0.1.cms`).
+        home_queue(task.request) or delivery.get("routing_key", "-"),
         duration * 1000,
         (task.request.retries or 0) + 1,
         ",".join(keys[:3]) + ("..." if len(keys) > 3 else "") if keys else "-",
