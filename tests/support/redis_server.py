@@ -24,6 +24,16 @@ def free_port() -> int:
         return port
 
 
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a clean shutdown: the server flushes its files), SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 class RedisServer:
     """One redis-server process on loopback, started and stopped by its owner."""
 
@@ -90,12 +100,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            terminate(self.process)
             self.process = None
 
     def restart(self) -> None:

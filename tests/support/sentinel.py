@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port, terminate
 
 MASTER_NAME = "apiworker"
 
@@ -72,12 +72,7 @@ class SentinelProcess:
 
     def cleanup(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            terminate(self.process)
             self.process = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
