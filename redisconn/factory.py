@@ -13,35 +13,38 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from pydantic import SecretStr
 from redis.sentinel import Sentinel
 
 from redisconn.settings import RedisTarget
 
 
-def sentinel_connection_options(target: RedisTarget) -> dict[str, Any]:
-    """How to talk to the sentinels themselves: their ACL user, TLS, short timeouts."""
-    options: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
-    if target.sentinel_username:
-        options["username"] = target.sentinel_username
-    if target.sentinel_password:
-        options["password"] = target.sentinel_password.get_secret_value()
+def _credentials_and_tls(
+    username: str | None, password: SecretStr | None, target: RedisTarget
+) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if username:
+        options["username"] = username
+    if password:
+        options["password"] = password.get_secret_value()
     if target.tls:
         options["ssl"] = True
         options.update(target.tls.ssl_options())
     return options
+
+
+def sentinel_connection_options(target: RedisTarget) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: their ACL user, TLS, short timeouts."""
+    return {
+        "socket_timeout": 1.0,
+        "socket_connect_timeout": 1.0,
+        **_credentials_and_tls(target.sentinel_username, target.sentinel_password, target),
+    }
 
 
 def node_connection_options(target: RedisTarget) -> dict[str, Any]:
     """How to talk to the master and replicas behind Sentinel: their ACL user and TLS."""
-    options: dict[str, Any] = {}
-    if target.username:
-        options["username"] = target.username
-    if target.password:
-        options["password"] = target.password.get_secret_value()
-    if target.tls:
-        options["ssl"] = True
-        options.update(target.tls.ssl_options())
-    return options
+    return _credentials_and_tls(target.username, target.password, target)
 
 
 def sentinel_for(target: RedisTarget, **options: Any) -> Sentinel:

@@ -158,6 +158,16 @@ def test_a_sent_traceparent_parents_the_job_its_fan_out_and_its_upstream_calls(
         assert all(TOKEN not in str(value) for value in span.attributes.values())
 
 
+def job_span(collector: OtlpCollector, trace_id: str) -> Any:
+    """The one fetch_pokemon job span of `trace_id`, once the collector has it."""
+    (span,) = wait_for(
+        lambda: named(trace_of(collector, trace_id), "run/tasks.pokemon.fetch_pokemon"),
+        timeout=TIMEOUT,
+        what="the job span",
+    )  # type: ignore[misc]
+    return span
+
+
 def test_log_lines_of_a_traced_job_carry_its_trace_and_span_ids(
     traced: Any, collector: OtlpCollector
 ) -> None:
@@ -168,11 +178,7 @@ def test_log_lines_of_a_traced_job_carry_its_trace_and_span_ids(
         "tasks.pokemon.fetch_pokemon", args=["bulbasaur"], headers={"traceparent": traceparent}
     )
     job.get(timeout=TIMEOUT)
-    (span,) = wait_for(
-        lambda: named(trace_of(collector, trace_id), "run/tasks.pokemon.fetch_pokemon"),
-        timeout=TIMEOUT,
-        what="the job span",
-    )  # type: ignore[misc]
+    span = job_span(collector, trace_id)
     line = wait_for(
         lambda: next((ln for ln in worker.log().splitlines() if f"id={job.id}" in ln), None),
         timeout=5,
@@ -193,11 +199,7 @@ def test_an_expected_failure_logs_one_line_without_a_traceback_and_marks_the_spa
     )
     with pytest.raises(Exception, match="not found"):
         job.get(timeout=TIMEOUT)
-    (span,) = wait_for(
-        lambda: named(trace_of(collector, trace_id), "run/tasks.pokemon.fetch_pokemon"),
-        timeout=TIMEOUT,
-        what="the job span",
-    )  # type: ignore[misc]
+    span = job_span(collector, trace_id)
     assert span.attributes["error.type"] == "NotFound"
     assert span.attributes["apiworker.job.outcome"] == "FAILURE"
     assert span.status_code == 2  # ERROR
