@@ -36,4 +36,4 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app
 USER app
 
-CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]
+CMD ["python", "-m", "worker", "--loglevel=INFO"]

@@ -385,6 +385,8 @@ class ApiClient:
         # total deadline is checked even when the upstream drips one byte at a time;
         # iter_content would block until a whole chunk is in.
         for chunk in _decoded_reads(response, cap + 1):
+            if not chunk:
+                continue
             size += len(chunk)
             chunks.append(chunk)
             if size > cap:
@@ -405,7 +407,9 @@ class ApiClient:
                     path,
                     response.status,
                 )
-        return b"".join(chunks)
+        # Most bodies arrive in one raw read and inflate to one chunk: joining that with
+        # the decoder's empty flush would copy every byte once more.
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _status_error(
         self, response: urllib3.BaseHTTPResponse, body: bytes, method: str, path: str

@@ -107,7 +107,7 @@ def producer_app(redis_url: str) -> Celery:
 def start_worker(env: dict[str, str], log: Path) -> tuple[Child, str]:
     node = f"demo-{os.getpid()}@{socket.gethostname()}"
     args = [
-        sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
+        sys.executable, "-m", "worker", "--loglevel=INFO",
         f"--hostname={node}", "--without-mingle", "--without-gossip",
     ]  # fmt: skip
     return spawn("worker", args, output=log, env=env), node

@@ -226,7 +226,7 @@ def test_compose_file_describes_the_stack() -> None:
         assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "ports" not in services["worker"]  # so --scale worker=N can run
-    assert services["worker"]["command"][:4] == ["celery", "-A", "worker", "worker"]
+    assert services["worker"]["command"][:3] == ["python", "-m", "worker"]
     assert services["beat"]["deploy"]["replicas"] == 1
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert services["sandbox"]["profiles"] == ["offline"]

@@ -61,7 +61,7 @@ def wait_for(
 
 
 class WorkerProcess:
-    """`celery -A worker worker` as a subprocess, run from the repository root."""
+    """`python -m worker` (Celery's worker command, as production runs it) as a subprocess."""
 
     def __init__(
         self,
@@ -84,7 +84,7 @@ class WorkerProcess:
 
     def start(self, producer: Celery, timeout: float = 30.0) -> WorkerProcess:
         args = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            sys.executable, "-m", "worker",
             f"--loglevel={self.env.get('TEST_WORKER_LOGLEVEL', 'INFO')}",
             f"--pool={self.pool}", f"--concurrency={self.concurrency}",
             f"--hostname={self.name}", "--without-mingle", "--without-gossip",

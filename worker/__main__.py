@@ -1,0 +1,31 @@
+"""`python -m worker [OPTIONS]`: one worker process, Celery's own `worker` command.
+
+`celery -A worker worker` loads Celery's whole command line before it starts a worker:
+every subcommand, the interactive shell's REPL (click-repl, prompt_toolkit, pygments)
+and, through its plugin entry point, Flower (tornado, humanize, pytz). A worker process
+uses none of it, and it costs about 11 MiB of resident memory per process, an eighth of
+the per-process budget (docs/performance.md, "Memory per worker process"). This runs the
+same `worker` command, with the same options and behaviour, without the rest.
+`celery -A worker worker` keeps working; `make run` and the container use this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery.bin.base import CLIContext
+from celery.bin.worker import worker as worker_command
+
+from worker.app import app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse `argv` (default: the command line) as `celery worker` would, then run it."""
+    context = CLIContext(app=app, no_color=None, workdir=None)
+    worker_command.main(
+        args=list(argv) if argv is not None else None, prog_name="python -m worker", obj=context
+    )
+
+
+if __name__ == "__main__":
+    main()
