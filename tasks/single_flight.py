@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
@@ -67,31 +68,44 @@ class SingleFlightBusy(HeldBack):
     jitter_floor = 0.1
 
 
+@dataclass
+class _Lease:
+    store: ResultStore
+    token: str
+    ttl: float
+    due: float  # monotonic time of its next renewal: a third of the lease after the last
+
+
 class LeaseKeeper:
     """Renews this process's single-flight leases while their fetches run.
 
-    One daemon thread for the whole process, waking a few times per lease and renewing
-    every lease still held in one round trip. A lease that was lost (Redis lost it, or it
-    ran out while this process stalled) is dropped, never taken back: another job may
-    hold it by then.
+    One daemon thread for the whole process. A lease is renewed once a third of it has
+    passed since it was taken or last renewed, so a fetch shorter than that (nearly
+    all of them) costs no renewal at all; the leases due together go in one round trip.
+    A lease that was lost (Redis lost it, or it ran out while this process stalled) is
+    dropped, never taken back: another job may hold it by then.
     """
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[ResultStore, str, float]] = {}
+        self._held: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._next_wake = float("inf")
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def holding(self, store: ResultStore, key: str, token: str, ttl: float) -> Iterator[None]:
+        due = time.monotonic() + ttl / 3
         with self._lock:
-            self._held[key] = (store, token, ttl)
+            self._held[key] = _Lease(store, token, ttl, due)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="single-flight-leases", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()  # a shorter lease than the thread sleeps for may have arrived
+            wake = due < self._next_wake  # only a lease due before the thread wakes
+        if wake:
+            self._wake.set()
         try:
             yield
         finally:
@@ -100,31 +114,42 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         while True:
+            now = time.monotonic()
             with self._lock:
-                held = dict(self._held)
-            if held:
-                self._renew(held)
-                interval = min(ttl for _, _, ttl in held.values()) / 3
-            else:
-                interval = 1.0
+                due = {key: lease for key, lease in self._held.items() if lease.due <= now}
+            if due:
+                self._renew(due)
+            with self._lock:
+                self._next_wake = min(
+                    (lease.due for lease in self._held.values()), default=now + 1.0
+                )
+                self._wake.clear()
+                interval = max(0.0, self._next_wake - time.monotonic())
             self._wake.wait(interval)
-            self._wake.clear()
 
-    def _renew(self, held: dict[str, tuple[ResultStore, str, float]]) -> None:
+    def _renew(self, due: dict[str, _Lease]) -> None:
         by_store: dict[int, tuple[ResultStore, float, dict[str, str]]] = {}
-        for key, (store, token, ttl) in held.items():
-            entry = by_store.setdefault(id(store), (store, ttl, {}))
-            entry[2][key] = token
+        for key, lease in due.items():
+            entry = by_store.setdefault(id(lease.store), (lease.store, lease.ttl, {}))
+            entry[2][key] = lease.token
         for store, ttl, leases in by_store.values():
+            renewed_at = time.monotonic()
             try:
-                lost = store.renew(leases, ttl)
+                lost = set(store.renew(leases, ttl))
             except Exception as exc:  # Redis away: the fetches go on, leases may lapse
                 log.warning("single-flight leases not renewed: %s", type(exc).__name__)
-                continue
+                lost = set()
             with self._lock:
-                for key in lost:
-                    if self._held.get(key, (None, ""))[1] == leases[key]:
-                        self._held.pop(key, None)
+                for key, token in leases.items():
+                    current = self._held.get(key)
+                    if current is None or current.token != token:
+                        continue  # released meanwhile, or a new holder's lease
+                    if key in lost:
+                        self._held.pop(key)
+                    else:
+                        # Retried after a third of a lease whether renewed or not: an
+                        # unrenewed lease still has two thirds left to get through.
+                        current.due = renewed_at + ttl / 3
 
 
 LEASES = LeaseKeeper()

@@ -140,6 +140,38 @@ def test_a_fetch_longer_than_its_lease_keeps_the_lease_until_it_writes(redis_url
     assert store.redis.exists(lock_key) == 0
 
 
+def _renewals(client: redis.Redis) -> int:
+    """PEXPIREs Redis ran (the renewal script's command; nothing else here sends it)."""
+    return int(client.info("commandstats").get("cmdstat_pexpire", {}).get("calls", 0))
+
+
+def test_fetches_shorter_than_a_third_of_the_lease_cost_no_renewal(redis_url: str) -> None:
+    """Leases are renewed when due, not whenever another job takes one: 200 fetches of
+    10 ms under a 3 s lease, 16 at a time, make no renewal; one 1.5 s fetch makes some."""
+    store = make_store(redis_url)
+    before = _renewals(store.redis)
+
+    def short_fetch(name: str) -> object:
+        def fetch(_: object) -> Fetched:
+            time.sleep(0.01)  # the upstream call's duration, not a synchronisation
+            return Fetched("pokemon", name, {"v": 1}, now())
+
+        return fetch_once(
+            store, "pokemon", name, fetch, task_id=name, max_age=0, lock_seconds=3.0
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        assert len(list(pool.map(short_fetch, [f"p{i}" for i in range(200)]))) == 200
+    assert _renewals(store.redis) == before
+
+    def long_fetch(_: object) -> Fetched:
+        time.sleep(1.5)  # longer than a third of the 3 s lease: it must be renewed
+        return Fetched("pokemon", "slow", {"v": 1}, now())
+
+    fetch_once(store, "pokemon", "slow", long_fetch, task_id="s", max_age=0, lock_seconds=3.0)
+    assert _renewals(store.redis) > before
+
+
 def test_a_dead_holders_lease_runs_out_and_the_next_job_fetches(redis_url: str) -> None:
     """A lease nobody renews (its holder died) expires; a waiter is told how long it has
     left, and a job after it fetches."""
