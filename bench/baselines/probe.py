@@ -78,7 +78,10 @@ async def main() -> None:
         loop.add_signal_handler(signum, stop.set)
     queue = aioredis.Redis.from_url(os.environ["PROBE_QUEUE_URL"])
     store = aioredis.Redis.from_url(os.environ["REDIS_URL"])
-    timeout = aiohttp.ClientTimeout(sock_connect=3.05, sock_read=10)
+    # A whole-request bound, not `sock_read`: aiohttp 3.14 re-arms the read timer of a
+    # connection already back in the pool, and after ~10 s idle its next request fails at
+    # once (aio-libs/aiohttp#12953), which dropped a few jobs in every round but the first.
+    timeout = aiohttp.ClientTimeout(total=13.05, sock_connect=3.05)
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         consumers = [asyncio.create_task(_consume(queue, store, http)) for _ in range(CONCURRENCY)]
