@@ -1,6 +1,6 @@
 """`python -m bench.memory [--jobs 20000]`: does one worker's memory level off?
 
-One `celery -A worker worker` process (threads pool, defaults) takes N jobs over the
+One `python -m worker` process (threads pool, defaults) takes N jobs over the
 1351 index names in turn, freshness off so that every job fetches, decodes and stores a
 real-sized record. The worker's resident memory is read after every slice of jobs; a
 leak shows as a curve that keeps climbing, a healthy worker as one that flattens once
@@ -52,7 +52,9 @@ def main() -> int:
         "RESULT_EXPIRES": "60",
     }
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
-    worker = WorkerProcess("worker", env, ["--loglevel=WARNING"], log_dir, label="memory")
+    worker = WorkerProcess(
+        "worker", env, [], log_dir, label="memory", command=("-m", "worker", "--loglevel=WARNING")
+    )
     results = redis_server.client(0)
     curve: list[dict[str, float]] = []
     started = time.monotonic()

@@ -47,8 +47,8 @@ class WorkerSettings(RedisSettings):
     result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
 
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
-    worker_concurrency: int = Field(16, ge=1, le=1000)
-    worker_prefetch_multiplier: int = Field(4, ge=1, le=100)
+    worker_concurrency: int = Field(32, ge=1, le=1000)
+    worker_prefetch_multiplier: int = Field(2, ge=1, le=100)
     worker_max_memory_per_child_kb: int = Field(512_000, ge=0)
 
     # Freshness: a result younger than this is served from Redis without an upstream call.

@@ -71,7 +71,7 @@ def test_default_redis_recovery_bound_is_at_most_ten_minutes() -> None:
 def test_every_job_of_a_killed_host_is_stored_within_the_recovery_bound(
     redis_url: str, sandbox: Any, broker_kind: str, new_broker: Callable[[int], str]
 ) -> None:
-    """200 jobs, two worker processes of 16 threads killed after 64 are stored: all stored
+    """200 jobs, two worker processes of 32 threads killed after 64 are stored: all stored
     within the bound (on Redis, but for at most one per killed process: kombu's known
     window), duplicates no more than the jobs in flight at the kill."""
     names = [entry["name"] for entry in INDEX["results"][: scaled(200)]]
@@ -80,7 +80,7 @@ def test_every_job_of_a_killed_host_is_stored_within_the_recovery_bound(
         sandbox,
         CELERY_BROKER_URL=new_broker(6),
         CELERY_RESULT_BACKEND=with_db(redis_url, 7),
-        WORKER_CONCURRENCY="16",  # the default, stated: `ops.run` reads it
+        WORKER_CONCURRENCY="32",  # the default, stated: `ops.run` reads it
         **fast_redelivery(broker_kind),
     )
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
@@ -113,7 +113,7 @@ def test_every_job_of_a_killed_host_is_stored_within_the_recovery_bound(
                                       what="the dead host's last requests"))  # fmt: skip
         in_flight = called_by_dead - stored_at_kill
 
-        healthy = WorkerProcess(env, concurrency=16).start(producer)
+        healthy = WorkerProcess(env, concurrency=32).start(producer)
         answered = time.monotonic()
         bound = RECOVERY_SECONDS
         if broker_kind == "redis":  # plus a sweep, which a mutex the dead held may delay

@@ -156,9 +156,7 @@ def test_fetches_shorter_than_a_third_of_the_lease_cost_no_renewal(redis_url: st
             time.sleep(0.01)  # the upstream call's duration, not a synchronisation
             return Fetched("pokemon", name, {"v": 1}, now())
 
-        return fetch_once(
-            store, "pokemon", name, fetch, task_id=name, max_age=0, lock_seconds=3.0
-        )
+        return fetch_once(store, "pokemon", name, fetch, task_id=name, max_age=0, lock_seconds=3.0)
 
     with ThreadPoolExecutor(16) as pool:
         assert len(list(pool.map(short_fetch, [f"p{i}" for i in range(200)]))) == 200
