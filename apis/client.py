@@ -385,10 +385,9 @@ class ApiClient:
         # total deadline is checked even when the upstream drips one byte at a time;
         # iter_content would block until a whole chunk is in.
         for chunk in _decoded_reads(response, cap + 1):
-            if not chunk:
-                continue
-            size += len(chunk)
-            chunks.append(chunk)
+            if chunk:  # an empty one still passes the deadline check below
+                size += len(chunk)
+                chunks.append(chunk)
             if size > cap:
                 if response.status >= 300:
                     break  # an error body only feeds an excerpt

@@ -40,7 +40,7 @@ def test_invalid_settings_fail_at_start_naming_the_setting(name: str, value: str
     "settings",
     [
         {"BROKER_VISIBILITY_TIMEOUT": "900"},  # a Redis setting, on RabbitMQ
-        {"BROKER_CONSUMER_TIMEOUT": "600"},  # under 150 s x (1 + 4)
+        {"BROKER_CONSUMER_TIMEOUT": "400"},  # under 150 s x (1 + 2)
     ],
 )
 def test_rabbitmq_refuses_settings_that_do_not_fit_it(settings: dict[str, str]) -> None:
