@@ -1,12 +1,12 @@
 """`python -m worker [OPTIONS]`: one worker process, Celery's own `worker` command.
 
 `celery -A worker worker` loads Celery's whole command line before it starts a worker:
-every subcommand, the interactive shell's REPL (click-repl, prompt_toolkit, pygments)
-and, through its plugin entry point, Flower (tornado, humanize, pytz). A worker process
-uses none of it, and it costs about 11 MiB of resident memory per process, an eighth of
-the per-process budget (docs/performance.md, "Memory per worker process"). This runs the
-same `worker` command, with the same options and behaviour, without the rest.
-`celery -A worker worker` keeps working; `make run` and the container use this.
+every subcommand, the interactive shell's REPL (click-repl, prompt_toolkit) and, through
+its plugin entry point, Flower (humanize, pytz, more of tornado and pygments). A worker
+process uses none of it, and it costs about 11 MiB of resident memory per process, an
+eighth of the per-process budget (docs/performance.md, "Memory per worker process").
+This runs the same `worker` command, with the same options and behaviour, without the
+rest. `celery -A worker worker` keeps working; `make run` and the container use this.
 """
 
 from __future__ import annotations
