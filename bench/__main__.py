@@ -249,6 +249,12 @@ class Bench:
                 return
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
             healthy = dict(running)  # a system that fails leaves the rounds, not `running`
+            for name, ctx in list(healthy.items()):
+                try:
+                    self._scenario(ctx, f"{label} warm-up", partial(scenarios.warm_up, ctx))
+                except Exception as exc:
+                    self._failed(ctx.system, exc)
+                    del healthy[name]
             for round_number in range(self.args.repeat):
                 for name, ctx in list(healthy.items()):
                     if 0 < ctx.system.max_repeat <= round_number:
