@@ -11,6 +11,7 @@ rest. `celery -A worker worker` keeps working; `make run` and the container use 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from celery.bin.base import CLIContext
@@ -21,7 +22,8 @@ from worker.app import app
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse `argv` (default: the command line) as `celery worker` would, then run it."""
-    context = CLIContext(app=app, no_color=None, workdir=None)
+    # NO_COLOR, as `celery` reads it (https://no-color.org: any value turns colour off).
+    context = CLIContext(app=app, no_color=bool(os.environ.get("NO_COLOR")), workdir=None)
     worker_command.main(
         args=list(argv) if argv is not None else None, prog_name="python -m worker", obj=context
     )
