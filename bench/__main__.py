@@ -36,7 +36,6 @@ from bench.harness import (
     WorkerProcess,
     clean_environment,
     free_port,
-    producer_app,
 )
 from bench.profile import Profiler
 from bench.senders import sender
@@ -55,6 +54,7 @@ from bench.systems import (
     project_at,
     settings_names,
 )
+from ops.producer import producer_app
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 

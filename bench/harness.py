@@ -453,18 +453,6 @@ class SandboxProcess:
 # -- Celery workers ---------------------------------------------------------------------
 
 
-def producer_app(broker_url: str, backend_url: str) -> Celery:
-    """A bare client app that sends tasks by name, as another service would."""
-    app = Celery("bench-producer", broker=broker_url, backend=backend_url)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-    )
-    return app
-
-
 class WorkerProcess:
     """`celery -A MODULE worker [args]` (or `command`) from the repository root, in its
     own session; ready when `ready()` (default: a Celery ping through `producer`) says so."""

@@ -21,10 +21,10 @@ from bench.harness import (
     WorkerProcess,
     clean_environment,
     free_port,
-    producer_app,
     wait_until,
 )
 from bench.systems import FETCH_TASK, settings_names
+from ops.producer import producer_app
 
 RESULTS = Path(__file__).parent / "results"
 INDEX = Path(__file__).parents[1] / "sandbox" / "data" / "pokemon-index.json"

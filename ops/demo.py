@@ -38,6 +38,7 @@ from ops.processes import (
     tail,
     wait_until,
 )
+from ops.producer import producer_app
 from sandbox.server import SandboxServer
 from tasks.keys import Keys
 
@@ -90,18 +91,6 @@ def worker_environment(redis_url: str, sandbox: SandboxServer) -> dict[str, str]
         PYTHONUNBUFFERED="1",
     )
     return env
-
-
-def producer_app(redis_url: str) -> Celery:
-    """A client that does not import the project: it sends jobs by name, as others do."""
-    app = Celery("demo-producer", broker=redis_url, backend=redis_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-    )
-    return app
 
 
 def start_worker(env: dict[str, str], log: Path) -> tuple[Child, str]:
@@ -219,7 +208,7 @@ def run_demo(stack: ExitStack, redis_binary: str) -> int:
     say("3. Starting one Celery worker pointed at both")
     worker, node = start_worker(worker_environment(server.url, sandbox), log)
     stack.callback(stop_children, [worker])
-    producer = producer_app(server.url)
+    producer = producer_app(server.url, server.url, name="demo-producer")
     stack.callback(producer.close)
     wait_for_worker(producer, worker, node, log)
     say(f"   {node} answers ping")

@@ -18,9 +18,10 @@ import pytest
 import redis
 from celery import Celery
 
+from ops.producer import producer_app
 from sandbox.pokeapi import load_catalogue
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
+from tests.support.celery_worker import WorkerProcess, wait_for
 from tests.support.rabbitmq import RabbitServer
 from worker.broker import ALL_QUEUES
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from ops.producer import producer_app
 from tests.chaos.conftest import scaled
 from tests.integration.conftest import (
     REDIS_TEST_VISIBILITY,
@@ -32,7 +33,7 @@ from tests.integration.conftest import (
     with_db,
     worker_environment,
 )
-from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
+from tests.support.celery_worker import WorkerProcess, wait_for
 from tests.support.run_process import RunProcess, clean_env, group_exists
 from worker.broker import REDIS_SWEEP_MUTEX_SECONDS
 from worker.settings import WorkerSettings

@@ -15,7 +15,8 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.support.celery_worker import WorkerProcess, producer_app
+from ops.producer import producer_app
+from tests.support.celery_worker import WorkerProcess
 from tests.support.redis_server import RedisServer, free_port
 
 

@@ -15,8 +15,9 @@ import redis
 import requests
 from celery import Celery
 
+from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
+from tests.support.celery_worker import WorkerProcess, wait_for
 from tests.support.redis_server import free_port
 
 FETCH = "tasks.pokemon.fetch_pokemon"

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.celery_worker import REPO_ROOT, producer_app, wait_for
+from ops.producer import producer_app
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import free_port
 from tests.support.run_process import (
     START_TIMEOUT,

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import redis
 
+from ops.producer import producer_app
 from tests.integration.conftest import fast_redelivery, with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, producer_app, wait_for
+from tests.support.celery_worker import WorkerProcess, wait_for
 
 
 # On the Redis broker the same path, after its visibility timeout, is the host-kill test's

@@ -1,7 +1,7 @@
-"""Real Celery worker processes for integration tests, and a producer that is not the project.
+"""Real Celery worker processes for integration tests, and a wait with a deadline.
 
-The producer is a bare Celery app that knows only broker and backend URLs and sends
-tasks by name, exactly as another service would.
+Jobs reach them through `ops.producer.producer_app`: a client that knows only broker and
+backend URLs and sends tasks by name, exactly as another service would.
 """
 
 from __future__ import annotations
@@ -17,33 +17,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from celery import Celery
-from kombu import Exchange, Queue
 
 from worker.settings import setting_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def producer_app(broker_url: str, backend_url: str) -> Celery:
-    """A Celery client app that does not import the project.
-
-    On RabbitMQ it publishes to the worker's queues without declaring them, as the README
-    tells other services to: a queue's arguments (quorum, delivery limit, dead-letter
-    exchange) are the worker's to declare.
-    """
-    app = Celery("producer", broker=broker_url, backend=backend_url)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-    )
-    if broker_url.startswith("amqp"):
-        app.conf.task_queues = [
-            Queue(name, Exchange(name, type="topic"), routing_key=name, no_declare=True)
-            for name in ("celery", "pokeapi", "cms", "semaphore")
-        ]
-    return app
 
 
 def wait_for(
