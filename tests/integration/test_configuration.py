@@ -11,6 +11,14 @@ import pytest
 from tests.support.celery_worker import REPO_ROOT
 
 
+def import_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Build the app in a fresh interpreter with `env`: where settings are checked."""
+    return subprocess.run(
+        [sys.executable, "-c", "import worker"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -27,10 +35,7 @@ from tests.support.celery_worker import REPO_ROOT
 def test_invalid_settings_fail_at_start_naming_the_setting(name: str, value: str) -> None:
     """Exit status 1 and the field in the message, before any job is taken."""
     env = {**os.environ, name: value}
-    done = subprocess.run(
-        [sys.executable, "-c", "import worker"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = import_worker(env)
     assert done.returncode == 1
     assert "invalid configuration" in done.stderr
     assert name.lower() in done.stderr.lower()
@@ -47,10 +52,7 @@ def test_rabbitmq_refuses_settings_that_do_not_fit_it(settings: dict[str, str]) 
     """With an amqp:// broker, a Redis-only setting or a consumer timeout shorter than a
     prefetched job can wait stops the worker at start, naming the setting."""
     env = {**os.environ, "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/x", **settings}
-    done = subprocess.run(
-        [sys.executable, "-c", "import worker"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = import_worker(env)
     assert done.returncode == 1
     assert "invalid configuration" in done.stderr
     assert next(iter(settings)) in done.stderr
@@ -59,8 +61,5 @@ def test_rabbitmq_refuses_settings_that_do_not_fit_it(settings: dict[str, str]) 
 def test_a_missing_semaphore_token_does_not_stop_the_worker() -> None:
     """Optional credentials are checked per call, not at start."""
     env = {k: v for k, v in os.environ.items() if k != "SEMAPHORE_API_TOKEN"}
-    done = subprocess.run(
-        [sys.executable, "-c", "import worker"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = import_worker(env)
     assert done.returncode == 0, done.stderr

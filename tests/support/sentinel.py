@@ -9,11 +9,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import redis
 
+from tests.support.celery_worker import wait_for
 from tests.support.redis_server import RedisServer, free_port, terminate
 
 MASTER_NAME = "apiworker"
@@ -216,15 +216,12 @@ class SentinelDeployment:
         return found
 
     def wait_until(self, predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                logs = "\n".join(s.log()[-2000:] for s in self.sentinels)
-                raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{logs}")
-            time.sleep(0.05)
+        """`wait_for`, with the sentinels' logs in the error: they say why nothing moved."""
+        try:
+            return wait_for(predicate, timeout=timeout, what=what)
+        except TimeoutError as exc:
+            logs = "\n".join(s.log()[-2000:] for s in self.sentinels)
+            raise TimeoutError(f"{exc}\n{logs}") from None
 
     def cleanup(self) -> None:
         for sentinel in self.sentinels:
