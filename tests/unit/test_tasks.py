@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from tasks import cms, pokemon
 from tasks.catalog import refresh_batch
 from tasks.errors import InvalidInput
 from tasks.runtime import Runtime, set_runtime
+from tests.support.celery_worker import wait_for
 from worker.settings import WorkerSettings
 
 PUBLIC_TASKS = {
@@ -141,6 +143,14 @@ def always_ask() -> Iterator[Runtime]:
     set_runtime(None)
 
 
+def a_later_job() -> None:
+    """Wait for the next millisecond: a result stored in the millisecond a job began
+    counts as fresh for it (`stored >= started`), so a job meant to ask the upstream
+    again under FRESHNESS_MAX_AGE=0 must begin after the last write."""
+    now_ms = int(time.time() * 1000)
+    wait_for(lambda: int(time.time() * 1000) > now_ms, timeout=1, interval=0.0005)
+
+
 def events(runtime: Runtime) -> list[dict[str, str]]:
     return [
         {key.decode(): value.decode() for key, value in fields.items()}
@@ -154,6 +164,7 @@ def test_a_refresh_of_an_unchanged_record_is_a_304_that_moves_the_meta(
     """Second fetch: conditional, 304, same value, fetched_at forward, revalidated=1."""
     first = pokemon.fetch_and_store("charizard", "t1", runtime=always_ask, client=client)
     fetched_before = int(always_ask.store.redis.hget("meta:pokemon:charizard", "fetched_at_ms"))
+    a_later_job()
     again = pokemon.fetch_and_store("charizard", "t2", runtime=always_ask, client=client)
     assert again == first
     assert sandbox.not_modified("pokemon") == 1
@@ -175,6 +186,7 @@ def test_a_refresh_of_a_changed_record_stores_the_new_value_and_etag(
     first = pokemon.fetch_and_store("pikachu", "t1", runtime=always_ask, client=client)
     etag = always_ask.store.redis.hget("meta:pokemon:pikachu", "etag")
     sandbox.change_record("pokemon", "pikachu")
+    a_later_job()
     again = pokemon.fetch_and_store("pikachu", "t2", runtime=always_ask, client=client)
     assert again["weight"] != first["weight"]
     assert always_ask.store.redis.hget("meta:pokemon:pikachu", "etag") != etag
@@ -191,6 +203,7 @@ def test_a_batch_revalidates_unchanged_names_and_stores_changed_ones(
     refresh_batch(names, "b1", runtime=always_ask, client=client, concurrency=3, defer=print)
     sandbox.reset()
     sandbox.change_record("pokemon", "ivysaur")
+    a_later_job()
     outcome = refresh_batch(
         names, "b2", runtime=always_ask, client=client, concurrency=3, defer=print
     )
@@ -221,14 +234,17 @@ def test_articles_revalidate_one_by_one_and_page_by_page(always_ask, sandbox) ->
     settings = ApiSettings(cms_base_url=sandbox.cms_url, http_retry_attempts=1)
     cms_client = CmsAPI(CmsAPI.configure(settings))
     cms.sync_one("hello-world", "a1", runtime=always_ask, client=cms_client)
+    a_later_job()
     cms.sync_one("hello-world", "a2", runtime=always_ask, client=cms_client)
     assert sandbox.not_modified("article") == 1
     first = cms.sync_every("s1", runtime=always_ask, client=cms_client)
     assert first == {"articles": 44, "written": 44, "revalidated": 0}
+    a_later_job()
     again = cms.sync_every("s2", runtime=always_ask, client=cms_client)
     assert again == {"articles": 44, "written": 0, "revalidated": 44}
     assert sandbox.not_modified("articles") == 1
     sandbox.change_record("article", "hello-world")
+    a_later_job()
     changed = cms.sync_every("s3", runtime=always_ask, client=cms_client)
     assert changed == {"articles": 44, "written": 44, "revalidated": 0}
     stored = orjson.loads(always_ask.store.redis.get("article:hello-world"))
@@ -243,6 +259,7 @@ def test_an_unchanged_page_whose_article_vanished_fetches_that_article(always_as
     cms.sync_every("s1", runtime=always_ask, client=cms_client)
     always_ask.store.redis.delete("article:hello-world")
     sandbox.reset()
+    a_later_job()
     again = cms.sync_every("s2", runtime=always_ask, client=cms_client)
     assert again == {"articles": 44, "written": 1, "revalidated": 43}
     assert sandbox.call_counts() == {"articles": 1, "article": 1}
