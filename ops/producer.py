@@ -1,9 +1,10 @@
 """The client another service writes to send jobs by name: it does not import the project.
 
-One app, shared by the demo, the benchmark driver and the tests, so all three send jobs
-the way the README's producer recipe says. On RabbitMQ it publishes to the worker's
-queues without declaring them: a queue's arguments (quorum, delivery limit, dead-letter
-exchange) are the worker's to declare, and RabbitMQ refuses a declaration that differs.
+One app, shared by the demo, the benchmark driver and the tests. On RabbitMQ it
+publishes to the worker's queues without declaring them, as the README's producer recipe
+does: a queue's arguments (quorum, delivery limit, dead-letter exchange) are the
+worker's to declare, and RabbitMQ refuses a declaration that differs. (The recipe also
+turns on publisher confirms; here every worker is up before a job is sent.)
 """
 
 from __future__ import annotations
