@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from apis.config import get_settings
 from apis.redact import register_secret
-from worker import result_backend, tracing, transport
+from brokers import redis_transport
+from worker import result_backend, tracing
 from worker.beat import beat_schedule
 from worker.broker import DEFAULT_QUEUE, QUEUES, broker_config
 from worker.settings import get_worker_settings
@@ -36,8 +37,8 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
 tracing.check_installed()
 
 broker = broker_config(settings)
-# A malformed broker message must not stop the worker (see worker/transport.py).
-transport.install()
+# Redis URLs take messages with the reliable fetch (brokers/redis_transport.py).
+redis_transport.install()
 # Redis passwords are masked in every log line, as upstream tokens are.
 for secret in settings.redis.secrets():
     register_secret(secret)

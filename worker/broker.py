@@ -78,14 +78,20 @@ def _redis_conf(settings: WorkerSettings) -> dict[str, Any]:
         # BROKER_RESTORE_INTERVAL seconds once older than the visibility timeout. A socket
         # timeout lets a worker notice a Redis that vanished without closing the connection.
         "broker_transport_options": {
+            # brokers/redis_transport.py: a dead holder's jobs go back to their queues
+            # once its heartbeat is older than BROKER_HEARTBEAT_TIMEOUT; a job whose
+            # deliveries ended with a dead holder BROKER_DELIVERY_LIMIT times is parked.
+            "heartbeat_timeout": settings.broker_heartbeat_timeout,
+            "heartbeat_interval": settings.broker_heartbeat_timeout / 5,
+            "delivery_limit": settings.broker_delivery_limit,
+            # The backstop for a worker alive but stuck: a message held longer than this
+            # goes back to its queue. It must exceed the longest a delivered job can stay
+            # unacknowledged (WorkerSettings.safe_visibility_timeout), or such a job runs
+            # twice. Checked every BROKER_RESTORE_INTERVAL seconds.
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": settings.broker_restore_interval,
-            "unacked_restore_throttle": 1,
-            # The sweep holds a mutex key; a worker killed during its sweep would otherwise
-            # leave it for kombu's default 300 s, and nobody restores anything meanwhile.
-            # A sweep takes milliseconds; two overlapping ones only requeue an idempotent
-            # job twice.
-            "unacked_mutex_expire": REDIS_SWEEP_MUTEX_SECONDS,
+            # A socket timeout lets a worker notice a Redis that vanished without closing
+            # the connection.
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,

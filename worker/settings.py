@@ -17,8 +17,10 @@ from apis.config import ApiSettings
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
-REDIS_ONLY = frozenset({"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL"})
-AMQP_ONLY = frozenset({"BROKER_DELIVERY_LIMIT", "BROKER_CONSUMER_TIMEOUT"})
+REDIS_ONLY = frozenset(
+    {"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "BROKER_HEARTBEAT_TIMEOUT"}
+)
+AMQP_ONLY = frozenset({"BROKER_CONSUMER_TIMEOUT"})
 
 
 def broker_kind_of(url: str) -> str:
@@ -78,8 +80,12 @@ class WorkerSettings(RedisSettings):
     # Redis broker only: how often a worker looks for jobs a dead worker left
     # unacknowledged and older than the visibility timeout.
     broker_restore_interval: int = Field(10, ge=1)
-    # RabbitMQ only: deliveries of one message (each ended by a dead worker or a reject
-    # with requeue) before it is dead-lettered to its queue's `.dead` queue.
+    # Redis broker only: a worker process whose heartbeat (sent every fifth of this) is
+    # older than this is dead, and any live worker puts the jobs it held back on their
+    # queues.
+    broker_heartbeat_timeout: float = Field(5.0, ge=1, le=300)
+    # Deliveries of one message, each ended by a dead worker (on RabbitMQ also a reject
+    # with requeue), before it is parked in its queue's `.dead` queue (or list, on Redis).
     broker_delivery_limit: int = Field(5, ge=1, le=1000)
     # RabbitMQ only: the server's `consumer_timeout` in seconds (RabbitMQ's default is
     # 30 minutes). A delivery unacknowledged for longer closes the worker's channel, so it

@@ -1,34 +1,233 @@
-"""kombu's Redis transport as the worker installs it, against a real Redis.
+"""The Redis broker's reliable fetch (brokers/redis_transport.py) against a real Redis.
 
-One command client per channel; a detached channel fails with a connection error (which
-kombu's closing code ignores) rather than an AttributeError that ends the worker; and a
-message taken from its queue but not recorded as unacknowledged goes back to the queue.
+Taking a message records it as in hand in the same step; an ack, a reject and a closing
+channel each end that record; a holder whose heartbeat lapsed has its messages put back
+(or parked, at the delivery limit) by the next live worker's heartbeat; a stuck holder
+still meets the visibility timeout. What producers write does not change: a stock
+kombu producer's message is taken like any other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 from kombu import Connection
+from kombu.transport import redis as kombu_redis
 
-from worker import transport, unrecorded
+from brokers import redis_scripts as keys
+from brokers import redis_transport
+from tests.support.celery_worker import wait_for
 
 QUEUE = "transport-test"
 
 
 @pytest.fixture
-def connection(redis_url: str) -> Iterator[Connection]:
-    transport.install()
-    with Connection(redis_url) as made:
-        yield made
+def connect(redis_url: str) -> Iterator[object]:
+    """Open connections with the reliable fetch, closed after the test."""
+    redis_transport.install()
+    made: list[Connection] = []
+
+    def make(**options: object) -> Connection:
+        connection = Connection(redis_url, transport_options=options)
+        made.append(connection)
+        return connection
+
+    yield make
+    for connection in made:
+        connection.release()
 
 
-def test_a_channel_reuses_one_command_client(redis_url: str, connection: Connection) -> None:
-    """kombu would build a `redis.Redis` per command; the installed method builds one per
-    channel and pool, and a new one once the channel's pool is replaced."""
-    channel = connection.default_channel
+def one_at_a_time(connection: Connection) -> object:
+    """A SimpleQueue whose consumer holds one message at a time (prefetch 1)."""
+    queue = connection.SimpleQueue(QUEUE)
+    queue.channel.basic_qos(0, 1, False)
+    return queue
+
+
+def inhand(client: redis.Redis, channel: object) -> dict[str, str]:
+    return client.hgetall(keys.INHAND_PREFIX + channel.holder)  # type: ignore[attr-defined]
+
+
+def test_a_taken_message_is_recorded_as_in_hand_in_the_same_step(
+    connect, redis_client: redis.Redis
+) -> None:
+    """The message leaves the list and appears in the holder's hash, byte for byte; the
+    holder is registered with a heartbeat."""
+    queue = one_at_a_time(connect())
+    queue.put({"n": 1})
+    raw = redis_client.lindex(QUEUE, 0)
+    message = queue.get(timeout=5)
+    channel = message.channel
+    assert redis_client.llen(QUEUE) == 0
+    held = inhand(redis_client, channel)
+    assert list(held.values()) == [raw]
+    assert list(held) == [message.delivery_tag]
+    assert message.delivery_tag.endswith(":" + QUEUE)
+    assert redis_client.zscore(keys.HOLDERS, channel.holder) is not None
+    message.ack()
+    channel.acks.drain()
+    assert inhand(redis_client, channel) == {}
+
+
+def test_reject_with_requeue_puts_the_message_back_at_the_head(
+    connect, redis_client: redis.Redis
+) -> None:
+    """A requeued message is the next one taken, ahead of those that waited."""
+    queue = one_at_a_time(connect())
+    for number in range(3):
+        queue.put({"n": number})
+    first = queue.get(timeout=5)
+    assert first.payload == {"n": 0}
+    first.requeue()
+    assert inhand(redis_client, first.channel) == {}
+    assert queue.get(timeout=5).payload == {"n": 0}
+
+
+def test_a_closing_channel_hands_back_what_it_holds_and_leaves(
+    connect, redis_client: redis.Redis
+) -> None:
+    """Unacknowledged messages return to the queue when their channel closes; acked
+    ones do not, even with their ack still in the buffer."""
+    connection = connect()
+    queue = connection.SimpleQueue(QUEUE)
+    for number in range(3):
+        queue.put({"n": number})
+    taken = [queue.get(timeout=5) for _ in range(3)]
+    holder = taken[0].channel.holder
+    taken[0].ack()  # may still be in the ack buffer as the channel closes
+    connection.release()
+    assert redis_client.llen(QUEUE) == 2
+    assert redis_client.zscore(keys.HOLDERS, holder) is None
+    assert not redis_client.exists(keys.INHAND_PREFIX + holder)
+
+
+def test_a_dead_holders_messages_go_back_at_the_next_heartbeat(
+    connect, redis_client: redis.Redis
+) -> None:
+    """A holder whose heartbeat lapsed: a live channel's heartbeat puts its messages back
+    at the head of their queue and counts one delivery for each."""
+    dead = connect().SimpleQueue(QUEUE)
+    for number in range(2):
+        dead.put({"n": number})
+    taken = [dead.get(timeout=5) for _ in range(2)]
+    holder = taken[0].channel.holder
+    redis_client.zadd(keys.HOLDERS, {holder: 0})  # its last heartbeat: long ago
+
+    live = connect(heartbeat_timeout=5).default_channel
+    live.heartbeat()
+    assert redis_client.llen(QUEUE) == 2
+    assert not redis_client.exists(keys.INHAND_PREFIX + holder)
+    assert redis_client.zscore(keys.HOLDERS, holder) is None
+    assert sorted(int(count) for count in redis_client.hvals(keys.DELIVERIES)) == [1, 1]
+    # The holder's own acks, arriving late, change nothing.
+    taken[0].ack()
+    taken[0].channel.acks.drain()
+    assert redis_client.llen(QUEUE) == 2
+
+
+def test_a_message_that_keeps_losing_its_holder_is_parked_at_the_limit(
+    connect, redis_client: redis.Redis
+) -> None:
+    """Delivery limit 2: the first dead holder returns the message to its queue, the
+    second parks it in `{queue}.dead`, and `on_parked` hears of it."""
+    parked: list[tuple[str, bytes, int]] = []
+    redis_transport.on_parked.append(lambda *found: parked.append(found))
+    try:
+        producer = one_at_a_time(connect())
+        producer.put({"poison": True})
+        raw = redis_client.lindex(QUEUE, 0)
+        live = connect(delivery_limit=2).default_channel
+        for _ in range(2):
+            holder = one_at_a_time(connect())
+            message = holder.get(timeout=5)
+            redis_client.zadd(keys.HOLDERS, {message.channel.holder: 0})
+            live.heartbeat()
+        assert redis_client.llen(QUEUE) == 0
+        assert redis_client.lrange(QUEUE + keys.DEAD_SUFFIX, 0, -1) == [raw]
+        assert redis_client.hvals(keys.PARKED_INFO) == ["2"]
+        assert redis_client.hlen(keys.DELIVERIES) == 0
+        assert [(queue, item.decode(), count) for queue, item, count in parked] == [
+            (QUEUE, raw, 2)
+        ]
+    finally:
+        redis_transport.on_parked.clear()
+
+
+def test_an_acknowledged_message_forgets_its_delivery_count(
+    connect, redis_client: redis.Redis
+) -> None:
+    """A message whose holder died once, then acknowledged by the next: no count stays."""
+    queue = one_at_a_time(connect())
+    queue.put({"n": 1})
+    first = queue.get(timeout=5)
+    redis_client.zadd(keys.HOLDERS, {first.channel.holder: 0})
+    live = connect()
+    live.default_channel.heartbeat()
+    assert redis_client.hlen(keys.DELIVERIES) == 1
+    again = one_at_a_time(live).get(timeout=5)
+    again.ack()
+    again.channel.acks.drain()
+    assert redis_client.hlen(keys.DELIVERIES) == 0
+
+
+def test_a_live_holder_still_meets_the_visibility_timeout(
+    connect, redis_client: redis.Redis
+) -> None:
+    """The backstop for a holder alive but stuck: a message held past the visibility
+    timeout goes back to its queue, without counting a delivery."""
+    queue = one_at_a_time(connect(visibility_timeout=1))
+    queue.put({"n": 1})
+    message = queue.get(timeout=5)
+
+    def overdue() -> bool:
+        message.channel.restore_overdue()
+        return redis_client.llen(QUEUE) == 1
+
+    wait_for(overdue, timeout=5, what="the held message back after 1 s")
+    assert inhand(redis_client, message.channel) == {}
+    assert redis_client.hlen(keys.DELIVERIES) == 0
+
+
+def test_one_fetch_takes_a_batch_turn_by_turn_across_queues(redis_client: redis.Redis) -> None:
+    """The fetch script takes up to the asked number in one call, one from each queue in
+    turn, so a long queue does not starve a short one."""
+    redis_client.lpush("a", *[f"a{n}" for n in range(5)])
+    redis_client.lpush("b", "b0")
+    script = redis_client.register_script(keys.FETCH)
+    reply = script(keys=[keys.HOLDERS, keys.INHAND_PREFIX + "h", keys.SEQUENCE, "a", "b"],
+                   args=["h", 4, 2])  # fmt: skip
+    items = reply[2::3]
+    assert items == ["a0", "b0", "a1", "a2"]  # oldest first, queues in turn
+    assert redis_client.hlen(keys.INHAND_PREFIX + "h") == 4
+    assert redis_client.llen("a") == 2
+
+
+def test_a_stock_kombu_producers_message_is_taken(
+    connect, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A producer on kombu's own Redis transport (no project code) LPUSHes as always;
+    the reliable consumer takes and acknowledges its message."""
+    parts = urlsplit(redis_url)
+    stock = Connection(
+        hostname=parts.hostname, port=parts.port, virtual_host=parts.path.lstrip("/") or "0",
+        transport=kombu_redis.Transport,
+    )  # fmt: skip
+    try:
+        stock.SimpleQueue(QUEUE).put({"from": "stock"})
+    finally:
+        stock.release()
+    message = one_at_a_time(connect()).get(timeout=5)
+    assert message.payload == {"from": "stock"}
+    message.ack()
+
+
+def test_a_channel_reuses_one_command_client(redis_url: str, connect) -> None:
+    """kombu would build a `redis.Redis` per command; the channel builds one per pool,
+    and a new one once its pool is replaced."""
+    channel = connect().default_channel
     with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
         assert first is second
         assert first.connection_pool is channel.pool
@@ -43,23 +242,10 @@ def test_a_channel_reuses_one_command_client(redis_url: str, connection: Connect
         assert third.connection_pool is channel.pool
 
 
-def test_messages_round_trip_through_the_reused_client(connection: Connection) -> None:
-    """Publish, consume and acknowledge (the calls that go through it) still work."""
-    queue = connection.SimpleQueue(QUEUE)
-    for number in range(3):
-        queue.put({"n": number})
-    received = [queue.get(timeout=5) for _ in range(3)]
-    for message in received:
-        message.ack()
-    assert sorted(message.payload["n"] for message in received) == [0, 1, 2]
-    queue.close()
-
-
-def test_a_detached_channel_raises_a_connection_error_that_closing_ignores(
-    connection: Connection,
-) -> None:
+def test_a_detached_channel_raises_a_connection_error_that_closing_ignores(connect) -> None:
     """After a lost connection kombu detaches the transport, then closes the channel
-    again to restore its messages: that is a connection error, not an AttributeError."""
+    again to hand its messages back: a connection error, not an AttributeError."""
+    connection = connect()
     channel = connection.default_channel
     channel._pool = None
     channel.connection.client = None  # what kombu's collect() leaves behind
@@ -68,28 +254,27 @@ def test_a_detached_channel_raises_a_connection_error_that_closing_ignores(
     assert issubclass(redis.ConnectionError, connection.connection_errors)
 
 
-def test_a_message_whose_unacked_record_failed_goes_back_to_its_queue(
-    connection: Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+def test_messages_held_when_redis_was_unreachable_go_back_when_the_worker_reconnects(
+    connect, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis drops between BRPOP and the unacked record: the message is put back, not lost."""
-    queue = connection.SimpleQueue(QUEUE)
+    """A channel that cannot hand back as it closes leaves its holder to the process: the
+    next channel's first heartbeat hands the messages back, with no delivery counted and
+    without waiting for the heartbeat to lapse."""
+    queue = one_at_a_time(connect())
     queue.put({"n": 1})
+    message = queue.get(timeout=5)
+    channel = message.channel
+    real_run = channel._run
 
-    def lost(*_: object) -> None:
-        raise redis.ConnectionError("Connection closed by server.")
+    def unreachable(name: str, *args: object) -> object:
+        if name == "RELEASE":
+            raise redis.ConnectionError("Connection closed by server.")
+        return real_run(name, *args)
 
-    monkeypatch.setattr(unrecorded, "_kombu_append", lost)
-    with pytest.raises(redis.ConnectionError):
-        queue.get(timeout=5)
-    assert redis_client.llen(QUEUE) == 0  # taken off the list, recorded nowhere
-    assert redis_client.hlen("unacked") == 0
-    monkeypatch.undo()
-    transport.install()
-
-    assert unrecorded.requeue(connection.default_channel) == 1
+    monkeypatch.setattr(channel, "_run", unreachable)
+    channel.close()
+    assert redis_client.llen(QUEUE) == 0  # still recorded as in hand
+    connect().default_channel.heartbeat()
     assert redis_client.llen(QUEUE) == 1
-    again = queue.get(timeout=5)
-    assert again.payload == {"n": 1}
-    assert again.delivery_info.get("redelivered") is True
-    again.ack()
-    queue.close()
+    assert redis_client.hlen(keys.DELIVERIES) == 0
+    assert not redis_client.exists(keys.INHAND_PREFIX + channel.holder)

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from worker.transport import REFUSED_CONTENT_TYPE, envelope_or_refused
+from brokers.redis_transport import REFUSED_CONTENT_TYPE, envelope_or_refused
 
 ENVELOPE = {"body": "W10=", "headers": {}, "properties": {"body_encoding": "base64"}}
 
@@ -19,10 +19,11 @@ def test_a_well_formed_envelope_passes_unchanged() -> None:
     assert envelope_or_refused(json.dumps(ENVELOPE)) == ENVELOPE
 
 
-def test_an_unacked_record_passes_unchanged() -> None:
-    """kombu's own [message, exchange, routing_key] records restore as before."""
+def test_a_list_shaped_like_kombus_old_unacked_record_is_refused() -> None:
+    """The queues hold envelopes only: a `[message, exchange, routing_key]` list is not
+    one, whoever wrote it."""
     record = [ENVELOPE, "celery", "celery"]
-    assert envelope_or_refused(json.dumps(record)) == record
+    assert envelope_or_refused(json.dumps(record))["content-type"] == REFUSED_CONTENT_TYPE
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,550 @@
+"""kombu's Redis transport with a reliable fetch: the worker's side of the Redis broker.
+
+Producers are untouched: a stock Celery or kombu producer, celery-node and `apiworker
+enqueue` all LPUSH to the same lists as before. Only how a worker takes, holds and hands
+back messages changes (the Lua scripts and the keys are in `brokers.redis_scripts`):
+
+- **Taking is recording.** One script takes as many messages as the process has free
+  prefetch slots and records each in the taking channel's in-hand hash, in one step on
+  the server. kombu's BRPOP takes first and records in a second round trip: a worker
+  killed in between lost the message.
+- **Liveness is a heartbeat.** Every consuming channel heartbeats each
+  `heartbeat_interval` seconds (and at every fetch). When a holder's heartbeat is older
+  than `heartbeat_timeout`, the next live worker's heartbeat puts its messages back at
+  the head of their queues. The visibility timeout stays, as the backstop for a holder
+  that is alive but stuck.
+- **A delivery limit.** A message whose deliveries ended with a dead holder
+  `delivery_limit` times is parked in `{queue}.dead` instead, and `on_parked` callbacks
+  (the worker's failure record) are told.
+- **Acknowledgements in batches.** An ack leaves memory at once (the prefetch slot is
+  free) and reaches Redis with the others that arrived meanwhile, in one script call on a
+  flusher thread: no timer, so the first ack waits for nothing.
+- **Hand-back.** A channel that closes (warm shutdown, lost connection) hands back what
+  it holds, and forgets its holder; if Redis cannot be reached then, the next channel of
+  the same process hands them back as soon as Redis answers, without waiting for the
+  heartbeat to lapse.
+
+An idle worker waits on its first queue with `BLMOVE q q RIGHT RIGHT` (it moves the
+item onto itself: nothing is taken) for at most `idle_wait` seconds, then fetches again;
+so a message on the first queue is picked up at once, and one on another queue within
+`idle_wait`. A Lua script cannot block, and no blocking command takes from several lists
+and records in one step, which is why the wait and the take are two commands.
+
+The subclasses ride on kombu's internals (its poller's BRPOP slot, `QoS`), so kombu is
+pinned below its next minor version in pyproject.toml, and the suite runs this transport
+against a real Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from queue import Empty
+from typing import Any
+
+import redis
+from kombu import transport as kombu_transport
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+
+from brokers import redis_scripts as scripts
+
+log = logging.getLogger(__name__)
+
+REFUSED_CONTENT_TYPE = "application/x-malformed-queue-item"
+_KEPT_BYTES = 4096
+
+#: Called with (queue, item, deliveries) for each message a heartbeat parked.
+ParkedCallback = Callable[[str, bytes, int], None]
+on_parked: list[ParkedCallback] = []
+
+# Holders of this process whose hand-back failed (Redis away as their channel closed):
+# the next channel that reaches Redis hands their messages back.
+_orphans: set[str] = set()
+_orphans_lock = threading.Lock()
+
+
+def envelope_or_refused(raw: str | bytes) -> dict[str, Any]:
+    """The envelope of a well-formed queue item, or one the worker refuses and logs.
+
+    kombu decodes each item inside its consumer loop: an item that is not JSON, a JSON
+    value that is not an envelope, or an envelope whose body is not base64 raised there
+    and stopped the worker ("Unrecoverable error"). Anyone able to write to the broker
+    could stop the service. Such an item becomes a message of a content type the worker
+    does not accept (`accept_content` is JSON only): Celery logs it, the consumer records
+    it (worker/consumer.py) and drops it, and the next job is served.
+    """
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+        if value["properties"].get("body_encoding") != "base64":
+            return value
+        try:
+            base64.b64decode(value.get("body", ""), validate=True)
+            return value
+        except (TypeError, ValueError, binascii.Error):
+            pass
+    data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
+    return {
+        "body": base64.b64encode(data[:_KEPT_BYTES]).decode(),
+        "content-type": REFUSED_CONTENT_TYPE,
+        "content-encoding": "binary",
+        "headers": {},
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": ""},
+            "priority": 0,
+        },
+    }
+
+
+def new_holder_id() -> str:
+    """Readable in `apiworker queues` and Redis: host, process, and a unique tail."""
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+class AckBuffer:
+    """Acknowledgements on their way to Redis, sent in batches by one flusher thread.
+
+    While one batch is in flight the next gathers, so under load many acks share a round
+    trip and an idle worker's single ack leaves at once. A batch that fails (Redis away)
+    is kept and sent again; if the process dies first, those jobs run again, as any job
+    in flight would.
+    """
+
+    RETRY_SECONDS = 0.5
+
+    def __init__(self, send: Callable[[list[str]], None], errors: tuple[type[BaseException], ...]):
+        self._send = send
+        self._errors = errors
+        self._pending: list[str] = []
+        self._wake = threading.Condition()
+        self._sending = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, field: str) -> None:
+        with self._wake:
+            self._pending.append(field)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="redis-acks", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+        if self._closed:  # a job that ended after its channel closed
+            self.drain()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+            if not self._flush():
+                with self._wake:
+                    self._wake.wait(self.RETRY_SECONDS)
+
+    def _flush(self) -> bool:
+        with self._sending:
+            with self._wake:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return True
+            try:
+                self._send(batch)
+            except self._errors:
+                with self._wake:
+                    self._pending[:0] = batch
+                return False
+            return True
+
+    def drain(self) -> bool:
+        """Send what is pending now, in the caller's thread; False if Redis refused."""
+        return self._flush()
+
+    def close(self) -> bool:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        return self._flush()
+
+
+class ReliableQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's Redis QoS, with the in-hand hash of `ReliableChannel` as its record."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        # The fetch script recorded it already: only the prefetch accounting is left.
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel.acks.add(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.channel.requeue([delivery_tag])
+        else:
+            self.channel.acks.add(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> list[Any]:
+        """Hand back everything the channel holds (kombu calls this as it closes)."""
+        self._flush()
+        self._delivered.clear()
+        self.channel.release()
+        return []
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """The visibility timeout, now only the backstop for a live but stuck holder."""
+        self.channel.restore_overdue()
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        self.channel.requeue([tag])
+
+
+class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
+    """A kombu Redis channel whose consumer takes messages with `FETCH`."""
+
+    QoS = ReliableQoS
+
+    from_transport_options = kombu_redis.Channel.from_transport_options + (
+        "heartbeat_interval",
+        "heartbeat_timeout",
+        "delivery_limit",
+        "idle_wait",
+        "fetch_limit",
+    )
+    heartbeat_interval = 1.0
+    heartbeat_timeout = 5.0
+    delivery_limit = 5
+    idle_wait = 0.2
+    #: Messages one fetch may take when the channel has no prefetch limit.
+    fetch_limit = 100
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holder = new_holder_id()
+        prefix = self.global_keyprefix or ""
+        self._keys = {
+            "holders": prefix + scripts.HOLDERS,
+            "inhand": prefix + scripts.INHAND_PREFIX + self.holder,
+            "inhand_prefix": prefix + scripts.INHAND_PREFIX,
+            "sequence": prefix + scripts.SEQUENCE,
+            "deliveries": prefix + scripts.DELIVERIES,
+            "parked": prefix + scripts.PARKED_INFO,
+        }
+        self._prefix = prefix
+        self._scripts: dict[str, str] = {}
+        self._idle = False
+        self._consumed = False
+        self._pending_command = "EVALSHA"
+        self._fetch_keys: list[str] = []
+        self._released = False
+        self.acks = AckBuffer(self._send_acks, tuple(self.connection_errors))
+        self._load_scripts()
+
+    # -- scripts -------------------------------------------------------------------------
+
+    def _load_scripts(self) -> None:
+        with self.conn_or_acquire() as client:
+            for name in ("FETCH", "ACK", "REQUEUE", "RESCUE", "VISIBILITY", "RELEASE"):
+                self._scripts[name] = client.script_load(getattr(scripts, name))
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script; after a Redis restart (scripts forgotten) load them again.
+
+        `redis.Redis.execute_command` directly: kombu's prefixing client would prefix
+        the first key again (the keys here carry the prefix already).
+        """
+        with self.conn_or_acquire() as client:
+            command = ("EVALSHA", self._scripts[name], len(keys), *keys, *args)
+            try:
+                return redis.Redis.execute_command(client, *command)
+            except redis.exceptions.NoScriptError:
+                self._load_scripts()
+                command = ("EVALSHA", self._scripts[name], len(keys), *keys, *args)
+                return redis.Redis.execute_command(client, *command)
+
+    @contextmanager
+    def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
+        """kombu's method, with the command client built once per channel and pool.
+
+        kombu wraps its pool in a new `redis.Redis` for every command sent outside the
+        consumer loop; with redis-py 8 that costs ~0.1 ms of CPU (its response-callback
+        table), a few per job. The client holds no connection of its own (the pool does)
+        and is safe to share between threads. A channel whose connection kombu already
+        detached (it closes the channel again after a lost connection) cannot build one:
+        that is a connection error, which the closing code ignores, not an AttributeError
+        that ends the worker.
+        """
+        if client:
+            yield client
+            return
+        if self._pool is None and getattr(self.connection, "client", None) is None:
+            raise redis.ConnectionError("broker connection already closed")
+        pool = self.pool
+        cached: redis.Redis | None = self.__dict__.get("_command_client")
+        if cached is None or cached.connection_pool is not pool:
+            cached = self._create_client()
+            self.__dict__["_command_client"] = cached
+        yield cached
+
+    # -- taking ----------------------------------------------------------------------------
+
+    def _get(self, queue: str) -> dict[str, Any]:
+        """`basic_get`: one message, taken and recorded in one step like the consumer's."""
+        keys = [self._prefix + self._q_for_pri(queue, pri) for pri in self.priority_steps]
+        reply = self._run(
+            "FETCH",
+            [self._keys["holders"], self._keys["inhand"], self._keys["sequence"], *keys],
+            [self.holder, 1, 1],
+        )
+        if not reply:
+            raise Empty()
+        self._consumed = True
+        payload = envelope_or_refused(reply[2])
+        payload["properties"]["delivery_tag"] = bytes_to_str(reply[0])
+        return payload
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys = [
+            self._prefix + self._q_for_pri(queue, pri)
+            for pri in self.priority_steps
+            for queue in queues
+        ]
+        self._fetch_keys = keys
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = time.monotonic()
+        if self._idle:
+            # Wake as soon as the first queue has a message, without taking it.
+            self._pending_command = "BLMOVE"
+            connection.send_command("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", self.idle_wait)
+            return
+        self._pending_command = "EVALSHA"
+        wanted = self.qos.can_consume_max_estimate() or self.fetch_limit
+        connection.send_command(
+            "EVALSHA", self._scripts["FETCH"], 3 + len(keys),
+            self._keys["holders"], self._keys["inhand"], self._keys["sequence"], *keys,
+            self.holder, wanted, len(queues),
+        )  # fmt: skip
+        self._consumed = True
+
+    def _brpop_read(self, **options: Any) -> bool:
+        command = self._pending_command
+        try:
+            try:
+                reply = redis.Redis.parse_response(
+                    self.client, self.client.connection, command, **options
+                )
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except redis.exceptions.NoScriptError:
+                self._load_scripts()
+                raise Empty() from None
+            if command == "BLMOVE":
+                self._idle = False
+                if not reply and len(self.active_queues) > 1:
+                    self._queue_cycle.rotate(self._queue_cycle.consume(1)[0])
+                raise Empty()
+            if not reply:
+                self._idle = True
+                raise Empty()
+            self._deliver_batch(reply)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _poll_error(self, type: str, **options: Any) -> None:
+        if type == "BRPOP":
+            self._brpop_read(**options)
+        else:
+            super()._poll_error(type, **options)
+
+    def _deliver_batch(self, reply: list[Any]) -> None:
+        """Hand each taken message to its consumer; one that cannot be goes back."""
+        undelivered: list[str] = []
+        last_queue = None
+        for index in range(0, len(reply), 3):
+            field = bytes_to_str(reply[index])
+            key = self._fetch_keys[int(reply[index + 1])]
+            queue = key[len(self._prefix) :].rsplit(self.sep, 1)[0]
+            if queue not in self.connection._callbacks:
+                undelivered.append(field)
+                continue
+            payload = envelope_or_refused(reply[index + 2])
+            # The in-hand field is the delivery tag: unique, and what ack and requeue name.
+            payload["properties"]["delivery_tag"] = field
+            try:
+                self.connection._deliver(payload, queue)
+            except Exception:
+                log.exception("could not hand a message to its consumer: it goes back")
+                undelivered.append(field)
+            last_queue = queue
+        if last_queue is not None:
+            self._queue_cycle.rotate(last_queue)
+        if undelivered:
+            self.requeue(undelivered)
+
+    # -- acknowledging and handing back -----------------------------------------------------
+
+    def _send_acks(self, fields: list[str]) -> None:
+        self._run("ACK", [self._keys["inhand"], self._keys["deliveries"]], fields)
+
+    def requeue(self, fields: Sequence[str]) -> int:
+        """Put these in-hand messages back at the head of their queues."""
+        back: int = self._run("REQUEUE", [self._keys["inhand"]], list(fields))
+        return back
+
+    def release(self) -> None:
+        """Hand back everything held and leave: acks first, so nothing finished returns."""
+        if self._released or not self._consumed:
+            return
+        self._released = True
+        try:
+            self.acks.close()
+            back = self._run("RELEASE", [self._keys["holders"], self._keys["inhand"]],
+                             [self.holder])  # fmt: skip
+        except (*self.connection_errors, AttributeError):
+            # Redis away (or the connection already detached): the next channel of
+            # this process hands them back once Redis answers.
+            with _orphans_lock:
+                _orphans.add(self.holder)
+            log.warning("Redis unreachable as a channel closed: its messages go back to "
+                        "their queues when this worker reconnects")  # fmt: skip
+            return
+        if back:
+            log.info("handed %d message(s) back to their queues", back)
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Say this holder lives; put back (or park) the messages of dead ones."""
+        self._release_orphans()
+        reply = self._run(
+            "RESCUE",
+            [self._keys["holders"], self._keys["deliveries"], self._keys["parked"]],
+            [self.holder if self._consumed and not self._released else "",
+             int(self.heartbeat_timeout * 1000), self.delivery_limit,
+             self._keys["inhand_prefix"], scripts.DEAD_SUFFIX],
+        )  # fmt: skip
+        requeued = int(reply[0])
+        if requeued:
+            log.warning("put %d message(s) of a dead worker back on their queues", requeued)
+        for index in range(1, len(reply), 2):
+            key = bytes_to_str(reply[index])[len(self._prefix) :]
+            queue = key.rsplit(self.sep, 1)[0]
+            item: bytes = reply[index + 1]
+            log.error("parked a message in %s%s after %d deliveries that each ended with "
+                      "a dead worker", queue, scripts.DEAD_SUFFIX, self.delivery_limit)  # fmt: skip
+            for callback in on_parked:
+                try:
+                    callback(queue, item, self.delivery_limit)
+                except Exception:
+                    log.exception("an on_parked callback failed")
+
+    def _release_orphans(self) -> None:
+        with _orphans_lock:
+            orphans = list(_orphans)
+        for holder in orphans:
+            inhand = self._keys["inhand_prefix"] + holder
+            back = self._run("RELEASE", [self._keys["holders"], inhand], [holder])
+            with _orphans_lock:
+                _orphans.discard(holder)
+            if back:
+                log.warning("put back %d message(s) taken before the broker connection "
+                            "dropped", back)  # fmt: skip
+
+    def restore_overdue(self) -> None:
+        back = self._run(
+            "VISIBILITY",
+            [self._keys["holders"]],
+            [int(self.visibility_timeout * 1000), self._keys["inhand_prefix"]],
+        )
+        if back:
+            log.warning("put back %d message(s) held longer than the visibility timeout", back)
+
+    def _restore(self, message: Any, leftmost: bool = False) -> None:
+        self.requeue([message.delivery_tag])
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.acks.drain()
+            except AttributeError:  # detached connection: release() records the orphan
+                pass
+        super().close()
+
+
+class ReliableSentinelChannel(ReliableChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """The same fetch, with the master found through Redis Sentinel."""
+
+    from_transport_options = (
+        ReliableChannel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options
+    )
+
+
+def _heartbeat_every_channel(transport: Any) -> None:
+    for channel in list(transport.cycle._channels):
+        if not isinstance(channel, ReliableChannel) or not channel.active_queues:
+            continue
+        try:
+            channel.heartbeat()
+        except channel.connection_errors:
+            log.debug("heartbeat: Redis unreachable, trying again", exc_info=True)
+            return
+
+
+class _HeartbeatMixin:
+    """Register the heartbeat with Celery's event loop, beside kombu's own timers."""
+
+    _heartbeat_tref: Any = None
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)  # type: ignore[misc]
+        if self._heartbeat_tref is not None:
+            self._heartbeat_tref.cancel()
+        interval = connection.client.transport_options.get(
+            "heartbeat_interval", ReliableChannel.heartbeat_interval
+        )
+        self._heartbeat_tref = loop.call_repeatedly(interval, _heartbeat_every_channel, self)
+
+
+class Transport(_HeartbeatMixin, kombu_redis.Transport):  # type: ignore[misc]
+    Channel = ReliableChannel
+
+
+class SentinelTransport(_HeartbeatMixin, kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = ReliableSentinelChannel
+
+
+def install() -> None:
+    """Make `redis://`, `rediss://` and `sentinel://` URLs use this transport, in this
+    process. kombu resolves a URL's scheme through its alias table, so a transport class
+    named in Celery's settings would be ignored for a URL that has a scheme."""
+    module = __name__
+    kombu_transport.TRANSPORT_ALIASES.update(
+        redis=f"{module}:Transport",
+        rediss=f"{module}:Transport",
+        sentinel=f"{module}:SentinelTransport",
+    )
