@@ -199,3 +199,15 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 return back
 """
 )
+
+#: Replay the oldest parked message of a queue: back to its queue's tail, as a new
+#: publish would be, in the same step as it leaves the dead list (so it is never in
+#: neither, nor in both). KEYS: the dead list, the queue, parked info. Returns the item.
+REPLAY = """
+local item = redis.call('LPOP', KEYS[1])
+if item then
+  redis.call('LPUSH', KEYS[2], item)
+  redis.call('HDEL', KEYS[3], redis.sha1hex(item))
+end
+return item
+"""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
@@ -140,9 +141,7 @@ class AckBuffer:
         with self._wake:
             self._pending.append(field)
             if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._run, name="redis-acks", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="redis-acks", daemon=True)
                 self._thread.start()
             self._wake.notify()
         if self._closed:  # a job that ended after its channel closed
@@ -184,7 +183,7 @@ class AckBuffer:
         return self._flush()
 
 
-class ReliableQoS(kombu_redis.QoS):  # type: ignore[misc]
+class ReliableQoS(kombu_redis.QoS):
     """kombu's Redis QoS, with the in-hand hash of `ReliableChannel` as its record."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -217,12 +216,13 @@ class ReliableQoS(kombu_redis.QoS):  # type: ignore[misc]
         self.channel.requeue([tag])
 
 
-class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
+class ReliableChannel(kombu_redis.Channel):
     """A kombu Redis channel whose consumer takes messages with `FETCH`."""
 
     QoS = ReliableQoS
 
-    from_transport_options = kombu_redis.Channel.from_transport_options + (
+    from_transport_options = (  # type: ignore[assignment]  # a longer tuple than kombu's
+        *kombu_redis.Channel.from_transport_options,
         "heartbeat_interval",
         "heartbeat_timeout",
         "delivery_limit",
@@ -306,7 +306,7 @@ class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
 
     # -- taking ----------------------------------------------------------------------------
 
-    def _get(self, queue: str) -> dict[str, Any]:
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         """`basic_get`: one message, taken and recorded in one step like the consumer's."""
         keys = [self._prefix + self._q_for_pri(queue, pri) for pri in self.priority_steps]
         reply = self._run(
@@ -333,7 +333,7 @@ class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
         self._fetch_keys = keys
         connection = self.client.connection
         self._in_poll = connection
-        self._brpop_sent_at = time.monotonic()
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu: None
         if self._idle:
             # Wake as soon as the first queue has a message, without taking it.
             self._pending_command = "BLMOVE"
@@ -372,7 +372,7 @@ class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
             self._deliver_batch(reply)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu's own reset
             self._flush_brpop_reauth()
 
     def _poll_error(self, type: str, **options: Any) -> None:
@@ -489,18 +489,17 @@ class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
 
     def close(self) -> None:
         if not self.closed:
-            try:
+            # A detached connection: release() records the holder as an orphan.
+            with contextlib.suppress(AttributeError):
                 self.acks.drain()
-            except AttributeError:  # detached connection: release() records the orphan
-                pass
         super().close()
 
 
-class ReliableSentinelChannel(ReliableChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+class ReliableSentinelChannel(ReliableChannel, kombu_redis.SentinelChannel):
     """The same fetch, with the master found through Redis Sentinel."""
 
     from_transport_options = (
-        ReliableChannel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options
+        ReliableChannel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options  # type: ignore[assignment]
     )
 
 
@@ -530,11 +529,11 @@ class _HeartbeatMixin:
         self._heartbeat_tref = loop.call_repeatedly(interval, _heartbeat_every_channel, self)
 
 
-class Transport(_HeartbeatMixin, kombu_redis.Transport):  # type: ignore[misc]
+class Transport(_HeartbeatMixin, kombu_redis.Transport):
     Channel = ReliableChannel
 
 
-class SentinelTransport(_HeartbeatMixin, kombu_redis.SentinelTransport):  # type: ignore[misc]
+class SentinelTransport(_HeartbeatMixin, kombu_redis.SentinelTransport):
     Channel = ReliableSentinelChannel
 
 

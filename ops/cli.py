@@ -29,13 +29,20 @@ import redisconn
 from apis import ApiClient, ApiSettings, CmsAPI, PokeAPI, SemaphoreAPI
 from apis.config import RetryPolicy
 from apis.redact import redact
+from brokers import (
+    ALL_QUEUES,
+    Broker,
+    BrokerError,
+    NotSupported,
+    ParkedMessage,
+    broker_module,
+    open_broker,
+)
 from ops import trace_context
-from ops.brokers import Broker, BrokerError, NotSupported, ParkedMessage, open_broker
 from ops.processes import redacted
 from redisconn import RedisTarget
 from tasks.keys import Keys
 from worker.app import app as project_app
-from worker.broker import ALL_QUEUES, broker_config
 from worker.settings import WorkerSettings
 
 # The public contract: task name -> its parameters. Checked before sending, because a
@@ -95,7 +102,7 @@ def sender_app(settings: WorkerSettings) -> Celery:
         {name: project_app.conf[name] for name in _SENDER_CONF},
         # The queues and transport options of this invocation's broker, which need not be
         # the one `worker.app` was configured for when it was imported.
-        **broker_config(settings).conf,
+        **broker_module(settings.broker_url).celery_conf(settings),
         **settings.celery_connection.settings,
     )
     # Sentinel's master name and the sentinels' credentials (redisconn.celery_config).
@@ -551,12 +558,11 @@ def count_cell(value: int | None) -> str:
 @cli.command()
 @click.pass_obj
 def queues(services: Services) -> None:
-    """Show each queue's jobs: waiting (ready), delivered but not yet acknowledged, and
-    dead-lettered.
+    """Show each queue's jobs: waiting (ready), taken by a worker but not yet
+    acknowledged (in hand), and parked (dead).
 
-    A "-" is what the broker cannot tell: the Redis broker has no dead-letter queues, and
-    RabbitMQ reports unacknowledged counts only through its management API
-    (RABBITMQ_MANAGEMENT_URL).
+    A "-" is what the broker cannot tell: RabbitMQ reports unacknowledged counts only
+    through its management API (RABBITMQ_MANAGEMENT_URL).
     """
     depths = services.broker().depths(ALL_QUEUES)
     click.echo(f"{'queue':<10} {'ready':>7} {'unacked':>8} {'dead':>6}")
@@ -572,10 +578,11 @@ def queues(services: Services) -> None:
 
 @cli.group("dead-letters")
 def dead_letters() -> None:
-    """Inspect and replay jobs RabbitMQ parked in a queue's `.dead` queue.
+    """Inspect and replay jobs parked in a queue's `.dead` queue (a list, on Redis).
 
-    A job is parked when it was delivered BROKER_DELIVERY_LIMIT times without being
-    acknowledged (it keeps killing its workers), or when no task could run it.
+    A job is parked when BROKER_DELIVERY_LIMIT of its deliveries ended without an
+    acknowledgement because its worker died (it keeps killing its workers), or, on
+    RabbitMQ, when no task could run it (on Redis that one is in `apiworker failures`).
     """
 
 
@@ -633,8 +640,7 @@ def list_dead_letters(
 ) -> None:
     """Show parked jobs, oldest first: queue, job id, task, arguments, why, deliveries.
 
-    Nothing is removed. Exit 1 on the Redis broker, which parks nothing (a job no task
-    could run is in `apiworker failures list`).
+    Nothing is removed.
     """
     broker = services.broker()
     found = parked_or_exit(lambda: broker.parked(queue_names or ALL_QUEUES, count))
@@ -654,8 +660,8 @@ def replay_dead_letters(
 ) -> None:
     """Send parked jobs back to the queue they came from, with a fresh delivery count.
 
-    Each job is published (and confirmed by RabbitMQ) before it leaves the dead-letter
-    queue, so a replay interrupted halfway loses nothing.
+    Each job is published (and confirmed by RabbitMQ; on Redis, moved in one step) before
+    it leaves the dead-letter queue, so a replay interrupted halfway loses nothing.
     """
     if (count is None) == (not replay_all):
         raise click.UsageError("give --count N or --all (not both)")

@@ -27,10 +27,10 @@ from prometheus_client import Counter
 from apis.config import get_settings
 from apis.errors import HeldBack, NotFound, RateLimited, UpstreamError
 from apis.redact import redact
+from brokers import ALL_QUEUES, broker_module
 from tasks.errors import InvalidInput
 from tasks.runtime import get_runtime
 from tasks.single_flight import job_began_at
-from worker.broker import ALL_QUEUES, BrokerConfig, broker_kind
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("tasks")
@@ -78,7 +78,8 @@ def deferral_countdown(exc: HeldBack, *, cap: float) -> float:
 
 def broker_countdown(seconds: float) -> float:
     """A countdown the broker can honour (RabbitMQ's delayed delivery: whole seconds)."""
-    return BrokerConfig.shape_countdown(broker_kind(get_worker_settings().broker_url), seconds)
+    shaped: float = broker_module(get_worker_settings().broker_url).shape_countdown(seconds)
+    return shaped
 
 
 def deferrals_of(request: Any) -> int:

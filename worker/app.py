@@ -11,10 +11,9 @@ from pydantic import ValidationError
 
 from apis.config import get_settings
 from apis.redact import register_secret
-from brokers import redis_transport
+from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
 from worker import result_backend, tracing
 from worker.beat import beat_schedule
-from worker.broker import DEFAULT_QUEUE, QUEUES, broker_config
 from worker.settings import get_worker_settings
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -36,7 +35,8 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
 # Traces asked for by OTEL_* variables need the tracing extra: say so now, not at a job.
 tracing.check_installed()
 
-broker = broker_config(settings)
+broker = broker_module(settings.broker_url)
+broker_conf = broker.celery_conf(settings)
 # Redis URLs take messages with the reliable fetch (brokers/redis_transport.py).
 redis_transport.install()
 # Redis passwords are masked in every log line, as upstream tokens are.
@@ -49,11 +49,11 @@ for secret in settings.redis.secrets():
 connection = settings.celery_connection
 transport_options = {
     "broker_transport_options": {
-        **broker.conf.get("broker_transport_options", {}),
+        **broker_conf.get("broker_transport_options", {}),
         **connection.broker_transport_options,
     },
     "result_backend_transport_options": {
-        **broker.conf.get("result_backend_transport_options", {}),
+        **broker_conf.get("result_backend_transport_options", {}),
         **connection.backend_transport_options,
     },
 }
@@ -106,7 +106,7 @@ app.conf.update(
     # One queue per upstream, so a slow upstream cannot starve the others; the default
     # queue is consumed too, so a job sent by name without routing is never stranded.
     # The queues themselves (and the transport options) depend on the broker: see
-    # worker/broker.py. CFG#task-queues, CFG#task-routes
+    # brokers/. CFG#task-queues, CFG#task-routes
     task_default_queue=DEFAULT_QUEUE,
     task_routes={
         "tasks.pokemon.*": {"queue": "pokeapi", "routing_key": "pokeapi"},
@@ -128,7 +128,7 @@ app.conf.update(
     # Undecodable messages and unknown task names leave a failure record (and, on
     # RabbitMQ, are dead-lettered) instead of vanishing with a log line.
     worker_consumer="worker.consumer:RecordingConsumer",
-    **{**broker.conf, **transport_options},
+    **{**broker_conf, **transport_options},
 )
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for

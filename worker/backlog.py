@@ -8,11 +8,10 @@ in one pipelined round trip per Redis, at most once per `CACHE_SECONDS` (answers
 between are served from the last reading), and a Redis that does not answer leaves the
 gauges out of that scrape instead of failing it.
 
-Queue depth depends on the broker, so it sits behind one small interface chosen once from
-the broker URL (`queue_depth_reader`): on Redis, a queue is a list and its depth is its
-LLEN (messages sent with a priority sit in sibling lists; this service sends none); on
-RabbitMQ, a passive declare returns the queue's ready messages. A broker URL without a
-reader (Sentinel) has no depth gauge.
+Queue depth depends on the broker, so it is read through the broker's own module
+(`brokers.open_broker`), as `apiworker queues` reads it: on Redis a queue's LLEN, on
+RabbitMQ a passive declare's ready count. A broker URL without a reader (Sentinel) has no
+depth gauge.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -32,17 +30,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import redisconn
+from brokers import Broker, open_broker
 
 log = logging.getLogger("worker.backlog")
 
 CACHE_SECONDS = 5.0
-
-
-def _client(url: str) -> redis.Redis:
-    """A short-fused client: a dead Redis must not hold a scrape past its timeout."""
-    return redis.Redis.from_url(
-        url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
-    )
 
 
 class QueueDepthReader(Protocol):
@@ -52,55 +44,22 @@ class QueueDepthReader(Protocol):
 
 
 @dataclass(frozen=True)
-class RedisQueueDepths:
-    """The Redis transport keeps each queue as a list under the queue's name."""
+class BrokerQueueDepths:
+    """The ready count of each queue, as the broker's own module reads it (the same
+    reading `apiworker queues` shows)."""
 
-    client: redis.Redis
-    key_prefix: str = ""
-
-    def __call__(self, queues: Sequence[str]) -> Mapping[str, int]:
-        pipe = self.client.pipeline(transaction=False)
-        for name in queues:
-            pipe.llen(self.key_prefix + name)
-        return dict(zip(queues, (int(n) for n in pipe.execute()), strict=True))
-
-
-@dataclass(frozen=True)
-class AmqpQueueDepths:
-    """RabbitMQ counts a queue's ready messages itself: a passive declare reads it
-    (a queue not declared yet holds nothing). One short connection per reading."""
-
-    url: str
+    broker: Broker
 
     def __call__(self, queues: Sequence[str]) -> Mapping[str, int]:
-        from kombu import Connection  # type: ignore[attr-defined]  # exported untyped
-
-        depths: dict[str, int] = {}
-        with Connection(self.url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
-            for name in queues:
-                channel = conn.channel()
-                try:
-                    _, count, _ = channel.queue_declare(queue=name, passive=True)
-                    depths[name] = int(count)
-                except conn.channel_errors:  # 404: no such queue (yet)
-                    depths[name] = 0
-                finally:
-                    try:
-                        channel.close()
-                    except conn.connection_errors + conn.channel_errors:
-                        pass
-        return depths
+        return {depth.name: depth.ready for depth in self.broker.depths(queues)}
 
 
 def queue_depth_reader(broker_url: str, key_prefix: str = "") -> QueueDepthReader | None:
-    """The reader for this broker, or None when there is none (Sentinel URLs)."""
-    scheme = urlsplit(broker_url).scheme
-    if scheme in ("amqp", "amqps", "pyamqp"):
-        return AmqpQueueDepths(broker_url)
-    if scheme in ("redis", "rediss", "unix"):
-        return RedisQueueDepths(_client(broker_url), key_prefix)
-    return None
+    """The reader for this broker, or None when there is none (Sentinel URLs: the
+    master is found by the worker's transport, not by a scrape)."""
+    if broker_url.split("://", 1)[0].lower() == "sentinel":
+        return None
+    return BrokerQueueDepths(open_broker(broker_url, redis_key_prefix=key_prefix))
 
 
 @dataclass(frozen=True)

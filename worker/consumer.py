@@ -8,8 +8,12 @@ rejected without requeueing: on RabbitMQ that dead-letters it to its queue's `.d
 queue, where `apiworker dead-letters` lists and replays it; on Redis it is removed (its
 record keeps what was readable of it). The worker then goes on with the next message.
 
-On RabbitMQ the consumer also declares the dead-letter exchange and queues each time it
-connects, before it consumes, so a rejected message always has somewhere to go.
+Each time it connects, the consumer lets its broker prepare (on RabbitMQ: declare the
+dead-letter exchange and queues, so a rejected message always has somewhere to go).
+
+On Redis a message whose deliveries kept ending with a dead worker is parked by the
+transport (brokers/redis_transport.py), which tells `record_parked`: it leaves a failure
+record, as RabbitMQ's dead-lettering does here.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from apis.redact import redact
+from brokers import broker_module
 from tasks.base import FAILURES_RECORDED, failure_record
 from tasks.runtime import get_runtime
-from worker.broker import amqp_dead_letter_queues, broker_kind
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("worker.consumer")
@@ -41,8 +45,7 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
 
     def connect(self) -> Any:
         connection = super().connect()
-        if broker_kind(get_worker_settings().broker_url) == "amqp":
-            declare_dead_letter_queues(connection)
+        broker_module(get_worker_settings().broker_url).prepare_consumer(connection)
         return connection
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
@@ -90,16 +93,6 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
             "",
             UnreadableMessage(f"message without task headers; body starts {_excerpt(body)!r}"),
         )
-
-
-def declare_dead_letter_queues(connection: Any) -> None:
-    """Declare the dead-letter exchange and one `.dead` quorum queue per queue."""
-    channel = connection.channel()
-    try:
-        for queue in amqp_dead_letter_queues():
-            queue(channel).declare()  # type: ignore[no-untyped-call]
-    finally:
-        channel.close()
 
 
 def _header(message: Any, name: str) -> str:

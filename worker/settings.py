@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from apis.config import ApiSettings
+from brokers import broker_kind
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
@@ -21,19 +22,6 @@ REDIS_ONLY = frozenset(
     {"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "BROKER_HEARTBEAT_TIMEOUT"}
 )
 AMQP_ONLY = frozenset({"BROKER_CONSUMER_TIMEOUT"})
-
-
-def broker_kind_of(url: str) -> str:
-    """ "redis" or "amqp" by URL scheme (worker.broker has the full mapping)."""
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("amqp", "amqps", "pyamqp"):
-        return "amqp"
-    if scheme in ("redis", "rediss", "sentinel"):
-        return "redis"
-    raise ValueError(
-        f"CELERY_BROKER_URL: unsupported scheme {scheme!r}; use redis://, rediss://, "
-        "sentinel://, amqp:// or amqps://"
-    )
 
 
 class WorkerSettings(RedisSettings):
@@ -134,7 +122,7 @@ class WorkerSettings(RedisSettings):
 
     @model_validator(mode="after")
     def _broker_settings_fit_the_broker(self) -> WorkerSettings:
-        kind = broker_kind_of(self.broker_url)
+        kind = broker_kind(self.broker_url)
         given = {name.upper() for name in self.model_fields_set}
         foreign = sorted(given & (AMQP_ONLY if kind == "redis" else REDIS_ONLY))
         if foreign:

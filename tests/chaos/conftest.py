@@ -18,12 +18,12 @@ import pytest
 import redis
 from celery import Celery
 
+from brokers import ALL_QUEUES, open_broker
 from ops.producer import producer_app
 from sandbox.pokeapi import load_catalogue
 from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, wait_for
 from tests.support.rabbitmq import RabbitServer
-from worker.broker import ALL_QUEUES
 
 SCALE = float(os.environ.get("CHAOS_SCALE", "1"))
 FETCH = "tasks.pokemon.fetch_pokemon"
@@ -67,7 +67,7 @@ class Deployment:
         self.rabbit = rabbit
         self.results = redis.Redis.from_url(self.env["REDIS_URL"], decode_responses=True)
         self.backend = redis.Redis.from_url(self.env["CELERY_RESULT_BACKEND"])
-        #: The Redis broker's own client (its lists and unacked hash); None on RabbitMQ.
+        #: The Redis broker's own client (its lists and in-hand hashes); None on RabbitMQ.
         self.broker = None if rabbit else redis.Redis.from_url(broker_url)
         for client in (self.results, self.broker, self.backend):
             if client is not None:
@@ -98,10 +98,8 @@ class Deployment:
         if self.rabbit is not None:
             counts = self.rabbit.queue_counts(self.env["CELERY_BROKER_URL"])
             return not any(ready or unacked for ready, unacked in counts.values())
-        assert self.broker is not None
-        return not any(self.broker.llen(queue) for queue in ALL_QUEUES) and not self.broker.hlen(
-            "unacked"
-        )
+        with contextlib.closing(open_broker(self.env["CELERY_BROKER_URL"])) as broker:
+            return not any(depth.ready or depth.unacked for depth in broker.depths(ALL_QUEUES))
 
     def failures(self) -> list[dict[str, str]]:
         return [fields for _, fields in self.results.xrange(FAILURES)]

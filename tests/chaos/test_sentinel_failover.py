@@ -26,10 +26,11 @@ from celery import Celery
 from click.testing import CliRunner
 from redis.sentinel import Sentinel
 
+from brokers.redis_scripts import HOLDERS, INHAND_PREFIX
 from ops.cli import cli
 from sandbox.pokeapi import load_catalogue
 from tests.chaos.conftest import FAILURES, FETCH, pokemon_names, scaled
-from tests.integration.conftest import fast_redelivery, worker_environment
+from tests.integration.conftest import worker_environment
 from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
 from tests.support.redis_server import RedisServer
 from tests.support.sentinel import MASTER_NAME, SentinelDeployment
@@ -63,7 +64,6 @@ def sentinel_environment(deployment: SentinelDeployment, sandbox: Any) -> dict[s
         sandbox,
         **deployment.env,
         # Jobs a worker held when its broker connection dropped come back within 12 s.
-        **fast_redelivery("redis"),
         SINGLE_FLIGHT_LOCK_SECONDS="5",
         # Retries (each under a second) outlast a failover of a few seconds.
         TASK_MAX_RETRIES="8",
@@ -234,7 +234,9 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
         def settled() -> bool:
             missing = set(names) - stored() - recorded()
             queues = ("pokeapi", "celery")
-            idle = not any(results.llen(q) for q in queues) and not results.hlen("unacked")
+            holders = results.zrange(HOLDERS, 0, -1)
+            in_hand = any(results.hlen(INHAND_PREFIX + holder) for holder in holders)
+            idle = not any(results.llen(q) for q in queues) and not in_hand
             return not missing or idle
 
         wait_for(settled, timeout=60, what="every job stored, recorded or given up")

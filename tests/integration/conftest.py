@@ -25,7 +25,6 @@ def with_db(url: str, db: int) -> str:
 
 
 TEST_TOKEN = "integration-token-7f3a9c"
-REDIS_TEST_VISIBILITY = 12
 
 
 # Every setting a test worker runs with that differs from production, and why. Anything
@@ -62,30 +61,6 @@ def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[s
     env.update({name: value for name, (value, _reason) in SUITE_OVERRIDES.items()})
     env.update(overrides)
     return env
-
-
-def fast_redelivery(broker_kind: str) -> dict[str, str]:
-    """What a test that waits for a dead worker's jobs to come back must change.
-
-    RabbitMQ redelivers them as soon as the dead worker's connection drops: nothing. On
-    Redis they come back after the visibility timeout (600 s by default), which the
-    settings check keeps above 2 x TASK_TIME_LIMIT + the longest countdown; so all of
-    these shrink together, to a 12 s bound (an upstream answer must come within 1.5 s).
-    """
-    if broker_kind == "amqp":
-        return {}
-    return {
-        "BROKER_VISIBILITY_TIMEOUT": str(REDIS_TEST_VISIBILITY),  # the bound, from 600 s
-        "BROKER_RESTORE_INTERVAL": "1",  # sweep often, so the bound is the timeout
-        "TASK_SOFT_TIME_LIMIT": "5",  # 2 x 5.5 + 1 = 12: the shortest safe timeout
-        "TASK_TIME_LIMIT": "5.5",
-        "TASK_RETRY_BACKOFF_MAX": "1",
-        "TASK_DEFERRAL_MAX_SECONDS": "1",
-        # The soft limit must cover the client's worst case: 0.5 + 0.5 + 2 x 1.5 = 4 s.
-        "HTTP_RETRY_MAX_SECONDS": "0.5",
-        "HTTP_CONNECT_TIMEOUT": "0.5",
-        "HTTP_READ_TIMEOUT": "1.5",
-    }
 
 
 @pytest.fixture(scope="module")

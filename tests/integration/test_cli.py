@@ -239,8 +239,8 @@ def queue_table(output: str) -> dict[str, list[str]]:
 
 @pytest.mark.broker("redis")
 def test_queues_counts_waiting_jobs(run: Run, redis_server_url: str, results: redis.Redis) -> None:
-    """Ready and unacknowledged jobs per queue on the Redis broker; no dead-letter column
-    there ("-"). Jobs on a broker nobody consumes are counted where they were routed."""
+    """Ready, in-hand and parked jobs per queue on the Redis broker. Jobs on a broker
+    nobody consumes are counted where they were routed."""
     idle = with_db(redis_server_url, 3)
     redis.Redis.from_url(idle).flushdb()
     try:
@@ -251,10 +251,10 @@ def test_queues_counts_waiting_jobs(run: Run, redis_server_url: str, results: re
         redis.Redis.from_url(idle).flushdb()
     assert outcome.exit_code == 0, outcome.output
     assert queue_table(outcome.stdout) == {
-        "pokeapi": ["1", "0", "-"],
-        "cms": ["1", "0", "-"],
-        "semaphore": ["0", "0", "-"],
-        "celery": ["0", "0", "-"],
+        "pokeapi": ["1", "0", "0"],
+        "cms": ["1", "0", "0"],
+        "semaphore": ["0", "0", "0"],
+        "celery": ["0", "0", "0"],
     }
 
 

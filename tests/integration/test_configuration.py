@@ -27,7 +27,7 @@ def import_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ("HTTP_READ_TIMEOUT", "-1"),
         ("RESULT_KEY_PREFIX", "bad prefix!"),
         ("BROKER_VISIBILITY_TIMEOUT", "100"),  # below 2 x TASK_TIME_LIMIT + 300 s
-        ("BROKER_DELIVERY_LIMIT", "3"),  # a RabbitMQ setting, on the Redis broker
+        ("BROKER_DELIVERY_LIMIT", "0"),  # at least one delivery
         ("CELERY_BROKER_URL", "kafka://localhost:9092"),
         ("TASK_SOFT_TIME_LIMIT", "30"),
     ],
@@ -45,6 +45,7 @@ def test_invalid_settings_fail_at_start_naming_the_setting(name: str, value: str
     "settings",
     [
         {"BROKER_VISIBILITY_TIMEOUT": "900"},  # a Redis setting, on RabbitMQ
+        {"BROKER_HEARTBEAT_TIMEOUT": "10"},  # a Redis setting, on RabbitMQ
         {"BROKER_CONSUMER_TIMEOUT": "400"},  # under 150 s x (1 + 2)
     ],
 )

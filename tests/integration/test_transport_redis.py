@@ -149,9 +149,7 @@ def test_a_message_that_keeps_losing_its_holder_is_parked_at_the_limit(
         assert redis_client.lrange(QUEUE + keys.DEAD_SUFFIX, 0, -1) == [raw]
         assert redis_client.hvals(keys.PARKED_INFO) == ["2"]
         assert redis_client.hlen(keys.DELIVERIES) == 0
-        assert [(queue, item.decode(), count) for queue, item, count in parked] == [
-            (QUEUE, raw, 2)
-        ]
+        assert [(queue, item.decode(), count) for queue, item, count in parked] == [(QUEUE, raw, 2)]
     finally:
         redis_transport.on_parked.clear()
 

@@ -6,17 +6,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis
 
 from ops.producer import producer_app
-from tests.integration.conftest import fast_redelivery, with_db, worker_environment
+from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, wait_for
 
 
-# On the Redis broker the same path, after its visibility timeout, is the host-kill test's
-# (tests/chaos/test_worker_killed.py); here it costs a second, there twelve.
-@pytest.mark.broker("amqp")
 def test_a_job_in_flight_survives_sigkill_of_its_worker(
     redis_url: str, sandbox: Any, broker_kind: str, new_broker: Callable[[int], str]
 ) -> None:
@@ -27,7 +23,6 @@ def test_a_job_in_flight_survives_sigkill_of_its_worker(
         sandbox,
         CELERY_BROKER_URL=new_broker(3),
         CELERY_RESULT_BACKEND=with_db(redis_url, 4),
-        **fast_redelivery(broker_kind),  # on Redis: a 12 s visibility timeout, not 600 s
     )
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     results = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -8,12 +8,10 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.backlog import (
-    AmqpQueueDepths,
-    BacklogCollector,
-    RedisQueueDepths,
-    queue_depth_reader,
-)
+from brokers.amqp import AmqpBroker
+from brokers.redis import RedisBroker
+from redisconn import RedisTarget
+from worker.backlog import BacklogCollector, BrokerQueueDepths, queue_depth_reader
 
 QUEUES = ("pokeapi", "celery")
 
@@ -29,7 +27,9 @@ class Clock:
 def collector(client: redis.Redis, clock: Clock) -> BacklogCollector:
     return BacklogCollector(
         queues=QUEUES,
-        depths=RedisQueueDepths(client),
+        depths=BrokerQueueDepths(
+            RedisBroker(RedisTarget.from_url("redis://fake/0"), client=client)
+        ),
         results=client,
         failures_key="events:failures",
         circuit_keys={"pokeapi": "circuit:pokeapi:open", "cms": "circuit:cms:open"},
@@ -97,10 +97,16 @@ def test_registration_does_not_read_redis() -> None:
 
 
 def test_the_depth_reader_is_chosen_from_the_broker_url() -> None:
-    """Redis URLs get the LLEN reader, RabbitMQ the passive declare; Sentinel none."""
-    assert isinstance(queue_depth_reader("redis://localhost:6379/1"), RedisQueueDepths)
-    assert isinstance(queue_depth_reader("rediss://localhost:6380/1"), RedisQueueDepths)
-    assert isinstance(queue_depth_reader("amqp://guest:guest@localhost:5672/v"), AmqpQueueDepths)
+    """The broker's own module reads the depths (Redis: LLEN; RabbitMQ: a passive
+    declare), as `apiworker queues` does; Sentinel URLs have none."""
+    for url, kind in [
+        ("redis://localhost:6379/1", RedisBroker),
+        ("rediss://localhost:6380/1", RedisBroker),
+        ("amqp://guest:guest@localhost:5672/v", AmqpBroker),
+    ]:
+        reader = queue_depth_reader(url)
+        assert isinstance(reader, BrokerQueueDepths)
+        assert isinstance(reader.broker, kind)
     assert queue_depth_reader("sentinel://localhost:26379") is None
 
 
@@ -109,7 +115,7 @@ def test_an_unreachable_rabbitmq_leaves_the_depths_out() -> None:
     client = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     gauges = BacklogCollector(
         queues=QUEUES,
-        depths=AmqpQueueDepths("amqp://guest:guest@127.0.0.1:1//"),
+        depths=BrokerQueueDepths(AmqpBroker("amqp://guest:guest@127.0.0.1:1//")),
         results=client,
         failures_key="events:failures",
         circuit_keys={},

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from brokers import DEFAULT_QUEUE, QUEUES
 from ops.producer import QUEUE_NAMES, producer_app
-from worker.broker import DEFAULT_QUEUE, QUEUES
 
 
 def test_the_producer_names_every_queue_the_worker_consumes() -> None:

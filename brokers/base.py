@@ -1,8 +1,11 @@
-"""What the operator CLI asks of a broker, whichever it is.
+"""What the worker, the gauges and the operator CLI ask of a broker, whichever it is.
 
-One small interface, one module per broker (as kombu has a transport per broker): the
-commands never look at the URL scheme themselves. `ops.brokers.open_broker` picks the
-implementation once, from the broker URL.
+One small interface, one module per broker (as kombu has a transport per broker, and
+Celery a backend per result store): nothing outside this package looks at the URL
+scheme. `brokers.broker_module` picks the module once, from the broker URL; each module
+gives the Celery settings that make its guarantees hold (`celery_conf`), what its
+consumer prepares on connecting (`prepare_consumer`), how it shapes a countdown, and the
+operator's view (`Broker`: depths, parked messages, replay).
 """
 
 from __future__ import annotations
@@ -10,6 +13,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+QUEUES = ("pokeapi", "cms", "semaphore")
+DEFAULT_QUEUE = "celery"
+ALL_QUEUES = (*QUEUES, DEFAULT_QUEUE)
+#: A queue's parked messages: RabbitMQ's `{queue}.dead` quorum queue, Redis's list.
+DEAD_LETTER_SUFFIX = ".dead"
+
+
+def dead_letter_queue(name: str) -> str:
+    return f"{name}{DEAD_LETTER_SUFFIX}"
+
+
+class BrokerSettings(Protocol):
+    """The worker settings a broker module reads (WorkerSettings has them all)."""
+
+    @property
+    def visibility_timeout(self) -> int: ...
+    @property
+    def broker_restore_interval(self) -> int: ...
+    @property
+    def broker_heartbeat_timeout(self) -> float: ...
+    @property
+    def broker_delivery_limit(self) -> int: ...
 
 
 class BrokerError(Exception):
@@ -22,10 +48,10 @@ class NotSupported(BrokerError):
 
 @dataclass(frozen=True)
 class QueueDepth:
-    """One queue's messages: waiting, delivered but unacknowledged, and dead-lettered.
+    """One queue's messages: waiting, delivered but unacknowledged, and parked.
 
-    None means the broker cannot tell (a Redis broker has no dead-letter queues; RabbitMQ
-    reports unacknowledged counts only through its management API).
+    None means the broker cannot tell (RabbitMQ reports unacknowledged counts only
+    through its management API).
     """
 
     name: str

@@ -1,14 +1,22 @@
-"""The RabbitMQ broker, over AMQP itself: queue depths from passive declares, parked
-messages from each queue's `.dead` quorum queue (see worker/broker.py).
+"""RabbitMQ (`amqp://`, `amqps://`): several hosts. Every queue is a quorum queue
+(replicated on a cluster), every publish is confirmed, a dead worker's jobs are
+redelivered as soon as its connection drops, and a message delivered
+`BROKER_DELIVERY_LIMIT` times without an acknowledgement (one that keeps killing its
+workers) is dead-lettered to `{queue}.dead` instead of looping forever.
+(Celery's RabbitMQ page:
+https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html)
 
-AMQP has no way to ask how many messages are delivered but unacknowledged; RabbitMQ's
-management API has, so that column is filled when `RABBITMQ_MANAGEMENT_URL` names it
+The operator's view goes over AMQP itself: queue depths from passive declares, parked
+messages from each queue's `.dead` quorum queue. AMQP has no way to ask how many
+messages are delivered but unacknowledged; RabbitMQ's management API has, so that
+column is filled when `RABBITMQ_MANAGEMENT_URL` names it
 (e.g. http://user:password@rabbitmq:15672) and left unknown otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,9 +26,102 @@ import requests
 from kombu import Connection, Exchange, Producer, Queue  # type: ignore[attr-defined]
 from kombu.exceptions import KombuError
 
-from ops.brokers.base import BrokerError, ParkedMessage, QueueDepth
-from ops.processes import redacted
-from worker.broker import dead_letter_queue
+from brokers.base import (
+    ALL_QUEUES,
+    BrokerError,
+    BrokerSettings,
+    ParkedMessage,
+    QueueDepth,
+    dead_letter_queue,
+)
+from redisconn.settings import masked_url
+
+KIND = "amqp"
+#: Where RabbitMQ parks messages it will not deliver again.
+DEAD_LETTER_EXCHANGE = "apiworker.dead"
+
+
+def shape_countdown(seconds: float) -> float:
+    """RabbitMQ's native delayed delivery counts in whole seconds (and Celery refuses a
+    countdown below one there), so countdowns are rounded up."""
+    return float(math.ceil(seconds)) if seconds > 0 else seconds
+
+
+def amqp_queue(name: str, settings: BrokerSettings) -> Queue:
+    """A durable quorum queue that dead-letters what it will not deliver again.
+
+    Topic exchanges, because Celery's native delayed delivery (countdowns and retries
+    on quorum queues) cannot route through direct ones.
+    """
+    return Queue(
+        name,
+        Exchange(name, type="topic", durable=True),
+        routing_key=name,
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": settings.broker_delivery_limit,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": name,
+            # Dead-lettered copies are confirmed by the dead-letter queue before they
+            # leave this one: a parked message is never lost on the way.
+            # (RabbitMQ requires reject-publish overflow for that strategy.)
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+def dead_letter_queues() -> list[Queue]:
+    """The queues that keep parked messages: never consumed by workers, only by
+    `apiworker dead-letters`."""
+    exchange = Exchange(DEAD_LETTER_EXCHANGE, type="direct", durable=True)
+    return [
+        Queue(
+            dead_letter_queue(name),
+            exchange,
+            routing_key=name,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        for name in ALL_QUEUES
+    ]
+
+
+def celery_conf(settings: BrokerSettings) -> dict[str, Any]:
+    """The Celery settings of a RabbitMQ broker."""
+    return {
+        # Publisher confirms: a publish returns only once RabbitMQ has taken the message
+        # (on a quorum queue: once a majority of its replicas has it), so a job is never
+        # dropped silently between producer and queue. CFG#broker-transport-options,
+        # https://www.rabbitmq.com/docs/confirms
+        "broker_transport_options": {"confirm_publish": True},
+        # A dead peer is noticed within two heartbeats, not at the next TCP timeout.
+        # CFG#broker-heartbeat
+        "broker_heartbeat": 30,
+        "task_queues": [amqp_queue(name, settings) for name in ALL_QUEUES],
+        # Quorum queues have no global QoS; Celery detects them and uses per-consumer
+        # prefetch, and routes countdowns through RabbitMQ's delayed-delivery exchanges
+        # instead of holding them in the worker. CFG#worker-detect-quorum-queues,
+        # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html#using-quorum-queues
+        "task_default_queue_type": "quorum",
+        "task_default_exchange_type": "topic",
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+    }
+
+
+def prepare_consumer(connection: Any) -> None:
+    """Declare the dead-letter exchange and one `.dead` quorum queue per queue each time
+    the consumer connects, before it consumes, so a rejected message always has
+    somewhere to go."""
+    channel = connection.channel()
+    try:
+        for queue in dead_letter_queues():
+            queue(channel).declare()
+    finally:
+        channel.close()
+
 
 # Headers RabbitMQ adds on the way to the dead-letter queue; a replayed job starts afresh.
 _BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
@@ -32,7 +133,7 @@ class AmqpBroker:
     kind = "amqp"
 
     def __init__(self, url: str, *, management_url: str | None = None) -> None:
-        self.display_url = redacted(url)
+        self.display_url = masked_url(url)
         self._url = url
         self._management_url = management_url
         self.vhost = _vhost_of(url)

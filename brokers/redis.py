@@ -1,0 +1,199 @@
+"""Redis (`redis://`, `rediss://`, `sentinel://`): the default broker, one dependency.
+
+Producers LPUSH to one list per queue, as kombu has always written them. The worker takes
+messages with the reliable fetch of `brokers.redis_transport` (keys and scripts in
+`brokers.redis_scripts`): each is recorded as in hand by the process that took it in the
+same step, a dead process's messages return within BROKER_HEARTBEAT_TIMEOUT, and one
+whose deliveries keep ending with a dead worker is parked in `{queue}.dead` after
+BROKER_DELIVERY_LIMIT of them. A message no task can run is recorded in the failure
+stream and dropped (worker/consumer.py).
+
+The operator's view reads the same keys: a queue's list, the holders' in-hand hashes,
+and the dead lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports them untyped
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+import redisconn
+from brokers import redis_scripts as scripts
+from brokers.base import (
+    ALL_QUEUES,
+    BrokerError,
+    BrokerSettings,
+    ParkedMessage,
+    QueueDepth,
+    dead_letter_queue,
+)
+from redisconn import RedisTarget
+
+KIND = "redis"
+PARKED_REASON = "delivery-limit"
+
+
+def shape_countdown(seconds: float) -> float:
+    """The worker holds a countdown itself on Redis: any length goes."""
+    return seconds
+
+
+def celery_conf(settings: BrokerSettings) -> dict[str, Any]:
+    """The Celery settings of a Redis broker. CFG#broker-transport-options"""
+    return {
+        "broker_transport_options": {
+            # A worker process whose heartbeat is older than this is dead: the next live
+            # worker's heartbeat puts its messages back, or parks those whose deliveries
+            # ended with a dead worker BROKER_DELIVERY_LIMIT times.
+            "heartbeat_timeout": settings.broker_heartbeat_timeout,
+            "heartbeat_interval": settings.broker_heartbeat_timeout / 5,
+            "delivery_limit": settings.broker_delivery_limit,
+            # The backstop for a worker alive but stuck: a message held longer than this
+            # goes back to its queue. It must exceed the longest a delivered job can stay
+            # unacknowledged (WorkerSettings.safe_visibility_timeout), or such a job runs
+            # twice; checked every BROKER_RESTORE_INTERVAL seconds.
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.broker_restore_interval,
+            # A socket timeout lets a worker notice a Redis that vanished without closing
+            # the connection.
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+        },
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # Each queue has its own direct exchange and key: Celery would otherwise bind them
+        # all to the default exchange with the same key, and a message could reach every
+        # queue. CFG#task-queues
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES
+        ],
+    }
+
+
+def prepare_consumer(connection: Any) -> None:
+    """Nothing to declare: a Redis queue is a list that exists once written."""
+
+
+class RedisBroker:
+    kind = KIND
+
+    def __init__(
+        self, target: RedisTarget, *, key_prefix: str = "", client: redis.Redis | None = None
+    ) -> None:
+        """`client`: one already made for `target` (tests give an in-memory one)."""
+        self.display_url = target.describe()
+        self.key_prefix = key_prefix
+        self._target = target
+        try:
+            self.client = client or redisconn.client(target, socket_connect_timeout=5)
+        except ValueError as exc:
+            raise BrokerError(f"invalid Redis URL {self.display_url}: {exc}") from exc
+
+    def ping(self, timeout: float) -> str:
+        # No retries: a health check reports the state now, within its timeout.
+        quick = redisconn.client(
+            self._target, socket_connect_timeout=timeout, socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+        try:
+            quick.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerError(f"{self.display_url}: {exc}") from exc
+        finally:
+            quick.close()
+        return self.display_url
+
+    def depths(self, queues: Sequence[str]) -> list[QueueDepth]:
+        pipe = self.client.pipeline(transaction=False)
+        for name in queues:
+            pipe.llen(self.key_prefix + name)
+            pipe.llen(self.key_prefix + dead_letter_queue(name))
+        lengths = pipe.execute()
+        held = self.in_hand()
+        return [
+            QueueDepth(name, int(lengths[2 * i]), held.get(name, 0), int(lengths[2 * i + 1]))
+            for i, name in enumerate(queues)
+        ]
+
+    def in_hand(self) -> Counter[str]:
+        """Messages taken and not yet acknowledged, per queue, over every holder (the
+        queue is in each in-hand field's name: no message body is read)."""
+        counts: Counter[str] = Counter()
+        holders = self.client.zrange(self.key_prefix + scripts.HOLDERS, 0, -1)
+        pipe = self.client.pipeline(transaction=False)
+        for holder in holders:
+            pipe.hkeys(self.key_prefix + scripts.INHAND_PREFIX + _text(holder))
+        for fields in pipe.execute() if holders else []:
+            for field in fields:
+                key = _text(field).split(":", 2)[2][len(self.key_prefix) :]
+                counts[key.split("\x06\x16", 1)[0]] += 1
+        return counts
+
+    def parked(self, queues: Sequence[str], limit: int) -> list[ParkedMessage]:
+        found: list[ParkedMessage] = []
+        for name in queues:
+            items = self.client.lrange(self.key_prefix + dead_letter_queue(name), 0, limit - 1)
+            found.extend(self._parked(name, item) for item in items[: limit - len(found)])
+            if len(found) >= limit:
+                break
+        return found
+
+    def replay_parked(self, queues: Sequence[str], limit: int | None) -> list[ParkedMessage]:
+        replay = self.client.register_script(scripts.REPLAY)
+        replayed: list[ParkedMessage] = []
+        for name in queues:
+            dead = self.key_prefix + dead_letter_queue(name)
+            keys = [dead, self.key_prefix + name, self.key_prefix + scripts.PARKED_INFO]
+            while limit is None or len(replayed) < limit:
+                deliveries = self._deliveries(self.client.lindex(dead, 0))
+                item = replay(keys=keys)
+                if item is None:
+                    break
+                replayed.append(_parked_message(name, item, deliveries))
+        return replayed
+
+    def _parked(self, queue: str, item: Any) -> ParkedMessage:
+        return _parked_message(queue, item, self._deliveries(item))
+
+    def _deliveries(self, item: Any) -> int:
+        if item is None:
+            return 0
+        digest = hashlib.sha1(item if isinstance(item, bytes) else item.encode()).hexdigest()  # noqa: S324  # the key Redis's sha1hex wrote
+        count = self.client.hget(self.key_prefix + scripts.PARKED_INFO, digest)
+        return int(count) if count else 0
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parked_message(queue: str, item: bytes | str, deliveries: int) -> ParkedMessage:
+    """What an operator needs of a parked queue item: task, id and arguments, when the
+    item is an envelope of Celery's protocol 2 (JSON); else what could be read."""
+    task, task_id, args, kwargs = "?", "", [], {}
+    try:
+        envelope = json.loads(item)
+        headers = envelope.get("headers") or {}
+        task, task_id = str(headers.get("task", "?")), str(headers.get("id", ""))
+        body = envelope.get("body", "")
+        if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        payload = json.loads(body)
+        if isinstance(payload, list) and len(payload) >= 2:
+            args, kwargs = list(payload[0]), dict(payload[1])
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return ParkedMessage(queue, task, task_id, args, kwargs, deliveries, PARKED_REASON)
