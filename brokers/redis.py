@@ -39,7 +39,7 @@ from brokers.base import (
 from redisconn import RedisTarget
 
 KIND = "redis"
-PARKED_REASON = "delivery-limit"
+PARKED_REASON = "delivery_limit"  # as RabbitMQ names it
 
 
 def shape_countdown(seconds: float) -> float:
@@ -159,11 +159,11 @@ class RedisBroker:
                 item = replay(keys=keys)
                 if item is None:
                     break
-                replayed.append(_parked_message(name, item, deliveries))
+                replayed.append(parked_message(name, item, deliveries))
         return replayed
 
     def _parked(self, queue: str, item: Any) -> ParkedMessage:
-        return _parked_message(queue, item, self._deliveries(item))
+        return parked_message(queue, item, self._deliveries(item))
 
     def _deliveries(self, item: Any) -> int:
         if item is None:
@@ -180,7 +180,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _parked_message(queue: str, item: bytes | str, deliveries: int) -> ParkedMessage:
+def parked_message(queue: str, item: bytes | str, deliveries: int) -> ParkedMessage:
     """What an operator needs of a parked queue item: task, id and arguments, when the
     item is an envelope of Celery's protocol 2 (JSON); else what could be read."""
     task, task_id, args, kwargs = "?", "", [], {}

@@ -121,9 +121,11 @@ return back
 
 #: Heartbeat (when ARGV[1] names a holder), then rescue the messages of up to 16 holders
 #: whose heartbeat is older than ARGV[2] ms: each goes back to the head of its queue,
-#: or, once ARGV[3] deliveries of it have ended with a dead holder, to `{queue}.dead`.
+#: or, once more than ARGV[3] deliveries of it have ended with a dead holder (RabbitMQ's
+#: `x-delivery-limit` counts the same way), to `{queue}.dead`.
 #: KEYS: holders, deliveries, parked info. ARGV[4]: the in-hand key prefix (prefixed),
-#: ARGV[5]: the dead-letter suffix. Returns {requeued count, parked queue, parked item, ...}.
+#: ARGV[5]: the dead-letter suffix. Returns {requeued count, then for each parked
+#: message: its queue key, the item, its deliveries}.
 RESCUE = (
     _PRELUDE
     + """
@@ -141,12 +143,13 @@ for _, holder in ipairs(dead) do
     local item = entries[i + 1]
     local digest = redis.sha1hex(item)
     local count = redis.call('HINCRBY', KEYS[2], digest, 1)
-    if count >= limit then
+    if count > limit then
       redis.call('RPUSH', queue .. ARGV[5], item)
       redis.call('HDEL', KEYS[2], digest)
       redis.call('HSET', KEYS[3], digest, count)
       out[#out + 1] = queue
       out[#out + 1] = item
+      out[#out + 1] = count
     else
       redis.call('RPUSH', queue, item)
       requeued = requeued + 1

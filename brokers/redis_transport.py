@@ -14,7 +14,7 @@ back messages changes (the Lua scripts and the keys are in `brokers.redis_script
   the head of their queues. The visibility timeout stays, as the backstop for a holder
   that is alive but stuck.
 - **A delivery limit.** A message whose deliveries ended with a dead holder
-  `delivery_limit` times is parked in `{queue}.dead` instead, and `on_parked` callbacks
+  more than `delivery_limit` times is parked in `{queue}.dead` instead, and `on_parked` callbacks
   (the worker's failure record) are told.
 - **Acknowledgements in batches.** An ack leaves memory at once (the prefetch slot is
   free) and reaches Redis with the others that arrived meanwhile, in one script call on a
@@ -451,15 +451,16 @@ class ReliableChannel(kombu_redis.Channel):
         requeued = int(reply[0])
         if requeued:
             log.warning("put %d message(s) of a dead worker back on their queues", requeued)
-        for index in range(1, len(reply), 2):
+        for index in range(1, len(reply), 3):
             key = bytes_to_str(reply[index])[len(self._prefix) :]
             queue = key.rsplit(self.sep, 1)[0]
             item: bytes = reply[index + 1]
+            deliveries = int(reply[index + 2])
             log.error("parked a message in %s%s after %d deliveries that each ended with "
-                      "a dead worker", queue, scripts.DEAD_SUFFIX, self.delivery_limit)  # fmt: skip
+                      "a dead worker", queue, scripts.DEAD_SUFFIX, deliveries)  # fmt: skip
             for callback in on_parked:
                 try:
-                    callback(queue, item, self.delivery_limit)
+                    callback(queue, item, deliveries)
                 except Exception:
                     log.exception("an on_parked callback failed")
 

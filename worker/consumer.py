@@ -24,7 +24,8 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from apis.redact import redact
-from brokers import broker_module
+from brokers import broker_module, dead_letter_queue
+from brokers.redis import parked_message
 from tasks.base import FAILURES_RECORDED, failure_record
 from tasks.runtime import get_runtime
 from worker.settings import get_worker_settings
@@ -38,6 +39,25 @@ _EXCERPT_BYTES = 200
 
 class UnreadableMessage(Exception):
     """A broker message that cannot be run as a job: why, in its message."""
+
+
+class DeliveryLimitReached(Exception):
+    """A job parked because its deliveries kept ending with a dead worker."""
+
+
+def record_parked(queue: str, item: bytes, deliveries: int) -> None:
+    """The Redis transport parked a message (brokers/redis_transport.py): record why."""
+    parked = parked_message(queue, item, deliveries)
+    _record(
+        parked.task,
+        parked.task_id,
+        DeliveryLimitReached(
+            f"parked in {dead_letter_queue(queue)} after {deliveries} deliveries that each "
+            "ended with a dead worker; `apiworker dead-letters replay` sends it again"
+        ),
+        parked.args,
+        parked.kwargs,
+    )
 
 
 class RecordingConsumer(Consumer):  # type: ignore[misc]
