@@ -255,6 +255,7 @@ class ReliableChannel(kombu_redis.Channel):
         self._pending_command = "EVALSHA"
         self._fetch_keys: list[str] = []
         self._released = False
+        self._taking = True
         self.acks = AckBuffer(self._send_acks, tuple(self.connection_errors))
         self._load_scripts()
 
@@ -321,7 +322,21 @@ class ReliableChannel(kombu_redis.Channel):
         payload["properties"]["delivery_tag"] = bytes_to_str(reply[0])
         return payload
 
+    def stop_taking(self) -> None:
+        """Take no more messages (a warm shutdown is handing back what it holds)."""
+        self._taking = False
+
+    def hand_back(self, delivery_tags: Sequence[str]) -> int:
+        """Requeue these messages now, from any thread, and forget them: Celery defers a
+        reject to its event loop, which a warm shutdown has stopped."""
+        back = self.requeue(delivery_tags)
+        for tag in delivery_tags:
+            virtual.QoS.ack(self.qos, tag)
+        return back
+
     def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self._taking:
+            return
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return

@@ -137,4 +137,5 @@ app.conf.update(
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for
 # their side effect.
 import worker.observability  # noqa: E402
+import worker.shutdown  # noqa: E402
 import worker.tuning  # noqa: E402, F401

@@ -1,0 +1,70 @@
+"""SIGTERM: the running job finishes; the jobs prefetched behind it go back at once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from brokers import ALL_QUEUES, open_broker
+from ops.producer import producer_app
+from tests.integration.conftest import with_db, worker_environment
+from tests.support.celery_worker import WorkerProcess, wait_for
+
+FETCH = "tasks.pokemon.fetch_pokemon"
+NAMES = ["bulbasaur", "ivysaur", "venusaur", "charmander"]
+
+
+@pytest.mark.broker("redis")
+def test_warm_shutdown_hands_back_the_jobs_it_had_not_started(
+    redis_url: str, sandbox: Any, broker_kind: str, new_broker: Callable[[int], str]
+) -> None:
+    """One thread, four jobs in hand, the first hanging 5 s: SIGTERM returns the three
+    others to the queue while the first still runs; the first is stored, and the next
+    worker stores the rest."""
+    env = worker_environment(
+        redis_url,
+        sandbox,
+        CELERY_BROKER_URL=new_broker(3),
+        CELERY_RESULT_BACKEND=with_db(redis_url, 4),
+        WORKER_PREFETCH_MULTIPLIER="4",  # one thread holds four jobs
+        HTTP_READ_TIMEOUT="10",  # the hang outlasts the shutdown's first seconds
+    )
+    producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
+    results = redis.Redis.from_url(redis_url, decode_responses=True)
+    first = WorkerProcess(env, concurrency=1).start(producer)
+    second = None
+
+    def ready() -> int:
+        with contextlib.closing(open_broker(env["CELERY_BROKER_URL"])) as broker:
+            return sum(depth.ready for depth in broker.depths(ALL_QUEUES))
+
+    try:
+        sandbox.inject("pokemon", "latency", seconds=5.0, times=1)
+        for name in NAMES:
+            producer.send_task(FETCH, args=[name])
+        wait_for(lambda: sandbox.calls("pokemon") == 1, timeout=20, what="the first job running")
+        wait_for(lambda: ready() == 0, timeout=10, what="all four jobs in the worker's hands")
+        assert first.process is not None
+        os.killpg(first.process.pid, signal.SIGTERM)
+        wait_for(lambda: ready() == 3, timeout=3, what="the three unstarted jobs back")
+        assert first.alive, "the running job is still finishing"
+        first.process.wait(timeout=20)
+        first.process = None
+        assert results.exists(f"pokemon:{NAMES[0]}")
+        assert sandbox.calls("pokemon") == 1  # nothing else ran on the stopping worker
+        second = WorkerProcess(env, concurrency=1).start(producer)
+        keys = [f"pokemon:{name}" for name in NAMES]
+        wait_for(lambda: results.exists(*keys) == 4, timeout=30, what="every job stored")
+        assert results.xlen("events:failures") == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        results.close()
+        producer.close()
