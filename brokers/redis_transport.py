@@ -256,6 +256,7 @@ class ReliableChannel(kombu_redis.Channel):
         self._fetch_keys: list[str] = []
         self._released = False
         self._taking = True
+        self._no_ack_queues: set[str] = set()
         self.acks = AckBuffer(self._send_acks, tuple(self.connection_errors))
         self._load_scripts()
 
@@ -345,6 +346,9 @@ class ReliableChannel(kombu_redis.Channel):
             for pri in self.priority_steps
             for queue in queues
         ]
+        wanted = self.qos.can_consume_max_estimate() or self.fetch_limit
+        if not self._idle and wanted < self._batch_floor():
+            return  # enough in hand: wait until half the slots are free, then fill them
         self._fetch_keys = keys
         connection = self.client.connection
         self._in_poll = connection
@@ -355,13 +359,40 @@ class ReliableChannel(kombu_redis.Channel):
             connection.send_command("BLMOVE", keys[0], keys[0], "RIGHT", "RIGHT", self.idle_wait)
             return
         self._pending_command = "EVALSHA"
-        wanted = self.qos.can_consume_max_estimate() or self.fetch_limit
         connection.send_command(
             "EVALSHA", self._scripts["FETCH"], 3 + len(keys),
             self._keys["holders"], self._keys["inhand"], self._keys["sequence"], *keys,
             self.holder, wanted, len(queues),
         )  # fmt: skip
         self._consumed = True
+
+    def _batch_floor(self) -> int:
+        """The fewest free prefetch slots worth a fetch while messages are in hand.
+
+        Refilling every slot as soon as it frees costs a round trip per job under load;
+        waiting for half of them keeps at least half the prefetch in hand (with Celery's
+        default multiplier of 2, a message for every thread) and takes them in batches,
+        as Dramatiq refills its prefetch cache only once it is empty.
+        """
+        prefetch: int = self.qos.prefetch_count or 0
+        if not prefetch or not self.qos._delivered:
+            return 1
+        return max(1, prefetch // 2)
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        """Remember the queues consumed without acknowledgements (Celery's replies to
+        `inspect` and `ping`): what is taken from them is forgotten at once."""
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        message = super().basic_get(queue, no_ack, **kwargs)
+        if message is not None and no_ack:
+            self.acks.add(message.delivery_tag)
+        return message
 
     def _brpop_read(self, **options: Any) -> bool:
         command = self._pending_command
@@ -410,6 +441,8 @@ class ReliableChannel(kombu_redis.Channel):
             payload = envelope_or_refused(reply[index + 2])
             # The in-hand field is the delivery tag: unique, and what ack and requeue name.
             payload["properties"]["delivery_tag"] = field
+            if queue in self._no_ack_queues:
+                self.acks.add(field)
             try:
                 self.connection._deliver(payload, queue)
             except Exception:

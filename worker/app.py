@@ -14,7 +14,6 @@ from apis.redact import register_secret
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
 from worker import result_backend, tracing
 from worker.beat import beat_schedule
-from worker.consumer import record_parked
 from worker.settings import get_worker_settings
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -39,9 +38,8 @@ tracing.check_installed()
 broker = broker_module(settings.broker_url)
 broker_conf = broker.celery_conf(settings)
 # Redis URLs take messages with the reliable fetch (brokers/redis_transport.py); a job it
-# parks leaves a failure record.
+# parks leaves a failure record (worker/consumer.py).
 redis_transport.install()
-redis_transport.on_parked.append(record_parked)
 # Redis passwords are masked in every log line, as upstream tokens are.
 for secret in settings.redis.secrets():
     register_secret(secret)

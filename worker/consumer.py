@@ -24,7 +24,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from apis.redact import redact
-from brokers import broker_module, dead_letter_queue
+from brokers import broker_module, dead_letter_queue, redis_transport
 from brokers.redis import parked_message
 from tasks.base import FAILURES_RECORDED, failure_record
 from tasks.runtime import get_runtime
@@ -113,6 +113,10 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
             "",
             UnreadableMessage(f"message without task headers; body starts {_excerpt(body)!r}"),
         )
+
+
+# Loaded by Celery as the worker's consumer class (`worker_consumer`), before it consumes.
+redis_transport.on_parked.append(record_parked)
 
 
 def _header(message: Any, name: str) -> str:
