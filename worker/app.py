@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from apis.config import get_settings
 from apis.redact import register_secret
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
+from redisconn.settings import url_passwords
 from worker import result_backend, tracing
 from worker.beat import beat_schedule
 from worker.settings import get_worker_settings
@@ -40,8 +41,9 @@ broker_conf = broker.celery_conf(settings)
 # Redis URLs take messages with the reliable fetch (brokers/redis_transport.py); a job it
 # parks leaves a failure record (worker/consumer.py).
 redis_transport.install()
-# Redis passwords are masked in every log line, as upstream tokens are.
-for secret in settings.redis.secrets():
+# Redis and broker passwords (every URL of a failover list) are masked in every log line,
+# as upstream tokens are.
+for secret in (*settings.redis.secrets(), *url_passwords(settings.broker_url)):
     register_secret(secret)
 # Where the broker, the result backend and beat's schedule live: the results Redis
 # (REDIS_URL, or the master the sentinels name) unless CELERY_BROKER_URL /

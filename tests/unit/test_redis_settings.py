@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from apis.config import ApiSettings
 from redisconn import RedisTarget, masked_url
 from redisconn.celery_config import connection_config
+from redisconn.settings import url_passwords
 from worker.settings import WorkerSettings
 
 SENTINELS = {
@@ -139,3 +140,13 @@ def test_the_api_layer_shares_the_workers_redis_through_sentinel() -> None:
     upstream = api.upstream("pokeapi", base_url="http://x/api", base_url_setting="POKEAPI_BASE_URL")
     assert upstream.state_redis == sentinel_target()
     assert ApiSettings(redis_url="").resolve_redis() is None
+
+
+def test_every_url_of_a_failover_list_is_masked() -> None:
+    """Celery's `amqp://h1;amqp://h2` form: no password of any URL survives masking, and
+    each is known to the log redaction."""
+    url = "amqp://guest:pw-one@n1:5672//;amqp://guest:pw-two@n2:5672//;amqp://n3:5672//"
+    assert masked_url(url) == (
+        "amqp://guest:***@n1:5672//;amqp://guest:***@n2:5672//;amqp://n3:5672//"
+    )
+    assert url_passwords(url) == ["pw-one", "pw-two"]
