@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -54,9 +55,7 @@ def rabbit_server() -> Iterator[RabbitServer]:
             node = RabbitNode()
             server = RabbitServer.of_node(node)
     except RabbitUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true needs RabbitMQ for the broker tests: {exc}")
-        pytest.skip(f"RabbitMQ broker tests skipped: {exc}")
+        skip_without_rabbitmq(exc)
     if node is None:
         yield server
         return
@@ -66,6 +65,13 @@ def rabbit_server() -> Iterator[RabbitServer]:
     finally:
         _private_nodes.remove(node)
         node.cleanup()
+
+
+def skip_without_rabbitmq(exc: RabbitUnavailable) -> NoReturn:
+    """Skip a RabbitMQ test outside CI, saying why; under CI=true, fail it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true needs RabbitMQ for the broker tests: {exc}")
+    pytest.skip(f"RabbitMQ broker tests skipped: {exc}")
 
 
 # The private RabbitMQ node of this process, once a test asked for it.
