@@ -41,6 +41,7 @@ a hundred lines) stays.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -91,14 +92,16 @@ def rabbit_script(name: str) -> str:
     return found
 
 
+# Looked up here, not in the forked child, where another thread may hold a lock.
+_PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the pytest process dies, so a killed run
     leaves no node behind (Linux; elsewhere the fixture's teardown alone stops it)."""
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class RabbitNode:
