@@ -59,8 +59,9 @@ def rabbit_server() -> Iterator[RabbitServer]:
     if node is None:
         yield server
         return
-    _private_nodes.append(node.start())
+    _private_nodes.append(node)
     try:
+        node.start()
         yield server
     finally:
         _private_nodes.remove(node)
