@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format run demo bench bench-quick clean
+.PHONY: install system-packages test lint format run demo bench bench-quick clean
 
 install: $(STAMP)
 
@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,flower,bench,tracing]'
 	touch $(STAMP)
 
-# The suite starts its own private redis-server on a free port (tests/support/redis_server.py);
-# set TEST_REDIS_URL to point it at another disposable Redis instead.
+# The Debian packages the suite runs (redis-server, rabbitmq-server, prometheus for promtool,
+# tmux), installed when missing as root; otherwise it says the command to run.
+system-packages:
+	scripts/ensure-system-packages
+
+# Each pytest process starts its own redis-server (tests/support/redis_server.py) and its
+# own RabbitMQ node (tests/support/rabbitmq.py) on free ports; TEST_REDIS_URL and
+# TEST_AMQP_URL point it at another disposable server instead.
 # Three pytest processes (pytest-xdist), each with its own Redis, vhost and sandbox: the
 # tests mostly wait on real servers, so this machine's two cores run three at a time.
 # Whole files stay together (--dist loadfile): a file's module fixtures are built once.
-test: install
+test: system-packages install
 	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 lint: install

@@ -326,7 +326,7 @@ class KeyWatcher:
 
     def __init__(self, client: redis.Redis, db: int = 0, prefix: str = "pokemon:") -> None:
         self.prefix = prefix
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
         self._pubsub.subscribe(f"__keyevent@{db}__:set")
         self._lock = threading.Lock()
         self._seen: dict[str, float] = {}

@@ -49,8 +49,8 @@ def node_connection_options(target: RedisTarget) -> dict[str, Any]:
 
 def sentinel_for(target: RedisTarget, **options: Any) -> Sentinel:
     """A Sentinel client of `target`, whose masters get `options` (timeouts, retries)."""
-    # redis.sentinel ships without annotations.
-    return Sentinel(  # type: ignore[no-untyped-call]
+    # redis.sentinel shipped without annotations before redis-py 8 (hence unused-ignore).
+    return Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         list(target.sentinels),
         sentinel_kwargs=sentinel_connection_options(target),
         **node_connection_options(target),
@@ -67,7 +67,7 @@ def client(target: RedisTarget, **options: Any) -> redis.Redis:
     if target.uses_sentinel:
         assert target.master is not None  # the settings require it with sentinels
         sentinel = sentinel_for(target, **options)
-        master: redis.Redis = sentinel.master_for(target.master, db=target.db)  # type: ignore[no-untyped-call]
+        master: redis.Redis = sentinel.master_for(target.master, db=target.db)  # type: ignore[no-untyped-call,unused-ignore]
         return master
     assert target.url is not None  # a target is a URL or sentinels
     tls = target.tls.ssl_options() if target.tls else {}
@@ -91,8 +91,8 @@ def topology(target: RedisTarget) -> Topology:
     assert target.master is not None  # only called for Sentinel targets
     sentinel = sentinel_for(target)
     try:
-        master = sentinel.discover_master(target.master)  # type: ignore[no-untyped-call]
-        replicas = sentinel.discover_slaves(target.master)  # type: ignore[no-untyped-call]
+        master = sentinel.discover_master(target.master)  # type: ignore[no-untyped-call,unused-ignore]
+        replicas = sentinel.discover_slaves(target.master)  # type: ignore[no-untyped-call,unused-ignore]
         answering = 0
         for node in sentinel.sentinels:
             try:
@@ -100,7 +100,11 @@ def topology(target: RedisTarget) -> Topology:
                 answering += 1
             except (redis.RedisError, OSError):
                 continue
-        return Topology(master=master, replicas=tuple(replicas), sentinels_answering=answering)
+        return Topology(
+            master=master,
+            replicas=tuple((str(host), int(port)) for host, port in replicas),
+            sentinels_answering=answering,
+        )
     finally:
         for node in sentinel.sentinels:
             node.close()

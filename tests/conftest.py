@@ -1,16 +1,18 @@
-"""Suite-wide fixtures: a private Redis, the sandbox upstream, and a clean environment."""
+"""Suite-wide fixtures: a private Redis and RabbitMQ node, the sandbox upstream, and a clean
+environment."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
 import redis
 
 from apis import reset_clients
-from tests.support.rabbitmq import RabbitServer, RabbitUnavailable
+from tests.support.rabbitmq import RabbitNode, RabbitServer, RabbitUnavailable
 from tests.support.redis_server import RedisServer
 from worker.settings import get_worker_settings, setting_names
 
@@ -37,18 +39,54 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def rabbit_server() -> RabbitServer:
-    """The RabbitMQ the suite makes its vhosts on (127.0.0.1:5672, or TEST_AMQP_URL).
+def rabbit_server() -> Iterator[RabbitServer]:
+    """The RabbitMQ the suite makes its vhosts on: a private node of this pytest process
+    (tests/support/rabbitmq.py), or the disposable server at TEST_AMQP_URL.
 
     Outside CI a machine without RabbitMQ skips the RabbitMQ half of the suite, saying so;
     under CI=true that is a failure, so CI never passes without it.
     """
+    given = os.environ.get("TEST_AMQP_URL")
+    node = None
     try:
-        return RabbitServer.from_environment()
+        if given:
+            server = RabbitServer.from_url(given)
+        else:
+            node = RabbitNode()
+            server = RabbitServer.of_node(node)
     except RabbitUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true needs RabbitMQ for the broker tests: {exc}")
-        pytest.skip(f"RabbitMQ broker tests skipped: {exc}")
+        skip_without_rabbitmq(exc)
+    if node is None:
+        yield server
+        return
+    _private_nodes.append(node)
+    try:
+        node.start()
+        yield server
+    finally:
+        _private_nodes.remove(node)
+        node.cleanup()
+
+
+def skip_without_rabbitmq(exc: RabbitUnavailable) -> NoReturn:
+    """Skip a RabbitMQ test outside CI, saying why; under CI=true, fail it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true needs RabbitMQ for the broker tests: {exc}")
+    pytest.skip(f"RabbitMQ broker tests skipped: {exc}")
+
+
+# The private RabbitMQ node of this process, once a test asked for it.
+_private_nodes: list[RabbitNode] = []
+
+
+@pytest.fixture(autouse=True)
+def _rabbit_node_running() -> Iterator[None]:
+    """A test that kills the private RabbitMQ node leaves the next one a running node:
+    the same name, ports and data (so the session's vhosts are still there)."""
+    yield
+    for node in _private_nodes:
+        if not node.alive:
+            node.start()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 from ops.cli import cli
 from tests.integration.conftest import with_db
 from tests.support.celery_worker import REPO_ROOT, wait_for
+from tests.support.rabbitmq import RabbitServer
 from tests.support.redis_server import free_port
 
 CHARIZARD = {
@@ -28,7 +29,6 @@ CHARIZARD = {
 }
 FETCH = "tasks.pokemon.fetch_pokemon"
 TIMEOUT = 30
-MANAGEMENT_URL = os.environ.get("TEST_AMQP_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
 
 Run = Callable[..., Result]
 Entry = tuple[str, dict[str, str]]
@@ -260,10 +260,10 @@ def test_queues_counts_waiting_jobs(run: Run, redis_server_url: str, results: re
 
 @pytest.mark.broker("amqp")
 def test_queues_on_rabbitmq_counts_ready_and_dead_and_asks_management_for_unacked(
-    run: Run, new_broker: Callable[[int], str], results: redis.Redis
+    run: Run, new_broker: Callable[[int], str], rabbit_server: RabbitServer, results: redis.Redis
 ) -> None:
     """On a vhost nobody consumes: ready counts over AMQP at once, the dead-letter column
-    filled, and the unacknowledged column only with the management API."""
+    filled, and the unacknowledged column only with the management API (the test node's)."""
     idle = new_broker(3)
     assert run("enqueue", FETCH, "pikachu", CELERY_BROKER_URL=idle).exit_code == 0
     assert run("enqueue", FETCH, "mew", "--queue", "cms", CELERY_BROKER_URL=idle).exit_code == 0
@@ -275,7 +275,9 @@ def test_queues_on_rabbitmq_counts_ready_and_dead_and_asks_management_for_unacke
         "semaphore": ["0", "-", "0"],
         "celery": ["0", "-", "0"],
     }
-    managed = run("queues", CELERY_BROKER_URL=idle, RABBITMQ_MANAGEMENT_URL=MANAGEMENT_URL)
+    managed = run(
+        "queues", CELERY_BROKER_URL=idle, RABBITMQ_MANAGEMENT_URL=rabbit_server.management_url
+    )
     assert managed.exit_code == 0, managed.output
     assert [row[1] for row in queue_table(managed.stdout).values()] == ["0"] * 4
 

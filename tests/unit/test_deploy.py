@@ -28,7 +28,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "api-layer-worker.json"
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("promtool")
-    assert binary, "promtool is missing: apt-get install prometheus (.ci/run does)"
+    assert binary, "promtool is missing: apt-get install prometheus (make test does, as root)"
     return subprocess.run(
         [binary, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60, check=False
     )
