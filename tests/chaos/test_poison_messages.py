@@ -42,7 +42,7 @@ RAW_ITEMS = {
     "an envelope without headers": envelope(TASK_BODY, headers=None),
     "an envelope whose body is not base64": envelope("%%% not base64 %%%", headers={}),
 }
-# The line the worker logs for each item: refused as a malformed item (worker/transport.py,
+# The line the worker logs for each item: refused as a malformed item (brokers/redis_transport.py,
 # then worker/consumer.py records it), or, for a well-formed envelope that names no task,
 # dropped by Celery as unknown (and recorded too).
 REFUSED = (
@@ -57,7 +57,7 @@ LOGGED_AS = {
     "an envelope without headers": UNKNOWN,
     "an envelope whose body is not base64": REFUSED,
 }
-# Without worker/transport.py, Celery 5.7 / kombu 5.7 stop the whole worker on the first
+# With kombu's own transport, Celery 5.7 / kombu 5.7 stop the whole worker on the first
 # two, and the base64 one is put back on the queue as the worker dies, so it stops every
 # worker that takes it. With it, none may cost a worker restart.
 KILLS_THE_WORKER_TODAY: set[str] = set()
