@@ -81,6 +81,11 @@ app.conf.update(
     # retried with backoff rather than turning a finished job into a failure: the job's
     # own result is already in the results keys. CFG#result-backend-always-retry
     result_backend_always_retry=True,
+    # One backend (and one connection pool) for the process, not one per thread: each
+    # new thread built its own backend and connected again, costs that landed on the
+    # jobs that first met a new thread. Celery's Redis backend is safe to share: every
+    # call takes a connection from redis-py's pool. CFG#result-backend-thread-safe
+    result_backend_thread_safe=True,
     result_backend_max_retries=20,
     result_backend_max_sleep_between_retries_ms=2000,
     # Above the client's worst case (attempts x timeouts + backoff), so a limit only
