@@ -209,8 +209,19 @@ class ReliableQoS(kombu_redis.QoS):
         return []
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
-        """The visibility timeout, now only the backstop for a live but stuck holder."""
+        """The visibility timeout, now only the backstop for a live but stuck holder; and
+        kombu's own `unacked` records, which workers of an earlier release may have left
+        (killed before they could hand them back), restored as kombu would."""
         self.channel.restore_overdue()
+        self._restore_kombu_unacked()
+
+    def _restore_kombu_unacked(self) -> None:
+        with self.channel.conn_or_acquire() as client:
+            if not client.exists(self.unacked_index_key):
+                return
+            ceiling = time.time() - self.visibility_timeout
+            for tag in client.zrangebyscore(self.unacked_index_key, "-inf", ceiling):
+                kombu_redis.QoS.restore_by_tag(self, tag, client)
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
         self.channel.requeue([tag])

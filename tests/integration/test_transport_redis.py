@@ -9,12 +9,13 @@ kombu producer's message is taken like any other.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 import redis
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from brokers import redis_scripts as keys
@@ -276,3 +277,24 @@ def test_messages_held_when_redis_was_unreachable_go_back_when_the_worker_reconn
     assert redis_client.llen(QUEUE) == 1
     assert redis_client.hlen(keys.DELIVERIES) == 0
     assert not redis_client.exists(keys.INHAND_PREFIX + channel.holder)
+
+
+def test_kombus_own_unacked_records_from_an_earlier_release_are_restored(
+    connect, redis_client: redis.Redis
+) -> None:
+    """A worker of an earlier release, killed with a message in kombu's `unacked` hash:
+    the visibility sweep of the new transport returns it to its queue, as kombu would."""
+    envelope = {
+        "body": "e30=", "content-type": "application/json", "content-encoding": "utf-8",
+        "headers": {}, "properties": {"body_encoding": "base64", "delivery_tag": "old-1",
+                                      "delivery_info": {"exchange": QUEUE, "routing_key": QUEUE}},
+    }  # fmt: skip
+    connection = connect(visibility_timeout=60)
+    channel = connection.default_channel
+    # The exchange and binding the worker declares, so the record's exchange routes.
+    Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE)(channel).declare()
+    redis_client.hset("unacked", "old-1", json.dumps([envelope, QUEUE, QUEUE]))
+    redis_client.zadd("unacked_index", {"old-1": 1})  # taken long ago
+    channel.qos.restore_visible()
+    assert redis_client.llen(QUEUE) == 1
+    assert redis_client.hlen("unacked") == 0
