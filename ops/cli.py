@@ -40,6 +40,8 @@ from brokers import (
 )
 from ops import trace_context
 from ops.processes import redacted
+from ops.top import Fleet
+from ops.top import run as run_top
 from redisconn import RedisTarget
 from tasks.keys import Keys
 from worker.app import app as project_app
@@ -553,6 +555,35 @@ def replay(services: Services, entry_ids: tuple[str, ...], replay_all: bool, dry
 
 def count_cell(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one snapshot and exit (for scripts).")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+    help="Seconds between refreshes.",
+)  # fmt: skip
+@click.option(
+    "--metrics", "metrics_urls", metavar="URL", multiple=True,
+    help="A worker's /metrics endpoint, for upstream calls/s (repeatable).",
+)  # fmt: skip
+@click.pass_obj
+def top(services: Services, once: bool, interval: float, metrics_urls: tuple[str, ...]) -> None:
+    """A live screen of the fleet: per queue ready, in hand and dead; per worker the jobs
+    in flight and the oldest; jobs, failures and upstream calls per second over the last
+    minute; each breaker's state. Ctrl-C leaves it."""
+    keys = services.keys
+    fleet = Fleet(
+        broker=services.broker(),
+        results=services.results(),
+        celery=services.celery(),
+        streams={"jobs": keys.events, "failures": keys.failures},
+        breaker_prefix=services.settings.result_key_prefix,
+        services=[api.service for api in (PokeAPI, CmsAPI, SemaphoreAPI)],
+        metrics_urls=metrics_urls,
+    )
+    title = f"apiworker top: {services.broker().display_url}"
+    run_top(fleet, title=title, once=once, interval=interval)
 
 
 @cli.command()
