@@ -37,8 +37,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# make run OFFLINE=1: the sandbox upstream stands in for the three real ones.
+# make run ARGS="--workers 1 --no-flower": any of `python -m ops.run --help`'s options.
 run: install
-	$(BIN)/python -m ops.run
+	$(BIN)/python -m ops.run $(if $(filter-out 0,$(OFFLINE)),--offline) $(ARGS)
 
 demo: install
 	$(BIN)/python -m ops.demo

@@ -1,10 +1,13 @@
 """`make run`: the whole service in the foreground, for development.
 
-Finds a Redis (REDIS_URL when it answers, else a private redis-server under `.run/`),
-then runs one worker process per CPU core, one beat and, when installed, Flower, with
-their logs labelled on one stream. Ctrl-C or SIGTERM stops exactly what was started
-here; if any of it dies on its own, the rest is stopped too and the exit code says so,
-so a half-running service is never mistaken for a healthy one.
+Finds a Redis (REDIS_URL when it answers, else a private redis-server under `.run/`;
+`--private-redis` always the private one), then runs one worker process per CPU core,
+one beat and, when installed, Flower, with their logs labelled on one stream.
+`--offline` (`make run OFFLINE=1`) also starts the sandbox upstream and points the three
+upstreams at it, for a machine that cannot reach the real ones. Ctrl-C or SIGTERM
+stops exactly what was started here; if any of it dies on its own, the rest is stopped
+too and the exit code says so, so a half-running service is never mistaken for a
+healthy one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ops.processes import (
     StartupFailed,
     StopOptions,
     find_redis_server,
+    free_port,
     leftover_redis_pid,
     port_is_free,
     redacted,
@@ -36,7 +40,9 @@ from ops.processes import (
     spawn,
     start_private_redis,
     stop_children,
+    wait_until,
 )
+from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
 from worker.settings import get_worker_settings
 
 RUN_DIR_ENV = "APIWORKER_RUN_DIR"
@@ -94,6 +100,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="worker processes, each with the pool and WORKER_CONCURRENCY from the "
         "environment (default: one per CPU core, here %(default)s)",
     )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=os.environ.get("OFFLINE", "") not in ("", "0"),
+        help="also start the sandbox upstream on loopback and point POKEAPI_BASE_URL, "
+        "CMS_BASE_URL and SEMAPHORE_BASE_URL at it (default: on when OFFLINE=1)",
+    )
+    parser.add_argument(
+        "--private-redis",
+        action="store_true",
+        help="start a private redis-server under .run/ even when REDIS_URL answers",
+    )
     parser.add_argument("--no-beat", action="store_true", help="do not run celery beat")
     parser.add_argument("--no-flower", action="store_true", help="do not run Flower")
     parser.add_argument(
@@ -140,17 +158,27 @@ def _no_redis_message(url: str) -> str:
     )
 
 
-def ensure_redis(out: PrefixedOutput) -> Redis | None:
-    """REDIS_URL when it answers; else a private redis-server; else None, explained."""
+def ensure_redis(out: PrefixedOutput, *, private: bool = False) -> Redis | None:
+    """REDIS_URL when it answers (unless `private`); else a private redis-server; else
+    None, explained."""
     url = get_worker_settings().redis_url
-    if redis_answers(url):
-        out.write(ME, f"Redis:  {redacted(url)} (REDIS_URL answers PING)")
+    if not private and redis_answers(url):
+        why = (
+            "REDIS_URL answers PING"
+            if os.environ.get("REDIS_URL")
+            else "REDIS_URL is not set and its default answers PING: the broker and results "
+            "go there; --private-redis (make run ARGS=--private-redis) starts a private one"
+        )
+        out.write(ME, f"Redis:  {redacted(url)} ({why})")
         return Redis(url)
     binary = find_redis_server()
     if binary is None:
         out.write(ME, _no_redis_message(url))
         return None
-    out.write(ME, f"REDIS_URL ({redacted(url)}) does not answer PING")
+    if private:
+        out.write(ME, "--private-redis: not using REDIS_URL")
+    else:
+        out.write(ME, f"REDIS_URL ({redacted(url)}) does not answer PING")
     data_dir = run_dir() / "redis"
     leftover = leftover_redis_pid(data_dir)
     if leftover is not None:
@@ -243,12 +271,44 @@ def _announce_celery_urls(out: PrefixedOutput) -> None:
         out.write(ME, f"Result backend: {backend} (CELERY_RESULT_BACKEND)")
 
 
-def child_environment(redis: Redis) -> dict[str, str]:
-    """The children's environment: ours, with REDIS_URL pointing at the Redis in use."""
+def child_environment(redis: Redis, sandbox_url: str | None = None) -> dict[str, str]:
+    """The children's environment: ours, with REDIS_URL pointing at the Redis in use and,
+    offline, the three upstreams at the sandbox."""
     env = dict(os.environ)
     env["REDIS_URL"] = redis.url
     env["PYTHONUNBUFFERED"] = "1"
+    if sandbox_url is not None:
+        env.update(sandbox_upstreams(sandbox_url))
     return env
+
+
+def sandbox_upstreams(base_url: str) -> dict[str, str]:
+    """The upstream settings that point the API layer at the sandbox (sandbox/server.py)."""
+    return {
+        "POKEAPI_BASE_URL": f"{base_url}/api/v2",
+        "CMS_BASE_URL": f"{base_url}/api/v1",
+        "SEMAPHORE_BASE_URL": f"{base_url}/api/v1alpha",
+        "SEMAPHORE_API_TOKEN": DEFAULT_SEMAPHORE_TOKEN,
+    }
+
+
+def start_sandbox(out: PrefixedOutput, started: list[Child]) -> str:
+    """The sandbox upstream on a free loopback port, answering before any worker starts."""
+    port = free_port()
+    argv = [sys.executable, "-m", "sandbox", "--port", str(port)]
+    child = spawn("sandbox", argv, output=out)
+    started.append(child)
+    out.write(ME, f"started sandbox (pid {child.pid}): {' '.join(argv[1:])}")
+    wait_until(
+        lambda: not port_is_free(port) or child.exit_code() is not None,
+        timeout=30,
+        what="the sandbox upstream",
+    )
+    if child.exit_code() is not None:
+        raise StartupFailed("the sandbox upstream exited at start")
+    base_url = f"http://127.0.0.1:{port}"
+    out.write(ME, f"Offline: the sandbox upstream at {base_url} serves all three upstreams")
+    return base_url
 
 
 def start_services(
@@ -309,13 +369,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     redis: Redis | None = None
     services: list[Child] = []
     try:
-        redis = ensure_redis(out)
+        redis = ensure_redis(out, private=args.private_redis)
         if redis is None:
             return 1
         _announce_celery_urls(out)
         if stop.requested:  # interrupted while Redis was starting: start nothing more
             return 0
-        start_services(service_commands(args, out), child_environment(redis), out, services)
+        sandbox_url = start_sandbox(out, services) if args.offline else None
+        env = child_environment(redis, sandbox_url)
+        start_services(service_commands(args, out), env, out, services)
         out.write(ME, "Ctrl-C stops everything")
         return supervise([*services, *redis.children()], stop, out)
     except (RedisUnusable, StartupFailed) as error:

@@ -273,3 +273,38 @@ def test_flower_service_refuses_to_start_without_basic_auth() -> None:
     )
     assert refused.returncode == 64
     assert "FLOWER_BASIC_AUTH" in refused.stderr
+
+
+def test_run_offline_serves_a_job_from_the_sandbox_with_a_private_redis(
+    start_run: Callable[..., RunProcess], tmp_path: Path
+) -> None:
+    """`--offline --private-redis` with no upstream setting at all: the sandbox starts
+    first, a job is stored from it, and the Redis line says it is the private one even
+    though a Redis (the suite's REDIS_URL would do) could have answered."""
+    run = start_run("--offline", "--private-redis", "--workers", "1", "--no-beat", "--no-flower")
+    redis_url = run.wait_printed(r"Redis:\s+(redis://\S+)").group(1)
+    run.wait_printed(r"Offline: the sandbox upstream at http://127\.0\.0\.1:\d+")
+    assert "--private-redis: not using REDIS_URL" in run.text
+    run.wait_printed(r"started worker1")
+    assert list(run.started())[:2] == ["redis", "sandbox"], run.text
+    producer = producer_app(redis_url, redis_url)
+    try:
+        job = producer.send_task("tasks.pokemon.fetch_pokemon", args=["charizard"])
+        assert job.get(timeout=START_TIMEOUT)["weight"] == "90.5 kg"
+    finally:
+        producer.close()
+
+
+def test_make_run_passes_offline_and_args_to_ops_run() -> None:
+    """`make run OFFLINE=1 ARGS="--workers 1"` runs ops.run with both (make -n shows the
+    command without running it)."""
+    shown = subprocess.run(
+        ["make", "-n", "-o", "install", "run", "OFFLINE=1", "ARGS=--workers 1 --no-flower"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert "-m ops.run --offline --workers 1 --no-flower" in shown
+    quiet = subprocess.run(
+        ["make", "-n", "-o", "install", "run", "OFFLINE=0"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert "--offline" not in quiet
