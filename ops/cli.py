@@ -307,6 +307,7 @@ def enqueue(
     """
     kwargs = parse_kwargs(kwargs_json)
     check_call(task, args, kwargs)
+    reachable_or_fail(services)
     # The routing key too: the task's route would otherwise still name its usual queue.
     options: dict[str, Any] = {"queue": queue, "routing_key": queue} if queue else {}
     if traceparent:
@@ -315,6 +316,22 @@ def enqueue(
     click.echo(job.id)
     if wait:
         print_outcome(job, timeout)
+
+
+def reachable_or_fail(services: Services, timeout: float = 5.0) -> None:
+    """The broker and the result store answer, or one line that names the unreachable one
+    (exit 1): Celery would otherwise retry its result store for about 20 s and end in a
+    traceback."""
+    try:
+        services.broker().ping(timeout)
+    except BrokerError as exc:
+        fail(f"broker unreachable: {exc}")
+    backend = services.settings.result_backend
+    if backend.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        try:
+            services.redis(backend, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)).ping()
+        except redis.RedisError as exc:
+            fail(f"result backend unreachable ({redacted(backend)}): {exc}")
 
 
 # -- result ---------------------------------------------------------------------------
