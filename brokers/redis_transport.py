@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -110,6 +111,13 @@ def envelope_or_refused(raw: str | bytes) -> dict[str, Any]:
             "priority": 0,
         },
     }
+
+
+_SCRIPT_NAMES = ("FETCH", "ACK", "REQUEUE", "RESCUE", "VISIBILITY", "RELEASE")
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()  # noqa: S324  # how Redis names a script
 
 
 def new_holder_id() -> str:
@@ -260,7 +268,10 @@ class ReliableChannel(kombu_redis.Channel):
             "parked": prefix + scripts.PARKED_INFO,
         }
         self._prefix = prefix
-        self._scripts: dict[str, str] = {}
+        # EVALSHA names a script by the sha1 of its text: no round trip to learn it. A
+        # server that does not know a script yet (new, or restarted) says NOSCRIPT, and
+        # the scripts are loaded then (`_load_scripts`).
+        self._scripts = {name: _sha1(getattr(scripts, name)) for name in _SCRIPT_NAMES}
         self._idle = False
         self._consumed = False
         self._pending_command = "EVALSHA"
@@ -269,13 +280,12 @@ class ReliableChannel(kombu_redis.Channel):
         self._taking = True
         self._no_ack_queues: set[str] = set()
         self.acks = AckBuffer(self._send_acks, tuple(self.connection_errors))
-        self._load_scripts()
 
     # -- scripts -------------------------------------------------------------------------
 
     def _load_scripts(self) -> None:
         with self.conn_or_acquire() as client:
-            for name in ("FETCH", "ACK", "REQUEUE", "RESCUE", "VISIBILITY", "RELEASE"):
+            for name in _SCRIPT_NAMES:
                 self._scripts[name] = client.script_load(getattr(scripts, name))
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:

@@ -297,3 +297,18 @@ def test_kombus_own_unacked_records_from_an_earlier_release_are_restored(
     channel.qos.restore_visible()
     assert redis_client.llen(QUEUE) == 1
     assert redis_client.hlen("unacked") == 0
+
+
+def test_a_redis_that_forgot_the_scripts_is_taught_them_again(
+    connect, redis_client: redis.Redis
+) -> None:
+    """A restarted Redis knows no script: the first call meets NOSCRIPT, loads them and
+    goes on, for the consumer's fetch and for an ack alike."""
+    queue = one_at_a_time(connect())
+    queue.put({"n": 1})
+    redis_client.script_flush()
+    message = queue.get(timeout=5)
+    redis_client.script_flush()
+    message.ack()
+    message.channel.acks.drain()
+    assert inhand(redis_client, message.channel) == {}
