@@ -187,13 +187,7 @@ class RabbitNode:
         meantime (the ports are only free when chosen) costs one new choice of ports.
         """
         for attempt in range(3):
-            log = (self.dir / "stdout.log").open("ab")
-            with log:
-                self.process = subprocess.Popen(
-                    [self.server_script], cwd=self.dir, env=self.env, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )  # fmt: skip
+            self.launch()
             try:
                 self.wait_ready(timeout)
                 return self
@@ -204,6 +198,18 @@ class RabbitNode:
                 self._choose_ports()
                 self._write_files()
         raise AssertionError("unreachable")
+
+    def launch(self) -> None:
+        """Start `rabbitmq-server` without waiting for it (several nodes boot at once).
+
+        From the main thread: the node gets SIGTERM when the thread that started it ends
+        (Linux's parent-death signal follows the thread)."""
+        with (self.dir / "stdout.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [self.server_script], cwd=self.dir, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
