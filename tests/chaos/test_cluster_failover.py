@@ -81,9 +81,7 @@ def add_user(cluster: RabbitCluster, vhost: str, password: str) -> str:
 
 def with_user(url: str, user: str, password: str) -> str:
     """Every URL of a failover list with this user instead of guest."""
-    return ";".join(
-        one.replace("guest:guest@", f"{user}:{password}@", 1) for one in url.split(";")
-    )
+    return ";".join(one.replace("guest:guest@", f"{user}:{password}@", 1) for one in url.split(";"))
 
 
 def test_a_dead_node_costs_no_job_and_the_worker_consumes_on(
@@ -156,8 +154,8 @@ def test_a_dead_node_costs_no_job_and_the_worker_consumes_on(
             assert password not in text, place
         print(
             f"node killed: sent={len(names)} stored={results.exists(*keys(names))} lost=0 "
-            f"publishes-refused={nacked} second-half-published-in={published:.1f}s recovered-in={recovered:.1f}s "
-            f"(bound {RECOVERY_SECONDS:g}s) new-leader={leader}"
+            f"publishes-refused={nacked} second-half-published-in={published:.1f}s "
+            f"recovered-in={recovered:.1f}s (bound {RECOVERY_SECONDS:g}s) new-leader={leader}"
         )
     finally:
         sandbox.latency = 0.0
