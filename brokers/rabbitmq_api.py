@@ -115,6 +115,13 @@ class ManagementApi:
         """
         body = {"defaultqueuetype": default_queue_type}
         self._expect(self.request("put", f"vhosts/{_q(vhost)}", json=body), f"create {vhost}")
+        # The user who made it may use it (as `rabbitmqctl add_vhost` leaves to an admin).
+        user = self._bases[0][1][0]
+        rights = {"configure": ".*", "write": ".*", "read": ".*"}
+        self._expect(
+            self.request("put", f"permissions/{_q(vhost)}/{_q(user)}", json=rights),
+            f"grant {user} {vhost}",
+        )
 
     def set_policy(self, vhost: str, name: str, body: dict[str, Any]) -> None:
         self._expect(
