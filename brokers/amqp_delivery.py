@@ -5,8 +5,8 @@ declares RabbitMQ's delayed-delivery exchanges and queues and binds the worker's
 to them once for every URL of the broker URL, each through a new connection retried 3
 times. With a failover list (`amqp://n1//;amqp://n2//;amqp://n3//`, one URL per node of
 one cluster) every reconnection after a node dies walks the whole list, and the dead
-node's URL holds the consumer back for the retries and connection timeouts before it
-consumes again (measured: 10 to 15 s with one node of three down). No setting turns that
+node's URL holds the consumer back for its retries (3, seconds apart) before it consumes
+again, although the consumer is already connected to a live node. No setting turns that
 walk off (Celery has `broker_native_delayed_delivery_queue_type` and nothing else for
 this step), so this step replaces it in the worker's consumer (worker/consumer.py).
 
