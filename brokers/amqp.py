@@ -1,28 +1,36 @@
-"""RabbitMQ (`amqp://`, `amqps://`): several hosts. Every queue is a quorum queue
-(replicated on a cluster), every publish is confirmed, a dead worker's jobs are
+"""RabbitMQ (`amqp://`, `amqps://`, or a failover list of them separated by `;`, one
+per node of a cluster): several hosts. Every queue is a quorum queue (replicated on a
+cluster), every publish is confirmed, a dead worker's jobs are
 redelivered as soon as its connection drops, and a message delivered
 `BROKER_DELIVERY_LIMIT` times without an acknowledgement (one that keeps killing its
 workers) is dead-lettered to `{queue}.dead` instead of looping forever.
 (Celery's RabbitMQ page:
 https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html)
 
+Queues are declared as a stock Celery producer declares them (`x-queue-type: quorum`
+and nothing else), so any producer may declare them too; the delivery limit,
+dead-lettering and overflow come from one RabbitMQ policy per queue (`queue_policies`),
+which `apiworker rabbitmq apply-policy` sets through the management API.
+
 The operator's view goes over AMQP itself: queue depths from passive declares, parked
 messages from each queue's `.dead` quorum queue. AMQP has no way to ask how many
-messages are delivered but unacknowledged; RabbitMQ's management API has, so that
-column is filled when `RABBITMQ_MANAGEMENT_URL` names it
-(e.g. http://user:password@rabbitmq:15672) and left unknown otherwise.
+messages are delivered but unacknowledged, nor which nodes of a cluster are down and
+where each queue's replicas are; RabbitMQ's management API has (brokers/rabbitmq_api.py),
+so those are filled when `RABBITMQ_MANAGEMENT_URL` names it
+(e.g. http://user:password@rabbitmq:15672, or one URL per node separated by `;`) and
+left unknown otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-import requests
 from kombu import Connection, Exchange, Producer, Queue  # type: ignore[attr-defined]
 from kombu.exceptions import KombuError
 
@@ -30,15 +38,23 @@ from brokers.base import (
     ALL_QUEUES,
     BrokerError,
     BrokerSettings,
+    ClusterView,
+    NotSupported,
     ParkedMessage,
     QueueDepth,
     dead_letter_queue,
 )
+from brokers.rabbitmq_api import ManagementApi
 from redisconn.settings import masked_url
 
 KIND = "amqp"
 #: Where RabbitMQ parks messages it will not deliver again.
 DEAD_LETTER_EXCHANGE = "apiworker.dead"
+#: The topic exchange every queue is bound to under its own name (see `amqp_queue`).
+JOBS_EXCHANGE = "apiworker.jobs"
+#: Each queue's policy is `apiworker-{queue}`, at this priority.
+POLICY_PREFIX = "apiworker-"
+POLICY_PRIORITY = 10
 
 
 def shape_countdown(seconds: float) -> float:
@@ -47,29 +63,63 @@ def shape_countdown(seconds: float) -> float:
     return float(math.ceil(seconds)) if seconds > 0 else seconds
 
 
-def amqp_queue(name: str, settings: BrokerSettings) -> Queue:
-    """A durable quorum queue that dead-letters what it will not deliver again.
+def amqp_queue(name: str) -> Queue:
+    """A durable quorum queue, declared with nothing but its type: exactly what a stock
+    producer declares (Celery with `task_default_queue_type = "quorum"`, celery-node in
+    a vhost whose default queue type is quorum), since RabbitMQ refuses a redeclaration
+    whose arguments differ. Its delivery limit and dead-lettering come from a policy
+    (`queue_policies`, applied by `apiworker rabbitmq apply-policy`).
 
-    Topic exchanges, because Celery's native delayed delivery (countdowns and retries
-    on quorum queues) cannot route through direct ones.
+    Bound to the topic exchange `apiworker.jobs` under its own name: Celery's native
+    delayed delivery (countdowns and retries on quorum queues) routes only through topic
+    or fanout exchanges. A stock producer's own direct exchange named after the queue
+    (Celery's default) is never declared by the worker, so both bindings coexist.
     """
     return Queue(
         name,
-        Exchange(name, type="topic", durable=True),
+        Exchange(JOBS_EXCHANGE, type="topic", durable=True),
         routing_key=name,
         durable=True,
-        queue_arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": settings.broker_delivery_limit,
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-            "x-dead-letter-routing-key": name,
-            # Dead-lettered copies are confirmed by the dead-letter queue before they
-            # leave this one: a parked message is never lost on the way.
-            # (RabbitMQ requires reject-publish overflow for that strategy.)
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        },
+        queue_arguments={"x-queue-type": "quorum"},
     )
+
+
+def queue_policies(delivery_limit: int, queues: Sequence[str] = ALL_QUEUES) -> dict[str, Any]:
+    """The policy of each queue, by policy name: what its declaration no longer says.
+
+    One policy per queue, because a policy names one dead-letter routing key, and each
+    queue's parked messages go to its own `.dead` queue.
+    """
+    return {
+        f"{POLICY_PREFIX}{name}": {
+            "pattern": f"^{re.escape(name)}$",
+            "apply-to": "queues",
+            # Above an operator's catch-all policies (priority 0): one policy applies.
+            "priority": POLICY_PRIORITY,
+            "definition": {
+                "delivery-limit": delivery_limit,
+                "dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                "dead-letter-routing-key": name,
+                # Dead-lettered copies are confirmed by the dead-letter queue before they
+                # leave this one: a parked message is never lost on the way.
+                # (RabbitMQ requires reject-publish overflow for that strategy.)
+                "dead-letter-strategy": "at-least-once",
+                "overflow": "reject-publish",
+            },
+        }
+        for name in queues
+    }
+
+
+def apply_policies(api: ManagementApi, vhost: str, delivery_limit: int) -> list[str]:
+    """Create the vhost (default queue type quorum) when missing, and set every queue's
+    policy; the names of the policies set. Idempotent: run it at every deploy."""
+    if api.vhost(vhost) is None:
+        api.create_vhost(vhost, default_queue_type="quorum")
+    policies = queue_policies(delivery_limit)
+    for name, body in policies.items():
+        api.set_policy(vhost, name, body)
+    return list(policies)
 
 
 def dead_letter_queues() -> list[Queue]:
@@ -99,13 +149,12 @@ def celery_conf(settings: BrokerSettings) -> dict[str, Any]:
         # A dead peer is noticed within two heartbeats, not at the next TCP timeout.
         # CFG#broker-heartbeat
         "broker_heartbeat": 30,
-        "task_queues": [amqp_queue(name, settings) for name in ALL_QUEUES],
+        "task_queues": [amqp_queue(name) for name in ALL_QUEUES],
         # Quorum queues have no global QoS; Celery detects them and uses per-consumer
         # prefetch, and routes countdowns through RabbitMQ's delayed-delivery exchanges
         # instead of holding them in the worker. CFG#worker-detect-quorum-queues,
         # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html#using-quorum-queues
         "task_default_queue_type": "quorum",
-        "task_default_exchange_type": "topic",
         "worker_detect_quorum_queues": True,
         "broker_native_delayed_delivery_queue_type": "quorum",
     }
@@ -176,28 +225,21 @@ class AmqpBroker:
     def _unacked_from_management(self, queues: Sequence[str]) -> dict[str, int]:
         if not self._management_url:
             return {}
-        parts = urlsplit(self._management_url)
-        auth = (parts.username or "guest", parts.password or "guest")
-        host = parts.hostname or "localhost"
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        base = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+        api = ManagementApi(self._management_url)
         found: dict[str, int] = {}
         for name in queues:
-            try:
-                answer = requests.get(
-                    f"{base}/api/queues/{quote(self.vhost, safe='')}/{quote(name, safe='')}",
-                    auth=auth,
-                    timeout=5,
-                )
-            except requests.RequestException as exc:
-                raise BrokerError(f"RabbitMQ management API: {type(exc).__name__}") from exc
-            if answer.status_code == 404:  # never declared: nothing delivered from it
-                found[name] = 0
-                continue
-            if answer.status_code != 200:
-                raise BrokerError(f"RabbitMQ management API answered {answer.status_code}")
-            found[name] = int(answer.json().get("messages_unacknowledged", 0))
+            figures = api.queue(self.vhost, name)
+            # Never declared: nothing delivered from it.
+            found[name] = int((figures or {}).get("messages_unacknowledged", 0))
         return found
+
+    def cluster(self, queues: Sequence[str]) -> ClusterView:
+        if not self._management_url:
+            raise NotSupported(
+                "RabbitMQ tells its nodes and replicas through its management API: "
+                "set RABBITMQ_MANAGEMENT_URL"
+            )
+        return ManagementApi(self._management_url).cluster(self.vhost, queues)
 
     def parked(self, queues: Sequence[str], limit: int) -> list[ParkedMessage]:
         found: list[ParkedMessage] = []
@@ -243,7 +285,8 @@ class AmqpBroker:
 
 
 def _vhost_of(url: str) -> str:
-    path = urlsplit(url).path
+    """The vhost of `url`, or of the first URL of a failover list (they share it)."""
+    path = urlsplit(url.split(";", 1)[0]).path
     return "/" if path in ("", "/") else path[1:]
 
 
@@ -298,7 +341,9 @@ def _republish(producer: Any, queue: str, message: Any) -> None:
     properties = message.properties or {}
     producer.publish(
         message.body,
-        exchange=Exchange(queue, type="topic", durable=True),
+        # The default exchange: straight to the queue of that name, whichever exchanges
+        # producers bound it to.
+        exchange="",
         routing_key=queue,
         headers=headers,
         content_type=message.content_type,

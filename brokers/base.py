@@ -73,6 +73,38 @@ class ParkedMessage:
     reason: str
 
 
+@dataclass(frozen=True)
+class NodeState:
+    """One node of a broker cluster, as its peers see it."""
+
+    name: str
+    running: bool
+
+
+@dataclass(frozen=True)
+class QueueReplicas:
+    """Where a replicated queue lives: its member nodes, those online, its leader, and the
+    policy in effect on it (None: no policy, so no delivery limit or dead-lettering)."""
+
+    name: str
+    members: tuple[str, ...]
+    online: tuple[str, ...]
+    leader: str | None
+    policy: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """A broker cluster's nodes and its queues' replicas."""
+
+    nodes: tuple[NodeState, ...]
+    queues: tuple[QueueReplicas, ...]
+
+    @property
+    def down(self) -> list[str]:
+        return [node.name for node in self.nodes if not node.running]
+
+
 class Broker(Protocol):
     """The broker as the operator sees it."""
 
@@ -96,6 +128,11 @@ class Broker(Protocol):
     def replay_parked(self, queues: Sequence[str], limit: int | None) -> list[ParkedMessage]:
         """Send up to `limit` parked messages (all when None) back to their queue, each
         one published (and confirmed) before it leaves the dead-letter queue."""
+        ...
+
+    def cluster(self, queues: Sequence[str]) -> ClusterView:
+        """The cluster's nodes and each queue's replicas, or `NotSupported` (a broker
+        without replicas, or no way to ask)."""
         ...
 
     def close(self) -> None: ...

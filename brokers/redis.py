@@ -32,6 +32,8 @@ from brokers.base import (
     ALL_QUEUES,
     BrokerError,
     BrokerSettings,
+    ClusterView,
+    NotSupported,
     ParkedMessage,
     QueueDepth,
     dead_letter_queue,
@@ -171,6 +173,9 @@ class RedisBroker:
         digest = hashlib.sha1(item if isinstance(item, bytes) else item.encode()).hexdigest()  # noqa: S324  # the key Redis's sha1hex wrote
         count = self.client.hget(self.key_prefix + scripts.PARKED_INFO, digest)
         return int(count) if count else 0
+
+    def cluster(self, queues: Sequence[str]) -> ClusterView:
+        raise NotSupported("a Redis broker has no cluster of its own (Sentinel: `health`)")
 
     def close(self) -> None:
         self.client.close()

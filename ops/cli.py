@@ -38,7 +38,7 @@ from brokers import (
     broker_module,
     open_broker,
 )
-from ops import trace_context
+from ops import rabbitmq_cli, trace_context
 from ops.processes import redacted
 from ops.top import Fleet
 from ops.top import run as run_top
@@ -619,6 +619,11 @@ def queues(services: Services) -> None:
             f"{depth.name:<10} {depth.ready:>7} {count_cell(depth.unacked):>8} "
             f"{count_cell(depth.dead):>6}"
         )
+    # On a RabbitMQ cluster (with its management API): the nodes, each queue's replicas.
+    if view := rabbitmq_cli.cluster_view(services.broker()):
+        click.echo(f"\nnodes: {rabbitmq_cli.node_line(view)[1]}")
+        for _, line in rabbitmq_cli.queue_lines(view):
+            click.echo(line)
 
 
 # -- dead letters ---------------------------------------------------------------------
@@ -819,6 +824,19 @@ def upstream_checks(timeout: float) -> list[Check]:
     return [probe_upstream(cls, probe, api, timeout) for cls, probe in PROBES.items()]
 
 
+def cluster_checks(services: Services) -> list[Check]:
+    """A RabbitMQ cluster's nodes (which are down) and each queue's leader and members."""
+    try:
+        view = rabbitmq_cli.cluster_view(services.broker())
+    except BrokerError as exc:
+        return [Check("cluster", False, str(exc))]
+    if view is None:
+        return []
+    ok, detail = rabbitmq_cli.node_line(view)
+    lines = rabbitmq_cli.queue_lines(view)
+    return [Check("cluster", ok, detail), *(Check("queue", ok, line) for ok, line in lines)]
+
+
 @cli.command()
 @click.option(
     "--timeout",
@@ -841,6 +859,7 @@ def health(ctx: click.Context, timeout: float) -> None:
     if settings.redis.uses_sentinel:
         checks.append(sentinel_check(settings.redis))
     if broker.ok:
+        checks += cluster_checks(services)
         checks.append(ping_workers(services, timeout))
     else:
         checks.append(Check("workers", False, "not checked: the broker is unreachable"))
@@ -849,6 +868,9 @@ def health(ctx: click.Context, timeout: float) -> None:
         click.echo(check.line())
     if any(check.ok is False for check in checks):
         ctx.exit(1)
+
+
+cli.add_command(rabbitmq_cli.rabbitmq)
 
 
 def main() -> None:

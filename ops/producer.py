@@ -1,19 +1,17 @@
 """The client another service writes to send jobs by name: it does not import the project.
 
-One app, shared by the demo, the benchmark driver and the tests. On RabbitMQ it
-publishes to the worker's queues without declaring them, as the README's producer recipe
-does: a queue's arguments (quorum, delivery limit, dead-letter exchange) are the
-worker's to declare, and RabbitMQ refuses a declaration that differs. (The recipe also
-turns on publisher confirms; here every worker is up before a job is sent.)
+One app, shared by the demo, the benchmark driver and the tests. It is a stock Celery
+producer: no queue list, no routes. A job sent by task name lands in the default
+`celery` queue, which every worker consumes. On RabbitMQ it is configured only as
+Celery's documentation says for quorum queues (`task_default_queue_type = "quorum"`,
+publisher confirms), and it declares that queue as Celery does by default, exactly as the
+worker declares it; the queue's delivery limit and dead-lettering come from RabbitMQ
+policies (`apiworker rabbitmq apply-policy`), not from its declaration.
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports them untyped
-
-# The worker's queues by name, as a producer outside the project knows them.
-QUEUE_NAMES = ("celery", "pokeapi", "cms", "semaphore")
 
 
 def producer_app(broker_url: str, backend_url: str, name: str = "producer") -> Celery:
@@ -26,13 +24,9 @@ def producer_app(broker_url: str, backend_url: str, name: str = "producer") -> C
         broker_connection_retry_on_startup=True,
     )
     if broker_url.startswith("amqp"):
-        app.conf.task_queues = [
-            Queue(  # type: ignore[no-untyped-call]
-                queue,
-                Exchange(queue, type="topic"),  # type: ignore[no-untyped-call]
-                routing_key=queue,
-                no_declare=True,
-            )
-            for queue in QUEUE_NAMES
-        ]
+        # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html#using-quorum-queues
+        app.conf.task_default_queue_type = "quorum"
+        # A job sent before any worker or policy exists is still kept: the queue is
+        # declared on the way, and the confirm says RabbitMQ has it.
+        app.conf.broker_transport_options = {"confirm_publish": True}
     return app

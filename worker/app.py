@@ -105,8 +105,13 @@ app.conf.update(
     result_expires=settings.result_expires,
     result_extended=True,
     # On a lost broker connection, unacknowledged jobs are redelivered anyway; cancel
-    # them rather than run them twice. CFG#worker-cancel-long-running-tasks-on-connection-loss
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # them rather than run them twice, where the pool can stop a running job (prefork,
+    # gevent, eventlet). The threads pool cannot (a thread cannot be killed: Celery logs
+    # a NotImplementedError traceback per job and the job runs on), so there the job
+    # finishes, its late ack fails with the dead connection, and it runs once more:
+    # harmless for these idempotent jobs. CFG#worker-cancel-long-running-tasks-on-connection-loss
+    worker_cancel_long_running_tasks_on_connection_loss=settings.worker_pool
+    in ("prefork", "gevent", "eventlet"),
     # Wait for Redis at start instead of crashing (Celery 6 changes the default).
     # CFG#broker-connection-retry-on-startup
     broker_connection_retry_on_startup=True,

@@ -24,7 +24,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from apis.redact import redact
-from brokers import broker_module, dead_letter_queue, redis_transport
+from brokers import amqp_delivery, broker_module, dead_letter_queue, redis_transport
 from brokers.redis import parked_message
 from tasks.base import FAILURES_RECORDED, failure_record
 from tasks.runtime import get_runtime
@@ -62,6 +62,11 @@ def record_parked(queue: str, item: bytes, deliveries: int) -> None:
 
 class RecordingConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, recording what it would otherwise only log."""
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        # RabbitMQ's delayed delivery set up once per connection, not once per URL of a
+        # failover list (brokers/amqp_delivery.py says why).
+        default_steps = amqp_delivery.consumer_steps(Consumer.Blueprint.default_steps)
 
     def connect(self) -> Any:
         connection = super().connect()

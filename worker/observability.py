@@ -36,7 +36,7 @@ from pythonjsonlogger.json import JsonFormatter
 from apis.redact import redact
 from tasks.base import home_queue
 from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
-from worker import backlog, tracing
+from worker import backlog, connection_loss, tracing
 from worker.settings import get_worker_settings
 
 log = logging.getLogger("worker.jobs")
@@ -105,6 +105,8 @@ def configure_logging(**_: Any) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    # A lost broker connection is one line per event, without tracebacks.
+    connection_loss.install()
     if settings.log_level != "DEBUG":
         # Celery logs "received" and "succeeded in ...: <result>" for every job; the job
         # outcome line below replaces both (one line per job), and its errors still show.

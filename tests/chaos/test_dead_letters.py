@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from kombu import Connection, Exchange, Producer
+from kombu import Connection, Producer
 
 from brokers import ALL_QUEUES, open_broker
 from ops.cli import cli
@@ -25,8 +25,8 @@ from tests.support.celery_worker import wait_for
 DELIVERY_LIMIT = 2
 
 
-def run_cli(deployment: Deployment, *args: str) -> Any:
-    return CliRunner().invoke(cli, list(args), env=deployment.env)
+def run_cli(deployment: Deployment, *args: str, **env: str) -> Any:
+    return CliRunner().invoke(cli, list(args), env={**deployment.env, **env})
 
 
 def records_of(deployment: Deployment, task: str) -> list[dict[str, str]]:
@@ -95,6 +95,15 @@ def test_a_job_that_keeps_killing_its_workers_is_parked_then_replayed(
         # client retry or timeout in between, so the upstream's count is the deliveries'.
         HTTP_READ_TIMEOUT="30",
     )
+    if broker_kind == "amqp":  # RabbitMQ's limit is the queue's policy: set it as an operator
+        applied = run_cli(
+            deployment,
+            "rabbitmq",
+            "apply-policy",
+            RABBITMQ_MANAGEMENT_URL=deployment.rabbit.management_url,  # type: ignore[union-attr]
+        )
+        assert applied.exit_code == 0, applied.output
+        assert "delivery-limit 2" in applied.stdout
     sandbox.inject("pokemon", "latency", seconds=60, times=None)  # every call hangs
     worker = deployment.start_worker(concurrency=1)  # it declares the queues
     job = deployment.producer.send_task(FETCH, args=["mew"])
@@ -152,11 +161,12 @@ def parked_count(deployment: Deployment) -> int:
 
 
 def publish_raw(deployment: Deployment, body: bytes, *, content_type: str) -> None:
-    """A message no Celery worker can decode, sent to the default queue's exchange."""
+    """A message no Celery worker can decode, sent to the default queue through AMQP's
+    default exchange (as celery-node sends)."""
     with Connection(deployment.env["CELERY_BROKER_URL"]) as connection:
         Producer(connection.channel()).publish(
             body,
-            exchange=Exchange("celery", type="topic", durable=True),
+            exchange="",
             routing_key="celery",
             content_type=content_type,
             content_encoding="binary",

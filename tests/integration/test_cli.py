@@ -231,8 +231,9 @@ def test_failures_replay_resends_and_removes_the_entry(run: Run, results: redis.
 
 
 def queue_table(output: str) -> dict[str, list[str]]:
-    """`apiworker queues` as {queue: [ready, unacked, dead]}, after its header line."""
-    header, *rows = output.splitlines()
+    """`apiworker queues` as {queue: [ready, unacked, dead]}, after its header line and
+    before the blank line that begins a RabbitMQ cluster's section."""
+    header, *rows = output.split("\n\n", 1)[0].splitlines()
     assert header.split() == ["queue", "ready", "unacked", "dead"]
     return {row.split()[0]: row.split()[1:] for row in rows}
 
@@ -280,6 +281,16 @@ def test_queues_on_rabbitmq_counts_ready_and_dead_and_asks_management_for_unacke
     )
     assert managed.exit_code == 0, managed.output
     assert [row[1] for row in queue_table(managed.stdout).values()] == ["0"] * 4
+    # The node, and each queue's leader, members and policy (a one-node "cluster").
+    node = rabbit_server.node.name if rabbit_server.node else ""
+    assert f"nodes: 1 nodes, 0 down: {node}" in managed.stdout, managed.stdout
+    # The API shows a new queue's policy at its next statistics sample.
+    wait_for(
+        lambda: f"cms: leader {node}; members {node}; policy apiworker-cms"
+        in run("queues", CELERY_BROKER_URL=idle,
+               RABBITMQ_MANAGEMENT_URL=rabbit_server.management_url).stdout,
+        timeout=10, what="the cms queue's leader, members and policy",
+    )  # fmt: skip
 
 
 def test_health_ok_with_the_worker_up(run: Run, results: redis.Redis, sandbox: Any) -> None:

@@ -147,3 +147,64 @@ def test_a_real_sentinel_accepts_the_profiles_configuration(
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+RABBIT_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+RABBIT_CONF = REPO_ROOT / "deploy" / "rabbitmq" / "rabbitmq.conf"
+
+
+def rabbit_header_environment() -> dict[str, str]:
+    """The variables the file's header tells an operator to set for the rabbitmq profile."""
+    header = COMPOSE_FILE.read_text().split("--profile rabbitmq", 1)[0].rsplit("\n#\n", 1)[1]
+    return {
+        name: value.strip("'")
+        for name, value in re.findall(r"((?:RABBITMQ|CELERY)_[A-Z_]+)=(\S+)", header)
+    }
+
+
+def test_the_rabbitmq_profile_is_a_cluster_of_three_nodes_sharing_one_cookie(
+    compose: dict[str, Any],
+) -> None:
+    """Three nodes, each under its own host name and volume, all given the same cookie
+    and the cluster's configuration, which lists the three of them."""
+    services = compose["services"]
+    nodes = [services[name] for name in RABBIT_NODES]
+    assert len({node["hostname"] for node in nodes}) == 3
+    assert len({node["volumes"][0] for node in nodes}) == 3
+    assert {node["environment"]["RABBITMQ_COOKIE"] for node in nodes} == {"${RABBITMQ_COOKIE:-}"}
+    for node in nodes:
+        assert ".erlang.cookie" in shell(node)
+        assert any(
+            str(volume).startswith("./deploy/rabbitmq/rabbitmq.conf:") for volume in node["volumes"]
+        )
+    conf = dict(
+        line.split(" = ", 1) for line in RABBIT_CONF.read_text().splitlines()
+        if line and not line.startswith("#")
+    )  # fmt: skip
+    assert conf["cluster_formation.peer_discovery_backend"] == "classic_config"
+    listed = {value for key, value in conf.items() if key.startswith("cluster_formation.classic")}
+    assert listed == {f"rabbit@{node['hostname']}" for node in nodes}
+
+
+def test_the_documented_rabbitmq_urls_name_every_node_and_policies_run_first(
+    compose: dict[str, Any],
+) -> None:
+    """The header's broker and management URLs list the three nodes (a failover list the
+    worker accepts); the policy service applies the policies before any worker starts."""
+    documented = rabbit_header_environment()
+    broker_urls = documented["CELERY_BROKER_URL"].split(";")
+    management_urls = documented["RABBITMQ_MANAGEMENT_URL"].split(";")
+    assert [url.split("@")[1].split(":")[0] for url in broker_urls] == list(RABBIT_NODES)
+    assert [url.split("@")[1].split(":")[0] for url in management_urls] == list(RABBIT_NODES)
+    assert {url.rsplit("/", 1)[1] for url in broker_urls} == {"apiworker"}
+    settings = WorkerSettings(
+        CELERY_BROKER_URL=documented["CELERY_BROKER_URL"], REDIS_URL="redis://redis:6379/0"
+    )
+    assert settings.broker_url == documented["CELERY_BROKER_URL"]
+    policy = compose["services"]["rabbitmq-policy"]
+    assert policy["command"] == ["apiworker", "rabbitmq", "apply-policy"]
+    assert policy["depends_on"]["rabbitmq-1"]["condition"] == "service_healthy"
+    for name in ("worker", "beat", "flower"):
+        assert compose["services"][name]["depends_on"]["rabbitmq-policy"]["condition"] == (
+            "service_completed_successfully"
+        )

@@ -215,7 +215,7 @@ def test_compose_file_describes_the_stack() -> None:
     """Valid for compose (when installed), and shaped as the README promises."""
     model = compose_model()
     services = model["services"]
-    assert {"redis", "worker", "beat", "flower", "sandbox", "rabbitmq"} <= set(services)
+    assert {"redis", "worker", "beat", "flower", "sandbox", "rabbitmq-1"} <= set(services)
     redis_service = services["redis"]
     assert redis_service["image"].startswith("redis:7")
     assert "--appendonly" in redis_service["command"]
@@ -235,32 +235,40 @@ def test_compose_file_describes_the_stack() -> None:
 
 
 def test_compose_rabbitmq_profile_is_the_broker_of_worker_and_beat_when_chosen() -> None:
-    """The rabbitmq service sits in its own profile; worker, beat and Flower take their
-    broker from CELERY_BROKER_URL (empty: Redis) and wait for RabbitMQ only when it runs;
-    it keeps its data on a volume and refuses to start without a password."""
+    """Three rabbitmq nodes sit in their own profile; worker, beat and Flower take their
+    broker from CELERY_BROKER_URL (empty: Redis) and wait for the queues' policies only
+    when the profile runs; each node keeps its data on a volume and refuses to start
+    without a password and the shared cookie."""
     model = compose_model()
-    rabbit = model["services"]["rabbitmq"]
-    assert rabbit["profiles"] == ["rabbitmq"]
-    assert rabbit["image"].startswith("rabbitmq:3")
-    assert "rabbitmq-data:/var/lib/rabbitmq" in rabbit["volumes"]
-    assert rabbit["environment"]["RABBITMQ_DEFAULT_VHOST"] == "apiworker"
-    assert all(port.startswith("127.0.0.1:") for port in rabbit["ports"])
-    assert "rabbitmq-diagnostics" in rabbit["healthcheck"]["test"]
+    nodes = [model["services"][f"rabbitmq-{n}"] for n in (1, 2, 3)]
+    for n, rabbit in enumerate(nodes, start=1):
+        assert rabbit["profiles"] == ["rabbitmq"]
+        assert rabbit["image"].startswith("rabbitmq:3")
+        assert rabbit["hostname"] == f"rabbitmq-{n}"
+        assert f"rabbitmq-{n}-data:/var/lib/rabbitmq" in rabbit["volumes"]
+        assert "rabbitmq-diagnostics" in rabbit["healthcheck"]["test"]
+        assert all(port.startswith("127.0.0.1:") for port in rabbit.get("ports", []))
     for name in ("worker", "beat", "flower"):
         service = model["services"][name]
         assert service["environment"]["CELERY_BROKER_URL"] == "${CELERY_BROKER_URL:-}"
-        assert service["depends_on"]["rabbitmq"] == {
-            "condition": "service_healthy",
+        assert service["depends_on"]["rabbitmq-policy"] == {
+            "condition": "service_completed_successfully",
             "required": False,
         }
     script = (
-        rabbit["command"][2].replace("$$", "$").replace("exec docker-entrypoint.sh", "exec true")
+        nodes[0]["command"][2].replace("$$", "$").replace("exec docker-entrypoint.sh", "exec true")
     )
     refused = subprocess.run(
         ["sh", "-c", script], env=clean_env(), capture_output=True, text=True, timeout=30
     )
     assert refused.returncode == 64
     assert "RABBITMQ_PASSWORD" in refused.stderr
+    no_cookie = subprocess.run(
+        ["sh", "-c", script], env=clean_env(RABBITMQ_DEFAULT_PASS="x"),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert no_cookie.returncode == 64
+    assert "RABBITMQ_COOKIE" in no_cookie.stderr
 
 
 def test_flower_service_refuses_to_start_without_basic_auth() -> None:

@@ -58,6 +58,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 
+from brokers.amqp import apply_policies
+from brokers.rabbitmq_api import ManagementApi
 from tests.support.redis_server import free_port
 
 RABBITMQCTL_TIMEOUT = 60
@@ -71,6 +73,8 @@ SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/sbin", "/usr/local/sbin")
 #: How often the management API refreshes queue figures (default 5 s): the CLI reads
 #: them from its API, and tests poll them.
 STATISTICS_INTERVAL_MS = 500
+#: The production default of BROKER_DELIVERY_LIMIT, set by each vhost's policies.
+DELIVERY_LIMIT = 5
 
 
 class RabbitUnavailable(RuntimeError):
@@ -183,13 +187,7 @@ class RabbitNode:
         meantime (the ports are only free when chosen) costs one new choice of ports.
         """
         for attempt in range(3):
-            log = (self.dir / "stdout.log").open("ab")
-            with log:
-                self.process = subprocess.Popen(
-                    [self.server_script], cwd=self.dir, env=self.env, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )  # fmt: skip
+            self.launch()
             try:
                 self.wait_ready(timeout)
                 return self
@@ -200,6 +198,18 @@ class RabbitNode:
                 self._choose_ports()
                 self._write_files()
         raise AssertionError("unreachable")
+
+    def launch(self) -> None:
+        """Start `rabbitmq-server` without waiting for it (several nodes boot at once).
+
+        From the main thread: the node gets SIGTERM when the thread that started it ends
+        (Linux's parent-death signal follows the thread)."""
+        with (self.dir / "stdout.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [self.server_script], cwd=self.dir, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -350,10 +360,12 @@ class RabbitServer:
     def user(self) -> str:
         return urlsplit(self.url).username or "guest"
 
-    def create_vhost(self) -> str:
-        """A new, empty vhost the suite's user may use; returns its AMQP URL."""
+    def create_vhost(self, *, delivery_limit: int = DELIVERY_LIMIT) -> str:
+        """A new, empty vhost the suite's user may use, set up as an operator sets one
+        up (`apiworker rabbitmq apply-policy`: default queue type quorum, the queues'
+        policies); returns its AMQP URL."""
         name = f"apiworker-test-{uuid.uuid4().hex[:10]}"
-        self._management("put", f"vhosts/{quote(name, safe='')}")
+        apply_policies(ManagementApi(self.management_url), name, delivery_limit)
         self._management(
             "put",
             f"permissions/{quote(name, safe='')}/{quote(self.user, safe='')}",

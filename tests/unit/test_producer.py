@@ -1,18 +1,31 @@
-"""The outside producer knows the worker's queues without importing the worker."""
+"""The outside producer is a stock Celery producer: no queue list, no routes."""
 
 from __future__ import annotations
 
-from brokers import DEFAULT_QUEUE, QUEUES
-from ops.producer import QUEUE_NAMES, producer_app
+from brokers import DEFAULT_QUEUE
+from brokers.amqp import amqp_queue
+from ops.producer import producer_app
 
 
-def test_the_producer_names_every_queue_the_worker_consumes() -> None:
-    assert set(QUEUE_NAMES) == {DEFAULT_QUEUE, *QUEUES}
-
-
-def test_on_rabbitmq_the_producer_declares_no_queue() -> None:
+def test_on_rabbitmq_the_producer_is_configured_as_celerys_docs_say() -> None:
+    """Quorum queues and publisher confirms, and nothing else: no queue list."""
     app = producer_app("amqp://guest:guest@127.0.0.1:5672/x", "redis://127.0.0.1:6379/15")
-    queues = app.conf.task_queues
-    assert {queue.name for queue in queues} == set(QUEUE_NAMES)
-    assert all(queue.no_declare for queue in queues)
-    assert all(queue.exchange.type == "topic" for queue in queues)
+    assert app.conf.task_default_queue_type == "quorum"
+    assert app.conf.broker_transport_options == {"confirm_publish": True}
+    assert app.conf.task_queues is None
+    assert app.conf.task_routes is None
+
+
+def test_the_producer_declares_the_default_queue_as_the_worker_does() -> None:
+    """Same name, durability and arguments: RabbitMQ accepts either declaration after
+    the other (the exchanges differ and both bindings coexist)."""
+    app = producer_app("amqp://guest:guest@127.0.0.1:5672/x", "redis://127.0.0.1:6379/15")
+    stock = app.amqp.queues[DEFAULT_QUEUE]
+    ours = amqp_queue(DEFAULT_QUEUE)
+    assert stock.queue_arguments == ours.queue_arguments == {"x-queue-type": "quorum"}
+    assert (stock.durable, stock.auto_delete, stock.exclusive) == (
+        ours.durable,
+        ours.auto_delete,
+        ours.exclusive,
+    )
+    assert stock.exchange.name != ours.exchange.name

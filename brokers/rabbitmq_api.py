@@ -1,0 +1,143 @@
+"""RabbitMQ's management API (HTTP), for what AMQP cannot tell or set.
+
+AMQP has no way to ask how many messages are delivered but unacknowledged, which nodes
+of a cluster are down, which nodes hold a quorum queue's replicas and which leads, nor to
+set a policy. The management API of any running node answers for the whole cluster, so
+`RABBITMQ_MANAGEMENT_URL` may name several nodes, separated by `;` (as a failover broker
+URL is) or `,`: each is tried in turn until one answers.
+
+https://www.rabbitmq.com/docs/management#http-api
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from brokers.base import BrokerError, ClusterView, NodeState, QueueReplicas
+from redisconn.settings import masked_url
+
+#: Seconds one node may take to answer before the next is asked.
+DEFAULT_TIMEOUT = 5.0
+
+
+def split_urls(urls: str) -> list[str]:
+    """The URLs of a `;`- or `,`-separated list, in order, blanks dropped."""
+    return [url.strip() for url in re.split(r"[;,]", urls) if url.strip()]
+
+
+class ManagementApi:
+    """The management API of a cluster, reached through the first node that answers."""
+
+    def __init__(self, urls: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._bases: list[tuple[str, tuple[str, str]]] = []
+        for url in split_urls(urls):
+            parts = urlsplit(url)
+            auth = (parts.username or "guest", parts.password or "guest")
+            host = parts.hostname or "localhost"
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            self._bases.append((f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}", auth))
+        if not self._bases:
+            raise BrokerError("RABBITMQ_MANAGEMENT_URL names no URL")
+        self.display_url = ";".join(masked_url(url) for url in split_urls(urls))
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """`method` on `/api/{path}` of the first node that answers; an HTTP error status
+        is returned as it is (the caller knows which ones it expects)."""
+        problems = []
+        for base, auth in self._bases:
+            try:
+                return requests.request(
+                    method, f"{base}/api/{path}", auth=auth, timeout=self.timeout, **kwargs
+                )
+            except requests.RequestException as exc:
+                problems.append(f"{urlsplit(base).netloc}: {type(exc).__name__}")
+        raise BrokerError(f"RabbitMQ management API: no node answered ({'; '.join(problems)})")
+
+    def get_json(self, path: str) -> Any:
+        answer = self.request("get", path)
+        if answer.status_code != 200:
+            raise BrokerError(f"RabbitMQ management API answered {answer.status_code} to {path}")
+        return answer.json()
+
+    # -- what the operator reads ---------------------------------------------------------
+
+    def queue(self, vhost: str, name: str) -> dict[str, Any] | None:
+        """The queue's figures and replicas; None when it was never declared."""
+        answer = self.request("get", f"queues/{_q(vhost)}/{_q(name)}")
+        if answer.status_code == 404:
+            return None
+        if answer.status_code != 200:
+            raise BrokerError(f"RabbitMQ management API answered {answer.status_code}")
+        found: dict[str, Any] = answer.json()
+        return found
+
+    def cluster(self, vhost: str, queues: Sequence[str]) -> ClusterView:
+        """Every node of the cluster (running or not), and each queue's replicas."""
+        nodes = tuple(
+            NodeState(str(node["name"]), bool(node.get("running")))
+            for node in self.get_json("nodes")
+        )
+        replicas = []
+        for name in queues:
+            found = self.queue(vhost, name) or {}
+            replicas.append(
+                QueueReplicas(
+                    name,
+                    members=tuple(found.get("members") or ()),
+                    online=tuple(found.get("online") or ()),
+                    leader=found.get("leader") or None,
+                    policy=found.get("policy") or None,
+                )
+            )
+        return ClusterView(nodes, tuple(replicas))
+
+    # -- what the operator sets ----------------------------------------------------------
+
+    def vhost(self, vhost: str) -> dict[str, Any] | None:
+        answer = self.request("get", f"vhosts/{_q(vhost)}")
+        if answer.status_code == 404:
+            return None
+        if answer.status_code != 200:
+            raise BrokerError(f"RabbitMQ management API answered {answer.status_code}")
+        found: dict[str, Any] = answer.json()
+        return found
+
+    def create_vhost(self, vhost: str, *, default_queue_type: str) -> None:
+        """A new vhost whose queues are `default_queue_type` unless declared otherwise.
+
+        RabbitMQ 3.10 sets a vhost's default queue type only when it is created.
+        """
+        body = {"defaultqueuetype": default_queue_type}
+        self._expect(self.request("put", f"vhosts/{_q(vhost)}", json=body), f"create {vhost}")
+        # The user who made it may use it (as `rabbitmqctl add_vhost` leaves to an admin).
+        user = self._bases[0][1][0]
+        rights = {"configure": ".*", "write": ".*", "read": ".*"}
+        self._expect(
+            self.request("put", f"permissions/{_q(vhost)}/{_q(user)}", json=rights),
+            f"grant {user} {vhost}",
+        )
+
+    def set_policy(self, vhost: str, name: str, body: dict[str, Any]) -> None:
+        self._expect(
+            self.request("put", f"policies/{_q(vhost)}/{_q(name)}", json=body),
+            f"set policy {name}",
+        )
+
+    def policies(self, vhost: str) -> dict[str, dict[str, Any]]:
+        return {policy["name"]: policy for policy in self.get_json(f"policies/{_q(vhost)}")}
+
+    @staticmethod
+    def _expect(answer: requests.Response, what: str) -> None:
+        if answer.status_code not in (200, 201, 204):
+            detail = answer.text[:200].strip()
+            raise BrokerError(f"RabbitMQ management API: {what}: {answer.status_code} {detail}")
+
+
+def _q(segment: str) -> str:
+    return quote(segment, safe="")

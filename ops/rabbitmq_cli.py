@@ -1,0 +1,114 @@
+"""The RabbitMQ side of `apiworker`: its policies, and its cluster as health and queues
+show it. Everything here goes through RabbitMQ's management API
+(`RABBITMQ_MANAGEMENT_URL`, one URL or one per node separated by `;`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from brokers import (
+    ALL_QUEUES,
+    MANAGEMENT_URL_ENV,
+    Broker,
+    BrokerError,
+    NotSupported,
+    broker_kind,
+)
+from brokers.amqp import apply_policies, queue_policies
+from brokers.base import ClusterView
+from brokers.rabbitmq_api import ManagementApi
+
+
+def cluster_view(broker: Broker, queues: Sequence[str] = ALL_QUEUES) -> ClusterView | None:
+    """The broker's cluster, or None when it has none or cannot tell (no management URL);
+    `BrokerError` when the management API does not answer."""
+    try:
+        return broker.cluster(queues)
+    except NotSupported:
+        return None
+
+
+def node_line(view: ClusterView) -> tuple[bool, str]:
+    """Whether every queue keeps a majority of its replicas online, and the nodes."""
+    down = view.down
+    names = ", ".join(f"{node.name}{'' if node.running else ' (DOWN)'}" for node in view.nodes)
+    detail = f"{len(view.nodes)} nodes, {len(down)} down: {names}"
+    return all(_has_majority(queue.members, queue.online) for queue in view.queues), detail
+
+
+def queue_lines(view: ClusterView) -> list[tuple[bool, str]]:
+    """Per queue: whether it can serve (a leader, a majority online, its policy), and its
+    leader and members, offline ones marked."""
+    lines = []
+    for queue in view.queues:
+        if not queue.members:
+            lines.append((True, f"{queue.name}: not declared yet"))
+            continue
+        members = " ".join(
+            member if member in queue.online else f"{member}(offline)" for member in queue.members
+        )
+        ok = queue.leader is not None and _has_majority(queue.members, queue.online)
+        policy = queue.policy or "NONE (no delivery limit or dead-lettering: apply-policy)"
+        lines.append(
+            (
+                ok and queue.policy is not None,
+                f"{queue.name}: leader {queue.leader or 'NONE'}; members {members}; "
+                f"policy {policy}",
+            )
+        )
+    return lines
+
+
+def _has_majority(members: Sequence[str], online: Sequence[str]) -> bool:
+    return not members or len(set(online) & set(members)) > len(members) // 2
+
+
+@click.group("rabbitmq")
+def rabbitmq() -> None:
+    """RabbitMQ's side of the queues: the policies that give them a delivery limit and
+    dead-lettering (through its management API, RABBITMQ_MANAGEMENT_URL)."""
+
+
+@rabbitmq.command("apply-policy")
+@click.option("--dry-run", is_flag=True, help="Print the policies; set nothing.")
+@click.pass_obj
+def apply_policy(services: Any, dry_run: bool) -> None:
+    """Set each queue's policy (delivery limit BROKER_DELIVERY_LIMIT, dead-lettering to
+    `{queue}.dead`, reject-publish overflow) on CELERY_BROKER_URL's vhost, creating the
+    vhost (default queue type quorum) when it is missing. Idempotent: run it at each
+    deploy, before the workers start.
+    """
+    settings = services.settings
+    if broker_kind(settings.broker_url) != "amqp":
+        raise click.UsageError("CELERY_BROKER_URL is not a RabbitMQ URL: nothing to apply")
+    broker = services.broker()
+    vhost = broker.vhost
+    limit = settings.broker_delivery_limit
+    if dry_run:
+        for name, body in queue_policies(limit).items():
+            click.echo(f"would set {name} on vhost {vhost}: {body}")
+        return
+    management = os.environ.get(MANAGEMENT_URL_ENV)
+    if not management:
+        raise click.UsageError(f"set {MANAGEMENT_URL_ENV} (the management API of any node)")
+    api = ManagementApi(management)
+    try:
+        applied = apply_policies(api, vhost, limit)
+        found = api.vhost(vhost) or {}
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for name in applied:
+        click.echo(f"set {name} on vhost {vhost} (delivery-limit {limit})")
+    default_type = found.get("default_queue_type") or "undefined"
+    if default_type != "quorum":
+        click.echo(
+            f"note: vhost {vhost}'s default queue type is {default_type}: a producer that "
+            "declares queues without x-queue-type (celery-node) is refused; RabbitMQ 3.10 "
+            "sets it only on a new vhost (docs/reliability.md, upgrading)",
+            err=True,
+        )
