@@ -41,9 +41,9 @@ from brokers import (
 from ops import trace_context
 from ops.processes import redacted
 from redisconn import RedisTarget
+from settings import WorkerSettings
 from tasks.keys import Keys
 from worker.app import app as project_app
-from worker.settings import WorkerSettings
 
 # The public contract: task name -> its parameters. Checked before sending, because a
 # job under a wrong name or with the wrong arguments would only fail on the worker.

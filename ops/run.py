@@ -37,7 +37,7 @@ from ops.processes import (
     start_private_redis,
     stop_children,
 )
-from worker.settings import get_worker_settings
+from settings import get_worker_settings
 
 RUN_DIR_ENV = "APIWORKER_RUN_DIR"
 # A stable port (the first free one) keeps the private Redis's URL the same between runs.

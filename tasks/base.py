@@ -28,10 +28,10 @@ from apis.config import get_settings
 from apis.errors import HeldBack, NotFound, RateLimited, UpstreamError
 from apis.redact import redact
 from brokers import ALL_QUEUES, broker_module
+from settings import get_worker_settings
 from tasks.errors import InvalidInput
 from tasks.runtime import get_runtime
 from tasks.single_flight import job_began_at
-from worker.settings import get_worker_settings
 
 log = logging.getLogger("tasks")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import shared_task
+
 from apis import CmsAPI, Validators, get_client
 from apis.cms import MAX_PAGE_SIZE
 from tasks import validation
@@ -13,7 +15,6 @@ from tasks.runtime import Runtime, get_runtime
 from tasks.single_flight import fetch_once
 from tasks.store import Fetched, Page, Unchanged, now
 from tasks.transforms import ArticleSummary, article_summary
-from worker.app import app
 
 KIND = "article"
 PAGE_SIZE = MAX_PAGE_SIZE
@@ -91,14 +92,14 @@ def _whole_article(client: CmsAPI, slug: str) -> Fetched:
     return Fetched(KIND, summary["slug"], summary, now(), payload.etag, payload.last_modified)
 
 
-@app.task(name="tasks.cms.sync_article", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.cms.sync_article", base=UpstreamTask, bind=True)
 def sync_article(self: UpstreamTask, slug: str) -> ArticleSummary:
     """Store `article:{slug}`; returns the same summary."""
     checked = validation.slug(slug)
     return sync_one(checked, self.request.id, runtime=get_runtime(), client=get_client(CmsAPI))
 
 
-@app.task(name="tasks.cms.sync_articles", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.cms.sync_articles", base=UpstreamTask, bind=True)
 def sync_articles(self: UpstreamTask) -> dict[str, Any]:
     """Store every article; returns how many were listed, written and revalidated."""
     return sync_every(self.request.id, runtime=get_runtime(), client=get_client(CmsAPI))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import shared_task
+
 from apis import Payload, PokeAPI, Validators, get_client
 from tasks import validation
 from tasks.base import UpstreamTask
@@ -12,7 +14,6 @@ from tasks.runtime import Runtime, get_runtime
 from tasks.single_flight import fetch_once
 from tasks.store import Fetched, Unchanged, now
 from tasks.transforms import PokemonSummary, pokemon_summary
-from worker.app import app
 
 KIND = "pokemon"
 
@@ -70,7 +71,7 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
     return value
 
 
-@app.task(name="tasks.pokemon.fetch_pokemon", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.pokemon.fetch_pokemon", base=UpstreamTask, bind=True)
 def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
     """Store `pokemon:{name}` = {id, name, image, height, weight}; returns the same."""
     ref = validation.pokemon_ref(name_or_id)
@@ -78,7 +79,7 @@ def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
 
 
 # Not part of the public contract: only refresh_catalog sends it.
-@app.task(name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True)
+@shared_task(name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True)
 def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
     """Internal to `refresh_catalog`: store many names in one job (see tasks.catalog)."""
     refs = validation.pokemon_batch(names)
@@ -94,7 +95,7 @@ def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
     return outcome.summary()
 
 
-@app.task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True)
 def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
     """Enqueue the configured names (or the whole index): in batches, or one job each."""
     settings = get_runtime().settings
@@ -104,7 +105,7 @@ def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
         names = [validation.pokemon_ref(name) for name in settings.pokemon_catalog]
     size = settings.catalog_batch_size
     jobs = 0
-    with app.producer_or_acquire() as producer:
+    with self.app.producer_or_acquire() as producer:
         if size:
             for start in range(0, len(names), size):
                 fetch_pokemon_batch.apply_async((names[start : start + size],), producer=producer)

@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from apis import reset_clients
+from settings import get_worker_settings, setting_names
 from tests.support.rabbitmq import RabbitNode, RabbitServer, RabbitUnavailable
 from tests.support.redis_server import RedisServer
-from worker.settings import get_worker_settings, setting_names
 
 pytest_plugins = ["tests.support.sandbox_fixtures"]
 

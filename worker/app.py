@@ -13,9 +13,9 @@ from apis.config import get_settings
 from apis.redact import register_secret
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
 from redisconn.settings import url_passwords
+from settings import get_worker_settings
 from worker import result_backend, tracing
 from worker.beat import beat_schedule
-from worker.settings import get_worker_settings
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
 

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -30,7 +30,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import redisconn
-from brokers import Broker, open_broker
+from apis import CmsAPI, PokeAPI, SemaphoreAPI
+from apis.breaker import state_keys
+from brokers import DEFAULT_QUEUE, QUEUES, Broker, open_broker
+from settings import get_worker_settings
+from tasks.keys import Keys
 
 log = logging.getLogger("worker.backlog")
 
@@ -154,14 +158,9 @@ class BacklogCollector(Collector):
         yield circuits
 
 
-def register(registry: CollectorRegistry) -> BacklogCollector:
-    """Build the collector from the worker's settings and add it to `registry`."""
-    from apis import CmsAPI, PokeAPI, SemaphoreAPI
-    from apis.breaker import state_keys
-    from tasks.keys import Keys
-    from worker.app import DEFAULT_QUEUE, QUEUES, app
-    from worker.settings import get_worker_settings
-
+def register(registry: CollectorRegistry, app: Any) -> BacklogCollector:
+    """Build the collector from the worker's settings and `app`'s broker options, and add
+    it to `registry`."""
     settings = get_worker_settings()
     prefix = settings.result_key_prefix
     collector = BacklogCollector(

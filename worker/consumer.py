@@ -26,9 +26,9 @@ from celery.worker.consumer import Consumer
 from apis.redact import redact
 from brokers import broker_module, dead_letter_queue, redis_transport
 from brokers.redis import parked_message
+from settings import get_worker_settings
 from tasks.base import FAILURES_RECORDED, failure_record
 from tasks.runtime import get_runtime
-from worker.settings import get_worker_settings
 
 log = logging.getLogger("worker.consumer")
 

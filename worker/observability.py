@@ -34,10 +34,10 @@ from prometheus_client import (
 from pythonjsonlogger.json import JsonFormatter
 
 from apis.redact import redact
+from settings import get_worker_settings
 from tasks.base import home_queue
 from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
 from worker import backlog, tracing
-from worker.settings import get_worker_settings
 
 log = logging.getLogger("worker.jobs")
 
@@ -156,7 +156,7 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
 
 
 @worker_init.connect
-def _serve_metrics(**_: Any) -> None:
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
     port = get_worker_settings().metrics_port
     if not port:
         return
@@ -165,7 +165,7 @@ def _serve_metrics(**_: Any) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     # Queue depths, the failure stream and open circuits, read from Redis on scrape.
-    backlog.register(registry or REGISTRY)
+    backlog.register(registry or REGISTRY, sender.app)
     try:
         if registry is None:
             start_http_server(port)

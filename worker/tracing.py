@@ -44,6 +44,7 @@ from celery.signals import (
 )
 
 from apis import tracing as api_tracing
+from tasks.base import UpstreamTask, deferrals_of
 
 log = logging.getLogger("worker.tracing")
 
@@ -80,13 +81,15 @@ def start(environ: Mapping[str, str] = os.environ) -> bool:
     from opentelemetry import trace
     from opentelemetry.distro import OpenTelemetryConfigurator
 
-    from tasks.base import UpstreamTask
+    # Only with the tracing extra installed: the spans module imports opentelemetry.
     from worker.celery_spans import CelerySpans
 
     # The distro ships no annotations.
     OpenTelemetryConfigurator().configure()  # type: ignore[no-untyped-call]
     provider = trace.get_tracer_provider()
-    spans = CelerySpans(provider.get_tracer(api_tracing.TRACER_NAME), UpstreamTask.throws)
+    spans = CelerySpans(
+        provider.get_tracer(api_tracing.TRACER_NAME), UpstreamTask.throws, deferrals_of
+    )
     # After the job log's own handlers (worker/observability.py), so the outcome line is
     # still logged inside the job span.
     task_prerun.connect(spans.job_started, weak=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from worker.settings import setting_names
+from settings import setting_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ops.cli import PUBLIC_TASKS
-from worker.settings import setting_names
+from settings import setting_names
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 SETTINGS = sorted(setting_names())
