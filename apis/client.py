@@ -32,14 +32,15 @@ import orjson
 import urllib3
 from urllib3 import exceptions as urllib3_errors
 
-from apis import errors, metrics, tracing
+from apis import errors
 from apis.breaker import CircuitBreaker
 from apis.conditional import Validators, freshness_lifetime, sent_validators, with_validators
 from apis.config import ApiSettings, UpstreamConfig
 from apis.inflate import Inflater
 from apis.ratelimit import RateLimiter
-from apis.redact import excerpt, redact, register_secret
 from apis.retry import Sleep, build_retrying
+from telemetry import metrics, tracing
+from telemetry.redact import excerpt, redact, register_secret
 
 log = logging.getLogger("apis")
 

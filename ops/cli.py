@@ -28,7 +28,6 @@ from redis.retry import Retry
 import redisconn
 from apis import ApiClient, ApiSettings, CmsAPI, PokeAPI, SemaphoreAPI
 from apis.config import RetryPolicy
-from apis.redact import redact
 from brokers import (
     ALL_QUEUES,
     Broker,
@@ -38,11 +37,12 @@ from brokers import (
     broker_module,
     open_broker,
 )
-from ops import trace_context
 from ops.processes import redacted
 from redisconn import RedisTarget
 from settings import WorkerSettings
 from tasks.keys import Keys
+from telemetry import trace_context
+from telemetry.redact import redact
 from worker.app import app as project_app
 
 # The public contract: task name -> its parameters. Checked before sending, because a

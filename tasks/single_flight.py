@@ -29,28 +29,17 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
-
-from apis import tracing
 from apis.conditional import Validators
 from apis.errors import HeldBack
 from tasks.outcome import note_revalidation
 from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, now
+from telemetry import tracing
+from telemetry.metrics import FRESHNESS_HITS, SINGLE_FLIGHT_WAITS
 
 log = logging.getLogger("tasks.single_flight")
 
 POLL_SECONDS = 0.02
 
-FRESHNESS_HITS = Counter(
-    "apiworker_freshness_hits",
-    "Jobs answered from a stored result younger than the freshness window.",
-    ["kind"],
-)
-SINGLE_FLIGHT_WAITS = Counter(
-    "apiworker_single_flight_waits",
-    "Jobs that waited for another job fetching the same key.",
-    ["kind"],
-)
 
 #: When the current job first ran (epoch seconds): a deferred job that comes back keeps
 #: it, so a result another job stored meanwhile still counts as fresh for it.

@@ -23,10 +23,10 @@ import orjson
 import redis
 from redis.commands.core import Script
 
-from apis import tracing
 from apis.conditional import Validators
 from tasks.keys import Keys
 from tasks.outcome import note_result_key
+from telemetry import tracing
 
 # KEYS: value, meta, events stream, alias hash, single-flight lock
 # ARGV: value, fetched_at_ms, stream maxlen, kind, ident, task_id, alias field ('' for

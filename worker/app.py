@@ -10,11 +10,12 @@ from celery import Celery
 from pydantic import ValidationError
 
 from apis.config import get_settings
-from apis.redact import register_secret
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
 from redisconn.settings import url_passwords
 from settings import get_worker_settings
-from worker import result_backend, tracing
+from telemetry import otel
+from telemetry.redact import register_secret
+from worker import result_backend
 from worker.beat import beat_schedule
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -34,7 +35,7 @@ if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
     )
 
 # Traces asked for by OTEL_* variables need the tracing extra: say so now, not at a job.
-tracing.check_installed()
+otel.check_installed()
 
 broker = broker_module(settings.broker_url)
 broker_conf = broker.celery_conf(settings)

@@ -1,6 +1,7 @@
 """Celery's side of a trace: a CONSUMER span per job execution, a PRODUCER span per job sent.
 
-Connected to Celery's signals by worker/tracing.py only when tracing is on.
+Connected to Celery's signals by telemetry/otel.py (started by worker/observability.py)
+only when tracing is on.
 
 - `task_prerun` extracts the W3C context (`traceparent`, `tracestate`) from the message
   headers (Celery exposes them as attributes of `task.request`), starts `run/<task>` as
