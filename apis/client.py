@@ -98,6 +98,11 @@ class ApiClient:
         """This upstream's entry of configuration; every subclass defines it."""
         raise NotImplementedError
 
+    def probe(self) -> object:
+        """One cheap call that proves the upstream answers (`apiworker health`); every
+        subclass defines it."""
+        raise NotImplementedError
+
     @classmethod
     def from_settings(cls, settings: ApiSettings) -> ApiClient:
         return cls(cls.configure(settings))

@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import redisconn
-from apis import ApiClient, ApiSettings, CmsAPI, PokeAPI, SemaphoreAPI
+from apis import ApiClient, ApiSettings, client_classes
 from apis.config import RetryPolicy
 from brokers import (
     ALL_QUEUES,
@@ -732,10 +732,9 @@ def ping_workers(services: Services, timeout: float) -> Check:
 
 
 # One cheap GET per upstream, through the API layer so auth and errors are the worker's.
+# Each client names its own (`ApiClient.probe`); the upstreams are the registry's.
 PROBES: Mapping[type[ApiClient], Callable[[Any], object]] = {
-    PokeAPI: lambda client: client.list_pokemon(limit=1),
-    CmsAPI: lambda client: client.get_articles(limit=1),
-    SemaphoreAPI: lambda client: client.list_projects(),
+    cls: cls.probe for cls in client_classes()
 }
 
 

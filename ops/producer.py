@@ -12,8 +12,11 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports them untyped
 
-# The worker's queues by name, as a producer outside the project knows them.
-QUEUE_NAMES = ("celery", "pokeapi", "cms", "semaphore")
+from brokers import DEFAULT_QUEUE, QUEUES
+
+# The worker's queues by name (the default queue, one per upstream of the registry), as a
+# producer outside the project knows them.
+QUEUE_NAMES = (DEFAULT_QUEUE, *QUEUES)
 
 
 def producer_app(broker_url: str, backend_url: str, name: str = "producer") -> Celery:

@@ -15,6 +15,7 @@ from redisconn.settings import url_passwords
 from settings import get_worker_settings
 from telemetry import otel
 from telemetry.redact import register_secret
+from upstreams import all_upstreams
 from worker import result_backend
 from worker.beat import beat_schedule
 
@@ -62,7 +63,8 @@ transport_options = {
     },
 }
 
-app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
+# The task modules of every upstream in the registry (upstreams/).
+app = Celery("worker", include=[upstream.tasks for upstream in all_upstreams()])
 # Each result stored in one Redis round trip, Celery's key, value and message unchanged.
 app.backend_cls = result_backend.backend_class(settings.result_backend)
 app.conf.update(
@@ -112,11 +114,7 @@ app.conf.update(
     # The queues themselves (and the transport options) depend on the broker: see
     # brokers/. CFG#task-queues, CFG#task-routes
     task_default_queue=DEFAULT_QUEUE,
-    task_routes={
-        "tasks.pokemon.*": {"queue": "pokeapi", "routing_key": "pokeapi"},
-        "tasks.cms.*": {"queue": "cms", "routing_key": "cms"},
-        "tasks.semaphore.*": {"queue": "semaphore", "routing_key": "semaphore"},
-    },
+    task_routes=dict(upstream.route for upstream in all_upstreams()),
     worker_hijack_root_logger=False,
     # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat
     # instance waits instead of double-scheduling. https://redbeat.readthedocs.io/

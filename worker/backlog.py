@@ -11,12 +11,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import redisconn
-from apis import CmsAPI, PokeAPI, SemaphoreAPI
 from apis.breaker import state_keys
 from brokers import DEFAULT_QUEUE, QUEUES, Broker, open_broker
 from settings import get_worker_settings
 from tasks.keys import Keys
 from telemetry.backlog import BacklogCollector, QueueDepthReader
+from upstreams import all_upstreams
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ def register(registry: CollectorRegistry, app: Any) -> BacklogCollector:
         ),
         failures_key=Keys(prefix).failures,
         circuit_keys={
-            api.service: state_keys(prefix, api.service)[0]
-            for api in (PokeAPI, CmsAPI, SemaphoreAPI)
+            upstream.name: state_keys(prefix, upstream.name)[0]
+            for upstream in all_upstreams()
+            if upstream.breaker
         },
     )
     registry.register(collector)

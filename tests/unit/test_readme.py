@@ -8,6 +8,7 @@ import pytest
 
 from ops.cli import PUBLIC_TASKS
 from settings import setting_names
+from upstreams import BUILT_IN
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 SETTINGS = sorted(setting_names())
@@ -29,3 +30,15 @@ def test_the_two_commands_are_named() -> None:
     """Clone to running worker and green suite with two commands."""
     assert "make run" in README
     assert "make test" in README
+
+
+def test_the_table_of_upstreams_is_the_registry() -> None:
+    """The README's table of upstreams lists the registry's entries, as they are."""
+    expected = [
+        f"| {u.description} | `{u.client}` | `{u.tasks}` | `{u.queue}` | "
+        f"`{u.base_url_setting}` | `{u.rate_limit_setting}` | {'yes' if u.breaker else 'no'} |"
+        for u in BUILT_IN
+    ]
+    start = README.index("| upstream | client | tasks | queue |")
+    rows = README[start:].split("\n\n", 1)[0].splitlines()[2:]
+    assert rows == expected
