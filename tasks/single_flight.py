@@ -19,24 +19,19 @@ writing it again. Waiters see that as a fresh result, exactly like a write.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 from apis.conditional import Validators
 from apis.errors import HeldBack
+from tasks.lease import LEASES
 from tasks.outcome import note_revalidation
 from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, now
 from telemetry import tracing
 from telemetry.metrics import FRESHNESS_HITS, SINGLE_FLIGHT_WAITS
-
-log = logging.getLogger("tasks.single_flight")
 
 POLL_SECONDS = 0.02
 
@@ -55,93 +50,6 @@ class SingleFlightBusy(HeldBack):
 
     jitter_fraction = 0.1
     jitter_floor = 0.1
-
-
-@dataclass
-class _Lease:
-    store: ResultStore
-    token: str
-    ttl: float
-    due: float  # monotonic time of its next renewal: a third of the lease after the last
-
-
-class LeaseKeeper:
-    """Renews this process's single-flight leases while their fetches run.
-
-    One daemon thread for the whole process. A lease is renewed once a third of it has
-    passed since it was taken or last renewed, so a fetch shorter than that (nearly
-    all of them) costs no renewal at all; the leases due together go in one round trip.
-    A lease that was lost (Redis lost it, or it ran out while this process stalled) is
-    dropped, never taken back: another job may hold it by then.
-    """
-
-    def __init__(self) -> None:
-        self._held: dict[str, _Lease] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._next_wake = float("inf")
-        self._thread: threading.Thread | None = None
-
-    @contextmanager
-    def holding(self, store: ResultStore, key: str, token: str, ttl: float) -> Iterator[None]:
-        due = time.monotonic() + ttl / 3
-        with self._lock:
-            self._held[key] = _Lease(store, token, ttl, due)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="single-flight-leases", daemon=True
-                )
-                self._thread.start()
-            wake = due < self._next_wake  # only a lease due before the thread wakes
-        if wake:
-            self._wake.set()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(key, None)
-
-    def _run(self) -> None:
-        while True:
-            now = time.monotonic()
-            with self._lock:
-                due = {key: lease for key, lease in self._held.items() if lease.due <= now}
-            if due:
-                self._renew(due)
-            with self._lock:
-                self._next_wake = min(
-                    (lease.due for lease in self._held.values()), default=now + 1.0
-                )
-                self._wake.clear()
-                interval = max(0.0, self._next_wake - time.monotonic())
-            self._wake.wait(interval)
-
-    def _renew(self, due: dict[str, _Lease]) -> None:
-        by_store: dict[int, tuple[ResultStore, float, dict[str, str]]] = {}
-        for key, lease in due.items():
-            entry = by_store.setdefault(id(lease.store), (lease.store, lease.ttl, {}))
-            entry[2][key] = lease.token
-        for store, ttl, leases in by_store.values():
-            renewed_at = time.monotonic()
-            try:
-                lost = set(store.renew(leases, ttl))
-            except Exception as exc:  # Redis away: the fetches go on, leases may lapse
-                log.warning("single-flight leases not renewed: %s", type(exc).__name__)
-                lost = set()
-            with self._lock:
-                for key, token in leases.items():
-                    current = self._held.get(key)
-                    if current is None or current.token != token:
-                        continue  # released meanwhile, or a new holder's lease
-                    if key in lost:
-                        self._held.pop(key)
-                    else:
-                        # Retried after a third of a lease whether renewed or not: an
-                        # unrenewed lease still has two thirds left to get through.
-                        current.due = renewed_at + ttl / 3
-
-
-LEASES = LeaseKeeper()
 
 
 Fetch = Callable[[Validators | None], Fetched | Unchanged]
@@ -194,11 +102,11 @@ def fetch_once(
             )
         time.sleep(POLL_SECONDS)
     lock = (store.keys.lock(kind, ident), token)
-    with LEASES.holding(store, lock[0], token, lock_seconds):
+    with LEASES.holding(store.leases, lock[0], token, lock_seconds):
         try:
             return _fetch_and_write(store, fetch, claim.validators, task_id, lock)
         except BaseException:
-            store.release(*lock)
+            store.leases.release(*lock)
             raise
 
 
