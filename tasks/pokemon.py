@@ -6,16 +6,25 @@ from typing import Any
 
 from celery import shared_task
 
-from apis import Payload, PokeAPI, Validators, get_client
+from apis import PokeAPI, get_client
 from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.catalog import refresh_batch
 from tasks.runtime import Runtime, get_runtime
-from tasks.single_flight import fetch_once
-from tasks.store import Fetched, Unchanged, now
+from tasks.single_flight import FetchOnceJob
 from tasks.transforms import PokemonSummary, pokemon_summary
 
 KIND = "pokemon"
+
+
+#: `pokemon:{name}`: a Pokémon by its canonical name, found by its id too.
+POKEMON = FetchOnceJob(
+    kind=KIND,
+    get=PokeAPI.get_pokemon,
+    transform=pokemon_summary,
+    ident_of=lambda summary: summary["name"],
+    alias_of=lambda summary: str(summary["id"]),
+)
 
 
 def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI) -> PokemonSummary:
@@ -27,48 +36,12 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
     """
     store = runtime.store
     name = store.pokemon_name_for_id(ref) if ref.isdigit() else ref
-
-    def stored(payload: Payload) -> Fetched:
-        summary = pokemon_summary(payload.data)
-        return Fetched(
-            kind=KIND,
-            ident=summary["name"],
-            value=summary,
-            fetched_at=now(),
-            etag=payload.etag,
-            last_modified=payload.last_modified,
-            alias=str(summary["id"]),
-            max_age=payload.max_age,
-        )
-
     if name is None:  # an id not seen before: its key is known only after the fetch
-        result = stored(client.get_pokemon(ref))
+        result = POKEMON.stored(ref, client.get_pokemon(ref))
         store.write(result, task_id)
         summary: PokemonSummary = result.value
         return summary
-    known: str = name
-
-    def fetch(validators: Validators | None) -> Fetched | Unchanged:
-        payload = client.get_pokemon(known, validators=validators)
-        if payload.not_modified:
-            return Unchanged(
-                KIND, known, now(), payload.etag, payload.last_modified, payload.max_age
-            )
-        return stored(payload)
-
-    settings = runtime.settings
-    value: PokemonSummary = fetch_once(
-        store,
-        KIND,
-        name,
-        fetch,
-        task_id=task_id,
-        max_age=settings.freshness_max_age,
-        lock_seconds=settings.single_flight_lock_seconds,
-        wait_seconds=settings.single_flight_wait_seconds,
-        upstream_max_age=settings.upstream_max_age,
-    )
-    return value
+    return POKEMON.run(client, name, task_id, runtime=runtime)
 
 
 @shared_task(name="tasks.pokemon.fetch_pokemon", base=UpstreamTask, bind=True)

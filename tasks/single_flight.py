@@ -23,12 +23,16 @@ import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, TypeVar
 
+from apis.client import Payload
 from apis.conditional import Validators
 from apis.errors import HeldBack
 from tasks.lease import LEASES
 from tasks.outcome import note_revalidation
+from tasks.runtime import Runtime
 from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, now
 from telemetry import tracing
 from telemetry.metrics import FRESHNESS_HITS, SINGLE_FLIGHT_WAITS
@@ -135,3 +139,63 @@ def _whole(result: Fetched | Unchanged) -> Fetched:
     if isinstance(result, Unchanged):
         raise TypeError("an unconditional fetch was answered 'unchanged'")
     return result
+
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class FetchOnceJob(Generic[V]):
+    """A fetch-once job, declared: the kind it stores, the client call that fetches one
+    ident (conditionally), how the upstream body becomes the stored value and under which
+    ident it is stored. `run` does the rest: freshness, the lease, the conditional fetch,
+    the write or revalidation (`fetch_once`)."""
+
+    kind: str
+    #: The client method that fetches one ident: `(client, ident, validators=...)`.
+    get: Callable[..., Payload]
+    #: The stored value, a pure function of the upstream body (tasks/transforms.py).
+    transform: Callable[[Any], V]
+    #: The ident it is stored under, when the upstream's own differs from the one asked.
+    ident_of: Callable[[V], str] | None = None
+    #: Another ident that finds it (kept in the store's alias index).
+    alias_of: Callable[[V], str] | None = None
+
+    def stored(self, ident: str, payload: Payload) -> Fetched:
+        """The result to store from a whole answer for `ident`."""
+        value = self.transform(payload.data)
+        return Fetched(
+            kind=self.kind,
+            ident=self.ident_of(value) if self.ident_of is not None else ident,
+            value=value,
+            fetched_at=now(),
+            etag=payload.etag,
+            last_modified=payload.last_modified,
+            alias=self.alias_of(value) if self.alias_of is not None else None,
+            max_age=payload.max_age,
+        )
+
+    def fetch(self, client: Any, ident: str, validators: Validators | None) -> Fetched | Unchanged:
+        """Fetch `ident` (conditionally with `validators`): a new result, or `Unchanged`."""
+        payload = self.get(client, ident, validators=validators)
+        if payload.not_modified:
+            return Unchanged(
+                self.kind, ident, now(), payload.etag, payload.last_modified, payload.max_age
+            )
+        return self.stored(ident, payload)
+
+    def run(self, client: Any, ident: str, task_id: str, *, runtime: Runtime) -> V:
+        """A fresh value of `ident`: stored, or fetched once however many jobs ask."""
+        settings = runtime.settings
+        value: V = fetch_once(
+            runtime.store,
+            self.kind,
+            ident,
+            partial(self.fetch, client, ident),
+            task_id=task_id,
+            max_age=settings.freshness_max_age,
+            lock_seconds=settings.single_flight_lock_seconds,
+            wait_seconds=settings.single_flight_wait_seconds,
+            upstream_max_age=settings.upstream_max_age,
+        )
+        return value
