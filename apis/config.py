@@ -149,8 +149,6 @@ class ApiSettings(RedisSettings):
     http_retry_backoff_max: float = Field(RetryPolicy.backoff_max, ge=0)
     http_retry_after_cap: float = Field(RetryPolicy.retry_after_cap, ge=0)
 
-    result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
-
     circuit_failure_threshold: int = Field(5, ge=0, le=1000)
     circuit_window_seconds: float = Field(CircuitPolicy.window_seconds, gt=0, le=3600)
     circuit_cooldown_seconds: float = Field(CircuitPolicy.cooldown_seconds, gt=0, le=600)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from celery import Celery
 from pydantic import ValidationError
 
-from apis.config import get_settings
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
 from redisconn.settings import url_passwords
-from settings import get_worker_settings
+from settings import get_settings
 from telemetry import otel
 from telemetry.redact import register_secret
 from upstreams import all_upstreams
@@ -22,18 +21,11 @@ from worker.beat import beat_schedule
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
 
 try:
-    # Validate every setting (the worker's and the API layer's) before taking a job.
-    settings = get_worker_settings()
-    upstream_settings = get_settings()
+    # Validate the whole settings tree (settings/: Redis, the API layer, the worker)
+    # before taking a job.
+    settings = get_settings().worker
 except ValidationError as exc:
     raise SystemExit(f"api-layer-worker: invalid configuration\n{exc}") from None
-if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
-    raise SystemExit(
-        "api-layer-worker: invalid configuration\nTASK_SOFT_TIME_LIMIT "
-        f"({settings.task_soft_time_limit:g}s) must exceed the longest upstream call "
-        f"({upstream_settings.worst_case_call_seconds:g}s: HTTP_RETRY_MAX_SECONDS + "
-        "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
-    )
 
 # Traces asked for by OTEL_* variables need the tracing extra: say so now, not at a job.
 otel.check_installed()

@@ -42,3 +42,16 @@ def test_the_table_of_upstreams_is_the_registry() -> None:
     start = README.index("| upstream | client | tasks | queue |")
     rows = README[start:].split("\n\n", 1)[0].splitlines()[2:]
     assert rows == expected
+
+
+def test_the_settings_tables_are_the_settings_tree() -> None:
+    """The tables under "Settings" list every variable of the settings tree, and only
+    those: a renamed or removed setting cannot linger in the README."""
+    start = README.index("\n## Settings\n")
+    section = README[start : README.index("\n## ", start + 1)]
+    documented = {
+        line.split("|")[1].strip().strip("`")
+        for line in section.splitlines()
+        if line.startswith("| `") and line.split("|")[1].strip().strip("`").isupper()
+    }
+    assert documented == setting_names()
