@@ -312,7 +312,7 @@ class ResultStore:
         return list(pipe.execute(raise_on_error=False))
 
     def _span(self, name: str, key: str | None, count: int) -> Any:
-        """The write's span when tracing is on (apis.tracing), else a no-op context."""
+        """The write's span when tracing is on (telemetry.tracing), else a no-op context."""
         if not tracing.enabled():
             return tracing.NO_SPAN
         attributes: dict[str, Any] = {"apiworker.results.count": count}
