@@ -9,6 +9,7 @@ so a command always talks to the Redis it was pointed at.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Mapping
@@ -32,18 +33,31 @@ from ops.processes import redacted
 from redisconn import RedisTarget
 from settings import WorkerSettings
 from tasks.keys import Keys
+from upstreams import all_upstreams
 from worker.app import app as project_app
 
-# The public contract: task name -> its parameters. Checked before sending, because a
-# job under a wrong name or with the wrong arguments would only fail on the worker.
-PUBLIC_TASKS: Mapping[str, tuple[str, ...]] = {
-    "tasks.pokemon.fetch_pokemon": ("name_or_id",),
-    "tasks.pokemon.refresh_catalog": (),
-    "tasks.cms.sync_article": ("slug",),
-    "tasks.cms.sync_articles": (),
-    "tasks.semaphore.sync_pipelines": ("project_id",),
-    "tasks.semaphore.sync_all_projects": (),
-}
+
+def public_tasks() -> dict[str, tuple[str, ...]]:
+    """The public contract, task name -> its parameters: every task of a registered
+    upstream's task module that is not internal, from Celery's own registry (`app.tasks`),
+    in the upstream registry's order. Checked before sending, because a job under a wrong
+    name or with the wrong arguments would only fail on the worker."""
+    project_app.loader.import_default_modules()
+    found: dict[str, tuple[str, ...]] = {}
+    for upstream in all_upstreams():
+        tasks = [
+            (name, task)
+            for name, task in project_app.tasks.items()
+            if task.__module__ == upstream.tasks and not getattr(task, "internal", False)
+        ]
+        # In the order they are defined in their module.
+        for name, task in sorted(tasks, key=lambda item: item[1].run.__code__.co_firstlineno):
+            # A bound task's `run` has its `self` bound already.
+            found[name] = tuple(inspect.signature(task.run).parameters)
+    return found
+
+
+PUBLIC_TASKS: Mapping[str, tuple[str, ...]] = public_tasks()
 
 # What a sender must share with the worker for a job to be routed and decoded as the
 # worker expects; the connection URLs are deliberately not among them.

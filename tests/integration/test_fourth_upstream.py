@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,6 +138,17 @@ def test_a_fourth_upstream_added_from_outside_runs_a_job_on_its_own_queue(
         wait_for(lambda: "task=weather_tasks.fetch_forecast" in worker.log(), timeout=10,
                  what="the job's outcome line")  # fmt: skip
         assert "queue=weather" in worker.log()
+        # The operator CLI knows the new task (the public tasks of every registered
+        # upstream) and routes it to the upstream's queue, as the worker's routes say.
+        sent = subprocess.run(
+            [sys.executable, "-m", "ops.cli", "enqueue", "weather_tasks.fetch_forecast", "bergen",
+             "--wait"],
+            env=env,
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        assert json.loads(sent.stdout.splitlines()[-1]) == {"city": "bergen", "celsius": 7}
+        assert worker.log().count("queue=weather") == 2
     finally:
         worker.stop()
         producer.close()
