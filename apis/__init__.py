@@ -9,7 +9,7 @@ from apis.cms import CmsAPI
 from apis.conditional import Validators
 from apis.config import ApiSettings, get_settings
 from apis.pokeapi import PokeAPI
-from apis.registry import get_client, reset_clients
+from apis.registry import client_class, client_classes, get_client, reset_clients
 from apis.semaphore import SemaphoreAPI
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "PokeAPI",
     "SemaphoreAPI",
     "Validators",
+    "client_class",
+    "client_classes",
     "get_client",
     "get_settings",
     "reset_clients",

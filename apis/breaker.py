@@ -45,29 +45,20 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
-from prometheus_client import Counter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import redisconn
-from apis import errors, tracing
+from apis import errors
 from apis.config import UpstreamConfig
 from redisconn.settings import RedisTarget
+from telemetry import tracing
+from telemetry.metrics import CIRCUIT_REJECTIONS, CIRCUIT_TRANSITIONS
 
 log = logging.getLogger("apis.breaker")
 
 T = TypeVar("T")
 
-CIRCUIT_TRANSITIONS = Counter(
-    "apiworker_circuit_transitions",
-    "Circuit breaker state changes caused by this process, by service and new state.",
-    ["service", "state"],
-)
-CIRCUIT_REJECTIONS = Counter(
-    "apiworker_circuit_rejections",
-    "Calls refused without a request because the circuit was open, by service.",
-    ["service"],
-)
 
 # A tripped circuit is forgotten after this long without a probe (nobody called the
 # upstream for a day): the next call then starts from closed.

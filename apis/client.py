@@ -32,14 +32,15 @@ import orjson
 import urllib3
 from urllib3 import exceptions as urllib3_errors
 
-from apis import errors, metrics, tracing
+from apis import errors
 from apis.breaker import CircuitBreaker
 from apis.conditional import Validators, freshness_lifetime, sent_validators, with_validators
 from apis.config import ApiSettings, UpstreamConfig
 from apis.inflate import Inflater
 from apis.ratelimit import RateLimiter
-from apis.redact import excerpt, redact, register_secret
 from apis.retry import Sleep, build_retrying
+from telemetry import metrics, tracing
+from telemetry.redact import excerpt, redact, register_secret
 
 log = logging.getLogger("apis")
 
@@ -95,6 +96,11 @@ class ApiClient:
     @classmethod
     def configure(cls, settings: ApiSettings) -> UpstreamConfig:
         """This upstream's entry of configuration; every subclass defines it."""
+        raise NotImplementedError
+
+    def probe(self) -> object:
+        """One cheap call that proves the upstream answers (`apiworker health`); every
+        subclass defines it."""
         raise NotImplementedError
 
     @classmethod

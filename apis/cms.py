@@ -23,6 +23,9 @@ class CmsAPI(ApiClient):
             cls.service, base_url=settings.cms_base_url, base_url_setting="CMS_BASE_URL"
         )
 
+    def probe(self) -> object:
+        return self.get_articles(limit=1)
+
     def get(self, slug: str, *, validators: Validators | None = None) -> Payload:
         """One article by its slug (the seed's `CmsAPI.get`); may be `not_modified`."""
         path = f"/article/{segment(slug, name='slug', service=self.service)}"

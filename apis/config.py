@@ -8,6 +8,7 @@ calls that need it fail, with `NotConfigured`, before any request is sent.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import SettingsConfigDict
 
 from redisconn.settings import RedisSettings, RedisTarget
+from upstreams import all_upstreams
 
 PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker)"
 SEMAPHORE_USER_AGENT = "SemaphoreCI v2.0 Client"
@@ -147,8 +149,6 @@ class ApiSettings(RedisSettings):
     http_retry_backoff_max: float = Field(RetryPolicy.backoff_max, ge=0)
     http_retry_after_cap: float = Field(RetryPolicy.retry_after_cap, ge=0)
 
-    result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
-
     circuit_failure_threshold: int = Field(5, ge=0, le=1000)
     circuit_window_seconds: float = Field(CircuitPolicy.window_seconds, gt=0, le=3600)
     circuit_cooldown_seconds: float = Field(CircuitPolicy.cooldown_seconds, gt=0, le=600)
@@ -230,13 +230,23 @@ class ApiSettings(RedisSettings):
         )
 
     def rate_limit_policy(self, service: str) -> RateLimitPolicy:
-        """The bucket of `service` (POKEAPI_RATE_LIMIT and so on); unknown ones: no limit."""
-        rate, burst = {
-            "pokeapi": (self.pokeapi_rate_limit, self.pokeapi_rate_limit_burst),
-            "cms": (self.cms_rate_limit, self.cms_rate_limit_burst),
-            "semaphore": (self.semaphore_rate_limit, self.semaphore_rate_limit_burst),
-        }.get(service, (0.0, 0))
+        """The bucket of `service`, from the settings its registry entry names
+        (POKEAPI_RATE_LIMIT and POKEAPI_RATE_LIMIT_BURST...); unknown ones: no limit."""
+        entry = next((u for u in all_upstreams() if u.name == service), None)
+        setting = entry.rate_limit_setting if entry is not None else ""
+        rate = float(self._setting(setting, 0.0)) if setting else 0.0
+        burst = int(self._setting(f"{setting}_BURST", 0)) if setting else 0
+        if rate < 0 or burst < 0:
+            raise ValueError(f"{setting} and {setting}_BURST must be >= 0")
         return RateLimitPolicy(rate=rate, burst=burst, max_wait=self.rate_limit_max_wait)
+
+    def _setting(self, name: str, default: float) -> float | str:
+        """A field of these settings by its environment name; an upstream added by an
+        installed package reads its own variables from the environment."""
+        value = getattr(self, name.lower(), None)
+        if isinstance(value, int | float):
+            return value
+        return os.environ.get(name, "") or default
 
 
 @lru_cache(maxsize=1)

@@ -63,6 +63,9 @@ class PokeAPI(ApiClient):
             base_url_setting="POKEAPI_BASE_URL",
         )
 
+    def probe(self) -> object:
+        return self.list_pokemon(limit=1)
+
     def get_pokemon(
         self, name_or_id: str | int, *, full: bool = False, validators: Validators | None = None
     ) -> Payload:

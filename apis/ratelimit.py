@@ -22,24 +22,15 @@ import time
 from collections.abc import Callable
 
 import redis
-from prometheus_client import Counter
 
-from apis import errors, tracing
+from apis import errors
 from apis.breaker import StateGuard, shared_redis
 from apis.config import UpstreamConfig
+from telemetry import tracing
+from telemetry.metrics import RATE_LIMIT_DEFERRALS, RATE_LIMIT_WAITS
 
 log = logging.getLogger("apis.ratelimit")
 
-RATE_LIMIT_WAITS = Counter(
-    "apiworker_rate_limit_waits",
-    "Requests that waited for a token of the shared rate limit, by service.",
-    ["service"],
-)
-RATE_LIMIT_DEFERRALS = Counter(
-    "apiworker_rate_limit_held_back",
-    "Calls held back because the next token was further away than RATE_LIMIT_MAX_WAIT.",
-    ["service"],
-)
 
 # KEYS: bucket. ARGV: rate per second, capacity, max wait ms.
 # Returns 0 (go now), a positive wait in ms (token reserved), or minus the wait in ms

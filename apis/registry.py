@@ -1,12 +1,15 @@
-"""One client instance per upstream per process, built from the settings on first use."""
+"""One client instance per upstream per process, built from the settings on first use;
+the client classes of the upstream registry (`upstreams`)."""
 
 from __future__ import annotations
 
+import importlib
 import threading
 from typing import TypeVar
 
 from apis.client import ApiClient
 from apis.config import get_settings
+from upstreams import Upstream, all_upstreams
 
 C = TypeVar("C", bound=ApiClient)
 
@@ -34,3 +37,16 @@ def reset_clients() -> None:
             client.close()
         _clients.clear()
         get_settings.cache_clear()
+
+
+def client_class(upstream: Upstream) -> type[ApiClient]:
+    """The client class an upstream entry names (`module:Class`)."""
+    cls = getattr(importlib.import_module(upstream.client_module), upstream.client_class)
+    if not (isinstance(cls, type) and issubclass(cls, ApiClient)):
+        raise TypeError(f"{upstream.client} is not an ApiClient")
+    return cls
+
+
+def client_classes() -> tuple[type[ApiClient], ...]:
+    """The client class of every registered upstream, in the registry's order."""
+    return tuple(client_class(upstream) for upstream in all_upstreams())

@@ -27,9 +27,9 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from apis import metrics
 from apis.config import RetryPolicy
 from apis.errors import HeldBack, RateLimited, UpstreamError
+from telemetry import metrics
 
 log = logging.getLogger("apis.retry")
 

@@ -33,6 +33,9 @@ class SemaphoreAPI(ApiClient):
             token_setting="SEMAPHORE_API_TOKEN",  # noqa: S106 (a setting name)
         )
 
+    def probe(self) -> object:
+        return self.list_projects()
+
     def list_projects(self) -> list[dict[str, Any]]:
         """Every project of the organisation."""
         return self._all_pages("/projects", {})

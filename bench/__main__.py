@@ -35,7 +35,6 @@ from bench.harness import (
     SandboxProcess,
     WorkerProcess,
     clean_environment,
-    free_port,
 )
 from bench.profile import Profiler
 from bench.senders import sender
@@ -54,6 +53,7 @@ from bench.systems import (
     project_at,
     settings_names,
 )
+from ops.processes import free_port
 from ops.producer import producer_app
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -322,7 +322,7 @@ class Bench:
     ) -> tuple[scenarios.Context, dict[str, Any]]:
         """Start one system's worker on a broker database of its own; wait until ready."""
         broker_db = self._broker_db(system, small, list(self.systems()))
-        producer = producer_app(self.redis.url(broker_db), self.redis.url(2))
+        producer = producer_app(self.redis.url_for(broker_db), self.redis.url_for(2))
         env = {
             **self._environment(names, sandbox, broker_db),
             **system.extra_env,
@@ -367,7 +367,7 @@ class Bench:
             producer=producer,
             watcher=watcher,
             names=names,
-            broker_url=self.redis.url(broker_db),
+            broker_url=self.redis.url_for(broker_db),
         )
         return ctx, process
 
@@ -399,12 +399,12 @@ class Bench:
         size = self.plan.catalog_size
         return {
             **clean_environment(settings_names()),
-            "REDIS_URL": self.redis.url(0),
-            "CELERY_BROKER_URL": self.redis.url(broker_db),
-            "CELERY_RESULT_BACKEND": self.redis.url(2),
+            "REDIS_URL": self.redis.url_for(0),
+            "CELERY_BROKER_URL": self.redis.url_for(broker_db),
+            "CELERY_RESULT_BACKEND": self.redis.url_for(2),
             # The Dramatiq baseline's broker and the probe's list, in the same database.
-            "DRAMATIQ_BROKER_URL": self.redis.url(broker_db),
-            "PROBE_QUEUE_URL": self.redis.url(broker_db),
+            "DRAMATIQ_BROKER_URL": self.redis.url_for(broker_db),
+            "PROBE_QUEUE_URL": self.redis.url_for(broker_db),
             "POKEAPI_BASE_URL": sandbox.pokeapi_url,
             # Another process on the host may hold the default 9808.
             "METRICS_PORT": str(free_port()),
@@ -467,7 +467,7 @@ class Bench:
         def ready() -> bool:
             if not sent:
                 results.delete(f"pokemon:{name}")  # another system's warm-up may have left it
-                with sender(system, producer, self.redis.url(broker_db)) as enqueue:
+                with sender(system, producer, self.redis.url_for(broker_db)) as enqueue:
                     sent.append(enqueue(name))
             if not results.exists(f"pokemon:{name}"):
                 return False

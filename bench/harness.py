@@ -10,15 +10,9 @@ up fails the run instead of hanging it.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -31,62 +25,22 @@ import orjson
 import redis
 from celery import Celery
 
+from ops.processes import DisposableRedis, free_port, popen, stop_process, wait_until
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
-SHARED_REDIS_PORT = 6379
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-_PR_SET_PDEATHSIG = 1
-# Loaded here, not in the forked child, where only async-signal-safe work is wise.
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the kernel's choice, never 6379)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind((LOOPBACK, 0))
-            port: int = sock.getsockname()[1]
-        if port != SHARED_REDIS_PORT:
-            return port
-
-
-def wait_until(predicate: Any, *, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll `predicate` until it is truthy; TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the bench dies, even by SIGKILL.
-
-    Children run in their own sessions (so stopping one reaches what it forked), which
-    also means nothing else would stop a redis-server or worker left behind by a killed
-    run. Linux only, like the /proc readings above.
-    """
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _spawn(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Popen in a new session, tied to this process's life."""
-    return subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+    """Popen in a new session, tied to this process's life (ops/processes.py)."""
+    return popen(args, **kwargs)
 
 
 def _stop_group(process: subprocess.Popen[bytes], *, grace: float) -> None:
     """SIGTERM the child's process group, SIGKILL it if it is still there after `grace`."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+    stop_process(process, timeout=grace)
 
 
 # -- /proc readings -------------------------------------------------------------------
@@ -259,7 +213,7 @@ class MemorySampler:
 # -- Redis ----------------------------------------------------------------------------
 
 
-class PrivateRedis:
+class PrivateRedis(DisposableRedis):
     """A disposable redis-server on loopback, never the shared one on 6379.
 
     Keyspace notifications for string writes are on, so the driver learns the moment
@@ -268,53 +222,10 @@ class PrivateRedis:
     """
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="apiworker-bench-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/{db}"
-
-    def start(self) -> PrivateRedis:
-        args = [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", LOOPBACK,
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "no",
-            "--notify-keyspace-events", "E$",
-            "--logfile", str(self.dir / "redis.log"),
-        ]  # fmt: skip
-        self.process = _spawn(args, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url(), socket_connect_timeout=0.5)
-
-        def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: see {self.dir / 'redis.log'}")
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        try:
-            wait_until(answers, timeout=10, what="redis-server")
-        finally:
-            client.close()
-        return self
-
-    def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis.from_url(self.url(db), decode_responses=True)
+        super().__init__(args=("--notify-keyspace-events", "E$"), prefix="apiworker-bench-redis-")
 
     def stop(self) -> None:
-        if self.process is not None:
-            _stop_group(self.process, grace=10)
-            self.process = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.cleanup()
 
 
 class KeyWatcher:

@@ -10,20 +10,22 @@ its pools, caches and allocator arenas are warm.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import redis
 
 from bench.harness import (
     PrivateRedis,
     SandboxProcess,
     WorkerProcess,
     clean_environment,
-    free_port,
-    wait_until,
 )
 from bench.systems import FETCH_TASK, settings_names
+from ops.processes import free_port, wait_until
 from ops.producer import producer_app
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,9 +45,9 @@ def main() -> int:
     log_dir = Path(redis_server.dir)
     env = {
         **clean_environment(settings_names()),
-        "REDIS_URL": redis_server.url(0),
-        "CELERY_BROKER_URL": redis_server.url(1),
-        "CELERY_RESULT_BACKEND": redis_server.url(2),
+        "REDIS_URL": redis_server.url_for(0),
+        "CELERY_BROKER_URL": redis_server.url_for(1),
+        "CELERY_RESULT_BACKEND": redis_server.url_for(2),
         "POKEAPI_BASE_URL": sandbox.pokeapi_url,
         "METRICS_PORT": str(free_port()),
         "FRESHNESS_MAX_AGE": "0",
@@ -70,7 +72,7 @@ def main() -> int:
                     producer.send_task(FETCH_TASK, args=[name], queue="pokeapi", producer=publisher)
             sent += batch
             wait_until(
-                lambda total=sent: results.xlen("events:results") >= total,
+                functools.partial(_stored_at_least, results, sent),
                 timeout=300,
                 what=f"{sent} stored results",
                 interval=0.2,
@@ -97,3 +99,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _stored_at_least(results: redis.Redis, total: int) -> bool:
+    return bool(results.xlen("events:results") >= total)

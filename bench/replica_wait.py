@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import redis
 
-from bench.harness import PrivateRedis, wait_until
+from bench.harness import PrivateRedis
+from ops.processes import wait_until
 from tasks.keys import Keys
 from tasks.store import Fetched, ResultStore
 
@@ -70,14 +71,14 @@ def main() -> None:
 
     master, replica = PrivateRedis().start(), PrivateRedis().start()
     try:
-        follower = redis.Redis.from_url(replica.url())
+        follower = redis.Redis.from_url(replica.url)
         follower.replicaof("127.0.0.1", master.port)
         wait_until(
             lambda: follower.info("replication").get("master_link_status") == "up",
             timeout=10,
             what="replica in sync",
         )
-        client = redis.Redis.from_url(master.url(), max_connections=args.threads * 2)
+        client = redis.Redis.from_url(master.url, max_connections=args.threads * 2)
         store = ResultStore(client, Keys(), events_maxlen=100_000, failures_maxlen=1000)
         names = ("us", "us_wait", "rps", "rps_wait")
         figures: dict[str, list[float]] = {name: [] for name in names}

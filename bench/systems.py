@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from worker.settings import setting_names
+from settings import setting_names
 
 FETCH_TASK = "tasks.pokemon.fetch_pokemon"
 CATALOG_TASK = "tasks.pokemon.refresh_catalog"

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-QUEUES = ("pokeapi", "cms", "semaphore")
+from upstreams import queue_names
+
+#: One queue per upstream, named by the upstream registry.
+QUEUES = queue_names()
 DEFAULT_QUEUE = "celery"
 ALL_QUEUES = (*QUEUES, DEFAULT_QUEUE)
 #: A queue's parked messages: RabbitMQ's `{queue}.dead` quorum queue, Redis's list.

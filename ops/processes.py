@@ -1,4 +1,8 @@
-"""Process plumbing shared by `python -m ops.run` and `python -m ops.demo`.
+"""The one process harness: `make run`, `make demo`, the benchmarks and the suite.
+
+Free ports, bounded waits, children in their own sessions that end with their parent,
+and private redis-servers (a durable one for `make run`, `DisposableRedis` for the suite
+and the benchmarks).
 
 Both start real processes (redis-server, Celery) and must leave nothing behind: every
 child runs in its own process group, so stopping it also stops whatever it forked, and
@@ -15,12 +19,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 
 import redis
 
@@ -41,6 +46,10 @@ class RedisUnusable(RuntimeError):
 
 class StartupFailed(RuntimeError):
     """A child process exited or stayed silent while it was expected to come up."""
+
+
+class WaitTimedOut(StartupFailed, TimeoutError):
+    """What `wait_until` waited for did not come within its deadline."""
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -70,17 +79,21 @@ def first_free_port(candidates: Iterable[int], host: str = LOOPBACK) -> int:
 
 
 def wait_until(
-    predicate: Callable[[], bool],
+    predicate: Callable[[], object],
     *,
     timeout: float,
     what: str,
     interval: float = POLL_INTERVAL,
-) -> None:
-    """Poll `predicate` until it holds; raise `StartupFailed` once `timeout` has passed."""
+) -> object:
+    """Poll `predicate` until it returns something truthy, and return that; raise
+    `WaitTimedOut` once `timeout` has passed."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() >= deadline:
-            raise StartupFailed(f"timed out after {timeout:g}s waiting for {what}")
+            raise WaitTimedOut(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
 
 
@@ -206,6 +219,18 @@ def _prctl() -> Callable[[int, int], int] | None:
     return function
 
 
+def popen(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Popen in a new session, ended by the parent-death signal when this process dies."""
+    return subprocess.Popen(  # noqa: S603 - fixed argument lists, no shell
+        list(args), start_new_session=True, preexec_fn=_end_with_parent(os.getpid()), **kwargs
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM the process's group, SIGKILL it if it is still there after `timeout`."""
+    stop_children([Child("process", process)], StopOptions(timeout=timeout))
+
+
 def spawn(
     name: str,
     args: Sequence[str],
@@ -222,19 +247,16 @@ def spawn(
     """
     base_env = dict(os.environ if env is None else env)
     base_env.setdefault("PYTHONUNBUFFERED", "1")
-    on_exec = _end_with_parent(os.getpid())
     if isinstance(output, Path):
         with output.open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - fixed argument lists, no shell
-                list(args), cwd=cwd, env=base_env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=on_exec,
+            process = popen(
+                args, cwd=cwd, env=base_env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
             )  # fmt: skip
         return Child(name, process)
-    process = subprocess.Popen(  # noqa: S603 - fixed argument lists, no shell
-        list(args), cwd=cwd, env=base_env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=on_exec,
+    process = popen(
+        args, cwd=cwd, env=base_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
     assert process.stdout is not None
     return Child(name, process, output.follow(name, process.stdout))
@@ -332,11 +354,16 @@ class PrivateRedis:
     data_dir: Path
     port: int
     appendonly: bool = True
+    #: More redis-server options (they come last, so they win).
+    args: tuple[str, ...] = ()
     child: Child | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/{db}"
 
     @property
     def pidfile(self) -> Path:
@@ -354,6 +381,7 @@ class PrivateRedis:
             "--save", "",
             "--daemonize", "no",
             "--logfile", "" if logfile is None else str(logfile),
+            *self.args,
         ]  # fmt: skip
 
     def start(self, output: Output, *, timeout: float = 15.0) -> Child:
@@ -382,6 +410,83 @@ class PrivateRedis:
         if self.child is not None:
             stop_children([self.child], StopOptions(timeout=timeout))
             self.child = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes as in a crash."""
+        if self.child is not None:
+            signal_group(self.child.pid, signal.SIGKILL)
+            _reap(self.child)
+            self.child = None
+
+
+class DisposableRedis:
+    """A throwaway redis-server on a free loopback port, its files in a temporary
+    directory: the suite's and the benchmark's (`make run` keeps a durable one,
+    `start_private_redis`)."""
+
+    missing = "redis-server is not installed (apt-get install redis-server)"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        args: tuple[str, ...] = (),
+        prefix: str = "apiworker-redis-",
+    ) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            raise RuntimeError(self.missing)
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.server = PrivateRedis(
+            binary, self.dir, port or free_port(), appendonly=appendonly, args=args
+        )
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def url_for(self, db: int) -> str:
+        return self.server.url_for(db)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.server.child.process if self.server.child is not None else None
+
+    def start(self, timeout: float = 10.0) -> DisposableRedis:
+        """Start it; returns once it answers PING."""
+        self.server.start(self.dir / "redis.log", timeout=timeout)
+        return self
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.url_for(db), decode_responses=True)
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes as in a crash."""
+        self.server.kill()
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown: the server flushes its files), SIGKILL after 10 s."""
+        self.server.stop(timeout=10.0)
+
+    def restart(self) -> None:
+        """SIGTERM and start again: Redis writes its append-only file out first."""
+        self.stop()
+        self.start()
+
+    def crash_and_start(self) -> None:
+        """SIGKILL and start again: only what the fsync policy had written survives."""
+        self.kill()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop it and remove its files."""
+        self.server.stop(timeout=10.0)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def redis_pidfile(data_dir: Path) -> Path:

@@ -43,7 +43,7 @@ from ops.processes import (
     wait_until,
 )
 from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
-from worker.settings import get_worker_settings
+from settings import get_worker_settings
 
 RUN_DIR_ENV = "APIWORKER_RUN_DIR"
 # A stable port (the first free one) keeps the private Redis's URL the same between runs.

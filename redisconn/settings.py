@@ -153,6 +153,9 @@ class RedisSettings(BaseSettings):
     redis_tls_ca_file: FilePath | None = None
     redis_tls_cert_file: FilePath | None = None
     redis_tls_key_file: FilePath | None = None
+    # Before every key the service writes in Redis (results, streams, breakers, rate
+    # limits, beat's schedule), so several deployments can share one Redis.
+    result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod

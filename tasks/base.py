@@ -22,31 +22,24 @@ import orjson
 import redis
 from celery import Task
 from celery.exceptions import Reject
-from prometheus_client import Counter
 
 from apis.config import get_settings
 from apis.errors import HeldBack, NotFound, RateLimited, UpstreamError
-from apis.redact import redact
 from brokers import ALL_QUEUES, broker_module
+from settings import get_worker_settings
 from tasks.errors import InvalidInput
 from tasks.runtime import get_runtime
 from tasks.single_flight import job_began_at
-from worker.settings import get_worker_settings
+from telemetry.metrics import FAILURES_RECORDED, TASK_RETRIES
+from telemetry.redact import redact
 
 log = logging.getLogger("tasks")
 
-TASK_RETRIES = Counter("apiworker_task_retries", "Celery-level retries of jobs, by task.", ["task"])
 # A message header counting the job's deferrals, carried from one delivery to the next.
 DEFERRALS_HEADER = "apiworker_deferrals"
 # When the job first ran (epoch ms), carried by its deferrals: a result stored since then
 # is fresh enough for it, whatever FRESHNESS_MAX_AGE says.
 BEGAN_HEADER = "apiworker_began_ms"
-
-FAILURES_RECORDED = Counter(
-    "apiworker_failures_recorded",
-    "Permanent job failures written to the failure stream.",
-    ["task", "error"],
-)
 
 
 # Errors of our own Redis that pass: it is away (restarting, failing over), still loading

@@ -4,49 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from apis import CmsAPI, Validators, get_client
+from celery import shared_task
+
+from apis import CmsAPI, get_client
 from apis.cms import MAX_PAGE_SIZE
 from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.outcome import note_revalidation
 from tasks.runtime import Runtime, get_runtime
-from tasks.single_flight import fetch_once
+from tasks.single_flight import FetchOnceJob
 from tasks.store import Fetched, Page, Unchanged, now
 from tasks.transforms import ArticleSummary, article_summary
-from worker.app import app
 
 KIND = "article"
 PAGE_SIZE = MAX_PAGE_SIZE
 
 
+#: `article:{slug}`: one article's summary.
+ARTICLE = FetchOnceJob(
+    kind=KIND, get=CmsAPI.get, transform=article_summary, ident_of=lambda s: s["slug"]
+)
+
+
 def sync_one(slug: str, task_id: str, *, runtime: Runtime, client: CmsAPI) -> ArticleSummary:
     """Store one article; a stored one is revalidated (a 304 brings it forward)."""
-
-    def fetch(validators: Validators | None) -> Fetched | Unchanged:
-        payload = client.get(slug, validators=validators)
-        if payload.not_modified:
-            return Unchanged(
-                KIND, slug, now(), payload.etag, payload.last_modified, payload.max_age
-            )
-        summary = article_summary(payload.data)
-        return Fetched(
-            KIND, summary["slug"], summary, now(), payload.etag, payload.last_modified,
-            max_age=payload.max_age,
-        )  # fmt: skip
-
-    settings = runtime.settings
-    value: ArticleSummary = fetch_once(
-        runtime.store,
-        KIND,
-        slug,
-        fetch,
-        task_id=task_id,
-        max_age=settings.freshness_max_age,
-        lock_seconds=settings.single_flight_lock_seconds,
-        wait_seconds=settings.single_flight_wait_seconds,
-        upstream_max_age=settings.upstream_max_age,
-    )
-    return value
+    return ARTICLE.run(client, slug, task_id, runtime=runtime)
 
 
 def sync_every(task_id: str, *, runtime: Runtime, client: CmsAPI) -> dict[str, Any]:
@@ -91,14 +73,14 @@ def _whole_article(client: CmsAPI, slug: str) -> Fetched:
     return Fetched(KIND, summary["slug"], summary, now(), payload.etag, payload.last_modified)
 
 
-@app.task(name="tasks.cms.sync_article", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.cms.sync_article", base=UpstreamTask, bind=True)
 def sync_article(self: UpstreamTask, slug: str) -> ArticleSummary:
     """Store `article:{slug}`; returns the same summary."""
     checked = validation.slug(slug)
     return sync_one(checked, self.request.id, runtime=get_runtime(), client=get_client(CmsAPI))
 
 
-@app.task(name="tasks.cms.sync_articles", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.cms.sync_articles", base=UpstreamTask, bind=True)
 def sync_articles(self: UpstreamTask) -> dict[str, Any]:
     """Store every article; returns how many were listed, written and revalidated."""
     return sync_every(self.request.id, runtime=get_runtime(), client=get_client(CmsAPI))

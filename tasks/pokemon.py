@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from apis import Payload, PokeAPI, Validators, get_client
+from celery import shared_task
+
+from apis import PokeAPI, get_client
 from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.catalog import refresh_batch
 from tasks.runtime import Runtime, get_runtime
-from tasks.single_flight import fetch_once
-from tasks.store import Fetched, Unchanged, now
+from tasks.single_flight import FetchOnceJob
 from tasks.transforms import PokemonSummary, pokemon_summary
-from worker.app import app
 
 KIND = "pokemon"
+
+
+#: `pokemon:{name}`: a Pokémon by its canonical name, found by its id too.
+POKEMON = FetchOnceJob(
+    kind=KIND,
+    get=PokeAPI.get_pokemon,
+    transform=pokemon_summary,
+    ident_of=lambda summary: summary["name"],
+    alias_of=lambda summary: str(summary["id"]),
+)
 
 
 def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI) -> PokemonSummary:
@@ -26,51 +36,15 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
     """
     store = runtime.store
     name = store.pokemon_name_for_id(ref) if ref.isdigit() else ref
-
-    def stored(payload: Payload) -> Fetched:
-        summary = pokemon_summary(payload.data)
-        return Fetched(
-            kind=KIND,
-            ident=summary["name"],
-            value=summary,
-            fetched_at=now(),
-            etag=payload.etag,
-            last_modified=payload.last_modified,
-            alias=str(summary["id"]),
-            max_age=payload.max_age,
-        )
-
     if name is None:  # an id not seen before: its key is known only after the fetch
-        result = stored(client.get_pokemon(ref))
+        result = POKEMON.stored(ref, client.get_pokemon(ref))
         store.write(result, task_id)
         summary: PokemonSummary = result.value
         return summary
-    known: str = name
-
-    def fetch(validators: Validators | None) -> Fetched | Unchanged:
-        payload = client.get_pokemon(known, validators=validators)
-        if payload.not_modified:
-            return Unchanged(
-                KIND, known, now(), payload.etag, payload.last_modified, payload.max_age
-            )
-        return stored(payload)
-
-    settings = runtime.settings
-    value: PokemonSummary = fetch_once(
-        store,
-        KIND,
-        name,
-        fetch,
-        task_id=task_id,
-        max_age=settings.freshness_max_age,
-        lock_seconds=settings.single_flight_lock_seconds,
-        wait_seconds=settings.single_flight_wait_seconds,
-        upstream_max_age=settings.upstream_max_age,
-    )
-    return value
+    return POKEMON.run(client, name, task_id, runtime=runtime)
 
 
-@app.task(name="tasks.pokemon.fetch_pokemon", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.pokemon.fetch_pokemon", base=UpstreamTask, bind=True)
 def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
     """Store `pokemon:{name}` = {id, name, image, height, weight}; returns the same."""
     ref = validation.pokemon_ref(name_or_id)
@@ -78,7 +52,7 @@ def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
 
 
 # Not part of the public contract: only refresh_catalog sends it.
-@app.task(name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True)
+@shared_task(name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True)
 def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
     """Internal to `refresh_catalog`: store many names in one job (see tasks.catalog)."""
     refs = validation.pokemon_batch(names)
@@ -94,7 +68,7 @@ def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
     return outcome.summary()
 
 
-@app.task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True)
 def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
     """Enqueue the configured names (or the whole index): in batches, or one job each."""
     settings = get_runtime().settings
@@ -104,7 +78,7 @@ def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
         names = [validation.pokemon_ref(name) for name in settings.pokemon_catalog]
     size = settings.catalog_batch_size
     jobs = 0
-    with app.producer_or_acquire() as producer:
+    with self.app.producer_or_acquire() as producer:
         if size:
             for start in range(0, len(names), size):
                 fetch_pokemon_batch.apply_async((names[start : start + size],), producer=producer)

@@ -10,9 +10,9 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 import redisconn
+from settings import WorkerSettings, get_worker_settings
 from tasks.keys import Keys
 from tasks.store import ResultStore
-from worker.settings import WorkerSettings, get_worker_settings
 
 RESULT_WRITE_RETRIES = 8
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import shared_task
+
 from apis import SemaphoreAPI, get_client
 from tasks import validation
 from tasks.base import UpstreamTask
@@ -15,7 +17,6 @@ from tasks.transforms import (
     pipeline_summary,
     project_summary,
 )
-from worker.app import app
 
 PIPELINES = "semaphore-pipelines"
 PROJECTS = "semaphore-projects"
@@ -35,7 +36,7 @@ def sync_projects(task_id: str, *, runtime: Runtime, client: SemaphoreAPI) -> li
     return projects
 
 
-@app.task(name="tasks.semaphore.sync_pipelines", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.semaphore.sync_pipelines", base=UpstreamTask, bind=True)
 def sync_pipelines(self: UpstreamTask, project_id: str) -> list[PipelineSummary]:
     """Store every pipeline of one project, newest first as the upstream lists them."""
     checked = validation.project_id(project_id)
@@ -44,13 +45,13 @@ def sync_pipelines(self: UpstreamTask, project_id: str) -> list[PipelineSummary]
     )
 
 
-@app.task(name="tasks.semaphore.sync_all_projects", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.semaphore.sync_all_projects", base=UpstreamTask, bind=True)
 def sync_all_projects(self: UpstreamTask) -> dict[str, Any]:
     """Store the project list and fan out one `sync_pipelines` job per project."""
     projects = sync_projects(
         self.request.id, runtime=get_runtime(), client=get_client(SemaphoreAPI)
     )
-    with app.producer_or_acquire() as producer:
+    with self.app.producer_or_acquire() as producer:
         for project in projects:
             sync_pipelines.apply_async((project["id"],), producer=producer)
     return {"projects": len(projects)}

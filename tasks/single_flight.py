@@ -19,38 +19,26 @@ writing it again. Waiters see that as a fresh result, exactly like a write.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 
-from prometheus_client import Counter
-
-from apis import tracing
+from apis.client import Payload
 from apis.conditional import Validators
 from apis.errors import HeldBack
+from tasks.lease import LEASES
 from tasks.outcome import note_revalidation
+from tasks.runtime import Runtime
 from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, now
-
-log = logging.getLogger("tasks.single_flight")
+from telemetry import tracing
+from telemetry.metrics import FRESHNESS_HITS, SINGLE_FLIGHT_WAITS
 
 POLL_SECONDS = 0.02
 
-FRESHNESS_HITS = Counter(
-    "apiworker_freshness_hits",
-    "Jobs answered from a stored result younger than the freshness window.",
-    ["kind"],
-)
-SINGLE_FLIGHT_WAITS = Counter(
-    "apiworker_single_flight_waits",
-    "Jobs that waited for another job fetching the same key.",
-    ["kind"],
-)
 
 #: When the current job first ran (epoch seconds): a deferred job that comes back keeps
 #: it, so a result another job stored meanwhile still counts as fresh for it.
@@ -66,93 +54,6 @@ class SingleFlightBusy(HeldBack):
 
     jitter_fraction = 0.1
     jitter_floor = 0.1
-
-
-@dataclass
-class _Lease:
-    store: ResultStore
-    token: str
-    ttl: float
-    due: float  # monotonic time of its next renewal: a third of the lease after the last
-
-
-class LeaseKeeper:
-    """Renews this process's single-flight leases while their fetches run.
-
-    One daemon thread for the whole process. A lease is renewed once a third of it has
-    passed since it was taken or last renewed, so a fetch shorter than that (nearly
-    all of them) costs no renewal at all; the leases due together go in one round trip.
-    A lease that was lost (Redis lost it, or it ran out while this process stalled) is
-    dropped, never taken back: another job may hold it by then.
-    """
-
-    def __init__(self) -> None:
-        self._held: dict[str, _Lease] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._next_wake = float("inf")
-        self._thread: threading.Thread | None = None
-
-    @contextmanager
-    def holding(self, store: ResultStore, key: str, token: str, ttl: float) -> Iterator[None]:
-        due = time.monotonic() + ttl / 3
-        with self._lock:
-            self._held[key] = _Lease(store, token, ttl, due)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="single-flight-leases", daemon=True
-                )
-                self._thread.start()
-            wake = due < self._next_wake  # only a lease due before the thread wakes
-        if wake:
-            self._wake.set()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(key, None)
-
-    def _run(self) -> None:
-        while True:
-            now = time.monotonic()
-            with self._lock:
-                due = {key: lease for key, lease in self._held.items() if lease.due <= now}
-            if due:
-                self._renew(due)
-            with self._lock:
-                self._next_wake = min(
-                    (lease.due for lease in self._held.values()), default=now + 1.0
-                )
-                self._wake.clear()
-                interval = max(0.0, self._next_wake - time.monotonic())
-            self._wake.wait(interval)
-
-    def _renew(self, due: dict[str, _Lease]) -> None:
-        by_store: dict[int, tuple[ResultStore, float, dict[str, str]]] = {}
-        for key, lease in due.items():
-            entry = by_store.setdefault(id(lease.store), (lease.store, lease.ttl, {}))
-            entry[2][key] = lease.token
-        for store, ttl, leases in by_store.values():
-            renewed_at = time.monotonic()
-            try:
-                lost = set(store.renew(leases, ttl))
-            except Exception as exc:  # Redis away: the fetches go on, leases may lapse
-                log.warning("single-flight leases not renewed: %s", type(exc).__name__)
-                lost = set()
-            with self._lock:
-                for key, token in leases.items():
-                    current = self._held.get(key)
-                    if current is None or current.token != token:
-                        continue  # released meanwhile, or a new holder's lease
-                    if key in lost:
-                        self._held.pop(key)
-                    else:
-                        # Retried after a third of a lease whether renewed or not: an
-                        # unrenewed lease still has two thirds left to get through.
-                        current.due = renewed_at + ttl / 3
-
-
-LEASES = LeaseKeeper()
 
 
 Fetch = Callable[[Validators | None], Fetched | Unchanged]
@@ -205,11 +106,11 @@ def fetch_once(
             )
         time.sleep(POLL_SECONDS)
     lock = (store.keys.lock(kind, ident), token)
-    with LEASES.holding(store, lock[0], token, lock_seconds):
+    with LEASES.holding(store.leases, lock[0], token, lock_seconds):
         try:
             return _fetch_and_write(store, fetch, claim.validators, task_id, lock)
         except BaseException:
-            store.release(*lock)
+            store.leases.release(*lock)
             raise
 
 
@@ -238,3 +139,63 @@ def _whole(result: Fetched | Unchanged) -> Fetched:
     if isinstance(result, Unchanged):
         raise TypeError("an unconditional fetch was answered 'unchanged'")
     return result
+
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class FetchOnceJob(Generic[V]):
+    """A fetch-once job, declared: the kind it stores, the client call that fetches one
+    ident (conditionally), how the upstream body becomes the stored value and under which
+    ident it is stored. `run` does the rest: freshness, the lease, the conditional fetch,
+    the write or revalidation (`fetch_once`)."""
+
+    kind: str
+    #: The client method that fetches one ident: `(client, ident, validators=...)`.
+    get: Callable[..., Payload]
+    #: The stored value, a pure function of the upstream body (tasks/transforms.py).
+    transform: Callable[[Any], V]
+    #: The ident it is stored under, when the upstream's own differs from the one asked.
+    ident_of: Callable[[V], str] | None = None
+    #: Another ident that finds it (kept in the store's alias index).
+    alias_of: Callable[[V], str] | None = None
+
+    def stored(self, ident: str, payload: Payload) -> Fetched:
+        """The result to store from a whole answer for `ident`."""
+        value = self.transform(payload.data)
+        return Fetched(
+            kind=self.kind,
+            ident=self.ident_of(value) if self.ident_of is not None else ident,
+            value=value,
+            fetched_at=now(),
+            etag=payload.etag,
+            last_modified=payload.last_modified,
+            alias=self.alias_of(value) if self.alias_of is not None else None,
+            max_age=payload.max_age,
+        )
+
+    def fetch(self, client: Any, ident: str, validators: Validators | None) -> Fetched | Unchanged:
+        """Fetch `ident` (conditionally with `validators`): a new result, or `Unchanged`."""
+        payload = self.get(client, ident, validators=validators)
+        if payload.not_modified:
+            return Unchanged(
+                self.kind, ident, now(), payload.etag, payload.last_modified, payload.max_age
+            )
+        return self.stored(ident, payload)
+
+    def run(self, client: Any, ident: str, task_id: str, *, runtime: Runtime) -> V:
+        """A fresh value of `ident`: stored, or fetched once however many jobs ask."""
+        settings = runtime.settings
+        value: V = fetch_once(
+            runtime.store,
+            self.kind,
+            ident,
+            partial(self.fetch, client, ident),
+            task_id=task_id,
+            max_age=settings.freshness_max_age,
+            lock_seconds=settings.single_flight_lock_seconds,
+            wait_seconds=settings.single_flight_wait_seconds,
+            upstream_max_age=settings.upstream_max_age,
+        )
+        return value

@@ -23,10 +23,11 @@ import orjson
 import redis
 from redis.commands.core import Script
 
-from apis import tracing
 from apis.conditional import Validators
 from tasks.keys import Keys
+from tasks.lease import Leases
 from tasks.outcome import note_result_key
+from telemetry import tracing
 
 # KEYS: value, meta, events stream, alias hash, single-flight lock
 # ARGV: value, fetched_at_ms, stream maxlen, kind, ident, task_id, alias field ('' for
@@ -117,23 +118,6 @@ if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
     return {'owner', '', ''}
 end
 return {'wait', redis.call('PTTL', KEYS[3])}
-"""
-
-# Extend a lease only while we still hold it; 0 when it expired and was taken over.
-# KEYS: lock. ARGV: token, ttl ms.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# Delete a lock only if we still hold it (it may have expired and been taken over).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
 """
 
 
@@ -240,8 +224,8 @@ class ResultStore:
         self._write = client.register_script(_WRITE)
         self._revalidate = client.register_script(_REVALIDATE)
         self._claim = client.register_script(_CLAIM)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
+        #: The single-flight leases of these keys (tasks/lease.py).
+        self.leases = Leases(client)
 
     def write(
         self, result: Fetched, task_id: str, *, release: tuple[str, str] | None = None
@@ -328,7 +312,7 @@ class ResultStore:
         return list(pipe.execute(raise_on_error=False))
 
     def _span(self, name: str, key: str | None, count: int) -> Any:
-        """The write's span when tracing is on (apis.tracing), else a no-op context."""
+        """The write's span when tracing is on (telemetry.tracing), else a no-op context."""
         if not tracing.enabled():
             return tracing.NO_SPAN
         attributes: dict[str, Any] = {"apiworker.results.count": count}
@@ -372,19 +356,6 @@ class ResultStore:
         if state == "wait":
             return Claim(state, lease_left=max(int(answer[1]), 0) / 1000)
         return Claim(state)
-
-    def renew(self, leases: Mapping[str, str], ttl: float) -> list[str]:
-        """Extend every lease (lock key -> token) still held, in one round trip; returns
-        the keys that were lost (expired and taken over) and must not be renewed again."""
-        pipe = self.redis.pipeline(transaction=False)
-        keys = list(leases)
-        for key in keys:
-            self._renew(keys=[key], args=[leases[key], int(ttl * 1000)], client=pipe)
-        return [key for key, kept in zip(keys, pipe.execute(), strict=True) if not kept]
-
-    def release(self, lock_key: str, token: str) -> None:
-        """Give up a fetch lock (after a failed fetch) so waiters stop waiting."""
-        self._release(keys=[lock_key], args=[token])
 
     def _write_args(
         self, result: Fetched, task_id: str, release: tuple[str, str] | None = None

@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from apis import reset_clients
+from settings import get_worker_settings, setting_names
 from tests.support.rabbitmq import RabbitNode, RabbitServer, RabbitUnavailable
 from tests.support.redis_server import RedisServer
-from worker.settings import get_worker_settings, setting_names
 
-pytest_plugins = ["sandbox.pytest_plugin"]
+pytest_plugins = ["tests.support.sandbox_fixtures"]
 
 SHARED_REDIS_PORT = 6379
 BROKERS = ("redis", "amqp")

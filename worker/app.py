@@ -9,32 +9,26 @@ from __future__ import annotations
 from celery import Celery
 from pydantic import ValidationError
 
-from apis.config import get_settings
-from apis.redact import register_secret
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
 from redisconn.settings import url_passwords
-from worker import result_backend, tracing
+from settings import get_settings
+from telemetry import otel
+from telemetry.redact import register_secret
+from upstreams import all_upstreams
+from worker import result_backend
 from worker.beat import beat_schedule
-from worker.settings import get_worker_settings
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
 
 try:
-    # Validate every setting (the worker's and the API layer's) before taking a job.
-    settings = get_worker_settings()
-    upstream_settings = get_settings()
+    # Validate the whole settings tree (settings/: Redis, the API layer, the worker)
+    # before taking a job.
+    settings = get_settings().worker
 except ValidationError as exc:
     raise SystemExit(f"api-layer-worker: invalid configuration\n{exc}") from None
-if settings.task_soft_time_limit <= upstream_settings.worst_case_call_seconds:
-    raise SystemExit(
-        "api-layer-worker: invalid configuration\nTASK_SOFT_TIME_LIMIT "
-        f"({settings.task_soft_time_limit:g}s) must exceed the longest upstream call "
-        f"({upstream_settings.worst_case_call_seconds:g}s: HTTP_RETRY_MAX_SECONDS + "
-        "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
-    )
 
 # Traces asked for by OTEL_* variables need the tracing extra: say so now, not at a job.
-tracing.check_installed()
+otel.check_installed()
 
 broker = broker_module(settings.broker_url)
 broker_conf = broker.celery_conf(settings)
@@ -61,7 +55,8 @@ transport_options = {
     },
 }
 
-app = Celery("worker", include=["tasks.pokemon", "tasks.cms", "tasks.semaphore"])
+# The task modules of every upstream in the registry (upstreams/).
+app = Celery("worker", include=[upstream.tasks for upstream in all_upstreams()])
 # Each result stored in one Redis round trip, Celery's key, value and message unchanged.
 app.backend_cls = result_backend.backend_class(settings.result_backend)
 app.conf.update(
@@ -121,11 +116,7 @@ app.conf.update(
     # The queues themselves (and the transport options) depend on the broker: see
     # brokers/. CFG#task-queues, CFG#task-routes
     task_default_queue=DEFAULT_QUEUE,
-    task_routes={
-        "tasks.pokemon.*": {"queue": "pokeapi", "routing_key": "pokeapi"},
-        "tasks.cms.*": {"queue": "cms", "routing_key": "cms"},
-        "tasks.semaphore.*": {"queue": "semaphore", "routing_key": "semaphore"},
-    },
+    task_routes=dict(upstream.route for upstream in all_upstreams()),
     worker_hijack_root_logger=False,
     # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat
     # instance waits instead of double-scheduling. https://redbeat.readthedocs.io/

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from apis.config import get_settings
-from worker.settings import WorkerSettings
+from settings import WorkerSettings
 
 
 def beat_schedule(settings: WorkerSettings) -> dict[str, dict[str, Any]]:

@@ -23,12 +23,13 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
-from apis.redact import redact
 from brokers import amqp_delivery, broker_module, dead_letter_queue, redis_transport
 from brokers.redis import parked_message
-from tasks.base import FAILURES_RECORDED, failure_record
+from settings import get_worker_settings
+from tasks.base import failure_record
 from tasks.runtime import get_runtime
-from worker.settings import get_worker_settings
+from telemetry.metrics import FAILURES_RECORDED
+from telemetry.redact import redact
 
 log = logging.getLogger("worker.consumer")
 

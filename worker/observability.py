@@ -1,4 +1,5 @@
-"""Logs and metrics of the worker, wired through Celery's signals.
+"""Logs, metrics and traces of the worker, wired through Celery's signals (what they
+are is defined in `telemetry`; this module says when and with what).
 
 - One log line per job outcome: task, id, upstream queue, state, duration, attempts and
   the result key; JSON lines when LOG_FORMAT=json. Registered secrets are masked in
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from typing import Any
 
@@ -21,100 +21,30 @@ from celery.signals import (
     task_postrun,
     task_prerun,
     worker_init,
+    worker_process_init,
     worker_process_shutdown,
 )
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    multiprocess,
-    start_http_server,
-)
-from pythonjsonlogger.json import JsonFormatter
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
-from apis.redact import redact
-from tasks.base import home_queue
+from settings import get_worker_settings
+from tasks.base import UpstreamTask, deferrals_of, home_queue
 from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
-from worker import backlog, connection_loss, tracing
-from worker.settings import get_worker_settings
+from telemetry import logs, otel
+from telemetry.metrics import JOB_SECONDS, JOBS
+from worker import backlog, connection_loss
 
 log = logging.getLogger("worker.jobs")
 
-JOBS = Counter("apiworker_jobs", "Finished jobs by task and final state.", ["task", "state"])
-JOB_SECONDS = Histogram(
-    "apiworker_job_seconds",
-    "Wall time of one job execution, by task.",
-    ["task"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
-
 _started: dict[str, float] = {}
-
-
-class RedactingFilter(logging.Filter):
-    """Mask registered secrets in every record before any handler formats it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = redact(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        # A traceback is formatted after the filters run; format it here so it is masked
-        # too (Formatter reuses exc_text when it is set).
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True
-
-
-class PoolOverflowFilter(logging.Filter):
-    """Drop urllib3's "Connection pool is full, discarding connection" warning.
-
-    The API layer lets a burst above HTTP_POOL_SIZE (a catalog batch) open extra
-    connections and close them after use, on purpose (apis/client.py: a thread waiting
-    for a pooled connection would hold a job). Each of those is otherwise one warning:
-    hundreds per catalog refresh, none of them actionable. Kept at LOG_LEVEL=DEBUG.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Connection pool is full")
 
 
 @setup_logging.connect
 def configure_logging(**_: Any) -> None:
     """Replace Celery's logging set-up: our format, our level, secrets masked."""
     settings = get_worker_settings()
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            )
-        )
-    else:
-        text = tracing.TraceContextFormatter if tracing.configured() else logging.Formatter
-        handler.setFormatter(
-            text("[%(asctime)s %(levelname)s/%(processName)s] %(name)s: %(message)s")
-        )
-    handler.addFilter(RedactingFilter())
-    if tracing.configured():
-        handler.addFilter(tracing.TraceContextFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     # A lost broker connection is one line per event, without tracebacks.
     connection_loss.install()
-    if settings.log_level != "DEBUG":
-        # Celery logs "received" and "succeeded in ...: <result>" for every job; the job
-        # outcome line below replaces both (one line per job), and its errors still show.
-        logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
-        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
-        pool_logger = logging.getLogger("urllib3.connectionpool")
-        if not any(isinstance(f, PoolOverflowFilter) for f in pool_logger.filters):
-            pool_logger.addFilter(PoolOverflowFilter())
 
 
 @task_prerun.connect
@@ -158,7 +88,24 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
 
 
 @worker_init.connect
-def _serve_metrics(**_: Any) -> None:
+def _start_tracing(sender: Any = None, **_: Any) -> None:
+    if not otel.forks(sender):
+        _trace_jobs()
+
+
+@worker_process_init.connect
+def _start_tracing_in_child(**_: Any) -> None:
+    _trace_jobs()
+
+
+def _trace_jobs() -> None:
+    """Traces of jobs when OTEL_* variables ask for them; the tasks say which failures
+    are outcomes and how a deferral is counted."""
+    otel.start(UpstreamTask.throws, deferrals_of)
+
+
+@worker_init.connect
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
     port = get_worker_settings().metrics_port
     if not port:
         return
@@ -167,7 +114,7 @@ def _serve_metrics(**_: Any) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     # Queue depths, the failure stream and open circuits, read from Redis on scrape.
-    backlog.register(registry or REGISTRY)
+    backlog.register(registry or REGISTRY, sender.app)
     try:
         if registry is None:
             start_http_server(port)

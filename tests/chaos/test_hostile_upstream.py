@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from apis.config import DEFAULT_MAX_RESPONSE_BYTES, ApiSettings
+from settings import WorkerSettings
 from tests.chaos.conftest import FETCH
 from tests.support.celery_worker import wait_for
-from worker.settings import WorkerSettings
 
 ATTEMPTS = ApiSettings.model_fields["http_retry_attempts"].default
 MAX_RETRIES = WorkerSettings.model_fields["task_max_retries"].default

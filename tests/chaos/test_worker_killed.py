@@ -24,11 +24,11 @@ from typing import Any
 import redis
 
 from ops.producer import producer_app
+from settings import WorkerSettings
 from tests.chaos.conftest import scaled
 from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, wait_for
 from tests.support.run_process import RunProcess, clean_env, group_exists
-from worker.settings import WorkerSettings
 
 INDEX = json.loads(
     (Path(__file__).parents[2] / "sandbox" / "data" / "pokemon-index.json").read_text()

@@ -19,9 +19,9 @@ import pytest
 import redis
 import yaml
 
+from settings import WorkerSettings
 from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import RedisServer, free_port
-from worker.settings import WorkerSettings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 HA_SERVICES = {"redis-master", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}

@@ -10,8 +10,8 @@ import redis
 from celery import Celery
 
 from apis.config import ApiSettings
+from settings import WorkerSettings
 from tests.support.celery_worker import WorkerProcess, wait_for
-from worker.settings import WorkerSettings
 
 CHARIZARD = {
     "id": 6,

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from apis.config import ApiSettings
+from settings import WorkerSettings, setting_names
 from tests.integration.conftest import SUITE_OVERRIDES, worker_environment
 from tests.support.celery_worker import REPO_ROOT, WorkerProcess
-from worker.settings import WorkerSettings, setting_names
 
 WIRING = {
     "REDIS_URL",

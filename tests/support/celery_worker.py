@@ -11,14 +11,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from celery import Celery
 
-from worker.settings import setting_names
+from ops.processes import wait_until
+from settings import setting_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,15 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def wait_for(
     predicate: Callable[[], object], *, timeout: float, interval: float = 0.05, what: str = ""
 ) -> object:
-    """Poll `predicate` until it returns something truthy, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    """Poll `predicate` until it returns something truthy, or fail after `timeout`
+    (`TimeoutError`); ops/processes.py's wait."""
+    return wait_until(predicate, timeout=timeout, what=what or str(predicate), interval=interval)
 
 
 class WorkerProcess:

@@ -11,8 +11,8 @@ import sys
 import threading
 from typing import Any, cast
 
+from settings import setting_names
 from tests.support.celery_worker import REPO_ROOT, wait_for
-from worker.settings import setting_names
 
 START_TIMEOUT = 45
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from ops.processes import popen
 from tests.support.celery_worker import wait_for
 from tests.support.redis_server import RedisServer, free_port, terminate
 
@@ -56,7 +57,7 @@ class SentinelProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SentinelProcess:
-        self.process = subprocess.Popen(
+        self.process = popen(
             [self.binary, str(self.config), "--sentinel"], stdout=subprocess.DEVNULL
         )
         return self

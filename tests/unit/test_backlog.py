@@ -11,7 +11,8 @@ from redis.retry import Retry
 from brokers.amqp import AmqpBroker
 from brokers.redis import RedisBroker
 from redisconn import RedisTarget
-from worker.backlog import BacklogCollector, BrokerQueueDepths, queue_depth_reader
+from telemetry.backlog import BacklogCollector
+from worker.backlog import BrokerQueueDepths, queue_depth_reader
 
 QUEUES = ("pokeapi", "celery")
 

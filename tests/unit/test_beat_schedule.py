@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from apis import reset_clients
+from settings import WorkerSettings
 from worker.beat import beat_schedule
-from worker.settings import WorkerSettings
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import tasks.cms
 import tasks.pokemon
 import tasks.semaphore  # noqa: F401
 import worker.app  # noqa: F401
+from settings import WorkerSettings
 from worker.backlog import BacklogCollector
-from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"

@@ -22,8 +22,8 @@ from pydantic import SecretStr
 import worker.observability  # noqa: F401 (defines the worker's metrics)
 from apis.config import ApiSettings
 from brokers import ALL_QUEUES
+from settings import WorkerSettings, setting_names
 from worker.backlog import BacklogCollector
-from worker.settings import WorkerSettings, setting_names
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.observability import PoolOverflowFilter, configure_logging
+from telemetry.logs import PoolOverflowFilter
+from worker.observability import configure_logging
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from apis.redact import register_secret
-from worker.observability import RedactingFilter
+from telemetry.logs import RedactingFilter
+from telemetry.redact import register_secret
 
 
 def test_message_and_traceback_are_masked() -> None:

@@ -12,7 +12,7 @@ from apis.config import ApiSettings
 from redisconn import RedisTarget, masked_url
 from redisconn.celery_config import connection_config
 from redisconn.settings import url_passwords
-from worker.settings import WorkerSettings
+from settings import WorkerSettings
 
 SENTINELS = {
     "redis_sentinels": "10.0.0.1:26379, 10.0.0.2:26380,10.0.0.3",

@@ -13,12 +13,12 @@ import pytest
 import worker
 from apis import CmsAPI, PokeAPI
 from apis.config import ApiSettings
+from settings import WorkerSettings
 from tasks import cms, pokemon
 from tasks.catalog import refresh_batch
 from tasks.errors import InvalidInput
 from tasks.runtime import Runtime, set_runtime
 from tests.support.celery_worker import wait_for
-from worker.settings import WorkerSettings
 
 PUBLIC_TASKS = {
     "tasks.pokemon.fetch_pokemon",

@@ -6,8 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from ops import trace_context
 from ops.cli import cli
+from telemetry import trace_context
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -16,22 +16,23 @@ import pytest
 from opentelemetry.trace import SpanKind
 from pythonjsonlogger.json import JsonFormatter
 
-from apis import errors, tracing
+from apis import errors
 from apis.breaker import CircuitBreaker
 from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
 from apis.ratelimit import RateLimiter
-from apis.redact import register_secret
 from tasks.keys import Keys
 from tasks.single_flight import SingleFlightBusy, fetch_once
 from tasks.store import Fetched, ResultStore, Unchanged, now
-from tests.support.spans import RecordedSpans, recorded_spans
-from worker.celery_spans import CelerySpans
-from worker.tracing import (
+from telemetry import tracing
+from telemetry.celery_spans import CelerySpans
+from telemetry.otel import (
     TraceContextFilter,
     TraceContextFormatter,
     check_installed,
     configured,
 )
+from telemetry.redact import register_secret
+from tests.support.spans import RecordedSpans, recorded_spans
 
 
 @pytest.fixture
@@ -213,7 +214,7 @@ def test_with_tracing_off_a_worker_process_imports_nothing_of_opentelemetry() ->
     """
     code = (
         "import sys, worker.app, tasks.pokemon, tasks.cms, tasks.semaphore, apis\n"
-        "from apis import tracing\n"
+        "from telemetry import tracing\n"
         "parts = ('opentelemetry.sdk.trace', 'opentelemetry.exporter',\n"
         "         'opentelemetry.instrumentation', 'opentelemetry.distro')\n"
         "print(tracing.enabled(), sorted(m for m in sys.modules if m.startswith(parts)))"

@@ -1,6 +1,7 @@
 """Celery's side of a trace: a CONSUMER span per job execution, a PRODUCER span per job sent.
 
-Connected to Celery's signals by worker/tracing.py only when tracing is on.
+Connected to Celery's signals by telemetry/otel.py (started by worker/observability.py)
+only when tracing is on.
 
 - `task_prerun` extracts the W3C context (`traceparent`, `tracestate`) from the message
   headers (Celery exposes them as attributes of `task.request`), starts `run/<task>` as
@@ -24,6 +25,7 @@ otherwise; `apiworker.*` is the service's own.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -54,10 +56,17 @@ _GETTER = _RequestGetter()
 class CelerySpans:
     """The signal handlers, bound to one tracer."""
 
-    def __init__(self, tracer: Tracer, expected: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self,
+        tracer: Tracer,
+        expected: tuple[type[BaseException], ...],
+        deferrals: Callable[[Any], int] = lambda request: 0,
+    ) -> None:
         self.tracer = tracer
         #: Failures that are outcomes, not faults (the tasks' `throws`): no stack trace.
         self.expected = expected
+        #: How many times a job was deferred, read from its request (the tasks' header).
+        self.deferrals = deferrals
 
     # -- consumer -------------------------------------------------------------------
 
@@ -100,8 +109,6 @@ class CelerySpans:
             return
         span, token = held
         delattr(request, _SPAN)
-        from tasks.base import deferrals_of
-
         delivery = getattr(request, "delivery_info", None) or {}
         span.set_attributes(
             {
@@ -109,7 +116,7 @@ class CelerySpans:
                 "messaging.operation.type": "process",
                 "messaging.destination.name": str(delivery.get("routing_key") or ""),
                 "celery.retries": int(request.retries or 0),
-                "apiworker.job.deferrals": deferrals_of(request),
+                "apiworker.job.deferrals": self.deferrals(request),
                 "apiworker.job.outcome": state or "UNKNOWN",
             }
         )

@@ -1,6 +1,6 @@
 """Spans and span events of the API layer and the results store: nothing until enabled.
 
-The worker turns tracing on from the standard OTEL_* variables (worker/tracing.py) and
+The worker turns tracing on from the standard OTEL_* variables (telemetry/otel.py) and
 hands this module a tracer provider. Until then every hook here is one check of a module
 global and returns at once: no OpenTelemetry import, no allocation, no context lookup, so
 a job costs what it costs without tracing.
@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from apis.redact import redact
+from telemetry.redact import redact
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider

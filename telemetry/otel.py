@@ -15,12 +15,13 @@ settings. Then:
 - each job is a CONSUMER span (`run/<task>`), the child of the producer's span when the
   message headers carry a W3C `traceparent` (and `tracestate`), and each job the worker
   sends (a catalog's batches, a retry, a deferral, a fan-out) a PRODUCER span whose
-  context travels on in that job's headers (worker/celery_spans.py);
-- the API layer's spans and events are switched on (apis/tracing.py);
+  context travels on in that job's headers (telemetry/celery_spans.py);
+- the API layer's spans and events are switched on (telemetry/tracing.py);
 - log lines carry `trace_id` and `span_id` (`TraceContextFilter`).
 
-The provider is set up once per process that runs jobs: at `worker_init` for the threads
-(or solo, gevent) pool, in each child at `worker_process_init` for prefork (an exporter's
+The provider is set up once per process that runs jobs (worker/observability.py calls
+`start`): at `worker_init` for the threads (or solo, gevent) pool, in each child at
+`worker_process_init` for prefork (an exporter's
 connections, gRPC's above all, must not cross a fork); it is flushed at shutdown.
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery.signals import (
@@ -37,13 +38,11 @@ from celery.signals import (
     task_failure,
     task_postrun,
     task_prerun,
-    worker_init,
-    worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
 )
 
-from apis import tracing as api_tracing
+from telemetry import tracing as api_tracing
 
 log = logging.getLogger("worker.tracing")
 
@@ -73,20 +72,29 @@ def check_installed() -> None:
         ) from None
 
 
-def start(environ: Mapping[str, str] = os.environ) -> bool:
-    """Build the tracer provider from the environment and trace Celery's jobs (once)."""
+def start(
+    expected: tuple[type[BaseException], ...] = (),
+    deferrals: Callable[[Any], int] = lambda request: 0,
+    environ: Mapping[str, str] = os.environ,
+) -> bool:
+    """Build the tracer provider from the environment and trace Celery's jobs (once).
+
+    `expected` are the failures that are a job's outcome, not a fault (the tasks'
+    `throws`), `deferrals` reads how often a job was deferred from its request: both are
+    the tasks' to say (worker/observability.py passes them).
+    """
     if api_tracing.enabled() or not configured(environ):
         return False
     from opentelemetry import trace
     from opentelemetry.distro import OpenTelemetryConfigurator
 
-    from tasks.base import UpstreamTask
-    from worker.celery_spans import CelerySpans
+    # Only with the tracing extra installed: the spans module imports opentelemetry.
+    from telemetry.celery_spans import CelerySpans
 
     # The distro ships no annotations.
     OpenTelemetryConfigurator().configure()  # type: ignore[no-untyped-call]
     provider = trace.get_tracer_provider()
-    spans = CelerySpans(provider.get_tracer(api_tracing.TRACER_NAME), UpstreamTask.throws)
+    spans = CelerySpans(provider.get_tracer(api_tracing.TRACER_NAME), expected, deferrals)
     # After the job log's own handlers (worker/observability.py), so the outcome line is
     # still logged inside the job span.
     task_prerun.connect(spans.job_started, weak=False)
@@ -125,22 +133,11 @@ class TraceContextFormatter(logging.Formatter):
         return f"{head} trace_id={trace_id} span_id={record.__dict__['span_id']}{newline}{rest}"
 
 
-def _forks(worker: Any) -> bool:
+def forks(worker: Any) -> bool:
     """Whether this worker runs its jobs in forked children (the prefork pool)."""
     pool = getattr(worker, "pool_cls", "")
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     return name in ("prefork", "processes") or name.endswith(".prefork")
-
-
-@worker_init.connect
-def _start_tracing(sender: Any = None, **_: Any) -> None:
-    if not _forks(sender):
-        start()
-
-
-@worker_process_init.connect
-def _start_tracing_in_child(**_: Any) -> None:
-    start()
 
 
 @worker_shutdown.connect

@@ -1,7 +1,7 @@
 """W3C trace context for `apiworker enqueue`: the job joins the caller's trace.
 
 The CLI sends `traceparent` and `tracestate` as message headers, where the worker's
-Celery instrumentation reads them (worker/tracing.py). They are checked here against the
+Celery instrumentation reads them (telemetry/otel.py). They are checked here against the
 W3C Trace Context format, so a typo is a usage error rather than a job in a trace of its
 own; the CLI itself needs no OpenTelemetry package. Like OpenTelemetry's environment
 carriers, the values may come from `TRACEPARENT` and `TRACESTATE`.

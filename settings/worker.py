@@ -1,7 +1,8 @@
-"""The worker's settings: where Redis is, how jobs run, what beat schedules.
+"""The worker's section of the settings tree: how jobs run, the broker, what beat
+schedules, logs and metrics (and, inherited, where Redis is: `redisconn.settings`).
 
 Read once from the environment and validated at start, so a typo fails the worker before
-it takes a job. The API layer's own settings live in `apis.config`.
+it takes a job. The root of the tree is `settings.Settings`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from apis.config import ApiSettings
 from brokers import broker_kind
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
@@ -34,7 +34,6 @@ class WorkerSettings(RedisSettings):
     redis_url: str = DEFAULT_REDIS_URL
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
-    result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
 
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     worker_concurrency: int = Field(32, ge=1, le=1000)
@@ -227,14 +226,3 @@ class WorkerSettings(RedisSettings):
 @lru_cache(maxsize=1)
 def get_worker_settings() -> WorkerSettings:
     return WorkerSettings()
-
-
-def setting_names() -> frozenset[str]:
-    """Every environment name the service reads: the worker's and the API layer's fields.
-
-    Derived, not listed, so the README check and everything that must start from
-    defaults (the test suite, the benchmarks) see a new setting without being told.
-    """
-    return frozenset(
-        name.upper() for cls in (WorkerSettings, ApiSettings) for name in cls.model_fields
-    )

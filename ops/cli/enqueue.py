@@ -1,0 +1,146 @@
+"""`apiworker enqueue`: send a job by its public task name, checked before it is sent."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import click
+import redis
+from celery.exceptions import TimeoutError as ResultTimeout
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from brokers import (
+    ALL_QUEUES,
+    BrokerError,
+)
+from ops.cli.base import (
+    PUBLIC_TASKS,
+    Services,
+    cli,
+    fail,
+    json_line,
+)
+from ops.processes import redacted
+from telemetry import trace_context
+from telemetry.redact import redact
+
+
+def parse_kwargs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--kwargs") from exc
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    return value
+
+
+def check_call(task: str, args: Sequence[object], kwargs: Mapping[str, object]) -> None:
+    """Refuse a job the worker could never run, before it reaches a queue."""
+    params = PUBLIC_TASKS.get(task)
+    if params is None:
+        close = difflib.get_close_matches(task, PUBLIC_TASKS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        valid = "\n  ".join(PUBLIC_TASKS)
+        raise click.UsageError(f"unknown task {task!r}{hint}; valid tasks:\n  {valid}")
+    given = [*params[: len(args)], *kwargs]
+    problems = []
+    if len(args) > len(params):
+        problems.append(f"takes {len(params)} positional argument(s), got {len(args)}")
+    if unknown := sorted(set(kwargs) - set(params)):
+        problems.append(f"unknown keyword argument(s): {', '.join(unknown)}")
+    if twice := sorted(name for name in set(given) if given.count(name) > 1):
+        problems.append(f"argument(s) given twice: {', '.join(twice)}")
+    if missing := [name for name in params if name not in given]:
+        problems.append(f"missing argument(s): {', '.join(missing)}")
+    if problems:
+        signature = f"{task}({', '.join(params)})"
+        raise click.UsageError(f"{signature}: {'; '.join(problems)}")
+
+
+def print_outcome(job: Any, timeout: float) -> None:
+    """Print a finished job's result, or stop with 1 on failure or timeout."""
+    try:
+        value = job.get(timeout=timeout, propagate=False)
+    except ResultTimeout:
+        fail(f"timed out after {timeout:g}s waiting for job {job.id} (state {job.state})")
+    if job.state != "SUCCESS":
+        error = job.result
+        fail(f"job {job.id} {job.state}: {type(error).__name__}: {redact(str(error))}")
+    click.echo(json_line(value))
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("args", nargs=-1)
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as an object.")
+@click.option(
+    "--queue", type=click.Choice(ALL_QUEUES), help="Send to this queue instead of the routed one."
+)
+@click.option("--wait", is_flag=True, help="Wait for the job and print its result as JSON.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds --wait waits.",
+)
+@click.option(
+    "--traceparent",
+    envvar="TRACEPARENT",
+    callback=trace_context.traceparent,
+    help="W3C traceparent: the job's spans join this trace.",
+)
+@click.option(
+    "--tracestate", envvar="TRACESTATE", callback=trace_context.tracestate, help="W3C tracestate."
+)
+@click.pass_obj
+def enqueue(
+    services: Services,
+    task: str,
+    args: tuple[str, ...],
+    kwargs_json: str | None,
+    queue: str | None,
+    wait: bool,
+    timeout: float,
+    traceparent: str | None,
+    tracestate: str | None,
+) -> None:
+    """Send TASK by its public name with ARGs (as strings) and print the job id.
+
+    With --wait, also print the result; exit 1 if the job fails or is not done in time.
+    With --traceparent (or TRACEPARENT), the job is part of that trace.
+    """
+    kwargs = parse_kwargs(kwargs_json)
+    check_call(task, args, kwargs)
+    reachable_or_fail(services)
+    # The routing key too: the task's route would otherwise still name its usual queue.
+    options: dict[str, Any] = {"queue": queue, "routing_key": queue} if queue else {}
+    if traceparent:
+        options["headers"] = trace_context.headers(traceparent, tracestate)
+    job = services.celery().send_task(task, args=list(args), kwargs=kwargs, **options)
+    click.echo(job.id)
+    if wait:
+        print_outcome(job, timeout)
+
+
+def reachable_or_fail(services: Services, timeout: float = 5.0) -> None:
+    """The broker and the result store answer, or one line that names the unreachable one
+    (exit 1): Celery would otherwise retry its result store for about 20 s and end in a
+    traceback."""
+    try:
+        services.broker().ping(timeout)
+    except BrokerError as exc:
+        fail(f"broker unreachable: {exc}")
+    backend = services.settings.result_backend
+    if backend.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        try:
+            services.redis(backend, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)).ping()
+        except redis.RedisError as exc:
+            fail(f"result backend unreachable ({redacted(backend)}): {exc}")

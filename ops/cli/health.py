@@ -1,0 +1,169 @@
+"""`apiworker health`: the broker, Redis, the workers and every upstream, checked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import click
+import redis
+from pydantic import ValidationError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+import redisconn
+from apis import ApiClient, ApiSettings, client_classes
+from apis.config import RetryPolicy
+from brokers import (
+    BrokerError,
+)
+from ops import rabbitmq_cli
+from ops.cli.base import (
+    ConfigError,
+    Services,
+    cli,
+    safe_url,
+)
+from redisconn import RedisTarget
+from telemetry.redact import redact
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool | None  # None: not configured, so not checked
+    detail: str
+
+    def line(self) -> str:
+        status = {True: "ok", False: "FAIL", None: "skip"}[self.ok]
+        return f"{status:<5} {self.name:<10} {self.detail}"
+
+
+def ping_redis(services: Services, name: str, target: RedisTarget, timeout: float) -> Check:
+    # No retries: a health check reports the state now, within its timeout.
+    client = services.redis(
+        target, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return Check(name, False, redact(f"{target.describe()}: {exc}"))
+    return Check(name, True, target.describe())
+
+
+def sentinel_check(target: RedisTarget) -> Check:
+    """Where the sentinels say the master is, which replicas follow it, who answers."""
+    try:
+        found = redisconn.topology(target)
+    except (redis.RedisError, OSError) as exc:
+        return Check("sentinel", False, redact(f"{target.describe()}: {exc}"))
+    replicas = ", ".join(f"{host}:{port}" for host, port in found.replicas) or "none"
+    host, port = found.master
+    detail = (
+        f"master {target.master} at {host}:{port}; replicas: {replicas}; "
+        f"sentinels answering: {found.sentinels_answering}/{len(target.sentinels)}"
+    )
+    return Check("sentinel", True, detail)
+
+
+def ping_broker(services: Services, timeout: float) -> Check:
+    """The broker checked over its own protocol (Redis PING, an AMQP connection)."""
+    try:
+        broker = services.broker()
+        return Check("broker", True, broker.ping(timeout))
+    except (BrokerError, ConfigError) as exc:
+        return Check("broker", False, str(exc))
+
+
+def ping_workers(services: Services, timeout: float) -> Check:
+    replies = services.celery().control.ping(timeout=timeout)
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        return Check("workers", False, f"no worker answered within {timeout:g}s")
+    return Check("workers", True, f"{len(names)} answered: {', '.join(names)}")
+
+
+# One cheap GET per upstream, through the API layer so auth and errors are the worker's.
+# Each client names its own (`ApiClient.probe`); the upstreams are the registry's.
+PROBES: Mapping[type[ApiClient], Callable[[Any], object]] = {
+    cls: cls.probe for cls in client_classes()
+}
+
+
+def probe_upstream(
+    cls: type[ApiClient], probe: Callable[[Any], object], api: ApiSettings, timeout: float
+) -> Check:
+    config = cls.configure(api)
+    if config.base_url is None:
+        return Check(cls.service, None, f"not configured (set {config.base_url_setting})")
+    if cls.requires_token and config.token is None:
+        return Check(cls.service, None, f"not configured (set {config.token_setting})")
+    quick = replace(
+        config,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        retry=RetryPolicy(attempts=1, max_seconds=timeout),
+    )
+    client = cls(quick)
+    try:
+        probe(client)
+    except Exception as exc:  # a health check reports every failure; it must not crash
+        return Check(cls.service, False, redact(f"{type(exc).__name__}: {exc}"))
+    finally:
+        client.close()
+    return Check(cls.service, True, safe_url(config.base_url))
+
+
+def cluster_checks(services: Services) -> list[Check]:
+    """A RabbitMQ cluster's nodes (which are down) and each queue's leader and members."""
+    try:
+        view = rabbitmq_cli.cluster_view(services.broker())
+    except BrokerError as exc:
+        return [Check("cluster", False, str(exc))]
+    if view is None:
+        return []
+    ok, detail = rabbitmq_cli.node_line(view)
+    lines = rabbitmq_cli.queue_lines(view)
+    return [Check("cluster", ok, detail), *(Check("queue", ok, line) for ok, line in lines)]
+
+
+def upstream_checks(timeout: float) -> list[Check]:
+    try:
+        api = ApiSettings()
+    except ValidationError as exc:
+        return [Check("upstreams", False, f"invalid settings: {exc.errors()[0]['msg']}")]
+    return [probe_upstream(cls, probe, api, timeout) for cls, probe in PROBES.items()]
+
+
+@cli.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds each check may take.",
+)
+@click.pass_context
+def health(ctx: click.Context, timeout: float) -> None:
+    """Check the broker, the results Redis, the workers and each configured upstream.
+
+    Prints one line per check. Exit 0 when every check passes (an upstream that is not
+    configured is skipped), 1 otherwise.
+    """
+    services: Services = ctx.obj
+    settings = services.settings
+    broker = ping_broker(services, timeout)
+    checks = [broker, ping_redis(services, "results", settings.redis, timeout)]
+    if settings.redis.uses_sentinel:
+        checks.append(sentinel_check(settings.redis))
+    if broker.ok:
+        checks += cluster_checks(services)
+        checks.append(ping_workers(services, timeout))
+    else:
+        checks.append(Check("workers", False, "not checked: the broker is unreachable"))
+    checks += upstream_checks(timeout)
+    for check in checks:
+        click.echo(check.line())
+    if any(check.ok is False for check in checks):
+        ctx.exit(1)

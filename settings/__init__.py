@@ -1,0 +1,74 @@
+"""The one settings tree: a root with a section per concern, validated at start.
+
+Each section is owned by the room that uses it and reads its own upper-case environment
+variables (their names never change): `redis` (redisconn/settings.py: where Redis is,
+Sentinel, TLS, the key prefix), `api` (apis/config.py: upstreams, timeouts, retries,
+circuits, rate limits) and `worker` (settings/worker.py: jobs, broker, beat, logs,
+metrics). The root checks what spans sections. Below the tasks and the worker (which
+read it) and above the rooms whose sections it composes.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from apis.config import ApiSettings
+from apis.config import get_settings as get_api_settings
+from redisconn.settings import RedisSettings
+from settings.worker import WorkerSettings, get_worker_settings
+
+__all__ = [
+    "SECTIONS",
+    "Settings",
+    "WorkerSettings",
+    "get_settings",
+    "get_worker_settings",
+    "setting_names",
+]
+
+
+class Settings(BaseModel):
+    """The root: one section per concern (each cached once per process)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # Read in this order: a value two sections read (WORKER_CONCURRENCY also sizes the
+    # HTTP pools) is reported by the worker's section first.
+    worker: WorkerSettings = Field(default_factory=get_worker_settings)
+    api: ApiSettings = Field(default_factory=get_api_settings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+
+    @model_validator(mode="after")
+    def _jobs_outlast_their_calls(self) -> Settings:
+        """A job's soft time limit must exceed the longest upstream call, or jobs die
+        mid-retry."""
+        longest = self.api.worst_case_call_seconds
+        if self.worker.task_soft_time_limit <= longest:
+            raise ValueError(
+                f"TASK_SOFT_TIME_LIMIT ({self.worker.task_soft_time_limit:g}s) must exceed "
+                f"the longest upstream call ({longest:g}s: HTTP_RETRY_MAX_SECONDS + "
+                "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
+            )
+        return self
+
+
+#: Each section's model by its name in the tree.
+SECTIONS: dict[str, type[RedisSettings]] = {
+    "worker": WorkerSettings,
+    "api": ApiSettings,
+    "redis": RedisSettings,
+}
+
+
+def get_settings() -> Settings:
+    """The whole tree, validated (its sections are read once per process)."""
+    return Settings()
+
+
+def setting_names() -> frozenset[str]:
+    """Every environment name the service reads: every field of every section.
+
+    Derived, not listed, so the README check and everything that must start from
+    defaults (the test suite, the benchmarks) see a new setting without being told.
+    """
+    return frozenset(name.upper() for cls in SECTIONS.values() for name in cls.model_fields)

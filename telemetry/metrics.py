@@ -1,0 +1,88 @@
+"""Every Prometheus metric of the service, defined once, here.
+
+The API layer's (upstream requests, retries, revalidations, rate limits, circuits), the
+tasks' (retries, failure records, freshness hits, single-flight waits) and the worker's
+(jobs and their durations); the gauges read from Redis on scrape are in
+`telemetry.backlog`. Defined at import and shared by everything in the process. Under
+Celery's prefork pool prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR)
+aggregates them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+UPSTREAM_REQUESTS = Counter(
+    "apiworker_upstream_requests",
+    "Upstream HTTP requests sent, by service, method and outcome (status code or error).",
+    ["service", "method", "status"],
+)
+UPSTREAM_LATENCY = Histogram(
+    "apiworker_upstream_request_seconds",
+    "Time from sending an upstream request to having its whole body.",
+    ["service"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPSTREAM_RETRIES = Counter(
+    "apiworker_upstream_retries",
+    "Client-side retries of upstream requests (tenacity), by service.",
+    ["service"],
+)
+REVALIDATIONS = Counter(
+    "apiworker_revalidations",
+    "Conditional fetches by service and outcome: not_modified (304) or modified (200).",
+    ["service", "outcome"],
+)
+
+# The shared rate limit (apis/ratelimit.py).
+RATE_LIMIT_WAITS = Counter(
+    "apiworker_rate_limit_waits",
+    "Requests that waited for a token of the shared rate limit, by service.",
+    ["service"],
+)
+RATE_LIMIT_DEFERRALS = Counter(
+    "apiworker_rate_limit_held_back",
+    "Calls held back because the next token was further away than RATE_LIMIT_MAX_WAIT.",
+    ["service"],
+)
+
+# The circuit breakers (apis/breaker.py).
+CIRCUIT_TRANSITIONS = Counter(
+    "apiworker_circuit_transitions",
+    "Circuit breaker state changes caused by this process, by service and new state.",
+    ["service", "state"],
+)
+CIRCUIT_REJECTIONS = Counter(
+    "apiworker_circuit_rejections",
+    "Calls refused without a request because the circuit was open, by service.",
+    ["service"],
+)
+
+# Celery-level retries and failure records (tasks/base.py, worker/consumer.py).
+TASK_RETRIES = Counter("apiworker_task_retries", "Celery-level retries of jobs, by task.", ["task"])
+FAILURES_RECORDED = Counter(
+    "apiworker_failures_recorded",
+    "Permanent job failures written to the failure stream.",
+    ["task", "error"],
+)
+
+# Freshness and single flight (tasks/single_flight.py).
+FRESHNESS_HITS = Counter(
+    "apiworker_freshness_hits",
+    "Jobs answered from a stored result younger than the freshness window.",
+    ["kind"],
+)
+SINGLE_FLIGHT_WAITS = Counter(
+    "apiworker_single_flight_waits",
+    "Jobs that waited for another job fetching the same key.",
+    ["kind"],
+)
+
+# One per job outcome (worker/observability.py).
+JOBS = Counter("apiworker_jobs", "Finished jobs by task and final state.", ["task", "state"])
+JOB_SECONDS = Histogram(
+    "apiworker_job_seconds",
+    "Wall time of one job execution, by task.",
+    ["task"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)

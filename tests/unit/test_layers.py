@@ -1,0 +1,43 @@
+"""The import direction of pyproject.toml's [tool.importlinter] contracts holds."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_imports_run_one_way() -> None:
+    """Every contract is kept: apis <- tasks <- worker <- ops, bench and sandbox outside."""
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_backward_import_breaks_the_contract(tmp_path: Path) -> None:
+    """An API-layer module importing a task (even inside a function) fails the check."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for package in config["root_packages"]:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("data"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    errors = tmp_path / "apis" / "errors.py"
+    errors.write_text(errors.read_text() + "\n\ndef _backward() -> None:\n    import tasks.base\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "apis.errors -> tasks.base" in result.stdout

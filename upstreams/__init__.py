@@ -1,0 +1,130 @@
+"""The upstream registry: one entry per upstream, everything else derived from it.
+
+As Celery's `app.tasks` names each task once, an `Upstream` names once what the service
+needs to know of an upstream: its client module (in `apis/`), the setting of its base
+URL, its queue, its rate-limit settings, its circuit breaker and the task module whose
+tasks it routes. The broker's queues, Celery's routes and includes, the circuit gauges,
+the CLI's tables and the README's table of upstreams all come from here.
+
+Below the API layer and the brokers, it names modules by their dotted paths (as Celery's
+`include=` does) and imports none of them. Built-in entries are listed in `BUILT_IN`;
+an installed package adds its own through the `apiworker.upstreams` entry-point group
+(its value an `Upstream`), with no file of this project edited.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+
+__all__ = ["BUILT_IN", "ENTRY_POINT_GROUP", "Upstream", "all_upstreams", "queue_names", "register"]
+
+ENTRY_POINT_GROUP = "apiworker.upstreams"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One upstream, named once."""
+
+    #: The service's name: its queue, its breaker and rate-limit keys, its metric label.
+    name: str
+    #: Its client class, `module:Class` (an `apis.client.ApiClient`).
+    client: str
+    #: The module of its Celery tasks; every task in it is routed to `queue`.
+    tasks: str
+    #: The environment variable of its base URL.
+    base_url_setting: str
+    #: What it serves, for the tables (README, CLI).
+    description: str = ""
+    #: The environment variable of its shared rate limit (requests per second; 0: none).
+    #: Its bucket size is `<rate_limit_setting>_BURST`.
+    rate_limit_setting: str = ""
+    #: Whether its calls go through the shared circuit breaker (keys named after it).
+    breaker: bool = True
+
+    @property
+    def queue(self) -> str:
+        """One queue per upstream, so a slow upstream cannot starve the others."""
+        return self.name
+
+    @property
+    def route(self) -> tuple[str, dict[str, str]]:
+        """Celery's task route of its tasks."""
+        return f"{self.tasks}.*", {"queue": self.queue, "routing_key": self.queue}
+
+    @property
+    def client_module(self) -> str:
+        return self.client.partition(":")[0]
+
+    @property
+    def client_class(self) -> str:
+        return self.client.partition(":")[2]
+
+
+BUILT_IN = (
+    Upstream(
+        name="pokeapi",
+        client="apis.pokeapi:PokeAPI",
+        tasks="tasks.pokemon",
+        base_url_setting="POKEAPI_BASE_URL",
+        description="PokeAPI v2",
+        rate_limit_setting="POKEAPI_RATE_LIMIT",
+    ),
+    Upstream(
+        name="cms",
+        client="apis.cms:CmsAPI",
+        tasks="tasks.cms",
+        base_url_setting="CMS_BASE_URL",
+        description="the headless CMS",
+        rate_limit_setting="CMS_RATE_LIMIT",
+    ),
+    Upstream(
+        name="semaphore",
+        client="apis.semaphore:SemaphoreAPI",
+        tasks="tasks.semaphore",
+        base_url_setting="SEMAPHORE_BASE_URL",
+        description="Semaphore CI, API v1alpha",
+        rate_limit_setting="SEMAPHORE_RATE_LIMIT",
+    ),
+)
+
+_lock = threading.Lock()
+_registry: dict[str, Upstream] = {}
+
+
+def register(upstream: Upstream) -> Upstream:
+    """Add an entry (a name is registered once: a second, different entry is an error)."""
+    with _lock:
+        _load()
+        known = _registry.get(upstream.name)
+        if known is not None and known != upstream:
+            raise ValueError(f"upstream {upstream.name!r} is registered already")
+        _registry[upstream.name] = upstream
+    return upstream
+
+
+def all_upstreams() -> tuple[Upstream, ...]:
+    """Every upstream: the built-in ones first, then the installed ones by name."""
+    with _lock:
+        _load()
+        return tuple(_registry.values())
+
+
+def queue_names() -> tuple[str, ...]:
+    return tuple(upstream.queue for upstream in all_upstreams())
+
+
+def _load() -> None:
+    if _registry:
+        return
+    for upstream in BUILT_IN:
+        _registry[upstream.name] = upstream
+    found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    for entry_point in found:
+        upstream = entry_point.load()
+        if not isinstance(upstream, Upstream):
+            raise TypeError(f"entry point {entry_point.value} is not an upstreams.Upstream")
+        if upstream.name in _registry:
+            raise ValueError(f"upstream {upstream.name!r} is registered already")
+        _registry[upstream.name] = upstream
