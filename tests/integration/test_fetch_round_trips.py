@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from brokers import redis_transport
 from ops.producer import producer_app
 from sandbox.pokeapi import load_catalogue
 from tests.integration.conftest import with_db, worker_environment
@@ -34,6 +35,9 @@ def test_a_queued_backlog_costs_under_one_broker_round_trip_per_job(
     )  # fmt: skip
     broker = redis.Redis.from_url(own_redis)
     broker.flushdb()
+    # This process's control replies (the ping that says the worker is up) go through
+    # the same transport as the worker's, as the CLI's do: no BRPOP from here either.
+    redis_transport.install()
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     results = redis.Redis.from_url(redis_url)
     names = load_catalogue().names[:JOBS]
