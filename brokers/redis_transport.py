@@ -278,7 +278,6 @@ class ReliableChannel(kombu_redis.Channel):
         self._fetch_keys: list[str] = []
         self._released = False
         self._taking = True
-        self._refill_signalled = False
         self._no_ack_queues: set[str] = set()
         self.acks = AckBuffer(self._send_acks, tuple(self.connection_errors))
 
@@ -357,18 +356,7 @@ class ReliableChannel(kombu_redis.Channel):
             virtual.QoS.ack(self.qos, tag)
         return back
 
-    def refill_wanted(self) -> bool:
-        """True once each time enough prefetch slots are free for a fetch while none is
-        on its way: the caller (an ack in a pool thread) wakes the event loop then."""
-        if self._in_poll or self._refill_signalled:
-            return False
-        if (self.qos.can_consume_max_estimate() or 0) < self._batch_floor():
-            return False
-        self._refill_signalled = True
-        return True
-
     def _brpop_start(self, timeout: float | None = None) -> None:
-        self._refill_signalled = False
         if not self._taking:
             return
         queues = self._queue_cycle.consume(len(self.active_queues))

@@ -74,24 +74,6 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         broker_module(get_worker_settings().broker_url).prepare_consumer(connection)
         return connection
 
-    def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
-        """On the Redis broker, acknowledge in the job's own thread.
-
-        Celery hands every ack to the event loop (`hub.call_soon`), because an AMQP
-        channel is not safe to use from the pool's threads; each hop takes the hub's
-        lock and wakes its loop, about 6% of a small job's CPU. The Redis transport's ack
-        only records the delivery tag in a thread-safe buffer
-        (brokers/redis_transport.py), so it runs here, and the loop is woken only when
-        enough prefetch slots are free for the next fetch.
-        """
-        channel = getattr(getattr(self, "task_consumer", None), "channel", None)
-        if not isinstance(channel, redis_transport.ReliableChannel):
-            return super().call_soon_ack(p, *args, **kwargs)
-        p(*args, **kwargs)
-        if self.hub is not None and channel.refill_wanted():
-            self.hub.call_soon(_nothing)
-        return p
-
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         log.error(
             "unreadable message rejected (content type %r): %s: %s",
@@ -141,10 +123,6 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
 
 # Loaded by Celery as the worker's consumer class (`worker_consumer`), before it consumes.
 redis_transport.on_parked.append(record_parked)
-
-
-def _nothing() -> None:
-    """A callback that only wakes the event loop."""
 
 
 def _header(message: Any, name: str) -> str:
