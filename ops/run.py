@@ -43,7 +43,8 @@ from ops.processes import (
     wait_until,
 )
 from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
-from settings import get_worker_settings
+from settings import ConfigurationError, checked_settings, get_worker_settings
+from settings.errors import USAGE_EXIT_CODE
 
 RUN_DIR_ENV = "APIWORKER_RUN_DIR"
 # A stable port (the first free one) keeps the private Redis's URL the same between runs.
@@ -364,6 +365,14 @@ def shutdown(
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     out = PrefixedOutput()
+    try:
+        # The settings every child will check, checked once here first: a bad one is a
+        # usage error (exit 2), named as the user set it, before anything starts.
+        checked_settings()
+    except ConfigurationError as error:
+        for line in error.lines:
+            out.write(ME, f"error: {line}")
+        return USAGE_EXIT_CODE
     stop = StopRequest()
     stop.install()
     redis: Redis | None = None

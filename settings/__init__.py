@@ -10,17 +10,20 @@ read it) and above the rooms whose sections it composes.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from apis.config import ApiSettings
 from apis.config import get_settings as get_api_settings
 from redisconn.settings import RedisSettings
+from settings.errors import ConfigurationError, lines_of, merged
 from settings.worker import WorkerSettings, get_worker_settings
 
 __all__ = [
     "SECTIONS",
+    "ConfigurationError",
     "Settings",
     "WorkerSettings",
+    "checked_settings",
     "get_settings",
     "get_worker_settings",
     "setting_names",
@@ -63,6 +66,24 @@ SECTIONS: dict[str, type[RedisSettings]] = {
 def get_settings() -> Settings:
     """The whole tree, validated (its sections are read once per process)."""
     return Settings()
+
+
+def checked_settings() -> Settings:
+    """The whole tree read afresh from the environment, or a `ConfigurationError` with
+    one line per bad variable of every section (not only the first section's)."""
+    built: dict[str, BaseModel] = {}
+    failed: list[list[str]] = []
+    for name, cls in SECTIONS.items():
+        try:
+            built[name] = cls()
+        except ValidationError as exc:
+            failed.append(lines_of(cls, exc))
+    if failed:
+        raise ConfigurationError(merged(failed))
+    try:
+        return Settings.model_validate(built)
+    except ValidationError as exc:
+        raise ConfigurationError(lines_of(Settings, exc)) from None
 
 
 def setting_names() -> frozenset[str]:

@@ -24,10 +24,10 @@ from celery import Task
 from celery.exceptions import Reject
 
 from apis.config import get_settings
-from apis.errors import HeldBack, NotFound, RateLimited, UpstreamError
+from apis.errors import HeldBack, NotConfigured, NotFound, RateLimited, UpstreamError
 from brokers import ALL_QUEUES, broker_module
 from settings import get_worker_settings
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, RetriesExhausted
 from tasks.runtime import get_runtime
 from tasks.single_flight import job_began_at
 from telemetry.metrics import FAILURES_RECORDED, TASK_RETRIES
@@ -114,6 +114,10 @@ def began_at(request: Any) -> float:
     return value / 1000 if isinstance(value, int) and value > 0 else time.time()
 
 
+#: Failures that are a job's answer, not a fault: their spans carry no stack trace.
+OUTCOMES: tuple[type[Exception], ...] = (InvalidInput, NotFound)
+
+
 class UpstreamTask(Task):  # type: ignore[misc]
     """An idempotent fetch-and-store job."""
 
@@ -122,9 +126,9 @@ class UpstreamTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     max_retries = get_worker_settings().task_max_retries
-    #: Expected permanent failures: Celery logs them without a traceback (the job's
-    #: outcome line says what happened); any other exception keeps its traceback.
-    throws = (InvalidInput, NotFound)
+    #: Expected ends of a job: Celery logs them without a traceback (Celery's `throws`;
+    #: the job's outcome line names the error); any other exception keeps its traceback.
+    throws = (*OUTCOMES, NotConfigured, RetriesExhausted)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()
@@ -133,7 +137,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
             return super().__call__(*args, **kwargs)
         except HeldBack as exc:
             self._defer(exc)  # raises Retry, or returns once the deferrals are used up
-            raise
+            raise RetriesExhausted.mark(exc) from None
         except UpstreamError as exc:
             if not (self.idempotent and exc.is_transient):
                 raise
@@ -170,6 +174,11 @@ class UpstreamTask(Task):  # type: ignore[misc]
             # The retry could not be published (the broker is away too): Celery would drop
             # the message. Failing instead leaves a record to replay; nothing is lost.
             raise exc from None
+        except Exception as raised:
+            if raised is not exc:
+                raise
+            # Out of retries: Celery raised the job's last error again, an expected end.
+            raise RetriesExhausted.mark(exc) from None
 
     def _defer(self, exc: HeldBack) -> None:
         """Put the job off until the guard lets calls through, without using its retries.

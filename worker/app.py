@@ -6,15 +6,17 @@ Every setting below is chosen on purpose; each says why, with a link to Celery's
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
-from pydantic import ValidationError
 
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
 from redisconn.settings import url_passwords
-from settings import get_settings
+from settings import ConfigurationError, checked_settings
+from settings.errors import USAGE_EXIT_CODE
+from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
 from telemetry.redact import register_secret
-from upstreams import all_upstreams
 from worker import result_backend
 from worker.beat import beat_schedule
 
@@ -22,10 +24,11 @@ __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
 
 try:
     # Validate the whole settings tree (settings/: Redis, the API layer, the worker)
-    # before taking a job.
-    settings = get_settings().worker
-except ValidationError as exc:
-    raise SystemExit(f"api-layer-worker: invalid configuration\n{exc}") from None
+    # before taking a job: one line per bad variable, and exit 2, a usage error.
+    settings = checked_settings().worker
+except ConfigurationError as exc:
+    sys.stderr.write("".join(f"error: {line}\n" for line in exc.lines))
+    raise SystemExit(USAGE_EXIT_CODE) from None
 
 # Traces asked for by OTEL_* variables need the tracing extra: say so now, not at a job.
 otel.check_installed()
@@ -56,17 +59,14 @@ transport_options = {
 }
 
 # The task modules of every upstream in the registry (upstreams/).
-app = Celery("worker", include=[upstream.tasks for upstream in all_upstreams()])
+app = Celery("worker", include=list(TASK_MODULES))
 # Each result stored in one Redis round trip, Celery's key, value and message unchanged.
 app.backend_cls = result_backend.backend_class(settings.result_backend)
 app.conf.update(
     **connection.settings,
-    # JSON only: a pickled message could run arbitrary code on the worker, so any other
-    # content type is refused by kombu before a task sees it. CFG#accept-content
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
+    # JSON only, the routes and the default queue: what every sender shares with the
+    # worker (tasks/messages.py). CFG#accept-content, CFG#task-routes
+    **SENDER_CONF,
     # Every task here is an idempotent fetch-and-store: acknowledge after the work, and
     # requeue if the worker process dies mid-job, so a killed worker's jobs run again.
     # CFG#task-acks-late, CFG#task-reject-on-worker-lost
@@ -98,7 +98,6 @@ app.conf.update(
     # Results are also in the documented Redis keys; the backend copy is for callers
     # waiting on one job, so it expires. CFG#result-expires
     result_expires=settings.result_expires,
-    result_extended=True,
     # On a lost broker connection, unacknowledged jobs are redelivered anyway; cancel
     # them rather than run them twice, where the pool can stop a running job (prefork,
     # gevent, eventlet). The threads pool cannot (a thread cannot be killed: Celery logs
@@ -111,12 +110,8 @@ app.conf.update(
     # CFG#broker-connection-retry-on-startup
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
-    # One queue per upstream, so a slow upstream cannot starve the others; the default
-    # queue is consumed too, so a job sent by name without routing is never stranded.
     # The queues themselves (and the transport options) depend on the broker: see
-    # brokers/. CFG#task-queues, CFG#task-routes
-    task_default_queue=DEFAULT_QUEUE,
-    task_routes=dict(upstream.route for upstream in all_upstreams()),
+    # brokers/. CFG#task-queues
     worker_hijack_root_logger=False,
     # Beat: celery-redbeat keeps the schedule in Redis behind a lock, so a second beat
     # instance waits instead of double-scheduling. https://redbeat.readthedocs.io/

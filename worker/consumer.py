@@ -21,6 +21,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import signals
+from celery.exceptions import NotRegistered
+from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
 
 from brokers import amqp_delivery, broker_module, dead_letter_queue, redis_transport
@@ -93,15 +96,36 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         message.reject(requeue=False)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        super().on_unknown_task(body, message, exc)
+        """What Celery's own does (reject, mark the job failed, the event, the signal),
+        logged as one line that points to the failure record instead of Celery's dump
+        of the message ending "The message has been ignored and discarded"."""
         name = _header(message, "task") or "?"
+        task_id = _header(message, "id")
+        message.reject_log_error(log, self.connection_errors)
+        request = Bunch(
+            name=name,
+            chord=None,
+            root_id=_header(message, "root_id") or None,
+            correlation_id=message.properties.get("correlation_id"),
+            reply_to=message.properties.get("reply_to"),
+            errbacks=None,
+        )
+        self.app.backend.mark_as_failure(task_id, NotRegistered(name), request=request)
+        if self.event_dispatcher:
+            self.event_dispatcher.send(
+                "task-failed", uuid=task_id, exception=f"NotRegistered({name!r})"
+            )
+        signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
         args, kwargs = _arguments(message)
-        _record(
-            name,
-            _header(message, "id"),
-            UnreadableMessage(f"no task named {name!r} is registered"),
-            args,
-            kwargs,
+        entry = _record(
+            name, task_id, UnreadableMessage(f"no task named {name!r} is registered"), args, kwargs
+        )
+        log.error(
+            "job FAILURE task=%s id=%s error=NotRegistered: no such task; rejected, failure "
+            "record %s (apiworker failures list)",
+            redact(name),
+            task_id or "-",
+            entry or "not written",
         )
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -157,11 +181,13 @@ def _record(
     exc: Exception,
     args: list[Any] | None = None,
     kwargs: dict[str, Any] | None = None,
-) -> None:
+) -> str | None:
+    """Write the failure record; its stream entry id, or None when Redis is away."""
     record = failure_record(task, task_id, args or [], kwargs or {}, exc, attempts=1)
     try:
-        get_runtime().store.record_failure(record)
+        entry = get_runtime().store.record_failure(record)
     except Exception:  # the results Redis away: the log line above stays
         log.exception("could not record an unreadable message (task=%s)", task)
-        return
+        return None
     FAILURES_RECORDED.labels(task, type(exc).__name__).inc()
+    return entry

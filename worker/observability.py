@@ -27,10 +27,11 @@ from celery.signals import (
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
 from settings import get_worker_settings
-from tasks.base import UpstreamTask, deferrals_of, home_queue
+from tasks.base import OUTCOMES, deferrals_of, home_queue
 from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
 from telemetry import logs, otel
 from telemetry.metrics import JOB_SECONDS, JOBS
+from telemetry.redact import redact
 from worker import backlog, connection_loss
 
 log = logging.getLogger("worker.jobs")
@@ -54,8 +55,11 @@ def _job_started(task_id: str, **_: Any) -> None:
 
 
 @task_postrun.connect
-def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
-    """One line per job outcome; a retry is logged as RETRY and runs again later."""
+def _job_finished(
+    task_id: str, task: Any, state: str | None = None, retval: Any = None, **_: Any
+) -> None:
+    """One line per job outcome; a retry is logged as RETRY and runs again later; a
+    failure names its error (type and message, secrets masked)."""
     started = _started.pop(task_id, None)
     duration = time.monotonic() - started if started is not None else 0.0
     state = state or "UNKNOWN"
@@ -64,8 +68,13 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
     delivery = getattr(task.request, "delivery_info", None) or {}
     keys = result_keys()
     revalidated = revalidations()
+    error = (
+        f"{type(retval).__name__}: {redact(' '.join(str(retval).split()))}"
+        if state == "FAILURE" and isinstance(retval, BaseException)
+        else None
+    )
     log.info(
-        "job %s task=%s id=%s queue=%s duration_ms=%.1f attempts=%d key=%s revalidation=%s",
+        "job %s task=%s id=%s queue=%s duration_ms=%.1f attempts=%d key=%s revalidation=%s%s",
         state,
         task.name,
         task_id,
@@ -75,6 +84,7 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
         (task.request.retries or 0) + 1,
         ",".join(keys[:3]) + ("..." if len(keys) > 3 else "") if keys else "-",
         revalidation_text(revalidated),
+        f" error={error}" if error else "",
         extra={
             "task": task.name,
             "task_id": task_id,
@@ -83,6 +93,7 @@ def _job_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -
             "attempts": (task.request.retries or 0) + 1,
             "result_keys": keys[:10],
             "revalidation": revalidated,
+            **({"error": error} if error else {}),
         },
     )
 
@@ -101,7 +112,7 @@ def _start_tracing_in_child(**_: Any) -> None:
 def _trace_jobs() -> None:
     """Traces of jobs when OTEL_* variables ask for them; the tasks say which failures
     are outcomes and how a deferral is counted."""
-    otel.start(UpstreamTask.throws, deferrals_of)
+    otel.start(OUTCOMES, deferrals_of)
 
 
 @worker_init.connect

@@ -12,9 +12,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from functools import cached_property
+from typing import IO, Any, NoReturn
 
 import click
 import redis
@@ -31,10 +32,10 @@ from brokers import (
 )
 from ops.processes import redacted
 from redisconn import RedisTarget
-from settings import WorkerSettings
+from settings import ConfigurationError, WorkerSettings, checked_settings
+from settings.errors import USAGE_EXIT_CODE, lines_of
 from tasks.keys import Keys
-from upstreams import all_upstreams
-from worker.app import app as project_app
+from tasks.messages import SENDER_CONF, TASK_MODULES
 
 
 def public_tasks() -> dict[str, tuple[str, ...]]:
@@ -42,13 +43,14 @@ def public_tasks() -> dict[str, tuple[str, ...]]:
     upstream's task module that is not internal, from Celery's own registry (`app.tasks`),
     in the upstream registry's order. Checked before sending, because a job under a wrong
     name or with the wrong arguments would only fail on the worker."""
-    project_app.loader.import_default_modules()
+    registry = Celery("apiworker-tasks", include=list(TASK_MODULES), set_as_current=False)
+    registry.loader.import_default_modules()
     found: dict[str, tuple[str, ...]] = {}
-    for upstream in all_upstreams():
+    for module in TASK_MODULES:
         tasks = [
             (name, task)
-            for name, task in project_app.tasks.items()
-            if task.__module__ == upstream.tasks and not getattr(task, "internal", False)
+            for name, task in registry.tasks.items()
+            if task.__module__ == module and not getattr(task, "internal", False)
         ]
         # In the order they are defined in their module.
         for name, task in sorted(tasks, key=lambda item: item[1].run.__code__.co_firstlineno):
@@ -57,28 +59,40 @@ def public_tasks() -> dict[str, tuple[str, ...]]:
     return found
 
 
-PUBLIC_TASKS: Mapping[str, tuple[str, ...]] = public_tasks()
+class _PublicTasks(Mapping[str, tuple[str, ...]]):
+    """`public_tasks()`, read on first use: the task modules read settings when imported,
+    so importing them with the CLI would break `apiworker --help` under a bad setting,
+    before the group could report it as one."""
 
-# What a sender must share with the worker for a job to be routed and decoded as the
-# worker expects; the connection URLs are deliberately not among them.
-_SENDER_CONF = (
-    "task_serializer",
-    "result_serializer",
-    "accept_content",
-    "result_accept_content",
-    "task_default_queue",
-    "task_routes",
-    "result_extended",
-)
+    @cached_property
+    def _tasks(self) -> dict[str, tuple[str, ...]]:
+        return public_tasks()
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return self._tasks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+PUBLIC_TASKS: Mapping[str, tuple[str, ...]] = _PublicTasks()
 
 Record = dict[str, str]
 Entry = tuple[str, Record]
 
 
 class ConfigError(click.ClickException):
-    """The environment or an option names an invalid setting: a usage error."""
+    """The environment or an option names an invalid setting: a usage error, one line
+    per bad variable (`settings.errors`)."""
 
-    exit_code = 2
+    exit_code = USAGE_EXIT_CODE
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        for line in self.format_message().splitlines():
+            click.echo(f"Error: {line}", err=True, file=file)
 
 
 def fail(message: str) -> NoReturn:
@@ -95,14 +109,15 @@ safe_url = redacted
 
 
 def sender_app(settings: WorkerSettings) -> Celery:
-    """A sender with the project app's routing and serialisation and these settings' URLs.
+    """A sender with the worker's routing and serialisation and these settings' URLs.
 
-    `worker.app` fixes its broker when it is first imported; copying its routing instead
-    keeps jobs routed exactly as the worker expects while honouring this invocation's URLs.
+    `worker.app` fixes its broker when it is first imported; sharing its routing instead
+    (`tasks.messages`) keeps jobs routed exactly as the worker expects while honouring
+    this invocation's URLs.
     """
     app = Celery("apiworker", set_as_current=False)
     app.conf.update(
-        {name: project_app.conf[name] for name in _SENDER_CONF},
+        SENDER_CONF,
         # The queues and transport options of this invocation's broker, which need not be
         # the one `worker.app` was configured for when it was imported.
         **broker_module(settings.broker_url).celery_conf(settings),
@@ -123,12 +138,25 @@ def sender_app(settings: WorkerSettings) -> Celery:
 
 @dataclass
 class Services:
-    """The connections one invocation needs, opened on first use and closed at exit."""
+    """The settings and connections one invocation needs, each read or opened on first
+    use (so a command's `--help` needs neither) and closed at exit."""
 
-    settings: WorkerSettings
+    overrides: dict[str, Any] = field(default_factory=dict)
     _clients: list[redis.Redis] = field(default_factory=list)
     _celery: Celery | None = None
     _broker: Broker | None = None
+
+    @cached_property
+    def settings(self) -> WorkerSettings:
+        """The whole tree as the worker checks it at start, then this invocation's view
+        (`--redis-url`); a bad setting is a usage error, one line per variable."""
+        try:
+            checked_settings()
+            return WorkerSettings(**self.overrides)
+        except ConfigurationError as exc:
+            raise ConfigError(str(exc)) from exc
+        except ValidationError as exc:
+            raise ConfigError("\n".join(lines_of(WorkerSettings, exc))) from exc
 
     @property
     def keys(self) -> Keys:
@@ -141,7 +169,7 @@ class Services:
     def broker(self) -> Broker:
         """The broker behind CELERY_BROKER_URL, over its own protocol."""
         if self._broker is None:
-            prefix = project_app.conf.broker_transport_options.get("global_keyprefix", "")
+            prefix = self.celery().conf.broker_transport_options.get("global_keyprefix", "")
             try:
                 self._broker = open_broker(
                     self.settings.broker_url,
@@ -206,10 +234,8 @@ def cli(ctx: click.Context, redis_url: str | None, verbose: bool) -> None:
     overrides: dict[str, Any] = {} if redis_url is None else {"redis_url": redis_url}
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
-    try:
-        settings = WorkerSettings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid worker settings:\n{exc}") from exc
-    services = Services(settings)
+    # Settings are read when a command first needs them, after click has handled the
+    # command's own --help: help works whatever the environment holds.
+    services = Services(overrides)
     ctx.call_on_close(services.close)
     ctx.obj = services

@@ -118,6 +118,9 @@ def enqueue(
     With --traceparent (or TRACEPARENT), the job is part of that trace.
     """
     kwargs = parse_kwargs(kwargs_json)
+    # The settings first: the task registry check_call reads needs valid ones, and a
+    # bad one is reported as such (exit 2), not as a failure to load the tasks.
+    _ = services.settings
     check_call(task, args, kwargs)
     reachable_or_fail(services)
     # The routing key too: the task's route would otherwise still name its usual queue.

@@ -147,7 +147,7 @@ def records_of(deployment: Deployment, *task_ids: str) -> dict[str, dict[str, st
     return records if set(task_ids) <= records.keys() else None
 
 
-UNREGISTERED = "Received unregistered task of type 'tasks.pokemon.no_such_task'"
+UNREGISTERED = "job FAILURE task=tasks.pokemon.no_such_task id="
 PICKLE_REFUSED = (
     "Received invalid task message: Refusing to deserialize untrusted content of type pickle"
 )
