@@ -42,6 +42,9 @@ class Upstream:
     rate_limit_setting: str = ""
     #: Whether its calls go through the shared circuit breaker (keys named after it).
     breaker: bool = True
+    #: The kinds of result its tasks store (`{kind}:{ident}` in the results contract),
+    #: which `apiworker result` names when asked for another.
+    result_kinds: tuple[str, ...] = ()
 
     @property
     def queue(self) -> str:
@@ -70,6 +73,7 @@ BUILT_IN = (
         base_url_setting="POKEAPI_BASE_URL",
         description="PokeAPI v2",
         rate_limit_setting="POKEAPI_RATE_LIMIT",
+        result_kinds=("pokemon",),
     ),
     Upstream(
         name="cms",
@@ -78,6 +82,7 @@ BUILT_IN = (
         base_url_setting="CMS_BASE_URL",
         description="the headless CMS",
         rate_limit_setting="CMS_RATE_LIMIT",
+        result_kinds=("article",),
     ),
     Upstream(
         name="semaphore",
@@ -86,6 +91,7 @@ BUILT_IN = (
         base_url_setting="SEMAPHORE_BASE_URL",
         description="Semaphore CI, API v1alpha",
         rate_limit_setting="SEMAPHORE_RATE_LIMIT",
+        result_kinds=("semaphore-pipelines", "semaphore-projects"),
     ),
 )
 

@@ -10,6 +10,16 @@ from ops.cli.base import (
     fail,
     json_line,
 )
+from upstreams import all_upstreams
+
+#: The kind whose results are stored under the canonical name, found from an id through
+#: `index:pokemon-ids` (a job sent with `25` stores `pokemon:pikachu`).
+BY_NAME = "pokemon"
+
+
+def result_kinds() -> list[str]:
+    """Every kind of result the registered upstreams store."""
+    return [kind for upstream in all_upstreams() for kind in upstream.result_kinds]
 
 
 @cli.command()
@@ -20,13 +30,21 @@ from ops.cli.base import (
 def result(services: Services, kind: str, ident: str, meta: bool) -> None:
     """Print the stored JSON of the result KIND:IDENT.
 
-    For example `apiworker result pokemon charizard`. Exit 1 when nothing is stored.
+    For example `apiworker result pokemon charizard` (or `pokemon 6`: an id is looked up
+    in `index:pokemon-ids`). Exit 1 when nothing is stored, 2 for a kind no upstream
+    stores (the valid kinds are listed).
     """
     client = services.results()
-    key = services.keys.result(kind, ident)
-    value = client.get(key)
+    keys = services.keys
+    if kind == BY_NAME and ident.isdigit():
+        name = client.hget(keys.pokemon_ids, ident)
+        ident = str(name) if name else ident
+    value = client.get(keys.result(kind, ident))
     if value is None:
-        fail(f"no result at {key}")
+        kinds = result_kinds()
+        if kind not in kinds:
+            raise click.UsageError(f"no kind {kind!r}: one of {', '.join(kinds)}")
+        fail(f"no result at {keys.result(kind, ident)}")
     click.echo(value)
     if meta:
-        click.echo(json_line(client.hgetall(services.keys.meta(kind, ident))))
+        click.echo(json_line(client.hgetall(keys.meta(kind, ident))))

@@ -122,6 +122,25 @@ def test_result_prints_the_stored_value_and_meta(
     assert json.loads(meta)["task_id"] == job.id
 
 
+def test_result_by_id_finds_the_canonical_name(
+    run: Run, producer: Celery, results: redis.Redis
+) -> None:
+    """A job sent with the id 6 stores `pokemon:charizard`; `result pokemon 6` finds it
+    through `index:pokemon-ids`."""
+    producer.send_task(FETCH, args=["6"]).get(timeout=TIMEOUT)
+    outcome = run("result", "pokemon", "6")
+    assert outcome.exit_code == 0, outcome.output
+    assert json.loads(outcome.stdout) == CHARIZARD
+
+
+def test_result_of_an_unknown_kind_lists_the_valid_ones(run: Run, results: redis.Redis) -> None:
+    """`result foo bar`: a usage error (exit 2) naming every kind the upstreams store."""
+    outcome = run("result", "foo", "bar")
+    assert outcome.exit_code == 2
+    for kind in ("pokemon", "article", "semaphore-pipelines", "semaphore-projects"):
+        assert kind in outcome.stderr
+
+
 def test_result_absent_exits_1(run: Run, results: redis.Redis) -> None:
     """No stored value: exit 1 naming the key."""
     outcome = run("result", "pokemon", "missingno")
