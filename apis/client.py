@@ -342,12 +342,14 @@ class ApiClient:
         except urllib3_errors.NewConnectionError as exc:
             # Checked first: urllib3 2 still derives it from ConnectTimeoutError.
             raise errors.UpstreamConnectionError(
-                f"connection failed: {type(exc).__name__}", self.service, method, path
-            ) from exc
+                f"connection to {self.endpoint} failed: {type(exc).__name__}",
+                self.service, method, path,
+            ) from exc  # fmt: skip
         except urllib3_errors.ConnectTimeoutError as exc:
             raise errors.UpstreamTimeout(
-                f"timed out: {type(exc).__name__}", self.service, method, path
-            ) from exc
+                f"connecting to {self.endpoint} timed out: {type(exc).__name__}",
+                self.service, method, path,
+            ) from exc  # fmt: skip
         except urllib3_errors.ReadTimeoutError as exc:
             raise errors.UpstreamTimeout(
                 "timed out reading the answer", self.service, method, path
@@ -358,8 +360,19 @@ class ApiClient:
             ) from exc
         except (urllib3_errors.HTTPError, OSError) as exc:
             raise errors.UpstreamConnectionError(
-                f"connection failed: {type(exc).__name__}", self.service, method, path
-            ) from exc
+                f"connection to {self.endpoint} failed: {type(exc).__name__}",
+                self.service, method, path,
+            ) from exc  # fmt: skip
+
+    @property
+    def endpoint(self) -> str:
+        """`host:port` of the base URL, never its credentials: what a connection error
+        names, so the reader knows which address did not answer."""
+        parts = urlsplit(self.config.base_url or "")
+        if not parts.hostname:
+            return "?"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.hostname}:{port}"
 
     def _read(
         self,

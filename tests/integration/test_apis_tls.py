@@ -20,6 +20,7 @@ import trustme
 
 from apis import PokeAPI, errors
 from apis.config import ApiSettings
+from tests.support.redis_server import free_port
 
 RECORD = orjson.dumps(
     {"id": 25, "name": "pikachu", "height": 4, "weight": 60, "sprites": {"front_default": None}}
@@ -78,3 +79,14 @@ def test_a_trusted_certificate_serves_the_record(
     authority.cert_pem.write_to_path(str(bundle))
     monkeypatch.setattr(certifi, "where", lambda: str(bundle))
     assert client(https_url).get_pokemon("pikachu").data["id"] == 25
+
+
+def test_a_refused_connection_names_the_host_and_port_never_the_credentials() -> None:
+    """Nothing listens on the port: the error says which address, without the userinfo
+    the base URL carries."""
+    port = free_port()
+    with pytest.raises(errors.UpstreamConnectionError) as refused:
+        client(f"http://someone:url-secret@127.0.0.1:{port}/api/v2").get_pokemon("pikachu")
+    assert f"127.0.0.1:{port}" in str(refused.value)
+    assert "url-secret" not in str(refused.value)
+    assert "url-secret" not in repr(refused.value)
