@@ -28,6 +28,10 @@ from typing import Any
 import redis
 from celery import Celery
 
+# Loaded so that Celery rebuilds a job's failure as the API layer's own exception, which
+# prints as its message (`not found [pokeapi GET … -> 404]`): Celery only rebuilds classes
+# of modules already imported, and shows any other as the tuple of its arguments.
+from apis import errors as _upstream_errors  # noqa: F401
 from ops.processes import (
     Child,
     StartupFailed,

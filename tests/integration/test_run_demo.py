@@ -58,6 +58,9 @@ def test_demo_shows_the_whole_flow() -> None:
     failure = re.search(r"task=tasks\.pokemon\.fetch_pokemon .*args=\[\"missingno\"\].*", out)
     assert failure is not None, out
     assert "error=NotFound" in failure.group(0)
+    # The job's own failure, as its message, not the tuple of the exception's arguments.
+    assert re.search(r"missingno: FAILURE NotFound: not found \[pokeapi GET \S+ -> 404\]", out), out
+    assert "('not found'" not in out
 
 
 @pytest.fixture
