@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from brokers import (
     ALL_QUEUES,
     BrokerError,
 )
+from ops.cli import progress
 from ops.cli.base import (
     PUBLIC_TASKS,
     Services,
@@ -64,16 +66,33 @@ def check_call(task: str, args: Sequence[object], kwargs: Mapping[str, object]) 
         raise click.UsageError(f"{signature}: {'; '.join(problems)}")
 
 
-def print_outcome(job: Any, timeout: float) -> None:
-    """Print a finished job's result, or stop with 1 on failure or timeout."""
+def print_outcome(job: Any, timeout: float, backend: Any) -> None:
+    """Print each retry and deferral as it happens, then the finished job's result; for
+    a job that sent others, follow them to their end. Exit 1 on a failure or timeout."""
+    deadline = time.monotonic() + timeout
+
+    def on_message(meta: Mapping[str, Any]) -> None:
+        line = progress.retry_line(meta)
+        if line is not None:
+            click.echo(line, err=True)
+
     try:
-        value = job.get(timeout=timeout, propagate=False)
+        value = job.get(timeout=timeout, propagate=False, on_message=on_message)
     except ResultTimeout:
         fail(f"timed out after {timeout:g}s waiting for job {job.id} (state {job.state})")
     if job.state != "SUCCESS":
         error = job.result
         fail(f"job {job.id} {job.state}: {type(error).__name__}: {redact(str(error))}")
     click.echo(json_line(value))
+    children = [child.id for child in job.children or []]
+    if not children:
+        return
+    done, failed = progress.follow_children(backend, children, deadline - time.monotonic())
+    click.echo(f"child jobs: {done} done, {failed} failed, {len(children)} in all", err=True)
+    if done + failed < len(children):
+        fail(f"timed out after {timeout:g}s with {len(children) - done - failed} child jobs open")
+    if failed:
+        fail(f"{failed} of {len(children)} child jobs failed (apiworker failures list)")
 
 
 @cli.command()
@@ -130,7 +149,7 @@ def enqueue(
     job = services.celery().send_task(task, args=list(args), kwargs=kwargs, **options)
     click.echo(job.id)
     if wait:
-        print_outcome(job, timeout)
+        print_outcome(job, timeout, services.celery().backend)
 
 
 def reachable_or_fail(services: Services, timeout: float = 5.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -63,6 +64,30 @@ def test_enqueue_wait_prints_the_exact_result(run: Run, results: redis.Redis) ->
     job_id, value = outcome.stdout.splitlines()
     assert json.loads(value) == CHARIZARD
     assert results.hget("meta:pokemon:charizard", "task_id") == job_id
+
+
+def test_enqueue_wait_prints_each_retry_as_it_happens(
+    run: Run, results: redis.Redis, sandbox: Any
+) -> None:
+    """Four 503s use up the client's attempts: the job is retried by Celery, `--wait`
+    says so with the error on stderr, then prints the result; exit 0."""
+    sandbox.inject("pokemon", "status", status=503, times=4)
+    outcome = run("enqueue", FETCH, "pikachu", "--wait", "--timeout", str(TIMEOUT))
+    assert outcome.exit_code == 0, outcome.output
+    assert re.search(r"^retry 1: ServerError: ", outcome.stderr, re.MULTILINE), outcome.stderr
+    assert json.loads(outcome.stdout.splitlines()[1])["name"] == "pikachu"
+
+
+def test_enqueue_wait_follows_a_fan_out_to_its_end(run: Run, results: redis.Redis) -> None:
+    """`refresh_catalog --wait` prints its summary, then follows its child jobs until
+    every one has ended: all done, none failed, and the catalogue's names stored."""
+    outcome = run("enqueue", "tasks.pokemon.refresh_catalog", "--wait", "--timeout", "60")
+    assert outcome.exit_code == 0, outcome.output
+    summary = json.loads(outcome.stdout.splitlines()[1])
+    jobs = summary["jobs"]
+    assert f"child jobs: {jobs} done, 0 failed, {jobs} in all" in outcome.stderr
+    for name in ("charizard", "pikachu", "mew"):  # POKEMON_CATALOG of the suite's worker
+        assert results.exists(f"pokemon:{name}")
 
 
 def test_enqueue_unknown_task_is_refused_with_the_valid_names(run: Run) -> None:
