@@ -22,8 +22,10 @@ With `--broker amqp` (default: both) the broker is a private RabbitMQ node
 (tests/support/rabbitmq.py) with the vhost set up as `apiworker rabbitmq apply-policy`
 does; Redis then holds only results and the result backend.
 
-Prints Markdown tables: per role and phase, calls, input and output bytes per job; then
-calls per job per command.
+Prints Markdown tables: per role and phase, commands sent and run, input and output
+bytes and the server's main-thread CPU per job; then calls per job per command. MONITOR
+(which tells a script's own calls apart) costs the server CPU: take the CPU column from
+a run with `--no-monitor`.
 """
 
 from __future__ import annotations
@@ -103,15 +105,20 @@ class Snapshot:
     in_script: dict[str, int]  # of which inside a Lua script
     net_in: int
     net_out: int
+    cpu: float  # seconds of the server's main thread (the one that runs commands)
 
     @classmethod
-    def of(cls, client: redis.Redis, monitor: Monitor) -> Snapshot:
+    def of(cls, client: redis.Redis, monitor: Monitor | None) -> Snapshot:
         commands = client.info("commandstats")
         stats = client.info("stats")
-        monitored, in_script = monitor.read()
+        cpu = client.info("cpu")
+        monitored, in_script = monitor.read() if monitor is not None else (0, {})
         calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in commands.items()}
         net_out = int(stats["total_net_output_bytes"]) - monitored
-        return cls(calls, in_script, int(stats["total_net_input_bytes"]), net_out)
+        main_thread = float(cpu["used_cpu_user_main_thread"]) + float(
+            cpu["used_cpu_sys_main_thread"]
+        )
+        return cls(calls, in_script, int(stats["total_net_input_bytes"]), net_out, main_thread)
 
     def minus(self, before: Snapshot) -> Snapshot:
         ignored = ("info", "monitor")
@@ -122,6 +129,7 @@ class Snapshot:
             {n: c for n, c in scripted.items() if c},
             self.net_in - before.net_in,
             self.net_out - before.net_out,
+            self.cpu - before.cpu,
         )
 
     def trips(self) -> dict[str, int]:
@@ -162,6 +170,10 @@ class Phase:
     def net_out(self) -> float:
         return self.per_job(self.used.net_out, self.idle.net_out)
 
+    def cpu_us(self) -> float:
+        """Microseconds of the server's main thread per job."""
+        return self.per_job(self.used.cpu, self.idle.cpu) * 1e6
+
 
 @contextmanager
 def rabbit_vhost() -> Iterator[str]:
@@ -181,7 +193,7 @@ def jobs_done(metrics_url: str) -> int:
     return int(sum(float(found) for found in JOBS_METRIC.findall(text)))
 
 
-def measure(broker: str, jobs: int) -> dict[str, dict[str, Phase]]:
+def measure(broker: str, jobs: int, monitor: bool) -> dict[str, dict[str, Phase]]:
     """{phase: {role: Phase}} for one broker kind."""
     names = list(load_catalogue().names[:jobs])
     if len(names) < jobs:
@@ -219,9 +231,12 @@ def measure(broker: str, jobs: int) -> dict[str, dict[str, Phase]]:
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         wait_until(lambda: _answers(metrics_url), timeout=30, what="the worker's metrics")
         clients = {role: server.client() for role, server in servers.items()}
-        monitors = {role: Monitor(server.port) for role, server in servers.items()}
-        for monitor in monitors.values():
-            stack.callback(monitor.close)
+        monitors: dict[str, Monitor | None] = {
+            role: Monitor(server.port) if monitor else None for role, server in servers.items()
+        }
+        for watching in monitors.values():
+            if watching is not None:
+                stack.callback(watching.close)
         # Warm up (connections, script loads, queue declarations) with names not measured.
         spare = list(load_catalogue().names[-5:])
         run_phase(producer, spare, metrics_url)
@@ -276,15 +291,15 @@ def report(results: Mapping[str, dict[str, dict[str, Phase]]], jobs: int) -> str
         f"{jobs} jobs per phase; per job, the idle worker's background calls subtracted.",
         "",
         "| broker | phase | Redis role | commands sent/job | commands run/job | "
-        "bytes in/job | bytes out/job | jobs/s | idle commands sent/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "bytes in/job | bytes out/job | Redis CPU µs/job | jobs/s | idle commands sent/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for broker, phases in results.items():
         for phase, roles in phases.items():
             for role, cost in roles.items():
                 lines.append(
                     f"| {broker} | {phase} | {role} | {cost.trips():.2f} | {cost.calls():.2f} | "
-                    f"{cost.net_in():,.0f} | {cost.net_out():,.0f} | "
+                    f"{cost.net_in():,.0f} | {cost.net_out():,.0f} | {cost.cpu_us():.0f} | "
                     f"{cost.jobs / cost.seconds:.0f} | "
                     f"{sum(cost.idle.trips().values()) / cost.idle_seconds:.1f} |"
                 )
@@ -292,9 +307,10 @@ def report(results: Mapping[str, dict[str, dict[str, Phase]]], jobs: int) -> str
             calls = sum(cost.calls() for cost in roles.values())
             net_in = sum(cost.net_in() for cost in roles.values())
             net_out = sum(cost.net_out() for cost in roles.values())
+            cpu = sum(cost.cpu_us() for cost in roles.values())
             lines.append(
                 f"| {broker} | {phase} | **all** | **{trips:.2f}** | **{calls:.2f}** | "
-                f"**{net_in:,.0f}** | **{net_out:,.0f}** | | |"
+                f"**{net_in:,.0f}** | **{net_out:,.0f}** | **{cpu:.0f}** | | |"
             )
     columns = [(b, p) for b, phases in results.items() for p in phases]
     lines += [
@@ -332,9 +348,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500, help="jobs per phase (distinct names)")
     parser.add_argument("--broker", choices=("redis", "amqp", "both"), default="both")
+    parser.add_argument(
+        "--no-monitor",
+        action="store_true",
+        help="without MONITOR: no split of script calls (sent = run), Redis CPU not inflated",
+    )
     args = parser.parse_args()
     brokers = ("redis", "amqp") if args.broker == "both" else (args.broker,)
-    results = {broker: measure(broker, args.jobs) for broker in brokers}
+    results = {broker: measure(broker, args.jobs, not args.no_monitor) for broker in brokers}
     print(report(results, args.jobs))
 
 
