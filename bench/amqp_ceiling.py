@@ -24,6 +24,7 @@ ceiling of Python clients on this box, not the server's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
@@ -58,13 +59,16 @@ def publish(url: str, count: int, size: int, start: Any, result: Any) -> None:
         result.put(("publish", count, time.perf_counter() - began))
 
 
-def consume(url: str, count: int, prefetch: int, start: Any, result: Any) -> None:
+def consume(url: str, count: int, prefetch: int, start: Any, result: Any, total: Any) -> None:
+    """Take and ack messages until the consumers together have `count`."""
     received = 0
 
     def on_message(_body: Any, message: Any) -> None:
         nonlocal received
         message.ack()
         received += 1
+        with total.get_lock():
+            total.value += 1
 
     with Connection(url) as conn:
         channel = conn.channel()
@@ -72,8 +76,9 @@ def consume(url: str, count: int, prefetch: int, start: Any, result: Any) -> Non
         with conn.Consumer(queue(), channel=channel, callbacks=[on_message], accept=None):
             start.wait()
             began = time.perf_counter()
-            while received < count:
-                conn.drain_events(timeout=30)
+            while total.value < count:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.2)
             result.put(("consume", received, time.perf_counter() - began))
 
 
@@ -95,13 +100,15 @@ def run_phase(
         process.start()
     time.sleep(3.0)  # every process connected and waiting
     start.set()
-    totals: dict[str, list[float]] = {}
+    done: dict[str, int] = {}
+    slowest: dict[str, float] = {}
     for _ in processes:
-        kind, done, seconds = result.get(timeout=600)
-        totals.setdefault(kind, []).append(done / seconds)
+        kind, count, seconds = result.get(timeout=600)
+        done[kind] = done.get(kind, 0) + count
+        slowest[kind] = max(slowest.get(kind, 0.0), seconds)
     for process in processes:
         process.join(timeout=30)
-    return {kind: sum(rates) for kind, rates in totals.items()}
+    return {kind: done[kind] / slowest[kind] for kind in done}
 
 
 @contextmanager
