@@ -85,16 +85,15 @@ def consume(url: str, count: int, prefetch: int, start: Any, result: Any, total:
 def run_phase(
     url: str, args: argparse.Namespace, publishers: int, consumers: int
 ) -> dict[str, float]:
-    """Start the processes, release them at once; messages/s per kind (their sum)."""
+    """Start the processes, release them at once; messages/s per kind (all its processes'
+    messages over the slowest one's time)."""
     ctx = multiprocessing.get_context("spawn")
-    start, result = ctx.Event(), ctx.Queue()
+    start, result, total = ctx.Event(), ctx.Queue(), ctx.Value("q", 0)
+    each = args.messages // max(publishers, 1)
+    consumed = each * publishers if publishers else args.messages
     jobs: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-    jobs += [
-        (publish, (url, args.messages // max(publishers, 1), args.size, start, result))
-    ] * publishers
-    jobs += [
-        (consume, (url, args.messages // max(consumers, 1), args.prefetch, start, result))
-    ] * consumers
+    jobs += [(publish, (url, each, args.size, start, result))] * publishers
+    jobs += [(consume, (url, consumed, args.prefetch, start, result, total))] * consumers
     processes = [ctx.Process(target=target, args=params) for target, params in jobs]
     for process in processes:
         process.start()
