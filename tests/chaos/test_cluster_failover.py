@@ -10,10 +10,12 @@ job is stored (none lost; only jobs in flight at the kill run twice) within the 
 jobs sent after the kill are accepted (the producer fails over too); `apiworker health`
 and `apiworker queues` name the dead node and each queue's leader and members; the
 worker's log has no traceback for the expected connection loss; the password appears in
-no log, CLI output or metrics page.
+no log, CLI output or metrics page. Then the killed node is started again (same name,
+same data): it runs in the cluster again and every queue has its three members online
+again, within a bound; both times are printed.
 
 The cluster starts once for this module (about 20 to 30 s); the scenario itself takes
-about 15 s. The loop for the figures in docs/reliability.md:
+about 15 s, the restart and rejoin about 10 s more. The loop for the figures in docs/reliability.md:
 
     for i in $(seq 10); do .venv/bin/pytest tests/chaos/test_cluster_failover.py -q -s \
         -p no:cacheprovider | grep "node killed"; done
@@ -45,9 +47,14 @@ from tests.support.rabbitmq import RabbitUnavailable, vhost_of
 from tests.support.redis_server import free_port
 
 FETCH = "tasks.pokemon.fetch_pokemon"
-#: From the kill to the last job stored. RabbitMQ notices the dead node and elects new
-#: leaders within a few seconds; the worker reconnects to the next URL at once.
-RECOVERY_SECONDS = 30.0
+#: From the kill to the last job stored (the issue's bound; measured 1.1 to 1.6 s).
+#: RabbitMQ notices the dead node and elects new leaders within a few seconds; the
+#: worker reconnects to the next URL at once.
+RECOVERY_SECONDS = 10.0
+#: From the restart of the killed node to its running in the cluster again with every
+#: queue's replica on it online: a boot (about 5 s here, longer on a busy machine) and
+#: the replicas catching up.
+REJOIN_SECONDS = 60.0
 #: How long a producer retries a refused publish (the README's recipe).
 PUBLISH_RETRY_SECONDS = 20.0
 
@@ -152,10 +159,26 @@ def test_a_dead_node_costs_no_job_and_the_worker_consumes_on(
         metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         for place, text in {"worker log": log, "metrics": metrics, "cli": "".join(outputs)}.items():
             assert password not in text, place
+
+        # The killed node comes back: it rejoins the cluster, and every queue has its
+        # three members again, all online (a dead member stays in `members`, offline).
+        restarted_at = time.monotonic()
+        dead.start()
+        booted = time.monotonic() - restarted_at
+        cluster.wait_running(len(cluster.nodes), timeout=REJOIN_SECONDS)
+        running = time.monotonic() - restarted_at
+        everyone = sorted(node.name for node in cluster.nodes)
+        wait_for(lambda: all(replicas_online(cluster, vhost, queue) == everyone
+                             for queue in ALL_QUEUES),
+                 timeout=max(REJOIN_SECONDS - running, 1.0), interval=0.2,
+                 what="every queue's three members online")  # fmt: skip
+        rejoined = time.monotonic() - restarted_at
         print(
             f"node killed: sent={len(names)} stored={results.exists(*keys(names))} lost=0 "
             f"publishes-refused={nacked} second-half-published-in={published:.1f}s "
-            f"recovered-in={recovered:.1f}s (bound {RECOVERY_SECONDS:g}s) new-leader={leader}"
+            f"recovered-in={recovered:.1f}s (bound {RECOVERY_SECONDS:g}s) new-leader={leader} "
+            f"restarted: booted-in={booted:.1f}s running-in-cluster={running:.1f}s "
+            f"queues-three-members-in={rejoined:.1f}s (bound {REJOIN_SECONDS:g}s)"
         )
     finally:
         sandbox.latency = 0.0
@@ -180,6 +203,16 @@ def send_retrying(producer: Any, name: str) -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def replicas_online(cluster: RabbitCluster, vhost: str, queue: str) -> list[str]:
+    """The nodes where `queue` has a member that is online, sorted; none while a member
+    is missing from `members`."""
+    found = cluster.queue(vhost, queue)
+    members, online = found.get("members") or [], found.get("online") or []
+    assert isinstance(members, list), found
+    assert isinstance(online, list), found
+    return sorted(online) if sorted(members) == sorted(online) else []
 
 
 def keys(names: list[str]) -> list[str]:
