@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from brokers import (
     ALL_QUEUES,
@@ -28,12 +31,17 @@ def queues(services: Services) -> None:
     through its management API (RABBITMQ_MANAGEMENT_URL).
     """
     depths = services.broker().depths(ALL_QUEUES)
-    click.echo(f"{'queue':<10} {'ready':>7} {'unacked':>8} {'dead':>6}")
+    # rich lays the table out; a plain box keeps each row one line of space-separated
+    # cells, which scripts (and awk) read as before.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("queue")
+    for column in ("ready", "in_hand", "dead"):
+        table.add_column(column, justify="right")
     for depth in depths:
-        click.echo(
-            f"{depth.name:<10} {depth.ready:>7} {count_cell(depth.unacked):>8} "
-            f"{count_cell(depth.dead):>6}"
+        table.add_row(
+            depth.name, str(depth.ready), count_cell(depth.unacked), count_cell(depth.dead)
         )
+    Console(soft_wrap=True).print(table)
     # On a RabbitMQ cluster (with its management API): the nodes, each queue's replicas.
     if view := rabbitmq_cli.cluster_view(services.broker()):
         click.echo(f"\nnodes: {rabbitmq_cli.node_line(view)[1]}")

@@ -277,8 +277,9 @@ def test_failures_replay_resends_and_removes_the_entry(run: Run, results: redis.
 def queue_table(output: str) -> dict[str, list[str]]:
     """`apiworker queues` as {queue: [ready, unacked, dead]}, after its header line and
     before the blank line that begins a RabbitMQ cluster's section."""
-    header, *rows = output.split("\n\n", 1)[0].splitlines()
-    assert header.split() == ["queue", "ready", "unacked", "dead"]
+    header, rule, *rows = output.split("\n\n", 1)[0].splitlines()
+    assert header.split() == ["queue", "ready", "in_hand", "dead"]
+    assert set(rule.strip()) == {"─"}  # rich's rule under the header
     return {row.split()[0]: row.split()[1:] for row in rows}
 
 
