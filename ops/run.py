@@ -42,6 +42,7 @@ from ops.processes import (
     stop_children,
     wait_until,
 )
+from ops.producer import producer_app
 from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
 from settings import ConfigurationError, checked_settings, get_worker_settings
 from settings.errors import USAGE_EXIT_CODE
@@ -50,6 +51,7 @@ RUN_DIR_ENV = "APIWORKER_RUN_DIR"
 # A stable port (the first free one) keeps the private Redis's URL the same between runs.
 PRIVATE_REDIS_PORTS = range(6380, 6390)
 SUPERVISE_INTERVAL = 0.1
+WORKER_ANSWER_TIMEOUT = 30.0
 ME = "run"
 
 
@@ -321,9 +323,31 @@ def start_services(
     """Start each service, adding it to `started` at once so a failure halfway through
     still leaves the caller a complete list of what to stop."""
     for service in services:
+        if service.name == "flower":
+            wait_for_a_worker(env, started, out)
         child = spawn(service.name, service.argv, output=out, env={**env, **service.env})
         started.append(child)
         out.write(ME, f"started {service.name} (pid {child.pid}): {' '.join(service.argv[1:])}")
+
+
+def wait_for_a_worker(env: dict[str, str], started: Sequence[Child], out: PrefixedOutput) -> None:
+    """Flower asks every worker for its queues as it starts, and logs a failure for each
+    question nobody answered: started after the first worker answers, it logs none. A
+    worker that does not answer within WORKER_ANSWER_TIMEOUT only delays Flower."""
+    broker = env.get("CELERY_BROKER_URL") or env["REDIS_URL"]
+    producer = producer_app(broker, broker, name="run")
+
+    def answered() -> bool:
+        if any(child.exit_code() is not None for child in started):
+            return True  # supervise() reports it; Flower is not worth waiting for
+        return bool(producer.control.ping(timeout=0.5))
+
+    try:
+        wait_until(answered, timeout=WORKER_ANSWER_TIMEOUT, what="a worker to answer")
+    except StartupFailed:
+        out.write(ME, "no worker answered yet: starting Flower anyway")
+    finally:
+        producer.close()
 
 
 def supervise(children: Sequence[Child], stop: StopRequest, out: PrefixedOutput) -> int:
