@@ -67,15 +67,19 @@ class ManagementApi:
 
     # -- what the operator reads ---------------------------------------------------------
 
-    def queue(self, vhost: str, name: str) -> dict[str, Any] | None:
-        """The queue's figures and replicas; None when it was never declared."""
-        answer = self.request("get", f"queues/{_q(vhost)}/{_q(name)}")
+    def _object(self, path: str) -> dict[str, Any] | None:
+        """One object of the API; None when it does not exist (404)."""
+        answer = self.request("get", path)
         if answer.status_code == 404:
             return None
         if answer.status_code != 200:
             raise BrokerError(f"RabbitMQ management API answered {answer.status_code}")
         found: dict[str, Any] = answer.json()
         return found
+
+    def queue(self, vhost: str, name: str) -> dict[str, Any] | None:
+        """The queue's figures and replicas; None when it was never declared."""
+        return self._object(f"queues/{_q(vhost)}/{_q(name)}")
 
     def cluster(self, vhost: str, queues: Sequence[str]) -> ClusterView:
         """Every node of the cluster (running or not), and each queue's replicas."""
@@ -100,13 +104,7 @@ class ManagementApi:
     # -- what the operator sets ----------------------------------------------------------
 
     def vhost(self, vhost: str) -> dict[str, Any] | None:
-        answer = self.request("get", f"vhosts/{_q(vhost)}")
-        if answer.status_code == 404:
-            return None
-        if answer.status_code != 200:
-            raise BrokerError(f"RabbitMQ management API answered {answer.status_code}")
-        found: dict[str, Any] = answer.json()
-        return found
+        return self._object(f"vhosts/{_q(vhost)}")
 
     def create_vhost(self, vhost: str, *, default_queue_type: str) -> None:
         """A new vhost whose queues are `default_queue_type` unless declared otherwise.
