@@ -22,6 +22,8 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
 
 import redisconn
 from brokers import (
@@ -239,3 +241,16 @@ def cli(ctx: click.Context, redis_url: str | None, verbose: bool) -> None:
     services = Services(overrides)
     ctx.call_on_close(services.close)
     ctx.obj = services
+
+
+def echo_table(table: Table) -> None:
+    """Print a rich table as plain lines: no markup read into the cells (a `[service GET
+    path]` in an error stays), no trailing padding, and, when the output is not a
+    terminal, no line folded, so each row stays one line for scripts and `grep`."""
+    console = Console(markup=False, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 10_000
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())

@@ -11,6 +11,7 @@ import redis
 from pydantic import ValidationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from rich.table import Table
 
 import redisconn
 from apis import ApiClient, ApiSettings, client_classes
@@ -23,6 +24,7 @@ from ops.cli.base import (
     ConfigError,
     Services,
     cli,
+    echo_table,
     safe_url,
 )
 from redisconn import RedisTarget
@@ -35,9 +37,21 @@ class Check:
     ok: bool | None  # None: not configured, so not checked
     detail: str
 
-    def line(self) -> str:
-        status = {True: "ok", False: "FAIL", None: "skip"}[self.ok]
-        return f"{status:<5} {self.name:<10} {self.detail}"
+    @property
+    def status(self) -> str:
+        return {True: "ok", False: "FAIL", None: "skip"}[self.ok]
+
+
+def print_checks(checks: list[Check]) -> None:
+    """One row per check (status, name, detail), laid out by rich. No header, and no
+    wrapping when the output is not a terminal: each check stays one line that scripts
+    and `grep FAIL` read."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    for column in ("status", "check", "detail"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(check.status, check.name, check.detail)
+    echo_table(table)
 
 
 def ping_redis(services: Services, name: str, target: RedisTarget, timeout: float) -> Check:
@@ -163,7 +177,6 @@ def health(ctx: click.Context, timeout: float) -> None:
     else:
         checks.append(Check("workers", False, "not checked: the broker is unreachable"))
     checks += upstream_checks(timeout)
-    for check in checks:
-        click.echo(check.line())
+    print_checks(checks)
     if any(check.ok is False for check in checks):
         ctx.exit(1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from brokers import (
@@ -14,6 +13,7 @@ from ops import rabbitmq_cli
 from ops.cli.base import (
     Services,
     cli,
+    echo_table,
 )
 
 
@@ -41,7 +41,7 @@ def queues(services: Services) -> None:
         table.add_row(
             depth.name, str(depth.ready), count_cell(depth.unacked), count_cell(depth.dead)
         )
-    Console(soft_wrap=True).print(table)
+    echo_table(table)
     # On a RabbitMQ cluster (with its management API): the nodes, each queue's replicas.
     if view := rabbitmq_cli.cluster_view(services.broker()):
         click.echo(f"\nnodes: {rabbitmq_cli.node_line(view)[1]}")

@@ -356,6 +356,11 @@ def test_health_fails_when_an_upstream_is_unreachable(run: Run, results: redis.R
     assert outcome.exit_code == 1
     lines = {line.split()[1]: line for line in outcome.stdout.splitlines()}
     assert lines["pokeapi"].startswith("FAIL")
+    # The address that did not answer, and the call, each line whole (rich lays the
+    # checks out but reads no markup into them).
+    port = closed.split(":")[2].split("/")[0]
+    assert f"connection to 127.0.0.1:{port} failed" in lines["pokeapi"]
+    assert "[pokeapi GET /api/v2/pokemon]" in lines["pokeapi"]
     assert lines["semaphore"].split()[0] == "skip"
     assert "not configured (set SEMAPHORE_API_TOKEN)" in lines["semaphore"]
     assert all(lines[name].startswith("ok") for name in ("broker", "results", "workers", "cms"))
