@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
 
 from brokers import (
     ALL_QUEUES,
-    NotSupported,
     ParkedMessage,
 )
 from ops.cli.base import (
     Services,
     cli,
-    fail,
     json_line,
 )
 
@@ -66,13 +62,6 @@ def parked_json(message: ParkedMessage) -> str:
     )
 
 
-def parked_or_exit(action: Callable[[], list[ParkedMessage]]) -> list[ParkedMessage]:
-    try:
-        return action()
-    except NotSupported as exc:
-        fail(str(exc))
-
-
 @dead_letters.command("list")
 @queue_choice
 @click.option("--count", type=click.IntRange(min=1), default=20, show_default=True)
@@ -86,7 +75,7 @@ def list_dead_letters(
     Nothing is removed.
     """
     broker = services.broker()
-    found = parked_or_exit(lambda: broker.parked(queue_names or ALL_QUEUES, count))
+    found = broker.parked(queue_names or ALL_QUEUES, count)
     if not found and not as_json:
         click.echo("no dead-lettered jobs", err=True)
     for message in found:
@@ -109,7 +98,7 @@ def replay_dead_letters(
     if (count is None) == (not replay_all):
         raise click.UsageError("give --count N or --all (not both)")
     broker = services.broker()
-    replayed = parked_or_exit(lambda: broker.replay_parked(queue_names or ALL_QUEUES, count))
+    replayed = broker.replay_parked(queue_names or ALL_QUEUES, count)
     if not replayed:
         click.echo("no dead-lettered jobs to replay", err=True)
     for message in replayed:
