@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from kombu import transport as kombu_transport
 
+from brokers import redis_transport
 from ops.producer import producer_app
 from tests.support.celery_worker import WorkerProcess
 from tests.support.redis_server import RedisServer, free_port
@@ -117,3 +119,18 @@ def results(redis_url: str, celery_worker: WorkerProcess, sandbox: Any) -> Itera
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture
+def reliable_transport() -> Iterator[None]:
+    """kombu connections of this test take Redis messages with the worker's reliable
+    fetch (`brokers.redis_transport.install`); kombu's own transport comes back after,
+    so no later test in this process depends on which tests ran before it."""
+    aliases = dict(kombu_transport.TRANSPORT_ALIASES)
+    cached = dict(kombu_transport._transport_cache)
+    redis_transport.install()
+    yield
+    kombu_transport.TRANSPORT_ALIASES.clear()
+    kombu_transport.TRANSPORT_ALIASES.update(aliases)
+    kombu_transport._transport_cache.clear()
+    kombu_transport._transport_cache.update(cached)

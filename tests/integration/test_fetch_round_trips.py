@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import redis
 
-from brokers import redis_transport
 from ops.producer import producer_app
 from sandbox.pokeapi import load_catalogue
 from tests.integration.conftest import with_db, worker_environment
@@ -25,7 +24,7 @@ JOBS = 300
 
 @pytest.mark.broker("redis")
 def test_a_queued_backlog_costs_under_one_broker_round_trip_per_job(
-    redis_url: str, sandbox: Any, own_redis: str, broker_kind: str
+    redis_url: str, sandbox: Any, own_redis: str, broker_kind: str, reliable_transport: None
 ) -> None:
     """300 jobs queued before the worker starts: every one stored, with fewer script
     calls on the broker than jobs (takes, acks and heartbeats together), and no BRPOP."""
@@ -35,9 +34,8 @@ def test_a_queued_backlog_costs_under_one_broker_round_trip_per_job(
     )  # fmt: skip
     broker = redis.Redis.from_url(own_redis)
     broker.flushdb()
-    # This process's control replies (the ping that says the worker is up) go through
-    # the same transport as the worker's, as the CLI's do: no BRPOP from here either.
-    redis_transport.install()
+    # This process's control replies (the ping that says the worker is up) go through the
+    # worker's transport too (`reliable_transport`): no BRPOP from here either.
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     results = redis.Redis.from_url(redis_url)
     names = load_catalogue().names[:JOBS]

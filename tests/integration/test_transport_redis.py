@@ -26,9 +26,8 @@ QUEUE = "transport-test"
 
 
 @pytest.fixture
-def connect(redis_url: str) -> Iterator[object]:
+def connect(redis_url: str, reliable_transport: None) -> Iterator[object]:
     """Open connections with the reliable fetch, closed after the test."""
-    redis_transport.install()
     made: list[Connection] = []
 
     def make(**options: object) -> Connection:
