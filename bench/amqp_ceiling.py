@@ -32,20 +32,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
+from kombu.entity import Queue
 from kombu.messaging import Producer
+
+from brokers.amqp import amqp_queue
 
 QUEUE = "ceiling"
 
 
 def queue() -> Queue:
-    return Queue(
-        QUEUE,
-        Exchange(QUEUE, type="direct", durable=True),
-        routing_key=QUEUE,
-        durable=True,
-        queue_arguments={"x-queue-type": "quorum"},
-    )
+    """The queue exactly as the worker declares its own (brokers/amqp.py)."""
+    return amqp_queue(QUEUE)
 
 
 def publish(url: str, count: int, size: int, start: Any, result: Any) -> None:
