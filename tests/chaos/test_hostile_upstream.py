@@ -58,7 +58,7 @@ def test_each_hostile_answer_ends_in_its_typed_record_after_one_call_or_the_wors
         assert sandbox.calls("pokemon") == calls, kind
     assert deployment.results.keys("pokemon:*") == []
     drip = deployment.failures()[2]
-    assert "body not complete" in drip["message"]
+    assert "answer not complete after" in drip["message"]
     errors = [record["error"] for record in deployment.failures()]
     print(
         f"hostile upstream: sent={len(CASES)} completed=0 recorded={len(errors)} lost=0 "

@@ -1,0 +1,194 @@
+"""One deadline for a whole HTTP exchange, enforced on its socket.
+
+urllib3's timeouts are per socket operation: a server that sends a byte of its headers,
+of a chunk-size line or of a trailer just inside the read timeout holds the calling
+thread for as long as it likes (21.6 s with a 2 s read timeout, until the server
+stopped), and a trailer flood keeps it busy parsing lines. Neither urllib3 nor
+http.client has a deadline for the whole response, and checking the clock between our
+own reads cannot help while one of their reads is still parsing. So one daemon thread
+per process (the watchdog) keeps the deadlines of the exchanges in flight, and when one
+passes it shuts the exchange's socket down: the blocked read returns at once, with
+whatever urllib3 makes of an early close, which the client reports as a timeout.
+
+Hand-written because no library offers this for a blocking client: httpx and aiohttp
+have whole-request timeouts only in their async APIs (cancellation), and urllib3's
+`Timeout(total=...)` leaves each read the time the connect left, per read. A thread
+per exchange (`threading.Timer`) would cost a thread start per call; the watchdog costs
+a heap push and, at worst, one wake-up.
+
+The connection classes of the client's pools attach themselves to the exchange in
+progress on their thread (a context variable), so the watchdog knows which socket to
+shut. The exchange is ended before the connection goes back to the pool, under the same
+lock the watchdog shuts sockets under, so it never shuts a connection another call has
+taken since.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+_current: ContextVar[Exchange | None] = ContextVar("apis_exchange", default=None)
+
+
+class Exchange:
+    """One request and its response, due by `deadline` (`time.monotonic()`)."""
+
+    __slots__ = ("_connection", "deadline", "ended", "expired")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.expired = False  # the watchdog shut its socket: whatever it read is cut short
+        self.ended = False
+        self._connection: HTTPConnection | None = None
+
+    def attach(self, connection: HTTPConnection) -> None:
+        with _watchdog.lock:
+            self._connection = connection
+            if self.expired:
+                _shut(connection)  # expired before the socket was known (during connect)
+
+    def left(self) -> float:
+        """Seconds until the deadline (never below a millisecond: a timeout must be > 0)."""
+        return max(0.001, self.deadline - time.monotonic())
+
+    def _expire(self) -> None:
+        """Called by the watchdog, under its lock."""
+        if self.ended:
+            return
+        self.expired = True
+        if self._connection is not None:
+            _shut(self._connection)
+
+
+def _shut(connection: HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        # socket.socket's own shutdown, not SSLSocket's (which also drops its TLS state
+        # under the reading thread): the reader sees end-of-stream and returns.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """The process's one thread that expires exchanges past their deadline."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._wake = threading.Condition(self.lock)
+        self._heap: list[tuple[float, int, Exchange]] = []
+        self._order = itertools.count()
+        self._pid = 0
+
+    def add(self, exchange: Exchange) -> None:
+        with self.lock:
+            if self._pid != os.getpid():
+                self._start()
+            entry = (exchange.deadline, next(self._order), exchange)
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:
+                self._wake.notify()
+
+    def end(self, exchange: Exchange) -> bool:
+        """Mark `exchange` over; True when the watchdog had already cut it short."""
+        with self.lock:
+            exchange.ended = True
+            exchange._connection = None
+            return exchange.expired
+
+    def _start(self) -> None:
+        # In a forked child the parent's thread does not exist: start this process's own.
+        self._heap = [entry for entry in self._heap if not entry[2].ended]
+        self._pid = os.getpid()
+        threading.Thread(target=self._run, name="apis-deadline-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        with self.lock:
+            while self._pid == pid:
+                while self._heap and self._heap[0][2].ended:
+                    heapq.heappop(self._heap)  # finished in time: nothing to do
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                heapq.heappop(self._heap)[2]._expire()
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
+        self._wake = threading.Condition(self.lock)
+
+
+_watchdog = _Watchdog()
+os.register_at_fork(after_in_child=_watchdog._after_fork)
+
+
+@contextlib.contextmanager
+def exchange(deadline: float) -> Iterator[Exchange]:
+    """Watch the exchange made inside the block; the caller calls `end` before it hands
+    the connection back (`end` is idempotent, and is called again on the way out)."""
+    watched = Exchange(deadline)
+    _watchdog.add(watched)
+    token = _current.set(watched)
+    try:
+        yield watched
+    finally:
+        _current.reset(token)
+        _watchdog.end(watched)
+
+
+def end(watched: Exchange) -> bool:
+    """The exchange is over (its connection about to be released or closed); True when
+    its deadline passed first, so what was read of it is cut short."""
+    return _watchdog.end(watched)
+
+
+class _Attached:
+    """Connection mixin: join the exchange in progress on this thread, if any."""
+
+    def connect(self) -> None:
+        self._attach()
+        super().connect()  # type: ignore[misc]
+        self._attach()  # now with the socket, in case the deadline passed meanwhile
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._attach()
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def _attach(self) -> None:
+        watched = _current.get()
+        if watched is not None:
+            watched.attach(self)  # type: ignore[arg-type]
+
+
+class DeadlineHTTPConnection(_Attached, HTTPConnection):
+    """An HTTP connection whose socket the watchdog can shut."""
+
+
+class DeadlineHTTPSConnection(_Attached, HTTPSConnection):
+    """An HTTPS connection whose socket the watchdog can shut."""
+
+
+class DeadlineHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = DeadlineHTTPConnection
+
+
+class DeadlineHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = DeadlineHTTPSConnection
+
+
+POOL_CLASSES = {"http": DeadlineHTTPConnectionPool, "https": DeadlineHTTPSConnectionPool}
