@@ -45,19 +45,26 @@ _current: ContextVar[Exchange | None] = ContextVar("apis_exchange", default=None
 class Exchange:
     """One request and its response, due by `deadline` (`time.monotonic()`)."""
 
-    __slots__ = ("_connection", "deadline", "ended", "expired")
+    __slots__ = ("_sock", "deadline", "ended", "expired")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.expired = False  # the watchdog shut its socket: whatever it read is cut short
         self.ended = False
-        self._connection: HTTPConnection | None = None
+        self._sock: socket.socket | None = None
 
     def attach(self, connection: HTTPConnection) -> None:
+        """Remember the connection's socket (kept here: http.client drops `sock` from a
+        connection whose answer says `Connection: close`, while still reading from it)."""
+        sock = connection.sock
+        if sock is None:
+            return
         with _watchdog.lock:
-            self._connection = connection
+            if self.ended:
+                return
+            self._sock = sock
             if self.expired:
-                _shut(connection)  # expired before the socket was known (during connect)
+                _shut(sock)  # expired before the socket was known (during connect)
 
     def left(self) -> float:
         """Seconds until the deadline (never below a millisecond: a timeout must be > 0)."""
@@ -68,17 +75,15 @@ class Exchange:
         if self.ended:
             return
         self.expired = True
-        if self._connection is not None:
-            _shut(self._connection)
+        if self._sock is not None:
+            _shut(self._sock)
 
 
-def _shut(connection: HTTPConnection) -> None:
-    sock = connection.sock
-    if sock is not None:
-        # socket.socket's own shutdown, not SSLSocket's (which also drops its TLS state
-        # under the reading thread): the reader sees end-of-stream and returns.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+def _shut(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, not SSLSocket's (which also drops its TLS state under
+    # the reading thread): the reader sees end-of-stream and returns.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _Watchdog:
@@ -104,7 +109,7 @@ class _Watchdog:
         """Mark `exchange` over; True when the watchdog had already cut it short."""
         with self.lock:
             exchange.ended = True
-            exchange._connection = None
+            exchange._sock = None
             return exchange.expired
 
     def _start(self) -> None:
@@ -168,6 +173,7 @@ class _Attached:
     def request(self, *args: Any, **kwargs: Any) -> None:
         self._attach()
         super().request(*args, **kwargs)  # type: ignore[misc]
+        self._attach()  # connected inside `request` when it was not yet
 
     def _attach(self) -> None:
         watched = _current.get()
