@@ -130,8 +130,6 @@ def _validate_base_url(value: str | None) -> str | None:
         raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query string or fragment")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not carry credentials (user:password@); tokens have settings")
     try:
         parts.port  # noqa: B018 (raises ValueError on a port out of range)
     except ValueError as exc:

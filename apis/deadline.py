@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import os
 import socket
 import threading
@@ -95,14 +96,18 @@ class _Watchdog:
         self._heap: list[tuple[float, int, Exchange]] = []
         self._order = itertools.count()
         self._pid = 0
+        self._sleeping_until = -math.inf  # not started: the first add must wake it
 
     def add(self, exchange: Exchange) -> None:
         with self.lock:
             if self._pid != os.getpid():
                 self._start()
-            entry = (exchange.deadline, next(self._order), exchange)
-            heapq.heappush(self._heap, entry)
-            if self._heap[0] is entry:
+            heapq.heappush(self._heap, (exchange.deadline, next(self._order), exchange))
+            # Woken only when this deadline comes before the one it sleeps until: calls
+            # that end in time leave their entries to be dropped when it next wakes, so
+            # a steady stream of calls costs about one wake-up per total deadline, not
+            # one per call.
+            if exchange.deadline < self._sleeping_until:
                 self._wake.notify()
 
     def end(self, exchange: Exchange) -> bool:
@@ -110,6 +115,10 @@ class _Watchdog:
         with self.lock:
             exchange.ended = True
             exchange._sock = None
+            # Ended entries at the top go now, so calls that end in order (most do) keep
+            # the heap a few entries long between the watchdog's rare wake-ups.
+            while self._heap and self._heap[0][2].ended:
+                heapq.heappop(self._heap)
             return exchange.expired
 
     def _start(self) -> None:
@@ -125,11 +134,13 @@ class _Watchdog:
                 while self._heap and self._heap[0][2].ended:
                     heapq.heappop(self._heap)  # finished in time: nothing to do
                 if not self._heap:
+                    self._sleeping_until = math.inf
                     self._wake.wait()
                     continue
-                wait = self._heap[0][0] - time.monotonic()
-                if wait > 0:
-                    self._wake.wait(wait)
+                due = self._heap[0][0]
+                if due > time.monotonic():
+                    self._sleeping_until = due
+                    self._wake.wait(due - time.monotonic())
                     continue
                 heapq.heappop(self._heap)[2]._expire()
 
@@ -166,14 +177,12 @@ class _Attached:
     """Connection mixin: join the exchange in progress on this thread, if any."""
 
     def connect(self) -> None:
-        self._attach()
         super().connect()  # type: ignore[misc]
-        self._attach()  # now with the socket, in case the deadline passed meanwhile
+        self._attach()  # the TLS handshake, if any, is bounded by the connect timeout
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        self._attach()
         super().request(*args, **kwargs)  # type: ignore[misc]
-        self._attach()  # connected inside `request` when it was not yet
+        self._attach()  # the socket the answer will be read from
 
     def _attach(self) -> None:
         watched = _current.get()
