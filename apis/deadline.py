@@ -123,7 +123,6 @@ class _Watchdog:
 
     def _start(self) -> None:
         # In a forked child the parent's thread does not exist: start this process's own.
-        self._heap = [entry for entry in self._heap if not entry[2].ended]
         self._pid = os.getpid()
         threading.Thread(target=self._run, name="apis-deadline-watchdog", daemon=True).start()
 
@@ -145,8 +144,12 @@ class _Watchdog:
                 heapq.heappop(self._heap)[2]._expire()
 
     def _after_fork(self) -> None:
+        """A forked child starts empty: the parent's exchanges, and their sockets (shared
+        with the parent), are the parent's to watch."""
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
+        self._heap = []
+        self._sleeping_until = -math.inf
 
 
 _watchdog = _Watchdog()
