@@ -15,7 +15,7 @@ from sandbox import SandboxServer
 def raw_get(sandbox: SandboxServer, path: str, *, limit: int = 1 << 20) -> bytes:
     """Up to `limit` bytes of the answer to a GET, however it is framed."""
     with socket.create_connection(("127.0.0.1", sandbox.port), timeout=5) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         received = b""
         while len(received) < limit and (data := sock.recv(65536)):
             received += data
