@@ -15,6 +15,7 @@ count too: a deflate stream of endless empty blocks inflates to nothing, forever
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 from urllib3.exceptions import DecodeError
@@ -27,6 +28,23 @@ MAX_STAGES = 2
 # A zlib header is 2 bytes: a stream still undecided (zlib-wrapped or raw deflate) after
 # this much input is taken as zlib-wrapped, and no more of it is kept for a second try.
 _UNDECIDED_LIMIT = 64 * 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _stages(content_encoding: str) -> tuple[int, ...]:
+    """The wbits of each stage, innermost first (cached: nearly every answer says "gzip",
+    and only a few distinct values fit, so a hostile upstream cannot grow it)."""
+    codings = [c.strip().lower() for c in content_encoding.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    unknown = [c for c in codings if c not in _CODINGS]
+    if unknown:
+        raise UnsupportedEncoding(f"unsupported Content-Encoding {unknown[0][:40]!r}")
+    if len(codings) > MAX_STAGES:
+        raise UnsupportedEncoding(
+            f"Content-Encoding stacks {len(codings)} codings (at most {MAX_STAGES})"
+        )
+    # Applied in the listed order, so decoded in the reverse one (RFC 9110 8.4).
+    return tuple(_CODINGS[c] for c in reversed(codings))
 
 
 class UnsupportedEncoding(ValueError):
@@ -102,17 +120,7 @@ class Decoding:
         Raises `UnsupportedEncoding` for a coding other than gzip, x-gzip, deflate and
         identity, or for more than `MAX_STAGES` of them.
         """
-        codings = [c.strip().lower() for c in content_encoding.split(",")]
-        codings = [c for c in codings if c and c != "identity"]
-        unknown = [c for c in codings if c not in _CODINGS]
-        if unknown:
-            raise UnsupportedEncoding(f"unsupported Content-Encoding {unknown[0][:40]!r}")
-        if len(codings) > MAX_STAGES:
-            raise UnsupportedEncoding(
-                f"Content-Encoding stacks {len(codings)} codings (at most {MAX_STAGES})"
-            )
-        # Applied in the listed order, so decoded in the reverse one (RFC 9110 8.4).
-        return cls([Inflater(_CODINGS[c]) for c in reversed(codings)], cap)
+        return cls([Inflater(wbits) for wbits in _stages(content_encoding)], cap)
 
     @property
     def identity(self) -> bool:
