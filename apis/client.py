@@ -275,13 +275,16 @@ class ApiClient:
             same_origin = _origin(target) == _origin(origin)
         except ValueError:  # a stray '[' (an unclosed IPv6 host), a port out of range
             raise refuse("it is not a valid URL") from None
-        if "@" in target.netloc:
+        if "@" in target.netloc and target.netloc != origin.netloc:
             raise refuse("it carries credentials (userinfo)")
         if not same_origin:
             raise refuse(f"it leads to another host: {target.hostname or '?'}")
         prefix = origin.path.rstrip("/") + "/"
-        segments = [unquote(segment) for segment in target.path.split("/")]
-        if not target.path.startswith(prefix) or {".", ".."} & set(segments):
+        # Decoded as a server may decode it: `%2e%2e`, `..%2f..` and `%5c` are dot
+        # segments and backslashes too.
+        decoded = unquote(target.path)
+        dot_segments = {".", ".."} & set(decoded.replace("\\", "/").split("/"))
+        if not target.path.startswith(prefix) or dot_segments:
             raise refuse(f"its path is outside {prefix}")
         return target.geturl()
 

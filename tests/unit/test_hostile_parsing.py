@@ -60,6 +60,8 @@ def test_links_below_the_base_are_followed(link: str, expected: str | None) -> N
         "https://api.example.com/api/v20/pokemon",
         "https://api.example.com/api/v2/../admin",
         "https://api.example.com/api/v2/%2E%2E/admin",
+        "https://api.example.com/api/v2/..%2f..%2fadmin",
+        "https://api.example.com/api/v2/..%5c..%5cadmin",
         "https://api.example.com/api/v2/pokemon\\..\\admin",
         "https://api.example.com/api/v2/a b",
         "https://api.example.com/api/v2/\x1b[2J",
