@@ -253,9 +253,10 @@ class ApiClient:
         """The absolute URL of a link an upstream gave, if it stays below the base URL.
 
         Joined as a browser would (`urljoin` against the base), then compared parsed:
-        the same scheme, host and port, no userinfo, and a path under the base path
-        with no dot segments. Anything else raises `InvalidResponse`, so a link can
-        neither send the token to another host nor reach another endpoint of this one.
+        the same scheme, host and port, no userinfo (but the base URL's own), and a
+        path under the base path with no dot segments, percent-encoded or not. Anything
+        else raises `InvalidResponse`, so a link can neither send the token to another
+        host nor reach another endpoint of this one.
         `where` is the path of the answer that carried the link, for the error.
         """
         base = self.config.base_url or ""
@@ -492,6 +493,8 @@ class ApiClient:
         try:
             decoding = Decoding.for_header(response.headers.get("Content-Encoding", ""), cap)
         except UnsupportedEncoding as exc:
+            if response.status >= 300:
+                return b""  # the status says what went wrong; the body only its excerpt
             raise errors.InvalidResponse(
                 str(exc), self.service, method, path, response.status
             ) from None

@@ -72,7 +72,7 @@ _DEFAULTS: dict[str, dict[str, int | float | str]] = {
     "slow_headers": {"interval": 0.5},
     "slow_chunks": {"interval": 0.5},
     "trailer_flood": {"seconds": 30.0},
-    "encoding": {"encodings": "gzip, gzip"},
+    "encoding": {"encodings": "gzip, gzip", "status": 200},
     "deflate_padding": {"size": 64 * 1024 * 1024},
     "next_link": {"link": "http://example.invalid/steal"},
     "deep_json": {"depth": 100_000},
@@ -188,9 +188,9 @@ class Fault:
             return Response(200, b"{}", JSON_TYPE, flood)
         return None
 
-    def encoded(self, response: Response) -> Response:
-        """`response` (sent unencoded) under the `encodings` stack, applied in order;
-        a coding the sandbox does not know is named but not applied."""
+    def encoded(self, response: Response, status: int | None = None) -> Response:
+        """`response` (sent unencoded) under the `encodings` stack, applied in order, with
+        `status` if given; a coding the sandbox does not know is named but not applied."""
         body = response.body
         for coding in (c.strip() for c in self.encodings.split(",")):
             encode = _ENCODERS.get(coding.lower())
@@ -198,7 +198,7 @@ class Fault:
                 body = encode(body)
         headers = tuple(h for h in response.headers if h[0].lower() != "content-encoding")
         return Response(
-            response.status,
+            response.status if status is None else status,
             body,
             response.content_type,
             (*headers, ("Content-Encoding", self.encodings)),

@@ -143,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._misbehave_on_the_wire(fault, route, request)
         elif fault.kind == "encoding":
             plain = dataclasses.replace(request, headers={**request.headers, "accept-encoding": ""})
-            self._send(fault.encoded(route.respond(plain)), head_only=head_only)
+            self._send(fault.encoded(route.respond(plain), fault.status), head_only=head_only)
         elif fault.kind == "next_link":
             plain = dataclasses.replace(request, headers={**request.headers, "accept-encoding": ""})
             self._send(fault.with_next_link(route.respond(plain)), head_only=head_only)

@@ -328,3 +328,11 @@ def test_a_token_in_a_link_is_masked_in_every_channel_of_the_error(
     with pytest.raises(errors.InvalidResponse) as caught:
         semaphore.list_projects()
     assert_clean(caught.value, token)
+
+
+def test_an_error_status_keeps_its_meaning_under_an_unknown_encoding(make_client, sandbox):
+    """A 503 labelled `Content-Encoding: br` is still a 503 (transient, retried), not an
+    unusable body."""
+    sandbox.inject("pokemon", "encoding", encodings="br", status=503)
+    assert make_client(PokeAPI, http_retry_attempts=2).get_pokemon("pikachu").data["id"] == 25
+    assert sandbox.calls("pokemon") == 2
