@@ -46,13 +46,17 @@ _current: ContextVar[Exchange | None] = ContextVar("apis_exchange", default=None
 class Exchange:
     """One request and its response, due by `deadline` (`time.monotonic()`)."""
 
-    __slots__ = ("_sock", "deadline", "ended", "expired")
+    __slots__ = ("_handshake", "_sock", "deadline", "ended", "expired")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.expired = False  # the watchdog shut its socket: whatever it read is cut short
         self.ended = False
         self._sock: socket.socket | None = None
+        # A duplicate of a new connection's TCP socket, held while TLS is set up: the
+        # TLS wrapper takes the original's file descriptor over (`detach`), so only a
+        # descriptor of our own can still shut the connection during the handshake.
+        self._handshake: socket.socket | None = None
 
     def attach(self, connection: HTTPConnection) -> None:
         """Remember the connection's socket (kept here: http.client drops `sock` from a
@@ -67,17 +71,29 @@ class Exchange:
             if self.expired:
                 _shut(sock)  # expired before the socket was known (during connect)
 
-    def left(self) -> float:
-        """Seconds until the deadline (never below a millisecond: a timeout must be > 0)."""
-        return max(0.001, self.deadline - time.monotonic())
+    def attach_new(self, sock: socket.socket) -> None:
+        """A connection's TCP socket, just connected, before any TLS handshake."""
+        with _watchdog.lock:
+            if self.ended:
+                return
+            self._close_handshake()
+            self._handshake = sock.dup()
+            if self.expired:
+                _shut(self._handshake)
+
+    def _close_handshake(self) -> None:
+        if self._handshake is not None:
+            self._handshake.close()
+            self._handshake = None
 
     def _expire(self) -> None:
         """Called by the watchdog, under its lock."""
         if self.ended:
             return
         self.expired = True
-        if self._sock is not None:
-            _shut(self._sock)
+        for sock in (self._sock, self._handshake):
+            if sock is not None:
+                _shut(sock)
 
 
 def _shut(sock: socket.socket) -> None:
@@ -115,6 +131,7 @@ class _Watchdog:
         with self.lock:
             exchange.ended = True
             exchange._sock = None
+            exchange._close_handshake()
             # Ended entries at the top go now, so calls that end in order (most do) keep
             # the heap a few entries long between the watchdog's rare wake-ups.
             while self._heap and self._heap[0][2].ended:
@@ -179,9 +196,18 @@ def end(watched: Exchange) -> bool:
 class _Attached:
     """Connection mixin: join the exchange in progress on this thread, if any."""
 
+    def _new_conn(self) -> socket.socket:
+        # The TCP socket, as soon as it exists: a TLS handshake dripped by the server
+        # is then under the deadline too. (urllib3's own hook, hence the bound below 3.)
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        watched = _current.get()
+        if watched is not None:
+            watched.attach_new(sock)
+        return sock
+
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
-        self._attach()  # the TLS handshake, if any, is bounded by the connect timeout
+        self._attach()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         super().request(*args, **kwargs)  # type: ignore[misc]

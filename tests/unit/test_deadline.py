@@ -3,7 +3,9 @@ that one."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import time
 from types import SimpleNamespace
 
@@ -46,3 +48,22 @@ def test_calls_ending_in_order_leave_nothing_behind() -> None:
         with deadline.exchange(time.monotonic() + 30) as watched:
             deadline.end(watched)
     assert len(deadline._watchdog._heap) == 0
+
+
+def test_a_tls_handshake_that_never_comes_ends_at_the_deadline() -> None:
+    """A server that accepts and says nothing: the handshake's reads are each allowed the
+    connect timeout (10 s here), the whole exchange only its deadline."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        connection = deadline.DeadlineHTTPSConnection(
+            "127.0.0.1", port, timeout=10, cert_reqs="CERT_NONE"
+        )
+        started = time.monotonic()
+        try:
+            with deadline.exchange(started + 0.3) as watched:
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    connection.connect()
+                assert deadline.end(watched)
+        finally:
+            connection.close()
+        assert time.monotonic() - started < 0.3 + 1
