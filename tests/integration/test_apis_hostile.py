@@ -74,8 +74,10 @@ def token() -> str:
 
 
 @pytest.fixture
-def make_client(sandbox: Any, token: str) -> Callable[..., Any]:
-    """A client of the sandbox with one attempt and short timeouts; keyword args override."""
+def make_client(sandbox: Any, token: str) -> Iterator[Callable[..., Any]]:
+    """A client of the sandbox with one attempt and short timeouts; keyword args override.
+    The sandbox accepts this test's token until the test ends."""
+    accepted = sandbox.semaphore_token
     sandbox.semaphore_token = token
 
     def build(cls: type[C], **overrides: Any) -> C:
@@ -92,10 +94,10 @@ def make_client(sandbox: Any, token: str) -> Callable[..., Any]:
         values.update(overrides)
         return cls(cls.configure(ApiSettings(**values)))
 
-    yield build
-    from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
-
-    sandbox.semaphore_token = DEFAULT_SEMAPHORE_TOKEN
+    try:
+        yield build
+    finally:
+        sandbox.semaphore_token = accepted
 
 
 def assert_clean(exc: BaseException, secret: str) -> None:
