@@ -340,3 +340,13 @@ def test_make_run_passes_offline_and_args_to_ops_run() -> None:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
     assert "--offline" not in quiet
+
+
+def test_the_readme_names_the_compose_release_the_file_needs() -> None:
+    """The file uses `depends_on: … required:` (Docker Compose 2.20's), and the README's
+    Docker section says 2.20 or later is needed."""
+    text = COMPOSE_FILE.read_text()
+    assert re.search(r"^\s+required: false", text, re.M)
+    readme = (REPO_ROOT / "README.md").read_text()
+    docker = readme[readme.index("### Docker") : readme.index("### Kubernetes")]
+    assert "Docker Compose 2.20 or later" in docker
