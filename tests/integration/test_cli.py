@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from ops.cli import cli
 from tests.integration.conftest import with_db
-from tests.support.celery_worker import REPO_ROOT, wait_for
+from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
 from tests.support.rabbitmq import RabbitServer
 from tests.support.redis_server import free_port
 
@@ -133,6 +133,19 @@ def test_enqueue_wait_times_out_when_no_worker_serves_the_broker(
     assert f"timed out after 0.5s waiting for job {job_id} (state PENDING)" in outcome.stderr
     assert "no worker consumes queue pokeapi; apiworker health" in outcome.stderr
     assert len(outcome.stderr.splitlines()) == 1, outcome.stderr
+
+
+def test_enqueue_wait_times_out_naming_the_workers_that_consume_the_queue(
+    run: Run, results: redis.Redis, celery_worker: WorkerProcess, sandbox: Any
+) -> None:
+    """A worker consumes the queue but the job outlasts --timeout (a slow upstream): the
+    line names that worker, the backlog command and `apiworker health`."""
+    sandbox.latency = 3.0
+    outcome = run("enqueue", FETCH, "pikachu", "--wait", "--timeout", "1")
+    assert outcome.exit_code == 1
+    assert f"1 worker(s) consume queue pokeapi ({celery_worker.name})" in outcome.stderr
+    assert "apiworker queues" in outcome.stderr
+    assert "apiworker health" in outcome.stderr
 
 
 def test_result_prints_the_stored_value_and_meta(
