@@ -303,12 +303,9 @@ def test_run_offline_gives_a_second_shell_everything_in_run_env(
     assert env_file == tmp_path / "run" / "env"
     assert list(run.started())[:2] == ["redis", "sandbox"], run.text
     assert env_file.stat().st_mode & 0o077 == 0  # it may carry a password or a token
-    producer = producer_app(redis_url, redis_url)
-    try:
-        wait_for(lambda: producer.control.ping(timeout=0.5), timeout=START_TIMEOUT,
-                 what="the worker to answer")  # fmt: skip
-    finally:
-        producer.close()
+    assert f"export REDIS_URL={redis_url}\n" in env_file.read_text()
+    # The worker's own "ready" line: it answers ping and consumes its queues.
+    run.wait_printed(r"worker1\s+\|.* ready\.")
     # A new shell: none of the service's settings, and no venv on PATH.
     shell = clean_env(PATH="/usr/bin:/bin")
     second = subprocess.run(
