@@ -57,6 +57,8 @@ def flower(worker_env: dict[str, str], **env: str) -> Iterator[str]:
         process.wait(timeout=15)
 
 
+# Flower's authentication does not depend on the broker: one is enough.
+@pytest.mark.broker("redis")
 def test_flower_requires_basic_auth(worker_env: dict[str, str]) -> None:
     """With FLOWER_BASIC_AUTH: 401 without it or with a wrong password, 200 with it."""
     with flower(worker_env, FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}") as url:
@@ -66,6 +68,7 @@ def test_flower_requires_basic_auth(worker_env: dict[str, str]) -> None:
         assert _answers(api, auth=(USER, "wrong")).status_code == 401
 
 
+@pytest.mark.broker("redis")
 def test_flowers_api_without_basic_auth_needs_flower_unauthenticated_api(
     worker_env: dict[str, str],
 ) -> None:
