@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
@@ -129,6 +130,18 @@ def test_the_guides_upstream_stores_a_result_with_its_event(
         assert json.loads(shown.stdout.splitlines()[0])["city"] == "oslo"
         health = apiworker("health")
         assert re.search(r"^ok\s+weather\s+http://127\.0\.0\.1", health.stdout, re.M), health
+        # The route takes faults by its name like the built-in ones: a 503 is retried.
+        injected = requests.post(
+            f"{weather_sandbox}/_sandbox/faults",
+            timeout=5,
+            json={"route": "forecast", "kind": "status", "status": 503},
+        )
+        assert injected.status_code == 201, injected.text
+        retried = apiworker("enqueue", TASK, "bergen", "--wait")
+        assert retried.returncode == 0, retried.stderr
+        assert json.loads(retried.stdout.splitlines()[-1])["celsius"] == 9.5
+        counts = requests.get(f"{weather_sandbox}/_sandbox/requests", timeout=5).json()
+        assert counts["counts"]["forecast"] == 4  # oslo, the probe, bergen's 503 and retry
         # A city the upstream does not know: a typed failure with its record.
         missing = apiworker("enqueue", TASK, "atlantis", "--wait")
         assert missing.returncode == 1
