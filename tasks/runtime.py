@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 import redisconn
 from settings import WorkerSettings, get_worker_settings
+from tasks.failures import FailureBuffer
 from tasks.keys import Keys
 from tasks.store import ResultStore
 
@@ -21,6 +22,8 @@ RESULT_WRITE_RETRIES = 8
 class Runtime:
     settings: WorkerSettings
     store: ResultStore
+    #: Failure records kept while Redis cannot take them (tasks/failures.py).
+    failures: FailureBuffer = field(default_factory=lambda: FailureBuffer(1000))
 
     @classmethod
     def build(cls, settings: WorkerSettings, client: redis.Redis | None = None) -> Runtime:
@@ -35,13 +38,29 @@ class Runtime:
             # a restart or a failover with a short down-after, before the job's own retry.
             retry=Retry(ExponentialWithJitterBackoff(base=0.2, cap=2.0), RESULT_WRITE_RETRIES),
         )
+        # Lease renewals: a short timeout and no retries. A renewal answered after its
+        # lease ran out is worth nothing, and one sent again after a timeout would
+        # extend a lease counted from the first (tasks/lease.py).
+        lease_client = redisconn.client(
+            settings.redis,
+            health_check_interval=30,
+            socket_timeout=settings.lease_renewal_timeout,
+            socket_connect_timeout=settings.lease_renewal_timeout,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
+        )
         store = ResultStore(
             client,
             Keys(settings.result_key_prefix),
             events_maxlen=settings.events_stream_maxlen,
             failures_maxlen=settings.failures_stream_maxlen,
+            lease_client=lease_client,
+            replica_wait_ms=settings.result_replica_wait_ms,
+            failure_max_bytes=settings.failure_record_max_bytes,
         )
-        return cls(settings=settings, store=store)
+        return cls(
+            settings=settings, store=store, failures=FailureBuffer(settings.failure_buffer_size)
+        )
 
 
 _lock = threading.Lock()

@@ -78,6 +78,22 @@ SINGLE_FLIGHT_WAITS = Counter(
     ["kind"],
 )
 
+# Results under stress (tasks/lease.py, tasks/failures.py).
+LEASES_LOST = Counter(
+    "apiworker_single_flight_leases_lost",
+    "Single-flight leases lost while their fetch ran: taken (a renewal found another "
+    "holder or none) or expired (not renewed in time: Redis slow or away).",
+    ["reason"],
+)
+FAILURES_BUFFERED = Counter(
+    "apiworker_failures_buffered",
+    "Failure records kept in the process because Redis did not answer (written later).",
+)
+FAILURES_DROPPED = Counter(
+    "apiworker_failures_dropped",
+    "Failure records lost because the process's buffer of unwritten ones was full.",
+)
+
 # One per job outcome (worker/observability.py).
 JOBS = Counter("apiworker_jobs", "Finished jobs by task and final state.", ["task", "state"])
 JOB_SECONDS = Histogram(

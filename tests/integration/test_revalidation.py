@@ -92,7 +92,9 @@ def test_an_unchanged_record_is_a_304_and_its_meta_moves_forward(
         "fetched_at_ms": meta["fetched_at_ms"],
         "changed": "0",
         "revalidated": "1",
+        "fence": meta["fence"],
     }
+    assert int(meta["fence"]) > int(meta_before["fence"])
 
 
 def test_a_changed_record_is_downloaded_with_its_new_etag(
