@@ -27,6 +27,8 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: WorkerSettings, client: redis.Redis | None = None) -> Runtime:
+        """The runtime of `settings`; a given `client` (tests) serves leases too."""
+        lease_client = None if client is not None else cls.lease_client(settings)
         client = client or redisconn.client(
             settings.redis,
             health_check_interval=30,
@@ -37,17 +39,6 @@ class Runtime:
             # (with Sentinel) asks for the new master: up to about ten seconds, enough for
             # a restart or a failover with a short down-after, before the job's own retry.
             retry=Retry(ExponentialWithJitterBackoff(base=0.2, cap=2.0), RESULT_WRITE_RETRIES),
-        )
-        # Lease renewals: a short timeout and no retries. A renewal answered after its
-        # lease ran out is worth nothing, and one sent again after a timeout would
-        # extend a lease counted from the first (tasks/lease.py).
-        lease_client = redisconn.client(
-            settings.redis,
-            health_check_interval=30,
-            socket_timeout=settings.lease_renewal_timeout,
-            socket_connect_timeout=settings.lease_renewal_timeout,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0),
         )
         store = ResultStore(
             client,
@@ -60,6 +51,20 @@ class Runtime:
         )
         return cls(
             settings=settings, store=store, failures=FailureBuffer(settings.failure_buffer_size)
+        )
+
+    @staticmethod
+    def lease_client(settings: WorkerSettings) -> redis.Redis:
+        """The client of lease renewals: a short timeout and no retries. A renewal
+        answered after its lease ran out is worth nothing, and one sent again after a
+        timeout would extend a lease counted from the first (tasks/lease.py)."""
+        return redisconn.client(
+            settings.redis,
+            health_check_interval=30,
+            socket_timeout=settings.lease_renewal_timeout,
+            socket_connect_timeout=settings.lease_renewal_timeout,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
         )
 
 

@@ -750,6 +750,11 @@ class ResultStore:
             pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
         pipe.execute()
 
+    def remove_pages(self, kind: str, pages: Sequence[str]) -> None:
+        """Forget list pages past the list's end (it shrank)."""
+        if pages:
+            self.redis.delete(*(self.keys.page(kind, page) for page in pages))
+
     def pokemon_name_for_id(self, pokemon_id: str) -> str | None:
         name = self.redis.hget(self.keys.pokemon_ids, pokemon_id)
         return name.decode() if isinstance(name, bytes) else name

@@ -8,6 +8,7 @@ sent twice (redis-py sends a command again after a lost reply) act once.
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,7 +22,9 @@ from redis.retry import Retry
 
 from tasks import single_flight
 from tasks import store as store_module
+from tasks.base import REDIS_TRANSIENT
 from tasks.keys import Keys
+from tasks.replicas import ReplicaNotConfirmed
 from tasks.single_flight import fetch_once
 from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.support.celery_worker import wait_for
@@ -286,3 +289,69 @@ def test_the_gone_path_keeps_the_lock_until_its_whole_fetch_is_written(
     assert calls == ["conditional", "whole"]
     assert seen_by_other == ["wait"]
     assert store.redis.get("lock:pokemon:mew") is None  # released by the whole write
+
+
+@pytest.fixture(scope="module")
+def replicated() -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A master and one replica following it."""
+    master, replica = RedisServer().start(), RedisServer().start()
+    try:
+        follower = replica.client()
+        follower.replicaof("127.0.0.1", master.port)
+        wait_for(
+            lambda: follower.info("replication").get("master_link_status") == "up",
+            timeout=10,
+            what="the replica in sync",
+        )
+        follower.close()
+        yield master, replica
+    finally:
+        replica.cleanup()
+        master.cleanup()
+
+
+def commands_run(client: redis.Redis, action: object) -> dict[str, int]:
+    assert callable(action)
+    client.config_resetstat()
+    action()
+    return {
+        name.removeprefix("cmdstat_"): stats["calls"]
+        for name, stats in client.info("commandstats").items()
+    }
+
+
+def test_a_write_waits_for_a_replica_and_is_retried_when_none_answers(
+    replicated: tuple[RedisServer, RedisServer],
+) -> None:
+    """With a replica, the write and a WAIT go in one round trip; a replica that does
+    not answer in time raises a transient Redis error, so the job is retried rather
+    than acknowledged."""
+    master, replica = replicated
+    client = redis.Redis.from_url(master.url, decode_responses=True)
+    store = ResultStore(client, Keys(), events_maxlen=100, failures_maxlen=100, replica_wait_ms=300)
+    store.write(Fetched("pokemon", "mew", {"v": 0}, now()), "warm-up")  # loads the script
+    result = Fetched("pokemon", "mew", {"v": 1}, now(), fence=10)
+    ran = commands_run(client, lambda: store.write(result, "job-1"))
+    assert (ran.get("evalsha"), ran.get("wait")) == (1, 1)
+    assert issubclass(ReplicaNotConfirmed, REDIS_TRANSIENT)
+    assert replica.process is not None
+    replica.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(ReplicaNotConfirmed):
+            store.write(replace(result, value={"v": 2}, fence=11), "job-2")
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
+    client.close()
+
+
+def test_a_redis_without_replicas_pays_no_wait(store: ResultStore) -> None:
+    """A single Redis: no WAIT is sent, with RESULT_REPLICA_WAIT_MS at its default."""
+    single = ResultStore(
+        store.redis, Keys(), events_maxlen=100, failures_maxlen=100, replica_wait_ms=1000
+    )
+    single.write(Fetched("pokemon", "mew", {"v": 0}, now()), "warm-up")  # asks INFO once
+    ran = commands_run(
+        store.redis, lambda: single.write(Fetched("pokemon", "mew", {"v": 1}, now()), "job")
+    )
+    assert "wait" not in ran
+    assert ran.get("evalsha") == 1

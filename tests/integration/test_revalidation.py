@@ -176,8 +176,8 @@ def test_sync_articles_revalidates_the_pages(
     producer = always_ask.producer
     first = producer.send_task("tasks.cms.sync_articles").get(timeout=TIMEOUT)
     again = producer.send_task("tasks.cms.sync_articles").get(timeout=TIMEOUT)
-    assert first == {"articles": 44, "written": 44, "revalidated": 0}
-    assert again == {"articles": 44, "written": 0, "revalidated": 44}
+    assert first == {"articles": 44, "written": 44, "revalidated": 0, "removed": 0}
+    assert again == {"articles": 44, "written": 0, "revalidated": 44, "removed": 0}
     assert sandbox.not_modified("articles") == 1
     page = results.hgetall("meta:article-page:0:100")
     assert page["etag"]
