@@ -151,8 +151,12 @@ def _fetch_and_write(
         if value is not GONE:
             return value
         result = _whole(fetch(None))  # the stored value vanished since the claim
-    store.write(replace(result, fence=claim.fence), task_id, release=lock)
-    return result.value
+    if store.write(replace(result, fence=claim.fence), task_id, release=lock):
+        return result.value
+    # Refused: a later fetch (this lease lapsed meanwhile) stored a newer result, and
+    # that one is the answer, as the store holds it.
+    newer = store.read(result.kind, result.ident)
+    return newer[0] if newer is not None else result.value
 
 
 def _whole(result: Fetched | Unchanged) -> Fetched:

@@ -355,3 +355,25 @@ def test_a_redis_without_replicas_pays_no_wait(store: ResultStore) -> None:
     )
     assert "wait" not in ran
     assert ran.get("evalsha") == 1
+
+
+def test_a_renewal_that_finds_another_holder_loses_the_lease_and_says_so(
+    store: ResultStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lease taken over while its holder fetches (it expired, another job claimed):
+    the next renewal answers 0, and the lease is dropped, logged and counted."""
+    before = leases_lost("taken")
+    other = threading.Event()
+
+    def fetch(_: object) -> Fetched:
+        # Another holder's lock now: as if this lease had lapsed and been taken.
+        store.redis.set("lock:pokemon:mew", "other|99", px=10_000)
+        wait_for(lambda: leases_lost("taken") > before, timeout=5, what="the loss counted")
+        other.set()
+        return Fetched("pokemon", "mew", {"v": "late"}, now())
+
+    fetch_once(store, "pokemon", "mew", fetch, task_id="t", max_age=0, lock_seconds=0.6)
+    assert other.is_set()
+    assert leases_lost("taken") - before == 1
+    assert "single-flight lease lost key=lock:pokemon:mew reason=taken" in caplog.text
+    assert store.redis.get("lock:pokemon:mew") == "other|99"  # not released by us
