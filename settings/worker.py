@@ -22,8 +22,12 @@ REDIS_ONLY = frozenset(
     {"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "BROKER_HEARTBEAT_TIMEOUT"}
 )
 AMQP_ONLY = frozenset({"BROKER_CONSUMER_TIMEOUT"})
-#: RabbitMQ's heartbeat, as the worker asks for it (`broker_heartbeat` in brokers/amqp.py).
-AMQP_HEARTBEAT_SECONDS = 30.0
+#: How soon RabbitMQ hands a dead worker process's jobs to another, as the lease counts it.
+#: A process that dies closes its connection and RabbitMQ redelivers at once; only a host
+#: that vanished without closing it waits for the heartbeat (`broker_heartbeat`, 30 s, in
+#: brokers/amqp.py). The lease follows the first, as on Redis (BROKER_HEARTBEAT_TIMEOUT's
+#: default): sized for the second, every crash would hold its keys for over 30 s.
+AMQP_LIVENESS_SECONDS = 5.0
 
 
 class WorkerSettings(RedisSettings):
@@ -53,8 +57,10 @@ class WorkerSettings(RedisSettings):
     # liveness timeout plus SINGLE_FLIGHT_TOLERATED_PAUSE_SECONDS (`lease_seconds`), so a
     # holder the broker still believes alive keeps its lease through such a pause.
     single_flight_lock_seconds: float | None = Field(None, ge=0.5, le=600)
-    # The pause of Redis or of a worker (a stall, a failover) a lease outlives.
-    single_flight_tolerated_pause_seconds: float = Field(10.0, ge=0, le=300)
+    # The pause of Redis or of a worker (a stall, a failover) a lease outlives. Renewed
+    # every third, a lease has two thirds of (liveness + pause) left when a pause begins:
+    # more than the pause while the pause is at most twice the liveness.
+    single_flight_tolerated_pause_seconds: float = Field(3.0, ge=0, le=300)
     # How long a job waits in its thread for another job's fetch before it is deferred
     # (the thread serves other keys meanwhile).
     single_flight_wait_seconds: float = Field(1.0, ge=0, le=30)
@@ -231,11 +237,11 @@ class WorkerSettings(RedisSettings):
 
     @property
     def broker_liveness_seconds(self) -> float:
-        """How long the broker goes on believing a silent worker alive: the Redis
-        transport's heartbeat timeout, or RabbitMQ's heartbeat (brokers/amqp.py)."""
+        """How long the broker goes on believing a silent worker process alive: the Redis
+        transport's heartbeat timeout, or on RabbitMQ `AMQP_LIVENESS_SECONDS`."""
         if broker_kind(self.broker_url) == "redis":
             return self.broker_heartbeat_timeout
-        return AMQP_HEARTBEAT_SECONDS
+        return AMQP_LIVENESS_SECONDS
 
     @property
     def lease_seconds(self) -> float:
