@@ -119,7 +119,8 @@ def refresh_batch(
             defer(name)
             outcome.deferred.append(name)
         else:
-            store.record_failure(failure_record(SINGLE_TASK, task_id, [name], {}, result, 1))
+            record = failure_record(SINGLE_TASK, task_id, [name], {}, result, 1)
+            runtime.failures.record(store.record_failure, record)
             outcome.failed.append(name)
     if results:
         applied = store.apply_many(results, task_id)

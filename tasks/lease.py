@@ -126,12 +126,6 @@ class LeaseKeeper:
             with self._lock:
                 self._held.pop(key, None)
 
-    def held(self, key: str, token: str) -> bool:
-        """Whether this process still believes it holds `key` with `token`."""
-        with self._lock:
-            lease = self._held.get(key)
-            return lease is not None and lease.token == token
-
     def _run(self) -> None:
         while True:
             now = time.monotonic()
