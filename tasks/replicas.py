@@ -63,7 +63,7 @@ class ReplicaWait:
         return self._replicas > 0
 
     def forget(self) -> None:
-        """Ask `INFO replication` again at the next write (after a failover, in tests)."""
+        """Ask `INFO replication` again at the next write."""
         with self._lock:
             self._checked = float("-inf")
 
@@ -72,6 +72,9 @@ class ReplicaWait:
         if isinstance(acknowledged, Exception):
             raise acknowledged
         if not isinstance(acknowledged, int) or acknowledged < 1:
+            # The replica may be gone for good (a failover left the new master alone):
+            # the next write asks `INFO replication` again instead of trusting the cache.
+            self.forget()
             raise ReplicaNotConfirmed(
                 f"no replica acknowledged the write within {self.timeout_ms} ms"
             )

@@ -350,7 +350,8 @@ def test_on_rabbitmq_every_acknowledged_result_survives_a_sentinel_failover(
         assert set(names) <= stored() | recorded()
         print(
             f"sentinel failover on rabbitmq: sent={len(names)} acknowledged={len(acknowledged)} "
-            f"stored={len(stored() & set(names))} recorded={len(recorded())}"
+            f"stored={len(stored() & set(names))} recorded={len(recorded())} "
+            f"retried_for_the_replica={worker.log().count('error=ReplicaNotConfirmed')}"
         )
     finally:
         worker.stop()
