@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -147,11 +147,11 @@ def _fetch_and_write(
     if claim.validators is not None:
         note_revalidation(modified=not isinstance(result, Unchanged))
     if isinstance(result, Unchanged):
-        value = store.revalidate(replace(result, fence=claim.fence), task_id, release=lock)
+        value = store.revalidate(result, task_id, release=lock, fence=claim.fence)
         if value is not GONE:
             return value
         result = _whole(fetch(None))  # the stored value vanished since the claim
-    if store.write(replace(result, fence=claim.fence), task_id, release=lock):
+    if store.write(result, task_id, release=lock, fence=claim.fence):
         return result.value
     # Refused: a later fetch (this lease lapsed meanwhile) stored a newer result, and
     # that one is the answer, as the store holds it.

@@ -380,11 +380,18 @@ class ResultStore:
         self.replicas = ReplicaWait(client, replica_wait_ms)
 
     def write(
-        self, result: Fetched, task_id: str, *, release: tuple[str, str] | None = None
+        self,
+        result: Fetched,
+        task_id: str,
+        *,
+        release: tuple[str, str] | None = None,
+        fence: int | None = None,
     ) -> bool:
         """Store one result atomically; False when a result of a higher fence was there.
 
-        `release` is a single-flight lock (key, lock value) to give up in the same call.
+        `release` is a single-flight lock (key, lock value) to give up in the same call;
+        `fence`, the claim's, stands for the result's own: a keyword, because a copy of
+        the result (`dataclasses.replace`) cost as much as building the whole call.
         Without replicas, one script call, not a pipeline: redis-py asks `SCRIPT EXISTS`
         before every pipeline that runs a script, a round trip more per job. With
         replicas, the write and its WAIT go in one plain pipeline (`_run`).
@@ -392,7 +399,7 @@ class ResultStore:
         key = self.keys.result(result.kind, result.ident)
         note_result_key(key)
         with self._span("apiworker.store.write", key, 1) as span:
-            call = self._write_args(result, task_id, release)
+            call = self._write_args(result, task_id, release, fence)
             if self.replicas.needed():
                 (answer,) = self._run([(self._write, _packed(call))], wait=True)
             else:
@@ -403,7 +410,12 @@ class ResultStore:
         return written
 
     def revalidate(
-        self, result: Unchanged, task_id: str, *, release: tuple[str, str] | None = None
+        self,
+        result: Unchanged,
+        task_id: str,
+        *,
+        release: tuple[str, str] | None = None,
+        fence: int | None = None,
     ) -> Any:
         """Bring a stored result forward after a 304; returns the stored value (the newer
         one when a result of a higher fence was there), or `GONE` when none is stored:
@@ -411,7 +423,7 @@ class ResultStore:
         key = self.keys.result(result.kind, result.ident)
         note_result_key(key)
         with self._span("apiworker.store.revalidate", key, 1):
-            call = self._revalidate_args(result, task_id, release)
+            call = self._revalidate_args(result, task_id, release, fence)
             if self.replicas.needed():
                 (answer,) = self._run([(self._revalidate, _packed(call))], wait=True)
             else:
@@ -561,7 +573,11 @@ class ResultStore:
         return Claim(state, began, lease_left=max(int(answer[2]), 0) / 1000)
 
     def _write_args(
-        self, result: Fetched, task_id: str, release: tuple[str, str] | None = None
+        self,
+        result: Fetched,
+        task_id: str,
+        release: tuple[str, str] | None = None,
+        fence: int | None = None,
     ) -> dict[str, Any]:
         alias = result.alias
         lock_key, lock_value = release or (self.keys.lock(result.kind, result.ident), "")
@@ -589,13 +605,17 @@ class ResultStore:
             task_id,
             alias or "",
             lock_value,
-            result.fence,
+            result.fence if fence is None else fence,
             *meta,
         ]
         return {"keys": keys, "args": args}
 
     def _revalidate_args(
-        self, result: Unchanged, task_id: str, release: tuple[str, str] | None = None
+        self,
+        result: Unchanged,
+        task_id: str,
+        release: tuple[str, str] | None = None,
+        fence: int | None = None,
     ) -> dict[str, Any]:
         lock_key, lock_value = release or (self.keys.lock(result.kind, result.ident), "")
         keys = [
@@ -615,7 +635,7 @@ class ResultStore:
             result.etag or "",
             result.last_modified or "",
             "" if result.max_age is None else _seconds(result.max_age),
-            result.fence,
+            result.fence if fence is None else fence,
         ]
         return {"keys": keys, "args": args}
 
