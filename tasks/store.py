@@ -55,11 +55,11 @@ end
 
 # A fence of 0 means the caller took none: one is taken here, at the write (a write
 # ordered by its arrival). A counter that was lost (its key evicted, a restore) starts
-# again above the stored result's fence, so fences only ever grow for one result.
+# again above the stored result's fence (`stored`, which each caller has already read),
+# so fences only ever grow for one result.
 _FENCE = """
-local function next_fence(fence_key, meta_key)
+local function next_fence(fence_key, stored)
     local fence = redis.call('INCR', fence_key)
-    local stored = tonumber(redis.call('HGET', meta_key, 'fence') or '0')
     if stored >= fence then
         fence = stored + 1
         redis.call('SET', fence_key, fence)
@@ -88,7 +88,7 @@ if fence > 0 and stored == fence and redis.call('HGET', KEYS[2], 'task_id') == A
     return 1
 end
 if fence == 0 then
-    fence = next_fence(KEYS[6], KEYS[2])
+    fence = next_fence(KEYS[6], stored)
 end
 if stored > fence then
     return 0
@@ -132,7 +132,7 @@ if fence > 0 and stored == fence and redis.call('HGET', KEYS[2], 'task_id') == A
     return {1, value}
 end
 if fence == 0 then
-    fence = next_fence(KEYS[5], KEYS[2])
+    fence = next_fence(KEYS[5], stored)
 end
 if stored > fence then
     return {0, value}
@@ -160,24 +160,21 @@ return {1, value}
 
 # KEYS: value, meta, lock, fence counter. ARGV: started_ms ('' for now: the job's first
 # claim), window_ms, lock token, lock ttl ms, upstream window cap ms ('' when the window
-# does not follow the upstream's max-age), '1' to make a fresh answer a write (see below).
+# does not follow the upstream's max-age).
 # One round trip answers "is there a fresh value?" and, if not, "may I fetch it?", and
 # gives the owner a fence and the stored copy's validators for a conditional fetch.
 # Times are Redis's: a value is fresh when Redis stored it within the window before the
 # job began (`stored_ms`; results written before fences existed have only
 # `fetched_at_ms`). The lock's value is "token|fence": a claim sent again after its reply
 # was lost finds its own token and is the owner again, with the same fence.
-# With the last argument set (the results Redis has replicas), a fresh answer takes a
-# fence too, so that the caller's WAIT, in the same round trip, covers the value it read.
 # Returns {'fresh', started_ms, value}, {'owner', started_ms, fence, etag, last_modified}
 # or {'wait', started_ms, lease ms left}.
 _CLAIM = (
     _NOW
     + _FENCE
     + """
-local now = now_ms()
-local started = ARGV[1] == '' and now or tonumber(ARGV[1])
-local meta = redis.call('HMGET', KEYS[2], 'stored_ms', 'fetched_at_ms')
+local started = ARGV[1] == '' and now_ms() or tonumber(ARGV[1])
+local meta = redis.call('HMGET', KEYS[2], 'stored_ms', 'fetched_at_ms', 'fence')
 local stored = meta[1] or meta[2]
 local value = redis.call('GET', KEYS[1])
 if stored and value then
@@ -189,9 +186,6 @@ if stored and value then
         end
     end
     if tonumber(stored) >= started - window then
-        if ARGV[6] == '1' then
-            redis.call('INCR', KEYS[4])
-        end
         return {'fresh', started, value}
     end
 end
@@ -203,7 +197,7 @@ if held and string.sub(held, 1, #mine) == mine then
 elseif held then
     return {'wait', started, redis.call('PTTL', KEYS[3])}
 else
-    fence = next_fence(KEYS[4], KEYS[2])
+    fence = next_fence(KEYS[4], tonumber(meta[3] or '0'))
     redis.call('SET', KEYS[3], mine .. fence, 'PX', ARGV[4])
 end
 if value then
@@ -226,7 +220,7 @@ _REMOVE = (
 if redis.call('EXISTS', KEYS[1]) == 0 then
     return 0
 end
-local fence = next_fence(KEYS[3], KEYS[2])
+local fence = next_fence(KEYS[3], tonumber(redis.call('HGET', KEYS[2], 'fence') or '0'))
 redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'fence', fence, 'stored_ms', now_ms(), 'removed', '1')
