@@ -62,7 +62,8 @@ CIRCUIT_REJECTIONS = Counter(
 TASK_RETRIES = Counter("apiworker_task_retries", "Celery-level retries of jobs, by task.", ["task"])
 FAILURES_RECORDED = Counter(
     "apiworker_failures_recorded",
-    "Permanent job failures written to the failure stream.",
+    "Permanent job failures recorded: written to the failure stream, or kept by the worker "
+    "until Redis takes them (apiworker_failures_buffered).",
     ["task", "error"],
 )
 
