@@ -30,7 +30,7 @@ class Runtime:
         """The runtime of `settings`; a given `client` (tests) serves leases too."""
         lease_client = None if client is not None else cls.lease_client(settings)
         client = client or redisconn.client(
-            settings.redis,
+            settings.state_redis,
             health_check_interval=30,
             socket_timeout=10,
             socket_connect_timeout=5,
@@ -42,7 +42,7 @@ class Runtime:
         )
         store = ResultStore(
             client,
-            Keys(settings.result_key_prefix),
+            Keys(settings.result_key_prefix, settings.events_partitions),
             events_maxlen=settings.events_stream_maxlen,
             failures_maxlen=settings.failures_stream_maxlen,
             lease_client=lease_client,
@@ -59,7 +59,7 @@ class Runtime:
         answered after its lease ran out is worth nothing, and one sent again after a
         timeout would extend a lease counted from the first (tasks/lease.py)."""
         return redisconn.client(
-            settings.redis,
+            settings.state_redis,
             health_check_interval=30,
             socket_timeout=settings.lease_renewal_timeout,
             socket_connect_timeout=settings.lease_renewal_timeout,

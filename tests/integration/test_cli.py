@@ -63,7 +63,7 @@ def test_enqueue_wait_prints_the_exact_result(run: Run, results: redis.Redis) ->
     assert outcome.exit_code == 0, outcome.output
     job_id, value = outcome.stdout.splitlines()
     assert json.loads(value) == CHARIZARD
-    assert results.hget("meta:pokemon:charizard", "task_id") == job_id
+    assert results.hget("meta:{pokemon:charizard}", "task_id") == job_id
 
 
 def test_enqueue_wait_prints_each_retry_as_it_happens(

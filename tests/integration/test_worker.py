@@ -39,7 +39,7 @@ def test_fetch_pokemon_by_name_stores_the_contract(
     assert job.get(timeout=TIMEOUT) == CHARIZARD
     assert json.loads(results.get("pokemon:charizard")) == CHARIZARD
     assert results.get("pokemon:charizard") == json.dumps(CHARIZARD, separators=(",", ":"))
-    meta = results.hgetall("meta:pokemon:charizard")
+    meta = results.hgetall("meta:{pokemon:charizard}")
     assert meta["task_id"] == job.id
     assert int(meta["fetched_at_ms"]) > 0
     assert meta["etag"]
@@ -54,7 +54,7 @@ def test_fetch_pokemon_by_name_stores_the_contract(
 def test_case_and_id_inputs_share_the_canonical_key(producer: Celery, results: redis.Redis) -> None:
     """`Charizard` and `6` both land in pokemon:charizard."""
     assert producer.send_task(FETCH, args=["Charizard"]).get(timeout=TIMEOUT) == CHARIZARD
-    results.delete("pokemon:charizard", "meta:pokemon:charizard", "index:pokemon-ids")
+    results.delete("pokemon:charizard", "meta:{pokemon:charizard}", "index:pokemon-ids")
     assert producer.send_task(FETCH, args=["6"]).get(timeout=TIMEOUT) == CHARIZARD
     assert json.loads(results.get("pokemon:charizard")) == CHARIZARD
     assert results.keys("pokemon:*") == ["pokemon:charizard"]
