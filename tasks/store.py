@@ -983,11 +983,9 @@ def _applied(result: Fetched | Unchanged, answer: Any) -> tuple[int, int] | None
 
 
 def _load(client: Any, script: Any) -> None:
-    """Load `script` where its calls run: on a cluster, on every master."""
-    if isinstance(client, RedisCluster):
-        client.script_load(script, target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
-    else:
-        client.script_load(script)
+    """Load `script` where its calls run (redis-py's cluster client sends SCRIPT LOAD to
+    every master)."""
+    client.script_load(script)
 
 
 def _packed(call: Mapping[str, Any]) -> tuple[Any, ...]:
