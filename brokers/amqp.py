@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from kombu import Connection, Exchange, Producer, Queue  # type: ignore[attr-defined]
 from kombu.exceptions import KombuError
@@ -285,9 +285,10 @@ class AmqpBroker:
 
 
 def _vhost_of(url: str) -> str:
-    """The vhost of `url`, or of the first URL of a failover list (they share it)."""
+    """The vhost of `url`, or of the first URL of a failover list (they share it),
+    percent-decoded as kombu decodes it (`/%2F` and `/` both name the vhost `/`)."""
     path = urlsplit(url.split(";", 1)[0]).path
-    return "/" if path in ("", "/") else path[1:]
+    return "/" if path in ("", "/") else unquote(path[1:])
 
 
 def _ready(connection: Any, queue: str) -> int:

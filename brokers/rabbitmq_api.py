@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
@@ -37,7 +37,12 @@ class ManagementApi:
         self._bases: list[tuple[str, tuple[str, str]]] = []
         for url in split_urls(urls):
             parts = urlsplit(url)
-            auth = (parts.username or "guest", parts.password or "guest")
+            if not parts.username:
+                # No silent `guest`: it logs in only from the node's own host, and an
+                # operator who meant another user should hear which URL lacks one.
+                raise BrokerError(f"{masked_url(url)}: the management URL names no user")
+            # Percent-encoded in the URL (`p%40ss` for `p@ss`), as in the broker URL.
+            auth = (unquote(parts.username), unquote(parts.password or ""))
             host = parts.hostname or "localhost"
             netloc = f"{host}:{parts.port}" if parts.port else host
             self._bases.append((f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}", auth))
@@ -97,6 +102,7 @@ class ManagementApi:
                     online=tuple(found.get("online") or ()),
                     leader=found.get("leader") or None,
                     policy=found.get("policy") or None,
+                    effective=found.get("effective_policy_definition") or {},
                 )
             )
         return ClusterView(nodes, tuple(replicas))

@@ -19,8 +19,8 @@ from brokers import (
     NotSupported,
     broker_kind,
 )
-from brokers.amqp import apply_policies, queue_policies
-from brokers.base import ClusterView
+from brokers.amqp import POLICY_PREFIX, apply_policies, queue_policies
+from brokers.base import ClusterView, QueueReplicas
 from brokers.rabbitmq_api import ManagementApi
 
 
@@ -41,9 +41,16 @@ def node_line(view: ClusterView) -> tuple[bool, str]:
     return all(_has_majority(queue.members, queue.online) for queue in view.queues), detail
 
 
-def queue_lines(view: ClusterView) -> list[tuple[bool, str]]:
-    """Per queue: whether it can serve (a leader, a majority online, its policy), and its
-    leader and members, offline ones marked."""
+#: Replicas a quorum queue should have: RabbitMQ's recommended size, or every node of a
+#: smaller cluster (https://www.rabbitmq.com/docs/quorum-queues#replica-management).
+TARGET_REPLICAS = 3
+
+
+def queue_lines(view: ClusterView, delivery_limit: int | None = None) -> list[tuple[bool, str]]:
+    """Per queue: whether it can serve (a leader, a majority online, min(3, nodes)
+    members, and our policy really in force on it), and its leader and members, offline
+    ones marked. `delivery_limit`, when given, must be the one in force too."""
+    wanted = min(TARGET_REPLICAS, len(view.nodes)) if view.nodes else 1
     lines = []
     for queue in view.queues:
         if not queue.members:
@@ -53,15 +60,44 @@ def queue_lines(view: ClusterView) -> list[tuple[bool, str]]:
             member if member in queue.online else f"{member}(offline)" for member in queue.members
         )
         ok = queue.leader is not None and _has_majority(queue.members, queue.online)
-        policy = queue.policy or "NONE (no delivery limit or dead-lettering: apply-policy)"
+        problems = policy_problems(queue, delivery_limit)
+        if len(queue.members) < wanted:
+            problems.append(
+                f"{len(queue.members)} of {wanted} replicas (grow it: docs/reliability.md)"
+            )
         lines.append(
             (
-                ok and queue.policy is not None,
+                ok and not problems,
                 f"{queue.name}: leader {queue.leader or 'NONE'}; members {members}; "
-                f"policy {policy}",
+                f"policy {queue.policy or 'NONE'}"
+                + (f" ({'; '.join(problems)})" if problems else ""),
             )
         )
     return lines
+
+
+def policy_problems(queue: QueueReplicas, delivery_limit: int | None = None) -> list[str]:
+    """Why the policy in force on `queue` is not ours with our keys; none when it is.
+
+    RabbitMQ applies one policy per queue, the matching one of highest priority, merged
+    with an operator policy: a policy of higher priority than ours, or an operator policy
+    that lowers a key, changes the delivery limit or dead-lettering without a word.
+    """
+    ours = f"{POLICY_PREFIX}{queue.name}"
+    if queue.policy is None:
+        return ["no delivery limit or dead-lettering: apply-policy"]
+    if queue.policy != ours:
+        return [f"{queue.policy} overrides {ours}: no policy of higher priority may match"]
+    expected = dict(queue_policies(delivery_limit or 1, [queue.name])[ours]["definition"])
+    if delivery_limit is None:
+        expected.pop("delivery-limit")
+    wrong = sorted(key for key, value in expected.items() if queue.effective.get(key) != value)
+    if "delivery-limit" not in queue.effective:
+        wrong = sorted({*wrong, "delivery-limit"})
+    if wrong:
+        found = ", ".join(f"{key}={queue.effective.get(key)!r}" for key in wrong)
+        return [f"in force: {found}, not ours"]
+    return []
 
 
 def _has_majority(members: Sequence[str], online: Sequence[str]) -> bool:

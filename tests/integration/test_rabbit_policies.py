@@ -1,0 +1,83 @@
+"""RabbitMQ policies provably in force, on the suite's own node: `apply-policy` puts them
+on the vhost the broker URL names (percent-decoded, as kombu reads it), and `health`
+fails a queue whose effective policy is not ours with our keys."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from click.testing import CliRunner
+from kombu import Connection
+
+from brokers import ALL_QUEUES
+from brokers.amqp import AmqpBroker, amqp_queue
+from brokers.rabbitmq_api import ManagementApi
+from ops.cli import cli
+from ops.rabbitmq_cli import queue_lines
+from tests.support.celery_worker import wait_for
+from tests.support.rabbitmq import RabbitServer
+
+LIMIT = 20
+
+
+@pytest.fixture
+def encoded_vhost(rabbit_server: RabbitServer) -> Iterator[tuple[str, str]]:
+    """A vhost whose name has a `/` (so its URL carries `%2F`), made by nobody yet: its
+    name and its AMQP URL. Deleted after."""
+    name = f"apiworker-test/{uuid.uuid4().hex[:8]}"
+    yield name, f"{rabbit_server.url}/{quote(name, safe='')}"
+    api = ManagementApi(rabbit_server.management_url)
+    for gone in (name, quote(name, safe="")):
+        api.request("delete", f"vhosts/{quote(gone, safe='')}")
+
+
+def test_apply_policy_decodes_the_vhost_and_health_fails_an_overriding_policy(
+    rabbit_server: RabbitServer, encoded_vhost: tuple[str, str]
+) -> None:
+    """A `%2F` in the URL is a `/` in the vhost's name: the policies land on the vhost
+    the worker uses (not on one literally named `...%2F...`); every queue then passes;
+    a policy of higher priority matching the queues makes each queue line, and
+    `apiworker health`, fail and name it."""
+    name, url = encoded_vhost
+    env = {
+        "CELERY_BROKER_URL": url,
+        "RABBITMQ_MANAGEMENT_URL": rabbit_server.management_url,
+        "BROKER_DELIVERY_LIMIT": str(LIMIT),
+    }
+    applied = CliRunner().invoke(cli, ["rabbitmq", "apply-policy"], env=env)
+    assert applied.exit_code == 0, applied.output
+    assert f"on vhost {name} " in applied.output, applied.output
+    assert name in rabbit_server.vhosts()
+    assert quote(name, safe="") not in rabbit_server.vhosts()
+
+    with Connection(url, connect_timeout=5) as connection:  # the worker's declarations
+        channel = connection.channel()
+        for queue in ALL_QUEUES:
+            amqp_queue(queue)(channel).declare()
+    broker = AmqpBroker(url, management_url=rabbit_server.management_url)
+
+    def lines() -> list[tuple[bool, str]]:
+        return queue_lines(broker.cluster(ALL_QUEUES), LIMIT)
+
+    # The API shows a new queue's policy at its next statistics sample.
+    wait_for(lambda: all(ok for ok, _ in lines()), timeout=15, what="our policies in force")
+
+    api = ManagementApi(rabbit_server.management_url)
+    api.set_policy(
+        name,
+        "operator-catch-all",
+        {"pattern": ".*", "apply-to": "queues", "priority": 99,
+         "definition": {"max-length": 100_000}},
+    )  # fmt: skip
+    failing = wait_for(
+        lambda: [line for ok, line in lines() if not ok and "operator-catch-all" in line],
+        timeout=15,
+        what="every queue failing under the overriding policy",
+    )
+    assert len(failing) == len(ALL_QUEUES), failing
+    health = CliRunner().invoke(cli, ["health", "--timeout", "2"], env=env)
+    assert health.exit_code != 0
+    assert "operator-catch-all overrides apiworker-celery" in health.output, health.output
