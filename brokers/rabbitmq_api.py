@@ -109,6 +109,11 @@ class ManagementApi:
 
     # -- what the operator sets ----------------------------------------------------------
 
+    def version(self) -> tuple[int, ...]:
+        """The server's RabbitMQ version, as numbers (`3.10.8` is (3, 10, 8))."""
+        text = str(self.get_json("overview").get("rabbitmq_version", "0"))
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
     def vhost(self, vhost: str) -> dict[str, Any] | None:
         return self._object(f"vhosts/{_q(vhost)}")
 

@@ -134,7 +134,7 @@ def apply_policy(services: Any, dry_run: bool) -> None:
         raise click.UsageError(f"set {MANAGEMENT_URL_ENV} (the management API of any node)")
     api = ManagementApi(management)
     try:
-        applied = apply_policies(api, vhost, limit)
+        applied = apply_policies(api, vhost, limit, settings.broker_consumer_timeout)
         found = api.vhost(vhost) or {}
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
