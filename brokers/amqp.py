@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -200,24 +199,11 @@ class ConfirmTimeoutAMQP(AMQP):  # type: ignore[misc]  # Celery is untyped
 AMQP_CLASS = f"{__name__}:ConfirmTimeoutAMQP"
 
 
-def failover_order(url: str) -> str:
-    """A failover list (`;`-separated URLs) in random order, so that each client first
-    tries a different node; one URL is returned as it is.
-
-    kombu always connects to the list's first URL first, and its `shuffle` strategy
-    (`broker_failover_strategy`) only shuffles the URLs it falls back to: with every
-    client on URL 1, node 1 held every connection and led every queue its clients
-    declared. Shuffling the list spreads both."""
-    urls = url.split(";")
-    return ";".join(random.sample(urls, len(urls)))
-
-
 def celery_conf(settings: BrokerSettings) -> dict[str, Any]:
     """The Celery settings of a RabbitMQ broker."""
     return {
-        "broker_url": failover_order(settings.broker_url),
-        # A lost node: the next URL is picked at random, not always the next one.
-        # CFG#broker-failover-strategy
+        # A lost node: the next URL is picked at random, not always the next one (the
+        # list itself comes shuffled: redisconn/celery_config.py). CFG#broker-failover-strategy
         "broker_failover_strategy": "shuffle",
         # Publisher confirms: a publish returns only once RabbitMQ has taken the message
         # (on a quorum queue: once a majority of its replicas has it), so a job is never

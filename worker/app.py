@@ -11,6 +11,7 @@ import sys
 from celery import Celery
 
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
+from redisconn.celery_config import failover_order
 from redisconn.settings import url_passwords
 from settings import ConfigurationError, checked_settings
 from settings.errors import USAGE_EXIT_CODE
@@ -134,6 +135,9 @@ app.conf.update(
     worker_consumer="worker.consumer:RecordingConsumer",
     **{**broker_conf, **transport_options},
 )
+# Each worker tries the nodes of a RabbitMQ failover list in its own order, so
+# connections and the leaders of the queues they declare spread over the cluster.
+app.conf.broker_url = failover_order(app.conf.broker_url)
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for
 # their side effect.
