@@ -86,6 +86,23 @@ def amqp_queue(name: str) -> Queue:
     )
 
 
+#: What the application user (workers, producers, the CLI's AMQP commands) may configure,
+#: write and read on its vhost, as one RabbitMQ permission pattern: its queues and their
+#: `.dead` queues, its two exchanges, Celery's delayed-delivery exchanges and queues,
+#: Celery's remote control (`*.celery.pidbox`, `reply.celery.pidbox` and its reply
+#: queues) and events (`celeryev*`), the default exchange (replays publish to it), and
+#: the exchange `default` that a celery-node producer declares.
+#: That user needs no tags: the management API is another user's (docs/reliability.md).
+APP_PERMISSION_PATTERN = (
+    r"^(apiworker\.(jobs|dead)"
+    rf"|({'|'.join(re.escape(name) for name in ALL_QUEUES)})(\.dead)?"
+    r"|celery_delayed_([0-9]+|delivery)"
+    r"|celeryev(\..+)?"
+    r"|(.+\.)?(reply\.)?celery\.pidbox"
+    r"|amq\.default|default)$"
+)
+
+
 def queue_policies(
     delivery_limit: int,
     queues: Sequence[str] = ALL_QUEUES,

@@ -36,6 +36,7 @@ import requests
 from click.testing import CliRunner
 
 from brokers import ALL_QUEUES
+from brokers.amqp import APP_PERMISSION_PATTERN
 from ops.cli import cli
 from ops.producer import producer_app
 from tests.chaos.conftest import pokemon_names, scaled
@@ -74,14 +75,15 @@ def cluster() -> Iterator[RabbitCluster]:
 
 
 def add_user(cluster: RabbitCluster, vhost: str, password: str) -> str:
-    """A user of this test alone, with every right on `vhost`; its name."""
+    """An application user of this test alone, as the README sets one up: no tags, and
+    rights on `vhost`'s own queues and exchanges only; its name."""
     name = f"apiworker-{secrets.token_hex(4)}"
     base = f"http://127.0.0.1:{cluster.nodes[0].management_port}/api"
     auth = ("guest", "guest")
     requests.put(f"{base}/users/{name}", json={"password": password, "tags": ""},
                  auth=auth, timeout=10).raise_for_status()  # fmt: skip
     requests.put(f"{base}/permissions/{vhost}/{name}",
-                 json={"configure": ".*", "write": ".*", "read": ".*"},
+                 json=dict.fromkeys(("configure", "write", "read"), APP_PERMISSION_PATTERN),
                  auth=auth, timeout=10).raise_for_status()  # fmt: skip
     return name
 
