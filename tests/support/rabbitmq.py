@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -73,8 +74,9 @@ SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/sbin", "/usr/local/sbin")
 #: How often the management API refreshes queue figures (default 5 s): the CLI reads
 #: them from its API, and tests poll them.
 STATISTICS_INTERVAL_MS = 500
-#: The production default of BROKER_DELIVERY_LIMIT, set by each vhost's policies.
-DELIVERY_LIMIT = 5
+#: The production default of BROKER_DELIVERY_LIMIT on RabbitMQ, set by each vhost's
+#: policies.
+DELIVERY_LIMIT = 20
 
 
 class RabbitUnavailable(RuntimeError):
@@ -118,13 +120,18 @@ class RabbitNode:
         cookie: str | None = None,
         base_dir: Path | None = None,
         management: bool = True,
+        config: Sequence[str] = (),
+        advanced: str = "[].",
     ) -> None:
+        """`config`: more lines of its rabbitmq.conf; `advanced`: its advanced.config
+        (Erlang terms, for what rabbitmq.conf cannot set)."""
         self.server_script = rabbit_script("rabbitmq-server")
         self.ctl_script = rabbit_script("rabbitmqctl")
         self.name = name or f"apiworker-test-{uuid.uuid4().hex[:8]}@localhost"
         self.cookie = cookie or secrets.token_hex(16)
         self.dir = base_dir or Path(tempfile.mkdtemp(prefix="apiworker-rabbit-"))
         self.management = management
+        self.config, self.advanced = tuple(config), advanced
         self.amqp_port = self.management_port = self.dist_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._choose_ports()
@@ -303,8 +310,8 @@ class RabbitNode:
         cookie.write_text(self.cookie)
         cookie.chmod(0o400)  # Erlang refuses a cookie others may read
         (etc / "rabbitmq-env.conf").write_text("")  # not the machine's /etc one
-        (etc / "advanced.config").write_text("[].\n")
-        lines = [f"collect_statistics_interval = {STATISTICS_INTERVAL_MS}"]
+        (etc / "advanced.config").write_text(self.advanced + "\n")
+        lines = [f"collect_statistics_interval = {STATISTICS_INTERVAL_MS}", *self.config]
         plugins = []
         if self.management:
             plugins.append("rabbitmq_management")
