@@ -132,6 +132,17 @@ class ManagementApi:
             f"grant {user} {vhost}",
         )
 
+    def grant_app_user(self, vhost: str, user: str, password: str, pattern: str) -> None:
+        """`user` with `password`, no tags (no management API, no UI), and configure,
+        write and read rights on `vhost` limited to `pattern`; created or updated."""
+        body = {"password": password, "tags": ""}
+        self._expect(self.request("put", f"users/{_q(user)}", json=body), f"set user {user}")
+        rights = dict.fromkeys(("configure", "write", "read"), pattern)
+        self._expect(
+            self.request("put", f"permissions/{_q(vhost)}/{_q(user)}", json=rights),
+            f"grant {user} {vhost}",
+        )
+
     def set_policy(self, vhost: str, name: str, body: dict[str, Any]) -> None:
         self._expect(
             self.request("put", f"policies/{_q(vhost)}/{_q(name)}", json=body),

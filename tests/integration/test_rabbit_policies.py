@@ -81,3 +81,33 @@ def test_apply_policy_decodes_the_vhost_and_health_fails_an_overriding_policy(
     health = CliRunner().invoke(cli, ["health", "--timeout", "2"], env=env)
     assert health.exit_code != 0
     assert "operator-catch-all overrides apiworker-celery" in health.output, health.output
+
+
+def test_apply_policy_grants_the_app_user_its_own_resources_only(
+    rabbit_server: RabbitServer,
+) -> None:
+    """`--grant-app-user` makes CELERY_BROKER_URL's user (password percent-decoded) with
+    no tags: it connects and declares the service's queues, and is refused anything
+    else; `--wait-nodes` returns once the node runs."""
+    vhost = f"apiworker-test-{uuid.uuid4().hex[:8]}"
+    user, password = f"{vhost}-granted", "p@ss/w:rd"
+    host = rabbit_server.url.rsplit("@", 1)[1]
+    url = f"amqp://{user}:{quote(password, safe='')}@{host}/{vhost}"
+    env = {"CELERY_BROKER_URL": url, "RABBITMQ_MANAGEMENT_URL": rabbit_server.management_url}
+    api = ManagementApi(rabbit_server.management_url)
+    try:
+        applied = CliRunner().invoke(
+            cli, ["rabbitmq", "apply-policy", "--wait-nodes", "1", "--grant-app-user"], env=env
+        )
+        assert applied.exit_code == 0, applied.output
+        assert "1 nodes running" in applied.output
+        assert password not in applied.output
+        assert api._object(f"users/{quote(user, safe='')}")["tags"] in ("", [])  # type: ignore[index]
+        with Connection(url, connect_timeout=5) as connection:
+            channel = connection.channel()
+            amqp_queue("celery")(channel).declare()
+            with pytest.raises(connection.channel_errors, match="ACCESS_REFUSED"):
+                channel.queue_declare("someone-elses", durable=True)
+    finally:
+        api.request("delete", f"vhosts/{quote(vhost, safe='')}")
+        api.request("delete", f"users/{quote(user, safe='')}")
