@@ -340,7 +340,8 @@ class AmqpBroker:
         A quorum queue has no way to browse, and returning a message unacknowledged
         (a nack with requeue, a closed channel) counts as a delivery on RabbitMQ 3.x, so
         each listing would have added one to every message it showed. Only as many
-        messages as each queue held when asked are taken, so no copy is read twice."""
+        messages as each queue held when asked are taken, so no copy is read twice; a
+        listing of fewer than a queue holds moves those it shows behind the others."""
         found: list[ParkedMessage] = []
         with self._connection() as connection:
             channel = connection.channel()
