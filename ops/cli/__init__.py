@@ -6,8 +6,8 @@ variables, read afresh on every invocation rather than from the process-wide cac
 so a command always talks to the Redis it was pointed at.
 
 One module per command group: `enqueue`, `result`, `follow`, `failures`, `queues`,
-`top`, `dead_letters`, `health` (and `rabbitmq`, in `ops/rabbitmq_cli.py`); the group
-itself and what they share is `base`.
+`top`, `dead_letters`, `health`, `migrate-keys` (and `rabbitmq`, in
+`ops/rabbitmq_cli.py`); the group itself and what they share is `base`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,17 @@ from __future__ import annotations
 import logging
 
 from ops import rabbitmq_cli
-from ops.cli import dead_letters, enqueue, failures, follow, health, queues, result, top
+from ops.cli import (
+    dead_letters,
+    enqueue,
+    failures,
+    follow,
+    health,
+    migrate_keys,
+    queues,
+    result,
+    top,
+)
 from ops.cli.base import PUBLIC_TASKS, cli, safe_url
 from ops.cli.enqueue import check_call
 
@@ -29,6 +39,7 @@ __all__ = [
     "follow",
     "health",
     "main",
+    "migrate_keys",
     "queues",
     "result",
     "safe_url",
