@@ -9,6 +9,8 @@ loses none of them.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from tasks.keys import Keys
 from tasks.runtime import Runtime
 from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.integration.conftest import worker_environment
+from tests.integration.test_readers import reader
 from tests.support.celery_worker import WorkerProcess, wait_for
 from tests.support.redis_cluster import PrivateCluster
 
@@ -101,6 +104,42 @@ def test_the_store_keeps_its_contract_on_a_cluster(
     assert len(used) > PARTITIONS // 2
     store.record_failure({"task_id": "t", "error": "boom"})
     assert client.xlen("events:failures") == 1
+
+
+@pytest.mark.parametrize("language", ["python", "node"])
+def test_a_reader_gets_a_result_and_follows_every_event_on_the_cluster(
+    language: str, cluster: PrivateCluster, client: RedisCluster
+) -> None:
+    """The example readers (redis.RedisCluster, ioredis Cluster) with REDIS_CLUSTER_NODES
+    and EVENTS_PARTITIONS: `get` finds a value and its metadata, `follow` prints every
+    event of a run, from every partition, none missing, and acknowledges each."""
+    store = make_store(cluster)
+    names = [f"read{i}" for i in range(30)]
+    store.write_many([Fetched("pokemon", n, {"name": n}, now()) for n in names], "run")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ["HOME"],
+        "REDIS_CLUSTER_NODES": cluster.setting,
+        "EVENTS_PARTITIONS": str(PARTITIONS),
+    }
+
+    def read(*args: str) -> str:
+        done = subprocess.run(
+            [*reader(language), *args], env=env, capture_output=True, text=True,
+            timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    got = json.loads(read("get", "pokemon", "read7"))
+    assert got["value"] == {"name": "read7"}
+    assert got["meta"]["task_id"] == "run"
+    lines = read("follow", "svc", "r1", "--from-start", "--count", str(len(names)))
+    followed = [json.loads(line) for line in lines.splitlines()]
+    assert sorted(event["key"] for event in followed) == sorted(f"pokemon:{n}" for n in names)
+    for stream in store.keys.all_events:
+        if client.exists(stream):
+            assert client.xpending(stream, "svc")["pending"] == 0
 
 
 @pytest.mark.broker("redis")
