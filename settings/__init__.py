@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from apis.config import ApiSettings
+from apis.config import ApiSettings, budget_setting_names
 from apis.config import get_settings as get_api_settings
 from redisconn.settings import RedisSettings
 from settings.errors import ConfigurationError, lines_of, merged
@@ -92,4 +92,5 @@ def setting_names() -> frozenset[str]:
     Derived, not listed, so the README check and everything that must start from
     defaults (the test suite, the benchmarks) see a new setting without being told.
     """
-    return frozenset(name.upper() for cls in SECTIONS.values() for name in cls.model_fields)
+    fields = {name.upper() for cls in SECTIONS.values() for name in cls.model_fields}
+    return frozenset(fields | budget_setting_names())
