@@ -4,7 +4,10 @@ Why shared: an upstream's limit applies to all of our traffic together, and the 
 of workers and threads changes with the deployment. A limit per process would allow
 `processes x limit`.
 
-- **Rate.** A token bucket refilled by Redis's own clock (hosts with skewed clocks agree).
+- **Rate.** A token bucket refilled by Redis's own clock (hosts with skewed clocks agree),
+  holding half a second's worth by default: an upstream's own bucket is usually a whole
+  second's, and the half left over absorbs the jitter of requests on their way there,
+  which a bucket of the same size turns into 429s.
   An on-demand call that finds no token reserves the next one (the bucket goes below
   zero) and waits for it, up to `max_wait` (at most a second): callers queue at
   `1 / rate` intervals without polling. Beyond that nothing is reserved and the call is
@@ -89,7 +92,7 @@ _PERMIT_SECONDS = 60.0
 _POLL_SECONDS = 0.02
 
 # KEYS: state hash, permits zset, processes zset.
-# ARGV: ceiling, capacity (0: one second's worth), max wait ms, class, bulk share,
+# ARGV: ceiling, capacity (0: half a second's worth), max wait ms, class, bulk share,
 # concurrency, permit id, permit ttl ms, process id.
 # Returns {wait ms, rate in milli-requests/s, processes}: wait 0 = go now, > 0 = a
 # token is reserved, go after that long; < 0 = nothing taken, ask again after -wait.
@@ -133,7 +136,7 @@ end
 local wait = 0
 if rate > 0 then
   local cap = capacity
-  if cap <= 0 then cap = math.max(1, math.ceil(rate)) end
+  if cap <= 0 then cap = math.max(1, math.ceil(rate / 2)) end
   if tokens == nil then tokens = cap end
   if now > at then
     tokens = math.min(cap, tokens + (now - at) * rate / 1000)
@@ -346,7 +349,8 @@ class Budget:
                         BUDGET_IN_FLIGHT.labels(self.service).inc()
                     return Ticket(permit)
                 step = -wait_ms / 1000
-                self.busy_until = now + step
+                if klass == ON_DEMAND:
+                    self.busy_until = now + step
                 if now + step > deadline:
                     raise self._throttled(step, method, path)
                 waited = True
@@ -406,6 +410,12 @@ class Budget:
             {"apiworker.upstream": self.service, "apiworker.wait_s": seconds},
         )
         self._sleep(seconds)
+
+    def held(self) -> bool:
+        """Whether the budget binds: the fleet is paused, or on-demand calls are queued
+        for tokens (as this process last heard). A job of this upstream taken now would
+        only queue behind them, holding a thread."""
+        return self.enabled and self.busy_until > self._clock()
 
     @property
     def in_fallback(self) -> bool:

@@ -62,7 +62,7 @@ class RateLimitPolicy:
     (the ceiling; 0 = none configured, learnt from the upstream's 429s), `concurrency`
     requests in flight at once (0 = unbounded).
 
-    `burst` is the bucket size (0: one second's worth); a request waits for its token
+    `burst` is the bucket size (0: half a second's worth); a request waits for its token
     at most `max_wait` seconds, beyond which the call is held back (`Throttled`). Bulk
     calls keep `bulk_share` of the rate when on-demand calls would take it all.
     """
@@ -75,7 +75,7 @@ class RateLimitPolicy:
 
     @property
     def capacity(self) -> int:
-        return self.burst or max(1, math.ceil(self.rate))
+        return self.burst or max(1, math.ceil(self.rate / 2))
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,12 @@ _KEPT_BYTES = 4096
 ParkedCallback = Callable[[str, bytes, int], None]
 on_parked: list[ParkedCallback] = []
 
+#: The upstream budgets' admission, installed by the worker: the (task-name prefix,
+#: queue) of each upstream with no budget now. A fetch leaves those queues out, and moves
+#: their jobs met in another queue (a stock producer's default queue) into them, so they
+#: wait in the broker, not in a worker thread. None: every queue is taken from.
+admission: Callable[[], Sequence[tuple[str, str]]] | None = None
+
 # Holders of this process whose hand-back failed (Redis away as their channel closed):
 # the next channel that reaches Redis hands their messages back.
 _orphans: set[str] = set()
@@ -360,6 +366,10 @@ class ReliableChannel(kombu_redis.Channel):
         if not self._taking:
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
+        held = admission() if admission is not None else ()
+        if held:
+            waiting = {queue for _, queue in held}
+            queues = [queue for queue in queues if queue not in waiting]
         if not queues:
             return
         keys = [
@@ -384,6 +394,7 @@ class ReliableChannel(kombu_redis.Channel):
             "EVALSHA", self._scripts["FETCH"], 3 + len(keys),
             self._keys["holders"], self._keys["inhand"], self._keys["sequence"], *keys,
             self.holder, wanted, len(queues),
+            *(part for prefix, queue in held for part in (prefix, self._prefix + queue)),
         )  # fmt: skip
         self._consumed = True
 
