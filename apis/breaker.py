@@ -240,7 +240,14 @@ class StateGuard:
 class LocalBreaker:
     """The breaker of one process while Redis cannot be asked: `threshold` consecutive
     transient failures open it for `cooldown` seconds; then one failure reopens it and
-    one success closes it."""
+    one success closes it.
+
+    Calls end after they start, so threads that all started before the first failure
+    came back would each fail on their own: once a failure is counted, a call is let
+    through only while the failures plus the calls still in flight stay below the
+    threshold. So this process sends at most `threshold` failing calls past those
+    already under way.
+    """
 
     def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float]) -> None:
         self._threshold = threshold
@@ -248,15 +255,28 @@ class LocalBreaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._failures = 0
+        self._in_flight = 0
         self._open_until = 0.0
 
+    def started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
     def refused_for(self) -> float:
-        """Seconds this process's circuit stays open (0: the call may go)."""
-        return max(0.0, self._open_until - self._clock())
+        """Seconds to wait before a call may go (0: it may, and is counted in flight)."""
+        with self._lock:
+            wait = self._open_until - self._clock()
+            if wait > 0:
+                return wait
+            if self._failures and self._failures + self._in_flight >= self._threshold:
+                return _STATE_BACKOFF_SECONDS
+            self._in_flight += 1
+            return 0.0
 
     def record(self, outcome: str) -> bool:
         """Count a call's outcome; True when it opened the circuit."""
         with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
             if outcome == "ok":
                 self._failures = 0
                 return False
@@ -268,6 +288,11 @@ class LocalBreaker:
                 self._failures = self._threshold - 1
                 return True
             return False
+
+    def ended(self) -> None:
+        """A call counted by Redis ended (its outcome went there, not here)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
 
 
 class CircuitBreaker:
@@ -318,6 +343,7 @@ class CircuitBreaker:
         if self._guard.down:
             return self._local_before(method, path)
         if now < self._trusted_until:
+            self._local.started()
             return _UNCOUNTED
         token = secrets.token_hex(8)
         verdict, wait_ms = self._guard.run(
@@ -331,11 +357,14 @@ class CircuitBreaker:
             return self._local_before(method, path)
         if verdict == 3:
             self._trusted_until = now + CLOSED_TRUST_SECONDS
+            self._local.started()
             return _UNCOUNTED
         if verdict == 1:
+            self._local.started()
             return _COUNTED
         if verdict == 2:
             log.info("circuit half-open service=%s: sending one probe call", self.service)
+            self._local.started()
             return Permit(probe=token, counted=True)
         raise self._refused(int(wait_ms) / 1000, method, path)
 
@@ -369,6 +398,7 @@ class CircuitBreaker:
         if permit is _LOCAL or self._guard.down:
             self._record_locally(outcome, exc)
             return
+        self._local.ended()
         if outcome == "abandon" and permit.probe is None:
             return
         if outcome == "ok" and not permit.counted:
@@ -386,6 +416,7 @@ class CircuitBreaker:
         ]
         changed = self._guard.run(lambda: self._after(keys=self.keys, args=args), -1)
         if changed == -1:
+            self._local.started()  # ended above; counted again by its local record
             self._record_locally(outcome, exc)
         elif changed == 1:
             CIRCUIT_TRANSITIONS.labels(self.service, "open").inc()

@@ -270,7 +270,7 @@ class LocalBucket:
         beyond `max_wait` reserves nothing and is returned negative."""
         with self._lock:
             now = self._clock()
-            capacity = max(1.0, math.ceil(rate))
+            capacity = max(1.0, math.ceil(rate / 2))  # as the shared bucket's default
             self._tokens = min(capacity, self._tokens + (now - self._at) * rate)
             self._at = now
             wait = max(0.0, (1 - self._tokens) / rate)
