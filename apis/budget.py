@@ -25,8 +25,10 @@ of workers and threads changes with the deployment. A limit per process would al
   rate by `DECREASE` (at most once per pause, so a burst of 429s is one signal); the
   rate then grows back by `INCREASE` of itself per second (at least `MIN_INCREASE`),
   up to the configured rate, the ceiling. With no rate configured the budget is
-  unbounded until the first 429; the rate it then starts from is what the fleet sent
-  in the last second, cut. Each change of the rate is logged on one line and exported
+  unbounded until the first 429; the rate it then starts from is half of what the fleet
+  sent in the last second (as TCP leaves slow start), or what the upstream accepted in
+  it (this process's count of answers times the processes sharing the budget) when that
+  is more, cut. Each change of the rate is logged on one line and exported
   (`apiworker_budget_rate`).
 - **Fails safe.** When Redis is slow or away the process falls back to a local bucket
   at the last known rate divided by the processes that share it (counted in Redis
@@ -200,7 +202,8 @@ return {wait, math.floor(rate * 1000), processes}
     .replace("@PROCESS_MS@", str(int(_PROCESS_SECONDS * 1000)))
 )
 
-# KEYS: state hash. ARGV: pause ms, ceiling, decrease factor, min rate.
+# KEYS: state hash. ARGV: pause ms, ceiling, decrease factor, min rate, the requests the
+# upstream accepted in the last second (the callers' estimate; 0: unknown).
 # Returns {1 when this signal cut the rate else 0, old rate milli, new rate milli,
 # pause left ms}.
 _PAUSE = """
@@ -222,7 +225,9 @@ if now >= cut then
       local win = tonumber(s[6]) or now
       local sent = tonumber(s[4]) or 0
       if now - win < 500 then sent = math.max(sent, tonumber(s[5]) or 0) end
-      rate = math.max(1, sent)
+      -- the first limit found: half of what the fleet sent (as TCP leaves slow start),
+      -- or what the upstream accepted in the last second when the callers counted more
+      rate = math.max(1, sent / 2, tonumber(ARGV[5]) or 0) / tonumber(ARGV[3])
     end
   end
   rate = math.max(tonumber(ARGV[4]), rate * tonumber(ARGV[3]))
@@ -234,6 +239,14 @@ redis.call('HSET', KEYS[1], 'tokens', '0', 'btokens', '0', 'at', u, 'bat', u, 'g
   'paused', u)
 redis.call('PEXPIRE', KEYS[1], 86400000)
 return {changed, math.floor(old * 1000), math.floor(rate * 1000), until_ms - now}
+"""
+
+# KEYS: state hash. Returns the ms left of the fleet's pause (0: none).
+_PAUSE_LEFT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local paused = tonumber(redis.call('HGET', KEYS[1], 'paused')) or 0
+return math.max(0, paused - now)
 """
 
 # KEYS: permits zset. ARGV: permit id.
@@ -254,6 +267,28 @@ class Ticket:
 
 
 _FREE = Ticket()
+
+
+class SecondCounter:
+    """Events of the last whole second, counted cheaply (two one-second buckets)."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._current = 0
+        self._previous = 0
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        if second != self._second:
+            self._previous = self._current if second == self._second + 1 else 0
+            self._second, self._current = second, 0
+        self._current += 1
+
+    def last_second(self, now: float) -> int:
+        second = int(now)
+        if second == self._second:
+            return max(self._previous, self._current)
+        return self._current if second == self._second + 1 else 0
 
 
 class LocalBucket:
@@ -308,13 +343,17 @@ class Budget:
         #: The fleet's rate as last read (requests/s, 0 = unbounded) and its sharers.
         self.rate = policy.rate
         self.processes = 1
-        #: Until when (this process's clock) the fleet's budget is known to have no token.
+        #: Until when (this process's clock) the fleet's budget is known to have no token,
+        #: and to be paused by the upstream.
         self.busy_until = 0.0
+        self.paused_until = 0.0
+        self._accepted = SecondCounter()
         BUDGET_CONFIGURED_RATE.labels(self.service).set(policy.rate)
         if client is not None:
             self._take = client.register_script(_TAKE)
             self._pause = client.register_script(_PAUSE)
             self._release = client.register_script(_RELEASE)
+            self._pause_left = client.register_script(_PAUSE_LEFT)
 
     # -- taking ---------------------------------------------------------------------------
 
@@ -329,7 +368,7 @@ class Budget:
         BUDGET_WAITING.labels(self.service, klass).inc()
         try:
             while True:
-                reply = self._ask(klass, permit)
+                reply = self._ask(klass, permit, max(0.0, deadline - self._clock()))
                 if reply is None:  # Redis away or slow: this process's share, locally
                     local = self._local_wait()
                     if local < 0:
@@ -341,8 +380,13 @@ class Budget:
                 now = self._clock()
                 if wait_ms >= 0:
                     if wait_ms:
-                        self.busy_until = now + wait_ms / 1000
+                        self.busy_until = max(self.busy_until, now + wait_ms / 1000)
                         self._wait(wait_ms / 1000, method=method, path=path)
+                        if self._paused_meanwhile():
+                            # The upstream paused the fleet while this call waited: its
+                            # token predates the pause. Ask again (or be held back).
+                            waited = True
+                            continue
                     elif waited:
                         RATE_LIMIT_WAITS.labels(self.service).inc()
                     if permit:
@@ -358,6 +402,17 @@ class Budget:
         finally:
             BUDGET_WAITING.labels(self.service, klass).dec()
 
+    def _paused_meanwhile(self) -> bool:
+        """Whether a pause began while a reserved call waited: this process knows it, or
+        Redis says so. One more round trip per waiting call, which only calls the budget
+        already spaces out make: at most the rate."""
+        if self.paused_until > self._clock():
+            return True
+        left = self._guard.run(lambda: self._pause_left(keys=self.keys[:1]), 0)
+        if left:
+            self.paused_until = self._clock() + int(left) / 1000
+        return bool(left)
+
     def _throttled(self, wait: float, method: str, path: str) -> errors.Throttled:
         RATE_LIMIT_DEFERRALS.labels(self.service).inc()
         return errors.Throttled(
@@ -371,18 +426,21 @@ class Budget:
             wait,
         )
 
-    def release(self, ticket: Ticket) -> None:
-        """The request is answered: its permit of the concurrency limit is free again."""
+    def release(self, ticket: Ticket, outcome: str = "") -> None:
+        """The request is answered (`outcome`: its status, or an error's name): its
+        permit of the concurrency limit is free again, and an accepted one is counted."""
+        if outcome[:1] in ("2", "3"):
+            self._accepted.add(self._clock())
         if ticket.permit:
             BUDGET_IN_FLIGHT.labels(self.service).dec()
             self._guard.run(lambda: self._release(keys=[self.keys[1]], args=[ticket.permit]), None)
 
-    def _ask(self, klass: str, permit: str) -> list[int] | None:
+    def _ask(self, klass: str, permit: str, max_wait: float) -> list[int] | None:
         policy = self.policy
         args: list[str | int] = [
             repr(policy.rate),
             policy.burst,
-            int(policy.max_wait * 1000),
+            int(max_wait * 1000),
             klass,
             repr(policy.bulk_share),
             policy.concurrency,
@@ -417,6 +475,17 @@ class Budget:
         only queue behind them, holding a thread."""
         return self.enabled and self.busy_until > self._clock()
 
+    def room(self) -> int | None:
+        """How many of this upstream's jobs this process may hold at once: its share of
+        half of what the fleet's rate serves within the wait bound, None while the rate
+        is unbounded. Half: until this process first hears how many share the budget it
+        counts itself alone, and a fleet starting together must still not queue past the
+        bound."""
+        if not self.enabled or self.rate <= 0:
+            return None
+        share = self.rate * self.policy.max_wait * 0.5 / max(1, self.processes)
+        return max(1, int(share))
+
     @property
     def in_fallback(self) -> bool:
         """Whether this process runs on its local share because Redis is slow or away."""
@@ -436,9 +505,11 @@ class Budget:
             repr(self.policy.rate),
             repr(DECREASE),
             repr(MIN_RATE),
+            self._accepted.last_second(self._clock()) * max(1, self.processes),
         ]
         reply = self._guard.run(lambda: self._pause(keys=self.keys[:1], args=args), None)
         self.busy_until = self._clock() + pause
+        self.paused_until = max(self.paused_until, self.busy_until)
         if reply is None:
             return pause
         changed, old, new, left = (int(value) for value in reply)

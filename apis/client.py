@@ -338,7 +338,7 @@ class ApiClient:
             outcome = "timeout" if isinstance(exc, errors.UpstreamTimeout) else "connection"
             raise
         finally:
-            self.budget.release(ticket)
+            self.budget.release(ticket, outcome)
             metrics.UPSTREAM_REQUESTS.labels(self.service, method, outcome).inc()
             metrics.UPSTREAM_LATENCY.labels(self.service).observe(time.monotonic() - started)
             if span is not None:

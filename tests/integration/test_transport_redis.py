@@ -319,7 +319,9 @@ def test_admission_leaves_a_held_upstreams_jobs_in_the_broker(
     """With tasks.held.* held (their upstream has no budget), a fetch skips their queue,
     moves their job met in the shared queue to the head of their own, and takes the
     other job behind it."""
-    monkeypatch.setattr(redis_transport, "admission", lambda: [("tasks.held.", "held-queue")])
+    monkeypatch.setattr(
+        redis_transport, "admission", lambda: ([("tasks.held.", "held-queue")], None)
+    )
     with connect() as connection:
         producer = connection.Producer()
         for task in ("tasks.held.fetch", "tasks.other.fetch"):

@@ -121,13 +121,16 @@ def test_other_answers_teach_nothing(server) -> None:
 
 def test_with_no_rate_configured_the_first_429_sets_one_from_what_was_sent(server) -> None:
     """Unbounded until told: 30 calls in the last second, then a 429: the fleet's rate
-    becomes 30 x DECREASE."""
+    becomes half of that (nothing was counted as accepted yet); a second 429 after the
+    pause cuts it by DECREASE."""
     shared = budget(server, max_wait=1.0)
     for _ in range(30):
         shared.acquire()
     assert shared.rate == 0
     shared.answered(429, 0)
-    assert shared.rate == pytest.approx(30 * DECREASE, abs=0.01)
+    assert shared.rate == pytest.approx(15, abs=0.01)
+    shared.answered(429, 0)
+    assert shared.rate == pytest.approx(15 * DECREASE, abs=0.1)
 
 
 def test_the_concurrency_limit_counts_requests_in_flight(server) -> None:
