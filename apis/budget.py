@@ -249,6 +249,18 @@ local paused = tonumber(redis.call('HGET', KEYS[1], 'paused')) or 0
 return math.max(0, paused - now)
 """
 
+# KEYS: state hash, permits zset. Returns {rate milli-requests/s, pause left ms, permits
+# in flight}: what `apiworker top` and `health` show.
+_READ = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local s = redis.call('HMGET', KEYS[1], 'rate', 'paused')
+local rate = tonumber(s[1]) or 0
+local paused = tonumber(s[2]) or 0
+local in_flight = redis.call('ZCOUNT', KEYS[2], now, '+inf')
+return {math.floor(rate * 1000), math.max(0, paused - now), in_flight}
+"""
+
 # KEYS: permits zset. ARGV: permit id.
 _RELEASE = "return redis.call('ZREM', KEYS[1], ARGV[1])"
 
@@ -257,6 +269,26 @@ def budget_keys(prefix: str, service: str) -> list[str]:
     """The budget's keys of one upstream: state, permits, processes (`apiworker top`
     and the gauges read the state hash)."""
     return [f"{prefix}budget:{service}:{name}" for name in ("state", "permits", "processes")]
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """An upstream's budget as Redis has it now (for tools: `apiworker top`, `health`)."""
+
+    service: str
+    #: The fleet's current rate, requests/s (0: unbounded: none configured or learnt).
+    rate: float
+    #: Seconds left of a pause the upstream asked for (0: not paused).
+    paused_for: float
+    #: Requests in flight holding a permit of the concurrency limit.
+    in_flight: int
+
+
+def read_state(client: redis.Redis, prefix: str, service: str) -> BudgetState:
+    """One round trip: the budget of `service` under the key prefix `prefix`."""
+    state_key, permits_key, _ = budget_keys(prefix, service)
+    rate, paused, in_flight = (int(v) for v in client.eval(_READ, 2, state_key, permits_key))
+    return BudgetState(service, rate / 1000, paused / 1000, in_flight)
 
 
 @dataclass(frozen=True)
