@@ -90,6 +90,9 @@ DEFAULT_PAUSE = 1.0
 _PROCESS_SECONDS = 10.0
 #: How long a permit of the concurrency limit outlives its call at most.
 _PERMIT_SECONDS = 60.0
+#: How long a process trusts an "unbounded" reading before asking Redis again: an
+#: upstream with no rate configured and no 429 yet costs no round trip per call.
+UNBOUNDED_TRUST_SECONDS = 0.5
 #: Poll step of a call that waits without a reservation (bulk, or no free permit).
 _POLL_SECONDS = 0.02
 
@@ -203,7 +206,8 @@ return {wait, math.floor(rate * 1000), processes}
 )
 
 # KEYS: state hash. ARGV: pause ms, ceiling, decrease factor, min rate, the requests the
-# upstream accepted in the last second (the callers' estimate; 0: unknown).
+# upstream accepted and the fleet sent in the last second (the caller's estimates; 0:
+# unknown).
 # Returns {1 when this signal cut the rate else 0, old rate milli, new rate milli,
 # pause left ms}.
 _PAUSE = """
@@ -225,6 +229,8 @@ if now >= cut then
       local win = tonumber(s[6]) or now
       local sent = tonumber(s[4]) or 0
       if now - win < 500 then sent = math.max(sent, tonumber(s[5]) or 0) end
+      -- calls sent without asking (a process trusting "unbounded"), as it counted them
+      sent = math.max(sent, tonumber(ARGV[6]) or 0)
       -- the first limit found: half of what the fleet sent (as TCP leaves slow start),
       -- or what the upstream accepted in the last second when the callers counted more
       rate = math.max(1, sent / 2, tonumber(ARGV[5]) or 0) / tonumber(ARGV[3])
@@ -380,6 +386,8 @@ class Budget:
         self.busy_until = 0.0
         self.paused_until = 0.0
         self._accepted = SecondCounter()
+        self._sent = SecondCounter()
+        self._unbounded_until = 0.0
         BUDGET_CONFIGURED_RATE.labels(self.service).set(policy.rate)
         if client is not None:
             self._take = client.register_script(_TAKE)
@@ -394,6 +402,9 @@ class Budget:
         if not self.enabled:
             return _FREE
         klass = job_class.get()
+        if self._clock() < self._unbounded_until:
+            self._sent.add(self._clock())  # for the first 429 (`answered`)
+            return _FREE
         permit = secrets.token_hex(8) if self.policy.concurrency > 0 else ""
         deadline = self._clock() + self.policy.max_wait
         waited = False
@@ -410,6 +421,11 @@ class Budget:
                 wait_ms, rate_milli, processes = (int(value) for value in reply)
                 self._note_rate(rate_milli / 1000, processes)
                 now = self._clock()
+                if rate_milli == 0 and not permit:
+                    # Unbounded (no rate configured, no 429 yet): trust that for a while
+                    # without a round trip per call, as the breaker trusts "closed".
+                    self._unbounded_until = now + UNBOUNDED_TRUST_SECONDS
+                    self._sent.add(now)
                 if wait_ms >= 0:
                     if wait_ms:
                         self.busy_until = max(self.busy_until, now + wait_ms / 1000)
@@ -538,7 +554,9 @@ class Budget:
             repr(DECREASE),
             repr(MIN_RATE),
             self._accepted.last_second(self._clock()) * max(1, self.processes),
+            self._sent.last_second(self._clock()) * max(1, self.processes),
         ]
+        self._unbounded_until = 0.0
         reply = self._guard.run(lambda: self._pause(keys=self.keys[:1], args=args), None)
         self.busy_until = self._clock() + pause
         self.paused_until = max(self.paused_until, self.busy_until)
