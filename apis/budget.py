@@ -389,6 +389,7 @@ class Budget:
         self._sent = SecondCounter()
         self._unbounded_until = 0.0
         BUDGET_CONFIGURED_RATE.labels(self.service).set(policy.rate)
+        BUDGET_RATE.labels(self.service).set(policy.rate)
         if client is not None:
             self._take = client.register_script(_TAKE)
             self._pause = client.register_script(_PAUSE)
