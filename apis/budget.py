@@ -354,7 +354,9 @@ class LocalBucket:
 
 
 class Budget:
-    """The budget of one upstream; a no-op when no Redis is set for shared state."""
+    """The budget of one upstream; a no-op when no Redis is set for shared state, or
+    when it has no rate or concurrency configured and does not learn one
+    (BUDGET_ADAPTIVE=false)."""
 
     def __init__(
         self,
@@ -367,9 +369,11 @@ class Budget:
         policy = config.rate_limit
         self.service = config.service
         self.policy = policy
-        if client is None and config.state_redis:
+        # No budget at all for an upstream with no rate, no concurrency and no learning.
+        wanted = policy.rate > 0 or policy.concurrency > 0 or policy.adaptive
+        if client is None and config.state_redis and wanted:
             client = shared_redis(config.state_redis)
-        self.enabled = client is not None
+        self.enabled = client is not None and wanted
         self.keys = budget_keys(config.state_key_prefix, config.service)
         self._sleep = sleep
         self._clock = clock
@@ -412,7 +416,8 @@ class Budget:
         BUDGET_WAITING.labels(self.service, klass).inc()
         try:
             while True:
-                reply = self._ask(klass, permit, max(0.0, deadline - self._clock()))
+                bound = max(0.0, deadline - self._clock()) if waited else self.policy.max_wait
+                reply = self._ask(klass, permit, bound)
                 if reply is None:  # Redis away or slow: this process's share, locally
                     local = self._local_wait()
                     if local < 0:

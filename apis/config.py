@@ -72,6 +72,9 @@ class RateLimitPolicy:
     max_wait: float = 1.0
     concurrency: int = 0
     bulk_share: float = 0.1
+    #: Whether an upstream with no rate configured learns one from its 429s (False: it
+    #: has no budget at all, and costs Redis nothing).
+    adaptive: bool = True
 
     @property
     def capacity(self) -> int:
@@ -168,6 +171,7 @@ class ApiSettings(RedisSettings):
     # registry entry names (`Upstream.budget_settings`), checked by `_check_budgets`.
     rate_limit_max_wait: float = Field(RateLimitPolicy.max_wait, ge=0, le=1)
     budget_bulk_share: float = Field(RateLimitPolicy.bulk_share, ge=0, le=1)
+    budget_adaptive: bool = RateLimitPolicy.adaptive
 
     @field_validator("pokeapi_base_url", "cms_base_url", "semaphore_base_url", mode="before")
     @classmethod
@@ -249,7 +253,9 @@ class ApiSettings(RedisSettings):
         entry = next((u for u in all_upstreams() if u.name == service), None)
         if entry is None:
             return RateLimitPolicy(
-                max_wait=self.rate_limit_max_wait, bulk_share=self.budget_bulk_share
+                max_wait=self.rate_limit_max_wait,
+                bulk_share=self.budget_bulk_share,
+                adaptive=self.budget_adaptive,
             )
         rate_name, burst_name, concurrency_name = entry.budget_settings
         return RateLimitPolicy(
@@ -258,6 +264,7 @@ class ApiSettings(RedisSettings):
             concurrency=_number(concurrency_name, entry.concurrency, int),
             max_wait=self.rate_limit_max_wait,
             bulk_share=self.budget_bulk_share,
+            adaptive=self.budget_adaptive,
         )
 
 

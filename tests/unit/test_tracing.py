@@ -160,7 +160,9 @@ def test_a_rate_limit_wait_is_an_event_with_its_length(spans: RecordedSpans) -> 
         service="pokeapi", base_url="http://pokeapi.test", state_redis_url="redis://x/0",
         rate_limit=RateLimitPolicy(rate=1.0, burst=1, max_wait=1.0),
     )  # fmt: skip
-    limiter = Budget(config, fakeredis.FakeRedis(), sleep=lambda _: None)
+    limiter = Budget(
+        config, fakeredis.FakeRedis(server=fakeredis.FakeServer()), sleep=lambda _: None
+    )
     with spans.job():
         limiter.acquire()
         limiter.acquire()
