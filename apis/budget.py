@@ -13,10 +13,11 @@ of workers and threads changes with the deployment. A limit per process would al
   `1 / rate` intervals without polling. Beyond that nothing is reserved and the call is
   held back (`Throttled`); the task layer puts the job off instead of holding a thread.
 - **Classes.** A bulk call (a beat schedule's job, a fan-out child, a job its producer
-  marked bulk: `apis.job_class`) never reserves ahead: it takes a token only when one is
-  free now, so on-demand reservations always come first. To keep a flood of on-demand
-  calls from starving a refresh, bulk also has a bucket of its own at `bulk_share` of
-  the rate, whose tokens it may take even when on-demand callers have reserved the rest.
+  marked bulk: `job_class`, which the task layer sets per job) never reserves ahead: it
+  takes a token only when one is free now, so on-demand reservations always come first.
+  To keep a flood of on-demand calls from starving a refresh, bulk also has a bucket of
+  its own at `bulk_share` of the rate, whose tokens it may take even when on-demand
+  callers have reserved the rest.
 - **Concurrency.** With `concurrency` > 0, a sorted set holds one permit per request in
   flight (scored by its expiry, so a dead holder's permit lapses); a call waits for a
   free permit like for a token.
@@ -24,12 +25,14 @@ of workers and threads changes with the deployment. A limit per process would al
   the whole fleet for the time it asked (the bucket is empty until then) and cuts the
   rate by `DECREASE` (at most once per pause, so a burst of 429s is one signal); the
   rate then grows back by `INCREASE` of itself per second (at least `MIN_INCREASE`),
-  up to the configured rate, the ceiling. With no rate configured the budget is
-  unbounded until the first 429; the rate it then starts from is half of what the fleet
-  sent in the last second (as TCP leaves slow start), or what the upstream accepted in
-  it (this process's count of answers times the processes sharing the budget) when that
-  is more, cut. Each change of the rate is logged on one line and exported
-  (`apiworker_budget_rate`).
+  up to the configured rate, the ceiling. A call whose reserved token predates a pause
+  asks again. With no rate configured the budget is unbounded until the first 429 (a
+  process then trusts "unbounded" for `UNBOUNDED_TRUST_SECONDS` without a round trip
+  per call); the rate it then starts from is the larger of half of what the fleet sent
+  in the last second (as TCP leaves slow start) and what the upstream accepted in it
+  (this process's count of answers times the processes sharing the budget). With
+  `adaptive` off such an upstream has no budget at all. Each change of the rate is
+  logged on one line and exported (`apiworker_budget_rate`).
 - **Fails safe.** When Redis is slow or away the process falls back to a local bucket
   at the last known rate divided by the processes that share it (counted in Redis
   while it answered), logged once per outage and shown by `apiworker_guard_fallback`.
