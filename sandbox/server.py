@@ -26,7 +26,7 @@ from sandbox.budget import UpstreamBudget
 from sandbox.faults import UNSET, Fault, FaultBook, Unset
 from sandbox.messages import JSON_TYPE, Request, Response, text_response
 from sandbox.request_log import Received, RequestLog
-from sandbox.routes import ROUTES, UNKNOWN_ROUTE, Route, Upstreams, not_found
+from sandbox.routes import UNKNOWN_ROUTE, Route, Upstreams, not_found, route_names
 
 DEFAULT_SEMAPHORE_TOKEN = "sandbox-token"  # noqa: S105 - a fixed fake for local tests
 _STATUS_PHRASES = {
@@ -379,8 +379,9 @@ class SandboxServer:
         """Make `route` answer 429 (with `Retry-After`) above `rate` requests/s; 0: none.
 
         Takes effect at once, so a test can halve an upstream's budget mid-run."""
-        if route not in ROUTES:
-            raise ValueError(f"unknown route {route!r}; expected one of {', '.join(ROUTES)}")
+        if route not in route_names():
+            known = ", ".join(route_names())
+            raise ValueError(f"unknown route {route!r}; expected one of {known}")
         if rate < 0:
             raise ValueError("rate must not be negative")
         budget = self.budget_of(route)
@@ -412,8 +413,9 @@ class SandboxServer:
         many are. Faults queued on one route are consumed in order. Raises ValueError for
         an unknown route, kind or parameter.
         """
-        if route not in ROUTES:
-            raise ValueError(f"unknown route {route!r}; expected one of {', '.join(ROUTES)}")
+        if route not in route_names():
+            known = ", ".join(route_names())
+            raise ValueError(f"unknown route {route!r}; expected one of {known}")
         self._faults.add(route, Fault.build(kind, params), times=times, probability=probability)
 
     def clear_faults(self) -> None:
