@@ -79,23 +79,26 @@ def test_the_budget_is_shared_by_every_process(server) -> None:
 
 
 def test_bulk_never_reserves_ahead_of_on_demand_and_keeps_its_share(server) -> None:
-    """With on-demand callers holding reservations, bulk gets only its own share's
-    tokens: the next token goes to on-demand."""
-    shared = budget(server, rate=10, burst=1, max_wait=1.0, bulk_share=0.1)
+    """With on-demand calls queued for tokens, a bulk call takes one token of its own
+    share at once (no reservation behind them), then is held back; the next on-demand
+    call is pushed back by that one token only."""
+    sleeps = Sleeps()
+    shared = budget(server, sleeps, rate=10, burst=1, bulk_share=0.1)
     shared.acquire()  # the one free token
     for _ in range(5):
         shared.acquire()  # on-demand reservations: 0.1 .. 0.5 s ahead
+    assert len(sleeps) == 5
     token = job_class.set(BULK)
     try:
-        shared.acquire()  # bulk's own share: one token of 10% of the rate
+        shared.acquire()  # bulk's own share (10% of the rate): at once, no reservation
+        assert len(sleeps) == 5
+        impatient = budget(server, Sleeps(), rate=10, burst=1, bulk_share=0.1, max_wait=0.05)
         with pytest.raises(errors.Throttled):
-            Budget(
-                config(rate=10, burst=1, max_wait=0.05, bulk_share=0.1),
-                fakeredis.FakeRedis(server=server),
-                sleep=Sleeps(),
-            ).acquire()
+            impatient.acquire()  # its share spent, and no token free: never queued
     finally:
         job_class.reset(token)
+    shared.acquire()
+    assert sleeps[-1] == pytest.approx(0.7, abs=0.15)  # 0.5, then the bulk token, then this
 
 
 def test_a_429_pauses_the_fleet_and_cuts_the_rate_once_per_pause(server) -> None:
