@@ -68,8 +68,10 @@ class _WaitJitterOrRetryAfter:
         if self._budgeted and isinstance(exc, RateLimited):
             return 0.0
         asked = _retry_after(exc)
-        if asked is not None:
+        if asked:
             return asked
+        # No pause asked for, or `Retry-After: 0`: "now" from every client at once is a
+        # retry storm, so the jittered backoff still spreads them.
         return float(self._jitter(state))
 
 
