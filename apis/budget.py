@@ -95,7 +95,7 @@ _PROCESS_SECONDS = 10.0
 _PERMIT_SECONDS = 60.0
 #: How long a process trusts an "unbounded" reading before asking Redis again: an
 #: upstream with no rate configured and no 429 yet costs no round trip per call.
-UNBOUNDED_TRUST_SECONDS = 0.5
+UNBOUNDED_TRUST_SECONDS = 0.1
 #: Poll step of a call that waits without a reservation (bulk, or no free permit).
 _POLL_SECONDS = 0.02
 
