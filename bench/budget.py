@@ -115,10 +115,11 @@ class Run:
         upstream: Upstream,
         log_dir: Path,
         env: dict[str, str],
+        broker_url: str = "",
     ) -> None:
         self.system = system
         self.redis_server = redis_server
-        self.broker_url = redis_server.url_for(3)
+        self.broker_url = broker_url or redis_server.url_for(3)
         self.producer = producer_app(self.broker_url, redis_server.url_for(2))
         self.results = redis_server.client(0)
         environment = {
@@ -289,6 +290,14 @@ def scenario_refresh(
     }
 
 
+def _rabbit_node() -> tuple[Any, Any]:
+    """A private RabbitMQ node (the suite's harness) and the server to make vhosts on."""
+    from tests.support.rabbitmq import RabbitNode, RabbitServer
+
+    node = RabbitNode().start()
+    return node, RabbitServer.of_node(node)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.budget", description=__doc__.split("\n\n")[0]
@@ -305,13 +314,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per scenario at most")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
+    parser.add_argument(
+        "--broker",
+        choices=("redis", "amqp"),
+        default="redis",
+        help="amqp: a private RabbitMQ node, a fresh vhost per run (the project only)",
+    )
     args = parser.parse_args(argv)
     wanted = set(args.scenarios.split(","))
+    if args.broker == "amqp" and args.systems != PROJECT.name:
+        parser.error("--broker amqp runs the project alone (--systems project)")
     log_dir = Path(tempfile.mkdtemp(prefix="apiworker-bench-budget-"))
     redis_server = PrivateRedis()
     redis_server.start()
     upstream = Upstream(args.latency).start()
     results: dict[str, dict[str, Any]] = {}
+    rabbit = _rabbit_node() if args.broker == "amqp" else None
     try:
         index = json.loads(
             urllib.request.urlopen(
@@ -332,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     env["POKEAPI_RATE_LIMIT"] = str(args.rate)
                 if scenario == "refresh":
                     env["POKEMON_CATALOG"] = ",".join(names[:1200])
-                run = Run(system, redis_server, upstream, log_dir, env).start(names[-1])
+                broker_url = rabbit[1].create_vhost() if rabbit is not None else ""
+                run = Run(system, redis_server, upstream, log_dir, env, broker_url)
+                run.start(names[-1])
                 try:
                     log(f"{system.name}: {scenario}")
                     if scenario == "burst":
@@ -354,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         upstream.stop()
         redis_server.stop()
+        if rabbit is not None:
+            rabbit[0].cleanup()
     out = (
         args.out
         or REPO_ROOT / "bench" / "results" / f"budget-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -364,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "command": " ".join(["python -m bench.budget", *sys.argv[1:]]),
                 "rate": args.rate,
+                "broker": args.broker,
                 "results": results,
             },
             indent=2,
