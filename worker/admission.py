@@ -17,6 +17,7 @@ room left, a fetch takes at most that many messages.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -28,8 +29,11 @@ from apis.registry import client_class, get_client
 from brokers import redis_transport
 from upstreams import all_upstreams
 
+log = logging.getLogger("worker.admission")
+
 _lock = threading.Lock()
 _budgets: list[tuple[str, str, Budget]] = []
+_failed = False
 
 
 def _in_hand() -> Counter[str]:
@@ -43,7 +47,22 @@ def _in_hand() -> Counter[str]:
 
 
 def admit() -> tuple[Sequence[tuple[str, str]], int | None]:
-    """(task-name prefix, queue) of every held upstream, and the most a fetch may take."""
+    """(task-name prefix, queue) of every held upstream, and the most a fetch may take.
+
+    It runs inside the consumer's fetch: a fault here must not stop the worker taking
+    jobs, so it is logged (once) and every queue admitted, as without a budget.
+    """
+    global _failed
+    try:
+        return _admit()
+    except Exception:
+        if not _failed:
+            _failed = True
+            log.exception("admission by the upstream budgets failed: every queue admitted")
+        return (), None
+
+
+def _admit() -> tuple[Sequence[tuple[str, str]], int | None]:
     if not _budgets:
         with _lock:
             if not _budgets:
