@@ -22,6 +22,10 @@ from celery import Celery
 from click.testing import CliRunner
 from redis.cluster import RedisCluster
 
+from apis import errors
+from apis.breaker import CircuitBreaker
+from apis.budget import Budget
+from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
 from ops.cli import cli
 from ops.producer import producer_app
 from settings import WorkerSettings
@@ -250,3 +254,34 @@ def test_a_master_killed_while_results_are_written_loses_none(
     assert seen == {f"pokemon:{name}" for name in names}
     assert stored_after_kill, "no write reached the killed master's slots after the kill"
     assert min(stored_after_kill) - killed_at[0] < 10.0
+
+
+def test_breaker_and_budget_scripts_run_on_the_cluster(
+    cluster: PrivateCluster, client: RedisCluster
+) -> None:
+    """The breaker's and the budget's scripts touch keys of one upstream, tagged by its
+    name: on the cluster they answer (a state guard that met CROSSSLOT would fail open
+    and the breaker would never trip), the breaker opens, the budget hands out permits."""
+    target = WorkerSettings(
+        redis_cluster_nodes=cluster.addresses, events_partitions=PARTITIONS
+    ).state_redis
+    config = UpstreamConfig(
+        "pokeapi",
+        "http://pokeapi.test/api/v2",
+        state_redis=target,
+        circuit=CircuitPolicy(2, 60.0, 30.0),
+        rate_limit=RateLimitPolicy(rate=50, concurrency=2),
+    )
+    breaker = CircuitBreaker(config)
+    for _ in range(2):
+        error = errors.ServerError("upstream server error", "pokeapi", "GET", "/x", 503)
+        breaker.after_call(breaker.before_call(), error)
+    with pytest.raises(errors.CircuitOpen):
+        breaker.before_call()
+    assert client.exists("circuit:{pokeapi}:open")
+    budget = Budget(config)
+    ticket = budget.acquire("GET", "/x")
+    assert not budget.in_fallback
+    assert client.zcard("budget:{pokeapi}:permits") == 1
+    budget.release(ticket)
+    assert client.zcard("budget:{pokeapi}:permits") == 0
