@@ -90,18 +90,20 @@ class PrivateCluster:
                 client.close()
         return True
 
-    def client(self, **options: object) -> RedisCluster:
+    def client(self) -> RedisCluster:
         return RedisCluster(
-            startup_nodes=[ClusterNode("127.0.0.1", node.port) for node in self.nodes],
+            startup_nodes=[
+                ClusterNode("127.0.0.1", node.port)  # type: ignore[no-untyped-call]
+                for node in self.nodes
+            ],
             decode_responses=True,
-            **options,
         )
 
     def master_of(self, key: str) -> RedisServer:
         """The node that serves `key`'s slot now."""
         client = self.client()
         try:
-            node = client.get_node_from_key(key)
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
             return next(n for n in self.nodes if n.port == node.port)
         finally:
             client.close()
