@@ -10,7 +10,8 @@ What moves (the values themselves keep their names, so readers see no change):
   two (a script on the new key alone), so fences never go back.
 - the Pokémon id index: every entry goes to the hash of its partition
   (`EVENTS_PARTITIONS`), and hashes of another partition count are emptied.
-- `lock:{kind}:{id}`: not moved; a lease lasts seconds and expires by itself.
+- `lock:{kind}:{id}`: not moved; a lease lasts seconds and expires by itself. Nor are
+  the breakers' and budgets' keys: their state starts afresh under the tagged names.
 - the change events: not copied (a copy would get new entry ids and readers would see
   each event twice). A stream no longer written (`events:results` after a move to
   partitions, or the reverse) is left for readers to finish, and reported.
