@@ -16,6 +16,7 @@ from tasks.keys import Keys
 from tasks.store import ResultStore
 
 RESULT_WRITE_RETRIES = 8
+CLUSTER_WRITE_RETRIES = 24
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Runtime:
             # A write that meets a vanished master is sent again after a reconnect, which
             # (with Sentinel) asks for the new master: up to about ten seconds, enough for
             # a restart or a failover with a short down-after, before the job's own retry.
-            retry=Retry(ExponentialWithJitterBackoff(base=0.2, cap=2.0), RESULT_WRITE_RETRIES),
+            retry=cls.write_retry(settings),
         )
         store = ResultStore(
             client,
@@ -52,6 +53,19 @@ class Runtime:
         return cls(
             settings=settings, store=store, failures=FailureBuffer(settings.failure_buffer_size)
         )
+
+    @staticmethod
+    def write_retry(settings: WorkerSettings) -> Retry:
+        """How a write that met a vanished master is sent again: for about ten seconds in
+        all, enough for a restart or a failover, before the job's own retry.
+
+        On a Redis Cluster each attempt after a connection error first asks a live node
+        for the slots again (redis-py's `RedisCluster`), so short steps find the promoted
+        replica within half a second of its promotion instead of up to two.
+        """
+        if settings.redis_cluster_nodes:
+            return Retry(ExponentialWithJitterBackoff(base=0.1, cap=0.5), CLUSTER_WRITE_RETRIES)
+        return Retry(ExponentialWithJitterBackoff(base=0.2, cap=2.0), RESULT_WRITE_RETRIES)
 
     @staticmethod
     def lease_client(settings: WorkerSettings) -> redis.Redis:

@@ -228,13 +228,15 @@ def test_a_master_killed_while_results_are_written_loses_none(
                 name = queue.pop()
             deadline = time.monotonic() + 30
             while True:
+                began = time.monotonic()
                 try:
                     store.write(Fetched("pokemon", name, {"name": name}, now()), f"job-{name}")
                     break
                 except (redis.RedisError, OSError):
                     assert time.monotonic() < deadline, f"{name} was never stored"
                     time.sleep(0.05)  # the job's retry countdown
-            if killed_at and name in on_victim:
+            # A write begun after the kill, to the killed master's slots: the new master's.
+            if killed_at and began > killed_at[0] and name in on_victim:
                 with lock:
                     stored_after_kill.append(time.monotonic())
 
@@ -253,7 +255,9 @@ def test_a_master_killed_while_results_are_written_loses_none(
     seen = {fields["key"] for fields in events(client, store.keys)}
     assert seen == {f"pokemon:{name}" for name in names}
     assert stored_after_kill, "no write reached the killed master's slots after the kill"
-    assert min(stored_after_kill) - killed_at[0] < 10.0
+    resumed = min(stored_after_kill) - killed_at[0]
+    print(f"writes to the killed master's slots resumed {resumed:.1f} s after the kill")
+    assert resumed < 10.0
 
 
 def test_breaker_and_budget_scripts_run_on_the_cluster(
