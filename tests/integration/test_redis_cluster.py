@@ -192,7 +192,9 @@ def test_a_worker_on_the_cluster_stores_results_the_cli_reads(
         assert {event["key"] for event in followed} == {"pokemon:charizard", "pokemon:pikachu"}
         assert "no-such-pokemon" in run("failures", "list")
         assert "apiworker top" in run("top", "--once")
-        run("health")
+        health = run("health")
+        assert "redis cluster" in health
+        assert "state ok, 3 masters" in health
     finally:
         worker.stop()
         producer.close()
