@@ -483,10 +483,12 @@ class ResultStore:
         one's change event (`_EVENT`, once per fence) and Pokémon id, in one round trip,
         then, with replicas, the wait (`_confirm`).
 
-        A job is acknowledged only after this returns, so a job that dies between the
-        two steps runs again: its write's replay answers "already applied" and the event
-        is sent then. Events are at least once per change and in fence order per key;
-        readers read the value the event names, which is already there.
+        A job is acknowledged only after this returns: a failed event fails the job,
+        which is retried, writes again (a replay answers "already applied") and sends the
+        event then. A worker that dies between the two steps leaves its job to run again,
+        and that job may find the value fresh and end without writing: that change has no
+        event until the key changes again (README). Events come once per fence and in
+        fence order per key; readers read the value the event names, already there.
         """
         calls: list[tuple[Script, tuple[Any, ...]]] = []
         aliases: list[tuple[str, str, str]] = []
