@@ -483,11 +483,11 @@ class ResultStore:
         one's change event (`_EVENT`, once per fence) and Pokémon id, in one round trip,
         then, with replicas, the wait (`_confirm`).
 
-        A job is acknowledged only after this returns: a failed event fails the job,
-        which is retried, writes again (a replay answers "already applied") and sends the
-        event then. A worker that dies between the two steps leaves its job to run again,
-        and that job may find the value fresh and end without writing: that change has no
-        event until the key changes again (README). Events come once per fence and in
+        A job is acknowledged only after this returns: a failed event fails the job, and
+        a worker that dies between the two steps leaves it to run again. Run again, it
+        sends the event if it writes (a replay answers "already applied"), but it may
+        find the value fresh and end without writing: that change has no event until the
+        key changes again (README). Events come once per fence and in
         fence order per key; readers read the value the event names, already there.
         """
         calls: list[tuple[Script, tuple[Any, ...]]] = []
