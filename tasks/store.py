@@ -180,14 +180,15 @@ _WAIT_FIELD = "replica-wait"
 # job began (`stored_ms`; results written before fences existed have only
 # `fetched_at_ms`). The lock's value is "token|fence": a claim sent again after its reply
 # was lost finds its own token and is the owner again, with the same fence.
-# Returns {'fresh', started_ms, value}, {'owner', started_ms, fence, etag, last_modified}
-# or {'wait', started_ms, lease ms left}.
+# Returns {'fresh', started_ms, value, fence, task_id, fetched_at_ms} (the stored
+# result's: a job run again that finds its own write sends its event again),
+# {'owner', started_ms, fence, etag, last_modified} or {'wait', started_ms, lease ms left}.
 _CLAIM = (
     _NOW
     + _FENCE
     + """
 local started = ARGV[1] == '' and now_ms() or tonumber(ARGV[1])
-local meta = redis.call('HMGET', KEYS[2], 'stored_ms', 'fetched_at_ms', 'fence')
+local meta = redis.call('HMGET', KEYS[2], 'stored_ms', 'fetched_at_ms', 'fence', 'task_id')
 local stored = meta[1] or meta[2]
 local value = redis.call('GET', KEYS[1])
 if stored and value then
@@ -199,7 +200,7 @@ if stored and value then
         end
     end
     if tonumber(stored) >= started - window then
-        return {'fresh', started, value}
+        return {'fresh', started, value, meta[3] or '0', meta[4] or '', meta[2] or ''}
     end
 end
 local held = redis.call('GET', KEYS[3])
@@ -485,9 +486,9 @@ class ResultStore:
 
         A job is acknowledged only after this returns: a failed event fails the job, and
         a worker that dies between the two steps leaves it to run again. Run again, it
-        sends the event if it writes (a replay answers "already applied"), but it may
-        find the value fresh and end without writing: that change has no event until the
-        key changes again (README). Events come once per fence and in
+        sends the event if it writes (a replay answers "already applied"), or, finding
+        its own write fresh, from its claim (`claim`, `resend_event`). A batch run again
+        does not: see README. Events come once per fence and in
         fence order per key; readers read the value the event names, already there.
         """
         calls: list[tuple[Script, tuple[Any, ...]]] = []
@@ -519,6 +520,23 @@ class ResultStore:
         self._emit(calls, aliases)
         if wait:
             self._confirm(confirm, [str(call[1][2]) for call in calls])
+
+    def resend_event(
+        self, kind: str, ident: str, *, fence: int, task_id: str, fetched_ms: str
+    ) -> bool:
+        """Send the change event of the stored result again (appended only when its fence
+        has had none); True when it was appended. For a job that finds its own write on
+        running again: whether that write changed the value is no longer known, so the
+        event says it may have (`changed=1`)."""
+        fields = [
+            "key", self.keys.result(kind, ident), "kind", kind, "id", ident,
+            "task_id", task_id, "fetched_at_ms", fetched_ms, "changed", 1,
+            "revalidated", 0, "fence", fence,
+        ]  # fmt: skip
+        (appended,) = self._run([(self._event, self._event_call(kind, ident, fence, fields))])
+        if isinstance(appended, Exception):
+            raise appended
+        return bool(appended)
 
     def _event_call(
         self, kind: str, ident: str, fence: int, fields: Sequence[Any]
@@ -661,8 +679,13 @@ class ResultStore:
         freshness: Freshness,
         token: str,
         ttl: float,
+        task_id: str = "",
     ) -> Claim:
         """A value fresh at `started` (by `freshness`), else the fetch lock, else "wait".
+
+        A fresh value that `task_id` itself wrote (the job ran before and wrote, then
+        failed or died before its event was appended) has its event sent again here,
+        once per fence (`resend_event`).
 
         `started` is on Redis's clock, as an earlier claim answered it; None on a job's
         first claim, which takes Redis's `TIME` (the answer's `started`).
@@ -686,7 +709,13 @@ class ResultStore:
         began = int(answer[1]) / 1000
         if state == "fresh":
             note_result_key(keys[0])
-            return Claim(state, began, orjson.loads(answer[2]))
+            fresh = Claim(state, began, orjson.loads(answer[2]), fence=int(answer[3]))
+            writer, fetched_ms = _text(answer[4]), _text(answer[5])
+            if task_id and writer == task_id:
+                # This very job wrote it before it ran again: its event may be missing.
+                self.resend_event(kind, ident, fence=fresh.fence, task_id=writer,
+                                  fetched_ms=fetched_ms)  # fmt: skip
+            return fresh
         if state == "owner":
             fence = int(answer[2])
             validators = Validators(_text(answer[3]) or None, _text(answer[4]) or None)

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tasks.keys import Keys
-from tasks.store import Fetched, ResultStore
+from tasks.store import Fetched, Freshness, ResultStore, _packed
 
 WRITERS, WRITES_EACH = 8, 40
 
@@ -137,3 +137,24 @@ def test_write_many_loads_its_script_when_redis_lost_it(client: redis.Redis) -> 
     client.script_flush()
     assert store.write_many([pokemon("a", 1.0), pokemon("b", 1.0)], "b") == 2
     assert client.xlen("events:results") == 2
+
+
+def test_a_job_that_finds_its_own_write_fresh_sends_the_missing_event(
+    client: redis.Redis,
+) -> None:
+    """A job whose value was written but whose event was not (its worker died between
+    the two round trips) runs again and finds the value fresh: its claim sends the event,
+    once; another job's fresh hit sends nothing."""
+    store = make_store(client)
+    client.flushall()
+    result = pokemon("mew", 1.0)
+    store._run([(store._write, _packed(store._write_args(result, "job-1")))])  # value only
+    assert client.xlen("events:results") == 0
+    for task_id in ("job-2", "job-1", "job-1"):
+        claim = store.claim(
+            "pokemon", "mew", started=None, freshness=Freshness(60), token="t", ttl=5,
+            task_id=task_id,
+        )  # fmt: skip
+        assert claim.state == "fresh"
+    (event,) = [fields for _, fields in client.xrange("events:results")]
+    assert (event["key"], event["task_id"], event["fence"]) == ("pokemon:mew", "job-1", "1")
