@@ -36,7 +36,7 @@ from tasks.base import failure_record
 from tasks.runtime import get_runtime
 from telemetry.metrics import FAILURES_RECORDED
 from telemetry.redact import redact
-from worker import pending_jobs
+from worker import amqp_admission, pending_jobs
 
 log = logging.getLogger("worker.consumer")
 
@@ -74,7 +74,12 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
     class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
         # RabbitMQ's delayed delivery set up once per connection, not once per URL of a
         # failover list (brokers/amqp_delivery.py says why).
-        default_steps = amqp_delivery.consumer_steps(Consumer.Blueprint.default_steps)
+        # On RabbitMQ, the upstreams' budgets admit jobs before a worker slot
+        # (worker/amqp_admission.py).
+        default_steps = [
+            *amqp_delivery.consumer_steps(Consumer.Blueprint.default_steps),
+            amqp_admission.STEP,
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -83,6 +88,20 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         # worker's messages in its own hands: brokers/redis_transport.py.)
         amqp = broker_kind(get_worker_settings().broker_url) == "amqp"
         self.pending_jobs = pending_jobs.track(self.pool) if amqp else None
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler, after RabbitMQ's admission: a default-queue job whose
+        upstream has no room here is moved to its upstream's queue instead
+        (worker/amqp_admission.py)."""
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            gate = getattr(self, "admission_gate", None)
+            if gate is not None and gate.moved(message):
+                return None
+            return handle(message)
+
+        return on_task_received
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         """Jobs the threads pool holds but has not started are cancelled before the
