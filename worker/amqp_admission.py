@@ -135,7 +135,8 @@ class Gate:
         room = budget.room()
         if room is None:
             return None
-        return max(1, min(room, self.c.pool.num_processes * 3 // 4))
+        threads: int = self.c.pool.num_processes
+        return max(1, min(room, threads * 3 // 4))
 
     def hold_back(self) -> None:
         """Before the consumer first consumes: leave out the queues of upstreams with a
