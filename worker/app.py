@@ -123,6 +123,10 @@ app.conf.update(
     beat_max_loop_interval=5,
     beat_schedule=beat_schedule(settings),
     task_send_sent_event=False,
+    # No task declares Celery's per-worker `rate_limit`: the shared rate limit and the
+    # upstream budget (apis/) pace calls for the whole fleet, so the consumer skips the
+    # token-bucket lookup on every message. CFG#worker-disable-rate-limits
+    worker_disable_rate_limits=True,
     broker_pool_limit=max(10, settings.worker_concurrency),
     # Undecodable messages and unknown task names leave a failure record (and, on
     # RabbitMQ, are dead-lettered) instead of vanishing with a log line.
