@@ -22,6 +22,12 @@ REDIS_ONLY = frozenset(
     {"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "BROKER_HEARTBEAT_TIMEOUT"}
 )
 AMQP_ONLY = frozenset({"BROKER_CONSUMER_TIMEOUT"})
+#: How soon RabbitMQ hands a dead worker process's jobs to another, as the lease counts it.
+#: A process that dies closes its connection and RabbitMQ redelivers at once; only a host
+#: that vanished without closing it waits for the heartbeat (`broker_heartbeat`, 30 s, in
+#: brokers/amqp.py). The lease follows the first, as on Redis (BROKER_HEARTBEAT_TIMEOUT's
+#: default): sized for the second, every crash would hold its keys for over 30 s.
+AMQP_LIVENESS_SECONDS = 5.0
 
 
 class WorkerSettings(RedisSettings):
@@ -47,8 +53,14 @@ class WorkerSettings(RedisSettings):
     freshness_from_upstream: bool = False
     freshness_upstream_max_age: float = Field(3600.0, ge=0)
     # The single-flight lease of a key: renewed by its holder while it fetches, so a dead
-    # holder delays the other jobs for that key by this much at most.
-    single_flight_lock_seconds: float = Field(4.0, ge=0.5, le=60)
+    # holder delays the other jobs for that key by this much at most. Unset: the broker's
+    # liveness timeout plus SINGLE_FLIGHT_TOLERATED_PAUSE_SECONDS (`lease_seconds`), so a
+    # holder the broker still believes alive keeps its lease through such a pause.
+    single_flight_lock_seconds: float | None = Field(None, ge=0.5, le=600)
+    # The pause of Redis or of a worker (a stall, a failover) a lease outlives. Renewed
+    # every third, a lease has two thirds of (liveness + pause) left when a pause begins:
+    # more than the pause while the pause is at most twice the liveness.
+    single_flight_tolerated_pause_seconds: float = Field(3.0, ge=0, le=300)
     # How long a job waits in its thread for another job's fetch before it is deferred
     # (the thread serves other keys meanwhile).
     single_flight_wait_seconds: float = Field(1.0, ge=0, le=30)
@@ -82,6 +94,16 @@ class WorkerSettings(RedisSettings):
 
     events_stream_maxlen: int = Field(100_000, ge=100)
     failures_stream_maxlen: int = Field(100_000, ge=100)
+    # One failure record's size at most (its longest fields are cut past it).
+    failure_record_max_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    # Failure records kept in the process while Redis cannot take them (then counted).
+    failure_buffer_size: int = Field(1000, ge=0, le=100_000)
+    # Where the results Redis has replicas, a write waits up to this long for one to
+    # have it (`WAIT 1`), and the job is retried if none does; 0 never waits.
+    result_replica_wait_ms: int = Field(1000, ge=0, le=60_000)
+    # A removed result's tombstone (its fence, so that a late write is refused) expires
+    # after this long.
+    result_tombstone_seconds: int = Field(86_400, ge=60)
 
     # Beat: an interval of 0 removes the entry from the schedule.
     pokemon_catalog: Annotated[list[str], NoDecode] = Field(
@@ -212,6 +234,28 @@ class WorkerSettings(RedisSettings):
     def result_backend(self) -> str:
         url: str = self.celery_connection.settings["result_backend"]
         return url
+
+    @property
+    def broker_liveness_seconds(self) -> float:
+        """How long the broker goes on believing a silent worker process alive: the Redis
+        transport's heartbeat timeout, or on RabbitMQ `AMQP_LIVENESS_SECONDS`."""
+        if broker_kind(self.broker_url) == "redis":
+            return self.broker_heartbeat_timeout
+        return AMQP_LIVENESS_SECONDS
+
+    @property
+    def lease_seconds(self) -> float:
+        """The single-flight lease: SINGLE_FLIGHT_LOCK_SECONDS, or the broker's liveness
+        plus the tolerated pause."""
+        if self.single_flight_lock_seconds is not None:
+            return self.single_flight_lock_seconds
+        return self.broker_liveness_seconds + self.single_flight_tolerated_pause_seconds
+
+    @property
+    def lease_renewal_timeout(self) -> float:
+        """A renewal's socket timeout: a twelfth of the lease (renewals are due every
+        third), between 0.1 and 2 s."""
+        return min(2.0, max(0.1, self.lease_seconds / 12))
 
     @property
     def upstream_max_age(self) -> float | None:
