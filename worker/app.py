@@ -17,7 +17,7 @@ from settings.errors import USAGE_EXIT_CODE
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
 from telemetry.redact import register_secret
-from worker import result_backend
+from worker import result_backend, result_repr
 from worker.beat import beat_schedule
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -133,6 +133,9 @@ app.conf.update(
     worker_consumer="worker.consumer:RecordingConsumer",
     **{**broker_conf, **transport_options},
 )
+
+# The text of each job's return value, made by Celery's tracer on every success.
+result_repr.install()
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for
 # their side effect.
