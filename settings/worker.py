@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from brokers import broker_kind
+from brokers import ALL_QUEUES, broker_kind
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
@@ -22,6 +22,12 @@ REDIS_ONLY = frozenset(
     {"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "BROKER_HEARTBEAT_TIMEOUT"}
 )
 AMQP_ONLY = frozenset({"BROKER_CONSUMER_TIMEOUT"})
+#: Defaults that differ on RabbitMQ (docs/reliability.md, "RabbitMQ under stress"): a
+#: quorum queue applies prefetch per consumer, one consumer per queue, so a multiplier of
+#: 1 already holds 4 x WORKER_CONCURRENCY messages per process; and RabbitMQ 3.x counts
+#: every return as a delivery (a restart, a lost connection, a consumer timeout returns
+#: every message held, started or not), so the limit leaves room for those.
+AMQP_DEFAULTS = {"worker_prefetch_multiplier": 1, "broker_delivery_limit": 20}
 #: How soon RabbitMQ hands a dead worker process's jobs to another, as the lease counts it.
 #: A process that dies closes its connection and RabbitMQ redelivers at once; only a host
 #: that vanished without closing it waits for the heartbeat (`broker_heartbeat`, 30 s, in
@@ -43,6 +49,7 @@ class WorkerSettings(RedisSettings):
 
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     worker_concurrency: int = Field(32, ge=1, le=1000)
+    # 1 on RabbitMQ (AMQP_DEFAULTS).
     worker_prefetch_multiplier: int = Field(2, ge=1, le=100)
     worker_max_memory_per_child_kb: int = Field(512_000, ge=0)
 
@@ -84,7 +91,8 @@ class WorkerSettings(RedisSettings):
     # queues.
     broker_heartbeat_timeout: float = Field(5.0, ge=1, le=300)
     # Deliveries of one message, each ended by a dead worker (on RabbitMQ also a reject
-    # with requeue), before it is parked in its queue's `.dead` queue (or list, on Redis).
+    # with requeue, a closed connection or channel), before it is parked in its queue's
+    # `.dead` queue (or list, on Redis). 20 on RabbitMQ (AMQP_DEFAULTS).
     broker_delivery_limit: int = Field(5, ge=1, le=1000)
     # RabbitMQ only: the server's `consumer_timeout` in seconds (RabbitMQ's default is
     # 30 minutes). A delivery unacknowledged for longer closes the worker's channel, so it
@@ -141,6 +149,16 @@ class WorkerSettings(RedisSettings):
             raise ValueError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rabbitmq_defaults(cls, data: object) -> object:
+        """On RabbitMQ, AMQP_DEFAULTS replace the defaults an operator did not set."""
+        if isinstance(data, dict):
+            url = data.get("celery_broker_url")
+            if isinstance(url, str) and url and broker_kind(url) == "amqp":
+                return {**AMQP_DEFAULTS, **data}
+        return data
+
     @model_validator(mode="after")
     def _broker_settings_fit_the_broker(self) -> WorkerSettings:
         kind = broker_kind(self.broker_url)
@@ -163,13 +181,14 @@ class WorkerSettings(RedisSettings):
                     "countdown is delivered twice"
                 )
         else:
-            needed = self.task_time_limit * (1 + self.worker_prefetch_multiplier)
+            needed = self.task_time_limit * (1 + self.prefetched_per_thread)
             if self.broker_consumer_timeout <= needed:
                 raise ValueError(
                     f"BROKER_CONSUMER_TIMEOUT ({self.broker_consumer_timeout}s) must exceed "
-                    f"TASK_TIME_LIMIT x (1 + WORKER_PREFETCH_MULTIPLIER) = {needed:g}s: a "
-                    "prefetched job may wait behind that many others before it runs; raise "
-                    "RabbitMQ's consumer_timeout and this setting together"
+                    f"TASK_TIME_LIMIT x (1 + {len(ALL_QUEUES)} queues x "
+                    f"WORKER_PREFETCH_MULTIPLIER) = {needed:g}s: a prefetched job may wait "
+                    "behind that many others per thread before it runs; raise RabbitMQ's "
+                    "consumer_timeout and this setting together"
                 )
         return self
 
@@ -189,6 +208,13 @@ class WorkerSettings(RedisSettings):
             result_backend=self.celery_result_backend,
             beat_retry_seconds=self.beat_lock_timeout,
         )
+
+    @property
+    def prefetched_per_thread(self) -> int:
+        """Jobs a thread may have queued behind its running one on RabbitMQ: a quorum
+        queue's prefetch (concurrency x multiplier) applies per consumer, and the worker
+        has one consumer per queue."""
+        return len(ALL_QUEUES) * self.worker_prefetch_multiplier
 
     @property
     def largest_countdown(self) -> float:

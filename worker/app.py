@@ -11,13 +11,14 @@ import sys
 from celery import Celery
 
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
+from redisconn.celery_config import failover_order
 from redisconn.settings import url_passwords
 from settings import ConfigurationError, checked_settings
 from settings.errors import USAGE_EXIT_CODE
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
 from telemetry.redact import register_secret
-from worker import result_backend, result_repr
+from worker import admission, result_backend, result_repr
 from worker.beat import beat_schedule
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -38,6 +39,8 @@ broker_conf = broker.celery_conf(settings)
 # Redis URLs take messages with the reliable fetch (brokers/redis_transport.py); a job it
 # parks leaves a failure record (worker/consumer.py).
 redis_transport.install()
+# ... and leaves an upstream's jobs in the broker while its budget is held.
+admission.install()
 # Redis and broker passwords (every URL of a failover list) are masked in every log line,
 # as upstream tokens are.
 for secret in (*settings.redis.secrets(), *url_passwords(settings.broker_url)):
@@ -62,6 +65,8 @@ transport_options = {
 app = Celery("worker", include=list(TASK_MODULES))
 # Each result stored in one Redis round trip, Celery's key, value and message unchanged.
 app.backend_cls = result_backend.backend_class(settings.result_backend)
+# On RabbitMQ every publish waits a bounded time for its confirm (brokers/amqp.py).
+app.amqp_cls = getattr(broker, "AMQP_CLASS", app.amqp_cls)
 app.conf.update(
     **connection.settings,
     # JSON only, the routes and the default queue: what every sender shares with the
@@ -88,7 +93,8 @@ app.conf.update(
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_time_limit,
     # I/O-bound jobs: a few messages in hand per thread keep threads busy without
-    # hoarding work a second worker could take. CFG#worker-prefetch-multiplier
+    # hoarding work a second worker could take. On RabbitMQ it applies per queue (1 by
+    # default there: settings/worker.py). CFG#worker-prefetch-multiplier
     worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
     worker_pool=settings.worker_pool,
     worker_concurrency=settings.worker_concurrency,
@@ -102,8 +108,10 @@ app.conf.update(
     # them rather than run them twice, where the pool can stop a running job (prefork,
     # gevent, eventlet). The threads pool cannot (a thread cannot be killed: Celery logs
     # a NotImplementedError traceback per job and the job runs on), so there the job
-    # finishes, its late ack fails with the dead connection, and it runs once more:
-    # harmless for these idempotent jobs. CFG#worker-cancel-long-running-tasks-on-connection-loss
+    # finishes and its late ack fails with the dead connection; jobs it had not started
+    # are cancelled (worker/pending_jobs.py), and on RabbitMQ the redelivery of one that
+    # succeeded is not run again (brokers/amqp.py).
+    # CFG#worker-cancel-long-running-tasks-on-connection-loss
     worker_cancel_long_running_tasks_on_connection_loss=settings.worker_pool
     in ("prefork", "gevent", "eventlet"),
     # Wait for Redis at start instead of crashing (Celery 6 changes the default).
@@ -123,8 +131,8 @@ app.conf.update(
     beat_max_loop_interval=5,
     beat_schedule=beat_schedule(settings),
     task_send_sent_event=False,
-    # No task declares Celery's per-worker `rate_limit`: the shared rate limit and the
-    # upstream budget (apis/) pace calls for the whole fleet, so the consumer skips the
+    # No task declares Celery's per-worker `rate_limit`: the upstream budget
+    # (apis/budget.py) paces calls for the whole fleet, so the consumer skips the
     # token-bucket lookup on every message. CFG#worker-disable-rate-limits
     worker_disable_rate_limits=True,
     broker_pool_limit=max(10, settings.worker_concurrency),
@@ -133,6 +141,9 @@ app.conf.update(
     worker_consumer="worker.consumer:RecordingConsumer",
     **{**broker_conf, **transport_options},
 )
+# Each worker tries the nodes of a RabbitMQ failover list in its own order, so
+# connections and the leaders of the queues they declare spread over the cluster.
+app.conf.broker_url = failover_order(app.conf.broker_url)
 
 # The text of each job's return value, made by Celery's tracer on every success.
 result_repr.install()
