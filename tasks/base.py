@@ -144,6 +144,10 @@ class UpstreamTask(Task):  # type: ignore[misc]
     #: Expected ends of a job: Celery logs them without a traceback (Celery's `throws`;
     #: the job's outcome line names the error); any other exception keeps its traceback.
     throws = (*OUTCOMES, NotConfigured, RetriesExhausted)
+    #: A producer that will not wait sends `ignore_result=True` (stock Celery): no
+    #: result-backend copy of a success, whose value is in the results keys anyway. A
+    #: failure or retry of such a job is still stored there, so its state stays readable.
+    store_errors_even_if_ignored = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()
