@@ -11,9 +11,11 @@ record keeps what was readable of it). The worker then goes on with the next mes
 Each time it connects, the consumer lets its broker prepare (on RabbitMQ: declare the
 dead-letter exchange and queues, so a rejected message always has somewhere to go).
 
-On Redis a message whose deliveries kept ending with a dead worker is parked by the
-transport (brokers/redis_transport.py), which tells `record_parked`: it leaves a failure
-record, as RabbitMQ's dead-lettering does here.
+On Redis a message whose deliveries kept ending without an acknowledgement is parked by
+the transport (brokers/redis_transport.py), which tells `record_parked`: it leaves a
+failure record, as RabbitMQ's dead-lettering does here. The consumer also tells the
+transport how many execution slots are free (`free_slots`), so its fetch refills an idle
+thread at once.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from celery import signals
 from celery.exceptions import NotRegistered
 from celery.utils.objects import Bunch
+from celery.worker import state
 from celery.worker.consumer import Consumer
 
 from brokers import amqp_delivery, broker_module, dead_letter_queue, redis_transport
@@ -46,7 +49,7 @@ class UnreadableMessage(Exception):
 
 
 class DeliveryLimitReached(Exception):
-    """A job parked because its deliveries kept ending with a dead worker."""
+    """A job parked because its deliveries kept ending without an acknowledgement."""
 
 
 def record_parked(queue: str, item: bytes, deliveries: int) -> None:
@@ -57,7 +60,8 @@ def record_parked(queue: str, item: bytes, deliveries: int) -> None:
         parked.task_id,
         DeliveryLimitReached(
             f"parked in {dead_letter_queue(queue)} after {deliveries} deliveries that each "
-            "ended with a dead worker; `apiworker dead-letters replay` sends it again"
+            "ended without an acknowledgement (a dead or stuck worker, a reject with "
+            "requeue); `apiworker dead-letters replay` sends it again"
         ),
         parked.args,
         parked.kwargs,
@@ -73,9 +77,17 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         default_steps = amqp_delivery.consumer_steps(Consumer.Blueprint.default_steps)
 
     def connect(self) -> Any:
+        redis_transport.free_slots = self._free_slots
         connection = super().connect()
         broker_module(get_worker_settings().broker_url).prepare_consumer(connection)
         return connection
+
+    def _free_slots(self) -> int:
+        """Threads (or child processes) not running or about to run a job: the pool's
+        size less the requests handed to it (a held countdown is not among them until
+        it is due)."""
+        size = getattr(self.pool, "num_processes", None) or self.pool.limit or 0
+        return max(0, int(size) - len(state.reserved_requests))
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         log.error(
