@@ -5,12 +5,15 @@ prefetched for later wait in the pool meanwhile, and reach the broker again only
 the connection closes, after the last running job (up to TASK_TIME_LIMIT). Another
 worker could have run them all that time. So as the shutdown begins on the Redis broker,
 the channel stops taking, the thread pool's queued jobs are cancelled and their messages
-rejected with requeue: they go back to the head of their queue
+handed back: they go back to the head of their queue, no delivery counted
 (brokers/redis_transport.py), and a live worker takes them within its pick-up delay. (On
 RabbitMQ the channel is not safe to use from another thread; its prefetched messages
-return as the connection closes.) Running jobs finish and
-are acknowledged as usual. (Celery's thread pool cancels its queued jobs when it stops,
-but leaves their messages to the closing connection.)
+return as the connection closes. Celery's thread pool cancels its queued jobs when it
+stops, but leaves their messages to the closing connection.)
+
+Running jobs finish and are acknowledged as usual. On Redis the process's heartbeat, on
+a thread of its own (brokers/redis_threads.py), goes on until the channel closes after
+the last of them, whatever the pool: no other worker takes them for a dead holder's.
 
 It runs on a thread of its own: the shutdown signal arrives in a signal handler, which
 must not wait on the locks the interrupted code may hold.
