@@ -66,6 +66,9 @@ def assert_each_delivered_and_stored_once(
     keys = [f"pokemon:{name}" for name in names]
     wait_for(lambda: deployment.results.exists(*keys) == len(keys), timeout=60,
              what="every job stored")  # fmt: skip
+    # A job's line follows its stored result: wait for every line, then count.
+    wait_for(lambda: set(task_ids) <= set(deliveries(deployment.workers)), timeout=30,
+             what="every job's line in the logs")  # fmt: skip
     counted = deliveries(deployment.workers)
     assert {task_id: counted[task_id] for task_id in task_ids} == dict.fromkeys(task_ids, 1)
     calls = Counter(
