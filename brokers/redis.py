@@ -5,8 +5,8 @@ messages with the reliable fetch of `brokers.redis_transport` (keys and scripts 
 `brokers.redis_scripts`): each is recorded as in hand by the process that took it in the
 same step, a dead process's messages return within BROKER_HEARTBEAT_TIMEOUT (plus a
 heartbeat interval), and one whose deliveries keep ending without an acknowledgement is
-parked in `{queue}.dead` after BROKER_DELIVERY_LIMIT of them. A message no task can run is recorded in the failure
-stream and dropped (worker/consumer.py).
+parked in `{queue}.dead` after BROKER_DELIVERY_LIMIT of them. A message no task can run
+is recorded in the failure stream and dropped (worker/consumer.py).
 
 The operator's view reads the same keys: a queue's list, the holders' in-hand hashes,
 and the dead lists.

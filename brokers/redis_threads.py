@@ -27,12 +27,21 @@ class Heartbeat:
 
     The first beat is sent at once. A beat that raises is logged and the next one comes
     at its time: a Redis away for a while leaves the holder's last heartbeat where it
-    was, which is what the others should see.
+    was, which is what the others should see. `unreachable` errors (Redis away) are
+    logged at debug level, as the connection's own errors say it elsewhere; any other
+    with its traceback.
     """
 
-    def __init__(self, beat: Callable[[], None], interval: float, name: str) -> None:
+    def __init__(
+        self,
+        beat: Callable[[], None],
+        interval: float,
+        name: str,
+        unreachable: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self._beat = beat
         self._interval = interval
+        self._unreachable = unreachable
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -55,6 +64,8 @@ class Heartbeat:
             started = time.monotonic()
             try:
                 self._beat()
+            except self._unreachable:
+                log.debug("heartbeat: Redis unreachable, trying again", exc_info=True)
             except Exception:
                 log.warning("heartbeat failed; the next one follows", exc_info=True)
             self._stopped.wait(max(0.0, self._interval - (time.monotonic() - started)))

@@ -518,7 +518,10 @@ class ReliableChannel(kombu_redis.Channel):
                 return
             self._beat_client = redis.Redis(connection_pool=self._get_pool())
             self._heartbeat = Heartbeat(
-                self.heartbeat, self.heartbeat_interval, name=f"redis-heartbeat-{self.holder}"
+                self.heartbeat,
+                self.heartbeat_interval,
+                name=f"redis-heartbeat-{self.holder}",
+                unreachable=tuple(self.connection_errors),
             )
             self._heartbeat.start()
 
