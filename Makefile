@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The Debian packages the suite runs (redis-server, rabbitmq-server, prometheus for promtool,
-# tmux), installed when missing as root; otherwise it says the command to run.
+# tmux, chromium and chromium-driver), installed when missing as root; otherwise it says the
+# command to run.
 system-packages:
 	scripts/ensure-system-packages
 

@@ -2,9 +2,10 @@
 
 One urllib3 `PoolManager` per upstream per process (created lazily, re-created after a
 fork, so it is safe under Celery's prefork and threads pools), a connect and read
-timeout on every call plus a total deadline for the body, a bounded response size, no
-redirects, the one retry policy, and the one place where transport failures and error
-statuses become `apis.errors` exceptions.
+timeout on every call plus one deadline for the whole exchange (`apis.deadline`), a
+bounded response size at every stage of its decoding, no redirects, links followed only
+below the base URL, the one retry policy, and the one place where transport failures and
+error statuses become `apis.errors` exceptions.
 
 Why urllib3 and not requests: requests is urllib3 plus sessions, cookies, proxies from
 the environment, netrc, redirects and retries, and this client turned every one of those
@@ -24,19 +25,20 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http.client import HTTPException, LineTooLong
 from typing import Any, ClassVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import SplitResult, unquote, urlencode, urljoin, urlsplit
 
 import certifi
 import orjson
 import urllib3
 from urllib3 import exceptions as urllib3_errors
 
-from apis import errors
+from apis import deadline, errors
 from apis.breaker import CircuitBreaker
 from apis.conditional import Validators, freshness_lifetime, sent_validators, with_validators
 from apis.config import ApiSettings, UpstreamConfig
-from apis.inflate import Inflater
+from apis.inflate import Decoding, OverCap, UnsupportedEncoding
 from apis.ratelimit import RateLimiter
 from apis.retry import Sleep, build_retrying
 from telemetry import metrics, tracing
@@ -129,7 +131,7 @@ class ApiClient:
         # above it (a catalog batch fetching several names per thread) opens extra ones
         # that are closed after use. Blocking instead would cap such a burst at the pool
         # size and make threads queue for connections.
-        return urllib3.PoolManager(
+        manager = urllib3.PoolManager(
             num_pools=4,  # one origin per upstream (links to other hosts are refused)
             maxsize=self.config.pool_size,
             block=False,
@@ -137,6 +139,9 @@ class ApiClient:
             cert_reqs="CERT_REQUIRED",
             ca_certs=certifi.where(),
         )
+        # Connections the deadline watchdog can shut (apis/deadline.py).
+        manager.pool_classes_by_scheme = deadline.POOL_CLASSES
+        return manager
 
     def close(self) -> None:
         if self._pool is not None:
@@ -152,9 +157,15 @@ class ApiClient:
         params: Mapping[str, str | int] | None = None,
         decode: Decoder = orjson.loads,
         validators: Validators | None = None,
+        max_bytes: int | None = None,
     ) -> Payload:
-        """GET `path`; with `validators` it is conditional (see `apis.conditional`)."""
-        return self.request("GET", path, params=params, decode=decode, validators=validators)
+        """GET `path`; with `validators` it is conditional (see `apis.conditional`).
+
+        `max_bytes` is the endpoint's own body cap (never above HTTP_MAX_RESPONSE_BYTES).
+        """
+        return self.request(
+            "GET", path, params=params, decode=decode, validators=validators, max_bytes=max_bytes
+        )
 
     def request(
         self,
@@ -166,18 +177,21 @@ class ApiClient:
         idempotent: bool | None = None,
         decode: Decoder = orjson.loads,
         validators: Validators | None = None,
+        max_bytes: int | None = None,
     ) -> Payload:
         """Send one logical request: retried when idempotent, mapped errors, logged once.
 
-        `path_or_url` is a path below the base URL, or an absolute URL on the same
-        origin (a pagination link); any other host is refused. `decode` turns the body
-        into data and raises ValueError on malformed input; a client may pass a typed
-        decoder that reads only the fields it needs. `validators` make the request
-        conditional: a 304 is then a success (`Payload.not_modified`), never retried.
+        `path_or_url` is a path below the base URL (starting with `/`), or a link an
+        upstream gave (a pagination link), which is followed only below the base URL
+        (`follow`). `decode` turns the body into data and raises ValueError on
+        malformed input; a client may pass a typed decoder that reads only the fields it
+        needs. `validators` make the request conditional: a 304 is then a success
+        (`Payload.not_modified`), never retried. `max_bytes` is the endpoint's body cap.
         """
         method = method.upper()
         url = self._url(method, path_or_url)
         path = urlsplit(url).path
+        cap = self.config.body_cap(max_bytes)
         headers = with_validators(self._auth_headers(method, path), validators)
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
@@ -185,15 +199,16 @@ class ApiClient:
         permit = self.breaker.before_call(method, path)
         try:
             if not idempotent:
-                payload = self._send(method, url, path, params, json, headers, decode)
+                payload = self._send(method, url, path, params, json, headers, decode, cap)
             else:
                 failed: list[errors.UpstreamError] = []
 
                 def attempt() -> Payload:
                     try:
                         return self._send(
-                            method, url, path, params, json, headers, decode, resend=len(failed)
-                        )
+                            method, url, path, params, json, headers, decode, cap,
+                            resend=len(failed),
+                        )  # fmt: skip
                     except errors.UpstreamError as exc:
                         failed.append(exc)
                         raise
@@ -230,17 +245,49 @@ class ApiClient:
                 self.service,
                 method,
             )
-        if "://" not in path_or_url:
-            return base + path_or_url
-        link, origin = urlsplit(path_or_url), urlsplit(base)
-        if (link.scheme, link.netloc) != (origin.scheme, origin.netloc):
-            raise errors.InvalidResponse(
-                f"refusing to follow a link to another host: {link.netloc}",
-                self.service,
-                method,
-                link.path,
+        if path_or_url.startswith("/") and not path_or_url.startswith("//"):
+            return base + path_or_url  # our own path (its parameters checked by apis.paths)
+        return self.follow(path_or_url, method)
+
+    def follow(self, link: object, method: str = "GET", where: str = "") -> str:
+        """The absolute URL of a link an upstream gave, if it stays below the base URL.
+
+        Joined as a browser would (`urljoin` against the base), then compared parsed:
+        the same scheme, host and port, no userinfo (but the base URL's own), and a
+        path under the base path with no dot segments, percent-encoded or not. Anything
+        else raises `InvalidResponse`, so a link can neither send the token to another
+        host nor reach another endpoint of this one.
+        `where` is the path of the answer that carried the link, for the error.
+        """
+        base = self.config.base_url or ""
+
+        def refuse(why: str) -> errors.InvalidResponse:
+            return errors.InvalidResponse(
+                f"refusing to follow a link: {why}", self.service, method, where
             )
-        return path_or_url
+
+        if not isinstance(link, str):
+            raise refuse(f"expected a URL string, got {type(link).__name__}")
+        if not link.isprintable() or " " in link or "\\" in link:
+            raise refuse("it holds a space, a backslash or a control character")
+        try:
+            target = urlsplit(urljoin(base + "/", link))
+            origin = urlsplit(base)
+            same_origin = _origin(target) == _origin(origin)
+        except ValueError:  # a stray '[' (an unclosed IPv6 host), a port out of range
+            raise refuse("it is not a valid URL") from None
+        if "@" in target.netloc and target.netloc != origin.netloc:
+            raise refuse("it carries credentials (userinfo)")
+        if not same_origin:
+            raise refuse(f"it leads to another host: {target.hostname or '?'}")
+        prefix = origin.path.rstrip("/") + "/"
+        # Decoded as a server may decode it: `%2e%2e`, `..%2f..` and `%5c` are dot
+        # segments and backslashes too.
+        decoded = unquote(target.path)
+        dot_segments = {".", ".."} & set(decoded.replace("\\", "/").split("/"))
+        if not target.path.startswith(prefix) or dot_segments:
+            raise refuse(f"its path is outside {prefix}")
+        return target.geturl()
 
     def _auth_headers(self, method: str, path: str) -> dict[str, str]:
         """The headers of one request: the defaults, and the token when there is one."""
@@ -268,12 +315,15 @@ class ApiClient:
         json: Any,
         headers: dict[str, str],
         decode: Decoder,
+        cap: int,
         *,
         resend: int = 0,
     ) -> Payload:
         """One attempt: one HTTP request, its whole body read, decoded or mapped to an error.
 
-        `resend` counts the attempts of the same call before this one (for its span).
+        The whole exchange, from connect to the last byte decoded, is due within the total
+        deadline, which the watchdog enforces on the socket (`apis.deadline`). `resend`
+        counts the attempts of the same call before this one (for its span).
         """
         # Every attempt reaches the upstream, so every attempt takes a token (or raises
         # Throttled, which is not retried in place).
@@ -290,7 +340,10 @@ class ApiClient:
         started = time.monotonic()
         outcome = "error"
         try:
-            with self._mapped_transport_errors(method, path):
+            with (
+                deadline.exchange(started + self.config.total_timeout) as watched,
+                self._mapped_transport_errors(method, path, watched),
+            ):
                 response = self.pool.urlopen(
                     method,
                     url,
@@ -300,7 +353,7 @@ class ApiClient:
                     redirect=False,
                     retries=False,
                     preload_content=False,
-                    decode_content=True,
+                    decode_content=False,
                 )
                 complete = False
                 try:
@@ -308,20 +361,26 @@ class ApiClient:
                     if response.status == 304:
                         payload = self._not_modified(response, headers, method, path)
                         complete = True  # a 304 has no body: the connection stays usable
-                        return payload
-                    if response.status >= 300:
+                    elif response.status >= 300:
                         body = self._read(response, method, path, started, _ERROR_BODY_LIMIT)
                         raise self._status_error(response, body, method, path)
-                    body = self._read(
-                        response, method, path, started, self.config.max_response_bytes
-                    )
-                    complete = True
-                    return self._decode(response, body, method, path, decode)
+                    else:
+                        body = self._read(response, method, path, started, cap)
+                        complete = True
                 finally:
+                    # Ended before the connection is handed back, so the watchdog never
+                    # shuts one that another call has taken from the pool since.
+                    if deadline.end(watched):
+                        complete = False  # cut short: what was read cannot be trusted
                     if not complete:
                         # Unread bytes may remain: the connection must not be reused.
                         response.close()
                     response.release_conn()
+                if not complete:  # the deadline passed just as the body ended
+                    raise self._timed_out(method, path, response.status)
+            if response.status == 304:
+                return payload
+            return self._decode(response, body, method, path, decode)
         except errors.TransportError as exc:
             outcome = "timeout" if isinstance(exc, errors.UpstreamTimeout) else "connection"
             raise
@@ -331,38 +390,70 @@ class ApiClient:
             if span is not None:
                 tracing.end_attempt(span, outcome, sys.exc_info()[1])
 
+    def _timed_out(self, method: str, path: str, status: int | None) -> errors.UpstreamTimeout:
+        return errors.UpstreamTimeout(
+            f"answer not complete after {self.config.total_timeout:.1f}s",
+            self.service,
+            method,
+            path,
+            status,
+        )
+
     @contextmanager
-    def _mapped_transport_errors(self, method: str, path: str) -> Iterator[None]:
+    def _mapped_transport_errors(
+        self, method: str, path: str, watched: deadline.Exchange
+    ) -> Iterator[None]:
         """Translate urllib3 and socket exceptions into the error model, in one place.
 
-        With retries off, urllib3 raises the error itself rather than MaxRetryError.
+        With retries off, urllib3 raises the error itself rather than MaxRetryError. An
+        exchange the watchdog cut short is a timeout, whatever the cut looked like.
         """
         try:
             yield
-        except urllib3_errors.NewConnectionError as exc:
+        except errors.UpstreamTimeout:
+            raise
+        except Exception as exc:
+            if watched.expired:
+                raise self._timed_out(method, path, None) from None
+            if isinstance(exc, errors.UpstreamError):
+                raise
+            mapped = self._mapped(exc, method, path)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _mapped(self, exc: Exception, method: str, path: str) -> Exception:
+        """The error-model exception of one foreign exception (others pass unchanged)."""
+        if isinstance(exc, urllib3_errors.NewConnectionError):
             # Checked first: urllib3 2 still derives it from ConnectTimeoutError.
-            raise errors.UpstreamConnectionError(
+            return errors.UpstreamConnectionError(
                 f"connection to {self.endpoint} failed: {type(exc).__name__}",
                 self.service, method, path,
-            ) from exc  # fmt: skip
-        except urllib3_errors.ConnectTimeoutError as exc:
-            raise errors.UpstreamTimeout(
+            )  # fmt: skip
+        if isinstance(exc, urllib3_errors.ConnectTimeoutError):
+            return errors.UpstreamTimeout(
                 f"connecting to {self.endpoint} timed out: {type(exc).__name__}",
                 self.service, method, path,
-            ) from exc  # fmt: skip
-        except urllib3_errors.ReadTimeoutError as exc:
-            raise errors.UpstreamTimeout(
+            )  # fmt: skip
+        if isinstance(exc, urllib3_errors.ReadTimeoutError):
+            return errors.UpstreamTimeout(
                 "timed out reading the answer", self.service, method, path
-            ) from exc
-        except urllib3_errors.DecodeError as exc:
-            raise errors.InvalidResponse(
+            )
+        if isinstance(exc, urllib3_errors.DecodeError):
+            return errors.InvalidResponse(
                 "body could not be decompressed", self.service, method, path
-            ) from exc
-        except (urllib3_errors.HTTPError, OSError) as exc:
-            raise errors.UpstreamConnectionError(
+            )
+        if _is_protocol_violation(exc):
+            # Too many header lines, or one too long: the upstream will send it again.
+            return errors.ProtocolViolation(
+                f"not valid HTTP: {_protocol_cause(exc)}", self.service, method, path
+            )
+        if isinstance(exc, urllib3_errors.HTTPError | OSError | HTTPException):
+            return errors.UpstreamConnectionError(
                 f"connection to {self.endpoint} failed: {type(exc).__name__}",
                 self.service, method, path,
-            ) from exc  # fmt: skip
+            )  # fmt: skip
+        return exc
 
     @property
     def endpoint(self) -> str:
@@ -382,7 +473,9 @@ class ApiClient:
         started: float,
         cap: int,
     ) -> bytes:
-        """Read the body up to `cap` bytes and within the total deadline."""
+        """Read the body up to `cap` bytes, raw and at every decoding stage, within the
+        total deadline. An error body (status >= 300) is only read up to `cap` for its
+        excerpt, never refused."""
         declared = response.headers.get("Content-Length", "")
         if (
             declared.isascii()
@@ -397,36 +490,36 @@ class ApiClient:
                 path,
                 response.status,
             )
-        deadline = started + self.config.total_timeout
+        try:
+            decoding = Decoding.for_header(response.headers.get("Content-Encoding", ""), cap)
+        except UnsupportedEncoding as exc:
+            if response.status >= 300:
+                return b""  # the status says what went wrong; the body only its excerpt
+            raise errors.InvalidResponse(
+                str(exc), self.service, method, path, response.status
+            ) from None
+        deadline_at = started + self.config.total_timeout
         chunks: list[bytes] = []
-        size = 0
-        # read1 returns whatever has arrived (at most one read timeout later), so the
-        # total deadline is checked even when the upstream drips one byte at a time;
-        # iter_content would block until a whole chunk is in.
-        for chunk in _decoded_reads(response, cap + 1):
-            if chunk:  # an empty one still passes the deadline check below
-                size += len(chunk)
-                chunks.append(chunk)
-            if size > cap:
-                if response.status >= 300:
-                    break  # an error body only feeds an excerpt
-                raise errors.ResponseTooLarge(
-                    f"body exceeds the cap of {cap} bytes",
-                    self.service,
-                    method,
-                    path,
-                    response.status,
-                )
-            if time.monotonic() > deadline:
-                raise errors.UpstreamTimeout(
-                    f"body not complete after {self.config.total_timeout:.1f}s",
-                    self.service,
-                    method,
-                    path,
-                    response.status,
-                )
+        try:
+            # read1 returns whatever has arrived (at most one read timeout later), so the
+            # total deadline is checked between reads even when the upstream drips one
+            # byte at a time; the watchdog cuts a read that would itself outlast it.
+            while data := response.read1(_CHUNK, decode_content=False):
+                chunk = decoding.feed(data)
+                if chunk:  # an empty one still passes the deadline check below
+                    chunks.append(chunk)
+                if time.monotonic() > deadline_at:
+                    raise self._timed_out(method, path, response.status)
+            chunks.append(decoding.flush())
+        except OverCap as exc:
+            if response.status >= 300:
+                return b"".join(chunks)  # an error body only feeds an excerpt
+            raise errors.ResponseTooLarge(
+                str(exc), self.service, method, path, response.status
+            ) from None
         # Most bodies arrive in one raw read and inflate to one chunk: joining that with
         # the decoder's empty flush would copy every byte once more.
+        chunks = [chunk for chunk in chunks if chunk]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _status_error(
@@ -436,9 +529,12 @@ class ApiClient:
         status = response.status
         args = (self.service, method, path, status, excerpt(body))
         if status < 400:
-            # The host only, masked: a Location may carry credentials (user:token@host).
-            location = redact(urlsplit(response.headers.get("Location", "")).netloc) or "?"
-            return errors.UnexpectedRedirect(f"redirect to {location} not followed", *args)
+            # The host only (UpstreamError masks secrets and escapes control characters):
+            # a Location may carry credentials (user:token@host).
+            return errors.UnexpectedRedirect(
+                f"redirect to {_location_host(response.headers.get('Location'))} not followed",
+                *args,
+            )
         if status == 429:
             return errors.RateLimited(
                 "rate limited", *args, _parse_retry_after(response.headers.get("Retry-After"))
@@ -467,12 +563,15 @@ class ApiClient:
             )
         try:
             data = decode(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
+            # A decoder says malformed (orjson, msgspec: ValueError) or gives up on deep
+            # nesting (msgspec: RecursionError); either way the body cannot be used.
+            what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise errors.InvalidResponse(
-                f"malformed JSON: {exc}",
+                f"unusable JSON: {what}",
                 *self._error_args(method, path, response.status, body),
-            ) from exc
-        links = _links(response.headers.get("Link"))
+            ) from None
+        links = self._links(response.headers.get("Link"), method, path)
         return Payload(
             data=data,
             etag=response.headers.get("ETag"),
@@ -480,6 +579,14 @@ class ApiClient:
             links=links,
             max_age=freshness_lifetime(response.headers),
         )
+
+    def _links(self, value: str | None, method: str, path: str) -> dict[str, str]:
+        try:
+            return _links(value)
+        except ValueError:
+            raise errors.InvalidResponse(
+                "unparsable Link header", self.service, method, path
+            ) from None
 
     def _not_modified(
         self,
@@ -540,7 +647,11 @@ def _count_revalidation(service: str, payload: Payload) -> None:
 
 
 def _links(value: str | None) -> dict[str, str]:
-    """rel -> URL of a `Link` header (RFC 8288), as requests' `Response.links` has it."""
+    """rel -> URL of a `Link` header (RFC 8288), as requests' `Response.links` has it.
+
+    The URLs are as the upstream wrote them: `ApiClient.follow` decides whether one
+    may be followed.
+    """
     if not value:
         return {}
     # Imported here: only paged APIs send the header, and requests costs a worker ~4 MB.
@@ -553,6 +664,39 @@ def _links(value: str | None) -> dict[str, str]:
         if url and rel:
             links[rel] = url
     return links
+
+
+def _origin(parts: SplitResult) -> tuple[str, str | None, int | None]:
+    """Scheme, host and port of a parsed URL, the port made explicit (raises ValueError
+    for a port out of range)."""
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname, port
+
+
+def _location_host(location: str | None) -> str:
+    """The host a redirect names, for its error: never the credentials, never raising."""
+    try:
+        host = urlsplit(location or "").hostname
+    except ValueError:
+        return "an unparsable Location"
+    return host or "?"
+
+
+def _is_protocol_violation(exc: BaseException) -> bool:
+    """Whether http.client refused the answer's head: too many header lines, or a line
+    over its limit (urllib3 wraps these in ProtocolError)."""
+    cause = _protocol_cause(exc)
+    return isinstance(cause, LineTooLong) or (
+        type(cause) is HTTPException and "more than" in str(cause)
+    )
+
+
+def _protocol_cause(exc: BaseException) -> BaseException:
+    if isinstance(exc, urllib3_errors.ProtocolError) and len(exc.args) > 1:
+        inner = exc.args[1]
+        if isinstance(inner, BaseException):
+            return inner
+    return exc
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -573,15 +717,3 @@ def expect(condition: bool, message: str, client: ApiClient, path: str) -> None:
     """Raise `InvalidResponse` when an upstream body does not have the shape we rely on."""
     if not condition:
         raise errors.InvalidResponse(message, client.service, "GET", path)
-
-
-def _decoded_reads(response: urllib3.BaseHTTPResponse, limit: int) -> Iterator[bytes]:
-    """The body one raw read at a time, decoded (possibly to nothing yet: apis/inflate.py)."""
-    inflater = Inflater.for_encoding(response.headers.get("Content-Encoding", ""))
-    if inflater is None:
-        while chunk := response.read1(_CHUNK, decode_content=True):
-            yield chunk
-        return
-    while data := response.read1(_CHUNK, decode_content=False):
-        yield inflater.feed(data, limit)
-    yield inflater.flush()

@@ -7,6 +7,7 @@ from typing import Any
 from apis.client import ApiClient, Payload, expect
 from apis.conditional import Validators
 from apis.config import ApiSettings, UpstreamConfig
+from apis.paging import PageBudget
 from apis.paths import page_window, segment
 
 MAX_PAGE_SIZE = 100
@@ -61,10 +62,16 @@ class CmsAPI(ApiClient):
         return payload
 
     def get_all_articles(self, page_size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
-        """Every article, page after page, until `total` is reached or a page is empty."""
+        """Every article, page after page, until `total` is reached or a page is empty.
+
+        Raises `PagingLimitExceeded` past PAGING_MAX_PAGES pages or PAGING_MAX_ITEMS
+        articles: a `total` that keeps growing must not page forever.
+        """
+        budget = PageBudget(self.config, self.service, "/articles")
         articles: list[dict[str, Any]] = []
         while True:
             page = self.get_articles(limit=page_size, offset=len(articles))
+            budget.take(len(page["entities"]))
             articles.extend(page["entities"])
             if not page["entities"] or len(articles) >= page["total"]:
                 return articles

@@ -26,6 +26,16 @@ DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_POOL_SIZE = 16
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+# Per-endpoint body caps, from what the upstream's records really are: the largest real
+# PokeAPI record (mew, /work/shared/pokeapi) is 559 KB, an index page of 1000 names
+# ~75 KB. Each is about twice the largest seen, and never above HTTP_MAX_RESPONSE_BYTES.
+POKEAPI_RECORD_MAX_BYTES = 1024 * 1024
+POKEAPI_INDEX_PAGE_MAX_BYTES = 256 * 1024
+# A paged walk (every Pokémon name, every article, every pipeline) stops with
+# `PagingLimitExceeded` past these: an upstream whose `next` never ends, or whose
+# `total` keeps growing, must not hold a job (and its memory) forever.
+DEFAULT_MAX_PAGES = 500
+DEFAULT_MAX_ITEMS = 50_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,8 @@ class UpstreamConfig:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     pool_size: int = DEFAULT_POOL_SIZE
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_pages: int = DEFAULT_MAX_PAGES
+    max_items: int = DEFAULT_MAX_ITEMS
     retry: RetryPolicy = RetryPolicy()
     # Shared state of the breaker and the rate limit (None: neither is used).
     state_redis: RedisTarget | None = None
@@ -100,8 +112,14 @@ class UpstreamConfig:
 
     @property
     def total_timeout(self) -> float:
-        """The longest one attempt may take, body included (guards against slow drips)."""
+        """The longest one attempt may take, from connect to the last decoded byte."""
         return self.connect_timeout + 2 * self.read_timeout
+
+    def body_cap(self, endpoint_cap: int | None = None) -> int:
+        """The body cap of one endpoint: its own, never above HTTP_MAX_RESPONSE_BYTES."""
+        if endpoint_cap is None:
+            return self.max_response_bytes
+        return min(endpoint_cap, self.max_response_bytes)
 
 
 def _validate_base_url(value: str | None) -> str | None:
@@ -112,6 +130,14 @@ def _validate_base_url(value: str | None) -> str | None:
         raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query string or fragment")
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a port out of range)
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port: {value!r}") from exc
+    # Pagination links are followed only below the base path: with no path, any path of
+    # the host (and, joined by string, another host) would do.
+    if not parts.path.strip("/"):
+        raise ValueError(f"must have a path, e.g. {parts.scheme}://{parts.netloc}/api/v1")
     return value.rstrip("/")
 
 
@@ -142,6 +168,8 @@ class ApiSettings(RedisSettings):
         validation_alias=AliasChoices("http_pool_size", "worker_concurrency"),
     )
     http_max_response_bytes: int = Field(DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    paging_max_pages: int = Field(DEFAULT_MAX_PAGES, ge=1, le=100_000)
+    paging_max_items: int = Field(DEFAULT_MAX_ITEMS, ge=1, le=10_000_000)
 
     http_retry_attempts: int = Field(RetryPolicy.attempts, ge=1, le=10)
     http_retry_max_seconds: float = Field(RetryPolicy.max_seconds, gt=0, le=300)
@@ -218,6 +246,8 @@ class ApiSettings(RedisSettings):
             read_timeout=self.http_read_timeout,
             pool_size=self.http_pool_size,
             max_response_bytes=self.http_max_response_bytes,
+            max_pages=self.paging_max_pages,
+            max_items=self.paging_max_items,
             retry=self.retry_policy,
             state_redis=self.resolve_redis(),
             state_key_prefix=self.result_key_prefix,

@@ -20,15 +20,25 @@ Every failure of an upstream call is raised as one of these, mapped in one place
     │   └── ClientError               any other 4xx
     └── InvalidResponse        the answer cannot be used
         ├── UnexpectedRedirect        a 3xx (redirects are never followed)
-        └── ResponseTooLarge          the body exceeds the configured cap
+        ├── ResponseTooLarge          the body exceeds the configured cap
+        ├── ProtocolViolation         not valid HTTP (too many or too long header lines)
+        └── PagingLimitExceeded       a paged walk passed PAGING_MAX_PAGES or _ITEMS
 
 Every argument is passed positionally to `Exception.__init__`, so each class survives a
 pickle round trip and Celery's JSON exception transport (both rebuild it from `args`).
+
+The text arguments (message, path, excerpt) are cleaned in `UpstreamError.__init__`
+itself: registered secrets masked and control characters escaped, before they reach
+`args`. Every channel an exception travels through (Celery's result backend stores
+`exc_message` from `args`, a span's `record_exception` takes `str()`, logs, failure
+records) therefore only ever sees the cleaned text.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from telemetry.redact import clean
 
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -47,6 +57,7 @@ class UpstreamError(Exception):
         status: int | None = None,
         body_excerpt: str = "",
     ) -> None:
+        message, path, body_excerpt = clean(message), clean(path), clean(body_excerpt)
         super().__init__(message, service, method, path, status, body_excerpt)
         self.message = message
         self.service = service
@@ -183,3 +194,14 @@ class UnexpectedRedirect(InvalidResponse):
 
 class ResponseTooLarge(InvalidResponse):
     """The body is larger than the configured cap; reading stopped there."""
+
+
+class ProtocolViolation(InvalidResponse):
+    """The answer is not valid HTTP (a header flood, a header line over the limit).
+
+    Permanent: an upstream that sends it will send it again, so it costs one call.
+    """
+
+
+class PagingLimitExceeded(InvalidResponse):
+    """A paged walk went past its page or item limit; its message names the setting."""

@@ -3,8 +3,13 @@
 A Pokémon record is 16-560 KB of JSON (charizard ~305 KB), nearly all of it moves and
 game versions. Decoding it whole builds tens of thousands of objects, which was half a
 job's CPU; `get_pokemon` therefore decodes, with msgspec, only the fields this service
-uses, and hands a record of the wrong shape to orjson whole, so the caller's validation
-names what is wrong. `full=True` returns the whole record.
+uses. A record of the wrong shape is refused with msgspec's own account of what is
+wrong (`Object missing required field `id``), never decoded a second time whole: a
+`[{}, {}, ...]` body would build millions of objects (387 MB for 10 MB).
+`full=True` returns the whole record.
+
+Paged walks stop at PAGING_MAX_PAGES pages or PAGING_MAX_ITEMS names
+(`PagingLimitExceeded`), and follow `next` only below the base URL (`ApiClient.follow`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ import orjson
 
 from apis.client import ApiClient, Payload, expect
 from apis.conditional import Validators
-from apis.config import ApiSettings, UpstreamConfig
+from apis.config import (
+    POKEAPI_INDEX_PAGE_MAX_BYTES,
+    POKEAPI_RECORD_MAX_BYTES,
+    ApiSettings,
+    UpstreamConfig,
+)
+from apis.paging import PageBudget
 from apis.paths import page_window, segment
 
 MAX_PAGE_SIZE = 1000
@@ -41,13 +52,13 @@ _record_decoder = msgspec.json.Decoder(_RecordFields)
 
 
 def decode_record_fields(body: bytes) -> Any:
-    """The used fields as plain data; a record of another shape is decoded whole."""
+    """The used fields as plain data; ValueError naming what is wrong for any other body."""
     try:
         return msgspec.to_builtins(_record_decoder.decode(body))
-    except msgspec.ValidationError:
-        return orjson.loads(body)  # valid JSON, unexpected shape: let the caller say why
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"not a pokemon record: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise ValueError(str(exc)) from exc
+        raise ValueError(str(exc)) from None
 
 
 class PokeAPI(ApiClient):
@@ -76,7 +87,10 @@ class PokeAPI(ApiClient):
         """
         path = f"/pokemon/{segment(name_or_id, name='name_or_id', service=self.service)}"
         payload = self.fetch(
-            path, decode=orjson.loads if full else decode_record_fields, validators=validators
+            path,
+            decode=orjson.loads if full else decode_record_fields,
+            validators=validators,
+            max_bytes=POKEAPI_RECORD_MAX_BYTES,
         )
         if not payload.not_modified:
             expect(isinstance(payload.data, dict), "pokemon record is not an object", self, path)
@@ -88,18 +102,24 @@ class PokeAPI(ApiClient):
         return self._page("/pokemon", {"limit": limit, "offset": offset})
 
     def iter_all_pokemon(self, page_size: int = 200) -> Iterator[dict[str, Any]]:
-        """Every `{name, url}` of the index, following the `next` links to the end."""
+        """Every `{name, url}` of the index, following the `next` links to the end.
+
+        Raises `PagingLimitExceeded` past PAGING_MAX_PAGES pages or PAGING_MAX_ITEMS
+        names, and `InvalidResponse` for a `next` that is not a URL below the base.
+        """
         page_window(page_size, 0, max_limit=MAX_PAGE_SIZE, service=self.service)
+        budget = PageBudget(self.config, self.service, "/pokemon")
         page = self._page("/pokemon", {"limit": page_size, "offset": 0})
         while True:
+            budget.take(len(page["results"]))
             yield from page["results"]
             next_url = page.get("next")
-            if not next_url:
+            if next_url is None or next_url == "":
                 return
-            page = self._page(next_url, None)
+            page = self._page(self.follow(next_url, where="/pokemon"), None)
 
     def _page(self, path_or_url: str, params: dict[str, str | int] | None) -> dict[str, Any]:
-        data = self.fetch(path_or_url, params=params).data
+        data = self.fetch(path_or_url, params=params, max_bytes=POKEAPI_INDEX_PAGE_MAX_BYTES).data
         expect(
             isinstance(data, dict)
             and isinstance(data.get("results"), list)

@@ -59,8 +59,10 @@ class _WaitJitterOrRetryAfter:
 
     def __call__(self, state: RetryCallState) -> float:
         asked = _retry_after(state.outcome.exception() if state.outcome else None)
-        if asked is not None:
+        if asked:
             return asked
+        # No pause asked for, or `Retry-After: 0`: "now" from every client at once is a
+        # retry storm, so the jittered backoff still spreads them.
         return float(self._jitter(state))
 
 

@@ -1,19 +1,19 @@
 """Semaphore CI, API v1alpha: https://docs.semaphoreci.com/reference/api-v1alpha
 
 Token auth (`Authorization: Token <token>`) and the user agent its docs ask for. Lists
-are paged by the `link` response header (`rel="next"`), followed here to the last page.
+are paged by the `link` response header (`rel="next"`), followed here to the last page,
+only below the base URL (`ApiClient.follow`: the token goes wherever a link leads) and
+at most PAGING_MAX_PAGES pages or PAGING_MAX_ITEMS items (`PagingLimitExceeded`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from apis import errors
 from apis.client import ApiClient, Payload, expect
 from apis.config import SEMAPHORE_USER_AGENT, ApiSettings, UpstreamConfig
+from apis.paging import PageBudget
 from apis.paths import segment
-
-MAX_PAGES = 1000  # a loop guard: a server whose `next` never ends must not hold a job forever
 
 
 class SemaphoreAPI(ApiClient):
@@ -58,13 +58,14 @@ class SemaphoreAPI(ApiClient):
         return payload
 
     def _all_pages(self, path: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+        budget = PageBudget(self.config, self.service, path)
         items: list[dict[str, Any]] = []
         payload = self.fetch(path, params=params)
-        for _ in range(MAX_PAGES):
+        while True:
             expect(isinstance(payload.data, list), "list answer is not an array", self, path)
+            budget.take(len(payload.data))
             items.extend(payload.data)
             next_url = payload.links.get("next")
             if not next_url:
                 return items
-            payload = self.fetch(next_url)
-        raise errors.InvalidResponse(f"more than {MAX_PAGES} pages", self.service, "GET", path)
+            payload = self.fetch(self.follow(next_url, where=path))

@@ -61,8 +61,15 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
-    """True when `port` can be bound on `host`, so a server we start there gets it."""
+    """True when `port` can be bound on `host`, so a server we start there gets it.
+
+    Bound as servers bind (redis-server, Tornado for Flower): with SO_REUSEADDR, so the
+    TIME_WAIT connections a just-stopped server leaves on its port do not count as taken,
+    while a server listening there still does. Without it, a `make run` restarted within
+    a minute found 6380 "taken" and moved its Redis to 6381.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

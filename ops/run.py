@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
 import signal
 import sys
 import time
@@ -44,10 +45,12 @@ from ops.processes import (
 )
 from ops.producer import producer_app
 from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
-from settings import ConfigurationError, checked_settings, get_worker_settings
+from settings import ConfigurationError, checked_settings, get_worker_settings, setting_names
 from settings.errors import USAGE_EXIT_CODE
 
 RUN_DIR_ENV = "APIWORKER_RUN_DIR"
+#: The second shell's settings, in the run folder: `source .run/env`.
+ENV_FILE = "env"
 # A stable port (the first free one) keeps the private Redis's URL the same between runs.
 PRIVATE_REDIS_PORTS = range(6380, 6390)
 SUPERVISE_INTERVAL = 0.1
@@ -295,6 +298,38 @@ def sandbox_upstreams(base_url: str) -> dict[str, str]:
     }
 
 
+def client_settings(env: dict[str, str]) -> dict[str, str]:
+    """The settings the children run with that a client needs too: every setting of the
+    service (settings.setting_names()) set in their environment, and the RabbitMQ
+    management URL the CLI reads."""
+    names = setting_names() | {"RABBITMQ_MANAGEMENT_URL"}
+    return {name: env[name] for name in sorted(names) if env.get(name)}
+
+
+def write_env_file(path: Path, settings: dict[str, str]) -> None:
+    """`source`-able exports of `settings`, and this venv's bin first on PATH so that
+    `apiworker` is found. Owner-only (0600): a URL or token in it may carry a secret."""
+    lines = [
+        "# Written by `make run` for a second shell: source it, then run apiworker.",
+        "# Removed when `make run` stops; the settings are those of its workers.",
+        *(f"export {name}={shlex.quote(value)}" for name, value in settings.items()),
+        f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"',
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
+
+
+def shown_path(path: Path) -> str:
+    """`path` as the user would type it from where they ran `make run`."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def start_sandbox(out: PrefixedOutput, started: list[Child]) -> str:
     """The sandbox upstream on a free loopback port, answering before any worker starts."""
     port = free_port()
@@ -401,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.install()
     redis: Redis | None = None
     services: list[Child] = []
+    env_file = run_dir() / ENV_FILE
+    wrote_env_file = False
     try:
         redis = ensure_redis(out, private=args.private_redis)
         if redis is None:
@@ -411,12 +448,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sandbox_url = start_sandbox(out, services) if args.offline else None
         env = child_environment(redis, sandbox_url)
         start_services(service_commands(args, out), env, out, services)
+        write_env_file(env_file, client_settings(env))
+        wrote_env_file = True
+        out.write(ME, f"Second shell: source {shown_path(env_file)}")
         out.write(ME, "Ctrl-C stops everything")
         return supervise([*services, *redis.children()], stop, out)
     except (RedisUnusable, StartupFailed) as error:
         out.write(ME, f"error: {error}")
         return 1
     finally:
+        if wrote_env_file:  # its addresses die with this run; another run's file stays
+            env_file.unlink(missing_ok=True)
         shutdown(services, redis, stop, args.stop_timeout, out)
 
 

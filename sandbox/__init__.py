@@ -2,7 +2,7 @@
 demos and benchmarks, with fault injection to rehearse every way an upstream can fail."""
 
 from sandbox.faults import KINDS
-from sandbox.routes import ROUTES
+from sandbox.routes import ROUTES, SandboxRoute
 from sandbox.server import SandboxServer
 
-__all__ = ["KINDS", "ROUTES", "SandboxServer"]
+__all__ = ["KINDS", "ROUTES", "SandboxRoute", "SandboxServer"]

@@ -1,7 +1,10 @@
-"""Maps request paths to named routes of the three impersonated APIs.
+"""Maps request paths to named routes of the three impersonated APIs, and of upstreams
+added from outside.
 
 Route names are the handles tests use to inject faults and read request counts, so they
-are part of the public surface and listed in `ROUTES`.
+are part of the public surface and listed in `ROUTES` (and `route_names()`, which adds
+the routes of the `apiworker.sandbox_routes` entry-point group: each a `SandboxRoute`, so
+an upstream added as a package is served offline as the built-in ones are).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
 from urllib.parse import unquote
 
 from sandbox.cms import Cms
@@ -38,6 +43,36 @@ _PATTERNS = (
     ("pipeline", re.compile(r"/api/v1alpha/pipelines/(?P<key>[^/]+)/?")),
 )
 _READ_METHODS = frozenset({"GET", "HEAD"})
+ROUTE_ENTRY_POINT_GROUP = "apiworker.sandbox_routes"
+
+
+@dataclass(frozen=True)
+class SandboxRoute:
+    """A route of an upstream added from outside: its name (for faults and counts), the
+    path it answers (a regular expression matched in full; a `key` group, if any, is
+    passed to `respond` unquoted) and its normal answer."""
+
+    name: str
+    pattern: str
+    respond: Callable[[Request, str], Response]
+
+
+@cache
+def added_routes() -> tuple[SandboxRoute, ...]:
+    """The routes installed packages add (`apiworker.sandbox_routes`), by name."""
+    found = sorted(metadata.entry_points(group=ROUTE_ENTRY_POINT_GROUP), key=lambda e: e.name)
+    routes = tuple(entry_point.load() for entry_point in found)
+    for route in routes:
+        if not isinstance(route, SandboxRoute):
+            raise TypeError(f"{route!r} is not a sandbox.routes.SandboxRoute")
+        if route.name in ROUTES or route.name == UNKNOWN_ROUTE:
+            raise ValueError(f"sandbox route {route.name!r} exists already")
+    return routes
+
+
+def route_names() -> tuple[str, ...]:
+    """Every route faults may be injected into: the built-in ones, then the added ones."""
+    return (*ROUTES, *(route.name for route in added_routes()))
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,11 @@ class Upstreams:
             if match is not None:
                 key = unquote(match.group("key")) if "key" in pattern.groupindex else ""
                 return Route(name, self._responder(name, key))
+        for added in added_routes():
+            match = re.fullmatch(added.pattern, path)
+            if match is not None:
+                key = unquote(match.group("key")) if "key" in match.re.groupindex else ""
+                return Route(added.name, _read_only(added.respond, key))
         return None
 
     def _responder(self, name: str, key: str) -> Callable[[Request], Response]:
@@ -97,6 +137,19 @@ class Upstreams:
         if name == "pipelines":
             return self.semaphore.pipeline_list(request)
         return self.semaphore.pipeline(request, key)
+
+
+def _read_only(
+    respond: Callable[[Request, str], Response], key: str
+) -> Callable[[Request], Response]:
+    """An added route answers reads, and 405 to anything else, as the built-in ones do."""
+
+    def answer(request: Request) -> Response:
+        if request.method not in _READ_METHODS:
+            return Response(405, b"", None, (("Allow", "GET, HEAD"),))
+        return respond(request, key)
+
+    return answer
 
 
 def not_found() -> Response:

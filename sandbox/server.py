@@ -9,6 +9,7 @@ never keep the process alive.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import socketserver
 import struct
@@ -22,10 +23,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sandbox import admin
-from sandbox.faults import UNSET, Fault, FaultBook, Unset
+from sandbox.faults import UNSET, Fault, FaultBook, Unset, endless_page
 from sandbox.messages import JSON_TYPE, Request, Response, text_response
 from sandbox.request_log import Received, RequestLog
-from sandbox.routes import ROUTES, UNKNOWN_ROUTE, Route, Upstreams, not_found
+from sandbox.routes import UNKNOWN_ROUTE, Route, Upstreams, not_found, route_names
 
 DEFAULT_SEMAPHORE_TOKEN = "sandbox-token"  # noqa: S105 - a fixed fake for local tests
 _STATUS_PHRASES = {
@@ -126,14 +127,68 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk)
         elif fault.kind == "slow_drip":
             self.close_connection = True
-            response = route.respond(request)
+            if fault.encodings:  # dripped under a stack of encodings (`gzip, gzip`)
+                plain = dataclasses.replace(
+                    request, headers={**request.headers, "accept-encoding": ""}
+                )
+                response = fault.encoded(route.respond(plain))
+            else:
+                response = route.respond(request)
             self.wfile.write(self._head(response, len(response.body)))
             for index in range(len(response.body)):
                 if stopping.wait(fault.interval):
                     return
                 self.wfile.write(response.body[index : index + 1])
+        elif fault.kind in ("slow_headers", "slow_chunks", "trailer_flood", "deflate_padding"):
+            self._misbehave_on_the_wire(fault, route, request)
+        elif fault.kind == "encoding":
+            plain = dataclasses.replace(request, headers={**request.headers, "accept-encoding": ""})
+            self._send(fault.encoded(route.respond(plain), fault.status), head_only=head_only)
+        elif fault.kind == "next_link":
+            plain = dataclasses.replace(request, headers={**request.headers, "accept-encoding": ""})
+            self._send(fault.with_next_link(route.respond(plain)), head_only=head_only)
+        elif fault.kind == "endless_paging":
+            page = endless_page(route.name, request, self.server.sandbox.base_url)
+            self._send(page, head_only=head_only)
         else:  # pragma: no cover - Fault.build rejects unknown kinds
             raise AssertionError(f"unhandled fault kind {fault.kind}")
+
+    def _misbehave_on_the_wire(self, fault: Fault, route: Route, request: Request) -> None:
+        """The faults that are a way of sending: slow heads and framing, endless streams.
+        Each ends when the client hangs up, the server stops, or its bound is reached."""
+        stopping = self.server.stopping
+        self.close_connection = True
+        if fault.kind == "slow_headers":
+            response = route.respond(request)
+            head = self._head(response, len(response.body))
+            for index in range(len(head)):
+                if stopping.wait(fault.interval):
+                    return
+                self.wfile.write(head[index : index + 1])
+            self.wfile.write(response.body)
+            return
+        if fault.kind == "deflate_padding":
+            head = self._head(Response(200, b"", JSON_TYPE, (("Content-Encoding", "deflate"),)), 0)
+            # Close-delimited: no Content-Length, the stream ends when the socket does.
+            self.wfile.write(head.replace(b"Content-Length: 0\r\n", b""))
+            for chunk in fault.deflate_padding():
+                if stopping.is_set():
+                    return
+                self.wfile.write(chunk)
+            return
+        chunked = Response(200, b"", JSON_TYPE, (("Transfer-Encoding", "chunked"),))
+        self.wfile.write(self._head(chunked, 0).replace(b"Content-Length: 0\r\n", b""))
+        if fault.kind == "slow_chunks":
+            # A chunk-size line of leading zeros, one byte per interval, never ended.
+            while not stopping.wait(fault.interval):
+                self.wfile.write(b"0")
+            return
+        # trailer_flood: a small body, the last chunk, then trailer lines without end.
+        self.wfile.write(b"2\r\n{}\r\n0\r\n")
+        batch = b"X-Trailer: flood\r\n" * 4096
+        until = time.monotonic() + fault.seconds
+        while time.monotonic() < until and not stopping.is_set():
+            self.wfile.write(batch)
 
     def _reply(self, route: Route, request: Request, *, head_only: bool) -> None:
         """The route's normal answer, counted (status, body bytes) in the request log."""
@@ -373,8 +428,9 @@ class SandboxServer:
         many are. Faults queued on one route are consumed in order. Raises ValueError for
         an unknown route, kind or parameter.
         """
-        if route not in ROUTES:
-            raise ValueError(f"unknown route {route!r}; expected one of {', '.join(ROUTES)}")
+        if route not in route_names():
+            known = ", ".join(route_names())
+            raise ValueError(f"unknown route {route!r}; expected one of {known}")
         self._faults.add(route, Fault.build(kind, params), times=times, probability=probability)
 
     def clear_faults(self) -> None:

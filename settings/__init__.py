@@ -4,11 +4,15 @@ Each section is owned by the room that uses it and reads its own upper-case envi
 variables (their names never change): `redis` (redisconn/settings.py: where Redis is,
 Sentinel, TLS, the key prefix), `api` (apis/config.py: upstreams, timeouts, retries,
 circuits, rate limits) and `worker` (settings/worker.py: jobs, broker, beat, logs,
-metrics). The root checks what spans sections. Below the tasks and the worker (which
+metrics). The root checks what spans sections. An upstream added from outside declares
+its own variables in a model its registry entry names (`Upstream.settings`), checked at
+start with the rest. Below the tasks and the worker (which
 read it) and above the rooms whose sections it composes.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -17,6 +21,7 @@ from apis.config import get_settings as get_api_settings
 from redisconn.settings import RedisSettings
 from settings.errors import ConfigurationError, lines_of, merged
 from settings.worker import WorkerSettings, get_worker_settings
+from upstreams import all_upstreams
 
 __all__ = [
     "SECTIONS",
@@ -27,6 +32,7 @@ __all__ = [
     "get_settings",
     "get_worker_settings",
     "setting_names",
+    "upstream_sections",
 ]
 
 
@@ -63,6 +69,20 @@ SECTIONS: dict[str, type[RedisSettings]] = {
 }
 
 
+def upstream_sections() -> dict[str, type[BaseModel]]:
+    """The settings models of upstreams added from outside (`Upstream.settings`), by the
+    upstream's name: their variables are checked at start like the sections' own."""
+    found: dict[str, type[BaseModel]] = {}
+    for upstream in all_upstreams():
+        if upstream.settings:
+            module, _, name = upstream.settings.partition(":")
+            model = getattr(importlib.import_module(module), name)
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise TypeError(f"{upstream.settings} is not a settings model")
+            found[upstream.name] = model
+    return found
+
+
 def get_settings() -> Settings:
     """The whole tree, validated (its sections are read once per process)."""
     return Settings()
@@ -73,7 +93,8 @@ def checked_settings() -> Settings:
     one line per bad variable of every section (not only the first section's)."""
     built: dict[str, BaseModel] = {}
     failed: list[list[str]] = []
-    for name, cls in SECTIONS.items():
+    sections: dict[str, type[BaseModel]] = {**SECTIONS, **upstream_sections()}
+    for name, cls in sections.items():
         try:
             built[name] = cls()
         except ValidationError as exc:
@@ -81,7 +102,7 @@ def checked_settings() -> Settings:
     if failed:
         raise ConfigurationError(merged(failed))
     try:
-        return Settings.model_validate(built)
+        return Settings.model_validate({name: built[name] for name in SECTIONS})
     except ValidationError as exc:
         raise ConfigurationError(lines_of(Settings, exc)) from None
 
@@ -92,4 +113,5 @@ def setting_names() -> frozenset[str]:
     Derived, not listed, so the README check and everything that must start from
     defaults (the test suite, the benchmarks) see a new setting without being told.
     """
-    return frozenset(name.upper() for cls in SECTIONS.values() for name in cls.model_fields)
+    models = [*SECTIONS.values(), *upstream_sections().values()]
+    return frozenset(name.upper() for cls in models for name in cls.model_fields)

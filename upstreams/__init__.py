@@ -45,6 +45,10 @@ class Upstream:
     #: The kinds of result its tasks store (`{kind}:{ident}` in the results contract),
     #: which `apiworker result` names when asked for another.
     result_kinds: tuple[str, ...] = ()
+    #: Its own settings, `module:Class` (a pydantic-settings model), for an upstream
+    #: whose variables are not fields of the built-in sections: validated at start with
+    #: every other setting (settings.checked_settings), one line per bad variable.
+    settings: str = ""
 
     @property
     def queue(self) -> str:

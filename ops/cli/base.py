@@ -12,10 +12,12 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO, Any, NoReturn
+from urllib.parse import urlsplit
 
 import click
 import redis
@@ -38,6 +40,7 @@ from settings import ConfigurationError, WorkerSettings, checked_settings
 from settings.errors import USAGE_EXIT_CODE, lines_of
 from tasks.keys import Keys
 from tasks.messages import SENDER_CONF, TASK_MODULES
+from telemetry.redact import redact
 
 
 def public_tasks() -> dict[str, tuple[str, ...]]:
@@ -138,6 +141,27 @@ def sender_app(settings: WorkerSettings) -> Celery:
     return app
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A server this invocation talked to, as an error names it: what it is, its URL
+    (password masked) and the variable (or option) the URL came from."""
+
+    role: str
+    url: str
+    source: str
+    address: str | None = None  # host:port, as the driver's own errors spell it
+
+    def describe(self) -> str:
+        return f"{self.role} at {self.url} ({self.source})"
+
+
+def _address(client: redis.Redis) -> str | None:
+    """host:port of a plain client (a Sentinel client finds its master later: None)."""
+    options = client.connection_pool.connection_kwargs
+    host, port = options.get("host"), options.get("port")
+    return f"{host}:{port}" if host and port else None
+
+
 @dataclass
 class Services:
     """The settings and connections one invocation needs, each read or opened on first
@@ -147,6 +171,42 @@ class Services:
     _clients: list[redis.Redis] = field(default_factory=list)
     _celery: Celery | None = None
     _broker: Broker | None = None
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    @property
+    def redis_source(self) -> str:
+        """Where the results Redis's address came from, as the user would look for it."""
+        if "redis_url" in self.overrides:
+            return "--redis-url"
+        if self.settings.redis.uses_sentinel:
+            return "REDIS_SENTINELS"
+        if os.environ.get("REDIS_URL"):
+            return "REDIS_URL"
+        return "REDIS_URL unset: its default"
+
+    @property
+    def broker_source(self) -> str:
+        return "CELERY_BROKER_URL" if self.settings.celery_broker_url else self.redis_source
+
+    @property
+    def backend_source(self) -> str:
+        if self.settings.celery_result_backend:
+            return "CELERY_RESULT_BACKEND"
+        return self.redis_source
+
+    def broker_endpoint(self) -> Endpoint:
+        """The broker as errors name it (a Redis broker with the host:port its errors quote)."""
+        target = self.settings.broker_redis
+        address = None
+        if target is not None and target.url is not None:
+            parts = urlsplit(target.url)
+            address = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else None
+        url = target.describe() if target is not None else safe_url(self.settings.broker_url)
+        return Endpoint("the broker", url, self.broker_source, address)
+
+    def results_endpoint(self) -> Endpoint:
+        """The results Redis as errors and `result` name it."""
+        return Endpoint("Redis", self.settings.redis.describe(), self.redis_source)
 
     @cached_property
     def settings(self) -> WorkerSettings:
@@ -166,7 +226,7 @@ class Services:
 
     def results(self) -> redis.Redis:
         """The results Redis: REDIS_URL, or the master the sentinels name."""
-        return self.redis(self.settings.redis)
+        return self.redis(self.settings.redis, source=self.redis_source)
 
     def broker(self) -> Broker:
         """The broker behind CELERY_BROKER_URL, over its own protocol."""
@@ -180,10 +240,12 @@ class Services:
                 )
             except BrokerError as exc:
                 raise ConfigError(str(exc)) from exc
+            self.endpoints.append(self.broker_endpoint())
         return self._broker
 
-    def redis(self, target: RedisTarget | str, **options: Any) -> redis.Redis:
-        """A client of `target` (a URL for a Redis given on its own, as `queues` does)."""
+    def redis(self, target: RedisTarget | str, *, source: str = "", **options: Any) -> redis.Redis:
+        """A client of `target` (a URL for a Redis given on its own, as `queues` does);
+        `source` names the variable its address came from, for error messages."""
         if isinstance(target, str):
             target = RedisTarget.from_url(target)
         try:
@@ -193,7 +255,27 @@ class Services:
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {target.describe()}: {exc}") from exc
         self._clients.append(client)
+        if source:
+            self.endpoints.append(Endpoint("Redis", target.describe(), source, _address(client)))
         return client
+
+    def blame(self, error: Exception, *, broker: bool = False) -> str:
+        """The servers `error` is about, named as `Endpoint.describe` does: those whose
+        host:port the error quotes, else every one this invocation opened (the broker's
+        alone for a broker error)."""
+        known = [e for e in self.endpoints if not broker or e.role == "the broker"]
+        if broker and not known:
+            known = [self.broker_endpoint()]
+        quoted = [e for e in known if e.address and e.address in str(error)]
+        # One server in two roles (the default: REDIS_URL is broker and results) is named once.
+        roles: dict[tuple[str, str], set[str]] = {}
+        for endpoint in quoted or known:
+            roles.setdefault((endpoint.url, endpoint.source), set()).add(endpoint.role)
+        named = [
+            Endpoint(next(iter(role)) if len(role) == 1 else "Redis", url, source).describe()
+            for (url, source), role in roles.items()
+        ]
+        return " or ".join(named) or "a server"
 
     def celery(self) -> Celery:
         if self._celery is None:
@@ -209,16 +291,37 @@ class Services:
             self._broker.close()
 
 
+def unreachable_message(services: Services, error: Exception) -> str:
+    """One line for a Redis or broker that failed a command: which server (its URL,
+    masked, and the variable it came from), then the driver's own words."""
+    if isinstance(error, redis.RedisError):
+        verb = (
+            "cannot reach"
+            if isinstance(error, redis.ConnectionError | redis.TimeoutError)
+            else "error from"
+        )
+        return f"{verb} {services.blame(error)}: {redact(str(error))}"
+    return f"cannot reach {services.blame(error, broker=True)}: {broker_words(services, error)}"
+
+
+def broker_words(services: Services, error: Exception) -> str:
+    """A broker error's own words, without the masked URL it may start with (the caller
+    names the broker once, with its variable)."""
+    text = str(error)
+    for endpoint in [*services.endpoints, services.broker_endpoint()]:
+        text = text.removeprefix(f"{endpoint.url}: ")
+    return redact(text)
+
+
 class OperatorGroup(click.Group):
-    """Turns an unreachable Redis or broker into a one-line error and exit code 1."""
+    """Turns an unreachable Redis or broker into one line naming it, and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except redis.RedisError as exc:
-            raise click.ClickException(f"Redis error: {exc}") from exc
-        except (OperationalError, BrokerError) as exc:
-            raise click.ClickException(f"broker error: {exc}") from exc
+        except (redis.RedisError, OperationalError, BrokerError) as exc:
+            message = unreachable_message(ctx.obj, exc) if ctx.obj else str(exc)
+            raise click.ClickException(" ".join(message.split())) from exc
 
 
 @click.group(cls=OperatorGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,14 +9,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
-import redis
+from celery import Celery
 from celery.exceptions import TimeoutError as ResultTimeout
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from brokers import (
     ALL_QUEUES,
-    BrokerError,
 )
 from ops.cli import progress
 from ops.cli.base import (
@@ -26,7 +25,6 @@ from ops.cli.base import (
     fail,
     json_line,
 )
-from ops.processes import redacted
 from telemetry import trace_context
 from telemetry.redact import redact
 
@@ -66,9 +64,33 @@ def check_call(task: str, args: Sequence[object], kwargs: Mapping[str, object]) 
         raise click.UsageError(f"{signature}: {'; '.join(problems)}")
 
 
-def print_outcome(job: Any, timeout: float, backend: Any) -> None:
+def queue_of(app: Celery, task: str, queue: str | None) -> str:
+    """The queue a job of `task` goes to: `--queue`, else the worker's route for it."""
+    if queue:
+        return queue
+    route = app.amqp.router.route({}, task, (), {})
+    return str(route["queue"].name)
+
+
+def consumers_hint(app: Celery, queue: str, timeout: float = 1.0) -> str:
+    """Who consumes `queue` (Celery's `inspect active_queues`), and where to look next: a
+    job that never starts is most often a queue no worker reads."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    workers = sorted(
+        name for name, queues in replies.items() if any(q["name"] == queue for q in queues)
+    )
+    if not workers:
+        return f"no worker consumes queue {queue}; apiworker health checks the broker and workers"
+    return (
+        f"{len(workers)} worker(s) consume queue {queue} ({', '.join(workers)}), busy or "
+        "behind a backlog (apiworker queues); apiworker health checks them"
+    )
+
+
+def print_outcome(job: Any, timeout: float, app: Celery, queue: str) -> None:
     """Print each retry and deferral as it happens, then the finished job's result; for
-    a job that sent others, follow them to their end. Exit 1 on a failure or timeout."""
+    a job that sent others, follow them to their end. Exit 1 on a failure or timeout,
+    a timeout saying whether any worker consumes the job's queue."""
     deadline = time.monotonic() + timeout
 
     def on_message(meta: Mapping[str, Any]) -> None:
@@ -79,7 +101,10 @@ def print_outcome(job: Any, timeout: float, backend: Any) -> None:
     try:
         value = job.get(timeout=timeout, propagate=False, on_message=on_message)
     except ResultTimeout:
-        fail(f"timed out after {timeout:g}s waiting for job {job.id} (state {job.state})")
+        fail(
+            f"timed out after {timeout:g}s waiting for job {job.id} (state {job.state}): "
+            + consumers_hint(app, queue)
+        )
     if job.state != "SUCCESS":
         error = job.result
         fail(f"job {job.id} {job.state}: {type(error).__name__}: {redact(str(error))}")
@@ -87,7 +112,8 @@ def print_outcome(job: Any, timeout: float, backend: Any) -> None:
     children = [child.id for child in job.children or []]
     if not children:
         return
-    done, failed = progress.follow_children(backend, children, deadline - time.monotonic())
+    remaining = deadline - time.monotonic()
+    done, failed = progress.follow_children(app.backend, children, remaining)
     click.echo(f"child jobs: {done} done, {failed} failed, {len(children)} in all", err=True)
     if done + failed < len(children):
         fail(f"timed out after {timeout:g}s with {len(children) - done - failed} child jobs open")
@@ -149,20 +175,18 @@ def enqueue(
     job = services.celery().send_task(task, args=list(args), kwargs=kwargs, **options)
     click.echo(job.id)
     if wait:
-        print_outcome(job, timeout, services.celery().backend)
+        print_outcome(job, timeout, services.celery(), queue_of(services.celery(), task, queue))
 
 
 def reachable_or_fail(services: Services, timeout: float = 5.0) -> None:
-    """The broker and the result store answer, or one line that names the unreachable one
-    (exit 1): Celery would otherwise retry its result store for about 20 s and end in a
-    traceback."""
-    try:
-        services.broker().ping(timeout)
-    except BrokerError as exc:
-        fail(f"broker unreachable: {exc}")
+    """The broker and the result store answer, or the group's one line naming the one that
+    does not (exit 1): Celery would otherwise retry its result store for about 20 s and
+    end in a traceback."""
+    services.broker().ping(timeout)
     backend = services.settings.result_backend
     if backend.split("://", 1)[0] in ("redis", "rediss", "unix"):
-        try:
-            services.redis(backend, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)).ping()
-        except redis.RedisError as exc:
-            fail(f"result backend unreachable ({redacted(backend)}): {exc}")
+        no_retry = Retry(NoBackoff(), 0)
+        client = services.redis(
+            backend, source=services.backend_source, socket_timeout=timeout, retry=no_retry
+        )
+        client.ping()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +42,34 @@ def failure_line(entry_id: str, record: Record) -> str:
     )
 
 
+def typed_record(entry_id: str, record: Record) -> dict[str, Any]:
+    """A failure record as JSON types, for `list --json`: the stream holds only strings,
+    so `args` and `kwargs` (JSON texts there) become the list and object they encode,
+    `attempts` and `status` numbers (`status` null when no answer came), `truncated` a
+    boolean. A field that does not parse stays the string it was."""
+    typed: dict[str, Any] = {"entry_id": entry_id, **record}
+    for name in ("args", "kwargs"):
+        if name in record:
+            with contextlib.suppress(json.JSONDecodeError):  # kept as the string it is
+                typed[name] = json.loads(record[name])
+    for name in ("attempts", "status"):
+        if record.get(name, "").isdigit():
+            typed[name] = int(record[name])
+    if record.get("status") == "":
+        typed["status"] = None
+    if record.get("truncated") in ("0", "1"):
+        typed["truncated"] = record["truncated"] == "1"
+    return typed
+
+
 @failures.command("list")
 @click.option("--count", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per line: args and kwargs as JSON, attempts and status numbers.",
+)
 @click.pass_obj
 def list_failures(services: Services, count: int, as_json: bool) -> None:
     """Show recorded failures, newest first: id, time, task, arguments, error, attempts."""
@@ -52,7 +78,7 @@ def list_failures(services: Services, count: int, as_json: bool) -> None:
         click.echo("no failures recorded", err=True)
     for entry_id, record in entries:
         if as_json:
-            click.echo(json_line({"entry_id": entry_id, **record}))
+            click.echo(json_line(typed_record(entry_id, record)))
         else:
             click.echo(failure_line(entry_id, record))
 

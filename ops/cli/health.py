@@ -23,6 +23,7 @@ from ops import rabbitmq_cli
 from ops.cli.base import (
     ConfigError,
     Services,
+    broker_words,
     cli,
     echo_table,
     safe_url,
@@ -54,16 +55,20 @@ def print_checks(checks: list[Check]) -> None:
     echo_table(table)
 
 
-def ping_redis(services: Services, name: str, target: RedisTarget, timeout: float) -> Check:
+def ping_redis(
+    services: Services, name: str, target: RedisTarget, timeout: float, source: str
+) -> Check:
+    """PING, once; the detail names the Redis and the variable its address came from."""
     # No retries: a health check reports the state now, within its timeout.
     client = services.redis(
         target, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
     )
+    where = f"{target.describe()} ({source})"
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        return Check(name, False, redact(f"{target.describe()}: {exc}"))
-    return Check(name, True, target.describe())
+        return Check(name, False, redact(f"{where}: {exc}"))
+    return Check(name, True, where)
 
 
 def sentinel_check(target: RedisTarget) -> Check:
@@ -85,9 +90,12 @@ def ping_broker(services: Services, timeout: float) -> Check:
     """The broker checked over its own protocol (Redis PING, an AMQP connection)."""
     try:
         broker = services.broker()
-        return Check("broker", True, broker.ping(timeout))
-    except (BrokerError, ConfigError) as exc:
+        return Check("broker", True, f"{broker.ping(timeout)} ({services.broker_source})")
+    except ConfigError as exc:
         return Check("broker", False, str(exc))
+    except BrokerError as exc:
+        where = f"{services.broker_endpoint().url} ({services.broker_source})"
+        return Check("broker", False, f"{where}: {broker_words(services, exc)}")
 
 
 def ping_workers(services: Services, timeout: float) -> Check:
@@ -168,7 +176,8 @@ def health(ctx: click.Context, timeout: float) -> None:
     services: Services = ctx.obj
     settings = services.settings
     broker = ping_broker(services, timeout)
-    checks = [broker, ping_redis(services, "results", settings.redis, timeout)]
+    results = ping_redis(services, "results", settings.redis, timeout, services.redis_source)
+    checks = [broker, results]
     if settings.redis.uses_sentinel:
         checks.append(sentinel_check(settings.redis))
     if broker.ok:

@@ -44,7 +44,8 @@ def result(services: Services, kind: str, ident: str, meta: bool) -> None:
         kinds = result_kinds()
         if kind not in kinds:
             raise click.UsageError(f"no kind {kind!r}: one of {', '.join(kinds)}")
-        fail(f"no result at {keys.result(kind, ident)}")
+        # Which Redis was read: with REDIS_URL unset it is whatever answers on localhost.
+        fail(f"no result at {keys.result(kind, ident)} in {services.results_endpoint().describe()}")
     click.echo(value)
     if meta:
         click.echo(json_line(client.hgetall(keys.meta(kind, ident))))

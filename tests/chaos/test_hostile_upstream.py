@@ -27,6 +27,10 @@ CASES = (
     ("wrong_content_type", {}, "InvalidResponse", 1),
     ("wrong_shape", {"shape": "list"}, "InvalidResponse", 1),
     ("truncated", {}, "UpstreamConnectionError", WORST_CASE_CALLS),
+    # A protocol violation is permanent: one call, not the transient worst case.
+    ("header_flood", {}, "ProtocolViolation", 1),
+    ("deep_json", {}, "InvalidResponse", 1),
+    ("encoding", {"encodings": "br"}, "InvalidResponse", 1),
 )
 
 
@@ -36,7 +40,8 @@ CASES = (
 def test_each_hostile_answer_ends_in_its_typed_record_after_one_call_or_the_worst_case(
     deploy, sandbox: Any
 ) -> None:
-    """Redirect not followed, huge body cut off, slow drip stopped at the deadline, etc."""
+    """Redirect not followed, huge body cut off, slow drip stopped at the deadline, a
+    header flood refused after one call, etc."""
     assert WORST_CASE_CALLS == 16  # the figure docs/reliability.md gives
     deployment = deploy(
         # The slow drip runs to the body's deadline (connect + 2 x read) on each of its
@@ -58,7 +63,7 @@ def test_each_hostile_answer_ends_in_its_typed_record_after_one_call_or_the_wors
         assert sandbox.calls("pokemon") == calls, kind
     assert deployment.results.keys("pokemon:*") == []
     drip = deployment.failures()[2]
-    assert "body not complete" in drip["message"]
+    assert "answer not complete after" in drip["message"]
     errors = [record["error"] for record in deployment.failures()]
     print(
         f"hostile upstream: sent={len(CASES)} completed=0 recorded={len(errors)} lost=0 "

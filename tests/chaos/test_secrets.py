@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import subprocess
+import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +21,10 @@ import pytest
 import redis
 import requests
 
+from sandbox import KINDS
 from tests.chaos.conftest import Deployment
-from tests.support.celery_worker import wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
+from tests.support.otlp_collector import OtlpCollector
 
 TOKEN = "smp_live_Xk29Qv7RtA3mLw8ZpN4cJ6yHbD1fGsEu"  # a fake, real-looking token
 SYNC_ALL = "tasks.semaphore.sync_all_projects"
@@ -61,7 +66,8 @@ def test_the_token_never_leaves_the_request_header(deploy, sandbox: Any) -> None
     wait_for(deployment.drained, timeout=20, what="every job finished")
 
     redirect = [r for r in deployment.failures() if r["error"] == "UnexpectedRedirect"]
-    assert "***@evil.example" in redirect[0]["message"]  # the echo was there, masked
+    # The Location was read: its host is named, its userinfo (the token) never.
+    assert "redirect to evil.example not followed" in redirect[0]["message"]
     places = {"worker log": worker.log()}
     for name, client in (
         ("results", deployment.results),
@@ -217,3 +223,84 @@ def first_project_id(sandbox: Any) -> str:
         timeout=5,
     )
     return str(response.json()[0]["metadata"]["id"])
+
+
+def hostile_faults(token: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every sandbox fault once, those that can carry the token carrying it."""
+    carrying: dict[str, dict[str, Any]] = {
+        "redirect": {"location": f"https://{token}@evil.example/steal?token={token}"},
+        "next_link": {"link": f"http://{token}@evil.example/x?token={token}"},
+        "slow_headers": {"interval": 0.3},
+        "slow_chunks": {"interval": 0.3},
+        "slow_drip": {"interval": 0.05, "encodings": "gzip, gzip"},
+        "trailer_flood": {"seconds": 5},
+        "hang": {"seconds": 3},
+        "latency": {"seconds": 0.2},
+        "encoding": {"encodings": "br"},
+    }
+    return [(kind, carrying.get(kind, {})) for kind in KINDS]
+
+
+@pytest.mark.broker("redis")  # reads every key of the Redis broker
+def test_no_hostile_answer_puts_the_token_in_any_channel(deploy, sandbox: Any) -> None:
+    """Each sandbox fault on Semaphore, a unique token per run: nothing of it in the
+    result backend (exc_message), the spans, the worker log, the failure records or
+    `apiworker health`."""
+    token = f"smp_live_{uuid.uuid4().hex}"
+    accepted = sandbox.semaphore_token
+    sandbox.semaphore_token = token
+    try:
+        with OtlpCollector() as collector:
+            deployment = deploy(
+                SEMAPHORE_API_TOKEN=token,
+                LOG_LEVEL="DEBUG",
+                # One attempt per execution, one execution per job: each fault is seen
+                # once, within a short whole-exchange deadline (0.2 + 2 x 0.4 s).
+                HTTP_CONNECT_TIMEOUT="0.2",
+                HTTP_READ_TIMEOUT="0.4",
+                HTTP_RETRY_ATTEMPTS="1",
+                TASK_MAX_RETRIES="0",
+                OTEL_TRACES_EXPORTER="otlp",
+                OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+                OTEL_BSP_SCHEDULE_DELAY="50",
+            )
+            worker = deployment.start_worker(concurrency=4, TEST_WORKER_LOGLEVEL="DEBUG")
+            faults = hostile_faults(token)
+            for kind, params in faults:
+                sandbox.inject("projects", kind, **params)
+            jobs = [deployment.producer.send_task(SYNC_ALL) for _ in faults]
+            for job in jobs:
+                job.get(timeout=60, propagate=False)
+            assert sandbox.pending_faults() == {}
+            wait_for(deployment.drained, timeout=30, what="every job finished")
+            sandbox.inject("projects", "next_link", link=f"http://{token}@evil.example/x")
+            health = subprocess.run(
+                [sys.executable, "-m", "ops.cli", "health", "--timeout", "5"],
+                env=deployment.env,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            wait_for(lambda: len(collector.spans()) > len(faults), timeout=20, what="spans")
+            spans = collector.raw().decode("utf-8", "replace")
+    finally:
+        sandbox.semaphore_token = accepted
+
+    records = deployment.failures()
+    errors = sorted({record["error"] for record in records})
+    # Not vacuous: the refused link and the masked redirect were recorded as such.
+    assert {"InvalidResponse", "UnexpectedRedirect", "UpstreamTimeout"} <= set(errors)
+    assert "semaphore" in health.stdout + health.stderr
+    places = {
+        "worker log": worker.log(),
+        "failure records": repr(records),
+        "spans": spans,
+        "health": health.stdout + health.stderr,
+    }
+    for key, value in dump(deployment.backend):
+        places[f"result backend {key!r}"] = value
+    print(f"hostile secrets: faults={len(faults)} records={len(records)} errors={errors}")
+    assert [place for place, text in places.items() if token in text] == []

@@ -412,7 +412,7 @@ def test_a_slow_drip_ends_at_the_total_deadline(make_client, sandbox) -> None:
         PokeAPI, http_read_timeout=0.3, http_connect_timeout=0.3, http_retry_attempts=1
     )
     started = time.monotonic()
-    with pytest.raises(errors.UpstreamTimeout, match="body not complete"):
+    with pytest.raises(errors.UpstreamTimeout, match="answer not complete after"):
         client.get_pokemon("pikachu")
     assert time.monotonic() - started < client.config.total_timeout + 1
     assert sandbox.calls("pokemon") == 1
@@ -436,7 +436,26 @@ def test_get_pokemon_decodes_only_the_used_fields_unless_full(make_client) -> No
     }
 
 
-def test_a_record_of_another_shape_is_decoded_whole(make_client, sandbox) -> None:
-    """An unexpected shape is not hidden by the lean decoder: the caller sees all of it."""
+def test_a_record_of_another_shape_is_refused_naming_what_is_missing(make_client, sandbox) -> None:
+    """An unexpected shape is not hidden by the lean decoder, nor decoded a second time:
+    the error says which field is missing."""
     sandbox.inject("pokemon", "wrong_shape", shape="object")
-    assert make_client(PokeAPI).get_pokemon("pikachu").data == {"unexpected": True}
+    with pytest.raises(errors.InvalidResponse, match="missing required field `id`"):
+        make_client(PokeAPI).get_pokemon("pikachu")
+
+
+def test_retry_after_zero_still_waits_the_jittered_backoff(sandbox) -> None:
+    """`Retry-After: 0` from every client at once is a retry storm: the jitter still
+    spreads the retries (it retried with no wait at all)."""
+    sandbox.inject("pokemon", "rate_limited", retry_after=0)
+    sleeps: list[float] = []
+    settings = ApiSettings(
+        pokeapi_base_url=sandbox.pokeapi_url,
+        http_retry_backoff_initial=0.2,
+        http_retry_backoff_max=0.2,
+        redis_url="",
+    )
+    client = PokeAPI(PokeAPI.configure(settings), sleep=sleeps.append)
+    assert client.get_pokemon("pikachu").data["id"] == 25
+    assert len(sleeps) == 1
+    assert 0 < sleeps[0] <= 0.2

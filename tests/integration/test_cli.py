@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from ops.cli import cli
 from tests.integration.conftest import with_db
-from tests.support.celery_worker import REPO_ROOT, wait_for
+from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
 from tests.support.rabbitmq import RabbitServer
 from tests.support.redis_server import free_port
 
@@ -119,7 +119,8 @@ def test_enqueue_wait_on_an_unknown_name_exits_1(run: Run, results: redis.Redis)
 def test_enqueue_wait_times_out_when_no_worker_serves_the_broker(
     run: Run, redis_server_url: str
 ) -> None:
-    """--wait gives up after --timeout with exit 1, having printed the job id."""
+    """--wait gives up after --timeout with exit 1, having printed the job id, and says
+    that no worker consumes the job's queue and where to look."""
     idle = with_db(redis_server_url, 3)
     try:
         outcome = run(
@@ -130,6 +131,21 @@ def test_enqueue_wait_times_out_when_no_worker_serves_the_broker(
     assert outcome.exit_code == 1
     [job_id] = outcome.stdout.splitlines()
     assert f"timed out after 0.5s waiting for job {job_id} (state PENDING)" in outcome.stderr
+    assert "no worker consumes queue pokeapi; apiworker health" in outcome.stderr
+    assert len(outcome.stderr.splitlines()) == 1, outcome.stderr
+
+
+def test_enqueue_wait_times_out_naming_the_workers_that_consume_the_queue(
+    run: Run, results: redis.Redis, celery_worker: WorkerProcess, sandbox: Any
+) -> None:
+    """A worker consumes the queue but the job outlasts --timeout (a slow upstream): the
+    line names that worker, the backlog command and `apiworker health`."""
+    sandbox.latency = 3.0
+    outcome = run("enqueue", FETCH, "pikachu", "--wait", "--timeout", "1")
+    assert outcome.exit_code == 1
+    assert f"1 worker(s) consume queue pokeapi ({celery_worker.name})" in outcome.stderr
+    assert "apiworker queues" in outcome.stderr
+    assert "apiworker health" in outcome.stderr
 
 
 def test_result_prints_the_stored_value_and_meta(
@@ -166,11 +182,12 @@ def test_result_of_an_unknown_kind_lists_the_valid_ones(run: Run, results: redis
         assert kind in outcome.stderr
 
 
-def test_result_absent_exits_1(run: Run, results: redis.Redis) -> None:
-    """No stored value: exit 1 naming the key."""
+def test_result_absent_exits_1(run: Run, results: redis.Redis, worker_env: dict[str, str]) -> None:
+    """No stored value: exit 1 naming the key and the Redis it read, with its variable."""
     outcome = run("result", "pokemon", "missingno")
     assert outcome.exit_code == 1
-    assert "no result at pokemon:missingno" in outcome.stderr
+    where = f"in Redis at {worker_env['REDIS_URL']} (REDIS_URL)"
+    assert f"no result at pokemon:missingno {where}" in outcome.stderr
 
 
 def test_follow_from_start_prints_a_jobs_event(
@@ -248,7 +265,12 @@ def test_failures_list_shows_a_bad_input_failure(run: Run, results: redis.Redis)
     [record] = [json.loads(row) for row in run("failures", "list", "--json").stdout.splitlines()]
     assert record["entry_id"] == entry_id
     assert record["error"] == "InvalidInput"
-    assert json.loads(record["args"]) == ["pika chu"]
+    # JSON types, not the stream's strings.
+    assert record["args"] == ["pika chu"]
+    assert record["kwargs"] == {}
+    assert record["attempts"] == 1
+    assert record["status"] is None
+    assert record["truncated"] is False
 
 
 def test_failures_replay_resends_and_removes_the_entry(run: Run, results: redis.Redis) -> None:

@@ -1,154 +1,173 @@
-"""Adding an upstream is one client module, one registry entry and its tasks: no other file.
+"""README's "Adding an upstream", followed as written: a fourth upstream, no file of the
+service edited.
 
-The test writes a fourth upstream (a weather API) into a temporary directory, installs
-its entry through the `apiworker.upstreams` entry-point group (a bare `.dist-info` on the
-worker's PYTHONPATH), serves the upstream itself, and runs one job through a real worker:
-the worker's queue, routes and task modules come from the registry.
+The test writes out every code block of that section under the file name its first line
+gives (`# weather_upstream/client.py`...), turns the block of `pyproject.toml` into the
+installed package's entry points (a bare `.dist-info` on PYTHONPATH, as `pip install`
+leaves it), starts the sandbox (`python -m sandbox`, serving the guide's route) and a
+real worker with that package, and runs jobs through them: the result stored under its
+documented key with its metadata and event, the CLI's `result` and `health` knowing the
+new upstream, and a bad value of its settings stopping the worker at start with one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
-import threading
+import tomllib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
+import redis
+import requests
 
 from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 
-CLIENT = """
-import os
-
-from apis.client import ApiClient, Payload
-from apis.config import ApiSettings, UpstreamConfig
-from apis.paths import segment
+README = REPO_ROOT / "README.md"
+TASK = "weather_upstream.tasks.fetch_forecast"
 
 
-class WeatherAPI(ApiClient):
-    service = "weather"
-
-    @classmethod
-    def configure(cls, settings: ApiSettings) -> UpstreamConfig:
-        return settings.upstream(
-            cls.service,
-            base_url=os.environ.get("WEATHER_BASE_URL"),
-            base_url_setting="WEATHER_BASE_URL",
-        )
-
-    def probe(self) -> object:
-        return self.forecast("oslo")
-
-    def forecast(self, city: str) -> Payload:
-        return self.fetch(f"/forecast/{segment(city, name='city', service=self.service)}")
-"""
-
-TASKS = """
-from celery import shared_task
-
-from apis import get_client
-from tasks.base import UpstreamTask
-from weather_api import WeatherAPI
+def guide_blocks() -> dict[str, str]:
+    """Each code block of the guide, by the file name on its first line."""
+    text = README.read_text()
+    section = text[text.index("## Adding an upstream") : text.index("## The operator CLI")]
+    blocks = re.findall(r"```(?:python|toml)\n# (\S+)\n(.*?)```", section, re.S)
+    return {name: body for name, body in blocks}
 
 
-@shared_task(name="weather_tasks.fetch_forecast", base=UpstreamTask, bind=True)
-def fetch_forecast(self, city):
-    return get_client(WeatherAPI).forecast(city).data
-"""
-
-ENTRY = """
-from upstreams import Upstream
-
-UPSTREAM = Upstream(
-    name="weather",
-    client="weather_api:WeatherAPI",
-    tasks="weather_tasks",
-    base_url_setting="WEATHER_BASE_URL",
-    description="a weather API",
-    rate_limit_setting="WEATHER_RATE_LIMIT",
-)
-"""
-
-
-class _Forecasts(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        city = self.path.rsplit("/", 1)[-1]
-        body = json.dumps({"city": city, "celsius": 7}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def weather_upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Forecasts)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def weather_plugin(tmp_path: Path) -> Path:
-    (tmp_path / "weather_api.py").write_text(CLIENT)
-    (tmp_path / "weather_tasks.py").write_text(TASKS)
-    (tmp_path / "weather_entry.py").write_text(ENTRY)
-    dist = tmp_path / "weather_plugin-1.0.dist-info"
+@pytest.fixture(scope="module")
+def weather_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The guide's package, installed as pip would: its modules and its entry points."""
+    root = tmp_path_factory.mktemp("weather")
+    blocks = guide_blocks()
+    project = tomllib.loads(blocks.pop("pyproject.toml"))["project"]
+    for name, body in blocks.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(body)
+    dist = root / f"weather_upstream-{project['version']}.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: weather-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[apiworker.upstreams]\nweather = weather_entry:UPSTREAM\n"
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
     )
-    return tmp_path
+    groups = project["entry-points"]
+    (dist / "entry_points.txt").write_text(
+        "".join(
+            f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items())
+            for group, points in groups.items()
+        )
+    )
+    return root
 
 
-def test_a_fourth_upstream_added_from_outside_runs_a_job_on_its_own_queue(
-    own_redis: str, sandbox_server: Any, weather_upstream: str, weather_plugin: Path
+@pytest.fixture(scope="module")
+def weather_sandbox(weather_package: Path) -> Iterator[str]:
+    """`python -m sandbox` with the package installed: the guide's route is served."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(weather_package), str(REPO_ROOT)])}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "--port", str(port)],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _connects(port), timeout=30, what="the sandbox")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+
+def _connects(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_guides_upstream_stores_a_result_with_its_event(
+    own_redis: str, sandbox_server: object, weather_package: Path, weather_sandbox: str
 ) -> None:
-    """A job of the new upstream, sent to its queue, runs through a real worker."""
+    """A job of the new upstream, sent by name with the CLI, runs on its own queue
+    through the sandbox route and is stored as the results contract says; `result`
+    reads its kind and `health` probes it."""
     env = worker_environment(
         own_redis,
         sandbox_server,
-        WEATHER_BASE_URL=weather_upstream,
-        METRICS_PORT="0",
-        PYTHONPATH=os.pathsep.join([str(weather_plugin), str(REPO_ROOT)]),
+        WEATHER_BASE_URL=f"{weather_sandbox}/weather/v1",
+        PYTHONPATH=os.pathsep.join([str(weather_package), str(REPO_ROOT)]),
     )
     producer = producer_app(env["CELERY_BROKER_URL"], with_db(own_redis, 2))
     worker = WorkerProcess(env).start(producer)
+    results = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     try:
-        result = producer.send_task("weather_tasks.fetch_forecast", args=["oslo"], queue="weather")
-        assert result.get(timeout=30) == {"city": "oslo", "celsius": 7}
-        wait_for(lambda: "task=weather_tasks.fetch_forecast" in worker.log(), timeout=10,
-                 what="the job's outcome line")  # fmt: skip
-        assert "queue=weather" in worker.log()
-        # The operator CLI knows the new task (the public tasks of every registered
-        # upstream) and routes it to the upstream's queue, as the worker's routes say.
-        sent = subprocess.run(
-            [sys.executable, "-m", "ops.cli", "enqueue", "weather_tasks.fetch_forecast", "bergen",
-             "--wait"],
-            env=env,
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+
+        def apiworker(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "ops.cli", *args], env={**os.environ, **env},
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+
+        sent = apiworker("enqueue", TASK, "oslo", "--wait")
         assert sent.returncode == 0, sent.stderr
-        assert json.loads(sent.stdout.splitlines()[-1]) == {"city": "bergen", "celsius": 7}
-        assert worker.log().count("queue=weather") == 2
+        assert json.loads(sent.stdout.splitlines()[-1]) == {"city": "oslo", "celsius": 7.0}
+        assert "queue=weather" in worker.log()
+        assert json.loads(results.get("forecast:oslo")) == {"city": "oslo", "celsius": 7.0}
+        [job_id] = [line for line in sent.stdout.splitlines() if not line.startswith("{")]
+        assert results.hget("meta:forecast:oslo", "task_id") == job_id
+        [(_, event)] = results.xrange("events:results")
+        assert event["key"] == "forecast:oslo"
+        assert event["kind"] == "forecast"
+
+        shown = apiworker("result", "forecast", "oslo", "--meta")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout.splitlines()[0])["city"] == "oslo"
+        health = apiworker("health")
+        assert re.search(r"^ok\s+weather\s+http://127\.0\.0\.1", health.stdout, re.M), health
+        # The route takes faults by its name like the built-in ones: a 503 is retried.
+        injected = requests.post(
+            f"{weather_sandbox}/_sandbox/faults",
+            timeout=5,
+            json={"route": "forecast", "kind": "status", "status": 503},
+        )
+        assert injected.status_code == 201, injected.text
+        retried = apiworker("enqueue", TASK, "bergen", "--wait")
+        assert retried.returncode == 0, retried.stderr
+        assert json.loads(retried.stdout.splitlines()[-1])["celsius"] == 9.5
+        counts = requests.get(f"{weather_sandbox}/_sandbox/requests", timeout=5).json()
+        assert counts["counts"]["forecast"] == 4  # oslo, the probe, bergen's 503 and retry
+        # A city the upstream does not know: a typed failure with its record.
+        missing = apiworker("enqueue", TASK, "atlantis", "--wait")
+        assert missing.returncode == 1
+        assert "NotFound" in missing.stderr
+        wait_for(lambda: results.xlen("events:failures") == 1, timeout=10, what="a failure record")
     finally:
+        results.close()
         worker.stop()
         producer.close()
+
+
+def test_a_bad_value_of_the_guides_settings_stops_the_worker_at_start(
+    own_redis: str, sandbox_server: object, weather_package: Path
+) -> None:
+    """WEATHER_RATE_LIMIT='fast': the worker exits 2 at start with one line, no traceback."""
+    env = worker_environment(
+        own_redis,
+        sandbox_server,
+        WEATHER_RATE_LIMIT="fast",
+        PYTHONPATH=os.pathsep.join([str(weather_package), str(REPO_ROOT)]),
+    )
+    started = subprocess.run(
+        [sys.executable, "-m", "worker"], env={**os.environ, **env}, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    output = (started.stdout + started.stderr).strip()
+    assert started.returncode == 2, output
+    assert "WEATHER_RATE_LIMIT='fast': must be a number" in output
+    assert "Traceback" not in output

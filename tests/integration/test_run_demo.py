@@ -288,24 +288,40 @@ def test_flower_service_refuses_to_start_without_basic_auth() -> None:
     assert "FLOWER_BASIC_AUTH" in refused.stderr
 
 
-def test_run_offline_serves_a_job_from_the_sandbox_with_a_private_redis(
+def test_run_offline_gives_a_second_shell_everything_in_run_env(
     start_run: Callable[..., RunProcess], tmp_path: Path
 ) -> None:
     """`--offline --private-redis` with no upstream setting at all: the sandbox starts
-    first, a job is stored from it, and the Redis line says it is the private one even
-    though a Redis (the suite's REDIS_URL would do) could have answered."""
+    first, the Redis line says it is the private one, and one printed line
+    (`source …/env`) gives a second shell with no setting of its own a green `health`, a
+    job stored from the sandbox and its result; the file goes when the run stops."""
     run = start_run("--offline", "--private-redis", "--workers", "1", "--no-beat", "--no-flower")
     redis_url = run.wait_printed(r"Redis:\s+(redis://\S+)").group(1)
     run.wait_printed(r"Offline: the sandbox upstream at http://127\.0\.0\.1:\d+")
     assert "--private-redis: not using REDIS_URL" in run.text
-    run.wait_printed(r"started worker1")
+    env_file = Path(run.wait_printed(r"Second shell: source (\S+)").group(1))
+    assert env_file == tmp_path / "run" / "env"
     assert list(run.started())[:2] == ["redis", "sandbox"], run.text
-    producer = producer_app(redis_url, redis_url)
-    try:
-        job = producer.send_task("tasks.pokemon.fetch_pokemon", args=["charizard"])
-        assert job.get(timeout=START_TIMEOUT)["weight"] == "90.5 kg"
-    finally:
-        producer.close()
+    assert env_file.stat().st_mode & 0o077 == 0  # it may carry a password or a token
+    assert f"export REDIS_URL={redis_url}\n" in env_file.read_text()
+    # The worker's own "ready" line: it answers ping and consumes its queues.
+    run.wait_printed(r"worker1\s+\|.* ready\.")
+    # A new shell: none of the service's settings, and no venv on PATH.
+    shell = clean_env(PATH="/usr/bin:/bin")
+    second = subprocess.run(
+        ["bash", "-c", f"source {env_file} && apiworker health && "
+         "apiworker enqueue tasks.pokemon.fetch_pokemon charizard --wait >/dev/null && "
+         "apiworker result pokemon charizard"],
+        env=shell, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert re.search(r"^ok\s+pokeapi\s+http://127\.0\.0\.1", second.stdout, re.M), second.stdout
+    assert "FAIL" not in second.stdout, second.stdout
+    assert "skip" not in second.stdout, second.stdout
+    assert json.loads(second.stdout.splitlines()[-1])["weight"] == "90.5 kg"
+    run.process.send_signal(signal.SIGINT)
+    assert run.process.wait(timeout=STOP_TIMEOUT) == 0, run.text
+    assert not env_file.exists()
 
 
 def test_make_run_passes_offline_and_args_to_ops_run() -> None:
@@ -321,3 +337,13 @@ def test_make_run_passes_offline_and_args_to_ops_run() -> None:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
     assert "--offline" not in quiet
+
+
+def test_the_readme_names_the_compose_release_the_file_needs() -> None:
+    """The file uses `depends_on: … required:` (Docker Compose 2.20's), and the README's
+    Docker section says 2.20 or later is needed."""
+    text = COMPOSE_FILE.read_text()
+    assert re.search(r"^\s+required: false", text, re.M)
+    readme = (REPO_ROOT / "README.md").read_text()
+    docker = readme[readme.index("### Docker") : readme.index("### Kubernetes")]
+    assert "Docker Compose 2.20 or later" in docker

@@ -24,6 +24,8 @@ ALL_ERRORS = [
     errors.InvalidResponse,
     errors.UnexpectedRedirect,
     errors.ResponseTooLarge,
+    errors.ProtocolViolation,
+    errors.PagingLimitExceeded,
 ]
 
 

@@ -47,8 +47,9 @@ def test_each_encoding_decodes_one_byte_at_a_time(encoding, encode) -> None:
     assert empty > 0  # reads that gave no output returned anyway: the deadline is checked
 
 
-def test_other_encodings_are_left_to_urllib3() -> None:
-    """Identity, none, or an encoding the client did not ask for: no inflater."""
+def test_other_encodings_have_no_inflater() -> None:
+    """Identity, none, or an encoding the client did not ask for: no inflater (and
+    `Decoding` refuses the last, tests/unit/test_hostile_parsing.py)."""
     assert [Inflater.for_encoding(value) for value in ("", "identity", "br")] == [None] * 3
 
 
