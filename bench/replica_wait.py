@@ -1,12 +1,14 @@
-"""What `WAIT 1` after each result write would cost: `python -m bench.replica_wait`.
+"""What `WAIT 1` after each result write costs: `python -m bench.replica_wait`.
 
 Redis replicates asynchronously: a write the master acknowledged can vanish if the
 master dies before its replica has it. `WAIT numreplicas timeout` after the write closes
-that window (the job is acknowledged only once a replica holds its result), for one more
-round trip and the replica's own delay. This measures both sides on loopback with the
-product's own write (`ResultStore.write`, one Lua script): a master and one replica,
-writes without and with `WAIT 1 1000`, interleaved in rounds so that both see the same
-machine; sequentially (latency per write) and from 8 threads (throughput).
+that window (the job is acknowledged only once a replica holds its result), for the
+replica's own delay. This measures both sides on loopback with the product's own write
+(`ResultStore.write`): a master and one replica, writes without the wait
+(RESULT_REPLICA_WAIT_MS=0: one script call) and with it (the default where a replica
+exists: the script and `WAIT 1 1000` in one pipeline), interleaved in rounds so that
+both see the same machine; sequentially (latency per write) and from 8 threads
+(throughput).
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ VALUE = {"id": 6, "name": "charizard", "image": "https://example.invalid/6.png",
 WAIT_TIMEOUT_MS = 1000
 
 
-def writer(store: ResultStore, *, wait: bool) -> Callable[[int], None]:
+def writer(store: ResultStore) -> Callable[[int], None]:
+    """One result write as a job makes it; with the store's replica wait on, the write
+    raises when no replica acknowledged it in time."""
+
     def write(index: int) -> None:
         store.write(Fetched("pokemon", f"p{index}", VALUE, time.time()), f"task-{index}")
-        if wait and store.redis.wait(1, WAIT_TIMEOUT_MS) < 1:
-            raise RuntimeError("the replica did not acknowledge within the timeout")
 
     return write
 
@@ -79,16 +82,20 @@ def main() -> None:
             what="replica in sync",
         )
         client = redis.Redis.from_url(master.url, max_connections=args.threads * 2)
-        store = ResultStore(client, Keys(), events_maxlen=100_000, failures_maxlen=1000)
+        plain = writer(ResultStore(client, Keys(), events_maxlen=100_000, failures_maxlen=1000))
+        waiting_store = ResultStore(
+            client, Keys(), events_maxlen=100_000, failures_maxlen=1000,
+            replica_wait_ms=WAIT_TIMEOUT_MS,
+        )  # fmt: skip
+        assert waiting_store.replicas.needed(), "the master sees no replica"
+        waiting = writer(waiting_store)
         names = ("us", "us_wait", "rps", "rps_wait")
         figures: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
-            figures["us"].append(sequential(writer(store, wait=False), args.writes))
-            figures["us_wait"].append(sequential(writer(store, wait=True), args.writes))
-            figures["rps"].append(threaded(writer(store, wait=False), args.writes, args.threads))
-            figures["rps_wait"].append(
-                threaded(writer(store, wait=True), args.writes, args.threads)
-            )
+            figures["us"].append(sequential(plain, args.writes))
+            figures["us_wait"].append(sequential(waiting, args.writes))
+            figures["rps"].append(threaded(plain, args.writes, args.threads))
+            figures["rps_wait"].append(threaded(waiting, args.writes, args.threads))
         median = {name: statistics.median(values) for name, values in figures.items()}
         print(f"result writes, median of {args.rounds} rounds of {args.writes} (one replica):")
         print(

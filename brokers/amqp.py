@@ -29,8 +29,10 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from amqp.exceptions import AMQPError
+from celery.app.amqp import AMQP
 from kombu import Connection, Exchange, Producer, Queue  # type: ignore[attr-defined]
 from kombu.exceptions import KombuError
 
@@ -84,12 +86,37 @@ def amqp_queue(name: str) -> Queue:
     )
 
 
-def queue_policies(delivery_limit: int, queues: Sequence[str] = ALL_QUEUES) -> dict[str, Any]:
+#: What the application user (workers, producers, the CLI's AMQP commands) may configure,
+#: write and read on its vhost, as one RabbitMQ permission pattern: its queues and their
+#: `.dead` queues, its two exchanges, Celery's delayed-delivery exchanges and queues,
+#: Celery's remote control (`*.celery.pidbox`, `reply.celery.pidbox` and its reply
+#: queues) and events (`celeryev*`), the default exchange (replays publish to it), and
+#: the exchange `default` that a celery-node producer declares.
+#: That user needs no tags: the management API is another user's (docs/reliability.md).
+APP_PERMISSION_PATTERN = (
+    r"^(apiworker\.(jobs|dead)"
+    rf"|({'|'.join(re.escape(name) for name in ALL_QUEUES)})(\.dead)?"
+    r"|celery_delayed_([0-9]+|delivery)"
+    r"|celeryev(\..+)?"
+    r"|(.+\.)?(reply\.)?celery\.pidbox"
+    r"|amq\.default|default)$"
+)
+
+
+def queue_policies(
+    delivery_limit: int,
+    queues: Sequence[str] = ALL_QUEUES,
+    *,
+    consumer_timeout: int | None = None,
+) -> dict[str, Any]:
     """The policy of each queue, by policy name: what its declaration no longer says.
 
     One policy per queue, because a policy names one dead-letter routing key, and each
-    queue's parked messages go to its own `.dead` queue.
+    queue's parked messages go to its own `.dead` queue. `consumer_timeout` (seconds),
+    when given, becomes the queue's own `consumer-timeout`, which RabbitMQ 3.12 and later
+    take from a policy (3.10 and 3.11 refuse the key: their node-wide setting applies).
     """
+    extra = {} if consumer_timeout is None else {"consumer-timeout": consumer_timeout * 1000}
     return {
         f"{POLICY_PREFIX}{name}": {
             "pattern": f"^{re.escape(name)}$",
@@ -105,18 +132,31 @@ def queue_policies(delivery_limit: int, queues: Sequence[str] = ALL_QUEUES) -> d
                 # (RabbitMQ requires reject-publish overflow for that strategy.)
                 "dead-letter-strategy": "at-least-once",
                 "overflow": "reject-publish",
+                # A new queue's leader goes to the node with the fewest leaders, not to
+                # the node its declaring client is connected to (RabbitMQ 3.10+).
+                "queue-leader-locator": "balanced",
+                **extra,
             },
         }
         for name in queues
     }
 
 
-def apply_policies(api: ManagementApi, vhost: str, delivery_limit: int) -> list[str]:
+#: The first RabbitMQ release that takes `consumer-timeout` from a policy.
+POLICY_CONSUMER_TIMEOUT_SINCE = (3, 12)
+
+
+def apply_policies(
+    api: ManagementApi, vhost: str, delivery_limit: int, consumer_timeout: int | None = None
+) -> list[str]:
     """Create the vhost (default queue type quorum) when missing, and set every queue's
-    policy; the names of the policies set. Idempotent: run it at every deploy."""
+    policy, with `consumer_timeout` (seconds) in it where the server allows it; the names
+    of the policies set. Idempotent: run it at every deploy."""
     if api.vhost(vhost) is None:
         api.create_vhost(vhost, default_queue_type="quorum")
-    policies = queue_policies(delivery_limit)
+    if consumer_timeout is not None and api.version() < POLICY_CONSUMER_TIMEOUT_SINCE:
+        consumer_timeout = None
+    policies = queue_policies(delivery_limit, consumer_timeout=consumer_timeout)
     for name, body in policies.items():
         api.set_policy(vhost, name, body)
     return list(policies)
@@ -138,17 +178,69 @@ def dead_letter_queues() -> list[Queue]:
     ]
 
 
+#: Celery's publish retry, sized for a quorum queue's leader election: while a queue has
+#: no leader RabbitMQ nacks its publishes (py-amqp's MessageNacked, which kombu retries as
+#: a connection error), and an election after a node's death takes about 1 s here but up
+#: to 10 s on a loaded cluster. Waits of 0, 0.5, then 1 s: about 13.5 s over 15 retries,
+#: where Celery's default (3 retries, 0.2 s apart) gives up after 0.6 s.
+#: CFG#task-publish-retry-policy
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 15,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 1.0,
+}
+#: Seconds a publish waits for RabbitMQ's confirm before it is retried (above, on a new
+#: connection): a node under a memory or disk alarm blocks publishers and never
+#: confirms, which without a timeout holds the publishing thread for the alarm's length.
+#: 15 attempts x (5 s + 1 s) stays under TASK_SOFT_TIME_LIMIT's 120 s.
+CONFIRM_TIMEOUT = 5.0
+
+
+class ConfirmTimeoutAMQP(AMQP):  # type: ignore[misc]  # Celery is untyped
+    """Celery's AMQP support, with `CONFIRM_TIMEOUT` as every publish's default confirm
+    timeout: Celery has a per-call `confirm_timeout` and no setting for it. Installed as
+    the worker app's `amqp_cls` (worker/app.py; `AMQP_CLASS` here)."""
+
+    def _create_task_sender(self) -> Any:
+        send = super()._create_task_sender()
+
+        def send_task_message(*args: Any, confirm_timeout: float | None = None,
+                              **kwargs: Any) -> Any:  # fmt: skip
+            return send(*args, confirm_timeout=confirm_timeout or CONFIRM_TIMEOUT, **kwargs)
+
+        return send_task_message
+
+
+#: The worker app's `amqp_cls` on this broker.
+AMQP_CLASS = f"{__name__}:ConfirmTimeoutAMQP"
+
+
 def celery_conf(settings: BrokerSettings) -> dict[str, Any]:
     """The Celery settings of a RabbitMQ broker."""
     return {
+        # A lost node: the next URL is picked at random, not always the next one (the
+        # list itself comes shuffled: redisconn/celery_config.py). CFG#broker-failover-strategy
+        "broker_failover_strategy": "shuffle",
         # Publisher confirms: a publish returns only once RabbitMQ has taken the message
         # (on a quorum queue: once a majority of its replicas has it), so a job is never
         # dropped silently between producer and queue. CFG#broker-transport-options,
         # https://www.rabbitmq.com/docs/confirms
         "broker_transport_options": {"confirm_publish": True},
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         # A dead peer is noticed within two heartbeats, not at the next TCP timeout.
         # CFG#broker-heartbeat
         "broker_heartbeat": 30,
+        # RabbitMQ closes a channel when it refuses something on it (a consumer timeout:
+        # PRECONDITION_FAILED; a missing queue: NOT_FOUND). Off (Celery's default), the
+        # consumer treats that as unrecoverable and the worker exits; on, it reconnects
+        # like after a lost connection. CFG#broker-channel-error-retry
+        "broker_channel_error_retry": True,
+        # A job redelivered after it already succeeded (its acknowledgement lost with a
+        # connection or channel) is not run again: the worker finds its SUCCESS in the
+        # result backend first. Only redelivered messages are looked up.
+        # CFG#worker-deduplicate-successful-tasks
+        "worker_deduplicate_successful_tasks": True,
         "task_queues": [amqp_queue(name) for name in ALL_QUEUES],
         # Quorum queues have no global QoS; Celery detects them and uses per-consumer
         # prefetch, and routes countdowns through RabbitMQ's delayed-delivery exchanges
@@ -197,7 +289,7 @@ class AmqpBroker:
         try:
             connection.ensure_connection(max_retries=1, timeout=timeout)
             yield connection
-        except (KombuError, OSError) as exc:
+        except (KombuError, OSError, AMQPError) as exc:
             raise BrokerError(f"{self.display_url}: {exc}") from exc
         finally:
             connection.release()
@@ -242,19 +334,27 @@ class AmqpBroker:
         return ManagementApi(self._management_url).cluster(self.vhost, queues)
 
     def parked(self, queues: Sequence[str], limit: int) -> list[ParkedMessage]:
+        """Parked messages, each taken and put back as an exact copy at its queue's tail
+        (confirmed, then the original acknowledged), so listing them costs no delivery.
+
+        A quorum queue has no way to browse, and returning a message unacknowledged
+        (a nack with requeue, a closed channel) counts as a delivery on RabbitMQ 3.x, so
+        each listing would have added one to every message it showed. Only as many
+        messages as each queue held when asked are taken, so no copy is read twice; a
+        listing of fewer than a queue holds moves those it shows behind the others."""
         found: list[ParkedMessage] = []
         with self._connection() as connection:
-            # Taken without acknowledging, on a channel that is then closed: every
-            # message goes back to its dead-letter queue untouched.
             channel = connection.channel()
+            producer = Producer(channel)
             try:
                 for name in queues:
-                    if not _ready(connection, dead_letter_queue(name)):
-                        continue
-                    while len(found) < limit:
-                        message = _get(channel, dead_letter_queue(name))
+                    dead = dead_letter_queue(name)
+                    for _ in range(min(_ready(connection, dead), limit - len(found))):
+                        message = _get(channel, dead)
                         if message is None:
                             break
+                        _publish_copy(producer, dead, message)  # confirmed before the ack
+                        message.ack()
                         found.append(_parked(name, message))
             finally:
                 channel.close()
@@ -285,9 +385,10 @@ class AmqpBroker:
 
 
 def _vhost_of(url: str) -> str:
-    """The vhost of `url`, or of the first URL of a failover list (they share it)."""
+    """The vhost of `url`, or of the first URL of a failover list (they share it),
+    percent-decoded as kombu decodes it (`/%2F` and `/` both name the vhost `/`)."""
     path = urlsplit(url.split(";", 1)[0]).path
-    return "/" if path in ("", "/") else path[1:]
+    return "/" if path in ("", "/") else unquote(path[1:])
 
 
 def _ready(connection: Any, queue: str) -> int:
@@ -336,8 +437,18 @@ def _parked(queue: str, message: Any) -> ParkedMessage:
 
 
 def _republish(producer: Any, queue: str, message: Any) -> None:
+    """Send a parked message back to `queue` as a new job (the broker's headers dropped)."""
     headers = {key: value for key, value in (message.headers or {}).items()
                if key not in _BROKER_HEADERS}  # fmt: skip
+    _publish(producer, queue, message, headers)
+
+
+def _publish_copy(producer: Any, queue: str, message: Any) -> None:
+    """Put an exact copy of `message` (headers included) at the tail of `queue`."""
+    _publish(producer, queue, message, dict(message.headers or {}))
+
+
+def _publish(producer: Any, queue: str, message: Any, headers: dict[str, Any]) -> None:
     properties = message.properties or {}
     producer.publish(
         message.body,
@@ -351,6 +462,11 @@ def _republish(producer: Any, queue: str, message: Any) -> None:
         correlation_id=properties.get("correlation_id"),
         reply_to=properties.get("reply_to"),
         delivery_mode=2,
+        # Unroutable (the queue deleted meanwhile): RabbitMQ returns it before its
+        # confirm, py-amqp raises, and the original is not acknowledged. Without it, an
+        # unroutable message is confirmed, then the original acknowledged: lost.
+        mandatory=True,
+        confirm_timeout=CONFIRM_TIMEOUT,
         retry=True,
         retry_policy={"max_retries": 3},
     )

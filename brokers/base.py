@@ -10,8 +10,8 @@ operator's view (`Broker`: depths, parked messages, replay).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from upstreams import queue_names
@@ -31,6 +31,8 @@ def dead_letter_queue(name: str) -> str:
 class BrokerSettings(Protocol):
     """The worker settings a broker module reads (WorkerSettings has them all)."""
 
+    @property
+    def broker_url(self) -> str: ...
     @property
     def visibility_timeout(self) -> int: ...
     @property
@@ -86,14 +88,16 @@ class NodeState:
 
 @dataclass(frozen=True)
 class QueueReplicas:
-    """Where a replicated queue lives: its member nodes, those online, its leader, and the
-    policy in effect on it (None: no policy, so no delivery limit or dead-lettering)."""
+    """Where a replicated queue lives: its member nodes, those online, its leader, the
+    policy in effect on it (None: no policy, so no delivery limit or dead-lettering) and
+    what that policy, merged with any operator policy, really sets on it."""
 
     name: str
     members: tuple[str, ...]
     online: tuple[str, ...]
     leader: str | None
     policy: str | None = None
+    effective: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

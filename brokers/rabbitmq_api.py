@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
@@ -37,7 +37,12 @@ class ManagementApi:
         self._bases: list[tuple[str, tuple[str, str]]] = []
         for url in split_urls(urls):
             parts = urlsplit(url)
-            auth = (parts.username or "guest", parts.password or "guest")
+            if not parts.username:
+                # No silent `guest`: it logs in only from the node's own host, and an
+                # operator who meant another user should hear which URL lacks one.
+                raise BrokerError(f"{masked_url(url)}: the management URL names no user")
+            # Percent-encoded in the URL (`p%40ss` for `p@ss`), as in the broker URL.
+            auth = (unquote(parts.username), unquote(parts.password or ""))
             host = parts.hostname or "localhost"
             netloc = f"{host}:{parts.port}" if parts.port else host
             self._bases.append((f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}", auth))
@@ -97,11 +102,17 @@ class ManagementApi:
                     online=tuple(found.get("online") or ()),
                     leader=found.get("leader") or None,
                     policy=found.get("policy") or None,
+                    effective=found.get("effective_policy_definition") or {},
                 )
             )
         return ClusterView(nodes, tuple(replicas))
 
     # -- what the operator sets ----------------------------------------------------------
+
+    def version(self) -> tuple[int, ...]:
+        """The server's RabbitMQ version, as numbers (`3.10.8` is (3, 10, 8))."""
+        text = str(self.get_json("overview").get("rabbitmq_version", "0"))
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
     def vhost(self, vhost: str) -> dict[str, Any] | None:
         return self._object(f"vhosts/{_q(vhost)}")
@@ -116,6 +127,17 @@ class ManagementApi:
         # The user who made it may use it (as `rabbitmqctl add_vhost` leaves to an admin).
         user = self._bases[0][1][0]
         rights = {"configure": ".*", "write": ".*", "read": ".*"}
+        self._expect(
+            self.request("put", f"permissions/{_q(vhost)}/{_q(user)}", json=rights),
+            f"grant {user} {vhost}",
+        )
+
+    def grant_app_user(self, vhost: str, user: str, password: str, pattern: str) -> None:
+        """`user` with `password`, no tags (no management API, no UI), and configure,
+        write and read rights on `vhost` limited to `pattern`; created or updated."""
+        body = {"password": password, "tags": ""}
+        self._expect(self.request("put", f"users/{_q(user)}", json=body), f"set user {user}")
+        rights = dict.fromkeys(("configure", "write", "read"), pattern)
         self._expect(
             self.request("put", f"permissions/{_q(vhost)}/{_q(user)}", json=rights),
             f"grant {user} {vhost}",

@@ -6,7 +6,9 @@ producer: no queue list, no routes. A job sent by task name lands in the default
 Celery's documentation says for quorum queues (`task_default_queue_type = "quorum"`,
 publisher confirms), and it declares that queue as Celery does by default, exactly as the
 worker declares it; the queue's delivery limit and dead-lettering come from RabbitMQ
-policies (`apiworker rabbitmq apply-policy`), not from its declaration.
+policies (`apiworker rabbitmq apply-policy`), not from its declaration. It publishes
+through the worker's topic exchange (`apiworker.jobs`), so its countdowns take
+RabbitMQ's delayed-delivery path, and it retries a publish through a leader election.
 """
 
 from __future__ import annotations
@@ -29,4 +31,18 @@ def producer_app(broker_url: str, backend_url: str, name: str = "producer") -> C
         # A job sent before any worker or policy exists is still kept: the queue is
         # declared on the way, and the confirm says RabbitMQ has it.
         app.conf.broker_transport_options = {"confirm_publish": True}
+        # Through the worker's topic exchange, under the queue's name: Celery routes a
+        # countdown through RabbitMQ's delayed-delivery exchanges only from a topic or
+        # fanout exchange. From Celery's default (a direct exchange named after the
+        # queue) it is delivered at once and held by a worker until due, past the
+        # server's consumer_timeout for a long countdown.
+        app.conf.task_default_exchange = "apiworker.jobs"
+        app.conf.task_default_exchange_type = "topic"
+        app.conf.task_default_routing_key = "celery"
+        # A publish retried through a leader election (about 13.5 s), and each producer
+        # starting on a node of its own (a failover list of several nodes).
+        app.conf.task_publish_retry_policy = {
+            "max_retries": 15, "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0,
+        }  # fmt: skip
+        app.conf.broker_failover_strategy = "shuffle"
     return app

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from brokers import broker_kind
+from brokers import ALL_QUEUES, broker_kind
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
@@ -22,6 +22,18 @@ REDIS_ONLY = frozenset(
     {"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "BROKER_HEARTBEAT_TIMEOUT"}
 )
 AMQP_ONLY = frozenset({"BROKER_CONSUMER_TIMEOUT"})
+#: Defaults that differ on RabbitMQ (docs/reliability.md, "RabbitMQ under stress"): a
+#: quorum queue applies prefetch per consumer, one consumer per queue, so a multiplier of
+#: 1 already holds 4 x WORKER_CONCURRENCY messages per process; and RabbitMQ 3.x counts
+#: every return as a delivery (a restart, a lost connection, a consumer timeout returns
+#: every message held, started or not), so the limit leaves room for those.
+AMQP_DEFAULTS = {"worker_prefetch_multiplier": 1, "broker_delivery_limit": 20}
+#: How soon RabbitMQ hands a dead worker process's jobs to another, as the lease counts it.
+#: A process that dies closes its connection and RabbitMQ redelivers at once; only a host
+#: that vanished without closing it waits for the heartbeat (`broker_heartbeat`, 30 s, in
+#: brokers/amqp.py). The lease follows the first, as on Redis (BROKER_HEARTBEAT_TIMEOUT's
+#: default): sized for the second, every crash would hold its keys for over 30 s.
+AMQP_LIVENESS_SECONDS = 5.0
 
 
 class WorkerSettings(RedisSettings):
@@ -37,6 +49,7 @@ class WorkerSettings(RedisSettings):
 
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     worker_concurrency: int = Field(32, ge=1, le=1000)
+    # 1 on RabbitMQ (AMQP_DEFAULTS).
     worker_prefetch_multiplier: int = Field(2, ge=1, le=100)
     worker_max_memory_per_child_kb: int = Field(512_000, ge=0)
 
@@ -47,8 +60,14 @@ class WorkerSettings(RedisSettings):
     freshness_from_upstream: bool = False
     freshness_upstream_max_age: float = Field(3600.0, ge=0)
     # The single-flight lease of a key: renewed by its holder while it fetches, so a dead
-    # holder delays the other jobs for that key by this much at most.
-    single_flight_lock_seconds: float = Field(4.0, ge=0.5, le=60)
+    # holder delays the other jobs for that key by this much at most. Unset: the broker's
+    # liveness timeout plus SINGLE_FLIGHT_TOLERATED_PAUSE_SECONDS (`lease_seconds`), so a
+    # holder the broker still believes alive keeps its lease through such a pause.
+    single_flight_lock_seconds: float | None = Field(None, ge=0.5, le=600)
+    # The pause of Redis or of a worker (a stall, a failover) a lease outlives. Renewed
+    # every third, a lease has two thirds of (liveness + pause) left when a pause begins:
+    # more than the pause while the pause is at most twice the liveness.
+    single_flight_tolerated_pause_seconds: float = Field(3.0, ge=0, le=300)
     # How long a job waits in its thread for another job's fetch before it is deferred
     # (the thread serves other keys meanwhile).
     single_flight_wait_seconds: float = Field(1.0, ge=0, le=30)
@@ -72,8 +91,9 @@ class WorkerSettings(RedisSettings):
     # half of this old) puts the jobs it held back on their queues.
     broker_heartbeat_timeout: float = Field(5.0, ge=1, le=300)
     # Deliveries of one message, each ended without an acknowledgement (a dead worker, a
-    # reject with requeue; on Redis also the visibility timeout), before it is parked in
-    # its queue's `.dead` queue (or list, on Redis).
+    # reject with requeue; on RabbitMQ also a closed connection or channel, on Redis the
+    # visibility timeout), before it is parked in its queue's `.dead` queue (or list, on
+    # Redis). 20 on RabbitMQ (AMQP_DEFAULTS).
     broker_delivery_limit: int = Field(5, ge=1, le=1000)
     # RabbitMQ only: the server's `consumer_timeout` in seconds (RabbitMQ's default is
     # 30 minutes). A delivery unacknowledged for longer closes the worker's channel, so it
@@ -83,6 +103,16 @@ class WorkerSettings(RedisSettings):
 
     events_stream_maxlen: int = Field(100_000, ge=100)
     failures_stream_maxlen: int = Field(100_000, ge=100)
+    # One failure record's size at most (its longest fields are cut past it).
+    failure_record_max_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    # Failure records kept in the process while Redis cannot take them (then counted).
+    failure_buffer_size: int = Field(1000, ge=0, le=100_000)
+    # Where the results Redis has replicas, a write waits up to this long for one to
+    # have it (`WAIT 1`), and the job is retried if none does; 0 never waits.
+    result_replica_wait_ms: int = Field(1000, ge=0, le=60_000)
+    # A removed result's tombstone (its fence, so that a late write is refused) expires
+    # after this long.
+    result_tombstone_seconds: int = Field(86_400, ge=60)
 
     # Beat: an interval of 0 removes the entry from the schedule.
     pokemon_catalog: Annotated[list[str], NoDecode] = Field(
@@ -120,6 +150,16 @@ class WorkerSettings(RedisSettings):
             raise ValueError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rabbitmq_defaults(cls, data: object) -> object:
+        """On RabbitMQ, AMQP_DEFAULTS replace the defaults an operator did not set."""
+        if isinstance(data, dict):
+            url = data.get("celery_broker_url")
+            if isinstance(url, str) and url and broker_kind(url) == "amqp":
+                return {**AMQP_DEFAULTS, **data}
+        return data
+
     @model_validator(mode="after")
     def _broker_settings_fit_the_broker(self) -> WorkerSettings:
         kind = broker_kind(self.broker_url)
@@ -142,13 +182,14 @@ class WorkerSettings(RedisSettings):
                     "countdown is delivered twice"
                 )
         else:
-            needed = self.task_time_limit * (1 + self.worker_prefetch_multiplier)
+            needed = self.task_time_limit * (1 + self.prefetched_per_thread)
             if self.broker_consumer_timeout <= needed:
                 raise ValueError(
                     f"BROKER_CONSUMER_TIMEOUT ({self.broker_consumer_timeout}s) must exceed "
-                    f"TASK_TIME_LIMIT x (1 + WORKER_PREFETCH_MULTIPLIER) = {needed:g}s: a "
-                    "prefetched job may wait behind that many others before it runs; raise "
-                    "RabbitMQ's consumer_timeout and this setting together"
+                    f"TASK_TIME_LIMIT x (1 + {len(ALL_QUEUES)} queues x "
+                    f"WORKER_PREFETCH_MULTIPLIER) = {needed:g}s: a prefetched job may wait "
+                    "behind that many others per thread before it runs; raise RabbitMQ's "
+                    "consumer_timeout and this setting together"
                 )
         return self
 
@@ -168,6 +209,13 @@ class WorkerSettings(RedisSettings):
             result_backend=self.celery_result_backend,
             beat_retry_seconds=self.beat_lock_timeout,
         )
+
+    @property
+    def prefetched_per_thread(self) -> int:
+        """Jobs a thread may have queued behind its running one on RabbitMQ: a quorum
+        queue's prefetch (concurrency x multiplier) applies per consumer, and the worker
+        has one consumer per queue."""
+        return len(ALL_QUEUES) * self.worker_prefetch_multiplier
 
     @property
     def largest_countdown(self) -> float:
@@ -213,6 +261,28 @@ class WorkerSettings(RedisSettings):
     def result_backend(self) -> str:
         url: str = self.celery_connection.settings["result_backend"]
         return url
+
+    @property
+    def broker_liveness_seconds(self) -> float:
+        """How long the broker goes on believing a silent worker process alive: the Redis
+        transport's heartbeat timeout, or on RabbitMQ `AMQP_LIVENESS_SECONDS`."""
+        if broker_kind(self.broker_url) == "redis":
+            return self.broker_heartbeat_timeout
+        return AMQP_LIVENESS_SECONDS
+
+    @property
+    def lease_seconds(self) -> float:
+        """The single-flight lease: SINGLE_FLIGHT_LOCK_SECONDS, or the broker's liveness
+        plus the tolerated pause."""
+        if self.single_flight_lock_seconds is not None:
+            return self.single_flight_lock_seconds
+        return self.broker_liveness_seconds + self.single_flight_tolerated_pause_seconds
+
+    @property
+    def lease_renewal_timeout(self) -> float:
+        """A renewal's socket timeout: a twelfth of the lease (renewals are due every
+        third), between 0.1 and 2 s."""
+        return min(2.0, max(0.1, self.lease_seconds / 12))
 
     @property
     def upstream_max_age(self) -> float | None:

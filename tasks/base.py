@@ -29,7 +29,7 @@ from brokers import ALL_QUEUES, broker_module
 from settings import get_worker_settings
 from tasks.errors import InvalidInput, RetriesExhausted
 from tasks.runtime import get_runtime
-from tasks.single_flight import job_began_at
+from tasks.single_flight import JobStart, job_began_at
 from telemetry.metrics import FAILURES_RECORDED, TASK_RETRIES
 from telemetry.redact import redact
 
@@ -37,8 +37,8 @@ log = logging.getLogger("tasks")
 
 # A message header counting the job's deferrals, carried from one delivery to the next.
 DEFERRALS_HEADER = "apiworker_deferrals"
-# When the job first ran (epoch ms), carried by its deferrals: a result stored since then
-# is fresh enough for it, whatever FRESHNESS_MAX_AGE says.
+# When the job first ran (epoch ms, Redis's clock), carried by its deferrals: a result
+# stored since then is fresh enough for it, whatever FRESHNESS_MAX_AGE says.
 BEGAN_HEADER = "apiworker_began_ms"
 
 
@@ -108,10 +108,11 @@ def home_queue(request: Any) -> str | None:
     return name if name in ALL_QUEUES else None
 
 
-def began_at(request: Any) -> float:
-    """When this job first ran: its deferrals' header, else now (epoch seconds)."""
+def began_at(request: Any) -> float | None:
+    """When this job first ran, on the results Redis's clock (epoch seconds): its
+    deferrals' header; None on its first run (its first claim reads Redis's `TIME`)."""
     value = (getattr(request, "headers", None) or {}).get(BEGAN_HEADER)
-    return value / 1000 if isinstance(value, int) and value > 0 else time.time()
+    return value / 1000 if isinstance(value, int) and value > 0 else None
 
 
 #: Failures that are a job's answer, not a fault: their spans carry no stack trace.
@@ -132,7 +133,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()
-        began = job_began_at.set(began_at(self.request))
+        began = job_began_at.set(JobStart(began_at(self.request)))
         try:
             return super().__call__(*args, **kwargs)
         except HeldBack as exc:
@@ -201,11 +202,10 @@ class UpstreamTask(Task):  # type: ignore[misc]
             deferrals + 1,
             type(exc).__name__,
         )
-        headers = {
-            **own_headers(self.request),
-            DEFERRALS_HEADER: deferrals + 1,
-            BEGAN_HEADER: int((job_began_at.get() or time.time()) * 1000),
-        }
+        headers = {**own_headers(self.request), DEFERRALS_HEADER: deferrals + 1}
+        job = job_began_at.get()
+        if job is not None and job.at is not None:  # set by its first claim, Redis's clock
+            headers[BEGAN_HEADER] = int(job.at * 1000)
         raise self.retry(
             exc=exc,
             countdown=countdown,
@@ -229,13 +229,11 @@ class UpstreamTask(Task):  # type: ignore[misc]
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        """Leave a record of every permanent failure: no job vanishes silently."""
+        """Leave a record of every permanent failure: no job vanishes silently. When
+        Redis cannot take it, the process keeps it and writes it later (tasks/failures.py)."""
         record = failure_record(self.name, task_id, args, kwargs, exc, self.request.retries + 1)
-        try:
-            get_runtime().store.record_failure(record)
-        except Exception:
-            log.exception("could not record the failure of task=%s id=%s", self.name, task_id)
-            return
+        runtime = get_runtime()
+        runtime.failures.record(runtime.store.record_failure, record)
         FAILURES_RECORDED.labels(self.name, type(exc).__name__).inc()
 
 

@@ -70,12 +70,14 @@ def refresh_batch(
     outcome = BatchOutcome()
     settings = runtime.settings
     freshness = Freshness(settings.freshness_max_age, settings.upstream_max_age)
-    started = now()
-    stored = store.stored_many(KIND, names)
+    # Redis's time, the stored metadata and a fence per name, before any fetch: a result
+    # fetched here is refused over one a later fetch stored (tasks/store.py).
+    batch = store.begin_many(KIND, names)
+    started, stored = batch.started, batch.stored
     fresh = {
         name
         for name, meta in stored.items()
-        if meta.fetched_at >= started - freshness.window(meta.max_age)
+        if meta.stored_at >= started - freshness.window(meta.max_age)
     }
     outcome.fresh = [name for name in names if name in fresh]
     wanted = [name for name in names if name not in fresh]
@@ -85,16 +87,20 @@ def refresh_batch(
         try:
             validators = known.validators if known is not None else None
             payload = client.get_pokemon(name, validators=validators)
+            fence = batch.fences.get(name, 0)
             if payload.not_modified:
                 return Unchanged(
-                    KIND, name, now(), payload.etag, payload.last_modified, payload.max_age
-                )
+                    KIND, name, now(), payload.etag, payload.last_modified, payload.max_age,
+                    fence=fence,
+                )  # fmt: skip
             summary = pokemon_summary(payload.data)
         except (UpstreamError, InvalidPayload, InvalidInput) as exc:
             return exc
         return Fetched(
             KIND, summary["name"], summary, now(), payload.etag, payload.last_modified,
             alias=str(summary["id"]), max_age=payload.max_age,
+            # The fence is the asked name's; one stored under another name takes its own.
+            fence=fence if summary["name"] == name else 0,
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(wanted)))) as pool:
@@ -113,7 +119,8 @@ def refresh_batch(
             defer(name)
             outcome.deferred.append(name)
         else:
-            store.record_failure(failure_record(SINGLE_TASK, task_id, [name], {}, result, 1))
+            record = failure_record(SINGLE_TASK, task_id, [name], {}, result, 1)
+            runtime.failures.record(store.record_failure, record)
             outcome.failed.append(name)
     if results:
         applied = store.apply_many(results, task_id)

@@ -63,8 +63,42 @@ def sync_every(task_id: str, *, runtime: Runtime, client: CmsAPI) -> dict[str, A
     gone = [item.ident for item, how in zip(items, applied, strict=True) if how == "gone"]
     refetched = [_whole_article(client, slug) for slug in gone]
     written = applied.count("written") + store.write_many(refetched, task_id)
+    removed = _remove_unlisted(runtime, pages, offset)
     store.write_pages(KIND, pages)
-    return {"articles": len(items), "written": written, "revalidated": applied.count("revalidated")}
+    return {
+        "articles": len(items),
+        "written": written,
+        "revalidated": applied.count("revalidated"),
+        "removed": removed,
+    }
+
+
+def _remove_unlisted(runtime: Runtime, pages: list[Page], end: int) -> int:
+    """Remove the articles the list no longer has, and the pages past its new end.
+
+    What the pages listed last time (the pages just fetched, as they were stored, and
+    any stored page past the list's end now: it shrank) less what they list now. Each
+    removal leaves a `removed=1` event (tasks/store.py).
+    """
+    store = runtime.store
+    listed = {slug for page in pages for slug in page.idents}
+    before: set[str] = set()
+    for page in pages:
+        known = store.read_page(KIND, page.page)
+        if known is not None:
+            before.update(known.idents)
+    stale: list[str] = []
+    offset = max(end, len(pages) * PAGE_SIZE)
+    while (known := store.read_page(KIND, f"{offset}:{PAGE_SIZE}")) is not None:
+        before.update(known.idents)
+        stale.append(known.page)
+        offset += PAGE_SIZE
+    unlisted = sorted(before - listed)
+    removed = store.remove(
+        KIND, unlisted, tombstone_seconds=runtime.settings.result_tombstone_seconds
+    )
+    store.remove_pages(KIND, stale)
+    return removed
 
 
 def _whole_article(client: CmsAPI, slug: str) -> Fetched:

@@ -16,12 +16,16 @@ class Keys:
         return f"{self.prefix}{kind}:{ident}"
 
     def meta(self, kind: str, ident: str) -> str:
-        """A hash beside the value: fetched_at, task_id, etag, last_modified."""
+        """A hash beside the value: fence, stored_ms, fetched_at_ms, task_id, validators."""
         return f"{self.prefix}meta:{kind}:{ident}"
 
     def page(self, kind: str, page: str) -> str:
         """The validators and ids of one list page, for a conditional fetch of it."""
         return f"{self.prefix}meta:{kind}-page:{page}"
+
+    def fence(self, kind: str, ident: str) -> str:
+        """The fence counter of one result: each fetch of it takes the next number."""
+        return f"{self.prefix}fence:{kind}:{ident}"
 
     def lock(self, kind: str, ident: str) -> str:
         """The single-flight lock of one result."""

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 import redisconn
 from settings import WorkerSettings, get_worker_settings
+from tasks.failures import FailureBuffer
 from tasks.keys import Keys
 from tasks.store import ResultStore
 
@@ -21,9 +22,13 @@ RESULT_WRITE_RETRIES = 8
 class Runtime:
     settings: WorkerSettings
     store: ResultStore
+    #: Failure records kept while Redis cannot take them (tasks/failures.py).
+    failures: FailureBuffer = field(default_factory=lambda: FailureBuffer(1000))
 
     @classmethod
     def build(cls, settings: WorkerSettings, client: redis.Redis | None = None) -> Runtime:
+        """The runtime of `settings`; a given `client` (tests) serves leases too."""
+        lease_client = None if client is not None else cls.lease_client(settings)
         client = client or redisconn.client(
             settings.redis,
             health_check_interval=30,
@@ -40,8 +45,27 @@ class Runtime:
             Keys(settings.result_key_prefix),
             events_maxlen=settings.events_stream_maxlen,
             failures_maxlen=settings.failures_stream_maxlen,
+            lease_client=lease_client,
+            replica_wait_ms=settings.result_replica_wait_ms,
+            failure_max_bytes=settings.failure_record_max_bytes,
         )
-        return cls(settings=settings, store=store)
+        return cls(
+            settings=settings, store=store, failures=FailureBuffer(settings.failure_buffer_size)
+        )
+
+    @staticmethod
+    def lease_client(settings: WorkerSettings) -> redis.Redis:
+        """The client of lease renewals: a short timeout and no retries. A renewal
+        answered after its lease ran out is worth nothing, and one sent again after a
+        timeout would extend a lease counted from the first (tasks/lease.py)."""
+        return redisconn.client(
+            settings.redis,
+            health_check_interval=30,
+            socket_timeout=settings.lease_renewal_timeout,
+            socket_connect_timeout=settings.lease_renewal_timeout,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
+        )
 
 
 _lock = threading.Lock()

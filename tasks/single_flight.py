@@ -5,7 +5,10 @@ window and, failing that, for the key's lock. The lock is a short lease
 (`SINGLE_FLIGHT_LOCK_SECONDS`) that this process renews while the fetch runs, as
 Redisson's lock watchdog does: a holder that dies stops renewing, so the others are
 delayed by one lease at most, not by the longest fetch it might have made. The holder
-writes its result and gives the lease up in one more round trip.
+writes its result and gives the lease up in one more round trip. The claim also gives
+the holder a fence, which its write carries: a holder whose lease lapsed (Redis paused,
+the process stalled) may still finish its fetch, but its write is refused once a later
+holder has written (tasks/store.py).
 
 A job that finds the lease taken waits in its thread only briefly
 (`SINGLE_FLIGHT_WAIT_SECONDS`) for a result stored after it began. If none arrives, it
@@ -33,16 +36,25 @@ from apis.errors import HeldBack
 from tasks.lease import LEASES
 from tasks.outcome import note_revalidation
 from tasks.runtime import Runtime
-from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, now
+from tasks.store import GONE, Claim, Fetched, Freshness, ResultStore, Unchanged, now
 from telemetry import tracing
 from telemetry.metrics import FRESHNESS_HITS, SINGLE_FLIGHT_WAITS
 
 POLL_SECONDS = 0.02
 
 
-#: When the current job first ran (epoch seconds): a deferred job that comes back keeps
-#: it, so a result another job stored meanwhile still counts as fresh for it.
-job_began_at: ContextVar[float | None] = ContextVar("job_began_at", default=None)
+@dataclass
+class JobStart:
+    """When the current job first ran, in epoch seconds on the results Redis's clock:
+    its deferrals' header, else (None until then) its first claim's `TIME`."""
+
+    at: float | None = None
+
+
+#: The running job's start (tasks/base.py sets one per execution): a deferred job that
+#: comes back keeps it, so a result another job stored meanwhile still counts as fresh
+#: for it. Outside a job there is none, and each `fetch_once` begins afresh.
+job_began_at: ContextVar[JobStart | None] = ContextVar("job_began_at", default=None)
 
 
 class SingleFlightBusy(HeldBack):
@@ -80,18 +92,26 @@ def fetch_once(
     another job's fetch outlasts `wait_seconds`.
     """
     freshness = Freshness(max_age, upstream_max_age)
-    started = job_began_at.get() or now()
+    job = job_began_at.get()
+    started = job.at if job is not None else None
     token = uuid.uuid4().hex
     deadline = time.monotonic() + wait_seconds
     waited = False
     while True:
+        sent_at = time.monotonic()
         claim = store.claim(
             kind, ident, started=started, freshness=freshness, token=token, ttl=lock_seconds
         )
+        if started is None:
+            # The job's start on Redis's clock: later claims, and its deferrals, keep it.
+            started = claim.started
+            if job is not None:
+                job.at = started
         if claim.state == "fresh":
             if not waited:
                 FRESHNESS_HITS.labels(kind).inc()
                 tracing.add_event(tracing.FRESHNESS_HIT, {"apiworker.result.kind": kind})
+            store.confirm_read(kind, ident)
             return claim.value
         if claim.state == "owner":
             break
@@ -105,33 +125,38 @@ def fetch_once(
                 retry_after=max(claim.lease_left, POLL_SECONDS),
             )
         time.sleep(POLL_SECONDS)
-    lock = (store.keys.lock(kind, ident), token)
-    with LEASES.holding(store.leases, lock[0], token, lock_seconds):
+    lock = (store.keys.lock(kind, ident), claim.lock_value)
+    with LEASES.holding(store.leases, lock[0], claim.lock_value, lock_seconds, sent_at=sent_at):
         try:
-            return _fetch_and_write(store, fetch, claim.validators, task_id, lock)
+            return _fetch_and_write(store, fetch, claim, task_id, lock)
         except BaseException:
             store.leases.release(*lock)
             raise
 
 
 def _fetch_and_write(
-    store: ResultStore,
-    fetch: Fetch,
-    validators: Validators | None,
-    task_id: str,
-    lock: tuple[str, str],
+    store: ResultStore, fetch: Fetch, claim: Claim, task_id: str, lock: tuple[str, str]
 ) -> Any:
-    """Fetch (conditionally when `validators`), then write or revalidate, releasing `lock`."""
-    result = fetch(validators)
-    if validators is not None:
+    """Fetch (conditionally when the claim gave validators), then write or revalidate
+    under the claim's fence, releasing `lock` in the same call.
+
+    When a revalidation finds the value gone, the lock is still held (the script keeps
+    it): the whole fetch runs under it, and its write releases it.
+    """
+    result = fetch(claim.validators)
+    if claim.validators is not None:
         note_revalidation(modified=not isinstance(result, Unchanged))
     if isinstance(result, Unchanged):
-        value = store.revalidate(result, task_id, release=lock)
+        value = store.revalidate(result, task_id, release=lock, fence=claim.fence)
         if value is not GONE:
             return value
         result = _whole(fetch(None))  # the stored value vanished since the claim
-    store.write(result, task_id, release=lock)
-    return result.value
+    if store.write(result, task_id, release=lock, fence=claim.fence):
+        return result.value
+    # Refused: a later fetch (this lease lapsed meanwhile) stored a newer result, and
+    # that one is the answer, as the store holds it.
+    newer = store.read(result.kind, result.ident)
+    return newer[0] if newer is not None else result.value
 
 
 def _whole(result: Fetched | Unchanged) -> Fetched:
@@ -194,7 +219,7 @@ class FetchOnceJob(Generic[V]):
             partial(self.fetch, client, ident),
             task_id=task_id,
             max_age=settings.freshness_max_age,
-            lock_seconds=settings.single_flight_lock_seconds,
+            lock_seconds=settings.lease_seconds,
             wait_seconds=settings.single_flight_wait_seconds,
             upstream_max_age=settings.upstream_max_age,
         )

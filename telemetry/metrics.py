@@ -62,7 +62,8 @@ CIRCUIT_REJECTIONS = Counter(
 TASK_RETRIES = Counter("apiworker_task_retries", "Celery-level retries of jobs, by task.", ["task"])
 FAILURES_RECORDED = Counter(
     "apiworker_failures_recorded",
-    "Permanent job failures written to the failure stream.",
+    "Permanent job failures recorded: written to the failure stream, or kept by the worker "
+    "until Redis takes them (apiworker_failures_buffered).",
     ["task", "error"],
 )
 
@@ -76,6 +77,22 @@ SINGLE_FLIGHT_WAITS = Counter(
     "apiworker_single_flight_waits",
     "Jobs that waited for another job fetching the same key.",
     ["kind"],
+)
+
+# Results under stress (tasks/lease.py, tasks/failures.py).
+LEASES_LOST = Counter(
+    "apiworker_single_flight_leases_lost",
+    "Single-flight leases lost while their fetch ran: taken (a renewal found another "
+    "holder or none) or expired (not renewed in time: Redis slow or away).",
+    ["reason"],
+)
+FAILURES_BUFFERED = Counter(
+    "apiworker_failures_buffered",
+    "Failure records kept in the process because Redis did not answer (written later).",
+)
+FAILURES_DROPPED = Counter(
+    "apiworker_failures_dropped",
+    "Failure records lost because the process's buffer of unwritten ones was full.",
 )
 
 # One per job outcome (worker/observability.py).

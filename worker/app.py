@@ -11,6 +11,7 @@ import sys
 from celery import Celery
 
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
+from redisconn.celery_config import failover_order
 from redisconn.settings import url_passwords
 from settings import ConfigurationError, checked_settings
 from settings.errors import USAGE_EXIT_CODE
@@ -62,6 +63,8 @@ transport_options = {
 app = Celery("worker", include=list(TASK_MODULES))
 # Each result stored in one Redis round trip, Celery's key, value and message unchanged.
 app.backend_cls = result_backend.backend_class(settings.result_backend)
+# On RabbitMQ every publish waits a bounded time for its confirm (brokers/amqp.py).
+app.amqp_cls = getattr(broker, "AMQP_CLASS", app.amqp_cls)
 app.conf.update(
     **connection.settings,
     # JSON only, the routes and the default queue: what every sender shares with the
@@ -88,7 +91,8 @@ app.conf.update(
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_time_limit,
     # I/O-bound jobs: a few messages in hand per thread keep threads busy without
-    # hoarding work a second worker could take. CFG#worker-prefetch-multiplier
+    # hoarding work a second worker could take. On RabbitMQ it applies per queue (1 by
+    # default there: settings/worker.py). CFG#worker-prefetch-multiplier
     worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
     worker_pool=settings.worker_pool,
     worker_concurrency=settings.worker_concurrency,
@@ -102,8 +106,10 @@ app.conf.update(
     # them rather than run them twice, where the pool can stop a running job (prefork,
     # gevent, eventlet). The threads pool cannot (a thread cannot be killed: Celery logs
     # a NotImplementedError traceback per job and the job runs on), so there the job
-    # finishes, its late ack fails with the dead connection, and it runs once more:
-    # harmless for these idempotent jobs. CFG#worker-cancel-long-running-tasks-on-connection-loss
+    # finishes and its late ack fails with the dead connection; jobs it had not started
+    # are cancelled (worker/pending_jobs.py), and on RabbitMQ the redelivery of one that
+    # succeeded is not run again (brokers/amqp.py).
+    # CFG#worker-cancel-long-running-tasks-on-connection-loss
     worker_cancel_long_running_tasks_on_connection_loss=settings.worker_pool
     in ("prefork", "gevent", "eventlet"),
     # Wait for Redis at start instead of crashing (Celery 6 changes the default).
@@ -129,6 +135,9 @@ app.conf.update(
     worker_consumer="worker.consumer:RecordingConsumer",
     **{**broker_conf, **transport_options},
 )
+# Each worker tries the nodes of a RabbitMQ failover list in its own order, so
+# connections and the leaders of the queues they declare spread over the cluster.
+app.conf.broker_url = failover_order(app.conf.broker_url)
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for
 # their side effect.

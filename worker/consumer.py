@@ -8,6 +8,9 @@ rejected without requeueing: on RabbitMQ that dead-letters it to its queue's `.d
 queue, where `apiworker dead-letters` lists and replays it; on Redis it is removed (its
 record keeps what was readable of it). The worker then goes on with the next message.
 
+When the RabbitMQ connection is lost, jobs the threads pool holds but has not started
+are cancelled, not run beside their redelivery (worker/pending_jobs.py).
+
 Each time it connects, the consumer lets its broker prepare (on RabbitMQ: declare the
 dead-letter exchange and queues, so a rejected message always has somewhere to go).
 
@@ -29,13 +32,14 @@ from celery.utils.objects import Bunch
 from celery.worker import state
 from celery.worker.consumer import Consumer
 
-from brokers import amqp_delivery, broker_module, dead_letter_queue, redis_transport
+from brokers import amqp_delivery, broker_kind, broker_module, dead_letter_queue, redis_transport
 from brokers.redis import parked_message
 from settings import get_worker_settings
 from tasks.base import failure_record
 from tasks.runtime import get_runtime
 from telemetry.metrics import FAILURES_RECORDED
 from telemetry.redact import redact
+from worker import pending_jobs
 
 log = logging.getLogger("worker.consumer")
 
@@ -75,6 +79,27 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         # RabbitMQ's delayed delivery set up once per connection, not once per URL of a
         # failover list (brokers/amqp_delivery.py says why).
         default_steps = amqp_delivery.consumer_steps(Consumer.Blueprint.default_steps)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # On RabbitMQ only, where the server itself delivers every unacknowledged
+        # message again once the connection is gone. (The Redis transport keeps a live
+        # worker's messages in its own hands: brokers/redis_transport.py.)
+        amqp = broker_kind(get_worker_settings().broker_url) == "amqp"
+        self.pending_jobs = pending_jobs.track(self.pool) if amqp else None
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """Jobs the threads pool holds but has not started are cancelled before the
+        broker delivers them again (worker/pending_jobs.py says why)."""
+        if self.pending_jobs is not None:
+            cancelled = self.pending_jobs.cancel_unstarted()
+            if cancelled:
+                log.warning(
+                    "broker connection lost: %d job(s) not started yet cancelled; the broker "
+                    "delivers them again",
+                    cancelled,
+                )
+        super().on_connection_error_after_connected(exc)
 
     def connect(self) -> Any:
         redis_transport.free_slots = self._free_slots

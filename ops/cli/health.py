@@ -146,7 +146,7 @@ def cluster_checks(services: Services) -> list[Check]:
     if view is None:
         return []
     ok, detail = rabbitmq_cli.node_line(view)
-    lines = rabbitmq_cli.queue_lines(view)
+    lines = rabbitmq_cli.queue_lines(view, services.settings.broker_delivery_limit)
     return [Check("cluster", ok, detail), *(Check("queue", ok, line) for ok, line in lines)]
 
 

@@ -1,13 +1,17 @@
 """A RabbitMQ node dies under a working cluster: the worker and producers fail over.
 
 Three private nodes in one cluster (tests/support/rabbit_cluster.py), the worker and the
-producer given the failover URL `amqp://…@n1/v;amqp://…@n2/v;amqp://…@n3/v` with a user
-of this test's own whose password is unique. Jobs flow with 100 ms of upstream latency;
-node 1 (the one both are connected to, and the leader of every queue, which it declared)
-is SIGKILLed. Asserted: every queue had a replica on each node; a new leader is elected
-on a surviving node; the same worker process consumes again from another node and every
-job is stored (none lost; only jobs in flight at the kill run twice) within the bound;
-jobs sent after the kill are accepted (the producer fails over too); `apiworker health`
+producer given the failover URL `amqp://…@n1/v;amqp://…@n2/v;amqp://…@n3/v` with an
+application user of this test's own (no tags, rights on its own queues and exchanges)
+whose password is unique. The worker tries the nodes in an order of its own and the
+policies place leaders balanced, so node 1 holds some of the connections and leaders,
+not all. Jobs flow with 100 ms of upstream latency; node 1 is SIGKILLed. Asserted:
+every queue had a replica on each node; a new leader is elected on a surviving node;
+the same worker process consumes on and every job is stored (none lost) within the
+bound; no publish, the producer's or the worker's own, ends as a failure record; each
+job's runs are counted (upstream calls with FRESHNESS_MAX_AGE=0, and the worker's
+outcome lines): only jobs in flight at the kill run twice; jobs sent after the kill are
+accepted (the producer fails over too); `apiworker health`
 and `apiworker queues` name the dead node and each queue's leader and members; the
 worker's log has no traceback for the expected connection loss; the password appears in
 no log, CLI output or metrics page. Then the killed node is started again (same name,
@@ -36,9 +40,12 @@ import requests
 from click.testing import CliRunner
 
 from brokers import ALL_QUEUES
+from brokers.amqp import APP_PERMISSION_PATTERN
 from ops.cli import cli
 from ops.producer import producer_app
 from tests.chaos.conftest import pokemon_names, scaled
+from tests.chaos.test_rabbit_stress import runs
+from tests.chaos.test_worker_killed import calls_per_name, settled_calls
 from tests.conftest import skip_without_rabbitmq
 from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import WorkerProcess, wait_for
@@ -74,14 +81,15 @@ def cluster() -> Iterator[RabbitCluster]:
 
 
 def add_user(cluster: RabbitCluster, vhost: str, password: str) -> str:
-    """A user of this test alone, with every right on `vhost`; its name."""
+    """An application user of this test alone, as the README sets one up: no tags, and
+    rights on `vhost`'s own queues and exchanges only; its name."""
     name = f"apiworker-{secrets.token_hex(4)}"
     base = f"http://127.0.0.1:{cluster.nodes[0].management_port}/api"
     auth = ("guest", "guest")
     requests.put(f"{base}/users/{name}", json={"password": password, "tags": ""},
                  auth=auth, timeout=10).raise_for_status()  # fmt: skip
     requests.put(f"{base}/permissions/{vhost}/{name}",
-                 json={"configure": ".*", "write": ".*", "read": ".*"},
+                 json=dict.fromkeys(("configure", "write", "read"), APP_PERMISSION_PATTERN),
                  auth=auth, timeout=10).raise_for_status()  # fmt: skip
     return name
 
@@ -111,6 +119,8 @@ def test_a_dead_node_costs_no_job_and_the_worker_consumes_on(
         CELERY_BROKER_URL=broker_url,
         CELERY_RESULT_BACKEND=with_db(redis_server_url, 12),
         METRICS_PORT=str(metrics_port),
+        # Every run of a job calls the upstream (none served from Redis): calls count runs.
+        FRESHNESS_MAX_AGE="0",
     )
     results = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
     results.flushdb()
@@ -126,21 +136,35 @@ def test_a_dead_node_costs_no_job_and_the_worker_consumes_on(
         for queue in ALL_QUEUES:  # a replica on every node before anything dies
             members = cluster.queue(vhost, queue)["members"]
             assert sorted(members) == sorted(n.name for n in cluster.nodes), (queue, members)  # type: ignore[arg-type]
-        for name in first:
-            producer.send_task(FETCH, args=[name])
+        jobs = {producer.send_task(FETCH, args=[name]).id: name for name in first}
         wait_for(lambda: results.exists(*keys(first)) >= 10, timeout=30, what="10 jobs stored")
 
         dead = cluster.nodes[0]
+        stored_at_kill = {name for name in first if results.exists(f"pokemon:{name}")}
         dead.kill()
         killed_at = time.monotonic()
+        # Started (each run calls first thing) and not stored: in flight at the kill.
+        in_flight = set(calls_per_name(sandbox)) - stored_at_kill
         nacked = 0
         for name in second:  # the producer fails over to a live node
-            nacked += send_retrying(producer, name)
+            sent, refused = send_retrying(producer, name)
+            jobs[sent] = name
+            nacked += refused
         published = time.monotonic() - killed_at
         wait_for(lambda: results.exists(*keys(names)) == len(set(names)),
                  timeout=RECOVERY_SECONDS, what="every job stored")  # fmt: skip
         recovered = time.monotonic() - killed_at
         assert worker.alive, "the worker process must serve on, not exit"
+        # No publish (the producer's, the worker's own) ended as a failure record, and
+        # only jobs in flight at the kill ran twice.
+        assert results.xlen("events:failures") == 0, results.xrange("events:failures")
+        calls = wait_for(lambda: settled_calls(sandbox), timeout=10, what="no more calls")
+        assert isinstance(calls, dict)
+        assert set(calls) == set(names)
+        counted = runs([worker.log()], jobs)
+        ran_twice = {name for name, count in counted.items() if count > 1}
+        ran_twice |= {name for name, count in calls.items() if count > 1}
+        assert ran_twice <= in_flight, ran_twice - in_flight
 
         leader = wait_for(lambda: cluster.queue(vhost, "celery").get("leader") != dead.name
                           and cluster.queue(vhost, "celery")["leader"],
@@ -175,6 +199,8 @@ def test_a_dead_node_costs_no_job_and_the_worker_consumes_on(
         rejoined = time.monotonic() - restarted_at
         print(
             f"node killed: sent={len(names)} stored={results.exists(*keys(names))} lost=0 "
+            f"failure-records=0 upstream-calls={sum(calls.values())} "
+            f"in-flight-at-kill={len(in_flight)} ran-twice={len(ran_twice)} "
             f"publishes-refused={nacked} second-half-published-in={published:.1f}s "
             f"recovered-in={recovered:.1f}s (bound {RECOVERY_SECONDS:g}s) new-leader={leader} "
             f"restarted: booted-in={booted:.1f}s running-in-cluster={running:.1f}s "
@@ -189,15 +215,15 @@ def test_a_dead_node_costs_no_job_and_the_worker_consumes_on(
             cluster.nodes[0].start()
 
 
-def send_retrying(producer: Any, name: str) -> int:
-    """Send a job, trying again every 0.5 s while RabbitMQ refuses it (a queue whose
-    leader died nacks publishes until a new one is elected); the refusals."""
+def send_retrying(producer: Any, name: str) -> tuple[str, int]:
+    """Send a job, trying again every 0.5 s while RabbitMQ refuses it beyond the
+    producer's own retry policy (a queue whose leader died nacks publishes until a new
+    one is elected); its id and the refusals that reached this loop."""
     deadline = time.monotonic() + PUBLISH_RETRY_SECONDS
     refused = 0
     while True:
         try:
-            producer.send_task(FETCH, args=[name])
-            return refused
+            return producer.send_task(FETCH, args=[name]).id, refused
         except kombu.exceptions.OperationalError:
             refused += 1
             if time.monotonic() > deadline:

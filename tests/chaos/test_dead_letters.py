@@ -79,7 +79,11 @@ def test_unreadable_messages_are_parked_and_listed(deploy, sandbox: Any) -> None
     assert {entry["reason"] for entry in found} == {"rejected"}  # type: ignore[union-attr]
     assert "tasks.pokemon.no_such_task" in {entry["task"] for entry in found}  # type: ignore[union-attr]
     assert len(parked()) == 2  # listing leaves them where they are
-    wait_for(deployment.drained, timeout=10, what="the queues drained")
+    # ...and costs no delivery: a message returned unacknowledged counts one on RabbitMQ.
+    deliveries = sorted((entry["task_id"], entry["deliveries"]) for entry in parked())
+    for _ in range(3):
+        assert sorted((entry["task_id"], entry["deliveries"]) for entry in parked()) == deliveries
+    wait_for(lambda: jobs_drained(deployment), timeout=10, what="the queues drained")
 
 
 def test_a_job_that_keeps_killing_its_workers_is_parked_then_replayed(
@@ -145,6 +149,13 @@ def test_a_job_that_keeps_killing_its_workers_is_parked_then_replayed(
         assert json.loads(record["args"]) == ["mew"]
     else:
         assert deployment.failures() == []
+
+
+def jobs_drained(deployment: Deployment) -> bool:
+    """No job waiting or taken in any queue but the `.dead` ones, which keep the parked."""
+    assert deployment.rabbit is not None
+    counts = deployment.rabbit.queue_counts(deployment.env["CELERY_BROKER_URL"])
+    return not any(sum(pair) for name, pair in counts.items() if not name.endswith(".dead"))
 
 
 def parked_entries(deployment: Deployment) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from sandbox.pokeapi import load_catalogue
 from tests.chaos.conftest import FAILURES, FETCH, pokemon_names, scaled
 from tests.integration.conftest import worker_environment
 from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.rabbitmq import RabbitServer
 from tests.support.redis_server import RedisServer
 from tests.support.sentinel import MASTER_NAME, SentinelDeployment
 
@@ -290,3 +291,70 @@ def test_a_sentinel_failover_keeps_the_worker_and_beat_and_accounts_for_every_jo
         worker.stop()
         producer.close()
         results.close()
+
+
+def test_on_rabbitmq_every_acknowledged_result_survives_a_sentinel_failover(
+    sentinel_deployment: SentinelDeployment, sandbox: Any, rabbit_server: RabbitServer
+) -> None:
+    """RabbitMQ as the broker (its acknowledgements survive the failover), results in
+    Redis behind Sentinel: the master is SIGKILLed under load, and every job the worker
+    reported done is readable from the promoted replica (each write waited for it)."""
+    deployment = sentinel_deployment
+    vhost = rabbit_server.create_vhost()
+    env = {**sentinel_environment(deployment, sandbox), "CELERY_BROKER_URL": vhost}
+    env.pop("POKEMON_REFRESH_INTERVAL")  # no beat here
+    producer = Celery("producer", broker=vhost)
+    producer.conf.update(
+        task_serializer="json",
+        task_default_queue_type="quorum",
+        broker_transport_options={"confirm_publish": True},
+    )
+    results = results_client(deployment)
+    worker = WorkerProcess(env, concurrency=4)
+    try:
+        worker.start(producer)
+        sandbox.latency = 0.05
+        names = pokemon_names(scaled(60))
+        half = len(names) // 2
+        for name in names[:half]:
+            producer.send_task(FETCH, args=[name])
+        wait_for(lambda: len(succeeded_names(worker)) > 3, timeout=30, what="jobs flowing")
+        old_port = deployment.kill_master()
+        for name in names[half:]:
+            producer.send_task(FETCH, args=[name])
+        deployment.wait_promoted(old_port, timeout=30)
+
+        def stored() -> set[str]:
+            try:
+                return {key.removeprefix("pokemon:") for key in results.keys("pokemon:*")}
+            except redis.RedisError:
+                return set()
+
+        def recorded() -> set[str]:
+            try:
+                return {json.loads(f["args"])[0] for _, f in results.xrange(FAILURES)}
+            except redis.RedisError:
+                return set()
+
+        wait_for(
+            lambda: set(names) <= stored() | recorded(),
+            timeout=90,
+            interval=0.5,
+            what=f"every job stored or recorded (worker log {worker.log_path})",
+        )
+        acknowledged = succeeded_names(worker)
+        # The promise: a job acknowledged on RabbitMQ left its result on a replica, so
+        # the promoted one has it. Without the replica wait a job could be acked here
+        # and its result gone with the old master, with no record.
+        assert acknowledged <= stored(), sorted(acknowledged - stored())
+        assert set(names) <= stored() | recorded()
+        print(
+            f"sentinel failover on rabbitmq: sent={len(names)} acknowledged={len(acknowledged)} "
+            f"stored={len(stored() & set(names))} recorded={len(recorded())} "
+            f"retried_for_the_replica={worker.log().count('error=ReplicaNotConfirmed')}"
+        )
+    finally:
+        worker.stop()
+        producer.close()
+        results.close()
+        rabbit_server.delete_vhost(vhost)

@@ -190,10 +190,12 @@ def test_the_documented_rabbitmq_urls_name_every_node_and_policies_run_first(
     compose: dict[str, Any],
 ) -> None:
     """The header's broker and management URLs list the three nodes (a failover list the
-    worker accepts); the policy service applies the policies before any worker starts."""
+    worker accepts); the policy service waits for the three nodes, applies the policies
+    and grants the application user before any worker starts; the administrator's
+    management URL goes to the policy service alone."""
     documented = rabbit_header_environment()
     broker_urls = documented["CELERY_BROKER_URL"].split(";")
-    management_urls = documented["RABBITMQ_MANAGEMENT_URL"].split(";")
+    management_urls = documented["RABBITMQ_ADMIN_MANAGEMENT_URL"].split(";")
     assert [url.split("@")[1].split(":")[0] for url in broker_urls] == list(RABBIT_NODES)
     assert [url.split("@")[1].split(":")[0] for url in management_urls] == list(RABBIT_NODES)
     assert {url.rsplit("/", 1)[1] for url in broker_urls} == {"apiworker"}
@@ -202,9 +204,34 @@ def test_the_documented_rabbitmq_urls_name_every_node_and_policies_run_first(
     )
     assert settings.broker_url == documented["CELERY_BROKER_URL"]
     policy = compose["services"]["rabbitmq-policy"]
-    assert policy["command"] == ["apiworker", "rabbitmq", "apply-policy"]
-    assert policy["depends_on"]["rabbitmq-1"]["condition"] == "service_healthy"
+    assert policy["command"][:3] == ["apiworker", "rabbitmq", "apply-policy"]
+    assert policy["command"][3:] == ["--wait-nodes", "3", "--grant-app-user"]
+    for node in RABBIT_NODES:
+        assert policy["depends_on"][node]["condition"] == "service_healthy"
+    admin = "${RABBITMQ_ADMIN_MANAGEMENT_URL:-}"
+    assert policy["environment"]["RABBITMQ_MANAGEMENT_URL"] == admin
+    app_user = broker_urls[0].split("//", 1)[1].split(":", 1)[0]
+    admin_user = management_urls[0].split("//", 1)[1].split(":", 1)[0]
+    assert app_user != admin_user
+    assert compose["services"][RABBIT_NODES[0]]["environment"]["RABBITMQ_DEFAULT_USER"] == (
+        admin_user
+    )
+    for name, service in compose["services"].items():
+        if name != "rabbitmq-policy":
+            assert admin not in str(service.get("environment", {})), name
     for name in ("worker", "beat", "flower"):
         assert compose["services"][name]["depends_on"]["rabbitmq-policy"]["condition"] == (
             "service_completed_successfully"
         )
+
+
+def test_the_rabbitmq_cluster_balances_leaders_and_keeps_three_replicas() -> None:
+    """Balanced leader placement, and membership reconciliation that grows a queue back
+    to three replicas (RabbitMQ 3.13's keys)."""
+    conf = dict(
+        line.split(" = ", 1) for line in RABBIT_CONF.read_text().splitlines()
+        if line and not line.startswith("#")
+    )  # fmt: skip
+    assert conf["queue_leader_locator"] == "balanced"
+    assert conf["quorum_queue.continuous_membership_reconciliation.enabled"] == "true"
+    assert conf["quorum_queue.continuous_membership_reconciliation.target_group_size"] == "3"

@@ -129,7 +129,7 @@ def test_help_works_whatever_the_settings(command: list[str]) -> None:
     [
         {"BROKER_VISIBILITY_TIMEOUT": "900"},  # a Redis setting, on RabbitMQ
         {"BROKER_HEARTBEAT_TIMEOUT": "10"},  # a Redis setting, on RabbitMQ
-        {"BROKER_CONSUMER_TIMEOUT": "400"},  # under 150 s x (1 + 2)
+        {"BROKER_CONSUMER_TIMEOUT": "400"},  # under 150 s x (1 + 4 queues x 1)
     ],
 )
 def test_rabbitmq_refuses_settings_that_do_not_fit_it(settings: dict[str, str]) -> None:

@@ -92,7 +92,9 @@ def test_an_unchanged_record_is_a_304_and_its_meta_moves_forward(
         "fetched_at_ms": meta["fetched_at_ms"],
         "changed": "0",
         "revalidated": "1",
+        "fence": meta["fence"],
     }
+    assert int(meta["fence"]) > int(meta_before["fence"])
 
 
 def test_a_changed_record_is_downloaded_with_its_new_etag(
@@ -174,8 +176,8 @@ def test_sync_articles_revalidates_the_pages(
     producer = always_ask.producer
     first = producer.send_task("tasks.cms.sync_articles").get(timeout=TIMEOUT)
     again = producer.send_task("tasks.cms.sync_articles").get(timeout=TIMEOUT)
-    assert first == {"articles": 44, "written": 44, "revalidated": 0}
-    assert again == {"articles": 44, "written": 0, "revalidated": 44}
+    assert first == {"articles": 44, "written": 44, "revalidated": 0, "removed": 0}
+    assert again == {"articles": 44, "written": 0, "revalidated": 44, "removed": 0}
     assert sandbox.not_modified("articles") == 1
     page = results.hgetall("meta:article-page:0:100")
     assert page["etag"]

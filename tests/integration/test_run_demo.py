@@ -267,7 +267,7 @@ def test_compose_rabbitmq_profile_is_the_broker_of_worker_and_beat_when_chosen()
         ["sh", "-c", script], env=clean_env(), capture_output=True, text=True, timeout=30
     )
     assert refused.returncode == 64
-    assert "RABBITMQ_PASSWORD" in refused.stderr
+    assert "RABBITMQ_ADMIN_PASSWORD" in refused.stderr
     no_cookie = subprocess.run(
         ["sh", "-c", script], env=clean_env(RABBITMQ_DEFAULT_PASS="x"),
         capture_output=True, text=True, timeout=30,

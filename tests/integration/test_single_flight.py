@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tasks.keys import Keys
-from tasks.single_flight import SingleFlightBusy, fetch_once, job_began_at
+from tasks.single_flight import JobStart, SingleFlightBusy, fetch_once, job_began_at
 from tasks.store import Fetched, Freshness, ResultStore, now
 from tests.support.celery_worker import wait_for
 
@@ -19,6 +19,11 @@ NO_FRESHNESS = Freshness(0)
 
 def make_store(url: str) -> ResultStore:
     return ResultStore(redis.Redis.from_url(url), Keys(), events_maxlen=100, failures_maxlen=100)
+
+
+def redis_ms(store: ResultStore) -> int:
+    seconds, micros = store.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str) -> None:
@@ -59,6 +64,9 @@ def test_a_result_older_than_the_job_is_refetched_when_freshness_is_off(redis_ur
     """max_age 0 never serves a result stored before the job began."""
     store = make_store(redis_url)
     store.write(Fetched("pokemon", "mew", {"v": 1}, now() - 5), "old")
+    # Freshness is on Redis's clock: the job begins in a later millisecond than the write.
+    written = int(store.redis.hget("meta:pokemon:mew", "stored_ms"))
+    wait_for(lambda: redis_ms(store) > written, timeout=1, interval=0.0005)
     value = fetch_once(
         store,
         "pokemon",
@@ -202,7 +210,7 @@ def test_a_deferred_waiter_accepts_the_result_stored_since_it_first_ran(redis_ur
     def fetch(_: object) -> Fetched:
         raise AssertionError("must not fetch: the holder's result is newer than the job")
 
-    token = job_began_at.set(began)
+    token = job_began_at.set(JobStart(began))
     try:
         value = fetch_once(store, "pokemon", "mew", fetch, task_id="w", max_age=0, lock_seconds=4)
     finally:

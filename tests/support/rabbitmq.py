@@ -52,13 +52,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 
-from brokers.amqp import apply_policies
+from brokers.amqp import APP_PERMISSION_PATTERN, apply_policies
 from brokers.rabbitmq_api import ManagementApi
 from tests.support.redis_server import free_port
 
@@ -73,8 +74,9 @@ SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/sbin", "/usr/local/sbin")
 #: How often the management API refreshes queue figures (default 5 s): the CLI reads
 #: them from its API, and tests poll them.
 STATISTICS_INTERVAL_MS = 500
-#: The production default of BROKER_DELIVERY_LIMIT, set by each vhost's policies.
-DELIVERY_LIMIT = 5
+#: The production default of BROKER_DELIVERY_LIMIT on RabbitMQ, set by each vhost's
+#: policies.
+DELIVERY_LIMIT = 20
 
 
 class RabbitUnavailable(RuntimeError):
@@ -118,13 +120,18 @@ class RabbitNode:
         cookie: str | None = None,
         base_dir: Path | None = None,
         management: bool = True,
+        config: Sequence[str] = (),
+        advanced: str = "[].",
     ) -> None:
+        """`config`: more lines of its rabbitmq.conf; `advanced`: its advanced.config
+        (Erlang terms, for what rabbitmq.conf cannot set)."""
         self.server_script = rabbit_script("rabbitmq-server")
         self.ctl_script = rabbit_script("rabbitmqctl")
         self.name = name or f"apiworker-test-{uuid.uuid4().hex[:8]}@localhost"
         self.cookie = cookie or secrets.token_hex(16)
         self.dir = base_dir or Path(tempfile.mkdtemp(prefix="apiworker-rabbit-"))
         self.management = management
+        self.config, self.advanced = tuple(config), advanced
         self.amqp_port = self.management_port = self.dist_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._choose_ports()
@@ -303,8 +310,8 @@ class RabbitNode:
         cookie.write_text(self.cookie)
         cookie.chmod(0o400)  # Erlang refuses a cookie others may read
         (etc / "rabbitmq-env.conf").write_text("")  # not the machine's /etc one
-        (etc / "advanced.config").write_text("[].\n")
-        lines = [f"collect_statistics_interval = {STATISTICS_INTERVAL_MS}"]
+        (etc / "advanced.config").write_text(self.advanced + "\n")
+        lines = [f"collect_statistics_interval = {STATISTICS_INTERVAL_MS}", *self.config]
         plugins = []
         if self.management:
             plugins.append("rabbitmq_management")
@@ -360,10 +367,17 @@ class RabbitServer:
     def user(self) -> str:
         return urlsplit(self.url).username or "guest"
 
-    def create_vhost(self, *, delivery_limit: int = DELIVERY_LIMIT) -> str:
-        """A new, empty vhost the suite's user may use, set up as an operator sets one
-        up (`apiworker rabbitmq apply-policy`: default queue type quorum, the queues'
-        policies); returns its AMQP URL."""
+    def create_vhost(self, *, delivery_limit: int = DELIVERY_LIMIT, limited: bool = True) -> str:
+        """A new, empty vhost, set up as an operator sets one up (`apiworker rabbitmq
+        apply-policy` as the management user: default queue type quorum, the queues'
+        policies); returns its AMQP URL.
+
+        The URL's user is, unless `limited=False`, an application user of that vhost
+        alone, as README's least-privilege set-up makes it: no tags, and configure,
+        write and read rights only on the service's own queues and exchanges
+        (`APP_PERMISSION_PATTERN`). So every test of the worker, the producer and the
+        CLI over AMQP runs under those rights; the suite's own user (the management
+        user here) sets up and inspects."""
         name = f"apiworker-test-{uuid.uuid4().hex[:10]}"
         apply_policies(ManagementApi(self.management_url), name, delivery_limit)
         self._management(
@@ -371,12 +385,28 @@ class RabbitServer:
             f"permissions/{quote(name, safe='')}/{quote(self.user, safe='')}",
             json={"configure": ".*", "write": ".*", "read": ".*"},
         )
-        return f"{self.url}/{quote(name, safe='')}"
+        if not limited:
+            return f"{self.url}/{quote(name, safe='')}"
+        user, password = app_user(name), secrets.token_hex(12)
+        self._management("put", f"users/{quote(user, safe='')}",
+                         json={"password": password, "tags": ""})  # fmt: skip
+        self._management(
+            "put",
+            f"permissions/{quote(name, safe='')}/{quote(user, safe='')}",
+            json=dict.fromkeys(("configure", "write", "read"), APP_PERMISSION_PATTERN),
+        )
+        parts = urlsplit(self.url)
+        netloc = f"{quote(user, safe='')}:{password}@{parts.hostname}:{parts.port or 5672}"
+        return f"{parts.scheme}://{netloc}/{quote(name, safe='')}"
 
     def delete_vhost(self, vhost_url: str) -> None:
         name = vhost_of(vhost_url)
         assert name != "/", "never the default vhost"
         self._management("delete", f"vhosts/{quote(name, safe='')}")
+        answer = requests.delete(
+            self._api(f"users/{quote(app_user(name), safe='')}"), auth=self._auth, timeout=30
+        )
+        assert answer.status_code in (204, 404), answer.text
 
     def queue_counts(self, vhost_url: str) -> dict[str, tuple[int, int]]:
         """Each queue's (ready, unacknowledged) messages, as the server counts them now.
@@ -402,15 +432,27 @@ class RabbitServer:
     def vhosts(self) -> set[str]:
         return {vhost["name"] for vhost in self._management("get", "vhosts").json()}
 
-    def _management(self, method: str, path: str, **kwargs: object) -> requests.Response:
+    @property
+    def _auth(self) -> tuple[str, str]:
         parts = urlsplit(self.management_url)
-        base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
+        return (unquote(parts.username or "guest"), unquote(parts.password or ""))
+
+    def _api(self, path: str) -> str:
+        parts = urlsplit(self.management_url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}/api/{path}"
+
+    def _management(self, method: str, path: str, **kwargs: object) -> requests.Response:
         answer = requests.request(
-            method, f"{base}/api/{path}", auth=(parts.username or "guest", parts.password or ""),
+            method, self._api(path), auth=self._auth,
             timeout=30, **kwargs,  # type: ignore[arg-type]
         )  # fmt: skip
         answer.raise_for_status()
         return answer
+
+
+def app_user(vhost: str) -> str:
+    """The limited application user of a vhost the suite made."""
+    return f"{vhost}-app"
 
 
 def vhost_of(url: str) -> str:

@@ -418,3 +418,29 @@ def test_keda_reads_its_credentials_from_a_secret(broker: str) -> None:
         assert {ref["parameter"] for ref in refs} <= parameters
         for ref in refs:
             assert ref["key"] in secrets[ref["name"]], ref
+
+
+POLICY_JOB = KUBERNETES / "rabbitmq" / "policy-job.yaml"
+
+
+def test_a_rabbitmq_deployment_has_a_job_that_applies_the_policies_before_the_workers() -> None:
+    """The Job runs `apiworker rabbitmq apply-policy` once, is ordered before the workers
+    (Argo CD's PreSync hook; the README's `kubectl wait`), reads only names the service
+    reads, and is the only one given the policy user's management URL."""
+    (job,) = documents(POLICY_JOB)
+    assert job["kind"] == "Job"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["apiworker", "rabbitmq", "apply-policy"]
+    env = environment(container)
+    assert set(env) - setting_names() - TOOLING_NAMES == set()
+    assert env["RABBITMQ_MANAGEMENT_URL"].startswith("https://")
+    (management,) = [var for var in container["env"] if var["name"] == "RABBITMQ_MANAGEMENT_URL"]
+    admin = management["valueFrom"]["secretKeyRef"]["name"]
+    assert admin == "api-layer-worker-rabbitmq-admin"
+    for name, other in containers():
+        sources = {source.get("secretRef", {}).get("name") for source in other.get("envFrom", [])}
+        assert admin not in sources, name
+        assert "RABBITMQ_MANAGEMENT_URL" not in environment(other), name
+    assert f"job/{job['metadata']['name']}" in (ROOT / "README.md").read_text()
+    assert POLICY_JOB.name not in kustomization()["resources"]

@@ -18,10 +18,14 @@ def store() -> ResultStore:
 
 
 def pokemon(
-    name: str, fetched_at: float, weight: str = "1 kg", alias: str | None = None
+    name: str, fetched_at: float, weight: str = "1 kg", alias: str | None = None, fence: int = 0
 ) -> Fetched:
     value = {"id": 1, "name": name, "image": None, "height": "1 cm", "weight": weight}
-    return Fetched("pokemon", name, value, fetched_at, etag='"e1"', alias=alias)
+    return Fetched("pokemon", name, value, fetched_at, etag='"e1"', alias=alias, fence=fence)
+
+
+def stored_ms(store: ResultStore, name: str) -> int:
+    return int(store.redis.hget(f"meta:pokemon:{name}", "stored_ms"))
 
 
 def test_a_write_stores_value_metadata_and_event(store: ResultStore) -> None:
@@ -31,6 +35,8 @@ def test_a_write_stores_value_metadata_and_event(store: ResultStore) -> None:
     assert orjson.loads(redis.get("pokemon:mew"))["name"] == "mew"
     assert redis.hgetall("meta:pokemon:mew") == {
         "fetched_at_ms": "1000000",
+        "stored_ms": str(stored_ms(store, "mew")),
+        "fence": "1",
         "task_id": "task-1",
         "etag": '"e1"',
     }
@@ -43,15 +49,16 @@ def test_a_write_stores_value_metadata_and_event(store: ResultStore) -> None:
         "fetched_at_ms": "1000000",
         "changed": "1",
         "revalidated": "0",
+        "fence": "1",
     }
     assert store.pokemon_name_for_id("151") == "mew"
 
 
 def test_an_older_result_written_later_is_refused(store: ResultStore) -> None:
-    """A job that fetched earlier but writes later is refused (concurrent writers on a
-    real Redis: tests/integration/test_store_redis.py)."""
-    assert store.write(pokemon("mew", 2000.0, weight="2 kg"), "newer")
-    assert not store.write(pokemon("mew", 1000.0, weight="1 kg"), "older")
+    """A job with a lower fence (it began earlier) that writes later is refused, whatever
+    its clock says (concurrent writers on a real Redis: tests/integration/)."""
+    assert store.write(pokemon("mew", 1000.0, weight="2 kg", fence=2), "newer")
+    assert not store.write(pokemon("mew", 9000.0, weight="1 kg", fence=1), "older")
     assert orjson.loads(store.redis.get("pokemon:mew"))["weight"] == "2 kg"
     assert store.redis.hget("meta:pokemon:mew", "task_id") == "newer"
     assert store.redis.xlen("events:results") == 1
@@ -73,6 +80,7 @@ def test_prefix_namespaces_every_key() -> None:
     store.write(pokemon("mew", 1.0, alias="151"), "t")
     assert sorted(client.keys("*")) == [
         "svc:events:results",
+        "svc:fence:pokemon:mew",
         "svc:index:pokemon-ids",
         "svc:meta:pokemon:mew",
         "svc:pokemon:mew",
@@ -98,17 +106,17 @@ def test_a_write_gives_up_its_lock_even_when_refused(store: ResultStore) -> None
     """The single-flight lock goes in the same call, and only when the token matches."""
     redis = store.redis
     lock = store.keys.lock("pokemon", "mew")
-    store.write(pokemon("mew", 2000.0), "newer")
+    store.write(pokemon("mew", 2000.0, fence=2), "newer")
     redis.set(lock, "mine")
-    assert not store.write(pokemon("mew", 1000.0), "older", release=(lock, "mine"))
+    assert not store.write(pokemon("mew", 1000.0, fence=1), "older", release=(lock, "mine"))
     assert redis.get(lock) is None
     redis.set(lock, "someone-else")
-    store.write(pokemon("mew", 3000.0), "newest", release=(lock, "mine"))
+    store.write(pokemon("mew", 3000.0, fence=3), "newest", release=(lock, "mine"))
     assert redis.get(lock) == "someone-else"
 
 
-def unchanged(name: str, fetched_at: float, etag: str | None = '"e2"') -> Unchanged:
-    return Unchanged("pokemon", name, fetched_at, etag=etag, max_age=60)
+def unchanged(name: str, fetched_at: float, etag: str | None = '"e2"', fence: int = 0) -> Unchanged:
+    return Unchanged("pokemon", name, fetched_at, etag=etag, max_age=60, fence=fence)
 
 
 def test_a_revalidation_brings_the_metadata_forward_and_leaves_the_value(
@@ -120,6 +128,8 @@ def test_a_revalidation_brings_the_metadata_forward_and_leaves_the_value(
     assert value["name"] == "mew"
     assert store.redis.hgetall("meta:pokemon:mew") == {
         "fetched_at_ms": "2000000",
+        "stored_ms": str(stored_ms(store, "mew")),
+        "fence": "2",
         "task_id": "second",
         "etag": '"e2"',
         "max_age": "60",
@@ -133,6 +143,7 @@ def test_a_revalidation_brings_the_metadata_forward_and_leaves_the_value(
         "fetched_at_ms": "2000000",
         "changed": "0",
         "revalidated": "1",
+        "fence": "2",
     }
 
 
@@ -145,8 +156,8 @@ def test_a_304_without_validators_keeps_the_stored_ones(store: ResultStore) -> N
 
 def test_an_older_revalidation_never_moves_a_newer_result(store: ResultStore) -> None:
     """A late 304 of an earlier fetch leaves the newer result, its metadata and stream."""
-    store.write(pokemon("mew", 2000.0, weight="2 kg"), "newer")
-    value = store.revalidate(unchanged("mew", 1000.0), "older")
+    store.write(pokemon("mew", 2000.0, weight="2 kg", fence=2), "newer")
+    value = store.revalidate(unchanged("mew", 1000.0, fence=1), "older")
     assert value["weight"] == "2 kg"
     assert store.redis.hget("meta:pokemon:mew", "task_id") == "newer"
     assert store.redis.xlen("events:results") == 1
@@ -162,13 +173,14 @@ def test_a_revalidation_of_a_vanished_value_says_gone(store: ResultStore) -> Non
 def test_the_claim_hands_the_owner_the_stored_validators(store: ResultStore) -> None:
     """One round trip gives the lock and what a conditional fetch needs."""
     store.write(pokemon("mew", 1000.0), "first")
+    later = stored_ms(store, "mew") / 1000 + 1
     claim = store.claim(
-        "pokemon", "mew", started=2000.0, freshness=Freshness(0.0), token="tok", ttl=10
+        "pokemon", "mew", started=later, freshness=Freshness(0.0), token="tok", ttl=10
     )
-    assert claim.state == "owner"
+    assert (claim.state, claim.fence, claim.lock_value) == ("owner", 2, "tok|2")
     assert claim.validators == Validators(etag='"e1"')
     nothing = store.claim(
-        "pokemon", "absent", started=2000.0, freshness=Freshness(0.0), token="tok", ttl=10
+        "pokemon", "absent", started=later, freshness=Freshness(0.0), token="tok", ttl=10
     )
     assert (nothing.state, nothing.validators) == ("owner", None)
 
@@ -178,27 +190,28 @@ def test_the_upstream_lifetime_sets_the_window_only_when_followed(store: ResultS
     store.write(
         Fetched("pokemon", "mew", {"name": "mew"}, 1000.0, etag='"e1"', max_age=60), "first"
     )
+    stored = stored_ms(store, "mew") / 1000  # Redis's clock: the worker's is not asked
 
-    def claim(freshness: Freshness, started: float) -> str:
+    def claim(freshness: Freshness, after: float) -> str:
         store.redis.delete("lock:pokemon:mew")
         answer = store.claim(
-            "pokemon", "mew", started=started, freshness=freshness, token="t", ttl=10
+            "pokemon", "mew", started=stored + after, freshness=freshness, token="t", ttl=10
         )
         return answer.state
 
-    assert claim(Freshness(0.0), 1030.0) == "owner"
-    assert claim(Freshness(0.0, upstream_cap=3600.0), 1030.0) == "fresh"
-    assert claim(Freshness(0.0, upstream_cap=3600.0), 1070.0) == "owner"
-    assert claim(Freshness(0.0, upstream_cap=20.0), 1030.0) == "owner"
+    assert claim(Freshness(0.0), 30) == "owner"
+    assert claim(Freshness(0.0, upstream_cap=3600.0), 30) == "fresh"
+    assert claim(Freshness(0.0, upstream_cap=3600.0), 70) == "owner"
+    assert claim(Freshness(0.0, upstream_cap=20.0), 30) == "owner"
     assert Freshness(300.0, upstream_cap=20.0).window(None) == 300.0
 
 
 def test_apply_many_mixes_writes_and_revalidations(store: ResultStore) -> None:
     """One pipeline: a write, a revalidation, a refused one and a vanished one."""
-    store.write(pokemon("a", 1000.0), "old")
-    store.write(pokemon("b", 5000.0), "newer")
+    store.write(pokemon("a", 1000.0, fence=1), "old")
+    store.write(pokemon("b", 5000.0, fence=5), "newer")
     outcomes = store.apply_many(
-        [pokemon("c", 2000.0), unchanged("a", 2000.0), unchanged("b", 2000.0),
+        [pokemon("c", 2000.0), unchanged("a", 2000.0, fence=2), unchanged("b", 2000.0, fence=2),
          unchanged("gone", 2000.0)],
         "batch",
     )  # fmt: skip
@@ -213,4 +226,4 @@ def test_stored_many_gives_validators_only_where_the_value_exists(store: ResultS
     found = store.stored_many("pokemon", ["a", "b", "c"])
     assert set(found) == {"a"}
     assert found["a"].validators == Validators(etag='"e1"')
-    assert found["a"].fetched_at == 1000.0
+    assert found["a"].stored_at == stored_ms(store, "a") / 1000

@@ -238,15 +238,15 @@ def test_articles_revalidate_one_by_one_and_page_by_page(always_ask, sandbox) ->
     cms.sync_one("hello-world", "a2", runtime=always_ask, client=cms_client)
     assert sandbox.not_modified("article") == 1
     first = cms.sync_every("s1", runtime=always_ask, client=cms_client)
-    assert first == {"articles": 44, "written": 44, "revalidated": 0}
+    assert first == {"articles": 44, "written": 44, "revalidated": 0, "removed": 0}
     a_later_job()
     again = cms.sync_every("s2", runtime=always_ask, client=cms_client)
-    assert again == {"articles": 44, "written": 0, "revalidated": 44}
+    assert again == {"articles": 44, "written": 0, "revalidated": 44, "removed": 0}
     assert sandbox.not_modified("articles") == 1
     sandbox.change_record("article", "hello-world")
     a_later_job()
     changed = cms.sync_every("s3", runtime=always_ask, client=cms_client)
-    assert changed == {"articles": 44, "written": 44, "revalidated": 0}
+    assert changed == {"articles": 44, "written": 44, "revalidated": 0, "removed": 0}
     stored = orjson.loads(always_ask.store.redis.get("article:hello-world"))
     assert stored["title"] == "Hello, world (revision 1)"
     latest = {e["id"]: e["changed"] for e in events(always_ask)[-44:]}
@@ -261,6 +261,6 @@ def test_an_unchanged_page_whose_article_vanished_fetches_that_article(always_as
     sandbox.reset()
     a_later_job()
     again = cms.sync_every("s2", runtime=always_ask, client=cms_client)
-    assert again == {"articles": 44, "written": 1, "revalidated": 43}
+    assert again == {"articles": 44, "written": 1, "revalidated": 43, "removed": 0}
     assert sandbox.call_counts() == {"articles": 1, "article": 1}
     assert always_ask.store.redis.exists("article:hello-world")

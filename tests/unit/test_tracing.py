@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import fakeredis
@@ -82,8 +83,8 @@ def test_a_results_write_is_a_redis_client_span_under_the_job(
 ) -> None:
     """The atomic write: one CLIENT span with the key and whether it was written."""
     with spans.job() as job:
-        assert store.write(mew(now()), "task-1")
-        assert not store.write(mew(now() - 60), "task-2")  # older: refused
+        assert store.write(replace(mew(now()), fence=2), "task-1")
+        assert not store.write(replace(mew(now()), fence=1), "task-2")  # older: refused
     first, refused = spans.finished("apiworker.store.write")
     assert first.kind is SpanKind.CLIENT
     assert first.parent is not None
