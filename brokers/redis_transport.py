@@ -81,6 +81,11 @@ _KEPT_BYTES = 4096
 ParkedCallback = Callable[[str, bytes, int], None]
 on_parked: list[ParkedCallback] = []
 
+#: Called with the channel, on its heartbeat thread, when its holder learns it was
+#: declared dead: the worker drops the jobs it has not started (worker/shutdown.py).
+DeclaredDeadCallback = Callable[["ReliableChannel"], object]
+on_declared_dead: list[DeclaredDeadCallback] = []
+
 #: Execution slots of this process free now (threads or child processes not running a
 #: job, held countdowns not counted), when the worker tells (worker/consumer.py); None
 #: outside a worker. The fetch refills as soon as one is free (`_batch_floor`).
@@ -557,13 +562,19 @@ class ReliableChannel(kombu_redis.Channel):
     def _declared_dead(self) -> None:
         """Another worker took this holder for dead (it was paused longer than the
         heartbeat timeout) and put its messages back: they are others' now. Said loudly;
-        a batch being delivered stops (`_deliver_batch`). Jobs already handed to the
-        pool run, and their acks change nothing in Redis."""
+        a batch being delivered stops (`_deliver_batch`), and `on_declared_dead` callbacks
+        drop the jobs handed to the pool but not started. A job already running
+        finishes; its ack changes nothing in Redis."""
         self._fence += 1
         held = _keys_of(self.qos._delivered)
         log.error("this worker was declared dead (no heartbeat for over %gs): the %d "
                   "message(s) it held went back to their queues for other workers",
                   self.heartbeat_timeout, len(held))  # fmt: skip
+        for callback in on_declared_dead:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("an on_declared_dead callback failed")
 
     def _report_parked(self, reply: list[Any], start: int) -> None:
         for index in range(start, len(reply), 3):

@@ -85,13 +85,15 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         # On RabbitMQ only, where the server itself delivers every unacknowledged
         # message again once the connection is gone. (The Redis transport keeps a live
         # worker's messages in its own hands: brokers/redis_transport.py.)
-        amqp = broker_kind(get_worker_settings().broker_url) == "amqp"
-        self.pending_jobs = pending_jobs.track(self.pool) if amqp else None
+        # On Redis the same tracker drops the unstarted jobs of a worker that learns it
+        # was declared dead (worker/shutdown.py).
+        self._cancel_on_connection_loss = broker_kind(get_worker_settings().broker_url) == "amqp"
+        self.pending_jobs = pending_jobs.track(self.pool)
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         """Jobs the threads pool holds but has not started are cancelled before the
         broker delivers them again (worker/pending_jobs.py says why)."""
-        if self.pending_jobs is not None:
+        if self.pending_jobs is not None and self._cancel_on_connection_loss:
             cancelled = self.pending_jobs.cancel_unstarted()
             if cancelled:
                 log.warning(

@@ -28,6 +28,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutting_down
 from celery.worker import state
 
+from brokers import redis_transport
 from brokers.redis_transport import ReliableChannel
 
 log = logging.getLogger("worker.shutdown")
@@ -72,3 +73,35 @@ def hand_back(consumer: Any) -> int:
     if back:
         log.info("warm shutdown: handed %d job(s) not yet started back to the broker", back)
     return back
+
+
+def drop_lost_jobs(channel: ReliableChannel) -> int:
+    """This worker was declared dead (brokers/redis_transport.py): the messages it held
+    went back to their queues for others, so the jobs its threads pool has not started
+    must not run here. They are cancelled and their messages handed back: those the
+    rescue took are skipped, those taken since go back to their queue. How many were
+    dropped. (The prefork and solo pools have no queue of unstarted jobs to reach here:
+    prefork runs what it gave its children, solo stops at the batch it was delivering.)
+    """
+    consumer = _consumer.get("current")
+    tracker = getattr(consumer, "pending_jobs", None)
+    if tracker is None:
+        return 0
+    tracker.cancel_unstarted()
+    # Cancelled, or waiting for a countdown (held by the consumer, not the pool).
+    unstarted = [
+        request
+        for request in state.reserved_requests - state.active_requests
+        if not request.acknowledged and request.eta is None
+    ]
+    back = channel.hand_back([request.message.delivery_tag for request in unstarted])
+    for request in unstarted:
+        request.acknowledged = True
+        state.task_ready(request)
+    if unstarted:
+        log.error("declared dead: %d job(s) not started are not run here (%d taken since "
+                  "the rescue went back to their queue)", len(unstarted), back)  # fmt: skip
+    return len(unstarted)
+
+
+redis_transport.on_declared_dead.append(drop_lost_jobs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -37,8 +38,9 @@ from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.broker("redis")
 
-#: The worker's one line per job run (worker.jobs), success or failure.
-RAN = re.compile(r"job \w+ task=\S+ id=([0-9a-f-]{36})")
+#: The worker's line for each job run to its end (worker.jobs), success or failure; a
+#: deferral's RETRY lines are not counted (a deferred job ends in one of these later).
+RAN = re.compile(r"job (?:SUCCESS|FAILURE) task=\S+ id=([0-9a-f-]{36})")
 PAUSE_SECONDS = 7
 # Longer than the 5 s heartbeat timeout: a holder whose heartbeat stopped when a job
 # began would be rescued while the job still ran.
@@ -150,3 +152,53 @@ def test_a_rolling_deploy_re_runs_no_job(
     wait_for(lambda: process.poll() is not None, timeout=60,
              what="the stopping host gone after its jobs")  # fmt: skip
     assert_each_delivered_and_stored_once(deployment, sandbox, names, task_ids)
+
+
+def test_a_worker_declared_dead_does_not_run_the_jobs_it_had_not_started(
+    deploy, sandbox: Any
+) -> None:
+    """A worker holding four jobs (one running, three queued for its one thread) is
+    paused (SIGSTOP) past the heartbeat timeout; another worker rescues and stores all
+    four. Resumed, the first learns at its next heartbeat that it was declared dead and
+    drops the three it had not started: it runs only the one it was running."""
+    deployment: Deployment = deploy(HTTP_READ_TIMEOUT="40", WORKER_PREFETCH_MULTIPLIER="4")
+    paused = WorkerProcess(deployment.env, concurrency=1)
+    deployment.workers.append(paused)
+    paused.start(deployment.producer)
+    running_seconds = 18.0
+    sandbox.inject("pokemon", "latency", seconds=running_seconds, times=1)
+    names = pokemon_names(4)
+    for name in names:
+        deployment.producer.send_task(FETCH, args=[name])
+    started = time.monotonic()
+    wait_for(lambda: sandbox.calls("pokemon") == 1, timeout=30, what="the first job running")
+    assert deployment.broker is not None
+    wait_for(lambda: deployment.broker.llen("celery") == 0, timeout=10,
+             what="all four in the first worker's hands")  # fmt: skip
+    assert paused.process is not None
+    os.killpg(paused.process.pid, signal.SIGSTOP)
+    try:
+        rescuer = WorkerProcess(deployment.env, concurrency=4)
+        deployment.workers.append(rescuer)
+        rescuer.start(deployment.producer)
+        keys = [f"pokemon:{name}" for name in names]
+        wait_for(lambda: deployment.results.exists(*keys) == len(keys), timeout=60,
+                 what="the rescuer storing all four")  # fmt: skip
+        assert time.monotonic() - started < running_seconds - 3, "too slow to test the drop"
+    finally:
+        os.killpg(paused.process.pid, signal.SIGCONT)
+    wait_for(lambda: "declared dead: 3 job(s) not started" in paused.log(), timeout=15,
+             what="the resumed worker dropping its three unstarted jobs")  # fmt: skip
+    wait_for(lambda: deliveries([paused]), timeout=running_seconds + 10,
+             what="the resumed worker ending the job it was running")  # fmt: skip
+    calls = wait_for(lambda: settled_calls(sandbox), timeout=10, what="no further call")
+    assert calls == 1 + len(names)  # its own running job, and the rescuer's four
+    assert sum(deliveries([paused]).values()) == 1
+    assert sum(deliveries([rescuer]).values()) == len(names)
+
+
+def settled_calls(sandbox: Any, quiet: float = 1.0) -> int | None:
+    """The upstream's call count once none arrived for `quiet` seconds, else None."""
+    before = sandbox.calls("pokemon")
+    time.sleep(quiet)  # the window in which nothing may arrive, not a synchronisation
+    return before if sandbox.calls("pokemon") == before else None
