@@ -29,9 +29,12 @@ reading for `CLOSED_TRUST_SECONDS` without asking again, unless one of its own c
 fails meanwhile. The price: when another process opens the circuit, this one may send
 calls for up to that long, and each of those, failing, ends the trust at once.
 
-Redis trouble never blocks a job: when Redis cannot be reached, the breaker allows the
-call (fails open), and stops asking Redis for a second so that a dead Redis does not add
-a timeout to every call (see `StateGuard`, which `apis.ratelimit` shares).
+Redis trouble never blocks a job, and never opens the gate either: when Redis cannot be
+reached (or answers later than its one-second timeout), the process falls back to a
+local consecutive-failure breaker (`LocalBreaker`: the same threshold and cool-down,
+counted by this process alone), stops asking Redis for a second so that a slow Redis
+does not add a timeout to every call, and says so once in the log and in
+`apiworker_guard_fallback` (see `StateGuard`, which `apis.budget` shares).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from apis import errors
 from apis.config import UpstreamConfig
 from redisconn.settings import RedisTarget
 from telemetry import tracing
-from telemetry.metrics import CIRCUIT_REJECTIONS, CIRCUIT_TRANSITIONS
+from telemetry.metrics import CIRCUIT_REJECTIONS, CIRCUIT_TRANSITIONS, GUARD_FALLBACK
 
 log = logging.getLogger("apis.breaker")
 
@@ -67,8 +70,6 @@ _TRIPPED_SECONDS = 86_400.0
 CLOSED_TRUST_SECONDS = 0.5
 # How long to stop asking an unreachable Redis before trying it again.
 _STATE_BACKOFF_SECONDS = 1.0
-# At most one "Redis unavailable" warning per process in this many seconds.
-_WARN_EVERY_SECONDS = 30.0
 
 # KEYS: open, tripped, probe, failures. ARGV: probe token, probe ttl ms, cool-down ms.
 # Returns {verdict, wait ms}: 1 = allowed (closed, a failure count pending), 3 = allowed
@@ -152,6 +153,8 @@ class Permit:
 
 _UNCOUNTED = Permit()
 _COUNTED = Permit(counted=True)
+#: A call allowed by this process's local breaker (Redis was away when it began).
+_LOCAL = Permit(probe="local", counted=True)
 
 _clients_lock = threading.Lock()
 _clients: dict[RedisTarget, redis.Redis] = {}
@@ -181,32 +184,115 @@ def shared_redis(target: RedisTarget) -> redis.Redis:
 
 
 class StateGuard:
-    """Runs the guards' Redis calls so that Redis trouble means "allow", never an error.
+    """Runs the guards' Redis calls so that Redis trouble means "use local state", never
+    an error.
 
-    After a failure, Redis is left alone for a second (calls get the fail-open answer at
-    once); warnings are rate-limited so that an outage of Redis does not flood the log.
+    After a failure Redis is left alone for a second (calls get the fallback answer at
+    once, and `down` says so: the guard then decides with its local state). Going down
+    and coming back are each logged once, and `apiworker_guard_fallback` shows the state.
     """
 
-    def __init__(self, what: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        what: str,
+        *,
+        service: str = "",
+        guard: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.what = what
+        self._labels = (service, guard)
         self._clock = clock
         self._skip_until = 0.0
-        self._warned_at: float | None = None
+        self._down = False
+
+    @property
+    def down(self) -> bool:
+        """Whether Redis failed the last call and is being left alone for now."""
+        return self._down and self._clock() < self._skip_until
 
     def run(self, operation: Callable[[], T], fallback: T) -> T:
         now = self._clock()
         if now < self._skip_until:
             return fallback
         try:
-            return operation()
+            result = operation()
         except (redis.RedisError, OSError) as exc:
             self._skip_until = now + _STATE_BACKOFF_SECONDS
-            if self._warned_at is None or now - self._warned_at >= _WARN_EVERY_SECONDS:
-                self._warned_at = now
+            if not self._down:
+                self._down = True
+                if self._labels[0]:
+                    GUARD_FALLBACK.labels(*self._labels).set(1)
                 log.warning(
-                    "%s unavailable, allowing calls (fail open): %s", self.what, type(exc).__name__
+                    "%s unavailable, using this process's local state: %s",
+                    self.what,
+                    type(exc).__name__,
                 )
             return fallback
+        if self._down:
+            self._down = False
+            if self._labels[0]:
+                GUARD_FALLBACK.labels(*self._labels).set(0)
+            log.warning("%s answers again: shared state back", self.what)
+        return result
+
+
+class LocalBreaker:
+    """The breaker of one process while Redis cannot be asked: `threshold` consecutive
+    transient failures open it for `cooldown` seconds; then one failure reopens it and
+    one success closes it.
+
+    Calls end after they start, so threads that all started before the first failure
+    came back would each fail on their own: once a failure is counted, a call is let
+    through only while the failures plus the calls still in flight stay below the
+    threshold. So this process sends at most `threshold` failing calls past those
+    already under way.
+    """
+
+    def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float]) -> None:
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._in_flight = 0
+        self._open_until = 0.0
+
+    def started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def refused_for(self) -> float:
+        """Seconds to wait before a call may go (0: it may, and is counted in flight)."""
+        with self._lock:
+            wait = self._open_until - self._clock()
+            if wait > 0:
+                return wait
+            if self._failures and self._failures + self._in_flight >= self._threshold:
+                return _STATE_BACKOFF_SECONDS
+            self._in_flight += 1
+            return 0.0
+
+    def record(self, outcome: str) -> bool:
+        """Count a call's outcome; True when it opened the circuit."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            if outcome == "ok":
+                self._failures = 0
+                return False
+            if outcome != "fail":
+                return False
+            self._failures += 1
+            if self._failures >= self._threshold and self._clock() >= self._open_until:
+                self._open_until = self._clock() + self._cooldown
+                self._failures = self._threshold - 1
+                return True
+            return False
+
+    def ended(self) -> None:
+        """A call counted by Redis ended (its outcome went there, not here)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
 
 
 class CircuitBreaker:
@@ -234,7 +320,13 @@ class CircuitBreaker:
             config.retry.max_seconds + config.total_timeout + token_waits * config.retry.attempts
         )
         self._probe_ms = max(1000, int(probe_seconds * 1000))
-        self._guard = StateGuard(f"circuit breaker state of {config.service}", clock=clock)
+        self._guard = StateGuard(
+            f"circuit breaker state of {config.service}",
+            service=config.service,
+            guard="breaker",
+            clock=clock,
+        )
+        self._local = LocalBreaker(policy.failure_threshold, policy.cooldown_seconds, clock)
         self._clock = clock
         # Until when this process trusts its last "closed, nothing counted" reading (a
         # float written whole under the GIL: threads may race on it only harmlessly).
@@ -248,7 +340,10 @@ class CircuitBreaker:
         if not self.enabled:
             return _UNCOUNTED
         now = self._clock()
+        if self._guard.down:
+            return self._local_before(method, path)
         if now < self._trusted_until:
+            self._local.started()
             return _UNCOUNTED
         token = secrets.token_hex(8)
         verdict, wait_ms = self._guard.run(
@@ -256,29 +351,43 @@ class CircuitBreaker:
                 keys=self.keys,
                 args=[token, self._probe_ms, int(self.policy.cooldown_seconds * 1000)],
             ),
-            [3, 0],  # Redis unreachable: allow, and count nothing
+            [-1, 0],  # Redis unreachable: this process's own breaker decides
         )
+        if verdict == -1:
+            return self._local_before(method, path)
         if verdict == 3:
             self._trusted_until = now + CLOSED_TRUST_SECONDS
+            self._local.started()
             return _UNCOUNTED
         if verdict == 1:
+            self._local.started()
             return _COUNTED
         if verdict == 2:
             log.info("circuit half-open service=%s: sending one probe call", self.service)
+            self._local.started()
             return Permit(probe=token, counted=True)
+        raise self._refused(int(wait_ms) / 1000, method, path)
+
+    def _local_before(self, method: str, path: str) -> Permit:
+        wait = self._local.refused_for()
+        if wait > 0:
+            raise self._refused(wait, method, path)
+        return _LOCAL
+
+    def _refused(self, wait: float, method: str, path: str) -> errors.CircuitOpen:
         CIRCUIT_REJECTIONS.labels(self.service).inc()
         tracing.add_event(
             tracing.CIRCUIT_OPEN,
-            {"apiworker.upstream": self.service, "apiworker.retry_after_s": int(wait_ms) / 1000},
+            {"apiworker.upstream": self.service, "apiworker.retry_after_s": wait},
         )
-        raise errors.CircuitOpen(
+        return errors.CircuitOpen(
             "circuit open: upstream failing, call not sent",
             self.service,
             method,
             path,
             None,
             "",
-            int(wait_ms) / 1000,
+            wait,
         )
 
     def after_call(self, permit: Permit, exc: BaseException | None) -> None:
@@ -286,6 +395,10 @@ class CircuitBreaker:
         if not self.enabled:
             return
         outcome = _outcome(exc)
+        if permit is _LOCAL or self._guard.down:
+            self._record_locally(outcome, exc)
+            return
+        self._local.ended()
         if outcome == "abandon" and permit.probe is None:
             return
         if outcome == "ok" and not permit.counted:
@@ -301,8 +414,11 @@ class CircuitBreaker:
             int(policy.cooldown_seconds * 1000),
             int(max(_TRIPPED_SECONDS, 10 * policy.cooldown_seconds) * 1000),
         ]
-        changed = self._guard.run(lambda: self._after(keys=self.keys, args=args), 0)
-        if changed == 1:
+        changed = self._guard.run(lambda: self._after(keys=self.keys, args=args), -1)
+        if changed == -1:
+            self._local.started()  # ended above; counted again by its local record
+            self._record_locally(outcome, exc)
+        elif changed == 1:
             CIRCUIT_TRANSITIONS.labels(self.service, "open").inc()
             log.warning(
                 "circuit opened service=%s: calls refused for %.0fs (error=%s)",
@@ -313,6 +429,16 @@ class CircuitBreaker:
         elif changed == 2:
             CIRCUIT_TRANSITIONS.labels(self.service, "closed").inc()
             log.warning("circuit closed service=%s: the upstream answers again", self.service)
+
+    def _record_locally(self, outcome: str, exc: BaseException | None) -> None:
+        if self._local.record(outcome):
+            CIRCUIT_TRANSITIONS.labels(self.service, "open").inc()
+            log.warning(
+                "circuit opened locally service=%s: calls refused for %.0fs (error=%s)",
+                self.service,
+                self.policy.cooldown_seconds,
+                type(exc).__name__,
+            )
 
     def state(self) -> str:
         """The state as Redis has it now: closed, open or half-open (for tests and tools)."""
@@ -330,6 +456,8 @@ def _outcome(exc: BaseException | None) -> str:
         return "ok"
     if isinstance(exc, errors.HeldBack) or not isinstance(exc, errors.UpstreamError):
         return "abandon"  # no answer was waited for: it says nothing about the upstream
+    if isinstance(exc, errors.RateLimited):
+        return "ok"  # it answered, asking for less: the budget's signal, not an outage
     if exc.is_transient:
         return "fail"
     if isinstance(exc, errors.NotConfigured | errors.InvalidParameter):

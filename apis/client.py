@@ -36,10 +36,10 @@ from urllib3 import exceptions as urllib3_errors
 
 from apis import deadline, errors
 from apis.breaker import CircuitBreaker
+from apis.budget import Budget
 from apis.conditional import Validators, freshness_lifetime, sent_validators, with_validators
 from apis.config import ApiSettings, UpstreamConfig
 from apis.inflate import Decoding, OverCap, UnsupportedEncoding
-from apis.ratelimit import RateLimiter
 from apis.retry import Sleep, build_retrying
 from telemetry import metrics, tracing
 from telemetry.redact import excerpt, redact, register_secret
@@ -91,7 +91,7 @@ class ApiClient:
             "Accept-Encoding": "gzip, deflate",
         }
         self.breaker = CircuitBreaker(config)
-        self.rate_limiter = RateLimiter(config, sleep=sleep)
+        self.budget = Budget(config, sleep=sleep)
         if config.token is not None:
             register_secret(config.token.get_secret_value())
 
@@ -214,16 +214,24 @@ class ApiClient:
                         raise
 
                 retrying = build_retrying(
-                    self.config.retry, service=self.service, sleep=self._sleep
+                    self.config.retry,
+                    service=self.service,
+                    sleep=self._sleep,
+                    budgeted=self.budget.enabled,
                 )
                 try:
                     payload = retrying(attempt)
-                except errors.Throttled:
-                    sent = [exc for exc in failed if not isinstance(exc, errors.HeldBack)]
+                except (errors.Throttled, errors.RateLimited) as exc:
+                    # A 429 the budget learnt from is a pause, not a failure: the job is
+                    # put off like a call the budget held back, without using retries.
+                    spent = (errors.HeldBack, errors.RateLimited)
+                    sent = [exc for exc in failed if not isinstance(exc, spent)]
                     if sent:
                         # The call did reach the upstream and fail: report that, so the
                         # job's retry budget pays for it rather than a free deferral.
                         raise sent[-1] from None
+                    if isinstance(exc, errors.RateLimited) and self.budget.enabled:
+                        raise self.budget.paused(exc) from None
                     raise
         except errors.UpstreamError as exc:
             self.breaker.after_call(permit, exc)
@@ -326,8 +334,8 @@ class ApiClient:
         counts the attempts of the same call before this one (for its span).
         """
         # Every attempt reaches the upstream, so every attempt takes a token (or raises
-        # Throttled, which is not retried in place).
-        self.rate_limiter.acquire(method, path)
+        # Throttled, which is not retried in place); its permit is freed once answered.
+        ticket = self.budget.acquire(method, path)
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
         request_body = None
@@ -363,6 +371,10 @@ class ApiClient:
                         complete = True  # a 304 has no body: the connection stays usable
                     elif response.status >= 300:
                         body = self._read(response, method, path, started, _ERROR_BODY_LIMIT)
+                        self.budget.answered(
+                            response.status,
+                            _parse_retry_after(response.headers.get("Retry-After")),
+                        )
                         raise self._status_error(response, body, method, path)
                     else:
                         body = self._read(response, method, path, started, cap)
@@ -385,6 +397,7 @@ class ApiClient:
             outcome = "timeout" if isinstance(exc, errors.UpstreamTimeout) else "connection"
             raise
         finally:
+            self.budget.release(ticket, outcome)
             metrics.UPSTREAM_REQUESTS.labels(self.service, method, outcome).inc()
             metrics.UPSTREAM_LATENCY.labels(self.service).observe(time.monotonic() - started)
             if span is not None:

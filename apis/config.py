@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -21,6 +22,8 @@ from upstreams import all_upstreams
 
 PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker)"
 SEMAPHORE_USER_AGENT = "SemaphoreCI v2.0 Client"
+
+N = TypeVar("N", int, float)
 
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
@@ -65,19 +68,27 @@ class CircuitPolicy:
 
 @dataclass(frozen=True)
 class RateLimitPolicy:
-    """The shared token bucket of one upstream: `rate` requests per second, 0 = no limit.
+    """The fleet-wide budget of one upstream (`apis.budget`): `rate` requests per second
+    (the ceiling; 0 = none configured, learnt from the upstream's 429s), `concurrency`
+    requests in flight at once (0 = unbounded).
 
-    `burst` is the bucket size (0: one second's worth); a request waits for its token
-    at most `max_wait` seconds, beyond which the call is held back (`Throttled`).
+    `burst` is the bucket size (0: half a second's worth); a request waits for its token
+    at most `max_wait` seconds, beyond which the call is held back (`Throttled`). Bulk
+    calls keep `bulk_share` of the rate when on-demand calls would take it all.
     """
 
     rate: float = 0.0
     burst: int = 0
-    max_wait: float = 10.0
+    max_wait: float = 1.0
+    concurrency: int = 0
+    bulk_share: float = 0.1
+    #: Whether an upstream with no rate configured learns one from its 429s (False: it
+    #: has no budget at all, and costs Redis nothing).
+    adaptive: bool = True
 
     @property
     def capacity(self) -> int:
-        return self.burst or max(1, math.ceil(self.rate))
+        return self.burst or max(1, math.ceil(self.rate / 2))
 
 
 @dataclass(frozen=True)
@@ -184,13 +195,11 @@ class ApiSettings(RedisSettings):
     # fails with a record; deferrals do not use up TASK_MAX_RETRIES.
     task_max_deferrals: int = Field(20, ge=0, le=1000)
 
-    pokeapi_rate_limit: float = Field(0.0, ge=0)
-    pokeapi_rate_limit_burst: int = Field(0, ge=0)
-    cms_rate_limit: float = Field(0.0, ge=0)
-    cms_rate_limit_burst: int = Field(0, ge=0)
-    semaphore_rate_limit: float = Field(0.0, ge=0)
-    semaphore_rate_limit_burst: int = Field(0, ge=0)
-    rate_limit_max_wait: float = Field(RateLimitPolicy.max_wait, ge=0, le=300)
+    # Each upstream's budget (rate, burst, concurrency) is read from the variables its
+    # registry entry names (`Upstream.budget_settings`), checked by `_check_budgets`.
+    rate_limit_max_wait: float = Field(RateLimitPolicy.max_wait, ge=0, le=1)
+    budget_bulk_share: float = Field(RateLimitPolicy.bulk_share, ge=0, le=1)
+    budget_adaptive: bool = RateLimitPolicy.adaptive
 
     @field_validator("pokeapi_base_url", "cms_base_url", "semaphore_base_url", mode="before")
     @classmethod
@@ -206,6 +215,14 @@ class ApiSettings(RedisSettings):
     def _check_backoff(self) -> ApiSettings:
         if self.http_retry_backoff_max < self.http_retry_backoff_initial:
             raise ValueError("HTTP_RETRY_BACKOFF_MAX must be >= HTTP_RETRY_BACKOFF_INITIAL")
+        return self
+
+    @model_validator(mode="after")
+    def _check_budgets(self) -> ApiSettings:
+        """Every upstream's budget variables are numbers >= 0 (one line for the first
+        that is not): they are read from the environment, not declared as fields."""
+        for upstream in all_upstreams():
+            self.rate_limit_policy(upstream.name)
         return self
 
     @property
@@ -260,23 +277,46 @@ class ApiSettings(RedisSettings):
         )
 
     def rate_limit_policy(self, service: str) -> RateLimitPolicy:
-        """The bucket of `service`, from the settings its registry entry names
-        (POKEAPI_RATE_LIMIT and POKEAPI_RATE_LIMIT_BURST...); unknown ones: no limit."""
+        """The budget of `service`: its registry entry's rate and concurrency, unless
+        the variables it names say otherwise (POKEAPI_RATE_LIMIT, POKEAPI_RATE_LIMIT_BURST,
+        POKEAPI_CONCURRENCY...); an unknown service has none."""
         entry = next((u for u in all_upstreams() if u.name == service), None)
-        setting = entry.rate_limit_setting if entry is not None else ""
-        rate = float(self._setting(setting, 0.0)) if setting else 0.0
-        burst = int(self._setting(f"{setting}_BURST", 0)) if setting else 0
-        if rate < 0 or burst < 0:
-            raise ValueError(f"{setting} and {setting}_BURST must be >= 0")
-        return RateLimitPolicy(rate=rate, burst=burst, max_wait=self.rate_limit_max_wait)
+        if entry is None:
+            return RateLimitPolicy(
+                max_wait=self.rate_limit_max_wait,
+                bulk_share=self.budget_bulk_share,
+                adaptive=self.budget_adaptive,
+            )
+        rate_name, burst_name, concurrency_name = entry.budget_settings
+        return RateLimitPolicy(
+            rate=_number(rate_name, float(entry.rate_limit), float),
+            burst=_number(burst_name, 0, int),
+            concurrency=_number(concurrency_name, entry.concurrency, int),
+            max_wait=self.rate_limit_max_wait,
+            bulk_share=self.budget_bulk_share,
+            adaptive=self.budget_adaptive,
+        )
 
-    def _setting(self, name: str, default: float) -> float | str:
-        """A field of these settings by its environment name; an upstream added by an
-        installed package reads its own variables from the environment."""
-        value = getattr(self, name.lower(), None)
-        if isinstance(value, int | float):
-            return value
-        return os.environ.get(name, "") or default
+
+def budget_setting_names() -> frozenset[str]:
+    """The budget variables of every registered upstream (the settings tree lists them
+    with its fields)."""
+    return frozenset(name for u in all_upstreams() for name in u.budget_settings if name)
+
+
+def _number(name: str, default: N, kind: type[N]) -> N:
+    """A budget variable from the environment: a number >= 0 (one-line error otherwise)."""
+    raw = os.environ.get(name, "").strip() if name else ""
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        word = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name}={raw!r}: must be {word}") from None
+    if value < 0 or (kind is float and not math.isfinite(value)):
+        raise ValueError(f"{name}={raw!r}: must be at least 0")
+    return value
 
 
 @lru_cache(maxsize=1)

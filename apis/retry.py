@@ -50,15 +50,24 @@ def _retry_after(exc: BaseException | None) -> float | None:
 
 
 class _WaitJitterOrRetryAfter:
-    """Full-jitter exponential backoff, unless the upstream said how long to wait."""
+    """Full-jitter exponential backoff, unless the upstream said how long to wait.
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    With a shared budget (`budgeted`) a 429 is retried at once: the budget, paused by
+    the 429 for the whole fleet, makes the next attempt wait for its token (at most a
+    second) or holds it back, so no thread sleeps out a Retry-After here.
+    """
+
+    def __init__(self, policy: RetryPolicy, *, budgeted: bool = False) -> None:
+        self._budgeted = budgeted
         self._jitter = wait_random_exponential(
             multiplier=policy.backoff_initial, max=policy.backoff_max
         )
 
     def __call__(self, state: RetryCallState) -> float:
-        asked = _retry_after(state.outcome.exception() if state.outcome else None)
+        exc = state.outcome.exception() if state.outcome else None
+        if self._budgeted and isinstance(exc, RateLimited):
+            return 0.0
+        asked = _retry_after(exc)
         if asked:
             return asked
         # No pause asked for, or `Retry-After: 0`: "now" from every client at once is a
@@ -67,14 +76,16 @@ class _WaitJitterOrRetryAfter:
 
 
 class _StopWhenRetryAfterTooLong(stop_base):
-    """Give up when the upstream asks for a pause longer than we hold a worker slot."""
+    """Give up when the upstream asks for a pause longer than we hold a worker slot
+    (with a budget, the budget's own wait bound decides instead)."""
 
-    def __init__(self, cap: float) -> None:
+    def __init__(self, cap: float, *, budgeted: bool = False) -> None:
         self._cap = cap
+        self._budgeted = budgeted
 
     def __call__(self, state: RetryCallState) -> bool:
         asked = _retry_after(state.outcome.exception() if state.outcome else None)
-        return asked is not None and asked > self._cap
+        return not self._budgeted and asked is not None and asked > self._cap
 
 
 def _log_retry(service: str) -> Callable[[RetryCallState], None]:
@@ -92,16 +103,19 @@ def _log_retry(service: str) -> Callable[[RetryCallState], None]:
     return before_sleep
 
 
-def build_retrying(policy: RetryPolicy, *, service: str, sleep: Sleep = time.sleep) -> Retrying:
-    """A tenacity controller for one upstream call under `policy`."""
+def build_retrying(
+    policy: RetryPolicy, *, service: str, sleep: Sleep = time.sleep, budgeted: bool = False
+) -> Retrying:
+    """A tenacity controller for one upstream call under `policy` (`budgeted`: the
+    upstream's shared budget paces a 429's retry, see `_WaitJitterOrRetryAfter`)."""
     return Retrying(
         retry=retry_if_exception(retry_in_place),
         stop=(
             stop_after_attempt(policy.attempts)
             | stop_before_delay(policy.max_seconds)
-            | _StopWhenRetryAfterTooLong(policy.retry_after_cap)
+            | _StopWhenRetryAfterTooLong(policy.retry_after_cap, budgeted=budgeted)
         ),
-        wait=_WaitJitterOrRetryAfter(policy),
+        wait=_WaitJitterOrRetryAfter(policy, budgeted=budgeted),
         before_sleep=_log_retry(service),
         sleep=sleep,
         reraise=True,

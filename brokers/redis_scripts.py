@@ -82,18 +82,18 @@ local function put_back(queue, item, deliveries, parked, limit, suffix)
 end
 """
 
-#: Take up to ARGV[2] messages and record each as in hand, in one step.
+#: Take up to ARGV[2] messages and record each as in hand, in one step; ARGV[4..]: the
+#: admission's held upstreams (task prefix, queue key), see the script.
 #: KEYS: holders, the holder's in-hand hash, sequence, then the queue keys, in priority
 #: groups of ARGV[3] keys each (kombu's order: every queue at priority 0, then 3...).
 #: Within a group the queues take turns, one message each, so a busy queue cannot starve
 #: the others. Returns a flat list: field, key index (0-based), item, ...
 #:
-#: A fetch that finds nothing writes nothing (an idle fleet sends its AOF and replicas
-#: only heartbeats). One that takes a message registers the holder if it is not yet
-#: (`ZADD NX`: a process killed before its first heartbeat still has its messages
-#: rescued), but never refreshes its heartbeat: only the heartbeat thread does, so a
-#: heartbeat's age tells how long that thread has been silent (see HEARTBEAT).
-#: Per-upstream admission (issue 27) belongs in the taking loop, where `want` is checked.
+#: A fetch that takes nothing writes nothing but admission's moves (an idle fleet sends
+#: its AOF and replicas only heartbeats). One that takes a message registers the holder
+#: if it is not yet (`ZADD NX`: a process killed before its first heartbeat still has
+#: its messages rescued), but never refreshes its heartbeat: only the heartbeat thread
+#: does, so a heartbeat's age tells how long that thread has been silent (HEARTBEAT).
 FETCH = (
     _PRELUDE
     + """
@@ -103,6 +103,23 @@ local out = {}
 local got = 0
 local now = nil
 local call = nil
+-- Admission (the upstreams' budgets, `redis_transport.admission`): ARGV[4..] are pairs
+-- of a task-name prefix whose upstream has no budget now and the queue key its jobs wait
+-- in; a job of theirs met in another queue is moved to the head of that one, not taken.
+local held = {}
+for j = 4, #ARGV - 1, 2 do held[#held + 1] = {ARGV[j], ARGV[j + 1]} end
+local moved = 0
+local function held_in(item, key)
+  if #held == 0 or moved >= 100 then return nil end
+  local ok, envelope = pcall(cjson.decode, item)
+  if not ok or type(envelope) ~= 'table' or type(envelope.headers) ~= 'table' then return nil end
+  local task = envelope.headers.task
+  if type(task) ~= 'string' then return nil end
+  for _, rule in ipairs(held) do
+    if rule[2] ~= key and string.sub(task, 1, #rule[1]) == rule[1] then return rule[2] end
+  end
+  return nil
+end
 local first = 4
 while first <= #KEYS and got < want do
   local last = math.min(first + group - 1, #KEYS)
@@ -113,7 +130,12 @@ while first <= #KEYS and got < want do
     for _, i in ipairs(live) do
       if got >= want then break end
       local item = redis.call('RPOP', KEYS[i])
-      if item then
+      local wait_in = item and held_in(item, KEYS[i])
+      if wait_in then
+        redis.call('RPUSH', wait_in, item)
+        moved = moved + 1
+        still[#still + 1] = i
+      elseif item then
         if not call then
           now = now_ms()
           call = redis.call('INCR', KEYS[3])

@@ -91,6 +91,14 @@ on_declared_dead: list[DeclaredDeadCallback] = []
 #: outside a worker. The fetch refills as soon as one is free (`_batch_floor`).
 free_slots: Callable[[], int] | None = None
 
+#: The upstream budgets' admission, installed by the worker. It returns the (task-name
+#: prefix, queue) of each upstream with no budget now, and how many messages a fetch may
+#: take at most (None: as many as there are free slots). A fetch leaves those queues
+#: out, and moves their jobs met in another queue (a stock producer's default queue)
+#: into them, so they wait in the broker, not in a worker thread. None: no admission.
+Admission = Callable[[], tuple[Sequence[tuple[str, str]], int | None]]
+admission: Admission | None = None
+
 # Holders of this process whose hand-back failed (Redis away as their channel closed):
 # the next channel that reaches Redis hands their messages back.
 _orphans: set[str] = set()
@@ -335,6 +343,10 @@ class ReliableChannel(kombu_redis.Channel):
         if not self._taking:
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
+        held, most = admission() if admission is not None else ((), None)
+        if held:
+            waiting = {queue for _, queue in held}
+            queues = [queue for queue in queues if queue not in waiting]
         if not queues:
             return
         keys = [
@@ -345,6 +357,10 @@ class ReliableChannel(kombu_redis.Channel):
         wanted = self.qos.can_consume_max_estimate() or self.fetch_limit
         if not self._idle and wanted < self._batch_floor():
             return  # enough in hand: wait until half the slots are free, then fill them
+        if most is not None:
+            wanted = min(wanted, most)
+            if wanted < 1:
+                return
         self._start_heartbeat()
         self._fetch_keys = keys
         connection = self.client.connection
@@ -360,6 +376,7 @@ class ReliableChannel(kombu_redis.Channel):
             "EVALSHA", self._scripts["FETCH"], 3 + len(keys),
             self._keys["holders"], self._keys["inhand"], self._keys["sequence"], *keys,
             self.holder, wanted, len(queues),
+            *(part for prefix, queue in held for part in (prefix, self._prefix + queue)),
         )  # fmt: skip
         self._consumed = True
 

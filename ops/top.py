@@ -10,7 +10,11 @@ Like `rq info` and `htop`, and built only on what the service already exposes:
   (`events:failures`) from the streams' own `entries-added` counters, seeded from the
   last minute of entries on the first frame; upstream calls from the workers' Prometheus
   counter (`apiworker_upstream_requests_total`) when `--metrics` names their endpoints;
-- **breakers**: open, half-open (a probe call out) or closed, from their Redis keys.
+- **breakers**: open, half-open (a probe call out) or closed, from their Redis keys;
+- **budgets**: per upstream the fleet's current and configured rate, a pause the
+  upstream asked for, requests in flight (`apis.budget.read_state`), and from the
+  workers' metrics (with `--metrics`) the 429s per minute and the calls waiting for
+  budget by class; the jobs waiting in the broker are the upstream's queue above.
 
 `rich` draws the tables (`rich.live` keeps them in place); `--once` prints one snapshot
 and exits, for scripts.
@@ -33,10 +37,13 @@ from rich.live import Live
 from rich.table import Table
 
 from apis.breaker import state_keys
+from apis.budget import BudgetState, read_state
 from brokers import ALL_QUEUES, Broker, QueueDepth
 
 WINDOW_SECONDS = 60.0
 UPSTREAM_COUNTER = "apiworker_upstream_requests"
+PAUSES_COUNTER = "apiworker_budget_pauses"
+WAITING_GAUGE = "apiworker_budget_waiting"
 # How much of a stream the first frame reads to seed its rate (then counters take over).
 _SEED_LIMIT = 20_000
 
@@ -53,6 +60,17 @@ class WorkerLoad:
 
 
 @dataclass(frozen=True)
+class BudgetRow:
+    """One upstream's budget on screen: Redis's state, its configured rate, and from the
+    workers' metrics its 429s per minute and the calls waiting by class."""
+
+    state: BudgetState
+    configured: float
+    refused_per_min: float | None = None
+    waiting: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     queues: list[QueueDepth]
     workers: list[WorkerLoad]
@@ -60,6 +78,7 @@ class Snapshot:
     failures_per_s: float | None
     upstream_per_s: float | None
     breakers: dict[str, str]
+    budgets: list[BudgetRow] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +114,7 @@ class Fleet:
         breaker_prefix: str,
         services: Sequence[str],
         metrics_urls: Sequence[str] = (),
+        budgets: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker = broker
@@ -105,13 +125,17 @@ class Fleet:
         self.services = list(services)
         self.metrics_urls = list(metrics_urls)
         self.clock = clock
+        #: Upstream -> its configured rate (0: none), for the budgets table.
+        self.budgets = dict(budgets or {})
         self.meters = {name: RateMeter() for name in (*self.streams, "upstream")}
+        self.refusals = {service: RateMeter() for service in self.budgets}
 
     def snapshot(self) -> Snapshot:
         now = self.clock()
         for name, key in self.streams.items():
             self._sample_stream(name, key, now)
-        upstream = self.upstream_total()
+        families = self._metrics()
+        upstream = self.upstream_total(families)
         if upstream is not None:
             self.meters["upstream"].add(now, upstream)
         return Snapshot(
@@ -121,6 +145,7 @@ class Fleet:
             failures_per_s=self.meters["failures"].rate(),
             upstream_per_s=self.meters["upstream"].rate() if self.metrics_urls else None,
             breakers=self.breakers(),
+            budgets=self.budget_rows(families, now),
         )
 
     def _sample_stream(self, name: str, key: str, now: float) -> None:
@@ -144,20 +169,48 @@ class Fleet:
             loads.append(WorkerLoad(name, len(jobs), oldest.get("name") if oldest else None, age))
         return sorted(loads, key=lambda load: (-load.in_flight, load.name))
 
-    def upstream_total(self) -> float | None:
-        """Upstream requests sent so far, summed over the given workers' metrics."""
+    def _metrics(self) -> list[Any] | None:
+        """Every metric family of the given workers' endpoints (None: none given)."""
         if not self.metrics_urls:
             return None
-        total = 0.0
+        families: list[Any] = []
         for url in self.metrics_urls:
             try:
                 text = requests.get(url, timeout=2).text
             except requests.RequestException:
                 continue  # a worker restarting: its share is missing from this frame
-            for family in text_string_to_metric_families(text):
-                if family.name == UPSTREAM_COUNTER:
-                    total += sum(s.value for s in family.samples if s.name.endswith("_total"))
-        return total
+            families.extend(text_string_to_metric_families(text))
+        return families
+
+    def upstream_total(self, families: list[Any] | None = None) -> float | None:
+        """Upstream requests sent so far, summed over the given workers' metrics."""
+        if families is None:
+            families = self._metrics()
+            if families is None:
+                return None
+        return _summed(families, UPSTREAM_COUNTER, "_total")
+
+    def budget_rows(self, families: list[Any] | None, now: float) -> list[BudgetRow]:
+        """Each upstream's budget: its state in Redis, and what the workers report."""
+        rows = []
+        for service, configured in self.budgets.items():
+            state = read_state(self.results, self.breaker_prefix, service)
+            refused: float | None = None
+            waiting: dict[str, float] = {}
+            if families is not None:
+                meter = self.refusals[service]
+                meter.add(now, _summed(families, PAUSES_COUNTER, "_total", service=service))
+                rate = meter.rate()
+                refused = None if rate is None else rate * 60
+                for family in families:
+                    if family.name == WAITING_GAUGE:
+                        for sample in family.samples:
+                            if sample.labels.get("service") == service:
+                                klass = sample.labels.get("job_class", "")
+                                waiting[klass] = waiting.get(klass, 0.0) + sample.value
+            rows.append(BudgetRow(state, configured, refused, waiting))
+        # A paused upstream first, then the busiest.
+        return sorted(rows, key=lambda row: (-row.state.paused_for, -row.state.in_flight))
 
     def breakers(self) -> dict[str, str]:
         pipe = self.results.pipeline(transaction=False)
@@ -171,6 +224,20 @@ class Fleet:
             is_open, probing = flags[2 * index], flags[2 * index + 1]
             states[service] = "open" if is_open else "half-open" if probing else "closed"
         return dict(sorted(states.items(), key=lambda item: item[1] == "closed"))
+
+
+def _summed(families: list[Any], name: str, suffix: str, **labels: str) -> float:
+    """The sum of a metric's samples named `name` + `suffix` with these labels."""
+    return float(
+        sum(
+            sample.value
+            for family in families
+            if family.name == name
+            for sample in family.samples
+            if sample.name.endswith(suffix)
+            and all(sample.labels.get(key) == value for key, value in labels.items())
+        )
+    )
 
 
 def _entries_added(client: redis.Redis, key: str) -> int:
@@ -212,7 +279,28 @@ def render(snapshot: Snapshot, title: str) -> Group:
     for service, state in snapshot.breakers.items():
         style = {"open": "bold red", "half-open": "yellow"}.get(state, "green")
         breakers.add_row(service, f"[{style}]{state}[/]")
-    return Group(title, queues, workers, rates, breakers)
+    budgets = Table(title="budgets", title_justify="left")
+    for column in ("upstream", "rate/s", "configured/s", "paused", "in flight", "429s/min"):
+        budgets.add_column(column, justify="left" if column == "upstream" else "right")
+    budgets.add_column("waiting on-demand/bulk", justify="right")
+    for row in snapshot.budgets:
+        budget = row.state
+        paused = f"[bold red]{budget.paused_for:.1f}s[/]" if budget.paused_for else "-"
+        waiting = (
+            f"{row.waiting.get('on_demand', 0):.0f}/{row.waiting.get('bulk', 0):.0f}"
+            if row.waiting
+            else "-"
+        )
+        budgets.add_row(
+            budget.service,
+            _rate(budget.rate) if budget.rate else "unbounded",
+            _rate(row.configured) if row.configured else "none",
+            paused,
+            str(budget.in_flight),
+            _rate(row.refused_per_min),
+            waiting,
+        )
+    return Group(title, queues, workers, rates, breakers, budgets)
 
 
 def _count(value: int | None) -> str:

@@ -42,6 +42,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="serve PokeAPI records cut to ~4 KB each, same fields (benchmarks)",
     )
     parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.0,
+        help="requests/s each upstream route allows, 429 with Retry-After: 1 above it "
+        "(default: no limit; PUT /_sandbox/budget/{route} changes one while serving)",
+    )
+    parser.add_argument(
         "--public-url",
         default=None,
         help="base URL clients reach this server by, used in links "
@@ -54,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     if args.latency < 0:
         raise SystemExit("--latency must not be negative")
+    if args.budget < 0:
+        raise SystemExit("--budget must not be negative")
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -70,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         public_url=args.public_url,
         prewarm=args.prewarm,
         small_bodies=args.small_bodies,
+        budget=args.budget,
     ).start()
     try:
         print(f"sandbox upstream listening on {server.base_url}", flush=True)

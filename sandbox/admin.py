@@ -48,6 +48,10 @@ def handle(server: SandboxServer, request: Request) -> Response:
             return json_response(200, {"seconds": server.latency})
         if action == ("GET", "/latency"):
             return json_response(200, {"seconds": server.latency})
+        if request.method == "PUT" and action[1].startswith("/budget/"):
+            return _budget(server, action[1].removeprefix("/budget/"), _json_object(request.body))
+        if action == ("GET", "/budget"):
+            return json_response(200, {"budgets": server.budget_counts()})
     except ValueError as error:
         return json_response(400, {"error": str(error)})
     return json_response(404, {"error": "unknown admin endpoint"})
@@ -101,6 +105,20 @@ def _inject(server: SandboxServer, spec: dict[str, Any]) -> Response:
         raise ValueError("probability must be a number or null")
     server.inject(route, kind, times=times, probability=probability, **params)
     return json_response(201, {"route": route, "kind": kind})
+
+
+def _budget(server: SandboxServer, route: str, spec: dict[str, Any]) -> Response:
+    """`PUT /_sandbox/budget/{route}` `{"rate": 40, "retry_after": 1}`: 429 above it."""
+    rate = spec.get("rate")
+    retry_after = spec.get("retry_after")
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise ValueError("rate must be a number")
+    if retry_after is not None and (
+        isinstance(retry_after, bool) or not isinstance(retry_after, int)
+    ):
+        raise ValueError("retry_after must be an integer")
+    server.set_budget(route, float(rate), retry_after=retry_after)
+    return json_response(200, {"budgets": server.budget_counts()})
 
 
 def _seconds(spec: dict[str, Any]) -> float:

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sandbox import admin
+from sandbox.budget import UpstreamBudget
 from sandbox.faults import UNSET, Fault, FaultBook, Unset, endless_page
 from sandbox.messages import JSON_TYPE, Request, Response, text_response
 from sandbox.request_log import Received, RequestLog
@@ -91,6 +92,10 @@ class _Handler(BaseHTTPRequestHandler):
         server.log.record(name, arrived, request.path, request.headers, conditional=conditional)
         if route is None:
             self._send(not_found(), head_only=head_only)
+            return
+        refused = server.sandbox.budget_of(route.name).admit()
+        if refused is not None:
+            self._send(refused, head_only=head_only)
             return
         latency = server.sandbox.latency
         if latency > 0:
@@ -312,6 +317,7 @@ class SandboxServer:
         public_url: str | None = None,
         prewarm: bool = False,
         small_bodies: bool = False,
+        budget: float = 0.0,
     ) -> None:
         self.host = host
         # The address clients use in links (pagination, record URLs), when it is not the
@@ -324,6 +330,10 @@ class SandboxServer:
         self.latency = latency
         self._semaphore_token = semaphore_token
         self._faults = FaultBook(seed)
+        # Each upstream's own rate limit (`set_budget`); `budget` applies to every route.
+        self._default_budget = budget
+        self._budgets: dict[str, UpstreamBudget] = {}
+        self._budgets_lock = threading.Lock()
         self._log = RequestLog()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -410,6 +420,36 @@ class SandboxServer:
         if self._httpd is not None:
             self._httpd.upstreams.semaphore.token = token
 
+    # -- the upstreams' own rate limits -----------------------------------------------
+
+    def budget_of(self, route: str) -> UpstreamBudget:
+        """The rate limit `route` enforces (by default none, or `budget` per second)."""
+        budget = self._budgets.get(route)
+        if budget is None:
+            with self._budgets_lock:
+                budget = self._budgets.setdefault(route, UpstreamBudget(self._default_budget))
+        return budget
+
+    def set_budget(self, route: str, rate: float, *, retry_after: int | None = None) -> None:
+        """Make `route` answer 429 (with `Retry-After`) above `rate` requests/s; 0: none.
+
+        Takes effect at once, so a test can halve an upstream's budget mid-run."""
+        if route not in route_names():
+            known = ", ".join(route_names())
+            raise ValueError(f"unknown route {route!r}; expected one of {known}")
+        if rate < 0:
+            raise ValueError("rate must not be negative")
+        budget = self.budget_of(route)
+        budget.set_rate(rate)
+        if retry_after is not None:
+            budget.retry_after = retry_after
+
+    def budget_counts(self) -> dict[str, dict[str, float]]:
+        """Per route with a limit: its rate, requests allowed and requests refused (429)."""
+        with self._budgets_lock:
+            budgets = dict(self._budgets)
+        return {route: b.counts() for route, b in budgets.items() if b.rate or b.refused}
+
     # -- faults and the request log -------------------------------------------------
 
     def inject(
@@ -441,8 +481,11 @@ class SandboxServer:
         return self._faults.pending()
 
     def reset(self) -> None:
-        """Clear faults and the request log, undo record changes (latency is kept)."""
+        """Clear faults, rate limits and the request log, undo record changes (latency
+        is kept)."""
         self._faults.clear()
+        with self._budgets_lock:
+            self._budgets.clear()
         self._log.clear()
         if self._httpd is not None:
             self._httpd.upstreams.pokeapi.restore()

@@ -16,7 +16,7 @@ import importlib
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from apis.config import ApiSettings
+from apis.config import ApiSettings, budget_setting_names
 from apis.config import get_settings as get_api_settings
 from redisconn.settings import RedisSettings
 from settings.errors import ConfigurationError, lines_of, merged
@@ -114,4 +114,5 @@ def setting_names() -> frozenset[str]:
     defaults (the test suite, the benchmarks) see a new setting without being told.
     """
     models = [*SECTIONS.values(), *upstream_sections().values()]
-    return frozenset(name.upper() for cls in models for name in cls.model_fields)
+    fields = {name.upper() for cls in models for name in cls.model_fields}
+    return frozenset(fields | budget_setting_names())

@@ -23,6 +23,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
+from apis.budget import BULK, ON_DEMAND, job_class
 from apis.config import get_settings
 from apis.errors import HeldBack, NotConfigured, NotFound, RateLimited, UpstreamError
 from brokers import ALL_QUEUES, broker_module
@@ -37,6 +38,12 @@ log = logging.getLogger("tasks")
 
 # A message header counting the job's deferrals, carried from one delivery to the next.
 DEFERRALS_HEADER = "apiworker_deferrals"
+# A job's class for its upstream's budget: "bulk" or "on_demand". A producer marks a job
+# bulk with Celery's own `headers` option (`send_task(name, args, headers={CLASS_HEADER:
+# "bulk"})`); a job without it is on-demand unless its task is bulk by nature.
+CLASS_HEADER = "apiworker_class"
+#: What a fan-out child is sent with.
+BULK_HEADERS = {CLASS_HEADER: BULK}
 # When the job first ran (epoch ms, Redis's clock), carried by its deferrals: a result
 # stored since then is fresh enough for it, whatever FRESHNESS_MAX_AGE says.
 BEGAN_HEADER = "apiworker_began_ms"
@@ -108,6 +115,15 @@ def home_queue(request: Any) -> str | None:
     return name if name in ALL_QUEUES else None
 
 
+def class_of(task: Any, request: Any) -> str:
+    """The job's budget class: its header's, else bulk for a task that is bulk by nature
+    (a beat schedule's job, a fan-out: `bulk = True` on the task), else on-demand."""
+    value = (getattr(request, "headers", None) or {}).get(CLASS_HEADER)
+    if value in (BULK, ON_DEMAND):
+        return str(value)
+    return BULK if getattr(task, "bulk", False) else ON_DEMAND
+
+
 def began_at(request: Any) -> float | None:
     """When this job first ran, on the results Redis's clock (epoch seconds): its
     deferrals' header; None on its first run (its first claim reads Redis's `TIME`)."""
@@ -124,6 +140,9 @@ class UpstreamTask(Task):  # type: ignore[misc]
 
     #: Whether running the job twice is harmless; only such jobs are retried by Celery.
     idempotent = True
+    #: Whether the job's upstream calls are bulk for the budget (beat's and fan-outs'
+    #: tasks); a message's CLASS_HEADER says otherwise for one job.
+    bulk = False
     acks_late = True
     reject_on_worker_lost = True
     max_retries = get_worker_settings().task_max_retries
@@ -134,6 +153,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()
         began = job_began_at.set(JobStart(began_at(self.request)))
+        klass = job_class.set(class_of(self, self.request))
         try:
             return super().__call__(*args, **kwargs)
         except HeldBack as exc:
@@ -150,6 +170,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
                 raise
             self._retry_later(exc)
         finally:
+            job_class.reset(klass)
             job_began_at.reset(began)
 
     def _retry_later(self, exc: Exception) -> NoReturn:

@@ -114,7 +114,7 @@ def sync_article(self: UpstreamTask, slug: str) -> ArticleSummary:
     return sync_one(checked, self.request.id, runtime=get_runtime(), client=get_client(CmsAPI))
 
 
-@shared_task(name="tasks.cms.sync_articles", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.cms.sync_articles", base=UpstreamTask, bind=True, bulk=True)
 def sync_articles(self: UpstreamTask) -> dict[str, Any]:
     """Store every article; returns how many were listed, written and revalidated."""
     return sync_every(self.request.id, runtime=get_runtime(), client=get_client(CmsAPI))

@@ -8,7 +8,7 @@ from celery import shared_task
 
 from apis import PokeAPI, get_client
 from tasks import validation
-from tasks.base import UpstreamTask
+from tasks.base import BULK_HEADERS, UpstreamTask
 from tasks.catalog import refresh_batch
 from tasks.runtime import Runtime, get_runtime
 from tasks.single_flight import FetchOnceJob
@@ -52,7 +52,9 @@ def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
 
 
 # Not part of the public contract: only refresh_catalog sends it.
-@shared_task(name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True)
+@shared_task(
+    name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True, bulk=True
+)
 def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
     """Internal to `refresh_catalog`: store many names in one job (see tasks.catalog)."""
     refs = validation.pokemon_batch(names)
@@ -63,12 +65,12 @@ def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
         runtime=get_runtime(),
         client=get_client(PokeAPI),
         concurrency=settings.catalog_batch_concurrency,
-        defer=lambda name: fetch_pokemon.apply_async((name,)),
+        defer=lambda name: fetch_pokemon.apply_async((name,), headers=BULK_HEADERS),
     )
     return outcome.summary()
 
 
-@shared_task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True, bulk=True)
 def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
     """Enqueue the configured names (or the whole index): in batches, or one job each."""
     settings = get_runtime().settings
@@ -85,6 +87,6 @@ def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
                 jobs += 1
         else:
             for name in names:
-                fetch_pokemon.apply_async((name,), producer=producer)
+                fetch_pokemon.apply_async((name,), producer=producer, headers=BULK_HEADERS)
                 jobs += 1
     return {"names": len(names), "jobs": jobs}

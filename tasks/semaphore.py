@@ -36,7 +36,7 @@ def sync_projects(task_id: str, *, runtime: Runtime, client: SemaphoreAPI) -> li
     return projects
 
 
-@shared_task(name="tasks.semaphore.sync_pipelines", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.semaphore.sync_pipelines", base=UpstreamTask, bind=True, bulk=True)
 def sync_pipelines(self: UpstreamTask, project_id: str) -> list[PipelineSummary]:
     """Store every pipeline of one project, newest first as the upstream lists them."""
     checked = validation.project_id(project_id)
@@ -45,7 +45,7 @@ def sync_pipelines(self: UpstreamTask, project_id: str) -> list[PipelineSummary]
     )
 
 
-@shared_task(name="tasks.semaphore.sync_all_projects", base=UpstreamTask, bind=True)
+@shared_task(name="tasks.semaphore.sync_all_projects", base=UpstreamTask, bind=True, bulk=True)
 def sync_all_projects(self: UpstreamTask) -> dict[str, Any]:
     """Store the project list and fan out one `sync_pipelines` job per project."""
     projects = sync_projects(

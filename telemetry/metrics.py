@@ -10,7 +10,7 @@ aggregates them.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 UPSTREAM_REQUESTS = Counter(
     "apiworker_upstream_requests",
@@ -34,7 +34,7 @@ REVALIDATIONS = Counter(
     ["service", "outcome"],
 )
 
-# The shared rate limit (apis/ratelimit.py).
+# The fleet-wide budget's waits and held-back calls (apis/budget.py).
 RATE_LIMIT_WAITS = Counter(
     "apiworker_rate_limit_waits",
     "Requests that waited for a token of the shared rate limit, by service.",
@@ -44,6 +44,46 @@ RATE_LIMIT_DEFERRALS = Counter(
     "apiworker_rate_limit_held_back",
     "Calls held back because the next token was further away than RATE_LIMIT_MAX_WAIT.",
     ["service"],
+)
+
+# The fleet-wide budget of each upstream (apis/budget.py). Gauges are per process;
+# under the prefork pool the multiprocess mode says how processes combine.
+BUDGET_RATE = Gauge(
+    "apiworker_budget_rate",
+    "The fleet's current rate for an upstream, requests/s, as this process last read it "
+    "(0: unbounded, no limit configured or learnt).",
+    ["service"],
+    multiprocess_mode="max",
+)
+BUDGET_CONFIGURED_RATE = Gauge(
+    "apiworker_budget_configured_rate",
+    "The configured rate of an upstream (its ceiling), requests/s; 0: none configured.",
+    ["service"],
+    multiprocess_mode="max",
+)
+BUDGET_IN_FLIGHT = Gauge(
+    "apiworker_budget_in_flight",
+    "Requests in flight holding a permit of an upstream's concurrency limit.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+BUDGET_WAITING = Gauge(
+    "apiworker_budget_waiting",
+    "Calls waiting for their upstream's budget now, by job class (on_demand, bulk).",
+    ["service", "job_class"],
+    multiprocess_mode="livesum",
+)
+BUDGET_PAUSES = Counter(
+    "apiworker_budget_pauses",
+    "Upstream answers that paused the fleet (429, or 503 with Retry-After), by status.",
+    ["service", "status"],
+)
+GUARD_FALLBACK = Gauge(
+    "apiworker_guard_fallback",
+    "1 while a guard (budget, breaker) of an upstream runs on local state because Redis "
+    "is slow or away.",
+    ["service", "guard"],
+    multiprocess_mode="max",
 )
 
 # The circuit breakers (apis/breaker.py).

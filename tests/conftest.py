@@ -168,6 +168,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Worker processes do not inherit this: tests/support/celery_worker.py starts them
     # from the defaults and tests/integration/conftest.py's SUITE_OVERRIDES only.
     monkeypatch.setenv("CIRCUIT_FAILURE_THRESHOLD", "0")
+    # Nor budget state: an upstream with no rate configured has no budget in-process
+    # (tests of the budget configure a rate, or pass their own Redis client).
+    monkeypatch.setenv("BUDGET_ADAPTIVE", "false")
     reset_clients()
     get_worker_settings.cache_clear()
     yield

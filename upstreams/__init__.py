@@ -37,9 +37,14 @@ class Upstream:
     base_url_setting: str
     #: What it serves, for the tables (README, CLI).
     description: str = ""
-    #: The environment variable of its shared rate limit (requests per second; 0: none).
-    #: Its bucket size is `<rate_limit_setting>_BURST`.
+    #: The environment variable of its fleet-wide budget's rate (requests per second, the
+    #: ceiling; 0: none, learnt from its 429s). Its bucket size is
+    #: `<rate_limit_setting>_BURST`, its concurrency `<NAME>_CONCURRENCY` (`budget_settings`).
     rate_limit_setting: str = ""
+    #: Its budget when those variables are unset: the rate (requests/s; 0: none known)
+    #: and the requests in flight at once (0: unbounded) it allows.
+    rate_limit: float = 0.0
+    concurrency: int = 0
     #: Whether its calls go through the shared circuit breaker (keys named after it).
     breaker: bool = True
     #: The kinds of result its tasks store (`{kind}:{ident}` in the results contract),
@@ -59,6 +64,15 @@ class Upstream:
     def route(self) -> tuple[str, dict[str, str]]:
         """Celery's task route of its tasks."""
         return f"{self.tasks}.*", {"queue": self.queue, "routing_key": self.queue}
+
+    @property
+    def budget_settings(self) -> tuple[str, str, str]:
+        """The variables of its budget: rate, burst, concurrency (none without a rate
+        setting)."""
+        if not self.rate_limit_setting:
+            return ("", "", "")
+        stem = self.rate_limit_setting.removesuffix("_RATE_LIMIT")
+        return (self.rate_limit_setting, f"{self.rate_limit_setting}_BURST", f"{stem}_CONCURRENCY")
 
     @property
     def client_module(self) -> str:

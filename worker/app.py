@@ -18,7 +18,7 @@ from settings.errors import USAGE_EXIT_CODE
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
 from telemetry.redact import register_secret
-from worker import result_backend
+from worker import admission, result_backend
 from worker.beat import beat_schedule
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -39,6 +39,8 @@ broker_conf = broker.celery_conf(settings)
 # Redis URLs take messages with the reliable fetch (brokers/redis_transport.py); a job it
 # parks leaves a failure record (worker/consumer.py).
 redis_transport.install()
+# ... and leaves an upstream's jobs in the broker while its budget is held.
+admission.install()
 # Redis and broker passwords (every URL of a failover list) are masked in every log line,
 # as upstream tokens are.
 for secret in (*settings.redis.secrets(), *url_passwords(settings.broker_url)):

@@ -1,4 +1,8 @@
-"""The beat schedule, built from settings: an interval of 0 leaves the entry out."""
+"""The beat schedule, built from settings: an interval of 0 leaves the entry out.
+
+Every periodic job is bulk for its upstream's budget (on-demand jobs get the next tokens
+when it binds): each entry sends the class header, Celery's own `headers` option.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from apis.config import get_settings
 from settings import WorkerSettings
+from tasks.base import BULK_HEADERS
 
 
 def beat_schedule(settings: WorkerSettings) -> dict[str, dict[str, Any]]:
@@ -32,4 +37,6 @@ def beat_schedule(settings: WorkerSettings) -> dict[str, dict[str, Any]]:
             "task": "tasks.semaphore.sync_all_projects",
             "schedule": timedelta(seconds=settings.semaphore_sync_interval),
         }
+    for entry in entries.values():
+        entry["options"] = {"headers": dict(BULK_HEADERS)}
     return entries

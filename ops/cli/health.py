@@ -15,6 +15,7 @@ from rich.table import Table
 
 import redisconn
 from apis import ApiClient, ApiSettings, client_classes
+from apis.budget import read_state
 from apis.config import RetryPolicy
 from brokers import (
     BrokerError,
@@ -158,6 +159,33 @@ def upstream_checks(timeout: float) -> list[Check]:
     return [probe_upstream(cls, probe, api, timeout) for cls, probe in PROBES.items()]
 
 
+def budget_checks(services: Services, timeout: float) -> list[Check]:
+    """Each upstream pausing the fleet (it answered 429, or 503 with Retry-After): named,
+    with the pause left and its rate. A pause is the budget doing its job, not a fault."""
+    settings = services.settings
+    try:
+        client = services.redis(
+            settings.redis, socket_connect_timeout=timeout, socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+        states = [read_state(client, settings.result_key_prefix, cls.service) for cls in PROBES]
+    except (redis.RedisError, OSError) as exc:
+        detail = f"not read ({type(exc).__name__}): workers use local buckets meanwhile"
+        return [Check("budget", None, detail)]
+    paused = [state for state in states if state.paused_for > 0]
+    if not paused:
+        return [Check("budget", True, "no upstream is pausing the fleet")]
+    return [
+        Check(
+            "budget",
+            True,
+            f"{state.service} is pausing the fleet: {state.paused_for:.1f}s left, "
+            f"rate {state.rate:.3g}/s",
+        )
+        for state in paused
+    ]
+
+
 @cli.command()
 @click.option(
     "--timeout",
@@ -186,6 +214,7 @@ def health(ctx: click.Context, timeout: float) -> None:
     else:
         checks.append(Check("workers", False, "not checked: the broker is unreachable"))
     checks += upstream_checks(timeout)
+    checks += budget_checks(services, timeout)
     print_checks(checks)
     if any(check.ok is False for check in checks):
         ctx.exit(1)

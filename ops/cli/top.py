@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from apis.config import ApiSettings
 from ops.cli.base import Services, cli
 from ops.top import Fleet
 from ops.top import run as run_top
@@ -24,8 +25,11 @@ from upstreams import all_upstreams
 def top(services: Services, once: bool, interval: float, metrics_urls: tuple[str, ...]) -> None:
     """A live screen of the fleet: per queue ready, in hand and dead; per worker the jobs
     in flight and the oldest; jobs, failures and upstream calls per second over the last
-    minute; each breaker's state. Ctrl-C leaves it."""
+    minute; each breaker's state; each upstream's budget (current and configured rate, a
+    pause, requests in flight, and with --metrics 429s per minute and the calls waiting
+    by class). Ctrl-C leaves it."""
     keys = services.keys
+    api = ApiSettings()
     fleet = Fleet(
         broker=services.broker(),
         results=services.results(),
@@ -34,6 +38,7 @@ def top(services: Services, once: bool, interval: float, metrics_urls: tuple[str
         breaker_prefix=services.settings.result_key_prefix,
         services=[upstream.name for upstream in all_upstreams() if upstream.breaker],
         metrics_urls=metrics_urls,
+        budgets={u.name: api.rate_limit_policy(u.name).rate for u in all_upstreams()},
     )
     title = f"apiworker top: {services.broker().display_url}"
     run_top(fleet, title=title, once=once, interval=interval)

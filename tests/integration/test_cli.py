@@ -366,7 +366,8 @@ def test_health_ok_with_the_worker_up(run: Run, results: redis.Redis, sandbox: A
     assert outcome.exit_code == 0, outcome.output
     statuses = {line.split()[1]: line.split()[0] for line in outcome.stdout.splitlines()}
     assert statuses == {
-        name: "ok" for name in ("broker", "results", "workers", "pokeapi", "cms", "semaphore")
+        name: "ok"
+        for name in ("broker", "results", "workers", "pokeapi", "cms", "semaphore", "budget")
     }
     assert sandbox.semaphore_token not in outcome.output
 

@@ -21,6 +21,8 @@ import redis
 from celery import Celery
 from click.testing import CliRunner
 
+from apis.budget import Budget, budget_keys
+from apis.config import RateLimitPolicy, UpstreamConfig
 from ops.cli import cli
 from sandbox.pokeapi import load_catalogue
 from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
@@ -118,3 +120,27 @@ def test_the_live_screen_follows_jobs_as_they_flow(
     assert busy
     assert rate is not None
     assert rate > 0
+
+
+def test_budgets_show_an_upstream_pausing_the_fleet(
+    worker_env: dict[str, str], celery_worker: WorkerProcess, results: redis.Redis,
+) -> None:  # fmt: skip
+    """A 429 with Retry-After 30 to pokeapi (configured 40/s): `top` shows its rate cut,
+    the configured rate, the pause left and the other upstreams unbounded; `health`
+    names the upstream pausing the fleet."""
+    env = {**worker_env, "POKEAPI_RATE_LIMIT": "40"}
+    config = UpstreamConfig(
+        "pokeapi", "http://x", state_redis_url=env["REDIS_URL"],
+        rate_limit=RateLimitPolicy(rate=40),
+    )  # fmt: skip
+    Budget(config).answered(429, 30)
+    try:
+        screen = CliRunner().invoke(cli, ["top", "--once"], env=env).output
+        row = re.search(r"│ pokeapi\s+│\s+28\s+│\s+40\s+│\s+(\d+\.\d)s\s+│\s+0\s+│", screen)
+        assert row is not None, screen
+        assert 25 < float(row.group(1)) <= 30
+        assert re.search(r"│ cms\s+│\s+unbounded\s+│\s+none\s+│\s+-\s+│", screen), screen
+        health = CliRunner().invoke(cli, ["health"], env=env).output
+        assert re.search(r"budget\s+pokeapi is pausing the fleet: \d+\.\ds left", health), health
+    finally:
+        results.delete(*budget_keys("", "pokeapi"))

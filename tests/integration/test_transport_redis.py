@@ -509,3 +509,29 @@ def test_the_fetch_floor_comes_from_free_execution_slots(
     assert channel._batch_floor() == 1
     monkeypatch.setattr(redis_transport, "free_slots", lambda: 0)
     assert channel._batch_floor() == (32 + 15) // 2
+
+
+def test_admission_leaves_a_held_upstreams_jobs_in_the_broker(
+    connect, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tasks.held.* held (their upstream has no budget), a fetch skips their queue,
+    moves their job met in the shared queue to the head of their own, and takes the
+    other job behind it."""
+    monkeypatch.setattr(
+        redis_transport, "admission", lambda: ([("tasks.held.", "held-queue")], None)
+    )
+    with connect() as connection:
+        producer = connection.Producer()
+        for task in ("tasks.held.fetch", "tasks.other.fetch"):
+            producer.publish({"task": task}, routing_key=QUEUE, headers={"task": task})
+        producer.publish({"n": 0}, routing_key="held-queue", headers={"task": "tasks.held.x"})
+        queue = connection.SimpleQueue(QUEUE)
+        message = queue.get(timeout=5)
+        assert message.headers["task"] == "tasks.other.fetch"
+        message.ack()
+        waiting = [
+            json.loads(item)["headers"]["task"] for item in redis_client.lrange("held-queue", 0, -1)
+        ]
+        assert waiting == ["tasks.held.x", "tasks.held.fetch"]  # moved to the head
+        assert redis_client.llen(QUEUE) == 0
+        queue.close()

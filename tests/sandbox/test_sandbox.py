@@ -597,3 +597,19 @@ def test_prewarm_serves_the_same_bytes() -> None:
             ]
             assert bodies[0].status_code == bodies[1].status_code == 200
             assert bodies[0].content == bodies[1].content
+
+
+def test_a_budget_answers_429_with_retry_after_above_its_rate(sandbox) -> None:
+    """5/s on the pokemon route: a burst of 8 gets 5 answers and 3 429s (Retry-After 2),
+    other routes are not limited, and the counts say so; a new rate applies at once."""
+    sandbox.set_budget("pokemon", 5, retry_after=2)
+    with requests.Session() as session:
+        answers = [session.get(sandbox.pokeapi_url + "/pokemon/pikachu") for _ in range(8)]
+        statuses = [answer.status_code for answer in answers]
+        assert statuses.count(200) == 5
+        assert statuses.count(429) == 3
+        assert {a.headers["Retry-After"] for a in answers if a.status_code == 429} == {"2"}
+        assert sandbox.budget_counts()["pokemon"] == {"rate": 5, "allowed": 5, "refused": 3}
+        assert session.get(sandbox.pokeapi_url + "/pokemon?limit=1").status_code == 200
+        sandbox.set_budget("pokemon", 0)
+        assert session.get(sandbox.pokeapi_url + "/pokemon/pikachu").status_code == 200

@@ -49,3 +49,12 @@ def test_an_unconfigured_upstream_gets_no_entry() -> None:
     """Without a Semaphore token or CMS URL, their syncs are not scheduled."""
     schedule = beat_schedule(WorkerSettings())
     assert list(schedule) == ["refresh-pokemon-catalog"]
+
+
+def test_every_periodic_job_is_bulk_for_its_budget() -> None:
+    """Each entry sends the class header (Celery's `headers` option): on-demand jobs go
+    ahead of it when an upstream's budget binds."""
+    schedule = beat_schedule(WorkerSettings())
+    assert schedule
+    for entry in schedule.values():
+        assert entry["options"]["headers"] == {"apiworker_class": "bulk"}

@@ -20,6 +20,7 @@ from apis.breaker import CLOSED_TRUST_SECONDS, CircuitBreaker
 from apis.config import ApiSettings, CircuitPolicy, UpstreamConfig
 from redisconn import RedisTarget
 from tasks.base import DEFERRALS_HEADER, deferral_countdown, deferrals_of
+from telemetry.metrics import GUARD_FALLBACK
 from tests.support.celery_worker import wait_for
 from tests.support.redis_server import free_port
 
@@ -187,9 +188,10 @@ def test_a_late_success_does_not_cut_the_cool_down_short(server) -> None:
     assert b.state() == "open"
 
 
-def test_an_unreachable_redis_fails_open(caplog) -> None:
-    """Redis down: every call is allowed and one warning says why."""
-    cfg = config(threshold=1)
+def test_an_unreachable_redis_falls_back_to_a_local_breaker(caplog) -> None:
+    """Redis down: this process counts consecutive failures itself and opens at the
+    threshold (it never fails open); one warning says why, and a gauge shows it."""
+    cfg = config(threshold=3)
     b = CircuitBreaker(
         UpstreamConfig(
             service=cfg.service,
@@ -199,11 +201,16 @@ def test_an_unreachable_redis_fails_open(caplog) -> None:
         )
     )
     with caplog.at_level(logging.WARNING, logger="apis.breaker"):
-        for _ in range(5):
+        b.after_call(b.before_call(), SERVER_ERROR)
+        b.after_call(b.before_call(), None)  # a success resets the count
+        for _ in range(3):
             b.after_call(b.before_call(), SERVER_ERROR)
-            assert b.before_call().probe is None
-    warnings = [r for r in caplog.records if "fail open" in r.getMessage()]
+        with pytest.raises(errors.CircuitOpen) as refused:
+            b.before_call()
+    assert refused.value.retry_after == pytest.approx(cfg.circuit.cooldown_seconds, abs=1)
+    warnings = [r for r in caplog.records if "local state" in r.getMessage()]
     assert len(warnings) == 1
+    assert GUARD_FALLBACK.labels(cfg.service, "breaker")._value.get() == 1
 
 
 def test_settings_reach_the_client(monkeypatch) -> None:

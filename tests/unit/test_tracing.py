@@ -19,8 +19,8 @@ from pythonjsonlogger.json import JsonFormatter
 
 from apis import errors
 from apis.breaker import CircuitBreaker
+from apis.budget import Budget
 from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
-from apis.ratelimit import RateLimiter
 from tasks.keys import Keys
 from tasks.single_flight import SingleFlightBusy, fetch_once
 from tasks.store import Fetched, ResultStore, Unchanged, now
@@ -159,9 +159,11 @@ def test_a_rate_limit_wait_is_an_event_with_its_length(spans: RecordedSpans) -> 
     """The second call of a 1/s bucket waits about a second, and says so."""
     config = UpstreamConfig(
         service="pokeapi", base_url="http://pokeapi.test", state_redis_url="redis://x/0",
-        rate_limit=RateLimitPolicy(rate=1.0, burst=1, max_wait=10.0),
+        rate_limit=RateLimitPolicy(rate=1.0, burst=1, max_wait=1.0),
     )  # fmt: skip
-    limiter = RateLimiter(config, fakeredis.FakeRedis(), sleep=lambda _: None)
+    limiter = Budget(
+        config, fakeredis.FakeRedis(server=fakeredis.FakeServer()), sleep=lambda _: None
+    )
     with spans.job():
         limiter.acquire()
         limiter.acquire()
