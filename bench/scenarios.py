@@ -113,11 +113,14 @@ def reset(ctx: Context) -> None:
     ctx.watcher.clear()
 
 
-def send(ctx: Context, names: Sequence[str], *, rate: float | None = None) -> list[Sent]:
-    """Enqueue one fetch job per name, as fast as possible or at a fixed rate."""
+def send(
+    ctx: Context, names: Sequence[str], *, rate: float | None = None, waits: bool = False
+) -> list[Sent]:
+    """Enqueue one fetch job per name, as fast as possible or at a fixed rate; `waits`:
+    the scenario reads each job's state from the result backend (stored only then)."""
     sent: list[Sent] = []
     start = time.monotonic()
-    with sender(ctx.system, ctx.producer, ctx.broker_url) as enqueue:
+    with sender(ctx.system, ctx.producer, ctx.broker_url, waits=waits) as enqueue:
         for index, name in enumerate(names):
             if rate is not None:
                 delay = start + index / rate - time.monotonic()
@@ -334,7 +337,7 @@ def hot(ctx: Context) -> Figures:
     weights = [1 / rank**plan.zipf_exponent for rank in range(1, len(pool) + 1)]
     drawn = random.Random(plan.seed).choices(pool, weights, k=plan.hot_jobs)
     meter = Meter(ctx)
-    sent = send(ctx, drawn)
+    sent = send(ctx, drawn, waits=True)
     done, timed_out = wait_done(ctx, [job.task_id for job in sent], timeout=180)
     figures = meter.finish(len(drawn))
     calls = ctx.sandbox.calls().get("pokemon", 0)
@@ -401,7 +404,7 @@ def faulty(ctx: Context, rate: float) -> Figures:
     )
     names = list(ctx.names[: plan.faulty_jobs])
     meter = Meter(ctx)
-    sent = send(ctx, names, rate=rate)
+    sent = send(ctx, names, rate=rate, waits=True)
     done, timed_out = wait_done(ctx, [job.task_id for job in sent], timeout=240)
     figures = meter.finish(len(names))
     ctx.sandbox.admin("DELETE", "/faults")

@@ -17,11 +17,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from ops.processes import free_port
 from settings import setting_names
 
 FETCH_TASK = "tasks.pokemon.fetch_pokemon"
 CATALOG_TASK = "tasks.pokemon.refresh_catalog"
 PROJECT = "project"
+# The project driven by a producer that waits on every job (the result-backend copy).
+WAITED = "project-waited"
+# The project with Flower attached (Flower turns the workers' task events on).
+FLOWER = "project-flower"
 TUNED = "tuned"
 TUTORIAL = "tutorial"
 DRAMATIQ = "dramatiq"
@@ -57,6 +62,9 @@ class System:
     cwd: str = ""
     # At most this many cold runs, whatever --repeat says (0: no limit).
     max_repeat: int = 0
+    # Every job is sent asking for its result-backend copy, as a producer that waits on
+    # it does (otherwise only the scenarios that read the backend ask for one).
+    waits: bool = False
 
 
 SYSTEMS: dict[str, System] = {
@@ -110,7 +118,25 @@ SYSTEMS: dict[str, System] = {
     ),
 }
 
-ALL_SYSTEMS = SYSTEMS
+ALL_SYSTEMS = {
+    **SYSTEMS,
+    # Not in a default run: the cost of the result-backend copy, side by side.
+    WAITED: replace(
+        SYSTEMS[PROJECT],
+        name=WAITED,
+        description="make run, every job sent without ignore_result (a producer that waits)",
+        waits=True,
+    ),
+    # Not in a default run: what task events cost with Flower watching. Flower's own CPU
+    # is in the process tree, so its worker CPU per job includes Flower's.
+    FLOWER: replace(
+        SYSTEMS[PROJECT],
+        name=FLOWER,
+        description="make run with Flower (task events on), beat off",
+        command=("-m", "ops.run", "--no-beat"),
+        extra_env={"FLOWER_PORT": str(free_port())},
+    ),
+}
 
 
 def project_at(revision: str, tree: str) -> System:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
-
-import requests
 
 from brokers.base import BrokerError, ClusterView, NodeState, QueueReplicas
 from redisconn.settings import masked_url
+
+if TYPE_CHECKING:
+    import requests
 
 #: Seconds one node may take to answer before the next is asked.
 DEFAULT_TIMEOUT = 5.0
@@ -54,6 +55,10 @@ class ManagementApi:
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """`method` on `/api/{path}` of the first node that answers; an HTTP error status
         is returned as it is (the caller knows which ones it expects)."""
+        # Imported here: only the CLI calls the management API, and requests costs every
+        # worker process ~4.5 MiB (docs/performance.md, "Per-job cost").
+        import requests
+
         problems = []
         for base, auth in self._bases:
             try:

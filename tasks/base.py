@@ -29,6 +29,7 @@ from apis.errors import HeldBack, NotConfigured, NotFound, RateLimited, Upstream
 from brokers import ALL_QUEUES, broker_module
 from settings import get_worker_settings
 from tasks.errors import InvalidInput, RetriesExhausted
+from tasks.messages import CLASS_HEADER
 from tasks.runtime import get_runtime
 from tasks.single_flight import JobStart, job_began_at
 from telemetry.metrics import FAILURES_RECORDED, TASK_RETRIES
@@ -38,12 +39,6 @@ log = logging.getLogger("tasks")
 
 # A message header counting the job's deferrals, carried from one delivery to the next.
 DEFERRALS_HEADER = "apiworker_deferrals"
-# A job's class for its upstream's budget: "bulk" or "on_demand". A producer marks a job
-# bulk with Celery's own `headers` option (`send_task(name, args, headers={CLASS_HEADER:
-# "bulk"})`); a job without it is on-demand unless its task is bulk by nature.
-CLASS_HEADER = "apiworker_class"
-#: What a fan-out child is sent with.
-BULK_HEADERS = {CLASS_HEADER: BULK}
 # When the job first ran (epoch ms, Redis's clock), carried by its deferrals: a result
 # stored since then is fresh enough for it, whatever FRESHNESS_MAX_AGE says.
 BEGAN_HEADER = "apiworker_began_ms"
@@ -149,6 +144,10 @@ class UpstreamTask(Task):  # type: ignore[misc]
     #: Expected ends of a job: Celery logs them without a traceback (Celery's `throws`;
     #: the job's outcome line names the error); any other exception keeps its traceback.
     throws = (*OUTCOMES, NotConfigured, RetriesExhausted)
+    #: A producer that will not wait sends `ignore_result=True` (stock Celery): no
+    #: result-backend copy of a success, whose value is in the results keys anyway. A
+    #: failure or retry of such a job is still stored there, so its state stays readable.
+    store_errors_even_if_ignored = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()

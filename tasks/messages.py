@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from apis.budget import BULK
 from brokers import DEFAULT_QUEUE
 from upstreams import all_upstreams
+
+# A job's class for its upstream's budget: "bulk" or "on_demand". A producer marks a job
+# bulk with Celery's own `headers` option (`send_task(name, args, headers={CLASS_HEADER:
+# "bulk"})`); a job without it is on-demand unless its task is bulk by nature.
+CLASS_HEADER = "apiworker_class"
+#: What a fan-out child and a beat entry are sent with.
+BULK_HEADERS = {CLASS_HEADER: BULK}
 
 #: The task modules of every upstream in the registry (upstreams/), Celery's `include`.
 TASK_MODULES: tuple[str, ...] = tuple(upstream.tasks for upstream in all_upstreams())

@@ -8,8 +8,9 @@ from celery import shared_task
 
 from apis import PokeAPI, get_client
 from tasks import validation
-from tasks.base import BULK_HEADERS, UpstreamTask
+from tasks.base import UpstreamTask
 from tasks.catalog import refresh_batch
+from tasks.messages import BULK_HEADERS
 from tasks.runtime import Runtime, get_runtime
 from tasks.single_flight import FetchOnceJob
 from tasks.transforms import PokemonSummary, pokemon_summary

@@ -22,10 +22,9 @@ class RedactingFilter(logging.Filter):
     """Mask registered secrets in every record before any handler formats it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = redact(message)
-        if masked != message:
-            record.msg, record.args = masked, None
+        # The message is formatted once, here: the record keeps the (masked) text, so
+        # the formatter does not format the arguments a second time.
+        record.msg, record.args = redact(record.getMessage()), None
         # A traceback is formatted after the filters run; format it here so it is masked
         # too (Formatter reuses exc_text when it is set).
         if record.exc_info and not record.exc_text:

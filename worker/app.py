@@ -18,7 +18,7 @@ from settings.errors import USAGE_EXIT_CODE
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
 from telemetry.redact import register_secret
-from worker import admission, result_backend
+from worker import admission, result_backend, result_repr
 from worker.beat import beat_schedule
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -135,6 +135,10 @@ app.conf.update(
     beat_max_loop_interval=5,
     beat_schedule=beat_schedule(settings),
     task_send_sent_event=False,
+    # No task declares Celery's per-worker `rate_limit`: the upstream budget
+    # (apis/budget.py) paces calls for the whole fleet, so the consumer skips the
+    # token-bucket lookup on every message. CFG#worker-disable-rate-limits
+    worker_disable_rate_limits=True,
     broker_pool_limit=max(10, settings.worker_concurrency),
     # Undecodable messages and unknown task names leave a failure record (and, on
     # RabbitMQ, are dead-lettered) instead of vanishing with a log line.
@@ -144,6 +148,9 @@ app.conf.update(
 # Each worker tries the nodes of a RabbitMQ failover list in its own order, so
 # connections and the leaders of the queues they declare spread over the cluster.
 app.conf.broker_url = failover_order(app.conf.broker_url)
+
+# The text of each job's return value, made by Celery's tracer on every success.
+result_repr.install()
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for
 # their side effect.

@@ -11,7 +11,7 @@ from typing import Any
 
 from apis.config import get_settings
 from settings import WorkerSettings
-from tasks.base import BULK_HEADERS
+from tasks.messages import BULK_HEADERS
 
 
 def beat_schedule(settings: WorkerSettings) -> dict[str, dict[str, Any]]:

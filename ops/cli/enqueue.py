@@ -172,7 +172,12 @@ def enqueue(
     options: dict[str, Any] = {"queue": queue, "routing_key": queue} if queue else {}
     if traceparent:
         options["headers"] = trace_context.headers(traceparent, tracestate)
-    job = services.celery().send_task(task, args=list(args), kwargs=kwargs, **options)
+    # Without --wait nobody reads the job's result-backend copy: the worker skips
+    # storing a success (its value is in the results keys) and this client subscribes to
+    # no result channel. A failure is still stored (tasks/base.py).
+    job = services.celery().send_task(
+        task, args=list(args), kwargs=kwargs, ignore_result=not wait, **options
+    )
     click.echo(job.id)
     if wait:
         print_outcome(job, timeout, services.celery(), queue_of(services.celery(), task, queue))

@@ -66,6 +66,26 @@ def test_enqueue_wait_prints_the_exact_result(run: Run, results: redis.Redis) ->
     assert results.hget("meta:{pokemon:charizard}", "task_id") == job_id
 
 
+def test_enqueue_without_wait_stores_the_result_but_no_backend_copy(
+    run: Run, results: redis.Redis, worker_env: dict[str, str]
+) -> None:
+    """Without --wait nobody reads the job's result-backend entry: the job is sent with
+    `ignore_result=True`, so the result and its metadata are stored, the copy is not."""
+    outcome = run("enqueue", FETCH, "squirtle")
+    assert outcome.exit_code == 0, outcome.output
+    job_id = outcome.stdout.strip()
+    wait_for(
+        lambda: results.hget("meta:pokemon:squirtle", "task_id") == job_id,
+        timeout=TIMEOUT,
+        what="squirtle stored by the job",
+    )
+    backend = redis.Redis.from_url(worker_env["CELERY_RESULT_BACKEND"])
+    try:
+        assert not backend.exists(f"celery-task-meta-{job_id}")
+    finally:
+        backend.close()
+
+
 def test_enqueue_wait_prints_each_retry_as_it_happens(
     run: Run, results: redis.Redis, sandbox: Any
 ) -> None:

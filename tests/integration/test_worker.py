@@ -217,3 +217,36 @@ def test_refresh_catalog_fans_out_one_job_per_configured_name(
         "pokemon:pikachu",
     ]
     assert sandbox.calls("pokemon") == 3
+
+
+def backend_meta(producer: Celery, job_id: str) -> Any:
+    """The job's result-backend entry as Celery stored it, or None."""
+    return producer.backend.get(producer.backend.get_key_for_task(job_id))
+
+
+def test_a_job_nobody_waits_on_stores_its_result_but_no_backend_copy(
+    producer: Celery, results: redis.Redis
+) -> None:
+    """`ignore_result=True` (stock Celery): the results keys are written, the result
+    backend keeps no copy of the success; the job sent next without it still answers
+    `AsyncResult.get`."""
+    ignored = producer.send_task(FETCH, args=["bulbasaur"], ignore_result=True)
+    waited = producer.send_task(FETCH, args=["ivysaur"])
+    assert waited.get(timeout=TIMEOUT)["name"] == "ivysaur"
+    wait_for(lambda: results.exists("pokemon:bulbasaur"), timeout=TIMEOUT, what="stored")
+    assert json.loads(results.get("pokemon:bulbasaur"))["name"] == "bulbasaur"
+    assert results.hget("meta:pokemon:bulbasaur", "task_id") == ignored.id
+    assert backend_meta(producer, waited.id) is not None
+    assert backend_meta(producer, ignored.id) is None
+
+
+def test_a_failure_nobody_waits_on_is_still_in_the_backend(
+    producer: Celery, results: redis.Redis
+) -> None:
+    """A job sent with `ignore_result=True` that fails leaves its FAILURE state in the
+    result backend as well as its failure record."""
+    job = producer.send_task(FETCH, args=["no such name!"], ignore_result=True)
+    [record] = wait_for(lambda: failures(results), timeout=TIMEOUT, what="failure record")
+    assert record["task_id"] == job.id
+    meta = wait_for(lambda: backend_meta(producer, job.id), timeout=5, what="backend entry")
+    assert json.loads(meta)["status"] == "FAILURE"

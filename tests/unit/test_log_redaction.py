@@ -28,3 +28,12 @@ def test_message_and_traceback_are_masked() -> None:
     assert "RuntimeError" in text
     assert secret not in text
     assert "***" in text
+
+
+def test_a_record_is_formatted_once() -> None:
+    """The filter leaves the record its formatted text and no arguments, so the formatter
+    does not format them again (one job outcome line each, on every job)."""
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "job %s id=%s", ("OK", 7), None)
+    assert RedactingFilter().filter(record)
+    assert (record.msg, record.args) == ("job OK id=7", None)
+    assert logging.Formatter("%(message)s").format(record) == "job OK id=7"

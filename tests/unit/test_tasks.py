@@ -56,6 +56,15 @@ def test_the_app_registers_exactly_the_public_task_names() -> None:
     assert internal == {"tasks.pokemon.fetch_pokemon_batch"}
 
 
+def test_no_task_declares_a_celery_rate_limit_while_the_worker_ignores_them() -> None:
+    """The worker skips Celery's per-task rate limits (the upstream budget
+    paces calls instead): a task declaring one would be silently unlimited."""
+    worker.app.loader.import_default_modules()
+    assert worker.app.conf.worker_disable_rate_limits is True
+    limited = {name for name, task in worker.app.tasks.items() if task.rate_limit}
+    assert limited == set()
+
+
 def test_fetch_and_store_writes_the_reference_result(runtime, client, sandbox) -> None:
     """charizard is stored exactly, with its metadata."""
     value = pokemon.fetch_and_store("charizard", "t1", runtime=runtime, client=client)
