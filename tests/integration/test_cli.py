@@ -75,7 +75,7 @@ def test_enqueue_without_wait_stores_the_result_but_no_backend_copy(
     assert outcome.exit_code == 0, outcome.output
     job_id = outcome.stdout.strip()
     wait_for(
-        lambda: results.hget("meta:pokemon:squirtle", "task_id") == job_id,
+        lambda: results.hget("meta:{pokemon:squirtle}", "task_id") == job_id,
         timeout=TIMEOUT,
         what="squirtle stored by the job",
     )

@@ -235,7 +235,7 @@ def test_a_job_nobody_waits_on_stores_its_result_but_no_backend_copy(
     assert waited.get(timeout=TIMEOUT)["name"] == "ivysaur"
     wait_for(lambda: results.exists("pokemon:bulbasaur"), timeout=TIMEOUT, what="stored")
     assert json.loads(results.get("pokemon:bulbasaur"))["name"] == "bulbasaur"
-    assert results.hget("meta:pokemon:bulbasaur", "task_id") == ignored.id
+    assert results.hget("meta:{pokemon:bulbasaur}", "task_id") == ignored.id
     assert backend_meta(producer, waited.id) is not None
     assert backend_meta(producer, ignored.id) is None
 
