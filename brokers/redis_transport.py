@@ -361,7 +361,8 @@ class ReliableChannel(kombu_redis.Channel):
             wanted = min(wanted, most)
             if wanted < 1:
                 return
-        self._start_heartbeat()
+        if not self._no_ack_queues.issuperset(queues):
+            self._start_heartbeat()
         self._fetch_keys = keys
         connection = self.client.connection
         self._in_poll = connection
@@ -531,8 +532,16 @@ class ReliableChannel(kombu_redis.Channel):
     # -- liveness ---------------------------------------------------------------------------
 
     def _start_heartbeat(self) -> None:
-        """From the first fetch until `release`: this holder's heartbeat, on a thread and
-        a connection of its own (brokers/redis_threads.py), whatever the pool."""
+        """From the first fetch of a queue whose messages are acknowledged until
+        `release`: this holder's heartbeat, on a thread and a connection of its own
+        (brokers/redis_threads.py), whatever the pool.
+
+        A channel that only reads queues consumed without acknowledgements (Celery's
+        replies to `ping` and `inspect`, in a producer, the CLI or Flower) holds no job
+        and starts none: a heartbeat also judges other holders, putting back or parking
+        their messages by this channel's own delivery limit and timeouts, and a client
+        that merely asked a question must not judge workers by settings that are not
+        theirs (a producer's default limit of 5 let a job past a fleet's limit of 2)."""
         if self._heartbeat is not None or self._released:
             return
         with self._heartbeat_lock:

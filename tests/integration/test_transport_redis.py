@@ -350,6 +350,25 @@ def test_a_channel_heartbeats_on_its_own_thread_from_its_first_fetch_until_it_le
     assert redis_client.zscore(keys.HOLDERS, channel.holder) is None
 
 
+def test_a_channel_that_only_reads_replies_runs_no_heartbeat_and_judges_no_worker(
+    connect, redis_client: redis.Redis
+) -> None:
+    """A producer that asks workers a question (`control.ping` as it starts a worker,
+    `inspect`) reads the replies without acknowledging them: it holds no job, so it
+    runs no heartbeat, and a dead worker's message is put back or parked by the
+    workers' delivery limit, never by the asker's."""
+    held = one_at_a_time(connect())
+    held.put({"n": 1})
+    message = held.get(timeout=5)
+    dies(redis_client, message.channel)
+    asker = connect(heartbeat_interval=0.05, heartbeat_timeout=0.5, delivery_limit=5)
+    replies = asker.SimpleQueue("transport-test-replies", no_ack=True)
+    replies.put({"ok": True})
+    assert replies.get(timeout=5).payload == {"ok": True}
+    assert replies.channel._heartbeat is None
+    assert len(inhand(redis_client, message.channel)) == 1  # nobody judged the dead one
+
+
 def test_a_holder_whose_own_heartbeat_is_as_old_as_the_others_rescues_nobody(
     connect, redis_client: redis.Redis
 ) -> None:
