@@ -20,6 +20,7 @@ from kombu import Connection, Producer
 from brokers import ALL_QUEUES, open_broker
 from ops.cli import cli
 from tests.chaos.conftest import FETCH, Deployment
+from tests.integration.conftest import reliable_transport  # noqa: F401  # a fixture used below
 from tests.support.celery_worker import wait_for
 
 DELIVERY_LIMIT = 2
@@ -86,12 +87,18 @@ def test_unreadable_messages_are_parked_and_listed(deploy, sandbox: Any) -> None
     wait_for(lambda: jobs_drained(deployment), timeout=10, what="the queues drained")
 
 
+@pytest.mark.usefixtures("reliable_transport")
 def test_a_job_that_keeps_killing_its_workers_is_parked_then_replayed(
     deploy, sandbox: Any, broker_kind: str
 ) -> None:
     """Each delivery dies with its worker: after the delivery limit the job is parked,
     not delivered again; `dead-letters replay` sends it back and it is stored. (On Redis
-    the next worker's heartbeat finds each dead holder; the park leaves a record.)"""
+    the next worker's heartbeat finds each dead holder; the park leaves a record.)
+
+    The producer here runs on the worker's reliable transport, as it does whenever
+    anything in the process has imported `worker.app`: its channel reads the replies to
+    `start_worker`'s ping, and must not judge the workers by its own delivery limit (the
+    default, 5, let the job past their limit of 2 for a fourth delivery)."""
     deployment: Deployment = deploy(
         BROKER_DELIVERY_LIMIT=str(DELIVERY_LIMIT),  # fewer worker deaths to reach it
         SINGLE_FLIGHT_LOCK_SECONDS="0.5",  # the dead holder's lease is gone by the next try
