@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from brokers import ALL_QUEUES, broker_kind
+from brokers import ALL_QUEUES, broker_kind, redis_broker_scheme
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
@@ -244,8 +244,8 @@ class WorkerSettings(RedisSettings):
         None when the broker is not Redis."""
         if self.celery_broker_url is None:
             return self.redis
-        scheme = self.celery_broker_url.split("://", 1)[0].lower()
-        if scheme not in ("redis", "rediss", "unix"):
+        scheme = redis_broker_scheme(self.celery_broker_url)
+        if scheme is None:
             return None
         return RedisTarget.from_url(
             self.celery_broker_url, self.tls_files() if scheme == "rediss" else None
