@@ -29,7 +29,7 @@ from typing import IO, Any, TextIO
 
 import redis
 
-from redisconn.settings import masked_url
+from telemetry.redact import masked_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -104,10 +104,6 @@ def wait_until(
         time.sleep(interval)
 
 
-#: The URL without its password, so it can be printed (the one masking rule of redisconn).
-redacted = masked_url
-
-
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
     """True when a Redis at `url` answers PING; False when nothing usable listens there.
 
@@ -117,15 +113,15 @@ def redis_answers(url: str, timeout: float = 1.0) -> bool:
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     except ValueError as error:
-        raise RedisUnusable(f"{redacted(url)} is not a Redis URL: {error}") from error
+        raise RedisUnusable(f"{masked_url(url)} is not a Redis URL: {error}") from error
     try:
         return bool(client.ping())
     except redis.AuthenticationError as error:
-        raise RedisUnusable(f"{redacted(url)} refused the credentials: {error}") from error
+        raise RedisUnusable(f"{masked_url(url)} refused the credentials: {error}") from error
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return False
     except redis.ResponseError as error:
-        raise RedisUnusable(f"{redacted(url)} answered PING with an error: {error}") from error
+        raise RedisUnusable(f"{masked_url(url)} answered PING with an error: {error}") from error
     finally:
         client.close()
 

@@ -11,12 +11,11 @@ import sys
 from celery import Celery
 
 from brokers import DEFAULT_QUEUE, QUEUES, broker_module, failover_order, redis_transport
-from redisconn.settings import url_passwords
 from settings import ConfigurationError, checked_settings
 from settings.errors import USAGE_EXIT_CODE
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
-from telemetry.redact import register_secret
+from telemetry.redact import register_secret, url_passwords
 from worker import admission, result_backend, result_repr
 from worker.beat import beat_schedule
 

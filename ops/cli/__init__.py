@@ -16,7 +16,7 @@ import logging
 
 from ops import rabbitmq_cli
 from ops.cli import dead_letters, enqueue, failures, follow, health, queues, result, top
-from ops.cli.base import PUBLIC_TASKS, cli, safe_url
+from ops.cli.base import PUBLIC_TASKS, cli
 from ops.cli.enqueue import check_call
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "main",
     "queues",
     "result",
-    "safe_url",
     "top",
 ]
 

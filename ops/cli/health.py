@@ -27,10 +27,9 @@ from ops.cli.base import (
     broker_words,
     cli,
     echo_table,
-    safe_url,
 )
 from redisconn import RedisTarget
-from telemetry.redact import redact
+from telemetry.redact import masked_url, redact
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def probe_upstream(
         return Check(cls.service, False, redact(f"{type(exc).__name__}: {exc}"))
     finally:
         client.close()
-    return Check(cls.service, True, safe_url(config.base_url))
+    return Check(cls.service, True, masked_url(config.base_url))
 
 
 def cluster_checks(services: Services) -> list[Check]:

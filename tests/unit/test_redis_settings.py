@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from apis.config import ApiSettings
-from redisconn import RedisTarget, masked_url
+from redisconn import RedisTarget
 from redisconn.celery_config import connection_config
-from redisconn.settings import url_passwords
 from settings import WorkerSettings
+from telemetry.redact import masked_url, url_passwords
 
 SENTINELS = {
     "redis_sentinels": "10.0.0.1:26379, 10.0.0.2:26380,10.0.0.3",
