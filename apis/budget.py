@@ -532,6 +532,17 @@ class Budget:
         only queue behind them, holding a thread."""
         return self.enabled and self.busy_until > self._clock()
 
+    def blocked(self) -> bool:
+        """Whether no call could get a token within the wait bound now, as this process
+        last heard: the upstream paused the fleet, or a call found the next token
+        beyond `max_wait`. Narrower than `held`, which is also true while on-demand
+        calls queue for tokens inside the bound; RabbitMQ's admission stops consuming
+        only on this (worker/amqp_admission.py)."""
+        if not self.enabled:
+            return False
+        now = self._clock()
+        return self.paused_until > now or self.busy_until - now >= self.policy.max_wait
+
     def room(self) -> int | None:
         """How many of this upstream's jobs this process may hold at once: its share of
         half of what the fleet's rate serves within the wait bound, None while the rate

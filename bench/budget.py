@@ -12,10 +12,12 @@ answers 429 with `Retry-After: 1` above it; its latency is 50 ms. Each system ru
 
 Reported per run: the 429 share of requests, the time against the budget's floor (jobs
 / rate), the re-published messages (counted from each worker's own log: the project's
-deferrals and retries, Celery's "retry", Dramatiq's "Retrying message") and each
-on-demand job's wait. Systems: the project (`make run`: one worker process per core),
-Celery's per-task `rate_limit` (bench/baselines/celery_rate_limit.py) and Dramatiq's
-`WindowRateLimiter` (bench/baselines/dramatiq_rate_limit.py).
+deferrals and retries, Celery's "retry", Dramatiq's "Retrying message"), the jobs moved
+once from RabbitMQ's default queue to their upstream's queue (`moved_once`: the
+project's admission there, neither run nor retried) and each on-demand job's wait.
+Systems: the project (`make run`: one worker process per core), Celery's per-task
+`rate_limit` (bench/baselines/celery_rate_limit.py) and Dramatiq's `WindowRateLimiter`
+(bench/baselines/dramatiq_rate_limit.py).
 """
 
 from __future__ import annotations
@@ -162,6 +164,12 @@ class Run:
         text = self.worker.log_path.read_text(errors="replace")
         return sum(text.count(mark) for mark in REPUBLISHED_MARKS[self.system.name])
 
+    def moved(self) -> int:
+        """Jobs the project's RabbitMQ admission moved once from the default queue to
+        their upstream's queue (worker/amqp_admission.py): neither run nor retried."""
+        text = self.worker.log_path.read_text(errors="replace")
+        return text.count("job moved") if self.system is PROJECT else 0
+
     def send(self, names: Sequence[str], task: str = FETCH_TASK) -> dict[str, float]:
         sent_at: dict[str, float] = {}
         with sender(self.system, self.producer, self.broker_url) as send:
@@ -210,6 +218,7 @@ def _finish(
         "refused_429": refused,
         "share_429_pct": round(100 * refused / max(1, allowed + refused), 2),
         "republished": run.republished() - before,
+        "moved_once": run.moved(),
     }
 
 
@@ -287,6 +296,8 @@ def scenario_refresh(
         "refused_429": refused,
         "share_429_pct": round(100 * refused / max(1, allowed + refused), 2),
         "on_demand_waits_s": waits,
+        "republished": run.republished(),
+        "moved_once": run.moved(),
     }
 
 

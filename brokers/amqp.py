@@ -448,7 +448,20 @@ def _publish_copy(producer: Any, queue: str, message: Any) -> None:
     _publish(producer, queue, message, dict(message.headers or {}))
 
 
-def _publish(producer: Any, queue: str, message: Any, headers: dict[str, Any]) -> None:
+def move_message(producer: Any, queue: str, message: Any) -> None:
+    """Send a delivered message on to `queue` as it is (the broker's headers dropped),
+    confirmed, without kombu's retry: the caller acknowledges the original only once
+    this returns, and keeps it when this raises, so nothing is lost either way
+    (worker/amqp_admission.py moves jobs with it, from the consumer's event loop, where
+    a retry's back-off would hold every queue's deliveries)."""
+    headers = {key: value for key, value in (message.headers or {}).items()
+               if key not in _BROKER_HEADERS}  # fmt: skip
+    _publish(producer, queue, message, headers, retry=False)
+
+
+def _publish(
+    producer: Any, queue: str, message: Any, headers: dict[str, Any], *, retry: bool = True
+) -> None:
     properties = message.properties or {}
     producer.publish(
         message.body,
@@ -467,6 +480,6 @@ def _publish(producer: Any, queue: str, message: Any, headers: dict[str, Any]) -
         # unroutable message is confirmed, then the original acknowledged: lost.
         mandatory=True,
         confirm_timeout=CONFIRM_TIMEOUT,
-        retry=True,
+        retry=retry,
         retry_policy={"max_retries": 3},
     )

@@ -3,10 +3,10 @@
 Producers LPUSH to one list per queue, as kombu has always written them. The worker takes
 messages with the reliable fetch of `brokers.redis_transport` (keys and scripts in
 `brokers.redis_scripts`): each is recorded as in hand by the process that took it in the
-same step, a dead process's messages return within BROKER_HEARTBEAT_TIMEOUT, and one
-whose deliveries keep ending with a dead worker is parked in `{queue}.dead` after
-BROKER_DELIVERY_LIMIT of them. A message no task can run is recorded in the failure
-stream and dropped (worker/consumer.py).
+same step, a dead process's messages return within BROKER_HEARTBEAT_TIMEOUT (plus a
+heartbeat interval), and one whose deliveries keep ending without an acknowledgement is
+parked in `{queue}.dead` after BROKER_DELIVERY_LIMIT of them. A message no task can run
+is recorded in the failure stream and dropped (worker/consumer.py).
 
 The operator's view reads the same keys: a queue's list, the holders' in-hand hashes,
 and the dead lists.
@@ -17,12 +17,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from bisect import bisect
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from kombu import Exchange, Queue  # type: ignore[attr-defined]  # kombu exports them untyped
+from kombu.transport.redis import PRIORITY_STEPS
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -55,7 +57,9 @@ def celery_conf(settings: BrokerSettings) -> dict[str, Any]:
         "broker_transport_options": {
             # A worker process whose heartbeat is older than this is dead: the next live
             # worker's heartbeat puts its messages back, or parks those whose deliveries
-            # ended with a dead worker BROKER_DELIVERY_LIMIT times.
+            # ended without an acknowledgement more than BROKER_DELIVERY_LIMIT times. A
+            # worker whose own heartbeat is older than half of it judges nobody (a
+            # paused Redis is not a dead fleet).
             "heartbeat_timeout": settings.broker_heartbeat_timeout,
             "heartbeat_interval": settings.broker_heartbeat_timeout / 5,
             "delivery_limit": settings.broker_delivery_limit,
@@ -116,16 +120,23 @@ class RedisBroker:
         return self.display_url
 
     def depths(self, queues: Sequence[str]) -> list[QueueDepth]:
+        """Ready counts every priority list of a queue; dead, every dead list (a message
+        is parked under its base queue's name, but workers of an earlier release parked
+        a priority list's message under that list's name)."""
         pipe = self.client.pipeline(transaction=False)
         for name in queues:
-            pipe.llen(self.key_prefix + name)
-            pipe.llen(self.key_prefix + dead_letter_queue(name))
-        lengths = pipe.execute()
+            for key in priority_keys(name):
+                pipe.llen(self.key_prefix + key)
+            for key in dead_lists(name):
+                pipe.llen(self.key_prefix + key)
+        lengths = iter(pipe.execute())
         held = self.in_hand()
-        return [
-            QueueDepth(name, int(lengths[2 * i]), held.get(name, 0), int(lengths[2 * i + 1]))
-            for i, name in enumerate(queues)
-        ]
+        depths = []
+        for name in queues:
+            ready = sum(int(next(lengths)) for _ in PRIORITY_STEPS)
+            dead = sum(int(next(lengths)) for _ in PRIORITY_STEPS)
+            depths.append(QueueDepth(name, ready, held.get(name, 0), dead))
+        return depths
 
     def in_hand(self) -> Counter[str]:
         """Messages taken and not yet acknowledged, per queue, over every holder (the
@@ -144,24 +155,31 @@ class RedisBroker:
     def parked(self, queues: Sequence[str], limit: int) -> list[ParkedMessage]:
         found: list[ParkedMessage] = []
         for name in queues:
-            items = self.client.lrange(self.key_prefix + dead_letter_queue(name), 0, limit - 1)
-            found.extend(self._parked(name, item) for item in items[: limit - len(found)])
-            if len(found) >= limit:
-                break
+            for dead in dead_lists(name):
+                items = self.client.lrange(self.key_prefix + dead, 0, limit - len(found) - 1)
+                found.extend(self._parked(name, item) for item in items)
+                if len(found) >= limit:
+                    return found
         return found
 
     def replay_parked(self, queues: Sequence[str], limit: int | None) -> list[ParkedMessage]:
+        """Each message goes back to the list it was taken from: its queue's list for
+        its priority (kombu's `{queue}\\x06\\x16{n}` above priority 0)."""
         replay = self.client.register_script(scripts.REPLAY)
         replayed: list[ParkedMessage] = []
         for name in queues:
-            dead = self.key_prefix + dead_letter_queue(name)
-            keys = [dead, self.key_prefix + name, self.key_prefix + scripts.PARKED_INFO]
-            while limit is None or len(replayed) < limit:
-                deliveries = self._deliveries(self.client.lindex(dead, 0))
-                item = replay(keys=keys)
-                if item is None:
-                    break
-                replayed.append(parked_message(name, item, deliveries))
+            for dead_list in dead_lists(name):
+                dead = self.key_prefix + dead_list
+                while limit is None or len(replayed) < limit:
+                    head = self.client.lindex(dead, 0)
+                    if head is None:
+                        break
+                    target = self.key_prefix + priority_key(name, item_priority(head))
+                    keys = [dead, target, self.key_prefix + scripts.PARKED_INFO]
+                    deliveries = self._deliveries(head)
+                    item = replay(keys=keys, args=[head])
+                    if item is not None:  # else another replay took it: read the head again
+                        replayed.append(parked_message(name, item, deliveries))
         return replayed
 
     def _parked(self, queue: str, item: Any) -> ParkedMessage:
@@ -179,6 +197,33 @@ class RedisBroker:
 
     def close(self) -> None:
         self.client.close()
+
+
+def priority_key(queue: str, priority: int) -> str:
+    """The list kombu's Redis transport writes a message of `priority` to (its
+    `_q_for_pri`): the queue itself at the lowest step, else `{queue}\\x06\\x16{step}`."""
+    step = PRIORITY_STEPS[bisect(PRIORITY_STEPS, priority) - 1]
+    return f"{queue}{scripts.PRIORITY_SEP}{step}" if step else queue
+
+
+def priority_keys(queue: str) -> list[str]:
+    """Every list of a queue, one per priority step, the queue itself first."""
+    return [priority_key(queue, step) for step in PRIORITY_STEPS]
+
+
+def dead_lists(queue: str) -> list[str]:
+    """Every dead list of a queue: `{queue}.dead` first, then those of its priority
+    lists (where workers of an earlier release parked their messages)."""
+    return [dead_letter_queue(key) for key in priority_keys(queue)]
+
+
+def item_priority(item: bytes | str) -> int:
+    """A queue item's priority as kombu reads it (0 to 9; 0 when unreadable)."""
+    try:
+        priority = int(json.loads(item)["properties"]["priority"])
+    except (TypeError, ValueError, KeyError):
+        return 0
+    return max(0, min(priority, 9))
 
 
 def _text(value: Any) -> str:

@@ -7,22 +7,32 @@ back messages changes (the Lua scripts and the keys are in `brokers.redis_script
 - **Taking is recording.** One script takes as many messages as the process has free
   prefetch slots and records each in the taking channel's in-hand hash, in one step on
   the server. kombu's BRPOP takes first and records in a second round trip: a worker
-  killed in between lost the message.
-- **Liveness is a heartbeat.** Every consuming channel heartbeats each
-  `heartbeat_interval` seconds (and at every fetch). When a holder's heartbeat is older
-  than `heartbeat_timeout`, the next live worker's heartbeat puts its messages back at
-  the head of their queues. The visibility timeout stays, as the backstop for a holder
-  that is alive but stuck.
-- **A delivery limit.** A message whose deliveries ended with a dead holder
-  more than `delivery_limit` times is parked in `{queue}.dead` instead, and `on_parked` callbacks
-  (the worker's failure record) are told.
+  killed in between lost the message. A fetch that finds nothing writes nothing.
+- **Liveness is a heartbeat.** A channel that fetches heartbeats every
+  `heartbeat_interval` seconds on a thread and a connection of its own
+  (brokers/redis_threads.py), from its first fetch until it has handed back and left:
+  through a warm shutdown's last running jobs, and whatever the pool (a `solo` job
+  runs on the event loop's thread, which a loop timer could not beat beside). When a
+  holder's heartbeat is older than `heartbeat_timeout`, the next live holder's heartbeat
+  puts its messages back at the head of their queues, but only if that holder's own
+  previous heartbeat is recent (under half the timeout): a paused Redis or a paused
+  rescuer rescues nobody. A holder that was declared dead all the same (paused itself
+  past the timeout) learns it at its next heartbeat, says so in an error, and stops
+  delivering the batch in hand. The visibility timeout stays, as the backstop for a
+  holder that is alive but stuck.
+- **A delivery limit.** A delivery that ends without an acknowledgement counts: a dead
+  holder, a reject with requeue, the visibility timeout (what RabbitMQ's quorum queues
+  count). A message counted more than `delivery_limit` times is parked in
+  `{queue}.dead` (its base queue's, for a priority list) instead, and `on_parked`
+  callbacks (the worker's failure record) are told.
 - **Acknowledgements in batches.** An ack leaves memory at once (the prefetch slot is
-  free) and reaches Redis with the others that arrived meanwhile, in one script call on a
-  flusher thread: no timer, so the first ack waits for nothing.
-- **Hand-back.** A channel that closes (warm shutdown, lost connection) hands back what
-  it holds, and forgets its holder; if Redis cannot be reached then, the next channel of
-  the same process hands them back as soon as Redis answers, without waiting for the
-  heartbeat to lapse.
+  free) and reaches Redis with the others that arrived meanwhile, in one script call per
+  thousand on a flusher thread that keeps a refused batch and retries it: no timer, so
+  the first ack waits for nothing.
+- **Hand-back.** A channel that closes (warm shutdown, lost connection) hands back
+  everything its holder has in hand, delivered or not, and forgets its holder; if Redis
+  cannot be reached then, the next channel of the same process hands them back as soon
+  as Redis answers, without waiting for the heartbeat to lapse.
 
 An idle worker waits on its first queue with `BLMOVE q q RIGHT RIGHT` (it moves the
 item onto itself: nothing is taken) for at most `idle_wait` seconds, then fetches again;
@@ -60,15 +70,26 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from brokers import redis_scripts as scripts
+from brokers.redis_threads import AckBuffer, Heartbeat
 
 log = logging.getLogger(__name__)
 
 REFUSED_CONTENT_TYPE = "application/x-malformed-queue-item"
 _KEPT_BYTES = 4096
 
-#: Called with (queue, item, deliveries) for each message a heartbeat parked.
+#: Called with (queue, item, deliveries) for each message parked at the delivery limit.
 ParkedCallback = Callable[[str, bytes, int], None]
 on_parked: list[ParkedCallback] = []
+
+#: Called with the channel, on its heartbeat thread, when its holder learns it was
+#: declared dead: the worker drops the jobs it has not started (worker/shutdown.py).
+DeclaredDeadCallback = Callable[["ReliableChannel"], object]
+on_declared_dead: list[DeclaredDeadCallback] = []
+
+#: Execution slots of this process free now (threads or child processes not running a
+#: job, held countdowns not counted), when the worker tells (worker/consumer.py); None
+#: outside a worker. The fetch refills as soon as one is free (`_batch_floor`).
+free_slots: Callable[[], int] | None = None
 
 #: The upstream budgets' admission, installed by the worker. It returns the (task-name
 #: prefix, queue) of each upstream with no budget now, and how many messages a fetch may
@@ -121,7 +142,7 @@ def envelope_or_refused(raw: str | bytes) -> dict[str, Any]:
     }
 
 
-_SCRIPT_NAMES = ("FETCH", "ACK", "REQUEUE", "RESCUE", "VISIBILITY", "RELEASE")
+_SCRIPT_NAMES = ("FETCH", "ACK", "REQUEUE", "HEARTBEAT", "VISIBILITY", "RELEASE")
 
 
 def _sha1(text: str) -> str:
@@ -131,72 +152,6 @@ def _sha1(text: str) -> str:
 def new_holder_id() -> str:
     """Readable in `apiworker queues` and Redis: host, process, and a unique tail."""
     return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-
-
-class AckBuffer:
-    """Acknowledgements on their way to Redis, sent in batches by one flusher thread.
-
-    While one batch is in flight the next gathers, so under load many acks share a round
-    trip and an idle worker's single ack leaves at once. A batch that fails (Redis away)
-    is kept and sent again; if the process dies first, those jobs run again, as any job
-    in flight would.
-    """
-
-    RETRY_SECONDS = 0.5
-
-    def __init__(self, send: Callable[[list[str]], None], errors: tuple[type[BaseException], ...]):
-        self._send = send
-        self._errors = errors
-        self._pending: list[str] = []
-        self._wake = threading.Condition()
-        self._sending = threading.Lock()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def add(self, field: str) -> None:
-        with self._wake:
-            self._pending.append(field)
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="redis-acks", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-        if self._closed:  # a job that ended after its channel closed
-            self.drain()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._pending and not self._closed:
-                    self._wake.wait()
-                if self._closed:
-                    return
-            if not self._flush():
-                with self._wake:
-                    self._wake.wait(self.RETRY_SECONDS)
-
-    def _flush(self) -> bool:
-        with self._sending:
-            with self._wake:
-                batch, self._pending = self._pending, []
-            if not batch:
-                return True
-            try:
-                self._send(batch)
-            except self._errors:
-                with self._wake:
-                    self._pending[:0] = batch
-                return False
-            return True
-
-    def drain(self) -> bool:
-        """Send what is pending now, in the caller's thread; False if Redis refused."""
-        return self._flush()
-
-    def close(self) -> bool:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        return self._flush()
 
 
 class ReliableQoS(kombu_redis.QoS):
@@ -211,11 +166,19 @@ class ReliableQoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if requeue:
-            self.channel.requeue([delivery_tag])
+        if requeue:  # a delivery that ended unacknowledged: counted, as RabbitMQ does
+            self.channel.requeue([delivery_tag], counted=True)
         else:
             self.channel.acks.add(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked_once(self, stderr: Any = None) -> None:
+        """kombu's, which restores only when its delivered list is non-empty; then the
+        hand-back of everything held regardless: messages taken by a fetch whose reply
+        was not yet delivered are in the holder's hash too."""
+        super().restore_unacked_once(stderr)
+        if self.channel.do_restore:
+            self.channel.release()
 
     def restore_unacked(self, client: Any = None) -> list[Any]:
         """Hand back everything the channel holds (kombu calls this as it closes)."""
@@ -274,6 +237,7 @@ class ReliableChannel(kombu_redis.Channel):
             "sequence": prefix + scripts.SEQUENCE,
             "deliveries": prefix + scripts.DELIVERIES,
             "parked": prefix + scripts.PARKED_INFO,
+            "rescued": prefix + scripts.RESCUED,
         }
         self._prefix = prefix
         # EVALSHA names a script by the sha1 of its text: no round trip to learn it. A
@@ -287,7 +251,13 @@ class ReliableChannel(kombu_redis.Channel):
         self._released = False
         self._taking = True
         self._no_ack_queues: set[str] = set()
-        self.acks = AckBuffer(self._send_acks, tuple(self.connection_errors))
+        self.acks = AckBuffer(self._send_acks, scripts.ACK_CHUNK)
+        self._heartbeat: Heartbeat | None = None
+        self._beat_client: redis.Redis | None = None
+        self._heartbeat_lock = threading.Lock()
+        #: Bumped each time this holder learns it was declared dead: a batch being
+        #: delivered stops there (its messages are another worker's now).
+        self._fence = 0
 
     # -- scripts -------------------------------------------------------------------------
 
@@ -296,13 +266,16 @@ class ReliableChannel(kombu_redis.Channel):
             for name in _SCRIPT_NAMES:
                 self._scripts[name] = client.script_load(getattr(scripts, name))
 
-    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script; after a Redis restart (scripts forgotten) load them again.
+    def _run(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], client: redis.Redis | None = None
+    ) -> Any:
+        """Run one script (on `client`, else the channel's command client); after a Redis
+        restart (scripts forgotten) load them again.
 
         `redis.Redis.execute_command` directly: kombu's prefixing client would prefix
         the first key again (the keys here carry the prefix already).
         """
-        with self.conn_or_acquire() as client:
+        with self.conn_or_acquire(client) as client:
             command = ("EVALSHA", self._scripts[name], len(keys), *keys, *args)
             try:
                 return redis.Redis.execute_command(client, *command)
@@ -339,6 +312,7 @@ class ReliableChannel(kombu_redis.Channel):
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         """`basic_get`: one message, taken and recorded in one step like the consumer's."""
+        self._start_heartbeat()
         keys = [self._prefix + self._q_for_pri(queue, pri) for pri in self.priority_steps]
         reply = self._run(
             "FETCH",
@@ -358,7 +332,8 @@ class ReliableChannel(kombu_redis.Channel):
 
     def hand_back(self, delivery_tags: Sequence[str]) -> int:
         """Requeue these messages now, from any thread, and forget them: Celery defers a
-        reject to its event loop, which a warm shutdown has stopped."""
+        reject to its event loop, which a warm shutdown has stopped. No delivery is
+        counted: no job ran them."""
         back = self.requeue(delivery_tags)
         for tag in delivery_tags:
             virtual.QoS.ack(self.qos, tag)
@@ -386,6 +361,7 @@ class ReliableChannel(kombu_redis.Channel):
             wanted = min(wanted, most)
             if wanted < 1:
                 return
+        self._start_heartbeat()
         self._fetch_keys = keys
         connection = self.client.connection
         self._in_poll = connection
@@ -410,10 +386,15 @@ class ReliableChannel(kombu_redis.Channel):
         Refilling every slot as soon as it frees costs a round trip per job under load;
         waiting for half of them keeps at least half the prefetch in hand (with Celery's
         default multiplier of 2, a message for every thread) and takes them in batches,
-        as Dramatiq refills its prefetch cache only once it is empty.
+        as Dramatiq refills its prefetch cache only once it is empty. But an execution
+        slot (a thread, a child process) with nothing to run is never kept waiting for
+        the batch: the prefetch count Celery sets grows by one for each countdown it
+        holds, so half of it can exceed every slot there is (`free_slots` tells).
         """
         prefetch: int = self.qos.prefetch_count or 0
         if not prefetch or not self.qos._delivered:
+            return 1
+        if free_slots is not None and free_slots() > 0:
             return 1
         return max(1, prefetch // 2)
 
@@ -466,11 +447,21 @@ class ReliableChannel(kombu_redis.Channel):
             super()._poll_error(type, **options)
 
     def _deliver_batch(self, reply: list[Any]) -> None:
-        """Hand each taken message to its consumer; one that cannot be goes back."""
+        """Hand each taken message to its consumer; one that cannot be goes back. If
+        this holder learns meanwhile that it was declared dead (the `solo` pool runs
+        each job inside `_deliver`), the rest of the batch is not delivered: those the
+        rescue gave to others are theirs, any taken after it go back to their queue."""
         undelivered: list[str] = []
         last_queue = None
+        fence = self._fence
         for index in range(0, len(reply), 3):
             field = bytes_to_str(reply[index])
+            if self._fence != fence:
+                # Those rescued are skipped by REQUEUE; any taken after the rescue go back.
+                undelivered.extend(bytes_to_str(tag) for tag in reply[index::3])
+                log.error("this worker was declared dead: %d taken message(s) not yet "
+                          "started are not run here", len(reply[index::3]))  # fmt: skip
+                break
             key = self._fetch_keys[int(reply[index + 1])]
             queue = key[len(self._prefix) :].rsplit(self.sep, 1)[0]
             if queue not in self.connection._callbacks:
@@ -497,14 +488,27 @@ class ReliableChannel(kombu_redis.Channel):
     def _send_acks(self, fields: list[str]) -> None:
         self._run("ACK", [self._keys["inhand"], self._keys["deliveries"]], fields)
 
-    def requeue(self, fields: Sequence[str]) -> int:
-        """Put these in-hand messages back at the head of their queues."""
-        back: int = self._run("REQUEUE", [self._keys["inhand"]], list(fields))
-        return back
+    def requeue(self, fields: Sequence[str], *, counted: bool = False) -> int:
+        """Put these in-hand messages back at the head of their queues; how many went.
+
+        `counted`: each was a delivery that ended without an acknowledgement (a reject
+        with requeue), which counts toward the delivery limit, and parks the message
+        past it. Not counted: messages no job started (a hand-back)."""
+        reply = self._run(
+            "REQUEUE",
+            [self._keys["inhand"], self._keys["deliveries"], self._keys["parked"]],
+            [1 if counted else 0, self.delivery_limit, scripts.DEAD_SUFFIX, *fields],
+        )
+        self._report_parked(reply, 1)
+        return int(reply[0])
 
     def release(self) -> None:
-        """Hand back everything held and leave: acks first, so nothing finished returns."""
+        """Hand back everything held and leave: the pending acks are sent first, so a
+        job acknowledged before the channel closed does not return. (If Redis refuses
+        them, those jobs return with the rest: run again rather than lost.) The
+        heartbeat stops once the holder has left."""
         if self._released or not self._consumed:
+            self._stop_heartbeat()
             return
         self._released = True
         try:
@@ -519,31 +523,85 @@ class ReliableChannel(kombu_redis.Channel):
             log.warning("Redis unreachable as a channel closed: its messages go back to "
                         "their queues when this worker reconnects")  # fmt: skip
             return
+        finally:
+            self._stop_heartbeat()
         if back:
             log.info("handed %d message(s) back to their queues", back)
 
     # -- liveness ---------------------------------------------------------------------------
 
+    def _start_heartbeat(self) -> None:
+        """From the first fetch until `release`: this holder's heartbeat, on a thread and
+        a connection of its own (brokers/redis_threads.py), whatever the pool."""
+        if self._heartbeat is not None or self._released:
+            return
+        with self._heartbeat_lock:
+            if self._heartbeat is not None:
+                return
+            self._beat_client = redis.Redis(connection_pool=self._get_pool())
+            self._heartbeat = Heartbeat(
+                self.heartbeat,
+                self.heartbeat_interval,
+                name=f"redis-heartbeat-{self.holder}",
+                unreachable=tuple(self.connection_errors),
+            )
+            self._heartbeat.start()
+
+    def _stop_heartbeat(self) -> None:
+        with self._heartbeat_lock:
+            heartbeat, self._heartbeat = self._heartbeat, None
+            client, self._beat_client = self._beat_client, None
+        if heartbeat is not None:
+            heartbeat.stop()
+        if client is not None:
+            client.connection_pool.disconnect()
+
     def heartbeat(self) -> None:
-        """Say this holder lives; put back (or park) the messages of dead ones."""
+        """Say this holder lives; put back (or park) the messages of dead ones, if this
+        holder's own view is fresh (brokers/redis_scripts.py, HEARTBEAT, says when)."""
         self._release_orphans()
         reply = self._run(
-            "RESCUE",
-            [self._keys["holders"], self._keys["deliveries"], self._keys["parked"]],
-            [self.holder if self._consumed and not self._released else "",
-             int(self.heartbeat_timeout * 1000), self.delivery_limit,
-             self._keys["inhand_prefix"], scripts.DEAD_SUFFIX],
+            "HEARTBEAT",
+            [self._keys["holders"], self._keys["deliveries"], self._keys["parked"],
+             self._keys["rescued"]],
+            [self.holder, int(self.heartbeat_timeout * 1000), self.delivery_limit,
+             self._keys["inhand_prefix"], scripts.DEAD_SUFFIX,
+             int(self.heartbeat_timeout * 1000 / 2)],
+            client=self._beat_client,
         )  # fmt: skip
-        requeued = int(reply[0])
+        status, requeued = int(reply[0]), int(reply[1])
+        if status == 2:
+            self._declared_dead()
         if requeued:
             log.warning("put %d message(s) of a dead worker back on their queues", requeued)
-        for index in range(1, len(reply), 3):
+        self._report_parked(reply, 2)
+
+    def _declared_dead(self) -> None:
+        """Another worker took this holder for dead (it was paused longer than the
+        heartbeat timeout) and put its messages back: they are others' now. Said loudly;
+        a batch being delivered stops (`_deliver_batch`), and `on_declared_dead` callbacks
+        drop the jobs handed to the pool but not started. A job already running
+        finishes; its ack changes nothing in Redis."""
+        self._fence += 1
+        held = _keys_of(self.qos._delivered)
+        log.error("this worker was declared dead (no heartbeat for over %gs): the %d "
+                  "message(s) it held went back to their queues for other workers",
+                  self.heartbeat_timeout, len(held))  # fmt: skip
+        for callback in on_declared_dead:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("an on_declared_dead callback failed")
+
+    def _report_parked(self, reply: list[Any], start: int) -> None:
+        for index in range(start, len(reply), 3):
             key = bytes_to_str(reply[index])[len(self._prefix) :]
             queue = key.rsplit(self.sep, 1)[0]
             item: bytes = reply[index + 1]
             deliveries = int(reply[index + 2])
-            log.error("parked a message in %s%s after %d deliveries that each ended with "
-                      "a dead worker", queue, scripts.DEAD_SUFFIX, deliveries)  # fmt: skip
+            log.error("parked a message in %s%s after %d deliveries that each ended "
+                      "without an acknowledgement", queue, scripts.DEAD_SUFFIX,
+                      deliveries)  # fmt: skip
             for callback in on_parked:
                 try:
                     callback(queue, item, deliveries)
@@ -555,7 +613,8 @@ class ReliableChannel(kombu_redis.Channel):
             orphans = list(_orphans)
         for holder in orphans:
             inhand = self._keys["inhand_prefix"] + holder
-            back = self._run("RELEASE", [self._keys["holders"], inhand], [holder])
+            back = self._run("RELEASE", [self._keys["holders"], inhand], [holder],
+                             client=self._beat_client)  # fmt: skip
             with _orphans_lock:
                 _orphans.discard(holder)
             if back:
@@ -563,22 +622,31 @@ class ReliableChannel(kombu_redis.Channel):
                             "dropped", back)  # fmt: skip
 
     def restore_overdue(self) -> None:
-        back = self._run(
+        """The visibility timeout: messages held longer go back, each a delivery counted."""
+        reply = self._run(
             "VISIBILITY",
-            [self._keys["holders"]],
-            [int(self.visibility_timeout * 1000), self._keys["inhand_prefix"]],
-        )
-        if back:
-            log.warning("put back %d message(s) held longer than the visibility timeout", back)
+            [self._keys["holders"], self._keys["deliveries"], self._keys["parked"]],
+            [int(self.visibility_timeout * 1000), self._keys["inhand_prefix"],
+             self.delivery_limit, scripts.DEAD_SUFFIX],
+        )  # fmt: skip
+        if int(reply[0]):
+            log.warning("put back %d message(s) held longer than the visibility timeout",
+                        int(reply[0]))  # fmt: skip
+        self._report_parked(reply, 1)
 
     def _restore(self, message: Any, leftmost: bool = False) -> None:
         self.requeue([message.delivery_tag])
 
     def close(self) -> None:
+        """Close, handing back everything this holder has in hand, delivered or not
+        (kombu restores only when its delivered list is non-empty, and may deliver a
+        last fetch's reply as it closes)."""
         if not self.closed:
             # A detached connection: release() records the holder as an orphan.
             with contextlib.suppress(AttributeError):
                 self.acks.drain()
+            if self._consumed:
+                self.qos  # noqa: B018  # made now if never asked for: closing restores through it
         super().close()
 
 
@@ -590,37 +658,21 @@ class ReliableSentinelChannel(ReliableChannel, kombu_redis.SentinelChannel):
     )
 
 
-def _heartbeat_every_channel(transport: Any) -> None:
-    for channel in list(transport.cycle._channels):
-        if not isinstance(channel, ReliableChannel) or not channel.active_queues:
-            continue
+def _keys_of(delivered: Any) -> list[str]:
+    """The delivery tags of kombu's delivered dict, read from another thread."""
+    for _ in range(5):
         try:
-            channel.heartbeat()
-        except channel.connection_errors:
-            log.debug("heartbeat: Redis unreachable, trying again", exc_info=True)
-            return
+            return list(delivered)
+        except RuntimeError:  # changed size while read: read again
+            continue
+    return []
 
 
-class _HeartbeatMixin:
-    """Register the heartbeat with Celery's event loop, beside kombu's own timers."""
-
-    _heartbeat_tref: Any = None
-
-    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
-        super().register_with_event_loop(connection, loop)  # type: ignore[misc]
-        if self._heartbeat_tref is not None:
-            self._heartbeat_tref.cancel()
-        interval = connection.client.transport_options.get(
-            "heartbeat_interval", ReliableChannel.heartbeat_interval
-        )
-        self._heartbeat_tref = loop.call_repeatedly(interval, _heartbeat_every_channel, self)
-
-
-class Transport(_HeartbeatMixin, kombu_redis.Transport):
+class Transport(kombu_redis.Transport):
     Channel = ReliableChannel
 
 
-class SentinelTransport(_HeartbeatMixin, kombu_redis.SentinelTransport):
+class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = ReliableSentinelChannel
 
 

@@ -87,12 +87,13 @@ class WorkerSettings(RedisSettings):
     # unacknowledged and older than the visibility timeout.
     broker_restore_interval: int = Field(10, ge=1)
     # Redis broker only: a worker process whose heartbeat (sent every fifth of this) is
-    # older than this is dead, and any live worker puts the jobs it held back on their
-    # queues.
+    # older than this is dead, and a live worker (one whose own last heartbeat is under
+    # half of this old) puts the jobs it held back on their queues.
     broker_heartbeat_timeout: float = Field(5.0, ge=1, le=300)
-    # Deliveries of one message, each ended by a dead worker (on RabbitMQ also a reject
-    # with requeue, a closed connection or channel), before it is parked in its queue's
-    # `.dead` queue (or list, on Redis). 20 on RabbitMQ (AMQP_DEFAULTS).
+    # Deliveries of one message, each ended without an acknowledgement (a dead worker, a
+    # reject with requeue; on RabbitMQ also a closed connection or channel, on Redis the
+    # visibility timeout), before it is parked in its queue's `.dead` queue (or list, on
+    # Redis). 20 on RabbitMQ (AMQP_DEFAULTS).
     broker_delivery_limit: int = Field(5, ge=1, le=1000)
     # RabbitMQ only: the server's `consumer_timeout` in seconds (RabbitMQ's default is
     # 30 minutes). A delivery unacknowledged for longer closes the worker's channel, so it

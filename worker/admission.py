@@ -36,7 +36,7 @@ _budgets: list[tuple[str, str, Budget]] = []
 _failed = False
 
 
-def _in_hand() -> Counter[str]:
+def in_hand() -> Counter[str]:
     """This process's jobs taken and not finished, by task name."""
     for _ in range(3):
         try:  # the pool's threads add and remove requests meanwhile
@@ -62,26 +62,32 @@ def admit() -> tuple[Sequence[tuple[str, str]], int | None]:
         return (), None
 
 
-def _admit() -> tuple[Sequence[tuple[str, str]], int | None]:
+def budgets() -> Sequence[tuple[str, str, Budget]]:
+    """(task-name prefix, queue, budget) of every upstream, built on first use (the
+    clients read their settings then, not at import)."""
     if not _budgets:
         with _lock:
             if not _budgets:
                 for upstream in all_upstreams():
                     budget = get_client(client_class(upstream)).budget
                     _budgets.append((upstream.tasks + ".", upstream.queue, budget))
+    return _budgets
+
+
+def _admit() -> tuple[Sequence[tuple[str, str]], int | None]:
     held: list[tuple[str, str]] = []
     most: int | None = None
-    in_hand: Counter[str] | None = None
-    for prefix, queue, budget in _budgets:
+    taken: Counter[str] | None = None
+    for prefix, queue, budget in budgets():
         if budget.held():
             held.append((prefix, queue))
             continue
         room = budget.room()
         if room is None:
             continue
-        if in_hand is None:
-            in_hand = _in_hand()
-        left = room - sum(count for name, count in in_hand.items() if name.startswith(prefix))
+        if taken is None:
+            taken = in_hand()
+        left = room - sum(count for name, count in taken.items() if name.startswith(prefix))
         if left <= 0:
             held.append((prefix, queue))
         else:

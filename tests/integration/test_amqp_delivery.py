@@ -22,6 +22,7 @@ from brokers import ALL_QUEUES
 from brokers.amqp import JOBS_EXCHANGE, amqp_queue
 from brokers.amqp_delivery import CELERY_STEP, STEP, ClusterDelayedDelivery
 from tests.support.rabbitmq import RabbitServer, vhost_of
+from worker.amqp_admission import STEP as ADMISSION
 from worker.consumer import RecordingConsumer
 
 #: Celery's names, as its producers address them (celery/app/base.py sends a countdown
@@ -38,7 +39,8 @@ def test_the_worker_consumer_runs_this_step_in_place_of_celerys() -> None:
     ours = list(RecordingConsumer.Blueprint.default_steps)
     assert CELERY_STEP in celerys
     assert CELERY_STEP not in ours
-    assert ours == [STEP if step == CELERY_STEP else step for step in celerys]
+    # ... and, after Celery's, RabbitMQ's admission by the upstreams' budgets.
+    assert ours == [*(STEP if step == CELERY_STEP else step for step in celerys), ADMISSION]
 
 
 def test_kombus_names_are_the_ones_celery_publishes_to() -> None:

@@ -20,6 +20,8 @@ from kombu.transport import redis as kombu_redis
 
 from brokers import redis_scripts as keys
 from brokers import redis_transport
+from brokers.redis import RedisBroker
+from redisconn import RedisTarget
 from tests.support.celery_worker import wait_for
 
 QUEUE = "transport-test"
@@ -49,6 +51,19 @@ def one_at_a_time(connection: Connection) -> object:
 
 def inhand(client: redis.Redis, channel: object) -> dict[str, str]:
     return client.hgetall(keys.INHAND_PREFIX + channel.holder)  # type: ignore[attr-defined]
+
+
+def dies(client: redis.Redis, channel: object) -> None:
+    """The holder of `channel` falls silent, its last heartbeat long ago."""
+    channel._stop_heartbeat()  # type: ignore[attr-defined]
+    client.zadd(keys.HOLDERS, {channel.holder: 0})  # type: ignore[attr-defined]
+
+
+def judges(channel: object) -> None:
+    """Two heartbeats of a live channel: the first registers it (a first heartbeat has
+    no previous one to trust its view by), the second judges the others."""
+    channel.heartbeat()  # type: ignore[attr-defined]
+    channel.heartbeat()  # type: ignore[attr-defined]
 
 
 def test_a_taken_message_is_recorded_as_in_hand_in_the_same_step(
@@ -114,10 +129,10 @@ def test_a_dead_holders_messages_go_back_at_the_next_heartbeat(
         dead.put({"n": number})
     taken = [dead.get(timeout=5) for _ in range(2)]
     holder = taken[0].channel.holder
-    redis_client.zadd(keys.HOLDERS, {holder: 0})  # its last heartbeat: long ago
+    dies(redis_client, taken[0].channel)
 
     live = connect(heartbeat_timeout=5).default_channel
-    live.heartbeat()
+    judges(live)
     assert redis_client.llen(QUEUE) == 2
     assert not redis_client.exists(keys.INHAND_PREFIX + holder)
     assert redis_client.zscore(keys.HOLDERS, holder) is None
@@ -141,10 +156,11 @@ def test_a_message_that_keeps_losing_its_holder_is_parked_at_the_limit(
     producer.put({"poison": True})
     raw = redis_client.lindex(QUEUE, 0)
     live = connect(delivery_limit=2).default_channel
+    live.heartbeat()
     for _ in range(3):
         holder = one_at_a_time(connect())
         message = holder.get(timeout=5)
-        redis_client.zadd(keys.HOLDERS, {message.channel.holder: 0})
+        dies(redis_client, message.channel)
         live.heartbeat()
     assert redis_client.llen(QUEUE) == 0
     assert redis_client.lrange(QUEUE + keys.DEAD_SUFFIX, 0, -1) == [raw]
@@ -160,9 +176,9 @@ def test_an_acknowledged_message_forgets_its_delivery_count(
     queue = one_at_a_time(connect())
     queue.put({"n": 1})
     first = queue.get(timeout=5)
-    redis_client.zadd(keys.HOLDERS, {first.channel.holder: 0})
+    dies(redis_client, first.channel)
     live = connect()
-    live.default_channel.heartbeat()
+    judges(live.default_channel)
     assert redis_client.hlen(keys.DELIVERIES) == 1
     again = one_at_a_time(live).get(timeout=5)
     again.ack()
@@ -174,7 +190,8 @@ def test_a_live_holder_still_meets_the_visibility_timeout(
     connect, redis_client: redis.Redis
 ) -> None:
     """The backstop for a holder alive but stuck: a message held past the visibility
-    timeout goes back to its queue, without counting a delivery."""
+    timeout goes back to its queue, counting a delivery (as a quorum queue counts a
+    consumer timeout)."""
     queue = one_at_a_time(connect(visibility_timeout=1))
     queue.put({"n": 1})
     message = queue.get(timeout=5)
@@ -185,7 +202,7 @@ def test_a_live_holder_still_meets_the_visibility_timeout(
 
     wait_for(overdue, timeout=5, what="the held message back after 1 s")
     assert inhand(redis_client, message.channel) == {}
-    assert redis_client.hlen(keys.DELIVERIES) == 0
+    assert redis_client.hvals(keys.DELIVERIES) == ["1"]
 
 
 def test_one_fetch_takes_a_batch_turn_by_turn_across_queues(redis_client: redis.Redis) -> None:
@@ -311,6 +328,187 @@ def test_a_redis_that_forgot_the_scripts_is_taught_them_again(
     message.ack()
     message.channel.acks.drain()
     assert inhand(redis_client, message.channel) == {}
+
+
+def test_a_channel_heartbeats_on_its_own_thread_from_its_first_fetch_until_it_leaves(
+    connect, redis_client: redis.Redis
+) -> None:
+    """No event loop runs here: the holder's heartbeat still advances, on a thread of its
+    own, and stops once the channel has handed back and left."""
+    queue = one_at_a_time(connect(heartbeat_interval=0.1))
+    queue.put({"n": 1})
+    message = queue.get(timeout=5)
+    channel = message.channel
+    first = redis_client.zscore(keys.HOLDERS, channel.holder)
+    wait_for(lambda: redis_client.zscore(keys.HOLDERS, channel.holder) > first, timeout=5,
+             what="a heartbeat with no event loop running")  # fmt: skip
+    heartbeat = channel._heartbeat
+    assert heartbeat is not None
+    assert heartbeat.alive
+    channel.close()
+    assert not heartbeat.alive
+    assert redis_client.zscore(keys.HOLDERS, channel.holder) is None
+
+
+def test_a_holder_whose_own_heartbeat_is_as_old_as_the_others_rescues_nobody(
+    connect, redis_client: redis.Redis
+) -> None:
+    """Redis paused 7 s (a `DEBUG SLEEP`, a fork, a failover): every heartbeat is 7 s old
+    when it ends, the rescuer's own too. Its view is stale, so it only beats; the other
+    holder's messages stay where they are."""
+    other = one_at_a_time(connect())
+    other.put({"n": 1})
+    held = other.get(timeout=5)
+    held.channel._stop_heartbeat()
+    rescuer = connect(heartbeat_timeout=5).default_channel
+    rescuer.heartbeat()
+    now_ms = int(redis_client.time()[0]) * 1000
+    paused = {held.channel.holder: now_ms - 7000, rescuer.holder: now_ms - 7000}
+    redis_client.zadd(keys.HOLDERS, paused)
+    rescuer.heartbeat()
+    assert len(inhand(redis_client, held.channel)) == 1
+    assert redis_client.llen(QUEUE) == 0
+    assert redis_client.hlen(keys.DELIVERIES) == 0
+
+
+def test_a_holder_declared_dead_says_so_and_does_not_run_the_rest_of_its_batch(
+    connect, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A holder paused past the timeout was rescued by a live one. Its next heartbeat
+    learns it and logs it as an error; a batch it is delivering stops there, and its
+    messages are the rescuer's queue's again, each once."""
+    queue = connect().SimpleQueue(QUEUE)
+    for number in range(3):
+        queue.put({"n": number})
+    paused = connect().default_channel
+    paused._start_heartbeat()
+    paused._stop_heartbeat()  # paused: no beat until it resumes
+    paused._consumed = True
+    reply = paused._run("FETCH", [keys.HOLDERS, keys.INHAND_PREFIX + paused.holder,
+                                  keys.SEQUENCE, QUEUE], [paused.holder, 3, 1])  # fmt: skip
+    dies(redis_client, paused)
+    judges(connect().default_channel)
+    assert redis_client.llen(QUEUE) == 3
+    delivered: list[object] = []
+
+    def deliver(payload: object, queue: str) -> None:
+        delivered.append(payload)
+        paused.heartbeat()  # the heartbeat thread resumes while the first job runs
+
+    paused.connection._callbacks[QUEUE] = lambda message: None
+    paused.connection._deliver = deliver
+    paused._fetch_keys = [QUEUE]
+    with caplog.at_level("ERROR", logger="brokers.redis_transport"):
+        paused._deliver_batch(reply)
+    assert len(delivered) == 1
+    assert "declared dead" in caplog.text
+    assert redis_client.llen(QUEUE) == 3  # neither lost nor put back a second time
+    assert redis_client.zscore(keys.RESCUED, paused.holder) is None
+
+
+def test_an_idle_fetch_writes_nothing(redis_client: redis.Redis) -> None:
+    """A fetch that finds every queue empty leaves Redis as it was: no heartbeat, no
+    counter; an idle fleet's only writes are its heartbeats."""
+    script = redis_client.register_script(keys.FETCH)
+    assert script(keys=[keys.HOLDERS, keys.INHAND_PREFIX + "h", keys.SEQUENCE, "a"],
+                  args=["h", 4, 1]) == []  # fmt: skip
+    assert redis_client.keys("*") == []
+
+
+def test_thousands_of_acks_reach_redis_in_chunks(connect, redis_client: redis.Redis) -> None:
+    """More acks than Lua's `unpack` takes in one call: all of them reach Redis."""
+    channel = connect().default_channel
+    fields = [f"1:1.{n}:{QUEUE}" for n in range(9000)]
+    redis_client.hset(keys.INHAND_PREFIX + channel.holder, mapping=dict.fromkeys(fields, "x"))
+    channel._consumed = True
+    for field in fields:
+        channel.acks.add(field)
+    wait_for(lambda: channel.acks.pending == 0 and channel.acks.drain(), timeout=10,
+             what="every ack sent")  # fmt: skip
+    assert inhand(redis_client, channel) == {}
+
+
+@pytest.mark.parametrize("priority", [0, 9])
+def test_a_parked_message_lands_under_its_base_queue_and_replays_where_it_came_from(
+    connect, redis_url: str, redis_client: redis.Redis, priority: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A message of a priority list parked at the delivery limit is in `{queue}.dead`,
+    where `apiworker dead-letters` and the depth gauges look; a replay puts it back on
+    the list it was taken from."""
+    monkeypatch.setattr(redis_transport, "on_parked", [])
+    producer = connect().SimpleQueue(QUEUE)
+    producer.put({"n": 1}, priority=priority)
+    source = [key for key in redis_client.keys(QUEUE + "*")]
+    assert len(source) == 1
+    live = connect(delivery_limit=0).default_channel
+    live.heartbeat()
+    holder = one_at_a_time(connect()).get(timeout=5)
+    dies(redis_client, holder.channel)
+    live.heartbeat()
+    assert redis_client.llen(QUEUE + keys.DEAD_SUFFIX) == 1
+    broker = RedisBroker(RedisTarget.from_url(redis_url))
+    try:
+        [depth] = broker.depths([QUEUE])
+        assert depth.dead == 1
+        assert [parked.deliveries for parked in broker.parked([QUEUE], 10)] == [1]
+        assert len(broker.replay_parked([QUEUE], None)) == 1
+    finally:
+        broker.close()
+    assert redis_client.llen(source[0]) == 1
+    assert redis_client.llen(QUEUE + keys.DEAD_SUFFIX) == 0
+
+
+def test_a_reject_with_requeue_counts_a_delivery_and_parks_past_the_limit(
+    connect, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose process dies in a way that rejects it with requeue (a prefork child
+    killed by the OOM killer) counts each time, as a quorum queue does: with limit 1,
+    the second such delivery parks it instead of looping."""
+    parked: list[tuple[str, bytes, int]] = []
+    monkeypatch.setattr(redis_transport, "on_parked", [lambda *found: parked.append(found)])
+    queue = one_at_a_time(connect(delivery_limit=1))
+    queue.put({"n": 1})
+    queue.get(timeout=5).requeue()
+    assert redis_client.llen(QUEUE) == 1
+    queue.get(timeout=5).requeue()
+    assert redis_client.llen(QUEUE) == 0
+    assert redis_client.llen(QUEUE + keys.DEAD_SUFFIX) == 1
+    assert [(name, count) for name, _item, count in parked] == [(QUEUE, 2)]
+
+
+def test_a_closing_channel_hands_back_messages_taken_but_not_yet_delivered(
+    connect, redis_client: redis.Redis
+) -> None:
+    """Taken by a fetch whose reply was not yet delivered (kombu's delivered list is
+    empty): closing still hands them back, with no delivery counted."""
+    connection = connect()
+    connection.SimpleQueue(QUEUE).put({"n": 1})
+    channel = connection.channel()
+    channel._consumed = True
+    channel._run("FETCH", [keys.HOLDERS, keys.INHAND_PREFIX + channel.holder, keys.SEQUENCE,
+                           QUEUE], [channel.holder, 1, 1])  # fmt: skip
+    assert redis_client.llen(QUEUE) == 0
+    channel.close()
+    assert redis_client.llen(QUEUE) == 1
+    assert not redis_client.exists(keys.INHAND_PREFIX + channel.holder)
+    assert redis_client.hlen(keys.DELIVERIES) == 0
+
+
+def test_the_fetch_floor_comes_from_free_execution_slots(
+    connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """32 threads, prefetch multiplier 1, 17 running and 15 countdowns held (Celery's
+    prefetch count grows by one for each): 15 threads are free, so the next fetch is
+    not held back for half of an inflated prefetch."""
+    channel = connect().default_channel
+    channel.qos.prefetch_count = 32 + 15
+    for number in range(17 + 15):
+        channel.qos._delivered[f"tag-{number}"] = object()
+    monkeypatch.setattr(redis_transport, "free_slots", lambda: 15)
+    assert channel._batch_floor() == 1
+    monkeypatch.setattr(redis_transport, "free_slots", lambda: 0)
+    assert channel._batch_floor() == (32 + 15) // 2
 
 
 def test_admission_leaves_a_held_upstreams_jobs_in_the_broker(

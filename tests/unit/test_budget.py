@@ -116,6 +116,26 @@ def test_a_429_pauses_the_fleet_and_cuts_the_rate_once_per_pause(server) -> None
     assert other.rate == pytest.approx(40 * DECREASE, abs=0.01)
 
 
+def test_blocked_is_a_pause_or_a_token_beyond_the_bound_not_a_queue(server) -> None:
+    """RabbitMQ's admission cancels an upstream's consumer on `blocked` alone: calls
+    queued for tokens inside the wait bound are `held` but not blocked; a call that
+    found none within it, or a pause the upstream asked for, blocks."""
+    queued = budget(server, rate=2, burst=1, max_wait=1.0)
+    queued.acquire()
+    queued.acquire()  # the next token reserved, 0.5 s ahead
+    assert queued.held()
+    assert not queued.blocked()
+    queued.acquire()  # a second ahead: still inside the bound
+    with pytest.raises(errors.Throttled):
+        queued.acquire()
+    assert queued.blocked()
+
+    paused = budget(fakeredis.FakeServer(), rate=40, max_wait=1.0)
+    assert not paused.blocked()
+    paused.answered(429, 2.0)
+    assert paused.blocked()
+
+
 def test_other_answers_teach_nothing(server) -> None:
     """A 503 without Retry-After, a 500 or a 404 neither pause nor cut."""
     shared = budget(server, rate=40)

@@ -1,0 +1,259 @@
+"""Admission on RabbitMQ: an upstream's jobs wait in its queue, not in a worker thread.
+
+RabbitMQ pushes messages to a consumer up to its prefetch window, so admission here is
+the window itself, as RabbitMQ's own guide sizes work in progress
+(https://www.rabbitmq.com/docs/consumer-prefetch), plus cancelling and resuming a
+queue's consumer, what Celery's `cancel_consumer`/`add_consumer` do:
+
+- **An upstream's own queue** is consumed with a prefetch window of the jobs this
+  process may hold for it (`Budget.room`: its share of half of what the fleet's rate
+  serves within RATE_LIMIT_MAX_WAIT; at most three quarters of the pool's threads, so
+  the rest serve other upstreams). RabbitMQ then delivers its next job only when one
+  is acknowledged, so no job is taken that could not get its token within the wait
+  bound. Per-consumer prefetch is what quorum queues have (no global QoS), and RabbitMQ
+  fixes a consumer's window at `basic.consume`, so the window is set on the channel just
+  before consuming that queue and Celery's own set back right after. A change of the
+  rate resizes the window (cancel, consume again: at most once a second, at once when
+  the rate fell); messages already delivered stay in hand.
+- **While the upstream blocks** (it paused the fleet, or a call found no token within
+  the wait bound: `Budget.blocked`) its queue's consumer is cancelled, and consumed
+  again once that is over and this process holds at most half its room.
+- **The default queue mixes upstreams** (a stock producer's `send_task` by name lands
+  there). Its consumer cannot skip a message, so a job there whose upstream binds
+  (`Budget.held`: paused, or on-demand calls queued for tokens) or has no room in this
+  process is moved once to the tail of its upstream's queue (a confirmed
+  publish, then the original acknowledged) and waits there like the rest; other
+  upstreams' jobs behind it are taken at once. It is neither run nor retried, and a
+  job is moved at most once: in its upstream's queue the window admits it. (The Redis
+  broker moves such jobs inside its fetch script: brokers/redis_transport.py.) A job
+  whose move fails is taken as without a budget, so nothing is lost.
+
+Queues an operator stopped (`celery control cancel_consumer`) are left alone: only the
+queues the worker is told to consume are managed. It runs on the event loop's timer,
+every TICK_SECONDS, in the consumer's own thread (its channel is not thread-safe).
+
+Hand-written: Celery and kombu offer cancel and consume per queue and a prefetch per
+channel, but nothing that sizes a queue's window from a rate or stops it on a signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from celery import bootsteps
+
+from apis.budget import Budget
+from brokers import DEFAULT_QUEUE, amqp, broker_kind
+from settings import get_worker_settings
+from worker import admission
+
+log = logging.getLogger("worker.admission")
+
+#: How often the windows are checked against the budgets (seconds).
+TICK_SECONDS = 0.1
+#: A window that could grow is resized at most this often (seconds).
+RESIZE_SECONDS = 1.0
+#: A window is resized up once the room is this much larger than it.
+GROWTH = 1.5
+#: How long a move waits for a producer of the app's pool (seconds).
+CONFIRM_WAIT = 1.0
+
+
+def _count(taken: Counter[str], prefix: str) -> int:
+    return sum(count for name, count in taken.items() if name.startswith(prefix))
+
+
+class Gate:
+    """One consumer connection's admission: the windows of its upstreams' queues, and
+    the moves out of the default queue."""
+
+    def __init__(self, consumer: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.c = consumer
+        self._clock = clock
+        #: The window each managed queue is consumed with (None: Celery's own prefetch).
+        self.windows: dict[str, int | None] = {}
+        self._resized: dict[str, float] = {}
+        self._failed: set[str] = set()
+
+    # -- the upstreams' own queues ---------------------------------------------------------
+
+    def tick(self) -> None:
+        """Cancel, resume or resize each upstream queue's consumer by its budget. A fault
+        is logged (once per kind) and leaves the consumers as they are."""
+        try:
+            self._tick()
+        except Exception as exc:
+            self._log_once("windows", exc)
+
+    def _managed(self) -> list[tuple[str, str, Budget]]:
+        selected = self.c.app.amqp.queues.consume_from
+        return [
+            (prefix, queue, budget)
+            for prefix, queue, budget in admission.budgets()
+            if budget.enabled and queue in selected
+        ]
+
+    def _tick(self) -> None:
+        consumer = self.c.task_consumer
+        if consumer is None:
+            return
+        taken = admission.in_hand()
+        now = self._clock()
+        for prefix, queue, budget in self._managed():
+            consuming = consumer.consuming_from(queue)
+            if budget.blocked():
+                if consuming:
+                    self._cancel(queue)
+                continue
+            room = self._room(budget)
+            if room is None:  # unbounded: Celery's own prefetch
+                if not consuming:
+                    self._consume(queue, None)
+                elif self.windows.get(queue) is not None:
+                    self._cancel(queue)
+                    self._consume(queue, None)
+                continue
+            if consuming:
+                window = self.windows.get(queue)
+                shrink = window is None or window > room
+                grow = window is not None and room >= GROWTH * window + 1
+                if not (shrink or (grow and now - self._resized.get(queue, 0.0) >= RESIZE_SECONDS)):
+                    continue
+                self._cancel(queue)
+                self._resized[queue] = now
+            if _count(taken, prefix) * 2 <= room:
+                self._consume(queue, room)
+
+    def _room(self, budget: Budget) -> int | None:
+        """The upstream's room in this process (`Budget.room`), at most three quarters
+        of the pool's threads: the rest stay free for other upstreams' jobs while this
+        one's wait for their tokens."""
+        room = budget.room()
+        if room is None:
+            return None
+        threads: int = self.c.pool.num_processes
+        return max(1, min(room, threads * 3 // 4))
+
+    def hold_back(self) -> None:
+        """Before the consumer first consumes: leave out the queues of upstreams with a
+        known rate or blocked, so the first tick consumes them with their window rather
+        than Celery's prefetch (`consume()` starts every queue not yet consumed)."""
+        try:
+            for _, queue, budget in self._managed():
+                if budget.blocked() or budget.room() is not None:
+                    self.c.task_consumer.cancel_by_queue(queue)
+        except Exception as exc:
+            self._log_once("windows", exc)
+
+    def _cancel(self, queue: str) -> None:
+        self.c.task_consumer.cancel_by_queue(queue)
+        log.debug("queue %s: consumer cancelled by its upstream's budget", queue)
+
+    def _consume(self, queue: str, window: int | None) -> None:
+        """Consume `queue` with a prefetch window of `window` (None: Celery's own)."""
+        consumer = self.c.task_consumer
+        channel = consumer.channel
+        default = self.c.qos.value if self.c.qos is not None else 0
+        if window is not None:
+            channel.basic_qos(0, window, False)
+        try:
+            consumer.add_queue(self.c.app.amqp.queues[queue])
+            consumer.consume()
+        finally:
+            if window is not None:
+                channel.basic_qos(0, default, False)
+        self.windows[queue] = window
+        log.debug("queue %s: consumed with a window of %s", queue, window or default)
+
+    # -- the default queue ----------------------------------------------------------------
+
+    def moved(self, message: Any) -> bool:
+        """Whether `message` was moved to its upstream's queue instead of being taken
+        (it came from the default queue and its upstream binds or has no room here)."""
+        consumer = self.c.task_consumer
+        try:
+            tag = (message.delivery_info or {}).get("consumer_tag")
+            if consumer is None or tag is None or tag != consumer._active_tags.get(DEFAULT_QUEUE):
+                return False
+            name = (message.headers or {}).get("task")
+            if not isinstance(name, str):
+                return False
+            queue = self._no_room(name)
+            if queue is None:
+                return False
+            # Through a connection of the app's producer pool, not the consumer's own:
+            # the consumer's is reading this very delivery, and a confirm awaited on it
+            # from inside its handler can be missed.
+            with self.c.app.producer_pool.acquire(block=True, timeout=CONFIRM_WAIT) as producer:
+                amqp.move_message(producer, queue, message)
+        except Exception as exc:  # taken as without a budget: nothing is lost
+            self._log_once("moves", exc)
+            return False
+        message.ack()
+        log.info(
+            "job moved task=%s id=%s to queue %s: its upstream's budget binds; it waits there",
+            name,
+            (message.headers or {}).get("id", "-"),
+            queue,
+        )
+        return True
+
+    def _no_room(self, name: str) -> str | None:
+        """The queue of the upstream of task `name` when it binds or has no room here,
+        else None."""
+        for prefix, queue, budget in self._managed():
+            if not name.startswith(prefix):
+                continue
+            if budget.held():
+                return queue
+            room = self._room(budget)
+            if room is not None and _count(admission.in_hand(), prefix) >= room:
+                return queue
+            return None
+        return None
+
+    def _log_once(self, kind: str, exc: Exception) -> None:
+        if kind not in self._failed:
+            self._failed.add(kind)
+            log.error(
+                "RabbitMQ admission by the upstream budgets failed (%s: %s): %s",
+                kind,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+
+
+class AmqpAdmission(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
+    """The consumer step that runs a `Gate` on RabbitMQ (nothing on Redis, whose fetch
+    admits by itself)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        c.admission_gate = None
+        self._timer_entry: Any = None
+        super().__init__(c, **kwargs)
+
+    def start(self, c: Any) -> None:
+        if broker_kind(get_worker_settings().broker_url) != "amqp" or c.timer is None:
+            return
+        gate = c.admission_gate = Gate(c)
+        gate.hold_back()
+        self._timer_entry = c.timer.call_repeatedly(TICK_SECONDS, gate.tick)
+
+    def stop(self, c: Any) -> None:
+        if self._timer_entry is not None:
+            self._timer_entry.cancel()
+            self._timer_entry = None
+        c.admission_gate = None
+
+    shutdown = stop
+
+
+#: The step's dotted name, for the consumer's blueprint (worker/consumer.py).
+STEP = f"{__name__}:AmqpAdmission"
