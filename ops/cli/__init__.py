@@ -6,7 +6,7 @@ variables, read afresh on every invocation rather than from the process-wide cac
 so a command always talks to the Redis it was pointed at.
 
 One module per command group: `enqueue`, `result`, `follow`, `failures`, `queues`,
-`top`, `dead_letters`, `health` (and `rabbitmq`, in `ops/rabbitmq_cli.py`); the group
+`top`, `dead_letters`, `health`, `rabbitmq`; the group
 itself and what they share is `base`.
 """
 
@@ -14,8 +14,17 @@ from __future__ import annotations
 
 import logging
 
-from ops import rabbitmq_cli
-from ops.cli import dead_letters, enqueue, failures, follow, health, queues, result, top
+from ops.cli import (
+    dead_letters,
+    enqueue,
+    failures,
+    follow,
+    health,
+    queues,
+    rabbitmq,
+    result,
+    top,
+)
 from ops.cli.base import PUBLIC_TASKS, cli
 from ops.cli.enqueue import check_call
 
@@ -30,11 +39,12 @@ __all__ = [
     "health",
     "main",
     "queues",
+    "rabbitmq",
     "result",
     "top",
 ]
 
-cli.add_command(rabbitmq_cli.rabbitmq)
+cli.add_command(rabbitmq.rabbitmq)
 
 
 def main() -> None:

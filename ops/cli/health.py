@@ -20,7 +20,7 @@ from apis.config import RetryPolicy
 from brokers import (
     BrokerError,
 )
-from ops import rabbitmq_cli
+from ops.cli import rabbitmq
 from ops.cli.base import (
     ConfigError,
     Services,
@@ -140,13 +140,13 @@ def probe_upstream(
 def cluster_checks(services: Services) -> list[Check]:
     """A RabbitMQ cluster's nodes (which are down) and each queue's leader and members."""
     try:
-        view = rabbitmq_cli.cluster_view(services.broker())
+        view = rabbitmq.cluster_view(services.broker())
     except BrokerError as exc:
         return [Check("cluster", False, str(exc))]
     if view is None:
         return []
-    ok, detail = rabbitmq_cli.node_line(view)
-    lines = rabbitmq_cli.queue_lines(view, services.settings.broker_delivery_limit)
+    ok, detail = rabbitmq.node_line(view)
+    lines = rabbitmq.queue_lines(view, services.settings.broker_delivery_limit)
     return [Check("cluster", ok, detail), *(Check("queue", ok, line) for ok, line in lines)]
 
 

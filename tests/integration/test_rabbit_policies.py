@@ -16,7 +16,7 @@ from brokers import ALL_QUEUES
 from brokers.amqp import AmqpBroker, amqp_queue
 from brokers.rabbitmq_api import ManagementApi
 from ops.cli import cli
-from ops.rabbitmq_cli import queue_lines
+from ops.cli.rabbitmq import queue_lines
 from tests.support.celery_worker import wait_for
 from tests.support.rabbitmq import RabbitServer
 
