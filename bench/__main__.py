@@ -53,7 +53,7 @@ from bench.systems import (
     project_at,
     settings_names,
 )
-from ops.processes import free_port
+from ops.processes.ports import free_port
 from ops.producer import producer_app
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

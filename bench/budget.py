@@ -35,7 +35,7 @@ from typing import Any
 from bench.harness import REPO_ROOT, PrivateRedis, SandboxProcess, WorkerProcess, clean_environment
 from bench.senders import sender
 from bench.systems import CELERY, DRAMATIQ_PROTOCOL, FETCH_TASK, System, settings_names
-from ops.processes import free_port
+from ops.processes.ports import free_port
 from ops.producer import producer_app
 
 PROJECT = System(

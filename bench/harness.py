@@ -25,7 +25,10 @@ import orjson
 import redis
 from celery import Celery
 
-from ops.processes import DisposableRedis, free_port, popen, stop_process, wait_until
+from ops.processes.children import popen, stop_process
+from ops.processes.ports import free_port
+from ops.processes.redis_server import DisposableRedis
+from ops.processes.waits import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -34,7 +37,7 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _spawn(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Popen in a new session, tied to this process's life (ops/processes.py)."""
+    """Popen in a new session, tied to this process's life (ops/processes/children.py)."""
     return popen(args, **kwargs)
 
 

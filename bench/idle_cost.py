@@ -16,7 +16,8 @@ from contextlib import ExitStack
 
 import redis
 
-from ops.processes import DisposableRedis, wait_until
+from ops.processes.redis_server import DisposableRedis
+from ops.processes.waits import wait_until
 from ops.producer import producer_app
 from sandbox.server import SandboxServer
 from tests.support.celery_worker import WorkerProcess

@@ -25,7 +25,8 @@ from bench.harness import (
     clean_environment,
 )
 from bench.systems import FETCH_TASK, settings_names
-from ops.processes import free_port, wait_until
+from ops.processes.ports import free_port
+from ops.processes.waits import wait_until
 from ops.producer import producer_app
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import redis
 
 from bench.harness import PrivateRedis
-from ops.processes import wait_until
+from ops.processes.waits import wait_until
 from tasks.keys import Keys
 from tasks.store import Fetched, ResultStore
 

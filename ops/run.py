@@ -24,24 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from ops.processes import (
+from ops.processes.children import (
     REPO_ROOT,
     Child,
     PrefixedOutput,
+    StopOptions,
+    spawn,
+    stop_children,
+)
+from ops.processes.ports import free_port, port_is_free
+from ops.processes.redis_server import (
     PrivateRedis,
     RedisUnusable,
-    StartupFailed,
-    StopOptions,
     find_redis_server,
-    free_port,
     leftover_redis_pid,
-    port_is_free,
     redis_answers,
-    spawn,
     start_private_redis,
-    stop_children,
-    wait_until,
 )
+from ops.processes.waits import StartupFailed, wait_until
 from ops.producer import producer_app
 from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
 from settings import ConfigurationError, checked_settings, get_worker_settings, setting_names

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from ops.processes import wait_until
+from ops.processes.waits import wait_until
 from settings import setting_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def wait_for(
     predicate: Callable[[], object], *, timeout: float, interval: float = 0.05, what: str = ""
 ) -> object:
     """Poll `predicate` until it returns something truthy, or fail after `timeout`
-    (`TimeoutError`); ops/processes.py's wait."""
+    (`TimeoutError`); ops/processes/waits.py's wait."""
     return wait_until(predicate, timeout=timeout, what=what or str(predicate), interval=interval)
 
 
