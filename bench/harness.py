@@ -216,19 +216,12 @@ class MemorySampler:
 # -- Redis ----------------------------------------------------------------------------
 
 
-class PrivateRedis(DisposableRedis):
-    """A disposable redis-server on loopback, never the shared one on 6379.
-
-    Keyspace notifications for string writes are on, so the driver learns the moment
+def notifying_redis() -> DisposableRedis:
+    """The harness's disposable redis-server on loopback (never the shared one on 6379),
+    with keyspace notifications for string writes on, so the driver learns the moment
     each result key is written without polling (which would cost CPU on a 2-core box and
-    blur latencies by the polling interval).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(args=("--notify-keyspace-events", "E$"), prefix="apiworker-bench-redis-")
-
-    def stop(self) -> None:
-        self.cleanup()
+    blur latencies by the polling interval). `cleanup()` stops it and removes its files."""
+    return DisposableRedis(args=("--notify-keyspace-events", "E$"), prefix="apiworker-bench-redis-")
 
 
 class KeyWatcher:

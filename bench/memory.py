@@ -19,10 +19,10 @@ from pathlib import Path
 import redis
 
 from bench.harness import (
-    PrivateRedis,
     SandboxProcess,
     WorkerProcess,
     clean_environment,
+    notifying_redis,
 )
 from bench.systems import FETCH_TASK, settings_names
 from ops.processes.ports import free_port
@@ -45,7 +45,7 @@ def main() -> int:
     args = parser.parse_args()
 
     names = [entry["name"] for entry in json.loads(INDEX.read_text())["results"]]
-    redis_server = PrivateRedis().start()
+    redis_server = notifying_redis().start()
     sandbox = SandboxProcess(0.0).start()
     log_dir = Path(redis_server.dir)
     env = {
@@ -96,7 +96,7 @@ def main() -> int:
         worker.stop()
         producer.close()
         sandbox.stop()
-        redis_server.stop()
+        redis_server.cleanup()
     out = args.out or RESULTS / f"memory-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
     out.write_text(
         json.dumps(
