@@ -4,7 +4,7 @@ Why shared: an outage is a property of the upstream, not of one process. Sixteen
 in each of several workers would otherwise each have to learn it on their own, and keep
 hammering an upstream that is down with retries that cannot succeed.
 
-States, kept in three small keys per upstream (names under `{prefix}circuit:{service}:`):
+States, kept in three small keys per upstream (names under `{prefix}circuit:{<service>}:`):
 
 - closed: calls go through. A transient failure of a whole call (after the client's own
   retries: connection errors, timeouts, 429, 502/503/504) increments `failures`, which
@@ -137,9 +137,10 @@ return 0
 
 def state_keys(prefix: str, service: str) -> list[str]:
     """The breaker's keys of one upstream: open, tripped, probe, failures (in that order;
-    the worker's metrics read `open`)."""
+    the worker's metrics read `open`). The service is their hash tag, so a script's keys
+    share one Redis Cluster slot."""
     names = ("open", "tripped", "probe", "failures")
-    return [f"{prefix}circuit:{service}:{name}" for name in names]
+    return [f"{prefix}circuit:{{{service}}}:{name}" for name in names]
 
 
 @dataclass(frozen=True)

@@ -276,8 +276,9 @@ _RELEASE = "return redis.call('ZREM', KEYS[1], ARGV[1])"
 
 def budget_keys(prefix: str, service: str) -> list[str]:
     """The budget's keys of one upstream: state, permits, processes (`apiworker top`
-    and the gauges read the state hash)."""
-    return [f"{prefix}budget:{service}:{name}" for name in ("state", "permits", "processes")]
+    and the gauges read the state hash). The service is their hash tag, so a script's
+    keys share one Redis Cluster slot."""
+    return [f"{prefix}budget:{{{service}}}:{name}" for name in ("state", "permits", "processes")]
 
 
 @dataclass(frozen=True)

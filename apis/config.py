@@ -289,7 +289,8 @@ class ApiSettings(RedisSettings):
             max_pages=self.paging_max_pages,
             max_items=self.paging_max_items,
             retry=self.retry_policy,
-            state_redis=self.resolve_redis(),
+            # The fleet's shared state: on the Redis Cluster when there is one.
+            state_redis=self.resolve_cluster() or self.resolve_redis(),
             state_key_prefix=self.result_key_prefix,
             circuit=CircuitPolicy(
                 failure_threshold=self.circuit_failure_threshold,

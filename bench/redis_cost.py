@@ -22,6 +22,10 @@ With `--broker amqp` (default: both) the broker is a private RabbitMQ node
 (tests/support/rabbitmq.py) with the vhost set up as `apiworker rabbitmq apply-policy`
 does; Redis then holds only results and the result backend.
 
+With `--cluster` the results store is a private Redis Cluster (tests/support/
+redis_cluster.py: 3 masters, 3 replicas, EVENTS_PARTITIONS=16), each master measured as
+a role of its own; a last table gives each master's share of the commands and CPU.
+
 Prints Markdown tables: per role and phase, commands sent and run, input and output
 bytes and the server's main-thread CPU per job; then calls per job per command. MONITOR
 (which tells a script's own calls apart) costs the server CPU: take the CPU column from
@@ -195,17 +199,35 @@ def jobs_done(metrics_url: str) -> int:
     return int(sum(float(found) for found in JOBS_METRIC.findall(text)))
 
 
-def measure(broker: str, jobs: int, monitor: bool) -> dict[str, dict[str, Phase]]:
-    """{phase: {role: Phase}} for one broker kind."""
+def measure(
+    broker: str, jobs: int, monitor: bool, cluster: bool = False
+) -> dict[str, dict[str, Phase]]:
+    """{phase: {role: Phase}} for one broker kind. With `cluster`, the results store is
+    a private Redis Cluster (3 masters, 3 replicas; EVENTS_PARTITIONS=16) and each
+    master is a role of its own (`results m1`...), so their shares can be compared."""
     names = list(load_catalogue().names[:jobs])
     if len(names) < jobs:
         raise SystemExit(f"the sandbox catalogue has {len(names)} names, fewer than {jobs}")
     with ExitStack() as stack:
         servers: dict[str, DisposableRedis] = {}
-        for role in ROLES if broker == "redis" else ROLES[:2]:
+        roles = ROLES if broker == "redis" else ROLES[:2]
+        for role in roles[1:] if cluster else roles:
             server = DisposableRedis(prefix=f"apiworker-cost-{role}-").start()
             stack.callback(server.cleanup)
             servers[role] = server
+        extra: dict[str, str] = {}
+        if cluster:
+            from tests.support.redis_cluster import PrivateCluster
+
+            private = PrivateCluster().start()
+            stack.callback(private.cleanup)
+            for index, master in enumerate(private.masters_now(), start=1):
+                servers[f"results m{index}"] = master
+            extra = {
+                "REDIS_URL": servers["backend"].url_for(1),  # beat's only; none runs here
+                "REDIS_CLUSTER_NODES": private.setting,
+                "EVENTS_PARTITIONS": "16",
+            }
         broker_url = (
             servers["broker"].url_for(0)
             if broker == "redis"
@@ -215,7 +237,7 @@ def measure(broker: str, jobs: int, monitor: bool) -> dict[str, dict[str, Phase]
         stack.callback(sandbox.stop)
         metrics_port = free_port()
         env = {
-            "REDIS_URL": servers["results"].url_for(0),
+            "REDIS_URL": servers.get("results", servers["backend"]).url_for(0),
             "CELERY_BROKER_URL": broker_url,
             "CELERY_RESULT_BACKEND": servers["backend"].url_for(0),
             "POKEAPI_BASE_URL": sandbox.pokeapi_url,
@@ -224,6 +246,7 @@ def measure(broker: str, jobs: int, monitor: bool) -> dict[str, dict[str, Phase]
             "SEMAPHORE_API_TOKEN": sandbox.semaphore_token,
             "METRICS_PORT": str(metrics_port),
             "TEST_WORKER_LOGLEVEL": "WARNING",
+            **extra,
         }
         producer = producer_app(broker_url, env["CELERY_RESULT_BACKEND"])
         stack.callback(producer.close)
@@ -322,7 +345,10 @@ def report(results: Mapping[str, dict[str, dict[str, Phase]]], jobs: int) -> str
         "| Redis role | command | " + " | ".join(f"{b} {p}" for b, p in columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]
-    for role in ROLES:
+    every_role = dict.fromkeys(
+        role for phases in results.values() for roles in phases.values() for role in roles
+    )
+    for role in every_role:
         commands = sorted(
             {
                 name
@@ -343,7 +369,36 @@ def report(results: Mapping[str, dict[str, dict[str, Phase]]], jobs: int) -> str
                 cells.append(f"{sent:.2f}" + (f" / {run:.2f}" if run >= 0.005 else ""))
             if any(cell not in ("-", "0.00") for cell in cells):
                 lines.append(f"| {role} | {command} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + spread(results))
+
+
+def spread(results: Mapping[str, dict[str, dict[str, Phase]]]) -> list[str]:
+    """With a cluster: each master's share of the results store's commands and CPU."""
+    lines: list[str] = []
+    for broker, phases in results.items():
+        for phase, roles in phases.items():
+            masters = {role: cost for role, cost in roles.items() if role.startswith("results m")}
+            if not masters:
+                continue
+            if not lines:
+                lines += [
+                    "",
+                    "The results store's masters: commands run and Redis CPU per job, and "
+                    "each master's share.",
+                    "",
+                    "| broker | phase | master | commands run/job | share | "
+                    "Redis CPU µs/job | share |",
+                    "|---|---|---|---|---|---|---|",
+                ]
+            calls = sum(cost.calls() for cost in masters.values()) or 1.0
+            cpu = sum(cost.cpu_us() for cost in masters.values()) or 1.0
+            for role, cost in masters.items():
+                lines.append(
+                    f"| {broker} | {phase} | {role.removeprefix('results ')} | "
+                    f"{cost.calls():.2f} | {cost.calls() / calls:.0%} | "
+                    f"{cost.cpu_us():.0f} | {cost.cpu_us() / cpu:.0%} |"
+                )
+    return lines
 
 
 def main() -> None:
@@ -355,9 +410,17 @@ def main() -> None:
         action="store_true",
         help="without MONITOR: no split of script calls (sent = run), Redis CPU not inflated",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the results store on a private Redis Cluster (3 masters + 3 replicas), "
+        "each master's share reported",
+    )
     args = parser.parse_args()
     brokers = ("redis", "amqp") if args.broker == "both" else (args.broker,)
-    results = {broker: measure(broker, args.jobs, not args.no_monitor) for broker in brokers}
+    results = {
+        broker: measure(broker, args.jobs, not args.no_monitor, args.cluster) for broker in brokers
+    }
     print(report(results, args.jobs))
 
 

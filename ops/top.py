@@ -110,7 +110,7 @@ class Fleet:
         broker: Broker,
         results: redis.Redis,
         celery: Any,
-        streams: Mapping[str, str],
+        streams: Mapping[str, str | Sequence[str]],
         breaker_prefix: str,
         services: Sequence[str],
         metrics_urls: Sequence[str] = (),
@@ -120,7 +120,10 @@ class Fleet:
         self.broker = broker
         self.results = results
         self.celery = celery
-        self.streams = dict(streams)  # "jobs" / "failures" -> stream key
+        # "jobs" / "failures" -> their stream keys (the jobs' are one per event partition)
+        self.streams = {
+            name: [keys] if isinstance(keys, str) else list(keys) for name, keys in streams.items()
+        }
         self.breaker_prefix = breaker_prefix
         self.services = list(services)
         self.metrics_urls = list(metrics_urls)
@@ -148,12 +151,14 @@ class Fleet:
             budgets=self.budget_rows(families, now),
         )
 
-    def _sample_stream(self, name: str, key: str, now: float) -> None:
+    def _sample_stream(self, name: str, keys: Sequence[str], now: float) -> None:
         meter = self.meters[name]
-        added = _entries_added(self.results, key)
-        if not meter.samples:  # first frame: the last minute, read from the stream itself
+        added = sum(_entries_added(self.results, key) for key in keys)
+        if not meter.samples:  # first frame: the last minute, read from the streams themselves
             since = f"{int((now - WINDOW_SECONDS) * 1000)}-0"
-            recent = len(self.results.xrange(key, min=since, count=_SEED_LIMIT) or [])
+            recent = sum(
+                len(self.results.xrange(key, min=since, count=_SEED_LIMIT) or []) for key in keys
+            )
             meter.add(now - WINDOW_SECONDS, added - recent)
         meter.add(now, added)
 

@@ -1,6 +1,7 @@
 """The one place Redis clients are made, for every user of Redis in the service.
 
-A plain target becomes `redis.Redis.from_url`; a Sentinel target becomes a client of the
+A plain target becomes `redis.Redis.from_url`; a cluster target `redis.RedisCluster`
+(`cluster_client`); a Sentinel target becomes a client of the
 master that the sentinels name, which finds the new master by itself after a failover
 (redis-py's `SentinelConnectionPool` asks the sentinels again on every reconnect, and
 turns a write refused by a demoted master, READONLY, into a reconnect). TLS options
@@ -10,10 +11,11 @@ always verify the server's certificate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import SecretStr
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
 from redisconn.settings import RedisTarget
@@ -62,8 +64,10 @@ def client(target: RedisTarget, **options: Any) -> redis.Redis:
     """A client of `target`'s master (through Sentinel) or of its URL.
 
     `options` are redis-py's (timeouts, retries, decode_responses) and apply to the data
-    connections either way.
+    connections either way. A cluster target gives a `cluster_client`.
     """
+    if target.uses_cluster:
+        return cluster_client(target, **options)
     if target.uses_sentinel:
         assert target.master is not None  # the settings require it with sentinels
         sentinel = sentinel_for(target, **options)
@@ -72,6 +76,30 @@ def client(target: RedisTarget, **options: Any) -> redis.Redis:
     assert target.url is not None  # a target is a URL or sentinels
     tls = target.tls.ssl_options() if target.tls else {}
     return redis.Redis.from_url(target.url, **tls, **options)
+
+
+def cluster_client(target: RedisTarget, **options: Any) -> redis.Redis:
+    """A `redis.RedisCluster` of `target`'s nodes, with its credentials and TLS.
+
+    It answers the commands the service sends a single Redis (a key's command goes to
+    the master of its slot, found again after a failover or a MOVED), so it is typed as
+    one here. redis-py's `retry` is the cluster's own: on a connection error or a
+    timeout it reinitialises the slot map and sends the command again (to the new
+    master after a failover); each node's connections get the rest of `options`.
+    """
+    retry = options.pop("retry", None)
+    options.pop("retry_on_timeout", None)  # the cluster's retry covers timeouts
+    options.pop("health_check_interval", None)
+    cluster = RedisCluster(
+        startup_nodes=[
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in target.cluster_nodes
+        ],
+        retry=retry,
+        **node_connection_options(target),
+        **options,
+    )
+    return cast(redis.Redis, cluster)
 
 
 @dataclass(frozen=True)

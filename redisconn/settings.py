@@ -23,6 +23,15 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_SENTINEL_PORT = 26379
 
 
+def parse_node(address: str) -> tuple[str, int]:
+    """`host:port` of one Redis Cluster node; a clear error otherwise."""
+    host, sep, port_text = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"a cluster node must be host:port, got {address!r}")
+    return host, int(port_text)
+
+
 def parse_sentinel(address: str) -> tuple[str, int]:
     """`host:port` (or `host`, port 26379) of one sentinel; a clear error otherwise."""
     host, sep, port_text = address.strip().rpartition(":")
@@ -69,6 +78,8 @@ class RedisTarget:
     sentinel_username: str | None = None
     sentinel_password: SecretStr | None = None
     tls: TlsFiles | None = field(default=None)
+    # A Redis Cluster: its seed nodes (any reachable one finds the rest).
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_url(cls, url: str, tls: TlsFiles | None = None) -> RedisTarget:
@@ -81,12 +92,19 @@ class RedisTarget:
     def uses_sentinel(self) -> bool:
         return bool(self.sentinels)
 
+    @property
+    def uses_cluster(self) -> bool:
+        return bool(self.cluster_nodes)
+
     def describe(self) -> str:
         """A printable description: no password, ever."""
         if self.url is not None:
             return masked_url(self.url)
         scheme = "rediss" if self.tls else "redis"
         user = f"{self.username}@" if self.username else ""
+        if self.cluster_nodes:
+            nodes = ",".join(f"{host}:{port}" for host, port in self.cluster_nodes)
+            return f"cluster via {nodes} ({scheme}://{user}<node>)"
         hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
         return f"sentinel {self.master} via {hosts} ({scheme}://{user}<master>/{self.db})"
 
@@ -116,6 +134,10 @@ class RedisSettings(BaseSettings):
     redis_username: str | None = None
     redis_password: SecretStr | None = None
     redis_db: int = Field(0, ge=0, le=15)
+    # A Redis Cluster for the results, their events and the fleet's shared state: its seed
+    # nodes, comma-separated `host:port`. REDIS_URL (or Sentinel) stays the broker's,
+    # Celery's result backend's and beat's: none of them speaks Redis Cluster.
+    redis_cluster_nodes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # With Sentinel there is no URL scheme to ask for TLS: this does (sentinels and data
     # nodes alike). With REDIS_URL, `rediss://` asks for it.
     redis_tls: bool = False
@@ -126,10 +148,10 @@ class RedisSettings(BaseSettings):
     # limits, beat's schedule), so several deployments can share one Redis.
     result_key_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
 
-    @field_validator("redis_sentinels", mode="before")
+    @field_validator("redis_sentinels", "redis_cluster_nodes", mode="before")
     @classmethod
     def _split_sentinels(cls, value: object) -> object:
-        """`REDIS_SENTINELS` is comma-separated `host:port`."""
+        """`REDIS_SENTINELS` and `REDIS_CLUSTER_NODES` are comma-separated `host:port`."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -139,6 +161,13 @@ class RedisSettings(BaseSettings):
     def _check_sentinels(cls, value: list[str]) -> list[str]:
         for address in value:
             parse_sentinel(address)
+        return value
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _check_cluster_nodes(cls, value: list[str]) -> list[str]:
+        for address in value:
+            parse_node(address)
         return value
 
     @field_validator(
@@ -175,7 +204,9 @@ class RedisSettings(BaseSettings):
         tls_files = self.redis_tls_ca_file or self.redis_tls_cert_file
         if not self.redis_sentinels:
             scheme = urlsplit(self.redis_url).scheme if self.redis_url else ""
-            if self.redis_tls and scheme != "rediss":
+            if self.redis_cluster_nodes:
+                pass  # REDIS_TLS and its files are the cluster's
+            elif self.redis_tls and scheme != "rediss":
                 raise ValueError("REDIS_TLS is for Sentinel; with REDIS_URL use rediss://")
             if tls_files and self.redis_url and scheme != "rediss":
                 raise ValueError(
@@ -198,6 +229,18 @@ class RedisSettings(BaseSettings):
             ca_file=_path(self.redis_tls_ca_file),
             cert_file=_path(self.redis_tls_cert_file),
             key_file=_path(self.redis_tls_key_file),
+        )
+
+    def resolve_cluster(self) -> RedisTarget | None:
+        """The Redis Cluster of REDIS_CLUSTER_NODES (with REDIS_USERNAME, REDIS_PASSWORD
+        and, with REDIS_TLS, TLS on every node), or None when it is not set."""
+        if not self.redis_cluster_nodes:
+            return None
+        return RedisTarget(
+            cluster_nodes=tuple(parse_node(address) for address in self.redis_cluster_nodes),
+            username=self.redis_username,
+            password=self.redis_password,
+            tls=self.tls_files() if self.redis_tls else None,
         )
 
     def resolve_redis(self) -> RedisTarget | None:

@@ -34,6 +34,8 @@ AMQP_DEFAULTS = {"worker_prefetch_multiplier": 1, "broker_delivery_limit": 20}
 #: brokers/amqp.py). The lease follows the first, as on Redis (BROKER_HEARTBEAT_TIMEOUT's
 #: default): sized for the second, every crash would hold its keys for over 30 s.
 AMQP_LIVENESS_SECONDS = 5.0
+#: The most change-event partitions (EVENTS_PARTITIONS) a deployment may choose.
+MAX_EVENT_PARTITIONS = 64
 
 
 class WorkerSettings(RedisSettings):
@@ -102,6 +104,10 @@ class WorkerSettings(RedisSettings):
     result_expires: int = Field(86_400, ge=60)
 
     events_stream_maxlen: int = Field(100_000, ge=100)
+    # How many change-event streams (and Pokémon id indexes) results are split into
+    # (tasks/keys.py): 1 keeps the single `events:results`; a Redis Cluster needs more,
+    # so that no master takes every event. Changing it is `apiworker migrate-keys`.
+    events_partitions: int = Field(1, ge=1, le=MAX_EVENT_PARTITIONS)
     failures_stream_maxlen: int = Field(100_000, ge=100)
     # One failure record's size at most (its longest fields are cut past it).
     failure_record_max_bytes: int = Field(16_384, ge=1024, le=1_048_576)
@@ -161,6 +167,15 @@ class WorkerSettings(RedisSettings):
         return data
 
     @model_validator(mode="after")
+    def _partitions_fit_the_cluster(self) -> WorkerSettings:
+        if self.redis_cluster_nodes and self.events_partitions < 2:
+            raise ValueError(
+                "REDIS_CLUSTER_NODES needs EVENTS_PARTITIONS of 2 or more (16 spreads them "
+                "over 3 masters): with 1, every result's event goes to one master"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _broker_settings_fit_the_broker(self) -> WorkerSettings:
         kind = broker_kind(self.broker_url)
         given = {name.upper() for name in self.model_fields_set}
@@ -195,10 +210,17 @@ class WorkerSettings(RedisSettings):
 
     @property
     def redis(self) -> RedisTarget:
-        """The results Redis: REDIS_URL, or the master the sentinels name."""
+        """The broker's, result backend's and beat's Redis by default: REDIS_URL, or the
+        master the sentinels name. Also the results Redis, unless REDIS_CLUSTER_NODES."""
         target = self.resolve_redis()
         assert target is not None  # REDIS_URL is never empty here
         return target
+
+    @property
+    def state_redis(self) -> RedisTarget:
+        """Where results, their events, leases and failure records live: the Redis
+        Cluster of REDIS_CLUSTER_NODES, else the `redis` target."""
+        return self.resolve_cluster() or self.redis
 
     @property
     def celery_connection(self) -> CeleryConnection:

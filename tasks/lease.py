@@ -56,11 +56,21 @@ class Leases:
         returns the keys that were lost (expired, maybe taken over) and must not be
         renewed again. Through the client this was made with: for renewals, one with a
         short timeout and no retries."""
-        pipe = self.redis.pipeline(transaction=False)
         keys = list(leases)
+        try:
+            answers = self._renew_all(keys, leases, ttl)
+        except redis.exceptions.NoScriptError:
+            # Redis lost the script (a restart, a failover to a replica that never ran
+            # it; a cluster pipeline does not load it as redis-py's plain one does).
+            self.redis.script_load(_RENEW)
+            answers = self._renew_all(keys, leases, ttl)
+        return [key for key, kept in zip(keys, answers, strict=True) if not kept]
+
+    def _renew_all(self, keys: list[str], leases: Mapping[str, str], ttl: float) -> list[object]:
+        pipe = self.redis.pipeline(transaction=False)
         for key in keys:
-            self._renew(keys=[key], args=[leases[key], int(ttl * 1000)], client=pipe)
-        return [key for key, kept in zip(keys, pipe.execute(), strict=True) if not kept]
+            pipe.evalsha(self._renew.sha, 1, key, leases[key], int(ttl * 1000))
+        return list(pipe.execute())
 
     def release(self, lock_key: str, token: str) -> None:
         """Give up a fetch lock (after a failed fetch) so waiters stop waiting."""

@@ -8,7 +8,8 @@ connection) holds the answer until one replica has the write; a timeout raises
 `ReplicaNotConfirmed`, a transient Redis error, so the job is retried, not acknowledged.
 
 A Redis without replicas pays nothing: whether the master has any is read from
-`INFO replication` (`connected_slaves`) and kept for `RECHECK_SECONDS`, so a single
+`INFO replication` (`connected_slaves`; on a Redis Cluster, every master's, and the
+wait is on when each has one) and kept for `RECHECK_SECONDS`, so a single
 Redis costs one `INFO` every few seconds per process, not a round trip per job. WAIT is
 Redis's own answer to this; `min-replicas-to-write` on the master is the server-side
 complement (it refuses writes when no replica follows), documented in the README.
@@ -20,6 +21,7 @@ import threading
 import time
 
 import redis
+from redis.cluster import RedisCluster
 
 #: How long the answer of `INFO replication` is trusted.
 RECHECK_SECONDS = 5.0
@@ -56,11 +58,19 @@ class ReplicaWait:
                 if now - self._checked >= RECHECK_SECONDS:
                     self._checked = now
                     try:
-                        info = self.redis.info("replication")
+                        self._replicas = self._fewest_replicas()
                     except redis.RedisError:
                         return self._replicas > 0
-                    self._replicas = int(info.get("connected_slaves", 0))
         return self._replicas > 0
+
+    def _fewest_replicas(self) -> int:
+        """The replicas of the master with fewest (on a single Redis, of the master)."""
+        if isinstance(self.redis, RedisCluster):
+            replies = self.redis.info("replication", target_nodes=RedisCluster.PRIMARIES)
+            counts = [int(info.get("connected_slaves", 0)) for info in replies.values()]
+            return min(counts, default=0)
+        info = self.redis.info("replication")
+        return int(info.get("connected_slaves", 0))
 
     def forget(self) -> None:
         """Ask `INFO replication` again at the next write."""

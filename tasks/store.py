@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from apis.conditional import Validators
@@ -68,53 +69,47 @@ local function next_fence(fence_key, stored)
 end
 """
 
-# KEYS: value, meta, events stream, alias hash, single-flight lock, fence counter
-# ARGV: value, fetched_at_ms, stream maxlen, kind, ident, task_id, alias field ('' for
-# none), lock value ('' for none), fence (0: take one now), meta pairs...
+# KEYS: value, meta, single-flight lock, fence counter (one slot: tasks/keys.py)
+# ARGV: value, fetched_at_ms, task_id, lock value ('' for none), fence (0: take one now),
+# meta pairs...
 # The lock is given up in the same call, whether or not the write is refused.
-# Returns 1 when written (or when this very write was already applied: a replay after a
-# lost reply changes nothing and appends no second event), 0 when a result of a higher
-# fence was there.
+# Returns {1, changed, fence} when written, {2, fence} when this very write was already
+# applied (a replay after a lost reply changes nothing), 0 when a result of a higher
+# fence was there. The change event is the caller's next step (`_EVENT`).
 _WRITE = (
     _NOW
     + _FENCE
     + """
-if ARGV[8] ~= '' and redis.call('GET', KEYS[5]) == ARGV[8] then
-    redis.call('DEL', KEYS[5])
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
+    redis.call('DEL', KEYS[3])
 end
-local fence = tonumber(ARGV[9])
+local fence = tonumber(ARGV[5])
 local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
-if fence > 0 and stored == fence and redis.call('HGET', KEYS[2], 'task_id') == ARGV[6] then
-    return 1
+if fence > 0 and stored == fence and redis.call('HGET', KEYS[2], 'task_id') == ARGV[3] then
+    return {2, fence}
 end
 if fence == 0 then
-    fence = next_fence(KEYS[6], stored)
+    fence = next_fence(KEYS[4], stored)
 end
 if stored > fence then
     return 0
 end
-local changed = redis.call('GET', KEYS[1]) ~= ARGV[1] and '1' or '0'
+local changed = redis.call('GET', KEYS[1]) ~= ARGV[1] and 1 or 0
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'fetched_at_ms', ARGV[2], 'stored_ms', now_ms(), 'fence', fence,
-    unpack(ARGV, 10))
-if ARGV[7] ~= '' then
-    redis.call('HSET', KEYS[4], ARGV[7], ARGV[5])
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
-    'key', KEYS[1], 'kind', ARGV[4], 'id', ARGV[5], 'task_id', ARGV[6],
-    'fetched_at_ms', ARGV[2], 'changed', changed, 'revalidated', '0', 'fence', fence)
-return 1
+    unpack(ARGV, 6))
+return {1, changed, fence}
 """
 )
 
-# KEYS: value, meta, events stream, single-flight lock, fence counter
-# ARGV: fetched_at_ms, stream maxlen, kind, ident, task_id, lock value ('' for none),
-# etag, last_modified, max_age ('' for each one the 304 did not carry), fence (0: take
-# one now)
-# Returns {1, value} when brought forward (or already brought forward by this very call:
-# a replay), {0, value} when a result of a higher fence was there, {-1} when the value
-# is gone: the lock is then kept, for the caller's whole fetch and its write.
+# KEYS: value, meta, single-flight lock, fence counter (one slot)
+# ARGV: fetched_at_ms, task_id, lock value ('' for none), etag, last_modified, max_age
+# ('' for each one the 304 did not carry), fence (0: take one now)
+# Returns {1, value, fence} when brought forward, {2, value, fence} when already brought
+# forward by this very call (a replay), {0, value} when a result of a higher fence was
+# there, {-1} when the value is gone: the lock is then kept, for the caller's whole
+# fetch and its write.
 _REVALIDATE = (
     _NOW
     + _FENCE
@@ -123,40 +118,58 @@ local value = redis.call('GET', KEYS[1])
 if not value then
     return {-1}
 end
-if ARGV[6] ~= '' and redis.call('GET', KEYS[4]) == ARGV[6] then
-    redis.call('DEL', KEYS[4])
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
+    redis.call('DEL', KEYS[3])
 end
-local fence = tonumber(ARGV[10])
+local fence = tonumber(ARGV[7])
 local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
-if fence > 0 and stored == fence and redis.call('HGET', KEYS[2], 'task_id') == ARGV[5] then
-    return {1, value}
+if fence > 0 and stored == fence and redis.call('HGET', KEYS[2], 'task_id') == ARGV[2] then
+    return {2, value, fence}
 end
 if fence == 0 then
-    fence = next_fence(KEYS[5], stored)
+    fence = next_fence(KEYS[4], stored)
 end
 if stored > fence then
     return {0, value}
 end
 redis.call('HSET', KEYS[2], 'fetched_at_ms', ARGV[1], 'stored_ms', now_ms(), 'fence', fence,
-    'task_id', ARGV[5])
-if ARGV[7] ~= '' then
-    redis.call('HSET', KEYS[2], 'etag', ARGV[7])
+    'task_id', ARGV[2])
+if ARGV[4] ~= '' then
+    redis.call('HSET', KEYS[2], 'etag', ARGV[4])
 end
-if ARGV[8] ~= '' then
-    redis.call('HSET', KEYS[2], 'last_modified', ARGV[8])
+if ARGV[5] ~= '' then
+    redis.call('HSET', KEYS[2], 'last_modified', ARGV[5])
 end
-if ARGV[9] ~= '' then
-    redis.call('HSET', KEYS[2], 'max_age', ARGV[9])
+if ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[2], 'max_age', ARGV[6])
 else
     redis.call('HDEL', KEYS[2], 'max_age')
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
-    'key', KEYS[1], 'kind', ARGV[3], 'id', ARGV[4], 'task_id', ARGV[5],
-    'fetched_at_ms', ARGV[1], 'changed', '0', 'revalidated', '1', 'fence', fence)
-return {1, value}
+return {1, value, fence}
 """
 )
 
+# KEYS: the partition's event stream, the partition's last-fence hash (one slot)
+# ARGV: stream maxlen, value key, fence, event fields...
+# Appends the change event of one applied write, revalidation or removal, once: the
+# hash keeps the highest fence whose event each key has had, so an event sent again
+# (a replayed write, a job run again after it wrote) or an older fence's, arriving
+# late, appends nothing. Returns 1 when appended.
+_EVENT = """
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+local fence = tonumber(ARGV[3])
+if last >= fence then
+    return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], fence)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
+return 1
+"""
+
+
+#: The field of an event hash that `_confirm` raises before a WAIT (no value key is
+#: named so: they all hold a `:`).
+_WAIT_FIELD = "replica-wait"
 
 # KEYS: value, meta, lock, fence counter. ARGV: started_ms ('' for now: the job's first
 # claim), window_ms, lock token, lock ttl ms, upstream window cap ms ('' when the window
@@ -167,14 +180,15 @@ return {1, value}
 # job began (`stored_ms`; results written before fences existed have only
 # `fetched_at_ms`). The lock's value is "token|fence": a claim sent again after its reply
 # was lost finds its own token and is the owner again, with the same fence.
-# Returns {'fresh', started_ms, value}, {'owner', started_ms, fence, etag, last_modified}
-# or {'wait', started_ms, lease ms left}.
+# Returns {'fresh', started_ms, value, fence, task_id, fetched_at_ms} (the stored
+# result's: a job run again that finds its own write sends its event again),
+# {'owner', started_ms, fence, etag, last_modified} or {'wait', started_ms, lease ms left}.
 _CLAIM = (
     _NOW
     + _FENCE
     + """
 local started = ARGV[1] == '' and now_ms() or tonumber(ARGV[1])
-local meta = redis.call('HMGET', KEYS[2], 'stored_ms', 'fetched_at_ms', 'fence')
+local meta = redis.call('HMGET', KEYS[2], 'stored_ms', 'fetched_at_ms', 'fence', 'task_id')
 local stored = meta[1] or meta[2]
 local value = redis.call('GET', KEYS[1])
 if stored and value then
@@ -186,7 +200,7 @@ if stored and value then
         end
     end
     if tonumber(stored) >= started - window then
-        return {'fresh', started, value}
+        return {'fresh', started, value, meta[3] or '0', meta[4] or '', meta[2] or ''}
     end
 end
 local held = redis.call('GET', KEYS[3])
@@ -208,11 +222,11 @@ return {'owner', started, fence, '', ''}
 """
 )
 
-# KEYS: value, meta, fence counter, events stream. ARGV: stream maxlen, kind, ident,
-# tombstone ttl ms.
+# KEYS: value, meta, fence counter (one slot). ARGV: tombstone ttl ms.
 # A result whose upstream item is gone (an article no longer listed): its value is
-# removed and a `removed=1` event says so. Its metadata becomes a tombstone (the fence,
-# for a while) so that a late write of the item, fetched before the removal, is refused.
+# removed (its `removed=1` event is the caller's next step). Its metadata becomes a
+# tombstone (the fence, for a while) so that a late write of the item, fetched before
+# the removal, is refused. Returns the removal's fence, 0 when there was no value.
 _REMOVE = (
     _NOW
     + _FENCE
@@ -224,11 +238,8 @@ local fence = next_fence(KEYS[3], tonumber(redis.call('HGET', KEYS[2], 'fence') 
 redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'fence', fence, 'stored_ms', now_ms(), 'removed', '1')
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*',
-    'key', KEYS[1], 'kind', ARGV[2], 'id', ARGV[3], 'task_id', '',
-    'fetched_at_ms', '', 'changed', '1', 'revalidated', '0', 'fence', fence, 'removed', '1')
-return 1
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return fence
 """
 )
 
@@ -345,7 +356,7 @@ class Page:
 
 
 class ResultStore:
-    """Reads and writes results in the documented keys of one Redis."""
+    """Reads and writes results in the documented keys of one Redis or Redis Cluster."""
 
     def __init__(
         self,
@@ -367,6 +378,7 @@ class ResultStore:
         self._revalidate = client.register_script(_REVALIDATE)
         self._claim = client.register_script(_CLAIM)
         self._remove = client.register_script(_REMOVE)
+        self._event = client.register_script(_EVENT)
         #: The single-flight leases of these keys (tasks/lease.py), renewed through
         #: `lease_client` when given: one with a short timeout and no retries.
         self.leases = Leases(lease_client or client)
@@ -381,24 +393,18 @@ class ResultStore:
         release: tuple[str, str] | None = None,
         fence: int | None = None,
     ) -> bool:
-        """Store one result atomically; False when a result of a higher fence was there.
+        """Store one result atomically, then its change event; False when a result of a
+        higher fence was there.
 
         `release` is a single-flight lock (key, lock value) to give up in the same call;
         `fence`, the claim's, stands for the result's own: a keyword, because a copy of
         the result (`dataclasses.replace`) cost as much as building the whole call.
-        Without replicas, one script call, not a pipeline: redis-py asks `SCRIPT EXISTS`
-        before every pipeline that runs a script, a round trip more per job. With
-        replicas, the write and its WAIT go in one plain pipeline (`_run`).
         """
         key = self.keys.result(result.kind, result.ident)
         note_result_key(key)
         with self._span("apiworker.store.write", key, 1) as span:
-            call = self._write_args(result, task_id, release, fence)
-            if self.replicas.needed():
-                (answer,) = self._run([(self._write, _packed(call))], wait=True)
-            else:
-                answer = self._write(**call)
-            written = bool(answer)
+            (outcome,) = self._apply([result], task_id, [(release, fence)])
+            written = outcome == "written"
             if span is not None:
                 span.set_attribute("apiworker.results.written", int(written))
         return written
@@ -418,70 +424,212 @@ class ResultStore:
         note_result_key(key)
         with self._span("apiworker.store.revalidate", key, 1):
             call = self._revalidate_args(result, task_id, release, fence)
-            if self.replicas.needed():
-                (answer,) = self._run([(self._revalidate, _packed(call))], wait=True)
-            else:
-                answer = self._revalidate(**call)
+            (answer,) = self._run([(self._revalidate, _packed(call))])
+            if isinstance(answer, Exception):
+                raise answer
+            self._after([result], [answer], task_id)
         return _revalidated_value(answer)
 
     def confirm_read(self, kind: str, ident: str) -> None:
         """Before a job is acknowledged on a value another job stored: with replicas,
-        wait until one has it.
-
-        WAIT counts only its own connection's writes, so a write goes first in the same
-        round trip: the result's fence counter, raised (fences only need to grow). It
-        follows the value in the replication stream, so a replica that has it has the
-        value too. Without replicas, nothing is sent.
-        """
-        if not self.replicas.needed():
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(self.keys.fence(kind, ident))
-        pipe.execute_command("WAIT", 1, self.replicas.timeout_ms)  # type: ignore[no-untyped-call]
-        self.replicas.check(pipe.execute(raise_on_error=False)[-1])
+        wait until one has it (`_confirm`). Without replicas, nothing is sent."""
+        if self.replicas.needed():
+            self._confirm([self.keys.fence(kind, ident)], [])
 
     def write_many(self, results: Sequence[Fetched | Unchanged], task_id: str) -> int:
         """Store several results in one round trip; each write stays atomic."""
         return sum(1 for outcome in self.apply_many(results, task_id) if outcome == "written")
 
     def apply_many(self, results: Sequence[Fetched | Unchanged], task_id: str) -> list[str]:
-        """Write or revalidate several results in one round trip, each atomically.
+        """Write or revalidate several results in one round trip, each atomically, then
+        their change events in one more.
 
         Per result: "written", "revalidated", "refused" (a newer one was there) or
         "gone" (a revalidation found no stored value: fetch it whole).
-
-        EVALSHA in a plain pipeline: redis-py's script pipeline asks `SCRIPT EXISTS`
-        first, a second round trip per batch. Only when Redis lost a script (a restart,
-        SCRIPT FLUSH) is it loaded and the calls it refused sent again.
         """
-        calls: list[tuple[Script, tuple[Any, ...]]] = []
         for result in results:
             note_result_key(self.keys.result(result.kind, result.ident))
-            if isinstance(result, Unchanged):
-                script, call = self._revalidate, self._revalidate_args(result, task_id)
-            else:
-                script, call = self._write, self._write_args(result, task_id)
-            calls.append((script, _packed(call)))
         with self._span("apiworker.store.write", None, len(results)) as span:
-            replies = self._run(calls, wait=self.replicas.needed())
-            outcomes = self._outcomes(results, replies)
+            outcomes = self._apply(results, task_id, [(None, None)] * len(results))
             if span is not None:
                 span.set_attribute("apiworker.results.written", outcomes.count("written"))
                 span.set_attribute("apiworker.results.revalidated", outcomes.count("revalidated"))
         return outcomes
 
-    def _run(self, calls: Sequence[tuple[Script, tuple[Any, ...]]], *, wait: bool) -> list[Any]:
-        """EVALSHA each call in one plain pipeline, WAIT for a replica after them when
-        `wait`; a script Redis lost is loaded and its calls sent again."""
-        replies = self._evalsha_all(calls, wait)
+    def _apply(
+        self,
+        results: Sequence[Fetched | Unchanged],
+        task_id: str,
+        claims: Sequence[tuple[tuple[str, str] | None, int | None]],
+    ) -> list[str]:
+        """The scripts of `results` (each with its claim's lock and fence) in one plain
+        pipeline, then `_after`: their events, index entries and replica wait."""
+        calls: list[tuple[Script, tuple[Any, ...]]] = []
+        for result, (release, fence) in zip(results, claims, strict=True):
+            if isinstance(result, Unchanged):
+                script = self._revalidate
+                call = self._revalidate_args(result, task_id, release, fence)
+            else:
+                script, call = self._write, self._write_args(result, task_id, release, fence)
+            calls.append((script, _packed(call)))
+        replies = self._run(calls)
+        outcomes = self._outcomes(results, replies)
+        self._after(results, replies, task_id)
+        return outcomes
+
+    def _after(
+        self, results: Sequence[Fetched | Unchanged], replies: Sequence[Any], task_id: str
+    ) -> None:
+        """The second step of the applied writes and revalidations in `replies`: each
+        one's change event (`_EVENT`, once per fence) and Pokémon id, in one round trip,
+        then, with replicas, the wait (`_confirm`).
+
+        A job is acknowledged only after this returns: a failed event fails the job, and
+        a worker that dies between the two steps leaves it to run again. Run again, it
+        sends the event if it writes (a replay answers "already applied"), or, finding
+        its own write fresh, from its claim (`claim`, `resend_event`). A batch run again
+        does not: see README. Events come once per fence and in
+        fence order per key; readers read the value the event names, already there.
+        """
+        calls: list[tuple[Script, tuple[Any, ...]]] = []
+        aliases: list[tuple[str, str, str]] = []
+        confirm: list[str] = []
+        for result, answer in zip(results, replies, strict=True):
+            applied = _applied(result, answer)
+            if applied is None:
+                continue
+            changed, fence = applied
+            kind, ident = result.kind, result.ident
+            revalidated = isinstance(result, Unchanged)
+            key = self.keys.result(kind, ident)
+            fields = [
+                "key", key, "kind", kind, "id", ident, "task_id", task_id,
+                "fetched_at_ms", int(result.fetched_at * 1000), "changed", changed,
+                "revalidated", int(revalidated), "fence", fence,
+            ]  # fmt: skip
+            calls.append((self._event, self._event_call(kind, ident, fence, fields)))
+            alias = None if revalidated else getattr(result, "alias", None)
+            if alias:
+                aliases.append((self.keys.pokemon_ids_for(alias), alias, ident))
+            confirm.append(self.keys.fence(kind, ident))
+        wait = bool(confirm) and self.replicas.needed()
+        if wait and not isinstance(self.redis, RedisCluster):
+            # One master: the INCR and WAIT of `_confirm` ride in the events' round trip.
+            self._emit(calls, aliases, wait_key=confirm[0])
+            return
+        self._emit(calls, aliases)
+        if wait:
+            self._confirm(confirm, [str(call[1][2]) for call in calls])
+
+    def resend_event(
+        self, kind: str, ident: str, *, fence: int, task_id: str, fetched_ms: str
+    ) -> bool:
+        """Send the change event of the stored result again (appended only when its fence
+        has had none); True when it was appended. For a job that finds its own write on
+        running again: whether that write changed the value is no longer known, so the
+        event says it may have (`changed=1`)."""
+        fields = [
+            "key", self.keys.result(kind, ident), "kind", kind, "id", ident,
+            "task_id", task_id, "fetched_at_ms", fetched_ms, "changed", 1,
+            "revalidated", 0, "fence", fence,
+        ]  # fmt: skip
+        (appended,) = self._run([(self._event, self._event_call(kind, ident, fence, fields))])
+        if isinstance(appended, Exception):
+            raise appended
+        return bool(appended)
+
+    def _event_call(
+        self, kind: str, ident: str, fence: int, fields: Sequence[Any]
+    ) -> tuple[Any, ...]:
+        keys = [self.keys.events_for(kind, ident), self.keys.event_fences_for(kind, ident)]
+        args = [self.events_maxlen, self.keys.result(kind, ident), fence, *fields]
+        return _packed({"keys": keys, "args": args})
+
+    def _emit(
+        self,
+        calls: Sequence[tuple[Script, tuple[Any, ...]]],
+        aliases: Sequence[tuple[str, str, str]],
+        wait_key: str | None = None,
+    ) -> None:
+        """The event scripts and the id index entries, in one plain pipeline; with
+        `wait_key` (a fence counter, on a single Redis), `_confirm`'s INCR and WAIT after
+        them."""
+        extra: list[tuple[Any, ...]] = [
+            ("HSET", index, alias, name) for index, alias, name in aliases
+        ]
+        if wait_key is not None:
+            extra += [("INCR", wait_key), ("WAIT", 1, self.replicas.timeout_ms)]
+        if not calls and not extra:
+            return
+        replies, answers = self._run_with(calls, extra)
+        waited = answers.pop() if wait_key is not None else None
+        for reply in [*replies, *answers]:
+            if isinstance(reply, Exception):
+                raise reply
+        if wait_key is not None:
+            self.replicas.check(waited)
+
+    def _confirm(self, counters: Sequence[str], hashes: Sequence[str]) -> None:
+        """Wait until a replica of each master that holds one of `keys` has the writes
+        made to it so far; raise `ReplicaNotConfirmed` when one does not in time.
+
+        WAIT counts only its own connection's writes, so each master's round trip
+        begins with a write to it: one of the given keys raised (a fence counter of
+        `counters` with INCR, an event hash of `hashes` with a `HINCRBY` of a field no
+        value key has; both only need to grow). It follows every earlier write to that
+        master in the replication stream, so a replica that has it has them too. On a
+        cluster each master is asked over its own connection (its `redis_connection`),
+        in turn.
+        """
+        by_node: dict[int, tuple[Any, str, bool]] = {}
+        for key, counter in [(key, True) for key in counters] + [(key, False) for key in hashes]:
+            node = self._node_client(key)
+            by_node.setdefault(id(node), (node, key, counter))
+        for node, key, counter in by_node.values():
+            pipe = node.pipeline(transaction=False)
+            if counter:
+                pipe.incr(key)
+            else:
+                pipe.hincrby(key, _WAIT_FIELD, 1)
+            pipe.execute_command("WAIT", 1, self.replicas.timeout_ms)
+            self.replicas.check(pipe.execute(raise_on_error=False)[-1])
+
+    def _node_client(self, key: str) -> Any:
+        """The client of the master that holds `key`: on a cluster, that node's own."""
+        if isinstance(self.redis, RedisCluster):
+            return self.redis.get_node_from_key(key).redis_connection
+        return self.redis
+
+    def _run(
+        self,
+        calls: Sequence[tuple[Script, tuple[Any, ...]]],
+        extra: Sequence[tuple[Any, ...]] = (),
+    ) -> list[Any]:
+        """EVALSHA each call, then the `extra` commands, in one plain pipeline; a script
+        Redis lost (a restart, SCRIPT FLUSH) is loaded and its calls sent again. Returns
+        the calls' replies.
+
+        EVALSHA in a plain pipeline: redis-py's script pipeline asks `SCRIPT EXISTS`
+        first, a second round trip per batch.
+        """
+        return self._run_with(calls, extra)[0]
+
+    def _run_with(
+        self,
+        calls: Sequence[tuple[Script, tuple[Any, ...]]],
+        extra: Sequence[tuple[Any, ...]] = (),
+    ) -> tuple[list[Any], list[Any]]:
+        """`_run`, with the `extra` commands' replies too (errors as replies, for the
+        caller to raise)."""
+        replies, answers = self._evalsha_all(calls, extra)
         lost = [index for index, reply in enumerate(replies) if _no_script(reply)]
         if lost:
             for script in {id(script): script for script, _ in calls}.values():
-                self.redis.script_load(script.script)
-            again = self._evalsha_all([calls[i] for i in lost], wait)
+                _load(self.redis, script.script)
+            again, _ = self._evalsha_all([calls[i] for i in lost])
             for index, reply in zip(lost, again, strict=True):
                 replies[index] = reply
-        return replies
+        return replies, answers
 
     @staticmethod
     def _outcomes(results: Sequence[Fetched | Unchanged], replies: list[Any]) -> list[str]:
@@ -491,23 +639,25 @@ class ResultStore:
                 raise answer
             if isinstance(result, Unchanged):
                 status = int(answer[0])
-                outcomes.append({1: "revalidated", 0: "refused"}.get(status, "gone"))
+                outcomes.append(
+                    {1: "revalidated", 2: "revalidated", 0: "refused"}.get(status, "gone")
+                )
             else:
                 outcomes.append("written" if answer else "refused")
         return outcomes
 
     def _evalsha_all(
-        self, calls: Sequence[tuple[Script, tuple[Any, ...]]], wait: bool = False
-    ) -> list[Any]:
+        self,
+        calls: Sequence[tuple[Script, tuple[Any, ...]]],
+        extra: Sequence[tuple[Any, ...]] = (),
+    ) -> tuple[list[Any], list[Any]]:
         pipe = self.redis.pipeline(transaction=False)
         for script, args in calls:
             pipe.evalsha(script.sha, *args)
-        if wait:
-            pipe.execute_command("WAIT", 1, self.replicas.timeout_ms)  # type: ignore[no-untyped-call]
+        for command in extra:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         replies = list(pipe.execute(raise_on_error=False))
-        if wait:
-            self.replicas.check(replies.pop())
-        return replies
+        return replies[: len(calls)], replies[len(calls) :]
 
     def _span(self, name: str, key: str | None, count: int) -> Any:
         """The write's span when tracing is on (telemetry.tracing), else a no-op context."""
@@ -516,7 +666,8 @@ class ResultStore:
         attributes: dict[str, Any] = {"apiworker.results.count": count}
         if key is not None:
             attributes["apiworker.result.key"] = key
-        connection = self.redis.connection_pool.connection_kwargs
+        pool = getattr(self.redis, "connection_pool", None)
+        connection = pool.connection_kwargs if pool is not None else {}
         return tracing.redis_span(name, connection, **attributes)
 
     def claim(
@@ -528,8 +679,13 @@ class ResultStore:
         freshness: Freshness,
         token: str,
         ttl: float,
+        task_id: str = "",
     ) -> Claim:
         """A value fresh at `started` (by `freshness`), else the fetch lock, else "wait".
+
+        A fresh value that `task_id` itself wrote (the job ran before and wrote, then
+        failed or died before its event was appended) has its event sent again here,
+        once per fence (`resend_event`).
 
         `started` is on Redis's clock, as an earlier claim answered it; None on a job's
         first claim, which takes Redis's `TIME` (the answer's `started`).
@@ -553,7 +709,13 @@ class ResultStore:
         began = int(answer[1]) / 1000
         if state == "fresh":
             note_result_key(keys[0])
-            return Claim(state, began, orjson.loads(answer[2]))
+            fresh = Claim(state, began, orjson.loads(answer[2]), fence=int(answer[3]))
+            writer, fetched_ms = _text(answer[4]), _text(answer[5])
+            if task_id and writer == task_id:
+                # This very job wrote it before it ran again: its event may be missing.
+                self.resend_event(kind, ident, fence=fresh.fence, task_id=writer,
+                                  fetched_ms=fetched_ms)  # fmt: skip
+            return fresh
         if state == "owner":
             fence = int(answer[2])
             validators = Validators(_text(answer[3]) or None, _text(answer[4]) or None)
@@ -573,13 +735,10 @@ class ResultStore:
         release: tuple[str, str] | None = None,
         fence: int | None = None,
     ) -> dict[str, Any]:
-        alias = result.alias
         lock_key, lock_value = release or (self.keys.lock(result.kind, result.ident), "")
         keys = [
             self.keys.result(result.kind, result.ident),
             self.keys.meta(result.kind, result.ident),
-            self.keys.events,
-            self.keys.pokemon_ids,
             lock_key,
             self.keys.fence(result.kind, result.ident),
         ]
@@ -593,11 +752,7 @@ class ResultStore:
         args = [
             orjson.dumps(result.value),
             int(result.fetched_at * 1000),
-            self.events_maxlen,
-            result.kind,
-            result.ident,
             task_id,
-            alias or "",
             lock_value,
             result.fence if fence is None else fence,
             *meta,
@@ -615,15 +770,11 @@ class ResultStore:
         keys = [
             self.keys.result(result.kind, result.ident),
             self.keys.meta(result.kind, result.ident),
-            self.keys.events,
             lock_key,
             self.keys.fence(result.kind, result.ident),
         ]
         args = [
             int(result.fetched_at * 1000),
-            self.events_maxlen,
-            result.kind,
-            result.ident,
             task_id,
             lock_value,
             result.etag or "",
@@ -636,9 +787,9 @@ class ResultStore:
     def remove(self, kind: str, idents: Sequence[str], *, tombstone_seconds: float) -> int:
         """Remove the results of upstream items that are gone; returns how many were there.
 
-        Each removal is atomic with its `removed=1` event; its metadata stays as a
-        tombstone for `tombstone_seconds`, so a write fetched before the removal is
-        refused (its fence is lower), and then expires.
+        Each removal is atomic; its `removed=1` event follows (`_EVENT`, once per
+        fence). Its metadata stays as a tombstone for `tombstone_seconds`, so a write
+        fetched before the removal is refused (its fence is lower), and then expires.
         """
         calls = [
             (
@@ -649,9 +800,8 @@ class ResultStore:
                             self.keys.result(kind, ident),
                             self.keys.meta(kind, ident),
                             self.keys.fence(kind, ident),
-                            self.keys.events,
                         ],
-                        "args": [self.events_maxlen, kind, ident, int(tombstone_seconds * 1000)],
+                        "args": [int(tombstone_seconds * 1000)],
                     }
                 ),
             )
@@ -659,11 +809,25 @@ class ResultStore:
         ]
         if not calls:
             return 0
-        replies = self._run(calls, wait=self.replicas.needed())
-        for reply in replies:
+        replies = self._run(calls)
+        events: list[tuple[Script, tuple[Any, ...]]] = []
+        confirm: list[str] = []
+        for ident, reply in zip(idents, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
-        return sum(1 for reply in replies if reply)
+            if not reply:
+                continue
+            fields = [
+                "key", self.keys.result(kind, ident), "kind", kind, "id", ident,
+                "task_id", "", "fetched_at_ms", "", "changed", 1, "revalidated", 0,
+                "fence", int(reply), "removed", 1,
+            ]  # fmt: skip
+            events.append((self._event, self._event_call(kind, ident, int(reply), fields)))
+            confirm.append(self.keys.fence(kind, ident))
+        self._emit(events, ())
+        if confirm and self.replicas.needed():
+            self._confirm(confirm, [str(call[1][2]) for call in events])
+        return len(confirm)
 
     def read(self, kind: str, ident: str) -> tuple[Any, float] | None:
         """The stored value and its fetch time (epoch seconds), or None."""
@@ -770,7 +934,7 @@ class ResultStore:
             self.redis.delete(*(self.keys.page(kind, page) for page in pages))
 
     def pokemon_name_for_id(self, pokemon_id: str) -> str | None:
-        name = self.redis.hget(self.keys.pokemon_ids, pokemon_id)
+        name = self.redis.hget(self.keys.pokemon_ids_for(pokemon_id), pokemon_id)
         return name.decode() if isinstance(name, bytes) else name
 
     def record_failure(self, record: Mapping[str, str]) -> str:
@@ -833,6 +997,26 @@ def _seconds(value: float) -> str:
 
 def _revalidated_value(answer: list[Any]) -> Any:
     return GONE if int(answer[0]) < 0 else orjson.loads(answer[1])
+
+
+def _applied(result: Fetched | Unchanged, answer: Any) -> tuple[int, int] | None:
+    """(changed, fence) of a write or revalidation the script applied (or had applied:
+    a replay, whose event is sent again and appended only if it was not), else None."""
+    if isinstance(answer, Exception) or not answer:
+        return None
+    status = int(answer[0])
+    if isinstance(result, Unchanged):
+        return (0, int(answer[2])) if status in (1, 2) else None
+    if status == 1:
+        return int(answer[1]), int(answer[2])
+    # A replay: whether it changed the value is no longer known; say it may have.
+    return 1, int(answer[1])
+
+
+def _load(client: Any, script: Any) -> None:
+    """Load `script` where its calls run (redis-py's cluster client sends SCRIPT LOAD to
+    every master)."""
+    client.script_load(script)
 
 
 def _packed(call: Mapping[str, Any]) -> tuple[Any, ...]:

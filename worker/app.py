@@ -43,7 +43,11 @@ if broker.KIND == "redis":
 admission.install()
 # Redis and broker passwords (every URL of a failover list) are masked in every log line,
 # as upstream tokens are.
-for secret in (*settings.redis.secrets(), *url_passwords(settings.broker_url)):
+for secret in (
+    *settings.redis.secrets(),
+    *settings.state_redis.secrets(),  # a Redis Cluster's (REDIS_PASSWORD)
+    *url_passwords(settings.broker_url),
+):
     register_secret(secret)
 # Where the broker, the result backend and beat's schedule live: the results Redis
 # (REDIS_URL, or the master the sentinels name) unless CELERY_BROKER_URL /

@@ -51,7 +51,7 @@ def register(registry: CollectorRegistry, app: Any) -> BacklogCollector:
         ),
         # The results Redis as every other user reaches it (Sentinel, TLS): redisconn.
         results=redisconn.client(
-            settings.redis,
+            settings.state_redis,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             retry=Retry(NoBackoff(), 0),

@@ -6,8 +6,8 @@ variables, read afresh on every invocation rather than from the process-wide cac
 so a command always talks to the Redis it was pointed at.
 
 One module per command group: `enqueue`, `result`, `follow`, `failures`, `queues`,
-`top`, `dead_letters`, `health`, `rabbitmq`; the group
-itself and what they share is `base`.
+`top`, `dead_letters`, `health`, `migrate-keys`, `rabbitmq`; the group itself and what
+they share is `base`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ops.cli import (
     failures,
     follow,
     health,
+    migrate_keys,
     queues,
     rabbitmq,
     result,
@@ -38,6 +39,7 @@ __all__ = [
     "follow",
     "health",
     "main",
+    "migrate_keys",
     "queues",
     "rabbitmq",
     "result",

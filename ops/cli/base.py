@@ -152,7 +152,10 @@ class Endpoint:
 
 def _address(client: redis.Redis) -> str | None:
     """host:port of a plain client (a Sentinel client finds its master later: None)."""
-    options = client.connection_pool.connection_kwargs
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster has one per node
+    if pool is None:
+        return None
+    options = pool.connection_kwargs
     host, port = options.get("host"), options.get("port")
     return f"{host}:{port}" if host and port else None
 
@@ -173,6 +176,8 @@ class Services:
         """Where the results Redis's address came from, as the user would look for it."""
         if "redis_url" in self.overrides:
             return "--redis-url"
+        if self.settings.redis_cluster_nodes:
+            return "REDIS_CLUSTER_NODES"
         if self.settings.redis.uses_sentinel:
             return "REDIS_SENTINELS"
         if os.environ.get("REDIS_URL"):
@@ -201,7 +206,7 @@ class Services:
 
     def results_endpoint(self) -> Endpoint:
         """The results Redis as errors and `result` name it."""
-        return Endpoint("Redis", self.settings.redis.describe(), self.redis_source)
+        return Endpoint("Redis", self.settings.state_redis.describe(), self.redis_source)
 
     @cached_property
     def settings(self) -> WorkerSettings:
@@ -217,11 +222,12 @@ class Services:
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.settings.result_key_prefix)
+        return Keys(self.settings.result_key_prefix, self.settings.events_partitions)
 
     def results(self) -> redis.Redis:
-        """The results Redis: REDIS_URL, or the master the sentinels name."""
-        return self.redis(self.settings.redis, source=self.redis_source)
+        """The results Redis: the Redis Cluster of REDIS_CLUSTER_NODES, else REDIS_URL or
+        the master the sentinels name."""
+        return self.redis(self.settings.state_redis, source=self.redis_source)
 
     def broker(self) -> Broker:
         """The broker behind CELERY_BROKER_URL, over its own protocol."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -42,11 +43,7 @@ def read_group(
     client: redis.Redis, stream: str, group: str, consumer: str, *, from_start: bool, block: int
 ) -> Iterator[Entry]:
     """This consumer's unacknowledged entries first (a crash left them), then new ones."""
-    try:
-        client.xgroup_create(stream, group, id="0" if from_start else "$", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    ensure_group(client, stream, group, from_start=from_start)
     pending = "0"
     while batch := entries_of(client.xreadgroup(group, consumer, {stream: pending}, count=100)):
         yield from batch
@@ -54,6 +51,56 @@ def read_group(
     while True:
         reply = client.xreadgroup(group, consumer, {stream: ">"}, count=100, block=block)
         yield from entries_of(reply)
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str, *, from_start: bool) -> None:
+    try:
+        client.xgroup_create(stream, group, id="0" if from_start else "$", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def read_partitions(
+    client: redis.Redis,
+    streams: list[str],
+    *,
+    group: str | None,
+    consumer: str,
+    from_start: bool,
+    block: int,
+) -> Iterator[tuple[str, Entry]]:
+    """Every partition stream in turn (tasks/keys.py), as a reader of a Redis Cluster
+    must: one XREAD or XREADGROUP per stream, since a command's keys share one slot.
+
+    Each stream is read without blocking; a round that finds nothing waits a tenth of a
+    second, or `block` ms when that is shorter, before the next.
+    """
+    after = {stream: "0-0" if from_start else newest_id(client, stream) for stream in streams}
+    if group:
+        for stream in streams:
+            ensure_group(client, stream, group, from_start=from_start)
+        after = dict.fromkeys(streams, "0")  # this consumer's pending entries first
+    while True:
+        found = False
+        for stream in streams:
+            if group:
+                reply = client.xreadgroup(group, consumer, {stream: after[stream]}, count=100)
+                batch = entries_of(reply)
+                if not batch and after[stream] != ">":
+                    after[stream] = ">"
+                    batch = entries_of(client.xreadgroup(group, consumer, {stream: ">"}, count=100))
+                elif batch and after[stream] != ">":
+                    after[stream] = batch[-1][0]
+            else:
+                batch = entries_of(client.xread({stream: after[stream]}, count=100))
+                if batch:
+                    after[stream] = batch[-1][0]
+            for entry in batch:
+                found = True
+                yield stream, entry
+        if not found:
+            time.sleep(min(0.1, block / 1000))
 
 
 @cli.command()
@@ -86,24 +133,33 @@ def follow(
 ) -> None:
     """Print events of the results stream as JSON lines, as results are written.
 
-    Each line is the event's fields plus `entry_id`. With --group, events are shared
-    between the consumers of the group and acknowledged once printed.
+    Each line is the event's fields plus `entry_id` (and, with EVENTS_PARTITIONS above
+    1, the `stream` it came from: each partition is read in turn). With --group, events
+    are shared between the consumers of the group (one group of that name on each
+    partition) and acknowledged once printed.
     """
     if consumer and not group:
         raise click.UsageError("--consumer needs --group")
     client = services.results()
-    stream = services.keys.events
-    if group:
-        name = consumer or socket.gethostname()
-        entries = read_group(client, stream, group, name, from_start=from_start, block=block)
+    streams = services.keys.all_events
+    name = consumer or socket.gethostname()
+    entries: Iterator[tuple[str, Entry]]
+    if len(streams) > 1:
+        entries = read_partitions(
+            client, streams, group=group, consumer=name, from_start=from_start, block=block
+        )
+    elif group:
+        one = read_group(client, streams[0], group, name, from_start=from_start, block=block)
+        entries = ((streams[0], entry) for entry in one)
     else:
-        after = "0-0" if from_start else newest_id(client, stream)
-        entries = read_stream(client, stream, after, block)
+        after = "0-0" if from_start else newest_id(client, streams[0])
+        entries = ((streams[0], entry) for entry in read_stream(client, streams[0], after, block))
     printed = 0
     try:
-        for entry_id, fields in entries:
+        for stream, (entry_id, fields) in entries:
             if fields:  # a group's pending entry that was since deleted has none
-                click.echo(json_line({"entry_id": entry_id, **fields}))
+                where = {"stream": stream} if len(streams) > 1 else {}
+                click.echo(json_line({"entry_id": entry_id, **where, **fields}))
                 printed += 1
             if group:
                 client.xack(stream, group, entry_id)

@@ -71,6 +71,28 @@ def ping_redis(
     return Check(name, True, where)
 
 
+def redis_cluster_check(services: Services, target: RedisTarget, timeout: float) -> Check:
+    """The Redis Cluster's state (every slot served) and each master's replicas: a master
+    without one takes results that a failover would lose, and its writes are not waited
+    for (tasks/replicas.py)."""
+    client = services.redis(
+        target, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        state = client.cluster_info().get("cluster_state")  # type: ignore[attr-defined]
+        replies = client.info("replication", target_nodes="primaries")
+    except (redis.RedisError, OSError) as exc:
+        return Check("redis cluster", False, redact(f"{target.describe()}: {exc}"))
+    replicas = {node: int(info.get("connected_slaves", 0)) for node, info in replies.items()}
+    alone = sorted(node for node, count in replicas.items() if count == 0)
+    detail = f"state {state}, {len(replicas)} masters, replicas " + ", ".join(
+        f"{node}={count}" for node, count in sorted(replicas.items())
+    )
+    if alone:
+        detail += f"; without a replica (a failover would lose their writes): {', '.join(alone)}"
+    return Check("redis cluster", state == "ok" and not alone, detail)
+
+
 def sentinel_check(target: RedisTarget) -> Check:
     """Where the sentinels say the master is, which replicas follow it, who answers."""
     try:
@@ -164,7 +186,7 @@ def budget_checks(services: Services, timeout: float) -> list[Check]:
     settings = services.settings
     try:
         client = services.redis(
-            settings.redis, socket_connect_timeout=timeout, socket_timeout=timeout,
+            settings.state_redis, socket_connect_timeout=timeout, socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
         states = [read_state(client, settings.result_key_prefix, cls.service) for cls in PROBES]
@@ -203,10 +225,12 @@ def health(ctx: click.Context, timeout: float) -> None:
     services: Services = ctx.obj
     settings = services.settings
     broker = ping_broker(services, timeout)
-    results = ping_redis(services, "results", settings.redis, timeout, services.redis_source)
+    results = ping_redis(services, "results", settings.state_redis, timeout, services.redis_source)
     checks = [broker, results]
     if settings.redis.uses_sentinel:
         checks.append(sentinel_check(settings.redis))
+    if settings.state_redis.uses_cluster and results.ok:
+        checks.append(redis_cluster_check(services, settings.state_redis, timeout))
     if broker.ok:
         checks += cluster_checks(services)
         checks.append(ping_workers(services, timeout))

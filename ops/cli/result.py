@@ -37,7 +37,7 @@ def result(services: Services, kind: str, ident: str, meta: bool) -> None:
     client = services.results()
     keys = services.keys
     if kind == BY_NAME and ident.isdigit():
-        name = client.hget(keys.pokemon_ids, ident)
+        name = client.hget(keys.pokemon_ids_for(ident), ident)
         ident = str(name) if name else ident
     value = client.get(keys.result(kind, ident))
     if value is None:

@@ -34,7 +34,7 @@ def top(services: Services, once: bool, interval: float, metrics_urls: tuple[str
         broker=services.broker(),
         results=services.results(),
         celery=services.celery(),
-        streams={"jobs": keys.events, "failures": keys.failures},
+        streams={"jobs": keys.all_events, "failures": keys.failures},
         breaker_prefix=services.settings.result_key_prefix,
         services=[upstream.name for upstream in all_upstreams() if upstream.breaker],
         metrics_urls=metrics_urls,

@@ -32,7 +32,7 @@ def test_other_keys_are_served_while_sixteen_jobs_wait_on_a_dead_holder(
         SINGLE_FLIGHT_LOCK_SECONDS=str(DEAD_LEASE_SECONDS),  # the dead holder's lease
     )
     deployment.start_worker(concurrency=8)
-    lock = "lock:pokemon:mew"
+    lock = "lock:{pokemon:mew}"
     deployment.results.set(lock, "a-worker-that-died", px=DEAD_LEASE_SECONDS * 1000)
     lapses_at = time.monotonic() + DEAD_LEASE_SECONDS
 

@@ -83,7 +83,7 @@ def test_each_malformed_queue_item_is_logged_once_dropped_and_the_next_job_serve
         logged = worker_logs(deployment).count(LOGGED_AS[what])
         deployment.broker.lpush(QUEUE, item)
         serve_one(deployment, supervisor, "pikachu")
-        deployment.results.delete("pokemon:pikachu", "meta:pokemon:pikachu")
+        deployment.results.delete("pokemon:pikachu", "meta:{pokemon:pikachu}")
         if supervisor.restarts > restarts:
             crashed.append(what)
         # Served after the item, so the item was taken first: its line is in the log.

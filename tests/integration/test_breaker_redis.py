@@ -101,7 +101,7 @@ def test_failures_in_two_processes_open_one_circuit_that_a_third_sees(
     here = CircuitBreaker(config(own_redis, threshold=2))  # and this one, a third
     with pytest.raises(errors.CircuitOpen):
         here.before_call()
-    assert client.exists("circuit:pokeapi:open")
+    assert client.exists("circuit:{pokeapi}:open")
 
 
 def test_a_healthy_upstream_costs_one_round_trip_in_a_while(client: redis.Redis) -> None:
@@ -123,7 +123,7 @@ def test_a_healthy_upstream_costs_one_round_trip_in_a_while(client: redis.Redis)
     assert sent(client) == {"evalsha": 3}  # the failure (the reading was still trusted)
     b.after_call(b.before_call(), None)
     assert sent(client) == {"evalsha": 5}  # asked again after its own failure, and reset
-    assert not client.exists("circuit:pokeapi:failures")
+    assert not client.exists("circuit:{pokeapi}:failures")
 
 
 def test_a_zero_threshold_sends_nothing_to_the_redis_it_is_given(

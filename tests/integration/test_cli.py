@@ -63,7 +63,7 @@ def test_enqueue_wait_prints_the_exact_result(run: Run, results: redis.Redis) ->
     assert outcome.exit_code == 0, outcome.output
     job_id, value = outcome.stdout.splitlines()
     assert json.loads(value) == CHARIZARD
-    assert results.hget("meta:pokemon:charizard", "task_id") == job_id
+    assert results.hget("meta:{pokemon:charizard}", "task_id") == job_id
 
 
 def test_enqueue_without_wait_stores_the_result_but_no_backend_copy(
@@ -75,7 +75,7 @@ def test_enqueue_without_wait_stores_the_result_but_no_backend_copy(
     assert outcome.exit_code == 0, outcome.output
     job_id = outcome.stdout.strip()
     wait_for(
-        lambda: results.hget("meta:pokemon:squirtle", "task_id") == job_id,
+        lambda: results.hget("meta:{pokemon:squirtle}", "task_id") == job_id,
         timeout=TIMEOUT,
         what="squirtle stored by the job",
     )

@@ -120,7 +120,7 @@ def test_the_guides_upstream_stores_a_result_with_its_event(
         assert "queue=weather" in worker.log()
         assert json.loads(results.get("forecast:oslo")) == {"city": "oslo", "celsius": 7.0}
         [job_id] = [line for line in sent.stdout.splitlines() if not line.startswith("{")]
-        assert results.hget("meta:forecast:oslo", "task_id") == job_id
+        assert results.hget("meta:{forecast:oslo}", "task_id") == job_id
         [(_, event)] = results.xrange("events:results")
         assert event["key"] == "forecast:oslo"
         assert event["kind"] == "forecast"

@@ -138,7 +138,7 @@ def test_a_redis_pause_lapses_leases_but_no_older_fence_overwrites_a_newer_resul
         (first_fence, _), (second_fence, _) = fences[ident]
         assert second_fence > first_fence
         assert orjson.loads(store.redis.get(f"pokemon:{ident}")) == {"fetch": "second"}
-        assert int(store.redis.hget(f"meta:pokemon:{ident}", "fence")) == second_fence
+        assert int(store.redis.hget(f"meta:{{pokemon:{ident}}}", "fence")) == second_fence
     # No reader ever saw a result step back: per key, the stream's fences only rise,
     # and only the second fetch was written.
     events = [fields for _, fields in store.redis.xrange("events:results")]
@@ -161,7 +161,7 @@ def test_a_worker_30_s_fast_cannot_keep_a_newer_result_from_being_stored(
         task_id="fast", max_age=0, lock_seconds=LEASE_SECONDS,
     )  # fmt: skip
     monkeypatch.setattr(single_flight, "now", real_now)
-    written = int(store.redis.hget("meta:pokemon:mew", "stored_ms"))
+    written = int(store.redis.hget("meta:{pokemon:mew}", "stored_ms"))
     wait_for(lambda: redis_ms(store) > written, timeout=1, interval=0.0005)
     value = fetch_once(
         store, "pokemon", "mew",
@@ -254,15 +254,15 @@ def test_a_replayed_write_changes_nothing_and_adds_no_event(store: ResultStore) 
     both calls say "written"; a replayed revalidation likewise."""
     result = Fetched("pokemon", "mew", {"v": 1}, now(), etag='"e1"', fence=3)
     assert store.write(result, "job-1")
-    meta = store.redis.hgetall("meta:pokemon:mew")
+    meta = store.redis.hgetall("meta:{pokemon:mew}")
     assert store.write(result, "job-1")
-    assert store.redis.hgetall("meta:pokemon:mew") == meta
+    assert store.redis.hgetall("meta:{pokemon:mew}") == meta
     assert store.redis.xlen("events:results") == 1
     unchanged = Unchanged("pokemon", "mew", now(), etag='"e2"', fence=4)
     assert store.revalidate(unchanged, "job-2") == {"v": 1}
-    meta = store.redis.hgetall("meta:pokemon:mew")
+    meta = store.redis.hgetall("meta:{pokemon:mew}")
     assert store.revalidate(unchanged, "job-2") == {"v": 1}
-    assert store.redis.hgetall("meta:pokemon:mew") == meta
+    assert store.redis.hgetall("meta:{pokemon:mew}") == meta
     assert store.redis.xlen("events:results") == 2
     # Another job's write under the stored fence is no replay: it is refused.
     assert not store.write(replace(result, value={"v": 9}), "job-3")  # fence 3 < 4
@@ -274,7 +274,7 @@ def test_the_gone_path_keeps_the_lock_until_its_whole_fetch_is_written(
     """A 304 whose stored value vanished meanwhile: the holder fetches it whole with
     the lock still held, so a job arriving then waits instead of fetching too."""
     store.write(Fetched("pokemon", "mew", {"v": 1}, now(), etag='"e1"'), "first")
-    written = int(store.redis.hget("meta:pokemon:mew", "stored_ms"))
+    written = int(store.redis.hget("meta:{pokemon:mew}", "stored_ms"))
     wait_for(lambda: redis_ms(store) > written, timeout=1, interval=0.0005)
     calls: list[str] = []
     seen_by_other: list[str] = []
@@ -297,7 +297,7 @@ def test_the_gone_path_keeps_the_lock_until_its_whole_fetch_is_written(
     assert value == {"v": 2}
     assert calls == ["conditional", "whole"]
     assert seen_by_other == ["wait"]
-    assert store.redis.get("lock:pokemon:mew") is None  # released by the whole write
+    assert store.redis.get("lock:{pokemon:mew}") is None  # released by the whole write
 
 
 @pytest.fixture(scope="module")
@@ -332,16 +332,17 @@ def commands_run(client: redis.Redis, action: object) -> dict[str, int]:
 def test_a_write_waits_for_a_replica_and_is_retried_when_none_answers(
     replicated: tuple[RedisServer, RedisServer],
 ) -> None:
-    """With a replica, the write and a WAIT go in one round trip; a replica that does
-    not answer in time raises a transient Redis error, so the job is retried rather
-    than acknowledged."""
+    """With a replica, a WAIT goes in the event's round trip (after an INCR of the
+    fence, so it counts this connection's writes); a replica that does not answer in
+    time raises a transient Redis error, so the job is retried rather than
+    acknowledged."""
     master, replica = replicated
     client = redis.Redis.from_url(master.url, decode_responses=True)
     store = ResultStore(client, Keys(), events_maxlen=100, failures_maxlen=100, replica_wait_ms=300)
     store.write(Fetched("pokemon", "mew", {"v": 0}, now()), "warm-up")  # loads the script
     result = Fetched("pokemon", "mew", {"v": 1}, now(), fence=10)
     ran = commands_run(client, lambda: store.write(result, "job-1"))
-    assert (ran.get("evalsha"), ran.get("wait")) == (1, 1)
+    assert (ran.get("evalsha"), ran.get("wait")) == (2, 1)
     assert issubclass(ReplicaNotConfirmed, REDIS_TRANSIENT)
     assert replica.process is not None
     replica.process.send_signal(signal.SIGSTOP)
@@ -363,7 +364,7 @@ def test_a_redis_without_replicas_pays_no_wait(store: ResultStore) -> None:
         store.redis, lambda: single.write(Fetched("pokemon", "mew", {"v": 1}, now()), "job")
     )
     assert "wait" not in ran
-    assert ran.get("evalsha") == 1
+    assert ran.get("evalsha") == 2
 
 
 def test_a_renewal_that_finds_another_holder_loses_the_lease_and_says_so(
@@ -376,7 +377,7 @@ def test_a_renewal_that_finds_another_holder_loses_the_lease_and_says_so(
 
     def fetch(_: object) -> Fetched:
         # Another holder's lock now: as if this lease had lapsed and been taken.
-        store.redis.set("lock:pokemon:mew", "other|99", px=10_000)
+        store.redis.set("lock:{pokemon:mew}", "other|99", px=10_000)
         wait_for(lambda: leases_lost("taken") > before, timeout=5, what="the loss counted")
         other.set()
         return Fetched("pokemon", "mew", {"v": "late"}, now())
@@ -384,5 +385,5 @@ def test_a_renewal_that_finds_another_holder_loses_the_lease_and_says_so(
     fetch_once(store, "pokemon", "mew", fetch, task_id="t", max_age=0, lock_seconds=0.6)
     assert other.is_set()
     assert leases_lost("taken") - before == 1
-    assert "single-flight lease lost key=lock:pokemon:mew reason=taken" in caplog.text
-    assert store.redis.get("lock:pokemon:mew") == "other|99"  # not released by us
+    assert "single-flight lease lost key=lock:{pokemon:mew} reason=taken" in caplog.text
+    assert store.redis.get("lock:{pokemon:mew}") == "other|99"  # not released by us

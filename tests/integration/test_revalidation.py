@@ -72,12 +72,12 @@ def test_an_unchanged_record_is_a_304_and_its_meta_moves_forward(
     producer = always_ask.producer
     first = producer.send_task(FETCH, args=["charizard"])
     value = first.get(timeout=TIMEOUT)
-    meta_before = results.hgetall("meta:pokemon:charizard")
+    meta_before = results.hgetall("meta:{pokemon:charizard}")
     second = producer.send_task(FETCH, args=["charizard"])
     assert second.get(timeout=TIMEOUT) == value
     assert sandbox.conditional_calls() == {"pokemon": 1}
     assert sandbox.not_modified("pokemon") == 1
-    meta = results.hgetall("meta:pokemon:charizard")
+    meta = results.hgetall("meta:{pokemon:charizard}")
     assert meta["task_id"] == second.id
     assert int(meta["fetched_at_ms"]) >= int(meta_before["fetched_at_ms"])
     assert meta["etag"] == meta_before["etag"]
@@ -103,12 +103,12 @@ def test_a_changed_record_is_downloaded_with_its_new_etag(
     """The upstream changed it: 200, the new value and ETag, changed=1 revalidated=0."""
     producer = always_ask.producer
     before = producer.send_task(FETCH, args=["pikachu"]).get(timeout=TIMEOUT)
-    etag = results.hget("meta:pokemon:pikachu", "etag")
+    etag = results.hget("meta:{pokemon:pikachu}", "etag")
     changed = requests.post(f"{sandbox.base_url}/_sandbox/records/pokemon/pikachu", timeout=5)
     after = producer.send_task(FETCH, args=["pikachu"]).get(timeout=TIMEOUT)
     assert after["weight"] != before["weight"]
     assert json.loads(results.get("pokemon:pikachu")) == after
-    assert results.hget("meta:pokemon:pikachu", "etag") == changed.json()["etag"] != etag
+    assert results.hget("meta:{pokemon:pikachu}", "etag") == changed.json()["etag"] != etag
     assert sandbox.conditional_calls() == {"pokemon": 1}
     assert sandbox.not_modified("pokemon") == 0
     assert (events(results)[-1]["changed"], events(results)[-1]["revalidated"]) == ("1", "0")
@@ -179,6 +179,6 @@ def test_sync_articles_revalidates_the_pages(
     assert first == {"articles": 44, "written": 44, "revalidated": 0, "removed": 0}
     assert again == {"articles": 44, "written": 0, "revalidated": 44, "removed": 0}
     assert sandbox.not_modified("articles") == 1
-    page = results.hgetall("meta:article-page:0:100")
+    page = results.hgetall("meta:{article-page}:0:100")
     assert page["etag"]
     assert len(json.loads(page["ids"])) == 44

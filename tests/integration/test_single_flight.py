@@ -65,7 +65,7 @@ def test_a_result_older_than_the_job_is_refetched_when_freshness_is_off(redis_ur
     store = make_store(redis_url)
     store.write(Fetched("pokemon", "mew", {"v": 1}, now() - 5), "old")
     # Freshness is on Redis's clock: the job begins in a later millisecond than the write.
-    written = int(store.redis.hget("meta:pokemon:mew", "stored_ms"))
+    written = int(store.redis.hget("meta:{pokemon:mew}", "stored_ms"))
     wait_for(lambda: redis_ms(store) > written, timeout=1, interval=0.0005)
     value = fetch_once(
         store,

@@ -39,7 +39,7 @@ def test_fetch_pokemon_by_name_stores_the_contract(
     assert job.get(timeout=TIMEOUT) == CHARIZARD
     assert json.loads(results.get("pokemon:charizard")) == CHARIZARD
     assert results.get("pokemon:charizard") == json.dumps(CHARIZARD, separators=(",", ":"))
-    meta = results.hgetall("meta:pokemon:charizard")
+    meta = results.hgetall("meta:{pokemon:charizard}")
     assert meta["task_id"] == job.id
     assert int(meta["fetched_at_ms"]) > 0
     assert meta["etag"]
@@ -54,7 +54,7 @@ def test_fetch_pokemon_by_name_stores_the_contract(
 def test_case_and_id_inputs_share_the_canonical_key(producer: Celery, results: redis.Redis) -> None:
     """`Charizard` and `6` both land in pokemon:charizard."""
     assert producer.send_task(FETCH, args=["Charizard"]).get(timeout=TIMEOUT) == CHARIZARD
-    results.delete("pokemon:charizard", "meta:pokemon:charizard", "index:pokemon-ids")
+    results.delete("pokemon:charizard", "meta:{pokemon:charizard}", "index:pokemon-ids")
     assert producer.send_task(FETCH, args=["6"]).get(timeout=TIMEOUT) == CHARIZARD
     assert json.loads(results.get("pokemon:charizard")) == CHARIZARD
     assert results.keys("pokemon:*") == ["pokemon:charizard"]
@@ -235,7 +235,7 @@ def test_a_job_nobody_waits_on_stores_its_result_but_no_backend_copy(
     assert waited.get(timeout=TIMEOUT)["name"] == "ivysaur"
     wait_for(lambda: results.exists("pokemon:bulbasaur"), timeout=TIMEOUT, what="stored")
     assert json.loads(results.get("pokemon:bulbasaur"))["name"] == "bulbasaur"
-    assert results.hget("meta:pokemon:bulbasaur", "task_id") == ignored.id
+    assert results.hget("meta:{pokemon:bulbasaur}", "task_id") == ignored.id
     assert backend_meta(producer, waited.id) is not None
     assert backend_meta(producer, ignored.id) is None
 

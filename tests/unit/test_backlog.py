@@ -33,7 +33,7 @@ def collector(client: redis.Redis, clock: Clock) -> BacklogCollector:
         ),
         results=client,
         failures_key="events:failures",
-        circuit_keys={"pokeapi": "circuit:pokeapi:open", "cms": "circuit:cms:open"},
+        circuit_keys={"pokeapi": "circuit:{pokeapi}:open", "cms": "circuit:{cms}:open"},
         clock=clock,
     )
 
@@ -52,7 +52,7 @@ def test_gauges_read_queue_lists_failure_stream_and_open_circuits() -> None:
     client.rpush("pokeapi", "a", "b", "c")
     client.xadd("events:failures", {"task": "t"})
     client.xadd("events:failures", {"task": "t"})
-    client.set("circuit:pokeapi:open", "1", px=30_000)
+    client.set("circuit:{pokeapi}:open", "1", px=30_000)
     registry = CollectorRegistry()
     registry.register(collector(client, Clock()))
     found = samples(registry)

@@ -139,7 +139,7 @@ def test_failures_older_than_the_window_are_forgotten(server) -> None:
 
 
 def server_keys(server: fakeredis.FakeServer, suffix: str) -> list[bytes]:
-    return fakeredis.FakeRedis(server=server).keys(f"circuit:pokeapi:{suffix}")
+    return fakeredis.FakeRedis(server=server).keys(f"circuit:{{pokeapi}}:{suffix}")
 
 
 def test_after_the_cool_down_one_probe_goes_through_and_its_success_closes(server) -> None:

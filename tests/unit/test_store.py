@@ -25,7 +25,7 @@ def pokemon(
 
 
 def stored_ms(store: ResultStore, name: str) -> int:
-    return int(store.redis.hget(f"meta:pokemon:{name}", "stored_ms"))
+    return int(store.redis.hget(f"meta:{{pokemon:{name}}}", "stored_ms"))
 
 
 def test_a_write_stores_value_metadata_and_event(store: ResultStore) -> None:
@@ -33,7 +33,7 @@ def test_a_write_stores_value_metadata_and_event(store: ResultStore) -> None:
     assert store.write(pokemon("mew", 1000.0, alias="151"), "task-1")
     redis = store.redis
     assert orjson.loads(redis.get("pokemon:mew"))["name"] == "mew"
-    assert redis.hgetall("meta:pokemon:mew") == {
+    assert redis.hgetall("meta:{pokemon:mew}") == {
         "fetched_at_ms": "1000000",
         "stored_ms": str(stored_ms(store, "mew")),
         "fence": "1",
@@ -60,7 +60,7 @@ def test_an_older_result_written_later_is_refused(store: ResultStore) -> None:
     assert store.write(pokemon("mew", 1000.0, weight="2 kg", fence=2), "newer")
     assert not store.write(pokemon("mew", 9000.0, weight="1 kg", fence=1), "older")
     assert orjson.loads(store.redis.get("pokemon:mew"))["weight"] == "2 kg"
-    assert store.redis.hget("meta:pokemon:mew", "task_id") == "newer"
+    assert store.redis.hget("meta:{pokemon:mew}", "task_id") == "newer"
     assert store.redis.xlen("events:results") == 1
 
 
@@ -79,10 +79,11 @@ def test_prefix_namespaces_every_key() -> None:
     store.write(pokemon("mew", 1.0), "t")
     store.write(pokemon("mew", 1.0, alias="151"), "t")
     assert sorted(client.keys("*")) == [
+        "svc:events:last-fence",
         "svc:events:results",
-        "svc:fence:pokemon:mew",
+        "svc:fence:{svc:pokemon:mew}",
         "svc:index:pokemon-ids",
-        "svc:meta:pokemon:mew",
+        "svc:meta:{svc:pokemon:mew}",
         "svc:pokemon:mew",
     ]
 
@@ -126,7 +127,7 @@ def test_a_revalidation_brings_the_metadata_forward_and_leaves_the_value(
     store.write(pokemon("mew", 1000.0), "first")
     value = store.revalidate(unchanged("mew", 2000.0), "second")
     assert value["name"] == "mew"
-    assert store.redis.hgetall("meta:pokemon:mew") == {
+    assert store.redis.hgetall("meta:{pokemon:mew}") == {
         "fetched_at_ms": "2000000",
         "stored_ms": str(stored_ms(store, "mew")),
         "fence": "2",
@@ -151,7 +152,7 @@ def test_a_304_without_validators_keeps_the_stored_ones(store: ResultStore) -> N
     """An answer that carried no ETag does not erase the one stored."""
     store.write(pokemon("mew", 1000.0), "first")
     store.revalidate(unchanged("mew", 2000.0, etag=None), "second")
-    assert store.redis.hget("meta:pokemon:mew", "etag") == '"e1"'
+    assert store.redis.hget("meta:{pokemon:mew}", "etag") == '"e1"'
 
 
 def test_an_older_revalidation_never_moves_a_newer_result(store: ResultStore) -> None:
@@ -159,14 +160,14 @@ def test_an_older_revalidation_never_moves_a_newer_result(store: ResultStore) ->
     store.write(pokemon("mew", 2000.0, weight="2 kg", fence=2), "newer")
     value = store.revalidate(unchanged("mew", 1000.0, fence=1), "older")
     assert value["weight"] == "2 kg"
-    assert store.redis.hget("meta:pokemon:mew", "task_id") == "newer"
+    assert store.redis.hget("meta:{pokemon:mew}", "task_id") == "newer"
     assert store.redis.xlen("events:results") == 1
 
 
 def test_a_revalidation_of_a_vanished_value_says_gone(store: ResultStore) -> None:
     """Nothing to bring forward: the caller must fetch whole; nothing is written."""
     assert store.revalidate(unchanged("mew", 1000.0), "t") is GONE
-    assert store.redis.exists("meta:pokemon:mew") == 0
+    assert store.redis.exists("meta:{pokemon:mew}") == 0
     assert store.redis.xlen("events:results") == 0
 
 
@@ -193,7 +194,7 @@ def test_the_upstream_lifetime_sets_the_window_only_when_followed(store: ResultS
     stored = stored_ms(store, "mew") / 1000  # Redis's clock: the worker's is not asked
 
     def claim(freshness: Freshness, after: float) -> str:
-        store.redis.delete("lock:pokemon:mew")
+        store.redis.delete("lock:{pokemon:mew}")
         answer = store.claim(
             "pokemon", "mew", started=stored + after, freshness=freshness, token="t", ttl=10
         )

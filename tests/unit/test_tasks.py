@@ -71,7 +71,7 @@ def test_fetch_and_store_writes_the_reference_result(runtime, client, sandbox) -
     stored = runtime.store.redis.get("pokemon:charizard")
     assert orjson.loads(stored) == value
     assert value["weight"] == "90.5 kg"
-    assert runtime.store.redis.hget("meta:pokemon:charizard", "task_id") == b"t1"
+    assert runtime.store.redis.hget("meta:{pokemon:charizard}", "task_id") == b"t1"
 
 
 def test_an_id_is_stored_under_the_canonical_name_and_remembered(runtime, client, sandbox) -> None:
@@ -172,12 +172,12 @@ def test_a_refresh_of_an_unchanged_record_is_a_304_that_moves_the_meta(
 ) -> None:
     """Second fetch: conditional, 304, same value, fetched_at forward, revalidated=1."""
     first = pokemon.fetch_and_store("charizard", "t1", runtime=always_ask, client=client)
-    fetched_before = int(always_ask.store.redis.hget("meta:pokemon:charizard", "fetched_at_ms"))
+    fetched_before = int(always_ask.store.redis.hget("meta:{pokemon:charizard}", "fetched_at_ms"))
     a_later_job()
     again = pokemon.fetch_and_store("charizard", "t2", runtime=always_ask, client=client)
     assert again == first
     assert sandbox.not_modified("pokemon") == 1
-    meta = always_ask.store.redis.hgetall("meta:pokemon:charizard")
+    meta = always_ask.store.redis.hgetall("meta:{pokemon:charizard}")
     assert int(meta[b"fetched_at_ms"]) >= fetched_before
     assert meta[b"task_id"] == b"t2"
     assert meta[b"etag"]
@@ -193,12 +193,12 @@ def test_a_refresh_of_a_changed_record_stores_the_new_value_and_etag(
 ) -> None:
     """The upstream changed it: 200, new weight, new ETag, changed=1 revalidated=0."""
     first = pokemon.fetch_and_store("pikachu", "t1", runtime=always_ask, client=client)
-    etag = always_ask.store.redis.hget("meta:pokemon:pikachu", "etag")
+    etag = always_ask.store.redis.hget("meta:{pokemon:pikachu}", "etag")
     sandbox.change_record("pokemon", "pikachu")
     a_later_job()
     again = pokemon.fetch_and_store("pikachu", "t2", runtime=always_ask, client=client)
     assert again["weight"] != first["weight"]
-    assert always_ask.store.redis.hget("meta:pokemon:pikachu", "etag") != etag
+    assert always_ask.store.redis.hget("meta:{pokemon:pikachu}", "etag") != etag
     assert sandbox.not_modified("pokemon") == 0
     assert events(always_ask)[-1]["changed"] == "1"
     assert events(always_ask)[-1]["revalidated"] == "0"
@@ -230,7 +230,7 @@ def test_the_freshness_window_follows_the_upstream_when_asked(client, sandbox) -
     pokemon.fetch_and_store("mew", "t1", runtime=built, client=client)
     pokemon.fetch_and_store("mew", "t2", runtime=built, client=client)
     assert sandbox.calls("pokemon") == 1
-    assert built.store.redis.hget("meta:pokemon:mew", "max_age") == b"86400"
+    assert built.store.redis.hget("meta:{pokemon:mew}", "max_age") == b"86400"
     capped = WorkerSettings(
         freshness_max_age=0, freshness_from_upstream=True, freshness_upstream_max_age=0
     )

@@ -1,0 +1,294 @@
+"""The results contract on a Redis Cluster: three masters, three replicas, our own.
+
+The store's scripts each touch one slot, events go to EVENTS_PARTITIONS streams that a
+reader follows one by one, a real worker stores its results there while the broker stays
+on a single Redis, the CLI reads them, and a master SIGKILLed while results are written
+loses none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+import redis
+from celery import Celery
+from click.testing import CliRunner
+from redis.cluster import RedisCluster
+
+from apis import errors
+from apis.breaker import CircuitBreaker
+from apis.budget import Budget
+from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
+from ops.cli import cli
+from ops.producer import producer_app
+from settings import WorkerSettings
+from tasks.keys import Keys
+from tasks.runtime import Runtime
+from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
+from tests.integration.conftest import worker_environment
+from tests.integration.test_readers import reader
+from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.redis_cluster import PrivateCluster
+
+PARTITIONS = 16
+TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PrivateCluster]:
+    private = PrivateCluster().start()
+    try:
+        yield private
+    finally:
+        private.cleanup()
+
+
+@pytest.fixture
+def client(cluster: PrivateCluster) -> Iterator[RedisCluster]:
+    cluster.flush()
+    one = cluster.client()
+    yield one
+    one.close()
+
+
+def make_store(cluster: PrivateCluster, **options: Any) -> ResultStore:
+    settings = WorkerSettings(
+        redis_cluster_nodes=cluster.addresses, events_partitions=PARTITIONS, **options
+    )
+    return Runtime.build(settings).store
+
+
+def events(client: RedisCluster, keys: Keys) -> list[dict[str, str]]:
+    """Every partition's events, read one stream at a time as a reader does."""
+    found: list[dict[str, str]] = []
+    for stream in keys.all_events:
+        found += [fields for _, fields in cast(list[Any], client.xrange(stream))]
+    return found
+
+
+def test_the_store_keeps_its_contract_on_a_cluster(
+    cluster: PrivateCluster, client: RedisCluster
+) -> None:
+    """Writes, a replay, a refused older fence, a 304, a removal and a claim each run in
+    one slot; the value keeps its plain name; every change has one event, in the
+    partition of its key; an id finds its name; writes wait for a replica."""
+    store = make_store(cluster)
+    assert store.replicas.needed()  # each master has its replica
+    names = [f"mon{i}" for i in range(40)]
+    batch = [Fetched("pokemon", n, {"name": n}, now(), alias=str(i)) for i, n in enumerate(names)]
+    assert store.write_many(batch, "batch") == len(names)
+    first = Fetched("pokemon", "mew", {"v": 1}, now(), fence=5)
+    assert store.write(first, "t5")
+    assert store.write(first, "t5")  # a replay: no second event
+    assert not store.write(Fetched("pokemon", "mew", {"v": 0}, now(), fence=4), "t4")
+    assert store.revalidate(Unchanged("pokemon", "mew", now(), '"e"', fence=6), "t6") == {"v": 1}
+    assert store.remove("pokemon", ["mon0"], tombstone_seconds=60) == 1
+    claim = store.claim("pokemon", "mew", started=None, freshness=Freshness(60), token="x", ttl=5)
+    assert (claim.state, claim.value) == ("fresh", {"v": 1})
+    assert json.loads(client.get("pokemon:mon7")) == {"name": "mon7"}
+    assert client.hget("meta:{pokemon:mew}", "etag") == '"e"'
+    assert store.pokemon_name_for_id("7") == "mon7"
+    seen = events(client, store.keys)
+    assert sorted(e["key"] for e in seen) == sorted(
+        [f"pokemon:{n}" for n in names] + ["pokemon:mew"] * 2 + ["pokemon:mon0"]
+    )
+    # Each event sits in the partition of its key, and the partitions spread.
+    for stream in store.keys.all_events:
+        for _, fields in cast(list[Any], client.xrange(stream)):
+            ident = fields["key"].split(":", 1)[1]
+            assert store.keys.events_for("pokemon", ident) == stream
+    used = {store.keys.events_for("pokemon", n) for n in names}
+    assert len(used) > PARTITIONS // 2
+    store.record_failure({"task_id": "t", "error": "boom"})
+    assert client.xlen("events:failures") == 1
+
+
+@pytest.mark.parametrize("language", ["python", "node"])
+def test_a_reader_gets_a_result_and_follows_every_event_on_the_cluster(
+    language: str, cluster: PrivateCluster, client: RedisCluster
+) -> None:
+    """The example readers (redis.RedisCluster, ioredis Cluster) with REDIS_CLUSTER_NODES
+    and EVENTS_PARTITIONS: `get` finds a value and its metadata, `follow` prints every
+    event of a run, from every partition, none missing, and acknowledges each."""
+    store = make_store(cluster)
+    names = [f"read{i}" for i in range(30)]
+    store.write_many([Fetched("pokemon", n, {"name": n}, now()) for n in names], "run")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ["HOME"],
+        "REDIS_CLUSTER_NODES": cluster.setting,
+        "EVENTS_PARTITIONS": str(PARTITIONS),
+    }
+
+    def read(*args: str) -> str:
+        done = subprocess.run(
+            [*reader(language), *args], env=env, capture_output=True, text=True,
+            timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    got = json.loads(read("get", "pokemon", "read7"))
+    assert got["value"] == {"name": "read7"}
+    assert got["meta"]["task_id"] == "run"
+    lines = read("follow", "svc", "r1", "--from-start", "--count", str(len(names)))
+    followed = [json.loads(line) for line in lines.splitlines()]
+    assert sorted(event["key"] for event in followed) == sorted(f"pokemon:{n}" for n in names)
+    for stream in store.keys.all_events:
+        if client.exists(stream):
+            assert client.xpending(stream, "svc")["pending"] == 0
+
+
+@pytest.mark.broker("redis")
+def test_a_worker_on_the_cluster_stores_results_the_cli_reads(
+    cluster: PrivateCluster,
+    client: RedisCluster,
+    redis_server_url: str,
+    sandbox_server: Any,
+    session_broker_url: str,
+) -> None:
+    """A worker with REDIS_CLUSTER_NODES (its broker on a single Redis) stores results
+    on the cluster; `result`, `follow`, `failures`, `top` and `health` read them there."""
+    env = worker_environment(
+        redis_server_url,
+        sandbox_server,
+        CELERY_BROKER_URL=session_broker_url,
+        REDIS_CLUSTER_NODES=cluster.setting,
+        EVENTS_PARTITIONS=str(PARTITIONS),
+    )
+    producer: Celery = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
+    worker = WorkerProcess(env).start(producer)
+    try:
+        jobs = [
+            producer.send_task("tasks.pokemon.fetch_pokemon", args=[name])
+            for name in ("charizard", "pikachu", "25")
+        ]
+        for job in jobs:
+            job.get(timeout=TIMEOUT)
+        failed = producer.send_task("tasks.pokemon.fetch_pokemon", args=["no-such-pokemon"])
+        with pytest.raises(Exception):  # noqa: B017,PT011 - any failure: the record is the test
+            failed.get(timeout=TIMEOUT)
+        wait_for(lambda: client.xlen("events:failures"), timeout=TIMEOUT, what="a failure record")
+
+        def run(*args: str) -> Any:
+            outcome = CliRunner().invoke(cli, list(args), env=env)
+            assert outcome.exit_code == 0, outcome.output
+            return outcome.stdout
+
+        value, meta = run("result", "pokemon", "charizard", "--meta").splitlines()
+        assert json.loads(value)["name"] == "charizard"
+        assert json.loads(meta)["task_id"] == jobs[0].id
+        assert json.loads(run("result", "pokemon", "25"))["name"] == "pikachu"
+        followed = [
+            json.loads(line) for line in run("follow", "--from-start", "--count", "2").splitlines()
+        ]
+        assert {event["key"] for event in followed} == {"pokemon:charizard", "pokemon:pikachu"}
+        assert "no-such-pokemon" in run("failures", "list")
+        assert "apiworker top" in run("top", "--once")
+        health = run("health")
+        assert "redis cluster" in health
+        assert "state ok, 3 masters" in health
+    finally:
+        worker.stop()
+        producer.close()
+
+
+def test_a_master_killed_while_results_are_written_loses_none(
+    cluster: PrivateCluster, client: RedisCluster
+) -> None:
+    """200 results written by 8 threads, each retried until stored (as its job would be);
+    the master of a third of them is SIGKILLed midway. Every result is readable after
+    the failover with its event, and writes to the killed master's slots resume. The
+    promise is 10 s (cluster-node-timeout is 5 s; 8.0-9.1 s measured, docs/reliability.md);
+    the bound here is 3x that, so a loaded host proves the behaviour, not the speed."""
+    store = make_store(cluster, result_replica_wait_ms=2000)
+    names = [f"flow{i}" for i in range(200)]
+    victim = cluster.master_of(store.keys.result("pokemon", names[0]))
+    victim_ports = {victim.port}
+    on_victim = {
+        n
+        for n in names
+        if client.get_node_from_key(store.keys.result("pokemon", n)).port in victim_ports
+    }
+    assert on_victim
+    killed_at: list[float] = []
+    stored_after_kill: list[float] = []
+    lock = threading.Lock()
+    queue = list(names)
+
+    def writer() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                name = queue.pop()
+            deadline = time.monotonic() + 30
+            while True:
+                began = time.monotonic()
+                try:
+                    store.write(Fetched("pokemon", name, {"name": name}, now()), f"job-{name}")
+                    break
+                except (redis.RedisError, OSError):
+                    assert time.monotonic() < deadline, f"{name} was never stored"
+                    time.sleep(0.05)  # the job's retry countdown
+            # A write begun after the kill, to the killed master's slots: the new master's.
+            if killed_at and began > killed_at[0] and name in on_victim:
+                with lock:
+                    stored_after_kill.append(time.monotonic())
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(queue) < 150, timeout=TIMEOUT, what="writes under way")
+    assert victim.process is not None
+    victim.kill()
+    killed_at.append(time.monotonic())
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    for name in names:
+        assert json.loads(client.get(f"pokemon:{name}")) == {"name": name}, name
+    seen = {fields["key"] for fields in events(client, store.keys)}
+    assert seen == {f"pokemon:{name}" for name in names}
+    assert stored_after_kill, "no write reached the killed master's slots after the kill"
+    resumed = min(stored_after_kill) - killed_at[0]
+    print(f"writes to the killed master's slots resumed {resumed:.1f} s after the kill")
+    assert resumed < 30.0
+
+
+def test_breaker_and_budget_scripts_run_on_the_cluster(
+    cluster: PrivateCluster, client: RedisCluster
+) -> None:
+    """The breaker's and the budget's scripts touch keys of one upstream, tagged by its
+    name: on the cluster they answer (a state guard that met CROSSSLOT would fail open
+    and the breaker would never trip), the breaker opens, the budget hands out permits."""
+    target = WorkerSettings(
+        redis_cluster_nodes=cluster.addresses, events_partitions=PARTITIONS
+    ).state_redis
+    config = UpstreamConfig(
+        "pokeapi",
+        "http://pokeapi.test/api/v2",
+        state_redis=target,
+        circuit=CircuitPolicy(2, 60.0, 30.0),
+        rate_limit=RateLimitPolicy(rate=50, concurrency=2),
+    )
+    breaker = CircuitBreaker(config)
+    for _ in range(2):
+        error = errors.ServerError("upstream server error", "pokeapi", "GET", "/x", 503)
+        breaker.after_call(breaker.before_call(), error)
+    with pytest.raises(errors.CircuitOpen):
+        breaker.before_call()
+    assert client.exists("circuit:{pokeapi}:open")
+    budget = Budget(config)
+    ticket = budget.acquire("GET", "/x")
+    assert not budget.in_fallback
+    assert client.zcard("budget:{pokeapi}:permits") == 1
+    budget.release(ticket)
+    assert client.zcard("budget:{pokeapi}:permits") == 0
