@@ -54,3 +54,10 @@ def test_no_client_restates_its_base_url_variable() -> None:
         if re.search(r"""["'][A-Z_]+_BASE_URL["']""", line)
     ]
     assert restated == []
+
+
+def test_the_beat_schedule_names_no_upstream() -> None:
+    """worker/beat.py builds the schedule from the entries' periodic jobs alone."""
+    text = (ROOT / "worker" / "beat.py").read_text().lower()
+    named = [word for word in ("pokeapi", "pokemon", "cms", "semaphore") if word in text]
+    assert named == []
