@@ -31,8 +31,8 @@ from bench.harness import (
     REPO_ROOT,
     KeyWatcher,
     ProcessTree,
+    SampledWorker,
     SandboxProcess,
-    WorkerProcess,
     clean_environment,
     notifying_redis,
 )
@@ -328,7 +328,7 @@ class Bench:
             **system.extra_env,
             **(extra or {}),
         }
-        worker = WorkerProcess(
+        worker = SampledWorker(
             system.module,
             env,
             system.args,

@@ -34,8 +34,8 @@ from typing import Any
 
 from bench.harness import (
     REPO_ROOT,
+    SampledWorker,
     SandboxProcess,
-    WorkerProcess,
     clean_environment,
     notifying_redis,
 )
@@ -141,7 +141,7 @@ class Run:
             "METRICS_PORT": str(free_port()),
             **env,
         }
-        self.worker = WorkerProcess(
+        self.worker = SampledWorker(
             system.module, environment, system.args, log_dir,
             label=f"{system.name}-{int(time.time())}", command=system.command,
         )  # fmt: skip

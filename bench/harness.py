@@ -29,6 +29,7 @@ from ops.processes.children import popen, stop_process
 from ops.processes.ports import free_port
 from ops.processes.redis_server import DisposableRedis
 from ops.processes.waits import wait_until
+from ops.processes.worker import WorkerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -360,9 +361,10 @@ class SandboxProcess:
 # -- Celery workers ---------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """`celery -A MODULE worker [args]` (or `command`) from the repository root, in its
-    own session; ready when `ready()` (default: a Celery ping through `producer`) says so."""
+class SampledWorker(WorkerProcess):
+    """The harness's worker process (`ops.processes.worker`), with the CPU and memory of
+    its process group read from /proc: `celery -A MODULE worker [args]`, or `command`,
+    its environment exactly `env`, its log under `log_dir`."""
 
     def __init__(
         self,
@@ -375,21 +377,16 @@ class WorkerProcess:
         command: Sequence[str] = (),
         cwd: Path = REPO_ROOT,
     ) -> None:
-        self.module = module
-        self.cwd = cwd
-        self.full_command = list(command)
-        self.env = dict(env)
-        self.args = list(args)
-        self.log_path = log_dir / f"worker-{label or module.replace('.', '-')}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            env,
+            command=command or ("-m", "celery", "-A", module, "worker", *args),
+            log_path=log_dir / f"worker-{label or module.replace('.', '-')}.log",
+            cwd=cwd,
+            inherit=False,
+        )
+        self.name = module
         self.tree: ProcessTree | None = None
         self.sampler: MemorySampler | None = None
-
-    @property
-    def command(self) -> list[str]:
-        if self.full_command:
-            return [sys.executable, *self.full_command]
-        return [sys.executable, "-m", "celery", "-A", self.module, "worker", *self.args]
 
     def start(
         self,
@@ -397,42 +394,21 @@ class WorkerProcess:
         timeout: float = 60,
         *,
         ready: Callable[[], bool] | None = None,
-    ) -> WorkerProcess:
-        with self.log_path.open("ab") as log:
-            self.process = _spawn(
-                self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+    ) -> SampledWorker:
+        super().start(producer, timeout, ready=ready)
+        assert self.process is not None
         self.tree = ProcessTree(self.process.pid)
-
-        def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.module} exited at start:\n{self.log_tail()}")
-            if ready is not None:
-                return ready()
-            assert producer is not None, "a Celery worker's readiness needs a producer"
-            return bool(producer.control.ping(timeout=0.5))
-
-        wait_until(answers, timeout=timeout, what=f"worker {self.module}", interval=0.1)
         self.sampler = MemorySampler(self.tree).start()
         return self
 
     def cpu_seconds(self) -> float:
         return self.tree.cpu_seconds() if self.tree is not None else 0.0
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
+    def stop(self, grace: float = 20.0) -> None:
         if self.sampler is not None:
             self.sampler.stop()
             self.sampler = None
-        if self.process is not None:
-            _stop_group(self.process, grace=20)
-            self.process = None
+        super().stop(grace)
 
 
 def clean_environment(drop: Iterable[str]) -> dict[str, str]:

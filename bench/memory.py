@@ -19,8 +19,8 @@ from pathlib import Path
 import redis
 
 from bench.harness import (
+    SampledWorker,
     SandboxProcess,
-    WorkerProcess,
     clean_environment,
     notifying_redis,
 )
@@ -59,7 +59,7 @@ def main() -> int:
         "RESULT_EXPIRES": "60",
     }
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
-    worker = WorkerProcess(
+    worker = SampledWorker(
         "worker", env, [], log_dir, label="memory", command=("-m", "worker", "--loglevel=WARNING")
     )
     results = redis_server.client(0)

@@ -16,8 +16,9 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 from ops.cli import cli
+from ops.processes.worker import WorkerProcess
 from tests.integration.conftest import with_db
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.rabbitmq import RabbitServer
 from tests.support.redis_server import free_port
 
