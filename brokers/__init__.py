@@ -48,6 +48,7 @@ __all__ = [
     "QueueDepth",
     "broker_kind",
     "broker_module",
+    "broker_scheme_supported",
     "dead_letter_queue",
     "failover_order",
     "open_broker",
@@ -89,6 +90,11 @@ def broker_module(url: str) -> BrokerModule:
             f"CELERY_BROKER_URL: unsupported scheme {scheme!r}; use redis://, rediss://, "
             "sentinel://, amqp:// or amqps://"
         ) from None
+
+
+def broker_scheme_supported(url: str) -> bool:
+    """Whether `url` names a broker this service runs on (`broker_module` would accept it)."""
+    return _scheme(url) in _SCHEMES
 
 
 def broker_kind(url: str) -> BrokerKind:

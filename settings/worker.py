@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from brokers import ALL_QUEUES, broker_kind, redis_broker_scheme
+from brokers import ALL_QUEUES, broker_kind, broker_scheme_supported, redis_broker_scheme
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
@@ -177,6 +177,11 @@ class WorkerSettings(RedisSettings):
 
     @model_validator(mode="after")
     def _broker_settings_fit_the_broker(self) -> WorkerSettings:
+        if self.celery_broker_url is None and not broker_scheme_supported(self.broker_url):
+            raise ValueError(
+                "REDIS_URL: this Redis cannot also be the broker (kombu has no transport for "
+                "its scheme); set CELERY_BROKER_URL to a redis://, rediss:// or amqp:// URL"
+            )
         kind = broker_kind(self.broker_url)
         given = {name.upper() for name in self.model_fields_set}
         foreign = sorted(given & (AMQP_ONLY if kind == "redis" else REDIS_ONLY))

@@ -98,3 +98,15 @@ def test_the_result_backend_choice() -> None:
     assert brokers.redis_result_backend("rediss://h/0")
     assert not brokers.redis_result_backend("rpc://")
     assert not brokers.redis_result_backend(None)
+
+
+def test_a_unix_socket_redis_url_names_redis_url_when_it_would_be_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """REDIS_URL may be a unix:// socket for the results, but then the broker needs its
+    own URL: the error says which variable to set, not a CELERY_BROKER_URL never given."""
+    monkeypatch.setenv("REDIS_URL", "unix:///run/redis.sock")
+    with pytest.raises(ValidationError, match=r"REDIS_URL: .* set CELERY_BROKER_URL"):
+        WorkerSettings()
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://h/0")
+    assert WorkerSettings().broker_url == "redis://h/0"
