@@ -10,8 +10,9 @@ Every look at a URL's scheme is here, as kombu resolves a transport from the URL
 place: the broker's (`broker_kind`, `redis_broker_scheme`, `reads_queue_depths`) and the
 result backend's (`redis_result_backend`). The settings accept exactly these schemes.
 `unix://` is refused for the broker and is not a Redis result backend: kombu and Celery
-have no such alias (their Unix-socket form is `redis+socket://`), so a worker given one
-could not start; REDIS_URL itself may still be a `unix://` socket for the results store.
+have no `unix` alias, so a worker given one could not start; REDIS_URL itself may still
+be a `unix://` socket for the results store. RabbitMQ's failover lists are shuffled here
+too (`failover_order`).
 """
 
 from __future__ import annotations
