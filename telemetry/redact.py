@@ -43,13 +43,18 @@ def redact(text: str) -> str:
 FAILOVER_SEPARATOR = ";"
 
 
-def masked_url(url: str) -> str:
+def masked_url(url: str, *, span: bool = False) -> str:
     """`url` fit to print, log or put on a span: its password masked (its user kept, as
     the CLI shows which user connects), a user with no password (a token in the user
     field) masked too, and every registered secret masked; in a failover list
-    (`amqp://a;amqp://b`) every URL's. The one URL mask of the service."""
+    (`amqp://a;amqp://b`) every URL's. The one URL mask of the service.
+
+    With `span`, any user information becomes `REDACTED:REDACTED`, as OpenTelemetry's
+    semantic conventions ask of `url.full`."""
     if FAILOVER_SEPARATOR in url:
-        return FAILOVER_SEPARATOR.join(masked_url(one) for one in url.split(FAILOVER_SEPARATOR))
+        return FAILOVER_SEPARATOR.join(
+            masked_url(one, span=span) for one in url.split(FAILOVER_SEPARATOR)
+        )
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -57,7 +62,9 @@ def masked_url(url: str) -> str:
             host = f"{host}:{parts.port}"
     except ValueError:  # not a URL (a bad port): only the registered secrets to mask
         return redact(url)
-    if parts.password is not None:
+    if span and "@" in parts.netloc:
+        url = urlunsplit(parts._replace(netloc=f"REDACTED:REDACTED@{host}"))
+    elif parts.password is not None:
         url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
     elif "@" in parts.netloc:
         url = urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))

@@ -81,7 +81,7 @@ def start_attempt(service: str, method: str, url: str, resend_count: int) -> Spa
         "http.request.method": method,
         "server.address": parts.hostname or "",
         "server.port": port,
-        "url.full": masked_url(url),
+        "url.full": masked_url(url, span=True),
         "apiworker.upstream": service,
     }
     if resend_count:
