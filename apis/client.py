@@ -43,6 +43,7 @@ from apis.inflate import Decoding, OverCap, UnsupportedEncoding
 from apis.retry import Sleep, build_retrying
 from telemetry import metrics, tracing
 from telemetry.redact import excerpt, redact, register_secret
+from upstreams import Upstream, all_upstreams
 
 log = logging.getLogger("apis")
 
@@ -96,9 +97,28 @@ class ApiClient:
             register_secret(config.token.get_secret_value())
 
     @classmethod
+    def entry(cls) -> Upstream:
+        """The registry entry whose `client` names this class (or the nearest base class
+        an entry names): where its base URL variable, budget and breaker are declared."""
+        entries = {upstream.client: upstream for upstream in all_upstreams()}
+        for klass in cls.__mro__:
+            found = entries.get(f"{klass.__module__}:{klass.__qualname__}")
+            if found is not None:
+                if found.name != cls.service:
+                    raise LookupError(
+                        f"{found.client} serves upstream {found.name!r} but names itself "
+                        f"{cls.service!r}: set its `service` to the entry's name"
+                    )
+                return found
+        raise LookupError(
+            f"{cls.__module__}:{cls.__qualname__} is the client of no upstream entry (upstreams/)"
+        )
+
+    @classmethod
     def configure(cls, settings: ApiSettings) -> UpstreamConfig:
-        """This upstream's entry of configuration; every subclass defines it."""
-        raise NotImplementedError
+        """This upstream's configuration, from its registry entry: a client with a token
+        or its own user agent adds them (apis/semaphore.py)."""
+        return settings.upstream(cls.entry())
 
     def probe(self) -> object:
         """One cheap call that proves the upstream answers (`apiworker health`); every

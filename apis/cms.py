@@ -6,7 +6,6 @@ from typing import Any
 
 from apis.client import ApiClient, Payload, expect
 from apis.conditional import Validators
-from apis.config import ApiSettings, UpstreamConfig
 from apis.paging import PageBudget
 from apis.paths import page_window, segment
 
@@ -17,12 +16,6 @@ class CmsAPI(ApiClient):
     """Articles of the CMS; `total` in each page tells how far to page."""
 
     service = "cms"
-
-    @classmethod
-    def configure(cls, settings: ApiSettings) -> UpstreamConfig:
-        return settings.upstream(
-            cls.service, base_url=settings.cms_base_url, base_url_setting="CMS_BASE_URL"
-        )
 
     def probe(self) -> object:
         return self.get_articles(limit=1)

@@ -7,6 +7,7 @@ calls that need it fail, with `NotConfigured`, before any request is sent.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -14,11 +15,11 @@ from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from redisconn.settings import RedisSettings, RedisTarget
-from upstreams import all_upstreams
+from upstreams import Upstream, all_upstreams
 
 PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker)"
 SEMAPHORE_USER_AGENT = "SemaphoreCI v2.0 Client"
@@ -152,6 +153,18 @@ def _validate_base_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+def upstream_settings_model(entry: Upstream) -> type[BaseModel] | None:
+    """The settings model `entry.settings` names (`module:Class`), None without one; a
+    name that is not a pydantic model is a `TypeError`."""
+    if not entry.settings:
+        return None
+    module, _, name = entry.settings.partition(":")
+    model = getattr(importlib.import_module(module), name)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"{entry.settings} is not a settings model")
+    return model
+
+
 class ApiSettings(RedisSettings):
     """The API layer's settings; each field is read from the upper-case environment name.
 
@@ -222,7 +235,7 @@ class ApiSettings(RedisSettings):
         """Every upstream's budget variables are numbers >= 0 (one line for the first
         that is not): they are read from the environment, not declared as fields."""
         for upstream in all_upstreams():
-            self.rate_limit_policy(upstream.name)
+            self.rate_limit_policy(upstream)
         return self
 
     @property
@@ -241,21 +254,31 @@ class ApiSettings(RedisSettings):
             retry_after_cap=self.http_retry_after_cap,
         )
 
+    def base_url(self, entry: Upstream) -> str | None:
+        """The value of the variable `entry.base_url_setting` names: a field of this
+        model for a built-in upstream, else of the entry's own settings model."""
+        field_name = entry.base_url_setting.lower()
+        if field_name in type(self).model_fields:
+            value: str | None = getattr(self, field_name)
+            return value
+        model = upstream_settings_model(entry)
+        found = getattr(model(), field_name, None) if model is not None else None
+        return str(found) if found else None
+
     def upstream(
         self,
-        service: str,
+        entry: Upstream,
         *,
-        base_url: str | None,
-        base_url_setting: str,
         user_agent: str = PROJECT_USER_AGENT,
         token: SecretStr | None = None,
         token_setting: str = "",
     ) -> UpstreamConfig:
-        """The configuration of one upstream, with the shared limits filled in."""
+        """The configuration of the upstream `entry` names: its base URL from the
+        variable the entry names, its budget from the entry, the shared limits filled in."""
         return UpstreamConfig(
-            service=service,
-            base_url=base_url,
-            base_url_setting=base_url_setting,
+            service=entry.name,
+            base_url=self.base_url(entry),
+            base_url_setting=entry.base_url_setting,
             user_agent=user_agent,
             token=token,
             token_setting=token_setting,
@@ -274,14 +297,13 @@ class ApiSettings(RedisSettings):
                 window_seconds=self.circuit_window_seconds,
                 cooldown_seconds=self.circuit_cooldown_seconds,
             ),
-            rate_limit=self.rate_limit_policy(service),
+            rate_limit=self.rate_limit_policy(entry),
         )
 
-    def rate_limit_policy(self, service: str) -> RateLimitPolicy:
-        """The budget of `service`: its registry entry's rate and concurrency, unless
-        the variables it names say otherwise (POKEAPI_RATE_LIMIT, POKEAPI_RATE_LIMIT_BURST,
-        POKEAPI_CONCURRENCY...); an unknown service has none."""
-        entry = next((u for u in all_upstreams() if u.name == service), None)
+    def rate_limit_policy(self, entry: Upstream | None) -> RateLimitPolicy:
+        """The budget of the upstream `entry` names: its rate and concurrency, unless the
+        variables it names say otherwise (POKEAPI_RATE_LIMIT, POKEAPI_RATE_LIMIT_BURST,
+        POKEAPI_CONCURRENCY...); None (a client of no upstream) has none."""
         if entry is None:
             return RateLimitPolicy(
                 max_wait=self.rate_limit_max_wait,

@@ -25,8 +25,6 @@ from apis.conditional import Validators
 from apis.config import (
     POKEAPI_INDEX_PAGE_MAX_BYTES,
     POKEAPI_RECORD_MAX_BYTES,
-    ApiSettings,
-    UpstreamConfig,
 )
 from apis.paging import PageBudget
 from apis.paths import page_window, segment
@@ -65,14 +63,6 @@ class PokeAPI(ApiClient):
     """Pokémon records by name or id, and the paged index of every name."""
 
     service = "pokeapi"
-
-    @classmethod
-    def configure(cls, settings: ApiSettings) -> UpstreamConfig:
-        return settings.upstream(
-            cls.service,
-            base_url=settings.pokeapi_base_url,
-            base_url_setting="POKEAPI_BASE_URL",
-        )
 
     def probe(self) -> object:
         return self.list_pokemon(limit=1)

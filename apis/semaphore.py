@@ -25,9 +25,7 @@ class SemaphoreAPI(ApiClient):
     @classmethod
     def configure(cls, settings: ApiSettings) -> UpstreamConfig:
         return settings.upstream(
-            cls.service,
-            base_url=settings.semaphore_base_url,
-            base_url_setting="SEMAPHORE_BASE_URL",
+            cls.entry(),
             user_agent=SEMAPHORE_USER_AGENT,
             token=settings.semaphore_api_token,
             token_setting="SEMAPHORE_API_TOKEN",  # noqa: S106 (a setting name)

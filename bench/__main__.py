@@ -30,11 +30,11 @@ from bench import report, scenarios
 from bench.harness import (
     REPO_ROOT,
     KeyWatcher,
-    PrivateRedis,
     ProcessTree,
+    SampledWorker,
     SandboxProcess,
-    WorkerProcess,
     clean_environment,
+    notifying_redis,
 )
 from bench.profile import Profiler
 from bench.senders import sender
@@ -53,7 +53,7 @@ from bench.systems import (
     project_at,
     settings_names,
 )
-from ops.processes import free_port
+from ops.processes.ports import free_port
 from ops.producer import producer_app
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -144,7 +144,7 @@ class Bench:
             scenarios.Plan.smoke(args.jobs) if args.quick else scenarios.Plan.full(args.jobs)
         )
         self.log_dir = Path(tempfile.mkdtemp(prefix="apiworker-bench-"))
-        self.redis = PrivateRedis()
+        self.redis = notifying_redis()
         self.errors: list[str] = []
         self._against: dict[str, System] = {}
 
@@ -202,7 +202,7 @@ class Bench:
         finally:
             watcher.stop()
             index_sandbox.stop()
-            self.redis.stop()
+            self.redis.cleanup()
         meta["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         meta["loadavg_after"] = os.getloadavg()
         return meta, {name: figures for name, figures in results.items() if figures}, self.errors
@@ -328,7 +328,7 @@ class Bench:
             **system.extra_env,
             **(extra or {}),
         }
-        worker = WorkerProcess(
+        worker = SampledWorker(
             system.module,
             env,
             system.args,

@@ -32,10 +32,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.harness import REPO_ROOT, PrivateRedis, SandboxProcess, WorkerProcess, clean_environment
+from bench.harness import (
+    REPO_ROOT,
+    SampledWorker,
+    SandboxProcess,
+    clean_environment,
+    notifying_redis,
+)
 from bench.senders import sender
 from bench.systems import CELERY, DRAMATIQ_PROTOCOL, FETCH_TASK, System, settings_names
-from ops.processes import free_port
+from ops.processes.ports import free_port
+from ops.processes.redis_server import DisposableRedis
 from ops.producer import producer_app
 
 PROJECT = System(
@@ -113,7 +120,7 @@ class Run:
     def __init__(
         self,
         system: System,
-        redis_server: PrivateRedis,
+        redis_server: DisposableRedis,
         upstream: Upstream,
         log_dir: Path,
         env: dict[str, str],
@@ -134,7 +141,7 @@ class Run:
             "METRICS_PORT": str(free_port()),
             **env,
         }
-        self.worker = WorkerProcess(
+        self.worker = SampledWorker(
             system.module, environment, system.args, log_dir,
             label=f"{system.name}-{int(time.time())}", command=system.command,
         )  # fmt: skip
@@ -336,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.broker == "amqp" and args.systems != PROJECT.name:
         parser.error("--broker amqp runs the project alone (--systems project)")
     log_dir = Path(tempfile.mkdtemp(prefix="apiworker-bench-budget-"))
-    redis_server = PrivateRedis()
+    redis_server = notifying_redis()
     redis_server.start()
     upstream = Upstream(args.latency).start()
     results: dict[str, dict[str, Any]] = {}
@@ -384,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[system.name] = figures
     finally:
         upstream.stop()
-        redis_server.stop()
+        redis_server.cleanup()
         if rabbit is not None:
             rabbit[0].cleanup()
     out = (

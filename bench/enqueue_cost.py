@@ -27,7 +27,7 @@ from pathlib import Path
 
 from celery import Celery, group
 
-from bench.harness import PrivateRedis
+from bench.harness import notifying_redis
 from bench.systems import FETCH_TASK
 from ops.producer import producer_app
 
@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     names = [f"name-{index}" for index in range(args.jobs)]
-    redis_server = PrivateRedis()
+    redis_server = notifying_redis()
     redis_server.start()
     cpu: dict[str, list[float]] = {way: [] for way in WAYS}
     try:
@@ -88,7 +88,7 @@ def main() -> int:
                 assert queue.llen(QUEUE) == len(names), f"{way}: not every job was queued"
         app.close()
     finally:
-        redis_server.stop()
+        redis_server.cleanup()
     medians = {way: round(statistics.median(values), 4) for way, values in cpu.items()}
     base = medians["send_task"]
     head = f"way ({args.jobs} jobs, median of {args.rounds} rounds)"

@@ -25,7 +25,11 @@ import orjson
 import redis
 from celery import Celery
 
-from ops.processes import DisposableRedis, free_port, popen, stop_process, wait_until
+from ops.processes.children import popen, stop_process
+from ops.processes.ports import free_port
+from ops.processes.redis_server import DisposableRedis
+from ops.processes.waits import wait_until
+from ops.processes.worker import WorkerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -34,7 +38,7 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _spawn(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Popen in a new session, tied to this process's life (ops/processes.py)."""
+    """Popen in a new session, tied to this process's life (ops/processes/children.py)."""
     return popen(args, **kwargs)
 
 
@@ -213,19 +217,12 @@ class MemorySampler:
 # -- Redis ----------------------------------------------------------------------------
 
 
-class PrivateRedis(DisposableRedis):
-    """A disposable redis-server on loopback, never the shared one on 6379.
-
-    Keyspace notifications for string writes are on, so the driver learns the moment
+def notifying_redis() -> DisposableRedis:
+    """The harness's disposable redis-server on loopback (never the shared one on 6379),
+    with keyspace notifications for string writes on, so the driver learns the moment
     each result key is written without polling (which would cost CPU on a 2-core box and
-    blur latencies by the polling interval).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(args=("--notify-keyspace-events", "E$"), prefix="apiworker-bench-redis-")
-
-    def stop(self) -> None:
-        self.cleanup()
+    blur latencies by the polling interval). `cleanup()` stops it and removes its files."""
+    return DisposableRedis(args=("--notify-keyspace-events", "E$"), prefix="apiworker-bench-redis-")
 
 
 class KeyWatcher:
@@ -364,9 +361,10 @@ class SandboxProcess:
 # -- Celery workers ---------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """`celery -A MODULE worker [args]` (or `command`) from the repository root, in its
-    own session; ready when `ready()` (default: a Celery ping through `producer`) says so."""
+class SampledWorker(WorkerProcess):
+    """The harness's worker process (`ops.processes.worker`), with the CPU and memory of
+    its process group read from /proc: `celery -A MODULE worker [args]`, or `command`,
+    its environment exactly `env`, its log under `log_dir`."""
 
     def __init__(
         self,
@@ -379,21 +377,16 @@ class WorkerProcess:
         command: Sequence[str] = (),
         cwd: Path = REPO_ROOT,
     ) -> None:
-        self.module = module
-        self.cwd = cwd
-        self.full_command = list(command)
-        self.env = dict(env)
-        self.args = list(args)
-        self.log_path = log_dir / f"worker-{label or module.replace('.', '-')}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            env,
+            command=command or ("-m", "celery", "-A", module, "worker", *args),
+            log_path=log_dir / f"worker-{label or module.replace('.', '-')}.log",
+            cwd=cwd,
+            inherit=False,
+        )
+        self.name = module
         self.tree: ProcessTree | None = None
         self.sampler: MemorySampler | None = None
-
-    @property
-    def command(self) -> list[str]:
-        if self.full_command:
-            return [sys.executable, *self.full_command]
-        return [sys.executable, "-m", "celery", "-A", self.module, "worker", *self.args]
 
     def start(
         self,
@@ -401,42 +394,21 @@ class WorkerProcess:
         timeout: float = 60,
         *,
         ready: Callable[[], bool] | None = None,
-    ) -> WorkerProcess:
-        with self.log_path.open("ab") as log:
-            self.process = _spawn(
-                self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+    ) -> SampledWorker:
+        super().start(producer, timeout, ready=ready)
+        assert self.process is not None
         self.tree = ProcessTree(self.process.pid)
-
-        def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.module} exited at start:\n{self.log_tail()}")
-            if ready is not None:
-                return ready()
-            assert producer is not None, "a Celery worker's readiness needs a producer"
-            return bool(producer.control.ping(timeout=0.5))
-
-        wait_until(answers, timeout=timeout, what=f"worker {self.module}", interval=0.1)
         self.sampler = MemorySampler(self.tree).start()
         return self
 
     def cpu_seconds(self) -> float:
         return self.tree.cpu_seconds() if self.tree is not None else 0.0
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
+    def stop(self, grace: float = 20.0) -> None:
         if self.sampler is not None:
             self.sampler.stop()
             self.sampler = None
-        if self.process is not None:
-            _stop_group(self.process, grace=20)
-            self.process = None
+        super().stop(grace)
 
 
 def clean_environment(drop: Iterable[str]) -> dict[str, str]:

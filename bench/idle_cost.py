@@ -16,10 +16,11 @@ from contextlib import ExitStack
 
 import redis
 
-from ops.processes import DisposableRedis, wait_until
+from ops.processes.redis_server import DisposableRedis
+from ops.processes.waits import wait_until
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from sandbox.server import SandboxServer
-from tests.support.celery_worker import WorkerProcess
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 #: The write commands the reliable fetch's scripts and kombu could run while idle.

@@ -19,13 +19,14 @@ from pathlib import Path
 import redis
 
 from bench.harness import (
-    PrivateRedis,
+    SampledWorker,
     SandboxProcess,
-    WorkerProcess,
     clean_environment,
+    notifying_redis,
 )
 from bench.systems import FETCH_TASK, settings_names
-from ops.processes import free_port, wait_until
+from ops.processes.ports import free_port
+from ops.processes.waits import wait_until
 from ops.producer import producer_app
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,7 +45,7 @@ def main() -> int:
     args = parser.parse_args()
 
     names = [entry["name"] for entry in json.loads(INDEX.read_text())["results"]]
-    redis_server = PrivateRedis().start()
+    redis_server = notifying_redis().start()
     sandbox = SandboxProcess(0.0).start()
     log_dir = Path(redis_server.dir)
     env = {
@@ -58,7 +59,7 @@ def main() -> int:
         "RESULT_EXPIRES": "60",
     }
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
-    worker = WorkerProcess(
+    worker = SampledWorker(
         "worker", env, [], log_dir, label="memory", command=("-m", "worker", "--loglevel=WARNING")
     )
     results = redis_server.client(0)
@@ -95,7 +96,7 @@ def main() -> int:
         worker.stop()
         producer.close()
         sandbox.stop()
-        redis_server.stop()
+        redis_server.cleanup()
     out = args.out or RESULTS / f"memory-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
     out.write_text(
         json.dumps(

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bench.harness import REPO_ROOT, WorkerProcess
+from bench.harness import REPO_ROOT, SampledWorker
 
 # Exclusive buckets: a sample goes to the first bucket that matches its leaf-most
 # frame with a known file, walking from the leaf towards the root.
@@ -81,7 +81,7 @@ def find_py_spy() -> str | None:
 class Profiler:
     """`py-spy record` attached to a worker for the duration of a `with` block."""
 
-    def __init__(self, worker: WorkerProcess, out_dir: Path, rate: int = 200) -> None:
+    def __init__(self, worker: SampledWorker, out_dir: Path, rate: int = 200) -> None:
         self.worker = worker
         self.rate = rate
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -46,11 +46,13 @@ from dataclasses import dataclass
 
 import redis
 
-from ops.processes import DisposableRedis, free_port, wait_until
+from ops.processes.ports import free_port
+from ops.processes.redis_server import DisposableRedis
+from ops.processes.waits import wait_until
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from sandbox.pokeapi import load_catalogue
 from sandbox.server import SandboxServer
-from tests.support.celery_worker import WorkerProcess
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 ROLES = ("results", "backend", "broker")

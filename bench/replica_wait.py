@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import redis
 
-from bench.harness import PrivateRedis
-from ops.processes import wait_until
+from bench.harness import notifying_redis
+from ops.processes.waits import wait_until
 from tasks.keys import Keys
 from tasks.store import Fetched, ResultStore
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
 
-    master, replica = PrivateRedis().start(), PrivateRedis().start()
+    master, replica = notifying_redis().start(), notifying_redis().start()
     try:
         follower = redis.Redis.from_url(replica.url)
         follower.replicaof("127.0.0.1", master.port)
@@ -109,8 +109,8 @@ def main() -> None:
         client.close()
         follower.close()
     finally:
-        master.stop()
-        replica.stop()
+        master.cleanup()
+        replica.cleanup()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import orjson
 import redis
 from celery import Celery
 
-from bench.harness import KeyWatcher, ProcessTree, SandboxProcess, WorkerProcess
+from bench.harness import KeyWatcher, ProcessTree, SampledWorker, SandboxProcess
 from bench.senders import sender
 from bench.systems import CATALOG_TASK, System
 
@@ -84,7 +84,7 @@ class Context:
 
     system: System
     plan: Plan
-    worker: WorkerProcess
+    worker: SampledWorker
     sandbox: SandboxProcess
     redis_tree: ProcessTree
     results: redis.Redis  # db 0: the results contract

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ops.processes import free_port
+from ops.processes.ports import free_port
 from settings import setting_names
 
 FETCH_TASK = "tasks.pokemon.fetch_pokemon"

@@ -47,7 +47,7 @@ from brokers.base import (
     dead_letter_queue,
 )
 from brokers.rabbitmq_api import ManagementApi
-from redisconn.settings import masked_url
+from telemetry.redact import masked_url
 
 KIND = "amqp"
 #: Where RabbitMQ parks messages it will not deliver again.

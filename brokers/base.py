@@ -43,6 +43,30 @@ class BrokerSettings(Protocol):
     def broker_delivery_limit(self) -> int: ...
 
 
+class BrokerModule(Protocol):
+    """What a broker module (`brokers.redis`, `brokers.amqp`) gives the worker: the type
+    `brokers.broker_module` returns, so a module missing one of these names fails mypy
+    rather than a worker at start. Modules, not classes, because each broker's part is
+    stateless module-level configuration; a Protocol lets mypy check a module against it
+    (PEP 544), as kombu's `Transport` base class does for its transports."""
+
+    #: "redis" or "amqp".
+    @property
+    def KIND(self) -> str: ...  # noqa: N802  # the module-level constant's name
+
+    def shape_countdown(self, seconds: float) -> float:
+        """The countdown as this broker can hold it (RabbitMQ rounds up to whole seconds)."""
+        ...
+
+    def celery_conf(self, settings: BrokerSettings) -> dict[str, Any]:
+        """The Celery settings that make this broker's guarantees hold."""
+        ...
+
+    def prepare_consumer(self, connection: Any) -> None:
+        """What the consumer declares each time it connects, before it consumes."""
+        ...
+
+
 class BrokerError(Exception):
     """The broker could not be reached or refused what was asked; the message says why."""
 

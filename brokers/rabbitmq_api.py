@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from brokers.base import BrokerError, ClusterView, NodeState, QueueReplicas
-from redisconn.settings import masked_url
+from telemetry.redact import masked_url
 
 if TYPE_CHECKING:
     import requests

@@ -32,16 +32,9 @@ from celery import Celery
 # prints as its message (`not found [pokeapi GET … -> 404]`): Celery only rebuilds classes
 # of modules already imported, and shows any other as the tuple of its arguments.
 from apis import errors as _upstream_errors  # noqa: F401
-from ops.processes import (
-    Child,
-    StartupFailed,
-    find_redis_server,
-    spawn,
-    start_private_redis,
-    stop_children,
-    tail,
-    wait_until,
-)
+from ops.processes.children import Child, spawn, stop_children, tail
+from ops.processes.redis_server import find_redis_server, start_private_redis
+from ops.processes.waits import StartupFailed, wait_until
 from ops.producer import producer_app
 from sandbox.server import SandboxServer
 from tasks.keys import Keys

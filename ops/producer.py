@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from celery import Celery
 
+from brokers import broker_kind
+
 
 def producer_app(broker_url: str, backend_url: str, name: str = "producer") -> Celery:
     """A Celery client knowing only the broker and result backend URLs."""
@@ -25,7 +27,7 @@ def producer_app(broker_url: str, backend_url: str, name: str = "producer") -> C
         result_accept_content=["json"],
         broker_connection_retry_on_startup=True,
     )
-    if broker_url.startswith("amqp"):
+    if broker_kind(broker_url) == "amqp":
         # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html#using-quorum-queues
         app.conf.task_default_queue_type = "quorum"
         # A job sent before any worker or policy exists is still kept: the queue is

@@ -24,29 +24,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from ops.processes import (
+from ops.processes.children import (
     REPO_ROOT,
     Child,
     PrefixedOutput,
+    StopOptions,
+    spawn,
+    stop_children,
+)
+from ops.processes.ports import free_port, port_is_free
+from ops.processes.redis_server import (
     PrivateRedis,
     RedisUnusable,
-    StartupFailed,
-    StopOptions,
     find_redis_server,
-    free_port,
     leftover_redis_pid,
-    port_is_free,
-    redacted,
     redis_answers,
-    spawn,
     start_private_redis,
-    stop_children,
-    wait_until,
 )
+from ops.processes.waits import StartupFailed, wait_until
 from ops.producer import producer_app
 from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
 from settings import ConfigurationError, checked_settings, get_worker_settings, setting_names
 from settings.errors import USAGE_EXIT_CODE
+from telemetry.redact import masked_url
 
 RUN_DIR_ENV = "APIWORKER_RUN_DIR"
 #: The second shell's settings, in the run folder: `source .run/env`.
@@ -154,7 +154,7 @@ def run_dir() -> Path:
 
 def _no_redis_message(url: str) -> str:
     return (
-        f"No Redis: REDIS_URL ({redacted(url)}) does not answer PING and redis-server "
+        f"No Redis: REDIS_URL ({masked_url(url)}) does not answer PING and redis-server "
         "is not on PATH. Any one of these fixes it:\n"
         "  - install redis-server (Debian/Ubuntu: sudo apt-get install redis-server; "
         "macOS: brew install redis), and `make run` starts a private one under .run/\n"
@@ -175,7 +175,7 @@ def ensure_redis(out: PrefixedOutput, *, private: bool = False) -> Redis | None:
             else "REDIS_URL is not set and its default answers PING: the broker and results "
             "go there; --private-redis (make run ARGS=--private-redis) starts a private one"
         )
-        out.write(ME, f"Redis:  {redacted(url)} ({why})")
+        out.write(ME, f"Redis:  {masked_url(url)} ({why})")
         return Redis(url)
     binary = find_redis_server()
     if binary is None:
@@ -184,7 +184,7 @@ def ensure_redis(out: PrefixedOutput, *, private: bool = False) -> Redis | None:
     if private:
         out.write(ME, "--private-redis: not using REDIS_URL")
     else:
-        out.write(ME, f"REDIS_URL ({redacted(url)}) does not answer PING")
+        out.write(ME, f"REDIS_URL ({masked_url(url)}) does not answer PING")
     data_dir = run_dir() / "redis"
     leftover = leftover_redis_pid(data_dir)
     if leftover is not None:
@@ -271,9 +271,9 @@ def _announce_celery_urls(out: PrefixedOutput) -> None:
     """CELERY_BROKER_URL / CELERY_RESULT_BACKEND take precedence over REDIS_URL: say so."""
     settings = get_worker_settings()
     if settings.celery_broker_url:
-        out.write(ME, f"Broker: {redacted(settings.celery_broker_url)} (CELERY_BROKER_URL)")
+        out.write(ME, f"Broker: {masked_url(settings.celery_broker_url)} (CELERY_BROKER_URL)")
     if settings.celery_result_backend:
-        backend = redacted(settings.celery_result_backend)
+        backend = masked_url(settings.celery_result_backend)
         out.write(ME, f"Result backend: {backend} (CELERY_RESULT_BACKEND)")
 
 

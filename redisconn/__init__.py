@@ -6,7 +6,7 @@ failover, TLS or an ACL user is configured once and honoured everywhere.
 """
 
 from redisconn.factory import Topology, client, sentinel_for, topology
-from redisconn.settings import RedisSettings, RedisTarget, TlsFiles, masked_url
+from redisconn.settings import RedisSettings, RedisTarget, TlsFiles
 
 __all__ = [
     "RedisSettings",
@@ -14,7 +14,6 @@ __all__ = [
     "TlsFiles",
     "Topology",
     "client",
-    "masked_url",
     "sentinel_for",
     "topology",
 ]

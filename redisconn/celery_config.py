@@ -12,7 +12,6 @@ https://redbeat.readthedocs.io/en/latest/config.html
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -91,20 +90,6 @@ def connection_config(
         config["redis_backend_use_ssl"] = (tls or TlsFiles()).ssl_options()
     config.update(redbeat_config(target, retry_seconds=beat_retry_seconds))
     return CeleryConnection(config, broker_options, backend_options)
-
-
-def failover_order(url: str) -> str:
-    """A RabbitMQ failover list (`amqp://n1/v;amqp://n2/v;...`) in random order, so each
-    client tries a different node first; any other URL as it is.
-
-    kombu always connects to the list's first URL first, and its `shuffle` strategy
-    (`broker_failover_strategy`) only shuffles the URLs it falls back to: with every
-    client on URL 1, node 1 held every connection and led every queue its clients
-    declared. Shuffling the list spreads both."""
-    urls = url.split(";")
-    if len(urls) < 2 or not urls[0].lower().startswith("amqp"):
-        return url
-    return ";".join(random.sample(urls, len(urls)))
 
 
 def _wants_tls(url: str, target: RedisTarget) -> bool:

@@ -12,46 +12,15 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
+from telemetry.redact import masked_url
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_SENTINEL_PORT = 26379
-MASK = "***"
-
-
-#: Celery's failover form: several broker URLs in one string (`amqp://h1;amqp://h2`).
-FAILOVER_SEPARATOR = ";"
-
-
-def masked_url(url: str) -> str:
-    """`url` with its password replaced by a mask, so it can be printed or logged; in a
-    failover list (`amqp://a;amqp://b`) every URL's password."""
-    if FAILOVER_SEPARATOR in url:
-        return FAILOVER_SEPARATOR.join(masked_url(one) for one in url.split(FAILOVER_SEPARATOR))
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
-
-
-def url_passwords(url: str) -> list[str]:
-    """The password of every URL in `url` (a failover list included), to redact."""
-    found = []
-    for one in url.split(FAILOVER_SEPARATOR):
-        try:
-            password = urlsplit(one).password
-        except ValueError:  # not a URL: nothing to find
-            continue
-        if password:
-            found.append(password)
-    return found
 
 
 def parse_node(address: str) -> tuple[str, int]:

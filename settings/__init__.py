@@ -12,11 +12,9 @@ read it) and above the rooms whose sections it composes.
 
 from __future__ import annotations
 
-import importlib
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from apis.config import ApiSettings, budget_setting_names
+from apis.config import ApiSettings, budget_setting_names, upstream_settings_model
 from apis.config import get_settings as get_api_settings
 from redisconn.settings import RedisSettings
 from settings.errors import ConfigurationError, lines_of, merged
@@ -74,11 +72,8 @@ def upstream_sections() -> dict[str, type[BaseModel]]:
     upstream's name: their variables are checked at start like the sections' own."""
     found: dict[str, type[BaseModel]] = {}
     for upstream in all_upstreams():
-        if upstream.settings:
-            module, _, name = upstream.settings.partition(":")
-            model = getattr(importlib.import_module(module), name)
-            if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                raise TypeError(f"{upstream.settings} is not a settings model")
+        model = upstream_settings_model(upstream)
+        if model is not None:
             found[upstream.name] = model
     return found
 

@@ -21,8 +21,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, SecretStr, ValidationError
 
-from redisconn.settings import masked_url
-from telemetry.redact import MASK
+from telemetry.redact import MASK, masked_url
 
 #: The exit status of a usage error: a bad setting or option (as click's).
 USAGE_EXIT_CODE = 2

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from brokers import ALL_QUEUES, broker_kind
+from brokers import ALL_QUEUES, broker_kind, broker_scheme_supported, redis_broker_scheme
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
 
@@ -177,6 +177,11 @@ class WorkerSettings(RedisSettings):
 
     @model_validator(mode="after")
     def _broker_settings_fit_the_broker(self) -> WorkerSettings:
+        if self.celery_broker_url is None and not broker_scheme_supported(self.broker_url):
+            raise ValueError(
+                "REDIS_URL: this Redis cannot also be the broker (kombu has no transport for "
+                "its scheme); set CELERY_BROKER_URL to a redis://, rediss:// or amqp:// URL"
+            )
         kind = broker_kind(self.broker_url)
         given = {name.upper() for name in self.model_fields_set}
         foreign = sorted(given & (AMQP_ONLY if kind == "redis" else REDIS_ONLY))
@@ -267,8 +272,8 @@ class WorkerSettings(RedisSettings):
         None when the broker is not Redis."""
         if self.celery_broker_url is None:
             return self.redis
-        scheme = self.celery_broker_url.split("://", 1)[0].lower()
-        if scheme not in ("redis", "rediss", "unix"):
+        scheme = redis_broker_scheme(self.celery_broker_url)
+        if scheme is None:
             return None
         return RedisTarget.from_url(
             self.celery_broker_url, self.tls_files() if scheme == "rediss" else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -36,6 +37,51 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+#: Celery's failover form: several broker URLs in one string (`amqp://h1;amqp://h2`).
+FAILOVER_SEPARATOR = ";"
+
+
+def masked_url(url: str, *, span: bool = False) -> str:
+    """`url` fit to print, log or put on a span: its password masked (its user kept, as
+    the CLI shows which user connects), a user with no password (a token in the user
+    field) masked too, and every registered secret masked; in a failover list
+    (`amqp://a;amqp://b`) every URL's. The one URL mask of the service.
+
+    With `span`, any user information becomes `REDACTED:REDACTED`, as OpenTelemetry's
+    semantic conventions ask of `url.full`."""
+    if FAILOVER_SEPARATOR in url:
+        return FAILOVER_SEPARATOR.join(
+            masked_url(one, span=span) for one in url.split(FAILOVER_SEPARATOR)
+        )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # not a URL (a bad port): only the registered secrets to mask
+        return redact(url)
+    if span and "@" in parts.netloc:
+        url = urlunsplit(parts._replace(netloc=f"REDACTED:REDACTED@{host}"))
+    elif parts.password is not None:
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+    elif "@" in parts.netloc:
+        url = urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))
+    return redact(url)
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password of every URL in `url` (a failover list included), to redact."""
+    found = []
+    for one in url.split(FAILOVER_SEPARATOR):
+        try:
+            password = urlsplit(one).password
+        except ValueError:  # not a URL: nothing to find
+            continue
+        if password:
+            found.append(password)
+    return found
 
 
 def escape_controls(text: str) -> str:

@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from telemetry.redact import redact
+from telemetry.redact import masked_url
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
@@ -81,7 +81,7 @@ def start_attempt(service: str, method: str, url: str, resend_count: int) -> Spa
         "http.request.method": method,
         "server.address": parts.hostname or "",
         "server.port": port,
-        "url.full": safe_url(url),
+        "url.full": masked_url(url, span=True),
         "apiworker.upstream": service,
     }
     if resend_count:
@@ -113,15 +113,6 @@ def end_attempt(span: Span, outcome: str, exc: BaseException | None) -> None:
         span.set_attribute("error.type", error_type)
         span.set_status(Status(StatusCode.ERROR, error_type))
     span.end()
-
-
-def safe_url(url: str) -> str:
-    """`url` without user information and with every registered secret masked."""
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        host = parts.netloc.rsplit("@", 1)[1]
-        url = urlunsplit((parts.scheme, f"REDACTED:REDACTED@{host}", *parts[2:]))
-    return redact(url)
 
 
 def redis_span(name: str, connection: Mapping[str, Any], **attributes: Any) -> Any:

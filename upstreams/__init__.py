@@ -18,9 +18,32 @@ import threading
 from dataclasses import dataclass
 from importlib import metadata
 
-__all__ = ["BUILT_IN", "ENTRY_POINT_GROUP", "Upstream", "all_upstreams", "queue_names", "register"]
+__all__ = [
+    "BUILT_IN",
+    "ENTRY_POINT_GROUP",
+    "Periodic",
+    "Upstream",
+    "all_upstreams",
+    "queue_names",
+    "register",
+]
 
 ENTRY_POINT_GROUP = "apiworker.upstreams"
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """One periodic job of an upstream: beat sends `task` every `interval_setting` seconds
+    (0: never), once the upstream is configured (its base URL, and its token if its
+    client needs one)."""
+
+    #: The beat entry's name.
+    name: str
+    #: The task's public name.
+    task: str
+    #: The variable of its interval in seconds (a field of the worker's settings, or of
+    #: the upstream's own settings model).
+    interval_setting: str
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,8 @@ class Upstream:
     #: whose variables are not fields of the built-in sections: validated at start with
     #: every other setting (settings.checked_settings), one line per bad variable.
     settings: str = ""
+    #: Its periodic jobs, which the beat schedule (worker/beat.py) is built from.
+    periodic: tuple[Periodic, ...] = ()
 
     @property
     def queue(self) -> str:
@@ -92,6 +117,13 @@ BUILT_IN = (
         description="PokeAPI v2",
         rate_limit_setting="POKEAPI_RATE_LIMIT",
         result_kinds=("pokemon",),
+        periodic=(
+            Periodic(
+                "refresh-pokemon-catalog",
+                "tasks.pokemon.refresh_catalog",
+                "POKEMON_REFRESH_INTERVAL",
+            ),
+        ),
     ),
     Upstream(
         name="cms",
@@ -101,6 +133,7 @@ BUILT_IN = (
         description="the headless CMS",
         rate_limit_setting="CMS_RATE_LIMIT",
         result_kinds=("article",),
+        periodic=(Periodic("sync-cms-articles", "tasks.cms.sync_articles", "CMS_SYNC_INTERVAL"),),
     ),
     Upstream(
         name="semaphore",
@@ -110,6 +143,13 @@ BUILT_IN = (
         description="Semaphore CI, API v1alpha",
         rate_limit_setting="SEMAPHORE_RATE_LIMIT",
         result_kinds=("semaphore-pipelines", "semaphore-projects"),
+        periodic=(
+            Periodic(
+                "sync-semaphore-pipelines",
+                "tasks.semaphore.sync_all_projects",
+                "SEMAPHORE_SYNC_INTERVAL",
+            ),
+        ),
     ),
 )
 

@@ -10,14 +10,12 @@ import sys
 
 from celery import Celery
 
-from brokers import DEFAULT_QUEUE, QUEUES, broker_module, redis_transport
-from redisconn.celery_config import failover_order
-from redisconn.settings import url_passwords
+from brokers import DEFAULT_QUEUE, QUEUES, broker_module, failover_order, redis_transport
 from settings import ConfigurationError, checked_settings
 from settings.errors import USAGE_EXIT_CODE
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
-from telemetry.redact import register_secret
+from telemetry.redact import register_secret, url_passwords
 from worker import admission, result_backend, result_repr
 from worker.beat import beat_schedule
 
@@ -36,9 +34,11 @@ otel.check_installed()
 
 broker = broker_module(settings.broker_url)
 broker_conf = broker.celery_conf(settings)
-# Redis URLs take messages with the reliable fetch (brokers/redis_transport.py); a job it
-# parks leaves a failure record (worker/consumer.py).
-redis_transport.install()
+# A Redis broker takes messages with the reliable fetch (brokers/redis_transport.py); a
+# job it parks leaves a failure record (worker/consumer.py). On RabbitMQ, kombu's aliases
+# stay as they are.
+if broker.KIND == "redis":
+    redis_transport.install()
 # ... and leaves an upstream's jobs in the broker while its budget is held.
 admission.install()
 # Redis and broker passwords (every URL of a failover list) are masked in every log line,

@@ -12,7 +12,7 @@ from redis.retry import Retry
 
 import redisconn
 from apis.breaker import state_keys
-from brokers import DEFAULT_QUEUE, QUEUES, Broker, open_broker
+from brokers import DEFAULT_QUEUE, QUEUES, Broker, open_broker, reads_queue_depths
 from settings import get_worker_settings
 from tasks.keys import Keys
 from telemetry.backlog import BacklogCollector, QueueDepthReader
@@ -33,7 +33,7 @@ class BrokerQueueDepths:
 def queue_depth_reader(broker_url: str, key_prefix: str = "") -> QueueDepthReader | None:
     """The reader for this broker, or None when there is none (Sentinel URLs: the
     master is found by the worker's transport, not by a scrape)."""
-    if broker_url.split("://", 1)[0].lower() == "sentinel":
+    if not reads_queue_depths(broker_url):
         return None
     return BrokerQueueDepths(open_broker(broker_url, redis_key_prefix=key_prefix))
 

@@ -21,6 +21,8 @@ from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 
+from brokers import redis_result_backend
+
 # KEYS[1] the result key; ARGV[1] the encoded meta, ARGV[2] its expiry in seconds (0: none).
 _STORE_UNLESS_SUCCEEDED = """
 local current = redis.call('GET', KEYS[1])
@@ -83,6 +85,6 @@ class OneRoundTripRedisBackend(RedisBackend):  # type: ignore[misc]
 
 def backend_class(url: str | None) -> type[RedisBackend] | None:
     """The backend class for the app's result backend URL; None leaves Celery's choice."""
-    if url and url.partition("://")[0] in ("redis", "rediss"):
+    if redis_result_backend(url):
         return OneRoundTripRedisBackend
     return None

@@ -6,15 +6,14 @@ variables, read afresh on every invocation rather than from the process-wide cac
 so a command always talks to the Redis it was pointed at.
 
 One module per command group: `enqueue`, `result`, `follow`, `failures`, `queues`,
-`top`, `dead_letters`, `health`, `migrate-keys` (and `rabbitmq`, in
-`ops/rabbitmq_cli.py`); the group itself and what they share is `base`.
+`top`, `dead_letters`, `health`, `migrate-keys`, `rabbitmq`; the group itself and what
+they share is `base`.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ops import rabbitmq_cli
 from ops.cli import (
     dead_letters,
     enqueue,
@@ -23,10 +22,11 @@ from ops.cli import (
     health,
     migrate_keys,
     queues,
+    rabbitmq,
     result,
     top,
 )
-from ops.cli.base import PUBLIC_TASKS, cli, safe_url
+from ops.cli.base import PUBLIC_TASKS, cli
 from ops.cli.enqueue import check_call
 
 __all__ = [
@@ -41,12 +41,12 @@ __all__ = [
     "main",
     "migrate_keys",
     "queues",
+    "rabbitmq",
     "result",
-    "safe_url",
     "top",
 ]
 
-cli.add_command(rabbitmq_cli.rabbitmq)
+cli.add_command(rabbitmq.rabbitmq)
 
 
 def main() -> None:

@@ -34,13 +34,12 @@ from brokers import (
     broker_module,
     open_broker,
 )
-from ops.processes import redacted
 from redisconn import RedisTarget
 from settings import ConfigurationError, WorkerSettings, checked_settings
 from settings.errors import USAGE_EXIT_CODE, lines_of
 from tasks.keys import Keys
 from tasks.messages import SENDER_CONF, TASK_MODULES
-from telemetry.redact import redact
+from telemetry.redact import masked_url, redact
 
 
 def public_tasks() -> dict[str, tuple[str, ...]]:
@@ -107,10 +106,6 @@ def fail(message: str) -> NoReturn:
 
 def json_line(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-#: The URL with any password masked, so output can be pasted into a ticket.
-safe_url = redacted
 
 
 def sender_app(settings: WorkerSettings) -> Celery:
@@ -206,7 +201,7 @@ class Services:
         if target is not None and target.url is not None:
             parts = urlsplit(target.url)
             address = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else None
-        url = target.describe() if target is not None else safe_url(self.settings.broker_url)
+        url = target.describe() if target is not None else masked_url(self.settings.broker_url)
         return Endpoint("the broker", url, self.broker_source, address)
 
     def results_endpoint(self) -> Endpoint:

@@ -16,6 +16,7 @@ from redis.retry import Retry
 
 from brokers import (
     ALL_QUEUES,
+    redis_result_backend,
 )
 from ops.cli import progress
 from ops.cli.base import (
@@ -189,7 +190,7 @@ def reachable_or_fail(services: Services, timeout: float = 5.0) -> None:
     end in a traceback."""
     services.broker().ping(timeout)
     backend = services.settings.result_backend
-    if backend.split("://", 1)[0] in ("redis", "rediss", "unix"):
+    if redis_result_backend(backend):
         no_retry = Retry(NoBackoff(), 0)
         client = services.redis(
             backend, source=services.backend_source, socket_timeout=timeout, retry=no_retry

@@ -32,24 +32,38 @@ def newest_id(client: redis.Redis, stream: str) -> str:
     return top[0][0] if top else "0-0"
 
 
-def read_stream(client: redis.Redis, stream: str, after: str, block: int) -> Iterator[Entry]:
+#: The most entries one read asks for.
+READ_BATCH = 100
+
+
+def read_stream(
+    client: redis.Redis, stream: str, after: str, block: int, batch: int = READ_BATCH
+) -> Iterator[Entry]:
     while True:
-        for entry in entries_of(client.xread({stream: after}, count=100, block=block)):
+        for entry in entries_of(client.xread({stream: after}, count=batch, block=block)):
             after = entry[0]
             yield entry
 
 
 def read_group(
-    client: redis.Redis, stream: str, group: str, consumer: str, *, from_start: bool, block: int
+    client: redis.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    *,
+    from_start: bool,
+    block: int,
+    batch: int = READ_BATCH,
 ) -> Iterator[Entry]:
-    """This consumer's unacknowledged entries first (a crash left them), then new ones."""
+    """This consumer's unacknowledged entries first (a crash left them), then new ones;
+    at most `batch` a read, so a reader that stops after N events claims no more."""
     ensure_group(client, stream, group, from_start=from_start)
     pending = "0"
-    while batch := entries_of(client.xreadgroup(group, consumer, {stream: pending}, count=100)):
-        yield from batch
-        pending = batch[-1][0]
+    while found := entries_of(client.xreadgroup(group, consumer, {stream: pending}, count=batch)):
+        yield from found
+        pending = found[-1][0]
     while True:
-        reply = client.xreadgroup(group, consumer, {stream: ">"}, count=100, block=block)
+        reply = client.xreadgroup(group, consumer, {stream: ">"}, count=batch, block=block)
         yield from entries_of(reply)
 
 
@@ -69,6 +83,7 @@ def read_partitions(
     consumer: str,
     from_start: bool,
     block: int,
+    batch: int = READ_BATCH,
 ) -> Iterator[tuple[str, Entry]]:
     """Every partition stream in turn (tasks/keys.py), as a reader of a Redis Cluster
     must: one XREAD or XREADGROUP per stream, since a command's keys share one slot.
@@ -85,18 +100,19 @@ def read_partitions(
         found = False
         for stream in streams:
             if group:
-                reply = client.xreadgroup(group, consumer, {stream: after[stream]}, count=100)
-                batch = entries_of(reply)
-                if not batch and after[stream] != ">":
+                reply = client.xreadgroup(group, consumer, {stream: after[stream]}, count=batch)
+                found_here = entries_of(reply)
+                if not found_here and after[stream] != ">":
                     after[stream] = ">"
-                    batch = entries_of(client.xreadgroup(group, consumer, {stream: ">"}, count=100))
-                elif batch and after[stream] != ">":
-                    after[stream] = batch[-1][0]
+                    reply = client.xreadgroup(group, consumer, {stream: ">"}, count=batch)
+                    found_here = entries_of(reply)
+                elif found_here and after[stream] != ">":
+                    after[stream] = found_here[-1][0]
             else:
-                batch = entries_of(client.xread({stream: after[stream]}, count=100))
-                if batch:
-                    after[stream] = batch[-1][0]
-            for entry in batch:
+                found_here = entries_of(client.xread({stream: after[stream]}, count=batch))
+                if found_here:
+                    after[stream] = found_here[-1][0]
+            for entry in found_here:
                 found = True
                 yield stream, entry
         if not found:
@@ -143,17 +159,29 @@ def follow(
     client = services.results()
     streams = services.keys.all_events
     name = consumer or socket.gethostname()
+    # A group's reader claims only what it will print: entries read past --count would
+    # stay pending on this consumer until its next run.
+    batch = min(READ_BATCH, count) if count is not None else READ_BATCH
     entries: Iterator[tuple[str, Entry]]
     if len(streams) > 1:
         entries = read_partitions(
-            client, streams, group=group, consumer=name, from_start=from_start, block=block
+            client,
+            streams,
+            group=group,
+            consumer=name,
+            from_start=from_start,
+            block=block,
+            batch=batch,
         )
     elif group:
-        one = read_group(client, streams[0], group, name, from_start=from_start, block=block)
+        one = read_group(
+            client, streams[0], group, name, from_start=from_start, block=block, batch=batch
+        )
         entries = ((streams[0], entry) for entry in one)
     else:
         after = "0-0" if from_start else newest_id(client, streams[0])
-        entries = ((streams[0], entry) for entry in read_stream(client, streams[0], after, block))
+        one = read_stream(client, streams[0], after, block, batch)
+        entries = ((streams[0], entry) for entry in one)
     printed = 0
     try:
         for stream, (entry_id, fields) in entries:

@@ -20,17 +20,16 @@ from apis.config import RetryPolicy
 from brokers import (
     BrokerError,
 )
-from ops import rabbitmq_cli
+from ops.cli import rabbitmq
 from ops.cli.base import (
     ConfigError,
     Services,
     broker_words,
     cli,
     echo_table,
-    safe_url,
 )
 from redisconn import RedisTarget
-from telemetry.redact import redact
+from telemetry.redact import masked_url, redact
 
 
 @dataclass(frozen=True)
@@ -157,19 +156,19 @@ def probe_upstream(
         return Check(cls.service, False, redact(f"{type(exc).__name__}: {exc}"))
     finally:
         client.close()
-    return Check(cls.service, True, safe_url(config.base_url))
+    return Check(cls.service, True, masked_url(config.base_url))
 
 
 def cluster_checks(services: Services) -> list[Check]:
     """A RabbitMQ cluster's nodes (which are down) and each queue's leader and members."""
     try:
-        view = rabbitmq_cli.cluster_view(services.broker())
+        view = rabbitmq.cluster_view(services.broker())
     except BrokerError as exc:
         return [Check("cluster", False, str(exc))]
     if view is None:
         return []
-    ok, detail = rabbitmq_cli.node_line(view)
-    lines = rabbitmq_cli.queue_lines(view, services.settings.broker_delivery_limit)
+    ok, detail = rabbitmq.node_line(view)
+    lines = rabbitmq.queue_lines(view, services.settings.broker_delivery_limit)
     return [Check("cluster", ok, detail), *(Check("queue", ok, line) for ok, line in lines)]
 
 

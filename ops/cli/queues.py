@@ -9,7 +9,7 @@ from rich.table import Table
 from brokers import (
     ALL_QUEUES,
 )
-from ops import rabbitmq_cli
+from ops.cli import rabbitmq
 from ops.cli.base import (
     Services,
     cli,
@@ -43,7 +43,7 @@ def queues(services: Services) -> None:
         )
     echo_table(table)
     # On a RabbitMQ cluster (with its management API): the nodes, each queue's replicas.
-    if view := rabbitmq_cli.cluster_view(services.broker()):
-        click.echo(f"\nnodes: {rabbitmq_cli.node_line(view)[1]}")
-        for _, line in rabbitmq_cli.queue_lines(view):
+    if view := rabbitmq.cluster_view(services.broker()):
+        click.echo(f"\nnodes: {rabbitmq.node_line(view)[1]}")
+        for _, line in rabbitmq.queue_lines(view):
             click.echo(line)

@@ -38,7 +38,7 @@ def top(services: Services, once: bool, interval: float, metrics_urls: tuple[str
         breaker_prefix=services.settings.result_key_prefix,
         services=[upstream.name for upstream in all_upstreams() if upstream.breaker],
         metrics_urls=metrics_urls,
-        budgets={u.name: api.rate_limit_policy(u.name).rate for u in all_upstreams()},
+        budgets={u.name: api.rate_limit_policy(u).rate for u in all_upstreams()},
     )
     title = f"apiworker top: {services.broker().display_url}"
     run_top(fleet, title=title, once=once, interval=interval)

@@ -19,10 +19,11 @@ import redis
 from celery import Celery
 
 from brokers import ALL_QUEUES, open_broker
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from sandbox.pokeapi import load_catalogue
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.rabbitmq import RabbitServer
 
 SCALE = float(os.environ.get("CHAOS_SCALE", "1"))

@@ -42,13 +42,14 @@ from click.testing import CliRunner
 from brokers import ALL_QUEUES
 from brokers.amqp import APP_PERMISSION_PATTERN
 from ops.cli import cli
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.chaos.conftest import pokemon_names, scaled
 from tests.chaos.test_rabbit_stress import runs
 from tests.chaos.test_worker_killed import calls_per_name, settled_calls
 from tests.conftest import skip_without_rabbitmq
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.rabbit_cluster import RabbitCluster
 from tests.support.rabbitmq import RabbitUnavailable, vhost_of
 from tests.support.redis_server import free_port

@@ -23,12 +23,13 @@ import redis
 import requests
 
 from brokers import ALL_QUEUES, dead_letter_queue
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.chaos.conftest import Deployment, pokemon_names
 from tests.chaos.test_worker_killed import calls_per_name, settled_calls
 from tests.conftest import skip_without_rabbitmq
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.rabbitmq import RabbitNode, RabbitServer, RabbitUnavailable, vhost_of
 
 FETCH = "tasks.pokemon.fetch_pokemon"

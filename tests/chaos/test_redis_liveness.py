@@ -32,8 +32,9 @@ import pytest
 import redis
 
 from brokers import redis_scripts as keys
+from ops.processes.worker import WorkerProcess
 from tests.chaos.conftest import FETCH, Deployment, pokemon_names
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.broker("redis")

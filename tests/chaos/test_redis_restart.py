@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from brokers import ALL_QUEUES, open_broker
+from ops.processes.worker import WorkerProcess
 from tests.chaos.conftest import FETCH, Deployment, pokemon_names, scaled
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.redis_server import RedisServer
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"

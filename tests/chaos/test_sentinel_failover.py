@@ -28,10 +28,11 @@ from redis.sentinel import Sentinel
 
 from brokers.redis_scripts import HOLDERS, INHAND_PREFIX
 from ops.cli import cli
+from ops.processes.worker import WorkerProcess
 from sandbox.pokeapi import load_catalogue
 from tests.chaos.conftest import FAILURES, FETCH, pokemon_names, scaled
 from tests.integration.conftest import worker_environment
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.rabbitmq import RabbitServer
 from tests.support.redis_server import RedisServer
 from tests.support.sentinel import MASTER_NAME, SentinelDeployment

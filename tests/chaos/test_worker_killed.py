@@ -24,11 +24,12 @@ from typing import Any
 
 import redis
 
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from settings import WorkerSettings
 from tests.chaos.conftest import scaled
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.run_process import RunProcess, clean_env, group_exists
 
 INDEX = json.loads(

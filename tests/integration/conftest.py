@@ -17,8 +17,8 @@ from celery import Celery
 from kombu import transport as kombu_transport
 
 from brokers import redis_transport
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
-from tests.support.celery_worker import WorkerProcess
 from tests.support.redis_server import RedisServer, free_port
 
 

@@ -16,8 +16,9 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 from ops.cli import cli
+from ops.processes.worker import WorkerProcess
 from tests.integration.conftest import with_db
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.rabbitmq import RabbitServer
 from tests.support.redis_server import free_port
 
@@ -259,8 +260,10 @@ def test_follow_prints_only_new_events(
 def test_follow_with_a_group_acknowledges_what_it_printed(
     run: Run, producer: Celery, results: redis.Redis
 ) -> None:
-    """--group creates the group and XACKs each printed event."""
+    """--group creates the group and XACKs each printed event, and claims no event past
+    --count: the second job's event is left for the group, not pending on c1."""
     producer.send_task(FETCH, args=["charizard"]).get(timeout=TIMEOUT)
+    producer.send_task(FETCH, args=["pikachu"]).get(timeout=TIMEOUT)
     outcome = run("follow", "--group", "ops", "--consumer", "c1", "--from-start", "--count", "1")
     assert outcome.exit_code == 0
     assert json.loads(outcome.stdout)["key"] == "pokemon:charizard"

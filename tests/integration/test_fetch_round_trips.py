@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import redis
 
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from sandbox.pokeapi import load_catalogue
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 
 JOBS = 300
 

@@ -20,7 +20,8 @@ from celery import Celery
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from ops.processes.worker import WorkerProcess
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import free_port
 
 USER, PASSWORD = "ops", "s3cret-flower"

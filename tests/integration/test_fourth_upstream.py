@@ -26,9 +26,10 @@ import pytest
 import redis
 import requests
 
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ import requests
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.celery_worker import WorkerProcess, wait_for
+from ops.processes.worker import WorkerProcess
+from tests.support.celery_worker import wait_for
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 

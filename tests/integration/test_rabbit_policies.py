@@ -16,7 +16,7 @@ from brokers import ALL_QUEUES
 from brokers.amqp import AmqpBroker, amqp_queue
 from brokers.rabbitmq_api import ManagementApi
 from ops.cli import cli
-from ops.rabbitmq_cli import queue_lines
+from ops.cli.rabbitmq import queue_lines
 from tests.support.celery_worker import wait_for
 from tests.support.rabbitmq import RabbitServer
 
@@ -72,12 +72,16 @@ def test_apply_policy_decodes_the_vhost_and_health_fails_an_overriding_policy(
         {"pattern": ".*", "apply-to": "queues", "priority": 99,
          "definition": {"max-length": 100_000}},
     )  # fmt: skip
-    failing = wait_for(
-        lambda: [line for ok, line in lines() if not ok and "operator-catch-all" in line],
+
+    def failing() -> list[str]:
+        return [line for ok, line in lines() if not ok and "operator-catch-all" in line]
+
+    # Each queue shows the policy at its own next statistics sample: wait for all of them.
+    wait_for(
+        lambda: len(failing()) == len(ALL_QUEUES),
         timeout=15,
         what="every queue failing under the overriding policy",
     )
-    assert len(failing) == len(ALL_QUEUES), failing
 
     def health() -> str | None:
         done = CliRunner().invoke(cli, ["health", "--timeout", "5"], env=env)

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import redis
 
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.integration.conftest import worker_environment
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import RedisServer
 
 README = (REPO_ROOT / "README.md").read_text()

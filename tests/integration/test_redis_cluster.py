@@ -27,6 +27,7 @@ from apis.breaker import CircuitBreaker
 from apis.budget import Budget
 from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
 from ops.cli import cli
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from settings import WorkerSettings
 from tasks.keys import Keys
@@ -34,7 +35,7 @@ from tasks.runtime import Runtime
 from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.integration.conftest import worker_environment
 from tests.integration.test_readers import reader
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.redis_cluster import PrivateCluster
 
 PARTITIONS = 16

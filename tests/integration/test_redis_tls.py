@@ -21,8 +21,9 @@ import trustme
 from celery import Celery
 
 import redisconn
+from ops.processes.worker import WorkerProcess
 from tests.integration.conftest import worker_environment
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import RedisServer, free_port
 
 

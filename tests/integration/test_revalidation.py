@@ -15,9 +15,10 @@ import redis
 import requests
 from celery import Celery
 
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.redis_server import free_port
 
 FETCH = "tasks.pokemon.fetch_pokemon"

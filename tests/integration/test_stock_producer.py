@@ -15,9 +15,10 @@ import redis
 from celery.signals import before_task_publish
 from kombu import Connection, Exchange, Queue
 
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 #: Where Celery sends a countdown on quorum queues (kombu.transport.native_delayed_delivery).

@@ -24,8 +24,9 @@ from click.testing import CliRunner
 from apis.budget import Budget, budget_keys
 from apis.config import RateLimitPolicy, UpstreamConfig
 from ops.cli import cli
+from ops.processes.worker import WorkerProcess
 from sandbox.pokeapi import load_catalogue
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess, wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 APIWORKER = Path(sys.executable).with_name("apiworker")

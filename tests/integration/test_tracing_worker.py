@@ -14,9 +14,10 @@ from click.testing import CliRunner
 
 from apis.config import ApiSettings
 from ops.cli import cli
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 from tests.support.otlp_collector import ExportedSpan, OtlpCollector
 
 TOKEN = "trace-test-token-41c7e2"

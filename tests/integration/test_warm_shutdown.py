@@ -12,9 +12,10 @@ import pytest
 import redis
 
 from brokers import ALL_QUEUES, open_broker
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 NAMES = ["bulbasaur", "ivysaur", "venusaur", "charmander"]

@@ -10,8 +10,9 @@ import redis
 from celery import Celery
 
 from apis.config import ApiSettings
+from ops.processes.worker import WorkerProcess
 from settings import WorkerSettings
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 
 CHARIZARD = {
     "id": 6,

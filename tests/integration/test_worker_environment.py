@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from apis.config import ApiSettings
+from ops.processes.worker import WorkerProcess
 from settings import WorkerSettings, setting_names
 from tests.integration.conftest import SUITE_OVERRIDES, worker_environment
-from tests.support.celery_worker import REPO_ROOT, WorkerProcess
+from tests.support.celery_worker import REPO_ROOT
 
 WIRING = {
     "REDIS_URL",

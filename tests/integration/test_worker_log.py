@@ -10,9 +10,10 @@ import pytest
 import redis
 from celery import Celery
 
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.integration.conftest import worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 
 FETCH = "tasks.pokemon.fetch_pokemon"
 TIMEOUT = 60

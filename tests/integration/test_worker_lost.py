@@ -8,9 +8,10 @@ from typing import Any
 
 import redis
 
+from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
-from tests.support.celery_worker import WorkerProcess, wait_for
+from tests.support.celery_worker import wait_for
 
 
 def test_a_job_in_flight_survives_sigkill_of_its_worker(

@@ -41,14 +41,12 @@ a hundred lines) stays.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -61,6 +59,7 @@ import requests
 
 from brokers.amqp import APP_PERMISSION_PATTERN, apply_policies
 from brokers.rabbitmq_api import ManagementApi
+from ops.processes.children import popen
 from tests.support.redis_server import free_port
 
 RABBITMQCTL_TIMEOUT = 60
@@ -96,18 +95,6 @@ def rabbit_script(name: str) -> str:
     if resolved.name == "rabbitmq-script-wrapper":  # Debian's: the real one sits beside it
         return str(resolved.parent / name)
     return found
-
-
-# Looked up here, not in the forked child, where another thread may hold a lock.
-_PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform == "linux" else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the pytest process dies, so a killed run
-    leaves no node behind (Linux; elsewhere the fixture's teardown alone stops it)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class RabbitNode:
@@ -212,10 +199,10 @@ class RabbitNode:
         From the main thread: the node gets SIGTERM when the thread that started it ends
         (Linux's parent-death signal follows the thread)."""
         with (self.dir / "stdout.log").open("ab") as log:
-            self.process = subprocess.Popen(
+            # Its own session, and the harness's parent-death signal (ops/processes/).
+            self.process = popen(
                 [self.server_script], cwd=self.dir, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent,
+                stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:

@@ -1,4 +1,4 @@
-"""A private, disposable redis-server for the suite (ops/processes.py starts it).
+"""A private, disposable redis-server for the suite (ops/processes/redis_server.py starts it).
 
 Tests must never touch a shared Redis (another service's data lives there), and some
 tests kill and restart the server on purpose, so each suite run owns its instance.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import subprocess
 
-from ops.processes import DisposableRedis, free_port, stop_process
+from ops.processes.children import stop_process
+from ops.processes.ports import free_port
+from ops.processes.redis_server import DisposableRedis
 
 __all__ = ["RedisServer", "free_port", "terminate"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from ops.processes import popen
+from ops.processes.children import popen
 from tests.support.celery_worker import wait_for
 from tests.support.redis_server import RedisServer, free_port, terminate
 

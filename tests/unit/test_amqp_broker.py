@@ -10,12 +10,11 @@ from celery import Celery
 from kombu import Producer
 from pydantic import ValidationError
 
-from brokers import ALL_QUEUES
+from brokers import ALL_QUEUES, failover_order
 from brokers.amqp import AMQP_CLASS, CONFIRM_TIMEOUT, _vhost_of, queue_policies
 from brokers.base import BrokerError, ClusterView, NodeState, QueueReplicas
 from brokers.rabbitmq_api import ManagementApi
-from ops.rabbitmq_cli import queue_lines
-from redisconn.celery_config import failover_order
+from ops.cli.rabbitmq import queue_lines
 from settings import WorkerSettings
 
 NODES = tuple(NodeState(f"rabbit@n{index}", True) for index in range(1, 4))

@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import pytest
+from pydantic_settings import BaseSettings
 
-from apis import reset_clients
+from apis import ApiClient, reset_clients
 from settings import WorkerSettings
+from upstreams import BUILT_IN, Periodic, Upstream
 from worker.beat import beat_schedule
+
+
+class TideAPI(ApiClient):
+    """An upstream added from outside, for the schedule alone."""
+
+    service = "tides"
+
+
+class TideSettings(BaseSettings):
+    tides_base_url: str | None = None
+    tides_sync_interval: float = 0.0
+
+
+TIDES = Upstream(
+    name="tides",
+    client=f"{__name__}:TideAPI",
+    tasks="tides.tasks",
+    base_url_setting="TIDES_BASE_URL",
+    settings=f"{__name__}:TideSettings",
+    periodic=(Periodic("sync-tides", "tides.tasks.sync", "TIDES_SYNC_INTERVAL"),),
+)
 
 
 @pytest.fixture
@@ -58,3 +81,15 @@ def test_every_periodic_job_is_bulk_for_its_budget() -> None:
     assert schedule
     for entry in schedule.values():
         assert entry["options"]["headers"] == {"apiworker_class": "bulk"}
+
+
+def test_an_upstream_entry_brings_its_own_periodic_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No line of worker/beat.py names an upstream: the entry's job, at the interval its
+    own settings model reads, once its base URL is set."""
+    monkeypatch.setenv("TIDES_SYNC_INTERVAL", "45")
+    assert "sync-tides" not in beat_schedule(WorkerSettings(), (*BUILT_IN, TIDES))
+    monkeypatch.setenv("TIDES_BASE_URL", "http://127.0.0.1:1/tides")
+    schedule = beat_schedule(WorkerSettings(), (*BUILT_IN, TIDES))
+    assert schedule["sync-tides"]["task"] == "tides.tasks.sync"
+    assert schedule["sync-tides"]["schedule"].total_seconds() == 45
+    assert "refresh-pokemon-catalog" in schedule

@@ -11,7 +11,8 @@ import pytest
 import tasks.cms
 import tasks.pokemon
 import tasks.semaphore
-from ops.cli import PUBLIC_TASKS, check_call, safe_url
+from ops.cli import PUBLIC_TASKS, check_call
+from telemetry.redact import masked_url
 from worker.app import app
 
 TASK_MODULES = (tasks.cms, tasks.pokemon, tasks.semaphore)  # importing them registers the tasks
@@ -60,8 +61,8 @@ def test_check_call_refuses_what_the_worker_could_not_run(
         check_call(task, args, kwargs)
 
 
-def test_safe_url_masks_only_the_password() -> None:
+def test_masked_url_masks_only_the_password() -> None:
     """A Redis password never reaches the output; the rest of the URL does."""
-    assert safe_url("redis://:s3cret@cache:6380/1") == "redis://:***@cache:6380/1"
-    assert safe_url("redis://user:s3cret@cache/0") == "redis://user:***@cache/0"
-    assert safe_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    assert masked_url("redis://:s3cret@cache:6380/1") == "redis://:***@cache:6380/1"
+    assert masked_url("redis://user:s3cret@cache/0") == "redis://user:***@cache/0"
+    assert masked_url("redis://cache:6379/0") == "redis://cache:6379/0"

@@ -9,10 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from apis.config import ApiSettings
-from redisconn import RedisTarget, masked_url
+from redisconn import RedisTarget
 from redisconn.celery_config import connection_config
-from redisconn.settings import url_passwords
 from settings import WorkerSettings
+from telemetry.redact import masked_url, url_passwords
+from upstreams import BUILT_IN
 
 SENTINELS = {
     "redis_sentinels": "10.0.0.1:26379, 10.0.0.2:26380,10.0.0.3",
@@ -137,7 +138,7 @@ def test_passwords_never_show_in_reprs_or_descriptions() -> None:
 def test_the_api_layer_shares_the_workers_redis_through_sentinel() -> None:
     """The breakers' and rate limits' Redis is the same Sentinel target."""
     api = ApiSettings(**SENTINELS)  # type: ignore[arg-type]
-    upstream = api.upstream("pokeapi", base_url="http://x/api", base_url_setting="POKEAPI_BASE_URL")
+    upstream = api.upstream(BUILT_IN[0])
     assert upstream.state_redis == sentinel_target()
     assert ApiSettings(redis_url="").resolve_redis() is None
 

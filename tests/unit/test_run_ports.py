@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from ops.processes import port_is_free
+from ops.processes.ports import port_is_free
 
 
 def _listener() -> socket.socket:

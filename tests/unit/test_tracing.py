@@ -32,7 +32,7 @@ from telemetry.otel import (
     check_installed,
     configured,
 )
-from telemetry.redact import register_secret
+from telemetry.redact import masked_url, register_secret
 from tests.support.spans import RecordedSpans, recorded_spans
 
 
@@ -71,11 +71,18 @@ def test_tracing_is_on_only_when_otel_variables_ask_for_an_exporter(
     assert configured(environ) is on
 
 
-def test_url_full_drops_user_information_and_masks_secrets() -> None:
-    """A URL never carries credentials into a span."""
+def test_url_full_masks_credentials_and_secrets() -> None:
+    """A URL never carries credentials into a span: the service's one URL mask, with the
+    user information as OpenTelemetry's conventions write it on a span."""
     register_secret("url-secret-8c2f")
-    url = tracing.safe_url("https://user:pw@api.test/x?key=url-secret-8c2f")
-    assert url == "https://REDACTED:REDACTED@api.test/x?key=***"
+    url = masked_url("https://user:pw@api.test/x?key=url-secret-8c2f")
+    assert url == "https://user:***@api.test/x?key=***"
+    assert masked_url("https://tok3n-as-user@api.test/x") == "https://***@api.test/x"
+    on_span = masked_url("https://user:pw@api.test/x?key=url-secret-8c2f", span=True)
+    assert on_span == "https://REDACTED:REDACTED@api.test/x?key=***"
+    assert masked_url("https://tok3n-as-user@api.test/x", span=True) == (
+        "https://REDACTED:REDACTED@api.test/x"
+    )
 
 
 def test_a_results_write_is_a_redis_client_span_under_the_job(

@@ -39,6 +39,6 @@ def test_rate_limits_are_read_from_the_settings_the_entry_names(
     """POKEAPI_RATE_LIMIT (and _BURST) set the pokeapi bucket, and so on."""
     monkeypatch.setenv(upstream.rate_limit_setting, "2.5")
     monkeypatch.setenv(f"{upstream.rate_limit_setting}_BURST", "7")
-    policy = ApiSettings().rate_limit_policy(upstream.name)
+    policy = ApiSettings().rate_limit_policy(upstream)
     assert (policy.rate, policy.burst) == (2.5, 7)
-    assert ApiSettings().rate_limit_policy("unknown").rate == 0.0
+    assert ApiSettings().rate_limit_policy(None).rate == 0.0
