@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from tasks.keys import Keys
 from tasks.single_flight import JobStart, SingleFlightBusy, fetch_once, job_began_at
@@ -26,6 +27,12 @@ def redis_ms(store: ResultStore) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+def single_flight_waits() -> float:
+    return (
+        REGISTRY.get_sample_value("apiworker_single_flight_waits_total", {"kind": "pokemon"}) or 0.0
+    )
+
+
 def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str) -> None:
     """Twenty threads, max_age 0: one fetch, every caller gets its result."""
     store = make_store(redis_url)
@@ -37,7 +44,7 @@ def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str
         nonlocal calls
         with lock:
             calls += 1
-        gate.wait(2)  # hold the lock while the others pile up
+        assert gate.wait(15)  # hold the lock while the others pile up
         return Fetched("pokemon", "mew", {"name": "mew"}, now())
 
     def job() -> object:
@@ -52,8 +59,14 @@ def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str
             wait_seconds=10,  # all of them wait in place, so all twenty share the fetch
         )
 
+    waits_before = single_flight_waits()
     with ThreadPoolExecutor(20) as pool:
         futures = [pool.submit(job) for _ in range(20)]
+        # The fetch ends only once the other nineteen have claimed and found it held: a
+        # caller whose first claim came after the write began later than it, and with
+        # max_age 0 rightly fetches again.
+        wait_for(lambda: single_flight_waits() - waits_before >= 19, timeout=10,
+                 what="nineteen callers waiting")  # fmt: skip
         gate.set()
         values = [future.result(timeout=20) for future in futures]
     assert values == [{"name": "mew"}] * 20
