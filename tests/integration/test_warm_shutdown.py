@@ -39,6 +39,14 @@ def test_warm_shutdown_hands_back_the_jobs_it_had_not_started(
     )
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     results = redis.Redis.from_url(redis_url, decode_responses=True)
+    # Long enough that the test's own steps up to the SIGTERM fit inside it on a loaded
+    # machine (5 s did not: the job had ended before the signal was sent).
+    sandbox.inject("pokemon", "latency", seconds=HANG_SECONDS, times=1)
+
+    # The reliable fetch takes no more jobs while every thread is busy (its floor is the
+    # free threads): the four wait queued for the worker's first fetch, which takes all.
+    for name in NAMES:
+        producer.send_task(FETCH, args=[name])
     first = WorkerProcess(env, concurrency=1).start(producer)
     second = None
 
@@ -47,11 +55,6 @@ def test_warm_shutdown_hands_back_the_jobs_it_had_not_started(
             return sum(depth.ready for depth in broker.depths(ALL_QUEUES))
 
     try:
-        # Long enough that the test's own steps up to the SIGTERM fit inside it on a
-        # loaded machine (5 s did not: the job had ended before the signal was sent).
-        sandbox.inject("pokemon", "latency", seconds=HANG_SECONDS, times=1)
-        for name in NAMES:
-            producer.send_task(FETCH, args=[name])
         wait_for(lambda: sandbox.calls("pokemon") == 1, timeout=20, what="the first job running")
         wait_for(lambda: ready() == 0, timeout=10, what="all four jobs in the worker's hands")
         assert first.process is not None
