@@ -60,8 +60,11 @@ end
 
 # Shared by the scripts that put a message back after a delivery that ended without an
 # acknowledgement: count the delivery and requeue it at the head of its queue, or park it
-# in its base queue's dead list once more than `limit` deliveries ended so. Returns true
-# when it parked. `deliveries` and `parked` are the two hashes, `suffix` the dead suffix.
+# in its base queue's dead list once more than `limit` deliveries ended so. `put_back`
+# returns the deliveries when it parked, false when it requeued; `put_back_into` notes
+# either in a script's reply `out`: a parked message as its base queue, item and
+# deliveries, a requeued one counted in `out[at]`. `deliveries` and `parked` are the two
+# hashes, `suffix` the dead suffix.
 _PUT_BACK = """
 local function base_of(queue)
   local at = string.find(queue, '\\6\\22', 1, true)
@@ -79,6 +82,16 @@ local function put_back(queue, item, deliveries, parked, limit, suffix)
   end
   redis.call('RPUSH', queue, item)
   return false
+end
+local function put_back_into(out, at, queue, item, deliveries, parked, limit, suffix)
+  local count = put_back(queue, item, deliveries, parked, limit, suffix)
+  if count then
+    out[#out + 1] = base_of(queue)
+    out[#out + 1] = item
+    out[#out + 1] = count
+  else
+    out[at] = out[at] + 1
+  end
 end
 """
 
@@ -192,17 +205,10 @@ for i = 4, #ARGV do
   if item then
     local queue = queue_of(field)
     redis.call('HDEL', KEYS[1], field)
-    local parked = false
     if counted then
-      parked = put_back(queue, item, KEYS[2], KEYS[3], limit, ARGV[3])
+      put_back_into(out, 1, queue, item, KEYS[2], KEYS[3], limit, ARGV[3])
     else
       redis.call('RPUSH', queue, item)
-    end
-    if parked then
-      out[#out + 1] = base_of(queue)
-      out[#out + 1] = item
-      out[#out + 1] = parked
-    else
       out[1] = out[1] + 1
     end
   end
@@ -254,14 +260,7 @@ for _, holder in ipairs(dead) do
   for i = 1, #entries, 2 do
     local queue = queue_of(entries[i])
     local item = entries[i + 1]
-    local parked = put_back(queue, item, KEYS[2], KEYS[3], limit, ARGV[5])
-    if parked then
-      out[#out + 1] = base_of(queue)
-      out[#out + 1] = item
-      out[#out + 1] = parked
-    else
-      out[2] = out[2] + 1
-    end
+    put_back_into(out, 2, queue, item, KEYS[2], KEYS[3], limit, ARGV[5])
   end
   redis.call('DEL', inhand)
   redis.call('ZREM', KEYS[1], holder)
@@ -295,14 +294,7 @@ for _, holder in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
       local queue = queue_of(field)
       local item = redis.call('HGET', inhand, field)
       redis.call('HDEL', inhand, field)
-      local parked = put_back(queue, item, KEYS[2], KEYS[3], limit, ARGV[4])
-      if parked then
-        out[#out + 1] = base_of(queue)
-        out[#out + 1] = item
-        out[#out + 1] = parked
-      else
-        out[1] = out[1] + 1
-      end
+      put_back_into(out, 1, queue, item, KEYS[2], KEYS[3], limit, ARGV[4])
     end
   end
 end
