@@ -16,7 +16,6 @@ from dataclasses import replace
 import orjson
 import pytest
 import redis
-from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -28,6 +27,7 @@ from tasks.replicas import ReplicaNotConfirmed
 from tasks.single_flight import fetch_once
 from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.support.celery_worker import wait_for
+from tests.support.metrics import sample
 from tests.support.redis_server import RedisServer
 
 JOBS = 16
@@ -61,10 +61,7 @@ def store(debug_redis: RedisServer) -> Iterator[ResultStore]:
 
 
 def leases_lost(reason: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "apiworker_single_flight_leases_lost_total", {"reason": reason}
-    )
-    return value or 0.0
+    return sample("apiworker_single_flight_leases_lost_total", reason=reason)
 
 
 def fence_of_holder(store: ResultStore, ident: str) -> int:
@@ -226,9 +223,7 @@ def test_a_waiter_takes_the_result_of_a_holder_whose_clock_runs_2_s_slow(
 
 
 def single_flight_waits() -> float:
-    return (
-        REGISTRY.get_sample_value("apiworker_single_flight_waits_total", {"kind": "pokemon"}) or 0.0
-    )
+    return sample("apiworker_single_flight_waits_total", kind="pokemon")
 
 
 def redis_ms(store: ResultStore) -> int:

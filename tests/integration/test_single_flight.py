@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from prometheus_client import REGISTRY
 
 from tasks.keys import Keys
 from tasks.single_flight import JobStart, SingleFlightBusy, fetch_once, job_began_at
 from tasks.store import Fetched, Freshness, ResultStore, now
 from tests.support.celery_worker import wait_for
+from tests.support.metrics import sample
 
 NO_FRESHNESS = Freshness(0)
 
@@ -28,9 +28,7 @@ def redis_ms(store: ResultStore) -> int:
 
 
 def single_flight_waits() -> float:
-    return (
-        REGISTRY.get_sample_value("apiworker_single_flight_waits_total", {"kind": "pokemon"}) or 0.0
-    )
+    return sample("apiworker_single_flight_waits_total", kind="pokemon")
 
 
 def test_concurrent_callers_make_one_fetch_even_without_freshness(redis_url: str) -> None:

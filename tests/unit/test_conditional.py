@@ -7,12 +7,12 @@ from typing import Any
 
 import fakeredis
 import pytest
-from prometheus_client import REGISTRY
 
 from apis import CmsAPI, PokeAPI, Validators, errors
 from apis.breaker import CircuitBreaker
 from apis.conditional import freshness_lifetime
 from apis.config import ApiSettings, CircuitPolicy, UpstreamConfig
+from tests.support.metrics import sample
 
 
 def pokeapi(sandbox: Any, **overrides: Any) -> PokeAPI:
@@ -27,10 +27,7 @@ def pokeapi(sandbox: Any, **overrides: Any) -> PokeAPI:
 
 
 def revalidations(service: str, outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "apiworker_revalidations_total", {"service": service, "outcome": outcome}
-    )
-    return value or 0.0
+    return sample("apiworker_revalidations_total", service=service, outcome=outcome)
 
 
 def stored(client: PokeAPI, name: str = "pikachu") -> Validators:

@@ -9,7 +9,6 @@ import fakeredis
 import orjson
 import pytest
 import redis
-from prometheus_client import REGISTRY
 
 from apis import CmsAPI
 from apis.config import ApiSettings
@@ -20,6 +19,7 @@ from tasks.failures import FailureBuffer
 from tasks.keys import Keys
 from tasks.runtime import Runtime
 from tasks.store import Fetched, ResultStore, capped, now
+from tests.support.metrics import sample
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_a_failure_record_is_capped_in_bytes(store: ResultStore) -> None:
 
 
 def dropped() -> float:
-    return REGISTRY.get_sample_value("apiworker_failures_dropped_total") or 0.0
+    return sample("apiworker_failures_dropped_total")
 
 
 def test_a_failure_redis_cannot_take_is_kept_and_written_when_it_answers() -> None:
