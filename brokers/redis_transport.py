@@ -512,6 +512,9 @@ class ReliableChannel(kombu_redis.Channel):
             self._stop_heartbeat()
             return
         self._released = True
+        # First the heartbeat, waiting out a beat in flight: a beat landing after the
+        # release would put this holder back among the living.
+        self._stop_heartbeat()
         try:
             self.acks.close()
             back = self._run("RELEASE", [self._keys["holders"], self._keys["inhand"]],
