@@ -76,10 +76,6 @@ def worker_environment(redis_url: str, sandbox: SandboxServer) -> dict[str, str]
         CELERY_BROKER_URL=redis_url,
         CELERY_RESULT_BACKEND=redis_url,
         RESULT_KEY_PREFIX="",
-        POKEAPI_BASE_URL=sandbox.pokeapi_url,
-        CMS_BASE_URL=sandbox.cms_url,
-        SEMAPHORE_BASE_URL=sandbox.semaphore_url,
-        SEMAPHORE_API_TOKEN=sandbox.semaphore_token,
         WORKER_POOL="threads",
         WORKER_CONCURRENCY="4",
         METRICS_PORT="0",  # a demo needs no metrics, nor a port that may be in use
@@ -87,6 +83,7 @@ def worker_environment(redis_url: str, sandbox: SandboxServer) -> dict[str, str]
         HTTP_READ_TIMEOUT="5",
         PYTHONUNBUFFERED="1",
     )
+    env.update(sandbox.upstream_settings())
     return env
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "checked_settings",
     "get_settings",
     "get_worker_settings",
+    "setting_models",
     "setting_names",
     "upstream_sections",
 ]
@@ -102,12 +103,17 @@ def checked_settings() -> Settings:
         raise ConfigurationError(lines_of(Settings, exc)) from None
 
 
+def setting_models() -> tuple[type[BaseModel], ...]:
+    """The model of every section and of every upstream's own settings."""
+    return (*SECTIONS.values(), *upstream_sections().values())
+
+
 def setting_names() -> frozenset[str]:
-    """Every environment name the service reads: every field of every section.
+    """Every environment name the service reads: every field of every section and of
+    every upstream's settings, and the upstreams' budget variables.
 
     Derived, not listed, so the README check and everything that must start from
     defaults (the test suite, the benchmarks) see a new setting without being told.
     """
-    models = [*SECTIONS.values(), *upstream_sections().values()]
-    fields = {name.upper() for cls in models for name in cls.model_fields}
+    fields = {name.upper() for cls in setting_models() for name in cls.model_fields}
     return frozenset(fields | budget_setting_names())

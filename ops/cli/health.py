@@ -141,7 +141,7 @@ def probe_upstream(
     config = cls.configure(api)
     if config.base_url is None:
         return Check(cls.service, None, f"not configured (set {config.base_url_setting})")
-    if cls.requires_token and config.token is None:
+    if not config.configured:
         return Check(cls.service, None, f"not configured (set {config.token_setting})")
     quick = replace(
         config,
