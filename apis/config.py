@@ -241,8 +241,8 @@ class ApiSettings(RedisSettings):
     budget_adaptive: bool = RateLimitPolicy.adaptive
 
     #: The upstreams' own settings, by the model's name, read once (`upstream_settings`),
-    #: and the values given for their fields as keywords (`ApiSettings(CMS_BASE_URL=...)`
-    #: in lower case, as for this model's own fields).
+    #: and the values given for their fields as keywords (`<name>_base_url=...`, in lower
+    #: case as for this model's own fields).
     _upstreams: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     _upstream_values: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -356,8 +356,8 @@ class ApiSettings(RedisSettings):
 
     def rate_limit_policy(self, entry: Upstream | None) -> RateLimitPolicy:
         """The budget of the upstream `entry` names: its rate and concurrency, unless the
-        variables it names say otherwise (POKEAPI_RATE_LIMIT, POKEAPI_RATE_LIMIT_BURST,
-        POKEAPI_CONCURRENCY...); None (a client of no upstream) has none."""
+        variables it names say otherwise (<NAME>_RATE_LIMIT, <NAME>_RATE_LIMIT_BURST,
+        <NAME>_CONCURRENCY); None (a client of no upstream) has none."""
         if entry is None:
             return RateLimitPolicy(
                 max_wait=self.rate_limit_max_wait,

@@ -78,7 +78,7 @@ def _job_finished(
         state,
         task.name,
         task_id,
-        # The queue's own name, also after RabbitMQ's delayed delivery (`0.0.1.cms`).
+        # The queue's own name, also after RabbitMQ's delayed delivery (`0.0.1.<queue>`).
         home_queue(task.request) or delivery.get("routing_key", "-"),
         duration * 1000,
         (task.request.retries or 0) + 1,

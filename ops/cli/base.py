@@ -333,7 +333,7 @@ def cli(ctx: click.Context, redis_url: str | None, verbose: bool) -> None:
     """Operate the api-layer-worker: send jobs, read results, replay failures, check health.
 
     Reads the worker's environment variables (REDIS_URL, CELERY_BROKER_URL,
-    CELERY_RESULT_BACKEND, RESULT_KEY_PREFIX, POKEAPI_BASE_URL, ...).
+    CELERY_RESULT_BACKEND, RESULT_KEY_PREFIX, the upstreams' base URLs, ...).
     """
     # There is no --broker-url: Celery itself prefers CELERY_BROKER_URL to its config,
     # so such an option could not be honoured for sending.
