@@ -14,7 +14,6 @@ import importlib
 import math
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,7 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from redisconn.settings import RedisSettings, RedisTarget
+from redisconn.settings import RedisSection, RedisTarget
 from upstreams import Upstream, all_upstreams
 
 PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker)"
@@ -196,13 +195,14 @@ def upstream_settings_model(entry: Upstream) -> type[BaseModel] | None:
     return model
 
 
-class ApiSettings(RedisSettings):
+class ApiSettings(RedisSection):
     """The API layer's settings; each field is read from the upper-case environment name.
 
-    The Redis settings (`redisconn.settings`) say where the circuit breakers and
-    rate-limit buckets shared by every worker process live: the worker's results Redis
-    (same variables, same defaults). An empty REDIS_URL without Sentinel: the API layer
-    keeps no shared state, so the breaker and shared rate limit are off.
+    The Redis settings (`redisconn.settings`, read once for the process and shared with
+    the worker's section) say where the circuit breakers and rate-limit buckets shared by
+    every worker process live: the worker's results Redis. An empty REDIS_URL without
+    Sentinel: the API layer keeps no shared state, so the breaker and shared rate limit
+    are off.
     """
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
@@ -396,7 +396,18 @@ def _number(name: str, default: N, kind: type[N]) -> N:
     return value
 
 
-@lru_cache(maxsize=1)
+_current: list[ApiSettings] = []
+
+
 def get_settings() -> ApiSettings:
-    """The process-wide settings, validated on first use (the worker calls it at start)."""
-    return ApiSettings()
+    """The API layer's section of the process-wide settings tree: the one the tree
+    installed (`use_settings`, when the worker checks every setting at start), else read
+    on first use. Kept, so a client's configuration costs nothing per job."""
+    if not _current:
+        _current[:] = [ApiSettings()]
+    return _current[0]
+
+
+def use_settings(settings: ApiSettings | None) -> None:
+    """Make `settings` the process-wide section (None: read it again on next use)."""
+    _current[:] = [] if settings is None else [settings]

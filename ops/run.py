@@ -44,7 +44,7 @@ from ops.processes.redis_server import (
 from ops.processes.waits import StartupFailed, wait_until
 from ops.producer import producer_app
 from sandbox.server import SANDBOX_TOKEN
-from settings import ConfigurationError, checked_settings, get_worker_settings, setting_names
+from settings import ConfigurationError, checked_settings, get_settings, setting_names
 from settings.errors import USAGE_EXIT_CODE
 from telemetry.redact import masked_url
 from upstreams import all_upstreams, offline_settings
@@ -168,7 +168,7 @@ def _no_redis_message(url: str) -> str:
 def ensure_redis(out: PrefixedOutput, *, private: bool = False) -> Redis | None:
     """REDIS_URL when it answers (unless `private`); else a private redis-server; else
     None, explained."""
-    url = get_worker_settings().redis_url
+    url = get_settings().worker.redis_url
     if not private and redis_answers(url):
         why = (
             "REDIS_URL answers PING"
@@ -217,7 +217,7 @@ class Service:
 def service_commands(args: argparse.Namespace, out: PrefixedOutput) -> list[Service]:
     """The processes to run, workers first."""
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
-    settings = get_worker_settings()
+    settings = get_settings().worker
     level = f"--loglevel={settings.log_level}"
     services = [
         Service(
@@ -270,7 +270,7 @@ def _flower_command(args: argparse.Namespace, out: PrefixedOutput) -> list[str] 
 
 def _announce_celery_urls(out: PrefixedOutput) -> None:
     """CELERY_BROKER_URL / CELERY_RESULT_BACKEND take precedence over REDIS_URL: say so."""
-    settings = get_worker_settings()
+    settings = get_settings().worker
     if settings.celery_broker_url:
         out.write(ME, f"Broker: {masked_url(settings.celery_broker_url)} (CELERY_BROKER_URL)")
     if settings.celery_result_backend:

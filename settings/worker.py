@@ -8,7 +8,6 @@ it takes a job. The root of the tree is `settings.Settings`.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -16,7 +15,7 @@ from pydantic_settings import SettingsConfigDict
 
 from brokers import ALL_QUEUES, broker_kind, broker_scheme_supported, redis_broker_scheme
 from redisconn.celery_config import CeleryConnection, connection_config
-from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
+from redisconn.settings import DEFAULT_REDIS_URL, RedisSection, RedisTarget
 
 REDIS_ONLY = frozenset(
     {"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "BROKER_HEARTBEAT_TIMEOUT"}
@@ -38,9 +37,9 @@ AMQP_LIVENESS_SECONDS = 5.0
 MAX_EVENT_PARTITIONS = 64
 
 
-class WorkerSettings(RedisSettings):
-    """Each field is read from its upper-case environment name (the Redis ones: see
-    `redisconn.settings`)."""
+class WorkerSettings(RedisSection):
+    """Each field is read from its upper-case environment name; the Redis ones come from
+    the process's one Redis section (`redisconn.settings.get_redis_settings`)."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
@@ -296,8 +295,3 @@ class WorkerSettings(RedisSettings):
     def upstream_max_age(self) -> float | None:
         """The cap of an upstream-given freshness window; None when it is not followed."""
         return self.freshness_upstream_max_age if self.freshness_from_upstream else None
-
-
-@lru_cache(maxsize=1)
-def get_worker_settings() -> WorkerSettings:
-    return WorkerSettings()

@@ -213,8 +213,8 @@ class Services:
         """The whole tree as the worker checks it at start, then this invocation's view
         (`--redis-url`); a bad setting is a usage error, one line per variable."""
         try:
-            checked_settings()
-            return WorkerSettings(**self.overrides)
+            tree = checked_settings()
+            return WorkerSettings(**self.overrides) if self.overrides else tree.worker
         except ConfigurationError as exc:
             raise ConfigError(str(exc)) from exc
         except ValidationError as exc:
