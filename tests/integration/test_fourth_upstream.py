@@ -31,6 +31,7 @@ from ops.producer import producer_app
 from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_server import free_port
+from upstreams import offline_settings
 
 pytestmark = pytest.mark.integration
 
@@ -97,12 +98,15 @@ def test_the_guides_upstream_stores_a_result_with_its_event(
 ) -> None:
     """A job of the new upstream, sent by name with the CLI, runs on its own queue
     through the sandbox route and is stored as the results contract says; `result`
-    reads its kind and `health` probes it."""
+    reads its kind, `health` probes it, `top` shows its queue and breaker, and the
+    worker's /metrics count its calls and its queue."""
+    metrics_port = free_port()
     env = worker_environment(
         own_redis,
         sandbox_server,
         WEATHER_BASE_URL=f"{weather_sandbox}/weather/v1",
         PYTHONPATH=os.pathsep.join([str(weather_package), str(REPO_ROOT)]),
+        METRICS_PORT=str(metrics_port),
     )
     producer = producer_app(env["CELERY_BROKER_URL"], with_db(own_redis, 2))
     worker = WorkerProcess(env).start(producer)
@@ -148,10 +152,38 @@ def test_the_guides_upstream_stores_a_result_with_its_event(
         assert missing.returncode == 1
         assert "NotFound" in missing.stderr
         wait_for(lambda: results.xlen("events:failures") == 1, timeout=10, what="a failure record")
+
+        top = apiworker("top", "--once")
+        assert top.returncode == 0, top.stderr
+        assert re.search(r"│ weather\s+│\s+\d+ │", top.stdout), top.stdout  # its queue
+        assert re.search(r"│ weather\s+│ closed", top.stdout), top.stdout  # its breaker
+        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert re.search(r'apiworker_upstream_requests_total\{[^}]*service="weather"', scraped)
+        assert 'apiworker_queue_depth{queue="weather"}' in scraped
+        assert 'apiworker_circuit_open{service="weather"}' in scraped
     finally:
         results.close()
         worker.stop()
         producer.close()
+
+
+def test_the_guides_settings_and_sandbox_path_join_the_services(weather_package: Path) -> None:
+    """Installed, the package's variables are settings the service reads (the README
+    check, the suite's clean environment) and offline mode points it at the sandbox."""
+    code = (
+        "import json; from settings import setting_names; from upstreams import "
+        "offline_settings; print(json.dumps([sorted(setting_names()), "
+        "offline_settings('http://127.0.0.1:9', 'token')]))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(weather_package), str(REPO_ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    names, offline = json.loads(done.stdout)
+    assert {"WEATHER_BASE_URL", "WEATHER_RATE_LIMIT", "WEATHER_RATE_LIMIT_BURST"} <= set(names)
+    assert offline["WEATHER_BASE_URL"] == "http://127.0.0.1:9/weather/v1"
+    assert "WEATHER_BASE_URL" not in offline_settings("http://127.0.0.1:9", "token")
 
 
 def test_a_bad_value_of_the_guides_settings_stops_the_worker_at_start(
