@@ -65,9 +65,9 @@ def test_a_bad_redis_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_nothing_reads_settings_at_import() -> None:
-    """The task modules and the CLI import with a bad TASK_MAX_RETRIES and base URL: the
-    value is read when a job needs it, and checked by the worker at start."""
-    code = "import tasks.base, tasks.pokemon, tasks.cms, tasks.semaphore, ops.cli"
+    """The task modules, the beat schedule and the CLI import with a bad TASK_MAX_RETRIES
+    and base URL: a value is read when a job needs it, and checked by the worker at start."""
+    code = "import tasks.base, tasks.pokemon, tasks.cms, tasks.semaphore, worker.beat, ops.cli"
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "TASK_MAX_RETRIES": "many", "POKEAPI_BASE_URL": "x"},
