@@ -16,14 +16,18 @@ an installed package adds its own through the `apiworker.upstreams` entry-point 
 
 from __future__ import annotations
 
+import importlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 __all__ = [
     "BUILT_IN",
     "ENTRY_POINT_GROUP",
     "Periodic",
+    "SandboxRoute",
     "Upstream",
     "all_upstreams",
     "offline_settings",
@@ -47,6 +51,19 @@ class Periodic:
     #: The variable of its interval in seconds (a field of the worker's settings, or of
     #: the upstream's own settings model).
     interval_setting: str
+
+
+@dataclass(frozen=True)
+class SandboxRoute:
+    """A route the sandbox upstream serves for an upstream: its name (for faults and
+    counts), the path it answers (a regular expression matched in full; a `key` group, if
+    any, is passed to `respond` unquoted) and its normal answer. `respond(request, key)`
+    returns the sandbox's `Response`, or a `(status, JSON value)` pair, which a module of
+    the service can give without importing the sandbox."""
+
+    name: str
+    pattern: str
+    respond: Callable[[Any, str], object]
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,9 @@ class Upstream:
     #: The path the sandbox upstream serves it under (`/api/v2`): offline, its base URL is
     #: the sandbox's address and this path, its token the sandbox's ("": not served).
     sandbox_path: str = ""
+    #: Its routes in the sandbox, `module:NAME` of a tuple of `SandboxRoute`s ("": the
+    #: sandbox's own modules serve it, or it is not served).
+    sandbox_routes: str = ""
     #: Its periodic jobs, which the beat schedule (worker/beat.py) is built from.
     periodic: tuple[Periodic, ...] = ()
 
@@ -111,6 +131,17 @@ class Upstream:
             return ("", "", "")
         stem = self.rate_limit_setting.removesuffix("_RATE_LIMIT")
         return (self.rate_limit_setting, f"{self.rate_limit_setting}_BURST", f"{stem}_CONCURRENCY")
+
+    def routes(self) -> tuple[SandboxRoute, ...]:
+        """The sandbox routes `sandbox_routes` names (its module imported)."""
+        if not self.sandbox_routes:
+            return ()
+        module, _, name = self.sandbox_routes.partition(":")
+        found = tuple(getattr(importlib.import_module(module), name))
+        for route in found:
+            if not isinstance(route, SandboxRoute):
+                raise TypeError(f"{self.sandbox_routes} holds {route!r}, not a SandboxRoute")
+        return found
 
     @property
     def client_module(self) -> str:

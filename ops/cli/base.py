@@ -64,9 +64,9 @@ def public_tasks() -> dict[str, tuple[str, ...]]:
 
 
 class _PublicTasks(Mapping[str, tuple[str, ...]]):
-    """`public_tasks()`, read on first use: the task modules read settings when imported,
-    so importing them with the CLI would break `apiworker --help` under a bad setting,
-    before the group could report it as one."""
+    """`public_tasks()`, read on first use: the task modules bring Celery, the API layer
+    and every upstream's client with them, which `apiworker --help` and most commands do
+    not need."""
 
     @cached_property
     def _tasks(self) -> dict[str, tuple[str, ...]]:
