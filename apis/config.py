@@ -303,6 +303,12 @@ class ApiSettings(RedisSection):
             self._upstreams[entry.settings] = found
         return found
 
+    def keep_upstream_settings(self, name: str, settings: BaseModel) -> None:
+        """Use `settings`, already read and checked, as the model `name` (`module:Class`,
+        an entry's `settings`) gives, unless values for it were given to this object."""
+        if not any(key in type(settings).model_fields for key in self._upstream_values):
+            self._upstreams[name] = settings
+
     def upstream_value(self, entry: Upstream, variable: str) -> Any:
         """The value of one variable of the upstream's own settings (None when its model
         has no such field)."""

@@ -119,7 +119,9 @@ def checked_settings() -> Settings:
     section (not only the first section's)."""
     built: dict[str, BaseModel] = {}
     failed: list[list[str]] = []
-    sections: dict[str, type[BaseModel]] = {**SECTIONS, **upstream_sections()}
+    # The upstreams' models by the name their entries give them (`module:Class`).
+    own = {u.settings: model for u in all_upstreams() if (model := upstream_settings_model(u))}
+    sections: dict[str, type[BaseModel]] = {**SECTIONS, **own}
     # The Redis variables are read once, by the first section that needs them; the
     # worker's and the API layer's sections take theirs from that object.
     use_redis_settings(None)
@@ -134,6 +136,8 @@ def checked_settings() -> Settings:
         tree = Settings.model_validate({name: built[name] for name in SECTIONS})
     except ValidationError as exc:
         raise ConfigurationError(lines_of(Settings, exc)) from None
+    for name in own:  # read once: the API layer keeps the upstreams' settings it checked
+        tree.api.keep_upstream_settings(name, built[name])
     with _lock:
         reset_clients()
         use_redis_settings(tree.redis)

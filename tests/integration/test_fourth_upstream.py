@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,14 +78,14 @@ def weather_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def weather_sandbox(weather_package: Path) -> Iterator[str]:
-    """`python -m sandbox` with the package installed: the guide's route is served."""
+@contextmanager
+def serving_sandbox(cwd: Path, *pythonpath: Path) -> Iterator[str]:
+    """`python -m sandbox` from `cwd` with `pythonpath`, on a free port, until the end."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(weather_package), str(REPO_ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(path) for path in pythonpath)}
     server = subprocess.Popen(
         [sys.executable, "-m", "sandbox", "--port", str(port)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         wait_for(lambda: _connects(port), timeout=30, what="the sandbox")
@@ -92,6 +93,24 @@ def weather_sandbox(weather_package: Path) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def weather_sandbox(weather_package: Path) -> Iterator[str]:
+    """`python -m sandbox` with the package installed: the guide's route is served."""
+    with serving_sandbox(REPO_ROOT, weather_package, REPO_ROOT) as url:
+        yield url
+
+
+def known_to_top_and_metrics(screen: str, metrics_port: int) -> None:
+    """`top --once` shows the weather queue and breaker; the worker's /metrics count its
+    calls and show its queue and circuit."""
+    assert re.search(r"│ weather\s+│\s+\d+ │", screen), screen  # its queue
+    assert re.search(r"│ weather\s+│ closed", screen), screen  # its breaker
+    scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    assert re.search(r'apiworker_upstream_requests_total\{[^}]*service="weather"', scraped)
+    assert 'apiworker_queue_depth{queue="weather"}' in scraped
+    assert 'apiworker_circuit_open{service="weather"}' in scraped
 
 
 def _connects(port: int) -> bool:
@@ -161,12 +180,7 @@ def test_the_guides_upstream_stores_a_result_with_its_event(
 
         top = apiworker("top", "--once")
         assert top.returncode == 0, top.stderr
-        assert re.search(r"│ weather\s+│\s+\d+ │", top.stdout), top.stdout  # its queue
-        assert re.search(r"│ weather\s+│ closed", top.stdout), top.stdout  # its breaker
-        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-        assert re.search(r'apiworker_upstream_requests_total\{[^}]*service="weather"', scraped)
-        assert 'apiworker_queue_depth{queue="weather"}' in scraped
-        assert 'apiworker_circuit_open{service="weather"}' in scraped
+        known_to_top_and_metrics(top.stdout, metrics_port)
     finally:
         results.close()
         worker.stop()
@@ -398,28 +412,19 @@ def test_the_built_in_upstream_runs_through_the_cli_beat_health_top_and_metrics(
 ) -> None:
     """From the copy: the sandbox serves its route, a worker runs its job on its own
     queue, beat schedules its periodic job, and `health`, `top` and /metrics show it."""
-    port, metrics_port = free_port(), free_port()
-    path = {**os.environ, "PYTHONPATH": str(built_in)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--port", str(port)],
-        cwd=built_in, env=path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: _connects(port), timeout=30, what="the sandbox")
+    metrics_port = free_port()
+    with serving_sandbox(built_in, built_in) as sandbox_url:
         env = worker_environment(
             own_redis,
             sandbox_server,
             REDIS_URL=with_db(own_redis, 3),
             CELERY_BROKER_URL=with_db(own_redis, 4),
             CELERY_RESULT_BACKEND=with_db(own_redis, 5),
-            WEATHER_BASE_URL=f"http://127.0.0.1:{port}/weather/v1",
+            WEATHER_BASE_URL=f"{sandbox_url}/weather/v1",
             PYTHONPATH=str(built_in),
             METRICS_PORT=str(metrics_port),
         )
         _runs_in_the_copy(built_in, env, metrics_port)
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
 
 
 def _runs_in_the_copy(built_in: Path, env: dict[str, str], metrics_port: int) -> None:
@@ -444,11 +449,7 @@ def _runs_in_the_copy(built_in: Path, env: dict[str, str], metrics_port: int) ->
         health = run("-m", "ops.cli", "health")
         assert re.search(r"^ok\s+weather\s+http://127\.0\.0\.1", health.stdout, re.M), health
         top = run("-m", "ops.cli", "top", "--once")
-        assert re.search(r"│ weather\s+│\s+\d+ │", top.stdout), top.stdout
-        assert re.search(r"│ weather\s+│ closed", top.stdout), top.stdout
-        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-        assert re.search(r'apiworker_upstream_requests_total\{[^}]*service="weather"', scraped)
-        assert 'apiworker_circuit_open{service="weather"}' in scraped
+        known_to_top_and_metrics(top.stdout, metrics_port)
         schedule = run(
             "-c",
             "import json; from apis import get_settings; from worker.beat import "

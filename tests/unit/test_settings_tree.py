@@ -13,6 +13,7 @@ import pytest
 from apis import get_settings as get_api_settings
 from redisconn.settings import RedisSettings, get_redis_settings, use_redis_settings
 from settings import WorkerSettings, checked_settings, get_settings, reset_settings
+from upstreams import BUILT_IN
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("apis", "brokers", "redisconn", "settings", "tasks", "telemetry", "upstreams",
@@ -90,3 +91,15 @@ def test_one_accessor_reads_the_sections() -> None:
         "apis/config.py: _current[:] = [ApiSettings()]",
         "redisconn/settings.py: _current[:] = [RedisSettings()]",
     ]
+
+
+def test_an_upstreams_own_settings_are_those_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model an entry names is read once, by the check at start, and kept."""
+    entry = BUILT_IN[0]
+    monkeypatch.setenv(entry.base_url_setting, "http://10.0.0.6/api/v2")
+    tree = checked_settings()
+    monkeypatch.setenv(entry.base_url_setting, "http://10.0.0.7/api/v2")
+    assert get_settings().upstream(entry) is tree.upstream(entry)
+    assert get_api_settings().base_url(entry) == "http://10.0.0.6/api/v2"

@@ -4,6 +4,7 @@ name that has to match."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from apis import ApiSettings, client_class
 from apis.pokeapi import PokeAPI
-from upstreams import BUILT_IN, Upstream
+from upstreams import BUILT_IN, Upstream, offline_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +101,40 @@ def test_the_grep_can_fail() -> None:
     assert UPSTREAM_NAMES.search('SEMAPHORE_BASE_URL = "x"')
     assert UPSTREAM_NAMES.search("refresh_pokemon_catalog")
     assert generic_sources()
+
+
+def test_an_entry_the_breaker_does_not_guard_has_it_off() -> None:
+    """`breaker=False` in the entry turns the client's breaker off, whatever the
+    threshold."""
+    guarded = BUILT_IN[0]
+    unguarded = dataclasses.replace(guarded, breaker=False)
+    settings = ApiSettings(circuit_failure_threshold=5)
+    assert settings.upstream(guarded).circuit.failure_threshold == 5
+    assert settings.upstream(unguarded).circuit.failure_threshold == 0
+
+
+def test_the_token_and_user_agent_come_from_the_entry() -> None:
+    """The entry names the token's variable, its scheme and the user agent; the value is
+    read from the upstream's own settings."""
+    entry = next(u for u in BUILT_IN if u.token_setting)
+    config = client_class(entry).configure(ApiSettings(semaphore_api_token="t0ken-value"))
+    assert config.token is not None
+    assert config.token.get_secret_value() == "t0ken-value"
+    assert config.token_setting == entry.token_setting == "SEMAPHORE_API_TOKEN"
+    assert config.user_agent == entry.user_agent
+    assert not client_class(entry).configure(ApiSettings()).configured
+    plain = PokeAPI.configure(ApiSettings())
+    assert plain.token is None
+    assert plain.configured
+    assert plain.user_agent.startswith("api-layer-worker/")
+
+
+def test_offline_mode_points_every_served_upstream_at_the_sandbox() -> None:
+    """One variable per entry with a sandbox path, and the token of those that take one."""
+    found = offline_settings("http://127.0.0.1:9/", "sandbox-token")
+    assert found == {
+        "POKEAPI_BASE_URL": "http://127.0.0.1:9/api/v2",
+        "CMS_BASE_URL": "http://127.0.0.1:9/api/v1",
+        "SEMAPHORE_BASE_URL": "http://127.0.0.1:9/api/v1alpha",
+        "SEMAPHORE_API_TOKEN": "sandbox-token",
+    }
