@@ -273,10 +273,20 @@ class ApiSettings(RedisSection):
             self.rate_limit_policy(upstream)
         return self
 
+    def timeouts(self, entry: Upstream) -> tuple[float, float]:
+        """The connect and read timeouts of the upstream `entry` names: its own, or the
+        shared ones."""
+        return (
+            entry.connect_timeout or self.http_connect_timeout,
+            entry.read_timeout or self.http_read_timeout,
+        )
+
     @property
     def worst_case_call_seconds(self) -> float:
-        """The longest one client call can take: the retry budget plus a last attempt."""
-        last_attempt = self.http_connect_timeout + 2 * self.http_read_timeout
+        """The longest one client call can take: the retry budget plus a last attempt, of
+        the slowest upstream."""
+        timeouts = [self.timeouts(upstream) for upstream in all_upstreams()]
+        last_attempt = max(connect + 2 * read for connect, read in timeouts)
         return self.http_retry_max_seconds + last_attempt
 
     @property
@@ -341,8 +351,8 @@ class ApiSettings(RedisSection):
             token=self.token(entry),
             token_scheme=entry.token_scheme,
             token_setting=entry.token_setting,
-            connect_timeout=self.http_connect_timeout,
-            read_timeout=self.http_read_timeout,
+            connect_timeout=self.timeouts(entry)[0],
+            read_timeout=self.timeouts(entry)[1],
             pool_size=self.http_pool_size,
             max_response_bytes=self.http_max_response_bytes,
             max_pages=self.paging_max_pages,

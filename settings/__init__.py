@@ -67,7 +67,8 @@ class Settings(BaseModel):
             raise ValueError(
                 f"TASK_SOFT_TIME_LIMIT ({self.worker.task_soft_time_limit:g}s) must exceed "
                 f"the longest upstream call ({longest:g}s: HTTP_RETRY_MAX_SECONDS + "
-                "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
+                "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT, or an upstream's own timeouts "
+                "where its registry entry sets them), or jobs die mid-retry"
             )
         return self
 

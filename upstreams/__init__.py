@@ -90,6 +90,10 @@ class Upstream:
     concurrency: int = 0
     #: Whether its calls go through the shared circuit breaker (keys named after it).
     breaker: bool = True
+    #: Its own HTTP timeouts in seconds, for an upstream slower than the rest (0: the
+    #: shared HTTP_CONNECT_TIMEOUT and HTTP_READ_TIMEOUT).
+    connect_timeout: float = 0.0
+    read_timeout: float = 0.0
     #: The kinds of result its tasks store (`{kind}:{ident}` in the results contract),
     #: which `apiworker result` names when asked for another.
     result_kinds: tuple[str, ...] = ()

@@ -138,3 +138,20 @@ def test_offline_mode_points_every_served_upstream_at_the_sandbox() -> None:
         "SEMAPHORE_BASE_URL": "http://127.0.0.1:9/api/v1alpha",
         "SEMAPHORE_API_TOKEN": "sandbox-token",
     }
+
+
+def test_an_entry_may_set_its_own_timeouts_and_the_soft_limit_covers_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow upstream's timeouts are its entry's; the longest call, which
+    TASK_SOFT_TIME_LIMIT must exceed, counts them."""
+    slow = dataclasses.replace(BUILT_IN[0], read_timeout=40.0)
+    settings = ApiSettings()
+    config = settings.upstream(slow)
+    assert (config.connect_timeout, config.read_timeout) == (settings.http_connect_timeout, 40.0)
+    assert settings.upstream(BUILT_IN[0]).read_timeout == settings.http_read_timeout
+    shared = settings.worst_case_call_seconds
+    monkeypatch.setattr("apis.config.all_upstreams", lambda: (*BUILT_IN[1:], slow))
+    assert settings.worst_case_call_seconds == pytest.approx(
+        shared + 2 * (40.0 - settings.http_read_timeout)
+    )
