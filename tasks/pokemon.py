@@ -6,8 +6,9 @@ from typing import Any
 
 from celery import shared_task
 
-from apis import PokeAPI, get_client, get_settings
+from apis import PokeAPI, get_client
 from apis.pokeapi import PokeAPISettings
+from settings import get_settings
 from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.catalog import refresh_batch
@@ -21,7 +22,7 @@ KIND = "pokemon"
 
 def catalog_settings() -> PokeAPISettings:
     """POKEMON_CATALOG and the batch variables: PokeAPI's own settings, read once."""
-    found = get_settings().upstream_settings(PokeAPI.entry())
+    found = get_settings().upstream(PokeAPI.entry())
     assert isinstance(found, PokeAPISettings)
     return found
 

@@ -91,6 +91,16 @@ def test_one_accessor_reads_the_sections() -> None:
         "apis/config.py: _current[:] = [ApiSettings()]",
         "redisconn/settings.py: _current[:] = [RedisSettings()]",
     ]
+    # Above the API layer and the tree itself, the sections come through the tree.
+    section_accessor = re.compile(r"from apis(\.config)? import .*\bget_settings\b")
+    above = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for room in ("tasks", "worker", "ops")
+        for path in sorted((ROOT / room).rglob("*.py"))
+        for line in path.read_text().splitlines()
+        if section_accessor.search(line)
+    ]
+    assert above == []
 
 
 def test_an_upstreams_own_settings_are_those_checked_at_start(
