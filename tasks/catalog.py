@@ -10,7 +10,8 @@ retries.
 
 A stored name is revalidated: its validators are read with the freshness check (the
 same round trip), its fetch is conditional, and a `304` brings the stored result forward
-in the same pipeline as the writes, with its own `revalidated=1` event.
+in the same pipeline as the writes, with its own `revalidated=1` event. A fresh name is
+not fetched, but the change event its metadata says is still owed is sent.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def refresh_batch(
     }
     outcome.fresh = [name for name in names if name in fresh]
     wanted = [name for name in names if name not in fresh]
+    # A fresh name skipped here whose event its writer never sent (it died, this batch
+    # may be that very job run again): sent now. The others' writes send their own.
+    owed = [(name, debt) for name in outcome.fresh if (debt := stored[name].owed) is not None]
+    if owed:
+        store.send_owed(KIND, owed)
 
     def fetch(name: str) -> Fetched | Unchanged | BaseException:
         known = stored.get(name)
