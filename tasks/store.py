@@ -630,22 +630,21 @@ class ResultStore:
             # One master: the INCR and WAIT of `_confirm` ride in the events' round trip.
             return self._emit(calls, aliases, wait_key=confirm[0])
         appended = self._emit(calls, aliases)
-        if self._cluster:
-            self._settle_all(events)
-        if wait:
-            self._confirm(confirm, [str(call[1][2]) for call in calls])
+        paid = [(self.keys.meta(kind, ident), fence) for kind, ident, fence, _ in events]
+        if wait:  # a cluster: each master's wait carries the marks of its keys
+            self._confirm(confirm, [str(call[1][2]) for call in calls], settle=paid)
+        elif self._cluster:
+            self._settle_all(paid)
         return appended
 
-    def _settle_all(self, events: Sequence[_Event]) -> None:
-        """On a cluster, after their events' round trip: mark each paid (`_SETTLE`).
+    def _settle_all(self, paid: Sequence[tuple[str, int]]) -> None:
+        """On a cluster without replicas, after their events' round trip: mark each of
+        `paid` (metadata key, fence) paid (`_SETTLE`), in one more round trip.
 
         A mark this fails to clear is harmless: whoever finds it sends the event again,
         which appends nothing (once per fence), and clears it then. So a failure here
         does not fail the job that has stored its result and its event."""
-        calls = [
-            (self._settle, _packed({"keys": [self.keys.meta(kind, ident)], "args": [fence]}))
-            for kind, ident, fence, _ in events
-        ]
+        calls = [(self._settle, _packed({"keys": [meta], "args": [fence]})) for meta, fence in paid]
         if calls:
             self._run(calls)
 
@@ -683,9 +682,17 @@ class ResultStore:
             self.replicas.check(waited)
         return sum(1 for reply in replies if reply == 1)
 
-    def _confirm(self, counters: Sequence[str], hashes: Sequence[str]) -> None:
+    def _confirm(
+        self,
+        counters: Sequence[str],
+        hashes: Sequence[str],
+        settle: Sequence[tuple[str, int]] = (),
+    ) -> None:
         """Wait until a replica of each master that holds one of `keys` has the writes
         made to it so far; raise `ReplicaNotConfirmed` when one does not in time.
+        `settle` (metadata key, fence: events just appended) are marked paid in the
+        round trip of their master (`_SETTLE`, sent whole with EVAL: a promoted replica
+        has no scripts loaded); one that fails stays owed, harmless (`_settle_all`).
 
         WAIT counts only its own connection's writes, so each master's round trip
         begins with a write to it: one of the given keys raised (a fence counter of
@@ -699,8 +706,13 @@ class ResultStore:
         for key, counter in [(key, True) for key in counters] + [(key, False) for key in hashes]:
             node = self._node_client(key)
             by_node.setdefault(id(node), (node, key, counter))
+        marks: dict[int, list[tuple[str, int]]] = {}
+        for meta, fence in settle:  # each beside a counter: the same slot
+            marks.setdefault(id(self._node_client(meta)), []).append((meta, fence))
         for node, key, counter in by_node.values():
             pipe = node.pipeline(transaction=False)
+            for meta, fence in marks.get(id(node), ()):
+                pipe.eval(_SETTLE, 1, meta, fence)
             if counter:
                 pipe.incr(key)
             else:

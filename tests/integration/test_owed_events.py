@@ -9,14 +9,17 @@ killed between the two round trips would leave it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from apis import PokeAPI
 from apis.config import ApiSettings
+from ops.cli import cli
 from settings import WorkerSettings
 from tasks import pokemon
 from tasks.catalog import refresh_batch
@@ -164,3 +167,33 @@ def test_a_removal_run_again_sends_the_removed_event_it_owed(
     assert [(e["key"], e["fence"]) for e in removals] == [("article:old", tombstone)]
     assert store.remove("article", ["old"], tombstone_seconds=60) == 0
     assert len(events(store)) == 2
+
+
+def test_the_sweep_sends_what_no_job_asked_for_again(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Two writes die before their events and nobody asks for those results again:
+    `apiworker send-owed-events` counts them (--dry-run), sends both, and a second run
+    finds nothing owed."""
+    store = runtime.store
+    store.write(Fetched("pokemon", "paid", {"v": 0}, now()), "t0")
+    for name in ("a", "b"):
+        dies_before_its_events(store, monkeypatch)
+        with pytest.raises(WorkerDied):
+            store.write(Fetched("pokemon", name, {"v": name}, now()), f"t-{name}")
+    if "cluster" in request.node.callspec.id:
+        cluster: PrivateCluster = request.getfixturevalue("cluster")
+        env = {"REDIS_CLUSTER_NODES": cluster.setting, "EVENTS_PARTITIONS": "16"}
+    else:
+        env = {"REDIS_URL": request.getfixturevalue("own_redis")}
+
+    def sweep(*args: str) -> dict[str, Any]:
+        outcome = CliRunner().invoke(cli, ["send-owed-events", *args], env=env)
+        assert outcome.exit_code == 0, outcome.output
+        answer: dict[str, Any] = json.loads(outcome.stdout)
+        return answer
+
+    assert sweep("--dry-run") == {"dry_run": True, "owed": 2}
+    assert sweep() == {"dry_run": False, "owed": 2, "appended": 2}
+    assert sorted(e["task_id"] for e in events(store)) == ["t-a", "t-b", "t0"]
+    assert sweep() == {"dry_run": False, "owed": 0, "appended": 0}
