@@ -1,7 +1,11 @@
 """Atomic writes of results, their metadata and their change event; fresh reads.
 
-One Lua script writes the value, replaces the metadata hash and appends the stream event
-together, so a reader never sees a value without its metadata.
+One Lua script writes the value and replaces the metadata hash together, so a reader
+never sees a value without its metadata. The change event goes to a stream in another
+slot (tasks/keys.py), so it is the write's second round trip; the write's script marks
+the event owed in the metadata (`event_owed`, an outbox in the value's own slot) and the
+event's step clears the mark, so an event a dead worker never sent is sent by whoever
+finds the mark next: events are at least once, and appended once per fence.
 
 Order comes from fences, not clocks. Every fetch takes a fence before it asks the
 upstream: the single-flight claim takes one with its lock, a batch one per name, both
@@ -73,8 +77,8 @@ end
 # appended, the result's metadata holds `event_owed`, the flags of that event (`changed`
 # then `revalidated`, e.g. `10`). It lives in the value's own slot, so it is set in the
 # write's own script: a worker that dies before the event leaves the debt written down,
-# and whoever next finds it (a claim, a batch, the next write, `apiworker events
-# send-owed`) pays it. A new write over an unpaid one keeps its `changed`: its event
+# and whoever next finds it (a claim, a batch, the next write, `apiworker
+# send-owed-events`) pays it. A new write over an unpaid one keeps its `changed`: its event
 # stands for both, so a reader that follows changes misses none.
 _OWED = """
 local function owed_change(meta_key, otherwise)
@@ -575,7 +579,7 @@ class ResultStore:
         the debt written down. Whoever finds it next sends the event: the job run again
         (a replay answers "already applied" and sends it; a claim or a batch that finds
         the value fresh sends what is owed), any other job's claim or batch, the next
-        write (whose event stands for both) or `apiworker events send-owed`. Events come
+        write (whose event stands for both) or `apiworker send-owed-events`. Events come
         once per fence and in fence order per key; readers read the value the event
         names, already there.
         """
