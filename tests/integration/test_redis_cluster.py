@@ -353,7 +353,6 @@ def test_the_readme_cluster_acl_user_runs_jobs_end_to_end_with_nothing_refused(
             ("send-owed-events",),
         ):
             outcome = CliRunner().invoke(cli, list(args), env=env)
-            print(args, outcome.output)
             assert outcome.exit_code == 0, (args, outcome.output)
             assert ACL_PASSWORD not in outcome.output
         assert json.loads(client.get("pokemon:mew"))["name"] == "mew"
