@@ -224,7 +224,9 @@ _WAIT_FIELD = "replica-wait"
 # was lost finds its own token and is the owner again, with the same fence.
 # Returns {'fresh', started_ms, value, fence, task_id, fetched_at_ms, event_owed} (the
 # stored result's: a claim that finds its event owed sends it, `_OWED`),
-# {'owner', started_ms, fence, etag, last_modified} or {'wait', started_ms, lease ms left}.
+# {'owner', started_ms, fence, etag, last_modified[, event_owed, its fence, task_id,
+# fetched_at_ms]} (the stored result's, when there is one) or
+# {'wait', started_ms, lease ms left}.
 _CLAIM = (
     _NOW
     + _FENCE
@@ -260,7 +262,8 @@ else
 end
 if value then
     local validators = redis.call('HMGET', KEYS[2], 'etag', 'last_modified')
-    return {'owner', started, fence, validators[1] or '', validators[2] or ''}
+    return {'owner', started, fence, validators[1] or '', validators[2] or '',
+        meta[5] or '', meta[3] or '0', meta[4] or '', meta[2] or ''}
 end
 return {'owner', started, fence, '', ''}
 """
@@ -812,8 +815,9 @@ class ResultStore:
     ) -> Claim:
         """A value fresh at `started` (by `freshness`), else the fetch lock, else "wait".
 
-        A fresh value whose change event is still owed (its writer died or failed before
-        the event's round trip) has it sent here, once per fence (`send_owed`).
+        A stored value whose change event is still owed (its writer died or failed
+        before the event's round trip) has it sent here, once per fence (`send_owed`),
+        whether it is served fresh or fetched again.
 
         `started` is on Redis's clock, as an earlier claim answered it; None on a job's
         first claim, which takes Redis's `TIME` (the answer's `started`).
@@ -845,6 +849,9 @@ class ResultStore:
         if state == "owner":
             fence = int(answer[2])
             validators = Validators(_text(answer[3]) or None, _text(answer[4]) or None)
+            owed = Owed.parse(*answer[5:9]) if len(answer) > 5 else None
+            if owed is not None:  # paid before this fetch, which may fail and write nothing
+                self.send_owed(kind, [(ident, owed)])
             return Claim(
                 state,
                 began,

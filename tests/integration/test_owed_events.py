@@ -24,7 +24,7 @@ from settings import WorkerSettings
 from tasks import pokemon
 from tasks.catalog import refresh_batch
 from tasks.runtime import Runtime
-from tasks.store import Fetched, ResultStore, now
+from tasks.store import Fetched, Freshness, ResultStore, now
 from tests.support.redis_cluster import PrivateCluster
 
 NAMES = ["charizard", "pikachu", "mew"]
@@ -132,6 +132,24 @@ def test_another_job_that_finds_an_unpaid_write_fresh_sends_its_event(
     (event,) = events(store)
     assert (event["key"], event["task_id"], event["changed"]) == ("pokemon:charizard", "job-1", "1")
     assert owed(store, "charizard") is None
+
+
+def test_a_job_that_fetches_again_pays_the_debt_before_its_fetch(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write dies before its event; a job past the freshness window claims the fetch:
+    the owed event is sent with the claim, so a fetch that then fails (and writes
+    nothing) leaves no change without its event."""
+    store = runtime.store
+    dies_before_its_events(store, monkeypatch)
+    with pytest.raises(WorkerDied):
+        store.write(Fetched("pokemon", "mew", {"v": 1}, now()), "t1")
+    later = now() + 3600  # the job began an hour after the write: nothing is fresh
+    claim = store.claim("pokemon", "mew", started=later, freshness=Freshness(60), token="x", ttl=5)
+    assert claim.state == "owner"
+    (event,) = events(store)
+    assert (event["task_id"], event["changed"]) == ("t1", "1")
+    assert owed(store, "mew") is None
 
 
 def test_the_next_write_over_an_unpaid_change_still_says_changed(
