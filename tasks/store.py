@@ -31,6 +31,7 @@ Where the results Redis has replicas, each write waits for one (tasks/replicas.p
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from tasks.lease import Leases
 from tasks.outcome import note_result_key
 from tasks.replicas import ReplicaWait
 from telemetry import tracing
+
+log = logging.getLogger("tasks.store")
 
 # Shared by the scripts below. The results Redis's clock in epoch ms: ordering and
 # freshness are judged on it, never on a worker's (Redis 7 replicates a script's
@@ -652,8 +655,12 @@ class ResultStore:
         which appends nothing (once per fence), and clears it then. So a failure here
         does not fail the job that has stored its result and its event."""
         calls = [(self._settle, _packed({"keys": [meta], "args": [fence]})) for meta, fence in paid]
-        if calls:
-            self._run(calls)
+        if not calls:
+            return
+        try:
+            self._run(calls)  # the replies (errors among them) change nothing
+        except redis.RedisError as error:
+            log.info("events appended, marks left for later: %s", type(error).__name__)
 
     def _event_call(
         self, kind: str, ident: str, fence: int, fields: Sequence[Any]
