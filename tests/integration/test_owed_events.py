@@ -24,7 +24,7 @@ from settings import WorkerSettings
 from tasks import pokemon
 from tasks.catalog import refresh_batch
 from tasks.runtime import Runtime
-from tasks.store import Fetched, Freshness, ResultStore, now
+from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.support.redis_cluster import PrivateCluster
 
 NAMES = ["charizard", "pikachu", "mew"]
@@ -91,6 +91,31 @@ def owed(store: ResultStore, name: str) -> str | None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@pytest.mark.parametrize("replica_wait_ms", [2000, 0])
+def test_a_write_whose_event_is_appended_owes_nothing(
+    runtime: Runtime, replica_wait_ms: int
+) -> None:
+    """The mark set with the value is cleared by the event's step: in the event's own
+    script on one Redis; on the cluster in each master's WAIT round trip, or, without
+    the wait, in a round trip of its own. A batch's, a revalidation's and a removal's
+    too."""
+    store = ResultStore(
+        runtime.store.redis,
+        runtime.store.keys,
+        events_maxlen=1000,
+        failures_maxlen=1000,
+        replica_wait_ms=replica_wait_ms,
+    )
+    store.write(Fetched("pokemon", "mew", {"v": 1}, now(), etag='"a"'), "t1")
+    store.write_many([Fetched("pokemon", n, {"n": n}, now()) for n in NAMES], "batch")
+    store.revalidate(Unchanged("pokemon", "mew", now(), '"a"'), "t2")
+    store.write(Fetched("article", "old", {"slug": "old"}, now()), "t3")
+    store.remove("article", ["old"], tombstone_seconds=60)
+    assert [owed(store, name) for name in ["mew", *NAMES]] == [None] * 4
+    assert store.redis.hget(store.keys.meta("article", "old"), "event_owed") is None
+    assert len(events(store)) == 1 + len(NAMES) + 1 + 2
 
 
 def test_a_batch_run_again_sends_the_events_its_first_run_never_did(
