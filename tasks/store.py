@@ -472,7 +472,8 @@ class ResultStore:
         self._event = client.register_script(_EVENT)
         self._settle = client.register_script(_SETTLE)
         #: On a cluster the event and its metadata live in different slots: an event is
-        #: marked paid in a round trip of its own (`_SETTLE`), not in its script.
+        #: marked paid after its script (`_SETTLE`), in each master's WAIT round trip or
+        #: in one of its own.
         self._cluster = isinstance(client, RedisCluster)
         #: The single-flight leases of these keys (tasks/lease.py), renewed through
         #: `lease_client` when given: one with a short timeout and no retries.
@@ -583,9 +584,9 @@ class ResultStore:
         event's step marks it paid. A job is acknowledged only after this returns: a
         failed event fails the job, and a worker that dies between the two steps leaves
         the debt written down. Whoever finds it next sends the event: the job run again
-        (a replay answers "already applied" and sends it; a claim or a batch that finds
-        the value fresh sends what is owed), any other job's claim or batch, the next
-        write (whose event stands for both) or `apiworker send-owed-events`. Events come
+        (a replay answers "already applied" and sends it), any job's claim of the result
+        or batch with its name, the next write (whose event stands for both) or
+        `apiworker send-owed-events`. Events come
         once per fence and in fence order per key; readers read the value the event
         names, already there.
         """
