@@ -226,8 +226,9 @@ def test_the_readme_cluster_acl_user_runs_jobs_end_to_end_with_nothing_refused(
     """Every node gets the README's cluster ACL line; a worker whose results store is
     the cluster as that user (REDIS_USERNAME, REDIS_PASSWORD) stores a job's result, a
     catalog batch's and a failure, and `result`, `follow`, `failures list`, `health` and
-    `send-owed-events` run as it too: every command exits 0, and no node's ACL LOG
-    records a refusal."""
+    `send-owed-events` run as it too, `result` once more while the value's slot moves:
+    every command exits 0, and no node's ACL LOG records a refusal. Before the master-kill
+    test (file order): health needs every master's replica."""
     nodes = [redis.Redis(port=node.port, decode_responses=True) for node in cluster.nodes]
     for node in nodes:
         node.execute_command(*readme_cluster_acl_line())
