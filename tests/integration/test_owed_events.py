@@ -15,19 +15,27 @@ from typing import Any, cast
 
 import pytest
 import redis
+from celery import Celery
 from click.testing import CliRunner
 
 from apis import PokeAPI
 from apis.config import ApiSettings
 from ops.cli import cli
+from ops.processes.worker import WorkerProcess
+from ops.producer import producer_app
 from settings import WorkerSettings
 from tasks import pokemon
 from tasks.catalog import refresh_batch
+from tasks.keys import Keys
 from tasks.runtime import Runtime
 from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
+from tests.integration.conftest import worker_environment
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_cluster import PrivateCluster
 
 NAMES = ["charizard", "pikachu", "mew"]
+PARTITIONS = 16
+TIMEOUT = 30
 
 
 class WorkerDied(Exception):
@@ -49,7 +57,9 @@ def runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
     if request.param == "cluster":
         cluster: PrivateCluster = request.getfixturevalue("cluster")
         cluster.flush()
-        settings = WorkerSettings(redis_cluster_nodes=cluster.addresses, events_partitions=16)
+        settings = WorkerSettings(
+            redis_cluster_nodes=cluster.addresses, events_partitions=PARTITIONS
+        )
         built = Runtime.build(settings)
     else:
         client = redis.Redis.from_url(request.getfixturevalue("own_redis"))
@@ -240,3 +250,79 @@ def test_the_sweep_sends_what_no_job_asked_for_again(
     assert sweep() == {"dry_run": False, "owed": 2, "appended": 2}
     assert sorted(e["task_id"] for e in events(store)) == ["t-a", "t-b", "t0"]
     assert sweep() == {"dry_run": False, "owed": 0, "appended": 0}
+
+
+def names_written_apart_from_their_events(cluster: PrivateCluster) -> tuple[list[str], int]:
+    """Two catalog names whose values live on one master and whose event streams live
+    on another, that one's port: pausing its writes stops a batch between the two."""
+    keys = Keys("", PARTITIONS)
+    index = json.loads((REPO_ROOT / "sandbox/data/pokemon-index.json").read_text())
+    by_masters: dict[tuple[int, int], list[str]] = {}
+    for entry in index["results"][:60]:
+        name = entry["name"]
+        value = cluster.master_of(keys.result("pokemon", name)).port
+        stream = cluster.master_of(keys.events_for("pokemon", name)).port
+        if value != stream:
+            by_masters.setdefault((value, stream), []).append(name)
+    (_, paused), names = max(by_masters.items(), key=lambda item: len(item[1]))
+    return names[:2], paused
+
+
+@pytest.mark.broker("redis")
+def test_a_worker_killed_between_a_batch_write_and_its_events_leaves_them_owed(
+    cluster: PrivateCluster,
+    redis_server_url: str,
+    sandbox_server: Any,
+    session_broker_url: str,
+) -> None:
+    """A real worker on the cluster runs a catalog batch; the master of the names' event
+    streams holds writes (CLIENT PAUSE WRITE), so the worker has stored the results and
+    waits on their events when it is SIGKILLed. The broker hands the batch to a second
+    worker, which finds both names fresh and sends the two events the dead one owed."""
+    cluster.flush()
+    names, paused_port = names_written_apart_from_their_events(cluster)
+    env = worker_environment(
+        redis_server_url,
+        sandbox_server,
+        CELERY_BROKER_URL=session_broker_url,
+        REDIS_CLUSTER_NODES=cluster.setting,
+        EVENTS_PARTITIONS=str(PARTITIONS),
+    )
+    producer: Celery = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
+    client = cluster.client()
+    paused = redis.Redis(port=paused_port)
+    keys = Keys("", PARTITIONS)
+    first = WorkerProcess(env).start(producer)
+    second = None
+    try:
+        paused.client_pause(30_000, all=False)
+        producer.send_task("tasks.pokemon.fetch_pokemon_batch", args=[names])
+        meta = [keys.meta("pokemon", name) for name in names]
+        wait_for(
+            lambda: all(client.hget(key, "event_owed") for key in meta),
+            timeout=TIMEOUT,
+            what="the batch's results stored, their events owed",
+        )
+        first.kill()
+        paused.client_unpause()
+        assert [client.xlen(keys.events_for("pokemon", n)) for n in names] == [0, 0]
+        second = WorkerProcess(env).start(producer)
+
+        def sent() -> list[str]:
+            return sorted(
+                _text(fields["key"])
+                for name in set(names)
+                for _, fields in cast(list[Any], client.xrange(keys.events_for("pokemon", name)))
+            )
+
+        wait_for(lambda: len(sent()) == len(names), timeout=TIMEOUT, what="the owed events")
+        assert sent() == sorted(keys.result("pokemon", name) for name in names)
+        assert [client.hget(key, "event_owed") for key in meta] == [None, None]
+    finally:
+        paused.client_unpause()
+        paused.close()
+        first.kill()
+        if second is not None:
+            second.stop()
+        client.close()
+        producer.close()
