@@ -48,6 +48,7 @@ from tasks.lease import Leases
 from tasks.outcome import note_result_key
 from tasks.replicas import ReplicaWait
 from telemetry import tracing
+from telemetry.metrics import OWED_EVENTS_SENT
 
 log = logging.getLogger("tasks.store")
 
@@ -625,7 +626,10 @@ class ResultStore:
             if debt.removed:
                 fields += ["removed", 1]
             events.append((kind, ident, debt.fence, fields))
-        return self._send(events, ())
+        appended = self._send(events, ())
+        if appended:
+            OWED_EVENTS_SENT.labels(kind).inc(appended)
+        return appended
 
     def _send(self, events: Sequence[_Event], aliases: Sequence[tuple[str, str, str]]) -> int:
         """`events` and the id index entries in one round trip, each event marked paid

@@ -107,6 +107,15 @@ FAILURES_RECORDED = Counter(
     ["task", "error"],
 )
 
+# Change events a writer owed and a later job sent (tasks/store.py, `send_owed`): each
+# one is a worker that died (or whose event failed) between a write and its event.
+OWED_EVENTS_SENT = Counter(
+    "apiworker_owed_events_sent",
+    "Change events a result's metadata said were owed (their writer died before them), "
+    "appended by a later job or the sweep, by kind.",
+    ["kind"],
+)
+
 # Freshness and single flight (tasks/single_flight.py).
 FRESHNESS_HITS = Counter(
     "apiworker_freshness_hits",

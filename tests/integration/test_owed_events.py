@@ -31,6 +31,7 @@ from tasks.runtime import Runtime
 from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.integration.conftest import worker_environment
 from tests.support.celery_worker import REPO_ROOT, wait_for
+from tests.support.metrics import sample
 from tests.support.redis_cluster import PrivateCluster
 
 NAMES = ["charizard", "pikachu", "mew"]
@@ -99,6 +100,11 @@ def owed(store: ResultStore, name: str) -> str | None:
     return None if flags is None else _text(flags)
 
 
+def owed_sent() -> float:
+    """`apiworker_owed_events_sent_total` for Pokémon, as this process counts it."""
+    return sample("apiworker_owed_events_sent_total", kind="pokemon")
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -138,9 +144,11 @@ def test_a_batch_run_again_sends_the_events_its_first_run_never_did(
     with pytest.raises(WorkerDied):
         refresh_batch(NAMES, "batch-1", runtime=runtime, client=client, concurrency=3, defer=print)
     assert events(store) == []
+    before = owed_sent()
     again = refresh_batch(
         NAMES, "batch-1", runtime=runtime, client=client, concurrency=3, defer=print
     )
+    assert owed_sent() - before == len(NAMES)
     assert sorted(again.fresh) == sorted(NAMES)
     seen = events(store)
     assert sorted(e["key"] for e in seen) == sorted(f"pokemon:{n}" for n in NAMES)
