@@ -1,8 +1,8 @@
 """Every Prometheus metric of the service, defined once, here.
 
 The API layer's (upstream requests, retries, revalidations, rate limits, circuits), the
-tasks' (retries, failure records, freshness hits, single-flight waits) and the worker's
-(jobs and their durations); the gauges read from Redis on scrape are in
+tasks' (retries, failure records, owed events sent, freshness hits, single-flight waits)
+and the worker's (jobs and their durations); the gauges read from Redis on scrape are in
 `telemetry.backlog`. Defined at import and shared by everything in the process. Under
 Celery's prefork pool prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR)
 aggregates them.
