@@ -166,6 +166,9 @@ def test_a_fresh_hit_on_a_paid_write_costs_one_round_trip(client: redis.Redis) -
     one script call, as before the outbox."""
     store = make_store(client)
     store.write(pokemon("mew", 1.0), "t")
+    fresh = Freshness(60)
+    store.claim("pokemon", "other", started=None, freshness=fresh, token="x", ttl=5)  # loads it
+    assert client.hget("meta:{pokemon:mew}", "event_owed") is None
     trips, commands = round_trips(
         client,
         lambda: store.claim(
