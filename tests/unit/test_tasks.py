@@ -46,9 +46,8 @@ def client(sandbox: Any) -> PokeAPI:
 
 def test_the_app_registers_exactly_the_public_task_names() -> None:
     """Refactors cannot rename the contract."""
-    app = celery_app
-    app.loader.import_default_modules()
-    tasks = app.tasks
+    celery_app.loader.import_default_modules()
+    tasks = celery_app.tasks
     public = {
         n for n in tasks if n.startswith("tasks.") and not getattr(tasks[n], "internal", False)
     }
@@ -60,10 +59,9 @@ def test_the_app_registers_exactly_the_public_task_names() -> None:
 def test_no_task_declares_a_celery_rate_limit_while_the_worker_ignores_them() -> None:
     """The worker skips Celery's per-task rate limits (the upstream budget
     paces calls instead): a task declaring one would be silently unlimited."""
-    app = celery_app
-    app.loader.import_default_modules()
-    assert app.conf.worker_disable_rate_limits is True
-    limited = {name for name, task in app.tasks.items() if task.rate_limit}
+    celery_app.loader.import_default_modules()
+    assert celery_app.conf.worker_disable_rate_limits is True
+    limited = {name for name, task in celery_app.tasks.items() if task.rate_limit}
     assert limited == set()
 
 
