@@ -4,7 +4,9 @@ Each section is owned by the room that uses it and reads its own upper-case envi
 variables (their names never change): `redis` (redisconn/settings.py: where Redis is,
 Sentinel, TLS, the key prefix), `api` (apis/config.py: upstreams, timeouts, retries,
 circuits, rate limits) and `worker` (settings/worker.py: jobs, broker, beat, logs,
-metrics). The root checks what spans sections. Each upstream declares its own variables
+metrics). The Redis variables are read once, by the `redis` section: the other two take
+their Redis fields from it (`redisconn.settings.RedisSection`). The root checks what
+spans sections. Each upstream declares its own variables
 in a model its registry entry names (`Upstream.settings`), checked at start with the
 rest. Below the tasks and the worker (which read it) and above the rooms whose sections
 it composes.
