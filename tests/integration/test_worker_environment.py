@@ -11,15 +11,13 @@ from ops.processes.worker import WorkerProcess
 from settings import setting_models, setting_names
 from tests.integration.conftest import SUITE_OVERRIDES, worker_environment
 from tests.support.celery_worker import REPO_ROOT
+from upstreams import offline_settings
 
 WIRING = {
     "REDIS_URL",
     "CELERY_BROKER_URL",
     "CELERY_RESULT_BACKEND",
-    "POKEAPI_BASE_URL",
-    "CMS_BASE_URL",
-    "SEMAPHORE_BASE_URL",
-    "SEMAPHORE_API_TOKEN",
+    *offline_settings("http://127.0.0.1:1", "token"),
 }
 
 
