@@ -10,6 +10,7 @@ import fakeredis
 import orjson
 import pytest
 
+import worker
 from apis import CmsAPI, PokeAPI
 from apis.config import ApiSettings
 from settings import WorkerSettings
@@ -18,7 +19,6 @@ from tasks.catalog import refresh_batch
 from tasks.errors import InvalidInput
 from tasks.runtime import Runtime, set_runtime
 from tests.support.celery_worker import wait_for
-from worker.app import app as celery_app
 
 PUBLIC_TASKS = {
     "tasks.pokemon.fetch_pokemon",
@@ -46,8 +46,8 @@ def client(sandbox: Any) -> PokeAPI:
 
 def test_the_app_registers_exactly_the_public_task_names() -> None:
     """Refactors cannot rename the contract."""
-    celery_app.loader.import_default_modules()
-    tasks = celery_app.tasks
+    worker.app.loader.import_default_modules()
+    tasks = worker.app.tasks
     public = {
         n for n in tasks if n.startswith("tasks.") and not getattr(tasks[n], "internal", False)
     }
@@ -59,9 +59,9 @@ def test_the_app_registers_exactly_the_public_task_names() -> None:
 def test_no_task_declares_a_celery_rate_limit_while_the_worker_ignores_them() -> None:
     """The worker skips Celery's per-task rate limits (the upstream budget
     paces calls instead): a task declaring one would be silently unlimited."""
-    celery_app.loader.import_default_modules()
-    assert celery_app.conf.worker_disable_rate_limits is True
-    limited = {name for name, task in celery_app.tasks.items() if task.rate_limit}
+    worker.app.loader.import_default_modules()
+    assert worker.app.conf.worker_disable_rate_limits is True
+    limited = {name for name, task in worker.app.tasks.items() if task.rate_limit}
     assert limited == set()
 
 
