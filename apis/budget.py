@@ -102,9 +102,12 @@ UNBOUNDED_TRUST_SECONDS = 0.1
 #: first 429 (the rate then halves, as TCP leaves slow start, and grows additively) or
 #: until it reaches OPEN_RATE with none (then unbounded: no round trip per call).
 PROBE_RATE = 20.0
-SLOW_START_DOUBLING = 1.0
-SLOW_START_USED = 0.25
+SLOW_START_DOUBLING = 2.0
+SLOW_START_USED = 0.75
 OPEN_RATE = 1000.0
+#: The probe's bucket holds this many seconds' worth (a configured or learnt rate's, half
+#: a second's): saved-up tokens sent at once would land on a limit just met.
+SLOW_START_BURST = 0.1
 #: What a 429 met in slow start leaves of the probe rate (TCP's ssthresh: half).
 SLOW_START_EXIT = 0.5
 #: The slow start's phases, as the state hash and the take script's reply name them.
@@ -147,21 +150,18 @@ local bat = tonumber(s[6]) or now
 local phase = s[10]
 if rate == 0 and ceiling > 0 then rate = ceiling end
 if ceiling > 0 and rate > ceiling then rate = ceiling end
-local asked = 0
+-- what the fleet sent in the last second (the tokens taken): slow start grows only
+-- while it uses the rate, and a first 429 starts from it
+local win = tonumber(s[7]) or now
+local win_n = tonumber(s[8]) or 0
+local prev_n = tonumber(s[9]) or 0
+if now - win >= 1000 then
+  if now - win < 2000 then prev_n = win_n else prev_n = 0 end
+  win = now
+  win_n = 0
+end
+local sent = math.max(win_n, prev_n)
 if ceiling == 0 then
-  -- what the fleet asks for, per second: slow start grows only while it is used, and
-  -- the first 429 of an open upstream starts from it
-  local win = tonumber(s[7]) or now
-  local win_n = tonumber(s[8]) or 0
-  local prev_n = tonumber(s[9]) or 0
-  if now - win >= 1000 then
-    if now - win < 2000 then prev_n = win_n else prev_n = 0 end
-    win = now
-    win_n = 0
-  end
-  win_n = win_n + 1
-  asked = math.max(win_n, prev_n)
-  redis.call('HSET', KEYS[1], 'win', win, 'win_n', win_n, 'prev_n', prev_n)
   if not phase then
     -- nothing learnt (or the state is gone): what this process knew, else slow start
     if rate > 0 then
@@ -182,7 +182,7 @@ end
 if rate > 0 and now > grown then
   if phase == 'slow' then
     -- slow start: doubling every SLOW_START_DOUBLING while the fleet uses the rate
-    if asked >= rate * @SLOW_START_USED@ then
+    if sent >= rate * @SLOW_START_USED@ then
       rate = rate * math.pow(2, (now - grown) / @SLOW_START_DOUBLING_MS@)
     end
     if rate >= @OPEN_RATE@ then
@@ -208,7 +208,14 @@ end
 local wait = 0
 if rate > 0 then
   local cap = capacity
-  if cap <= 0 then cap = math.max(1, math.ceil(rate / 2)) end
+  if cap <= 0 then
+    if code == 1 then
+      -- a probe is sent evenly: a burst of saved tokens would land on a limit just met
+      cap = math.max(1, math.ceil(rate * @SLOW_START_BURST@))
+    else
+      cap = math.max(1, math.ceil(rate / 2))
+    end
+  end
   if tokens == nil then tokens = cap end
   if now > at then
     tokens = math.min(cap, tokens + (now - at) * rate / 1000)
@@ -247,6 +254,9 @@ if rate > 0 then
     'btokens', tostring(btokens), 'bat', tostring(bat))
 end
 redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'grown', tostring(grown))
+if ceiling == 0 then
+  redis.call('HSET', KEYS[1], 'win', win, 'win_n', win_n + 1, 'prev_n', prev_n)
+end
 redis.call('PEXPIRE', KEYS[1], 86400000)
 if concurrency > 0 then
   redis.call('ZADD', KEYS[2], now + wait + tonumber(ARGV[8]), ARGV[7])
@@ -260,6 +270,7 @@ return {wait, math.floor(rate * 1000), processes, code}
     .replace("@SLOW_START_USED@", repr(SLOW_START_USED))
     .replace("@SLOW_START_DOUBLING_MS@", repr(SLOW_START_DOUBLING * 1000))
     .replace("@OPEN_RATE@", repr(OPEN_RATE))
+    .replace("@SLOW_START_BURST@", repr(SLOW_START_BURST))
     .replace("@MIN_INCREASE@", repr(MIN_INCREASE))
     .replace("@PROCESS_MS@", str(int(_PROCESS_SECONDS * 1000)))
 )
@@ -283,9 +294,13 @@ local old = rate
 local changed = 0
 if now >= cut then
   if ceiling == 0 and s[7] == 'slow' and rate > 0 then
-    -- the first limit met in slow start: half the probe rate (TCP's ssthresh), which
-    -- the cut below must not cut again
-    rate = rate * @SLOW_START_EXIT@ / tonumber(ARGV[3])
+    -- the first limit met in slow start: half of what the fleet sent in the last second
+    -- (TCP's ssthresh, half the flight size), at most half the probe rate; the cut
+    -- below must not cut it again
+    local sent = tonumber(s[4]) or 0
+    if now - (tonumber(s[6]) or now) < 2000 then sent = math.max(sent, tonumber(s[5]) or 0) end
+    if sent <= 0 then sent = rate end
+    rate = math.min(rate, sent) * @SLOW_START_EXIT@ / tonumber(ARGV[3])
   elseif rate == 0 then
     rate = ceiling
     if rate == 0 then
