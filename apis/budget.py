@@ -26,13 +26,25 @@ of workers and threads changes with the deployment. A limit per process would al
   rate by `DECREASE` (at most once per pause, so a burst of 429s is one signal); the
   rate then grows back by `INCREASE` of itself per second (at least `MIN_INCREASE`),
   up to the configured rate, the ceiling. A call whose reserved token predates a pause
-  asks again. With no rate configured the budget is unbounded until the first 429 (a
-  process then trusts "unbounded" for `UNBOUNDED_TRUST_SECONDS` without a round trip
-  per call); the rate it then starts from is the larger of half of what the fleet sent
-  in the last second (as TCP leaves slow start) and what the upstream accepted in it
-  (this process's count of answers times the processes sharing the budget). With
-  `adaptive` off such an upstream has no budget at all. Each change of the rate is
-  logged on one line and exported (`apiworker_budget_rate`).
+  asks again. With `adaptive` off an upstream with no rate configured has no budget at
+  all. Each change of the rate is logged on one line and exported
+  (`apiworker_budget_rate`).
+- **Slow start.** With no rate configured and nothing learnt, the fleet does not start
+  unbounded: the requests in flight when the first 429 comes are all refused too, and
+  at full speed that was most of a run's 429s. It starts at `PROBE_RATE` and doubles
+  every `SLOW_START_DOUBLING` seconds while it sends at least `SLOW_START_USED` of it
+  (an idle fleet proves nothing), in a bucket of a tenth of a second (saved-up tokens
+  sent at once would land on a limit just met): TCP's slow start, paced by rate rather
+  than a window, because an upstream's token bucket refuses on rate. The first 429
+  leaves half of what the fleet sent in the last second (TCP's ssthresh: half the
+  flight), and the additive increase above takes over. An upstream that reaches
+  `OPEN_RATE` without a 429 is unbounded: a process then trusts that for
+  `UNBOUNDED_TRUST_SECONDS` without a round trip per call, and a later first 429 starts
+  from the larger of half of what the fleet sent in the last second and what the
+  upstream accepted in it (this process's count of answers times the processes sharing
+  the budget). The phase is fleet-wide in Redis, so a new process does not start over;
+  and each process sends what it last knew with every call, so a Redis that lost the
+  state (a restart without persistence, a flush) gets it back instead of a new probe.
 - **Fails safe.** When Redis is slow or away the process falls back to a local bucket
   at the last known rate divided by the processes that share it (counted in Redis
   while it answered), logged once per outage and shown by `apiworker_guard_fallback`.
@@ -102,7 +114,7 @@ UNBOUNDED_TRUST_SECONDS = 0.1
 #: first 429 (the rate then halves, as TCP leaves slow start, and grows additively) or
 #: until it reaches OPEN_RATE with none (then unbounded: no round trip per call).
 PROBE_RATE = 20.0
-SLOW_START_DOUBLING = 2.0
+SLOW_START_DOUBLING = 3.0
 SLOW_START_USED = 0.75
 OPEN_RATE = 1000.0
 #: The probe's bucket holds this many seconds' worth (a configured or learnt rate's, half
@@ -280,7 +292,8 @@ return {wait, math.floor(rate * 1000), processes, code}
 # unknown).
 # Returns {1 when this signal cut the rate else 0, old rate milli, new rate milli,
 # pause left ms}.
-_PAUSE = ("""
+_PAUSE = (
+    """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local pause = tonumber(ARGV[1])
@@ -324,7 +337,8 @@ redis.call('HSET', KEYS[1], 'tokens', '0', 'btokens', '0', 'at', u, 'bat', u, 'g
   'paused', u)
 redis.call('PEXPIRE', KEYS[1], 86400000)
 return {changed, math.floor(old * 1000), math.floor(rate * 1000), until_ms - now}
-""").replace("@SLOW_START_EXIT@", repr(SLOW_START_EXIT))
+"""
+).replace("@SLOW_START_EXIT@", repr(SLOW_START_EXIT))
 
 # KEYS: state hash. Returns the ms left of the fleet's pause (0: none).
 _PAUSE_LEFT = """
