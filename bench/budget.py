@@ -148,6 +148,8 @@ class Run:
             "CELERY_RESULT_BACKEND": redis_server.url_for(2),
             "DRAMATIQ_BROKER_URL": self.broker_url,
             "POKEAPI_BASE_URL": upstream.process.pokeapi_url,
+            # The other upstream of the backlog scenario, with no limit.
+            "CMS_BASE_URL": f"{upstream.process.base_url}/api/v1",
             "METRICS_PORT": str(free_port()),
             **env,
         }
