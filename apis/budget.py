@@ -115,7 +115,7 @@ UNBOUNDED_TRUST_SECONDS = 0.1
 #: until it reaches OPEN_RATE with none (then unbounded: no round trip per call).
 PROBE_RATE = 20.0
 SLOW_START_DOUBLING = 3.0
-SLOW_START_USED = 0.75
+SLOW_START_USED = 0.5
 OPEN_RATE = 1000.0
 #: The probe's bucket holds this many seconds' worth (a configured or learnt rate's, half
 #: a second's): saved-up tokens sent at once would land on a limit just met.
@@ -152,7 +152,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - @PROCESS_MS@)
 redis.call('PEXPIRE', KEYS[3], 60000)
 local processes = redis.call('ZCARD', KEYS[3])
 local s = redis.call('HMGET', KEYS[1], 'rate', 'tokens', 'at', 'grown', 'btokens', 'bat',
-  'win', 'win_n', 'prev_n', 'phase')
+  'win', 'win_n', 'prev_n', 'phase', 'ask_n', 'ask_prev')
 local rate = tonumber(s[1]) or 0
 local tokens = tonumber(s[2])
 local at = tonumber(s[3]) or now
@@ -162,18 +162,30 @@ local bat = tonumber(s[6]) or now
 local phase = s[10]
 if rate == 0 and ceiling > 0 then rate = ceiling end
 if ceiling > 0 and rate > ceiling then rate = ceiling end
--- what the fleet sent in the last second (the tokens taken): slow start grows only
--- while it uses the rate, and a first 429 starts from it
+-- what the fleet sent in the last second (the tokens taken; a first 429 starts from
+-- it) and asked for (slow start grows only while the fleet asks for the rate)
 local win = tonumber(s[7]) or now
 local win_n = tonumber(s[8]) or 0
 local prev_n = tonumber(s[9]) or 0
+local ask_n = tonumber(s[11]) or 0
+local ask_prev = tonumber(s[12]) or 0
 if now - win >= 1000 then
-  if now - win < 2000 then prev_n = win_n else prev_n = 0 end
+  if now - win < 2000 then
+    prev_n = win_n
+    ask_prev = ask_n
+  else
+    prev_n = 0
+    ask_prev = 0
+  end
   win = now
   win_n = 0
+  ask_n = 0
 end
-local sent = math.max(win_n, prev_n)
+ask_n = ask_n + 1
+local asked = math.max(ask_n, ask_prev)
 if ceiling == 0 then
+  redis.call('HSET', KEYS[1], 'win', win, 'win_n', win_n, 'prev_n', prev_n,
+    'ask_n', ask_n, 'ask_prev', ask_prev)
   if not phase then
     -- nothing learnt (or the state is gone): what this process knew, else slow start
     if rate > 0 then
@@ -194,7 +206,7 @@ end
 if rate > 0 and now > grown then
   if phase == 'slow' then
     -- slow start: doubling every SLOW_START_DOUBLING while the fleet uses the rate
-    if sent >= rate * @SLOW_START_USED@ then
+    if asked >= rate * @SLOW_START_USED@ then
       rate = rate * math.pow(2, (now - grown) / @SLOW_START_DOUBLING_MS@)
     end
     if rate >= @OPEN_RATE@ then
@@ -266,9 +278,7 @@ if rate > 0 then
     'btokens', tostring(btokens), 'bat', tostring(bat))
 end
 redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'grown', tostring(grown))
-if ceiling == 0 then
-  redis.call('HSET', KEYS[1], 'win', win, 'win_n', win_n + 1, 'prev_n', prev_n)
-end
+if ceiling == 0 then redis.call('HINCRBY', KEYS[1], 'win_n', 1) end
 redis.call('PEXPIRE', KEYS[1], 86400000)
 if concurrency > 0 then
   redis.call('ZADD', KEYS[2], now + wait + tonumber(ARGV[8]), ARGV[7])
@@ -730,8 +740,13 @@ class Budget:
         BUDGET_RATE.labels(self.service).set(rate)
         # Growth is logged when it crosses a whole request/s (in slow start: when it
         # doubles), so a recovery is a few lines, not one per call.
-        step = _log2_step if phase == SLOW else math.floor
-        if not logged and previous_phase and step(rate) != step(previous):
+        # In slow start only a doubling is logged: processes' readings cross a power
+        # of two in both directions while they interleave.
+        if phase == SLOW:
+            changed = _log2_step(rate) > _log2_step(previous)
+        else:
+            changed = math.floor(rate) != math.floor(previous)
+        if not logged and previous_phase and changed:
             log.info("budget of %s: rate %.3g/s -> %.3g/s", self.service, previous, rate)
 
 

@@ -190,10 +190,13 @@ def test_slow_start_doubles_while_used_and_opens_without_a_429(server) -> None:
     state = shared.keys[0]
     client = fakeredis.FakeRedis(server=server)
     grown = float(client.hget(state, "grown") or 0)
-    client.hset(state, mapping={"grown": grown - SLOW_START_DOUBLING * 1000, "win_n": 1000})
+    client.hset(state, mapping={"grown": grown - SLOW_START_DOUBLING * 1000, "ask_n": 1000})
     shared.acquire()
     assert shared.rate == pytest.approx(PROBE_RATE * 2, rel=0.1)  # one doubling
-    client.hset(state, mapping={"rate": OPEN_RATE / 2, "grown": grown - 2000, "win_n": 1000})
+    client.hset(
+        state,
+        mapping={"rate": OPEN_RATE / 2, "grown": grown - SLOW_START_DOUBLING * 1000, "ask_n": 1000},
+    )
     shared.acquire()
     assert shared.phase == OPEN
     assert shared.rate == 0
@@ -209,7 +212,7 @@ def test_slow_start_does_not_grow_while_the_fleet_asks_little(server) -> None:
     shared.acquire()
     client = fakeredis.FakeRedis(server=server)
     grown = float(client.hget(shared.keys[0], "grown") or 0)
-    client.hset(shared.keys[0], mapping={"grown": grown - 5000, "win_n": 0, "prev_n": 0})
+    client.hset(shared.keys[0], mapping={"grown": grown - 5000, "ask_n": 0, "ask_prev": 0})
     shared.acquire()
     assert shared.rate == pytest.approx(PROBE_RATE, rel=0.1)
 
