@@ -32,13 +32,16 @@ of workers and threads changes with the deployment. A limit per process would al
 - **Slow start.** With no rate configured and nothing learnt, the fleet does not start
   unbounded: the requests in flight when the first 429 comes are all refused too, and
   at full speed that was most of a run's 429s. It starts at `PROBE_RATE` and doubles
-  every `SLOW_START_DOUBLING` seconds while it sends at least `SLOW_START_USED` of it
+  every `SLOW_START_DOUBLING` seconds while it asks for at least `SLOW_START_USED` of it
   (an idle fleet proves nothing), in a bucket of a tenth of a second (saved-up tokens
   sent at once would land on a limit just met): TCP's slow start, paced by rate rather
   than a window, because an upstream's token bucket refuses on rate. The first 429
   leaves half of what the fleet sent in the last second (TCP's ssthresh: half the
   flight), and the additive increase above takes over. An upstream that reaches
-  `OPEN_RATE` without a 429 is unbounded: a process then trusts that for
+  `OPEN_RATE` without a 429, or passes `OPEN_UNUSED` and then finds the fleet asking
+  for less than `SLOW_START_USED` of it (it took all this fleet sends, and pacing it
+  further would cost a round trip per call for nothing), is unbounded: a process then
+  trusts that for
   `UNBOUNDED_TRUST_SECONDS` without a round trip per call, and a later first 429 starts
   from the larger of half of what the fleet sent in the last second and what the
   upstream accepted in it (this process's count of answers times the processes sharing
@@ -117,6 +120,9 @@ PROBE_RATE = 20.0
 SLOW_START_DOUBLING = 3.0
 SLOW_START_USED = 0.5
 OPEN_RATE = 1000.0
+#: ... or once it is past OPEN_UNUSED requests/s and the fleet asks for less than
+#: SLOW_START_USED of it: the upstream took what this fleet sends without a 429.
+OPEN_UNUSED = 200.0
 #: The probe's bucket holds this many seconds' worth (a configured or learnt rate's, half
 #: a second's): saved-up tokens sent at once would land on a limit just met.
 SLOW_START_BURST = 0.1
@@ -206,10 +212,13 @@ end
 if rate > 0 and now > grown then
   if phase == 'slow' then
     -- slow start: doubling every SLOW_START_DOUBLING while the fleet uses the rate
-    if asked >= rate * @SLOW_START_USED@ then
+    local used = asked >= rate * @SLOW_START_USED@
+    if used then
       rate = rate * math.pow(2, (now - grown) / @SLOW_START_DOUBLING_MS@)
     end
-    if rate >= @OPEN_RATE@ then
+    -- open: no limit met up to OPEN_RATE, or the probe outgrew what the fleet asks for
+    -- once past OPEN_UNUSED (pacing it further would protect nothing it asked for)
+    if rate >= @OPEN_RATE@ or (not used and rate >= @OPEN_UNUSED@) then
       rate = 0
       phase = 'open'
       redis.call('HSET', KEYS[1], 'phase', phase)
@@ -292,6 +301,7 @@ return {wait, math.floor(rate * 1000), processes, code}
     .replace("@SLOW_START_USED@", repr(SLOW_START_USED))
     .replace("@SLOW_START_DOUBLING_MS@", repr(SLOW_START_DOUBLING * 1000))
     .replace("@OPEN_RATE@", repr(OPEN_RATE))
+    .replace("@OPEN_UNUSED@", repr(OPEN_UNUSED))
     .replace("@SLOW_START_BURST@", repr(SLOW_START_BURST))
     .replace("@MIN_INCREASE@", repr(MIN_INCREASE))
     .replace("@PROCESS_MS@", str(int(_PROCESS_SECONDS * 1000)))

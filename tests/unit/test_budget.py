@@ -14,6 +14,7 @@ from apis.budget import (
     LEARNT,
     OPEN,
     OPEN_RATE,
+    OPEN_UNUSED,
     PROBE_RATE,
     SLOW,
     SLOW_START_DOUBLING,
@@ -204,6 +205,22 @@ def test_slow_start_doubles_while_used_and_opens_without_a_429(server) -> None:
     for _ in range(20):
         shared.acquire()  # trusted: "unbounded"
     assert int(client.hget(state, "win_n") or 0) <= asked + 1
+
+
+def test_slow_start_opens_once_past_open_unused_when_the_fleet_asks_less(server) -> None:
+    """A probe past OPEN_UNUSED that the fleet no longer asks half of: unbounded (the
+    upstream took all it was sent); below OPEN_UNUSED the same lull keeps it slow."""
+    shared = budget(server, max_wait=1.0)
+    shared.acquire()
+    client = fakeredis.FakeRedis(server=server)
+    state = shared.keys[0]
+    client.hset(state, mapping={"rate": OPEN_UNUSED / 2, "ask_n": 0, "ask_prev": 0})
+    shared.acquire()
+    assert shared.phase == SLOW
+    client.hset(state, mapping={"rate": OPEN_UNUSED, "ask_n": 0, "ask_prev": 0})
+    shared.acquire()
+    assert shared.phase == OPEN
+    assert shared.rate == 0
 
 
 def test_slow_start_does_not_grow_while_the_fleet_asks_little(server) -> None:
