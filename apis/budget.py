@@ -503,6 +503,7 @@ class Budget:
         #: yet): passed with each call, so a fleet whose Redis lost the state (a restart
         #: without persistence, a flush) resumes from it instead of starting over.
         self.phase = ""
+        self._opened = False
         #: Until when (this process's clock) the fleet's budget is known to have no token,
         #: and to be paused by the upstream.
         self.busy_until = 0.0
@@ -737,11 +738,13 @@ class Budget:
         if phase != self.phase and self.policy.rate <= 0:
             if phase == SLOW and not self.phase:
                 log.info("budget of %s: no rate known, slow start at %.3g/s", self.service, rate)
-            elif phase == OPEN and self.phase == SLOW:
+            elif phase == OPEN and self.phase == SLOW and not self._opened:
+                # Once per process: its threads' replies cross the change in any order.
+                self._opened = True
                 log.info(
-                    "budget of %s: slow start met no limit up to %g/s: unbounded",
+                    "budget of %s: slow start met no limit up to %.3g/s: unbounded",
                     self.service,
-                    OPEN_RATE,
+                    self.rate,
                 )
         previous_phase, self.phase = self.phase, phase
         if abs(rate - self.rate) < 1e-9:
