@@ -41,13 +41,13 @@ of workers and threads changes with the deployment. A limit per process would al
   `OPEN_RATE` without a 429, or passes `OPEN_UNUSED` and then finds the fleet asking
   for less than `SLOW_START_USED` of it (it took all this fleet sends, and pacing it
   further would cost a round trip per call for nothing), is unbounded: a process then
-  trusts that for
-  `UNBOUNDED_TRUST_SECONDS` without a round trip per call, and a later first 429 starts
-  from the larger of half of what the fleet sent in the last second and what the
-  upstream accepted in it (this process's count of answers times the processes sharing
-  the budget). The phase is fleet-wide in Redis, so a new process does not start over;
-  and each process sends what it last knew with every call, so a Redis that lost the
-  state (a restart without persistence, a flush) gets it back instead of a new probe.
+  trusts that for `UNBOUNDED_TRUST_SECONDS` without a round trip per call, and a later
+  first 429 starts from the larger of half of what the fleet sent in the last second
+  and what the upstream accepted in it (this process's count of answers times the
+  processes sharing the budget). The phase is fleet-wide in Redis, so a new process
+  does not start over; and each process sends what it last knew with every call, so a
+  Redis that lost the state (a restart without persistence, a flush) gets it back
+  instead of a new probe.
 - **Fails safe.** When Redis is slow or away the process falls back to a local bucket
   at the last known rate divided by the processes that share it (counted in Redis
   while it answered), logged once per outage and shown by `apiworker_guard_fallback`.
@@ -114,8 +114,8 @@ UNBOUNDED_TRUST_SECONDS = 0.1
 #: Slow start of an upstream with no rate configured and nothing learnt: the fleet starts
 #: at PROBE_RATE requests/s and doubles it every SLOW_START_DOUBLING seconds while it
 #: asks for at least SLOW_START_USED of it (an idle fleet proves nothing), until the
-#: first 429 (the rate then halves, as TCP leaves slow start, and grows additively) or
-#: until it reaches OPEN_RATE with none (then unbounded: no round trip per call).
+#: first 429 (then SLOW_START_EXIT of what the fleet sent, growing additively) or until
+#: it reaches OPEN_RATE with none (then unbounded: no round trip per call).
 PROBE_RATE = 20.0
 SLOW_START_DOUBLING = 3.0
 SLOW_START_USED = 0.5
@@ -126,7 +126,8 @@ OPEN_UNUSED = 200.0
 #: The probe's bucket holds this many seconds' worth (a configured or learnt rate's, half
 #: a second's): saved-up tokens sent at once would land on a limit just met.
 SLOW_START_BURST = 0.1
-#: What a 429 met in slow start leaves of the probe rate (TCP's ssthresh: half).
+#: What a 429 met in slow start leaves of what the fleet sent in the last second (at
+#: most of the probe rate): TCP's ssthresh, half the flight.
 SLOW_START_EXIT = 0.5
 #: The slow start's phases, as the state hash and the take script's reply name them.
 LEARNT, SLOW, OPEN = "learnt", "slow", "open"
