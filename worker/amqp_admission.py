@@ -191,7 +191,7 @@ class Gate:
             with self.c.app.producer_pool.acquire(block=True, timeout=CONFIRM_WAIT) as producer:
                 amqp.move_message(producer, queue, message)
         except Exception as exc:  # taken as without a budget: nothing is lost
-            self._log_once("moves", exc)
+            self._log_once("moves", exc, expected=self._connection_lost(exc))
             return False
         message.ack()
         log.info(
@@ -216,7 +216,17 @@ class Gate:
             return None
         return None
 
-    def _log_once(self, kind: str, exc: Exception) -> None:
+    def _connection_lost(self, exc: Exception) -> bool:
+        """A lost broker connection (a node down, a failover): the consumer reconnects
+        and says so itself, so it is no failure of admission's."""
+        errors = tuple(getattr(self.c, "connection_errors", ()) or ())
+        return isinstance(exc, (ConnectionError, *errors))
+
+    def _log_once(self, kind: str, exc: Exception, *, expected: bool = False) -> None:
+        if expected:  # each time, one line, no traceback: it passes with the reconnect
+            log.warning("RabbitMQ admission could not move a job (%s: %s); it is taken "
+                        "here instead", type(exc).__name__, exc)  # fmt: skip
+            return
         if kind not in self._failed:
             self._failed.add(kind)
             log.error(
