@@ -14,10 +14,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from celery.bin.base import CLIContext
-from celery.bin.worker import worker as worker_command
-
 from worker.app import app
+from worker.optional_imports import absent
+
+# Celery's command-line base colours the output of `celery inspect` and friends with
+# pygments when it is installed (Flower's extra brings it): ~1.8 MiB of lexer tables a
+# worker process never uses. Without it, celery's own plain-text fallback stays in place.
+with absent(("pygments",)):
+    from celery.bin.base import CLIContext
+from celery.bin.worker import worker as worker_command
 
 
 def main(argv: Sequence[str] | None = None) -> None:
