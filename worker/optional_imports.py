@@ -3,8 +3,8 @@
 A worker process imports redis-py, kombu and tenacity, and each of them, at import time,
 tries an optional package and wires it in when it is installed:
 
-- redis-py 8 (`redis.observability.providers`) imports OpenTelemetry's metrics SDK
-  (~60 modules, about 1.4 MiB) for its own metrics, which stay off until a program calls
+- redis-py 8 (`redis.observability`) imports OpenTelemetry's metrics API and SDK
+  (~75 modules, about 1.7 MiB) for its own metrics, which stay off until a program calls
   `redis.observability`'s `init`; the service never does (its traces, when an exporter is
   configured, are the tracer SDK's, loaded then: telemetry/otel.py).
 - kombu (`kombu.serialization.register_yaml`) imports PyYAML to offer a YAML serializer;
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 
 # Each library, and the optional package it would load but the worker never uses.
 OPTIONAL = {
-    "redis": ("opentelemetry.sdk.metrics",),
+    "redis": ("opentelemetry.metrics", "opentelemetry.sdk.metrics"),
     "kombu.serialization": ("yaml",),
     "tenacity": ("tornado",),
 }
