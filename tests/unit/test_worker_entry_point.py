@@ -23,7 +23,8 @@ CLI_ONLY = ("prompt_toolkit", "click_repl", "flower", "humanize")
 # (worker/optional_imports.py); pygments, with which Celery's command-line base colours
 # output a worker never prints (worker/__main__.py).
 KEPT_OUT = (
-    *CLI_ONLY, "requests", "opentelemetry.metrics", "opentelemetry.sdk.metrics", "yaml", "tornado", "pygments",
+    *CLI_ONLY, "requests", "opentelemetry.metrics", "opentelemetry.sdk.metrics", "yaml",
+    "tornado", "pygments",
 )  # fmt: skip
 
 
