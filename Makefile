@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,flower,bench,tracing]'
+	$(BIN)/pip install --quiet -e '.[dev,flower,bench,tracing,green]'
 	touch $(STAMP)
 
 # The Debian packages the suite runs (redis-server, rabbitmq-server, prometheus for promtool,

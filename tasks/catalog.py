@@ -10,7 +10,8 @@ retries.
 
 A stored name is revalidated: its validators are read with the freshness check (the
 same round trip), its fetch is conditional, and a `304` brings the stored result forward
-in the same pipeline as the writes, with its own `revalidated=1` event.
+in the same pipeline as the writes, with its own `revalidated=1` event. A stored name
+whose metadata says its change event is still owed has it sent first, fresh or not.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def refresh_batch(
     }
     outcome.fresh = [name for name in names if name in fresh]
     wanted = [name for name in names if name not in fresh]
+    # A stored name whose event its writer never sent (it died; this batch may be that
+    # very job run again): sent now, before fetches that may fail and write nothing.
+    owed = [(name, debt) for name, known in stored.items() if (debt := known.owed) is not None]
+    if owed:
+        store.send_owed(KIND, owed)
 
     def fetch(name: str) -> Fetched | Unchanged | BaseException:
         known = stored.get(name)

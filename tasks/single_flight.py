@@ -100,9 +100,8 @@ def fetch_once(
     while True:
         sent_at = time.monotonic()
         claim = store.claim(
-            kind, ident, started=started, freshness=freshness, token=token, ttl=lock_seconds,
-            task_id=task_id,
-        )  # fmt: skip
+            kind, ident, started=started, freshness=freshness, token=token, ttl=lock_seconds
+        )
         if started is None:
             # The job's start on Redis's clock: later claims, and its deferrals, keep it.
             started = claim.started

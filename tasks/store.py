@@ -1,7 +1,11 @@
 """Atomic writes of results, their metadata and their change event; fresh reads.
 
-One Lua script writes the value, replaces the metadata hash and appends the stream event
-together, so a reader never sees a value without its metadata.
+One Lua script writes the value and replaces the metadata hash together, so a reader
+never sees a value without its metadata. The change event goes to a stream in another
+slot (tasks/keys.py), so it is the write's second round trip; the write's script marks
+the event owed in the metadata (`event_owed`, an outbox in the value's own slot) and the
+event's step clears the mark, so an event a dead worker never sent is sent by whoever
+finds the mark next: events are at least once, and appended once per fence.
 
 Order comes from fences, not clocks. Every fetch takes a fence before it asks the
 upstream: the single-flight claim takes one with its lock, a batch one per name, both
@@ -27,6 +31,7 @@ Where the results Redis has replicas, each write waits for one (tasks/replicas.p
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +48,9 @@ from tasks.lease import Leases
 from tasks.outcome import note_result_key
 from tasks.replicas import ReplicaWait
 from telemetry import tracing
+from telemetry.metrics import OWED_EVENTS_SENT
+
+log = logging.getLogger("tasks.store")
 
 # Shared by the scripts below. The results Redis's clock in epoch ms: ordering and
 # freshness are judged on it, never on a worker's (Redis 7 replicates a script's
@@ -69,16 +77,35 @@ local function next_fence(fence_key, stored)
 end
 """
 
+# The outbox: from a write (or revalidation, or removal) until its change event is
+# appended, the result's metadata holds `event_owed`, the flags of that event (`changed`
+# then `revalidated`, e.g. `10`). It lives in the value's own slot, so it is set in the
+# write's own script: a worker that dies before the event leaves the debt written down,
+# and whoever next finds it (a claim, a batch, the next write, `apiworker
+# send-owed-events`) pays it. A new write over an unpaid one keeps its `changed`: its event
+# stands for both, so a reader that follows changes misses none.
+_OWED = """
+local function owed_change(meta_key, otherwise)
+    local owed = redis.call('HGET', meta_key, 'event_owed')
+    if owed and string.sub(owed, 1, 1) == '1' then
+        return 1
+    end
+    return otherwise
+end
+"""
+
 # KEYS: value, meta, single-flight lock, fence counter (one slot: tasks/keys.py)
 # ARGV: value, fetched_at_ms, task_id, lock value ('' for none), fence (0: take one now),
 # meta pairs...
 # The lock is given up in the same call, whether or not the write is refused.
-# Returns {1, changed, fence} when written, {2, fence} when this very write was already
-# applied (a replay after a lost reply changes nothing), 0 when a result of a higher
-# fence was there. The change event is the caller's next step (`_EVENT`).
+# Returns {1, changed, fence} when written, {2, fence, changed} when this very write was
+# already applied (a replay after a lost reply changes nothing), 0 when a result of a
+# higher fence was there. The metadata says its change event is owed (`_OWED`) until the
+# caller's next step appends it (`_EVENT`).
 _WRITE = (
     _NOW
     + _FENCE
+    + _OWED
     + """
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
     redis.call('DEL', KEYS[3])
@@ -86,7 +113,7 @@ end
 local fence = tonumber(ARGV[5])
 local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
 if fence > 0 and stored == fence and redis.call('HGET', KEYS[2], 'task_id') == ARGV[3] then
-    return {2, fence}
+    return {2, fence, owed_change(KEYS[2], 1)}
 end
 if fence == 0 then
     fence = next_fence(KEYS[4], stored)
@@ -94,11 +121,11 @@ end
 if stored > fence then
     return 0
 end
-local changed = redis.call('GET', KEYS[1]) ~= ARGV[1] and 1 or 0
+local changed = redis.call('GET', KEYS[1]) ~= ARGV[1] and 1 or owed_change(KEYS[2], 0)
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'fetched_at_ms', ARGV[2], 'stored_ms', now_ms(), 'fence', fence,
-    unpack(ARGV, 6))
+    'event_owed', changed .. '0', unpack(ARGV, 6))
 return {1, changed, fence}
 """
 )
@@ -106,13 +133,15 @@ return {1, changed, fence}
 # KEYS: value, meta, single-flight lock, fence counter (one slot)
 # ARGV: fetched_at_ms, task_id, lock value ('' for none), etag, last_modified, max_age
 # ('' for each one the 304 did not carry), fence (0: take one now)
-# Returns {1, value, fence} when brought forward, {2, value, fence} when already brought
-# forward by this very call (a replay), {0, value} when a result of a higher fence was
-# there, {-1} when the value is gone: the lock is then kept, for the caller's whole
-# fetch and its write.
+# Returns {1, value, fence, changed} when brought forward, {2, value, fence, changed} when
+# already brought forward by this very call (a replay), {0, value} when a result of a
+# higher fence was there, {-1} when the value is gone: the lock is then kept, for the
+# caller's whole fetch and its write. `changed` is 0 unless an unpaid write's event is
+# folded into this one's (`_OWED`).
 _REVALIDATE = (
     _NOW
     + _FENCE
+    + _OWED
     + """
 local value = redis.call('GET', KEYS[1])
 if not value then
@@ -124,7 +153,7 @@ end
 local fence = tonumber(ARGV[7])
 local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
 if fence > 0 and stored == fence and redis.call('HGET', KEYS[2], 'task_id') == ARGV[2] then
-    return {2, value, fence}
+    return {2, value, fence, owed_change(KEYS[2], 0)}
 end
 if fence == 0 then
     fence = next_fence(KEYS[4], stored)
@@ -132,8 +161,9 @@ end
 if stored > fence then
     return {0, value}
 end
+local changed = owed_change(KEYS[2], 0)
 redis.call('HSET', KEYS[2], 'fetched_at_ms', ARGV[1], 'stored_ms', now_ms(), 'fence', fence,
-    'task_id', ARGV[2])
+    'task_id', ARGV[2], 'event_owed', changed .. '1')
 if ARGV[4] ~= '' then
     redis.call('HSET', KEYS[2], 'etag', ARGV[4])
 end
@@ -145,25 +175,41 @@ if ARGV[6] ~= '' then
 else
     redis.call('HDEL', KEYS[2], 'max_age')
 end
-return {1, value, fence}
+return {1, value, fence, changed}
 """
 )
 
-# KEYS: the partition's event stream, the partition's last-fence hash (one slot)
+# KEYS: the partition's event stream, the partition's last-fence hash (one slot); on a
+# single Redis also the result's metadata (any keys may meet there)
 # ARGV: stream maxlen, value key, fence, event fields...
 # Appends the change event of one applied write, revalidation or removal, once: the
 # hash keeps the highest fence whose event each key has had, so an event sent again
 # (a replayed write, a job run again after it wrote) or an older fence's, arriving
-# late, appends nothing. Returns 1 when appended.
+# late, appends nothing. Given the metadata, it marks the event paid in the same call
+# (`_SETTLE`); on a cluster that is the caller's next step. Returns 1 when appended.
 _EVENT = """
 local last = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
 local fence = tonumber(ARGV[3])
-if last >= fence then
-    return 0
+local appended = 0
+if last < fence then
+    redis.call('HSET', KEYS[2], ARGV[2], fence)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
+    appended = 1
 end
-redis.call('HSET', KEYS[2], ARGV[2], fence)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
-return 1
+if KEYS[3] and tonumber(redis.call('HGET', KEYS[3], 'fence') or '0') == fence then
+    redis.call('HDEL', KEYS[3], 'event_owed')
+end
+return appended
+"""
+
+# KEYS: the result's metadata. ARGV: the fence whose event was appended.
+# On a cluster, after the event's round trip: the debt is cleared unless a newer write
+# (a higher fence) owes its own since.
+_SETTLE = """
+if tonumber(redis.call('HGET', KEYS[1], 'fence') or '0') == tonumber(ARGV[1]) then
+    return redis.call('HDEL', KEYS[1], 'event_owed')
+end
+return 0
 """
 
 
@@ -180,15 +226,18 @@ _WAIT_FIELD = "replica-wait"
 # job began (`stored_ms`; results written before fences existed have only
 # `fetched_at_ms`). The lock's value is "token|fence": a claim sent again after its reply
 # was lost finds its own token and is the owner again, with the same fence.
-# Returns {'fresh', started_ms, value, fence, task_id, fetched_at_ms} (the stored
-# result's: a job run again that finds its own write sends its event again),
-# {'owner', started_ms, fence, etag, last_modified} or {'wait', started_ms, lease ms left}.
+# Returns {'fresh', started_ms, value, fence, task_id, fetched_at_ms, event_owed} (the
+# stored result's: a claim that finds its event owed sends it, `_OWED`),
+# {'owner', started_ms, fence, etag, last_modified[, event_owed, its fence, task_id,
+# fetched_at_ms]} (the stored result's, when there is one) or
+# {'wait', started_ms, lease ms left}.
 _CLAIM = (
     _NOW
     + _FENCE
     + """
 local started = ARGV[1] == '' and now_ms() or tonumber(ARGV[1])
-local meta = redis.call('HMGET', KEYS[2], 'stored_ms', 'fetched_at_ms', 'fence', 'task_id')
+local meta = redis.call('HMGET', KEYS[2], 'stored_ms', 'fetched_at_ms', 'fence', 'task_id',
+    'event_owed')
 local stored = meta[1] or meta[2]
 local value = redis.call('GET', KEYS[1])
 if stored and value then
@@ -200,7 +249,8 @@ if stored and value then
         end
     end
     if tonumber(stored) >= started - window then
-        return {'fresh', started, value, meta[3] or '0', meta[4] or '', meta[2] or ''}
+        return {'fresh', started, value, meta[3] or '0', meta[4] or '', meta[2] or '',
+            meta[5] or ''}
     end
 end
 local held = redis.call('GET', KEYS[3])
@@ -216,7 +266,8 @@ else
 end
 if value then
     local validators = redis.call('HMGET', KEYS[2], 'etag', 'last_modified')
-    return {'owner', started, fence, validators[1] or '', validators[2] or ''}
+    return {'owner', started, fence, validators[1] or '', validators[2] or '',
+        meta[5] or '', meta[3] or '0', meta[4] or '', meta[2] or ''}
 end
 return {'owner', started, fence, '', ''}
 """
@@ -224,22 +275,28 @@ return {'owner', started, fence, '', ''}
 
 # KEYS: value, meta, fence counter (one slot). ARGV: tombstone ttl ms.
 # A result whose upstream item is gone (an article no longer listed): its value is
-# removed (its `removed=1` event is the caller's next step). Its metadata becomes a
-# tombstone (the fence, for a while) so that a late write of the item, fetched before
-# the removal, is refused. Returns the removal's fence, 0 when there was no value.
+# removed (its `removed=1` event is the caller's next step, owed until then). Its
+# metadata becomes a tombstone (the fence, for a while) so that a late write of the
+# item, fetched before the removal, is refused. Returns {fence, 1} for this removal,
+# {fence, 0} for an earlier one whose event is still owed, 0 when there was no value.
 _REMOVE = (
     _NOW
     + _FENCE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
+    local tomb = redis.call('HMGET', KEYS[2], 'removed', 'event_owed', 'fence')
+    if tomb[1] and tomb[2] then
+        return {tonumber(tomb[3]), 0}
+    end
     return 0
 end
 local fence = next_fence(KEYS[3], tonumber(redis.call('HGET', KEYS[2], 'fence') or '0'))
 redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'fence', fence, 'stored_ms', now_ms(), 'removed', '1')
+redis.call('HSET', KEYS[2], 'fence', fence, 'stored_ms', now_ms(), 'removed', '1',
+    'event_owed', '10')
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return fence
+return {fence, 1}
 """
 )
 
@@ -285,6 +342,36 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Owed:
+    """A change event a result's metadata says is still owed (`event_owed`): what
+    sending it needs, from the metadata of the write, revalidation or removal it is for."""
+
+    fence: int
+    task_id: str
+    fetched_ms: str
+    changed: int
+    revalidated: int
+    removed: bool = False
+
+    @classmethod
+    def parse(
+        cls, flags: Any, fence: Any, task_id: Any, fetched_ms: Any, removed: Any = None
+    ) -> Owed | None:
+        """The debt in these metadata fields; None when `flags` (`event_owed`) is unset."""
+        owed = _text(flags)
+        if not owed:
+            return None
+        return cls(
+            fence=int(_text(fence) or 0),
+            task_id=_text(task_id),
+            fetched_ms=_text(fetched_ms),
+            changed=int(owed[:1] == "1"),
+            revalidated=int(owed[1:2] == "1"),
+            removed=_text(removed) == "1",
+        )
+
+
+@dataclass(frozen=True)
 class Stored:
     """What the metadata says about one stored result (the batch path reads many)."""
 
@@ -292,6 +379,8 @@ class Stored:
     stored_at: float
     max_age: float | None
     validators: Validators | None
+    #: The change event its last write still owes, if any (`ResultStore.send_owed`).
+    owed: Owed | None = None
 
 
 @dataclass(frozen=True)
@@ -333,6 +422,9 @@ class Batch:
     stored: dict[str, Stored]
     fences: dict[str, int]
 
+
+#: One change event to send: kind, ident, fence and its stream fields.
+_Event = tuple[str, str, int, list[Any]]
 
 #: `ResultStore.revalidate` found no stored value to bring forward.
 GONE = object()
@@ -379,6 +471,11 @@ class ResultStore:
         self._claim = client.register_script(_CLAIM)
         self._remove = client.register_script(_REMOVE)
         self._event = client.register_script(_EVENT)
+        self._settle = client.register_script(_SETTLE)
+        #: On a cluster the event and its metadata live in different slots: an event is
+        #: marked paid after its script (`_SETTLE`), in each master's WAIT round trip or
+        #: in one of its own.
+        self._cluster = isinstance(client, RedisCluster)
         #: The single-flight leases of these keys (tasks/lease.py), renewed through
         #: `lease_client` when given: one with a short timeout and no retries.
         self.leases = Leases(lease_client or client)
@@ -484,16 +581,18 @@ class ResultStore:
         one's change event (`_EVENT`, once per fence) and Pokémon id, in one round trip,
         then, with replicas, the wait (`_confirm`).
 
-        A job is acknowledged only after this returns: a failed event fails the job, and
-        a worker that dies between the two steps leaves it to run again. Run again, it
-        sends the event if it writes (a replay answers "already applied"), or, finding
-        its own write fresh, from its claim (`claim`, `resend_event`). A batch run again
-        does not: see README. Events come once per fence and in
-        fence order per key; readers read the value the event names, already there.
+        Each script left its event owed in the result's metadata (`_OWED`), and the
+        event's step marks it paid. A job is acknowledged only after this returns: a
+        failed event fails the job, and a worker that dies between the two steps leaves
+        the debt written down. Whoever finds it next sends the event: the job run again
+        (a replay answers "already applied" and sends it), any job's claim of the result
+        or batch with its name, the next write (whose event stands for both) or
+        `apiworker send-owed-events`. Events come
+        once per fence and in fence order per key; readers read the value the event
+        names, already there.
         """
-        calls: list[tuple[Script, tuple[Any, ...]]] = []
+        events: list[_Event] = []
         aliases: list[tuple[str, str, str]] = []
-        confirm: list[str] = []
         for result, answer in zip(results, replies, strict=True):
             applied = _applied(result, answer)
             if applied is None:
@@ -507,41 +606,73 @@ class ResultStore:
                 "fetched_at_ms", int(result.fetched_at * 1000), "changed", changed,
                 "revalidated", int(revalidated), "fence", fence,
             ]  # fmt: skip
-            calls.append((self._event, self._event_call(kind, ident, fence, fields)))
+            events.append((kind, ident, fence, fields))
             alias = None if revalidated else getattr(result, "alias", None)
             if alias:
                 aliases.append((self.keys.pokemon_ids_for(alias), alias, ident))
-            confirm.append(self.keys.fence(kind, ident))
-        wait = bool(confirm) and self.replicas.needed()
-        if wait and not isinstance(self.redis, RedisCluster):
-            # One master: the INCR and WAIT of `_confirm` ride in the events' round trip.
-            self._emit(calls, aliases, wait_key=confirm[0])
-            return
-        self._emit(calls, aliases)
-        if wait:
-            self._confirm(confirm, [str(call[1][2]) for call in calls])
+        self._send(events, aliases)
 
-    def resend_event(
-        self, kind: str, ident: str, *, fence: int, task_id: str, fetched_ms: str
-    ) -> bool:
-        """Send the change event of the stored result again (appended only when its fence
-        has had none); True when it was appended. For a job that finds its own write on
-        running again: whether that write changed the value is no longer known, so the
-        event says it may have (`changed=1`)."""
-        fields = [
-            "key", self.keys.result(kind, ident), "kind", kind, "id", ident,
-            "task_id", task_id, "fetched_at_ms", fetched_ms, "changed", 1,
-            "revalidated", 0, "fence", fence,
-        ]  # fmt: skip
-        (appended,) = self._run([(self._event, self._event_call(kind, ident, fence, fields))])
-        if isinstance(appended, Exception):
-            raise appended
-        return bool(appended)
+    def send_owed(self, kind: str, owed: Sequence[tuple[str, Owed]]) -> int:
+        """Send the change events that the metadata of `owed`'s results says are still
+        owed (a writer died before its event), each marked paid; returns how many were
+        appended (none where one had been, only its mark was left)."""
+        events: list[_Event] = []
+        for ident, debt in owed:
+            fields: list[Any] = [
+                "key", self.keys.result(kind, ident), "kind", kind, "id", ident,
+                "task_id", debt.task_id, "fetched_at_ms", debt.fetched_ms,
+                "changed", debt.changed, "revalidated", debt.revalidated, "fence", debt.fence,
+            ]  # fmt: skip
+            if debt.removed:
+                fields += ["removed", 1]
+            events.append((kind, ident, debt.fence, fields))
+        appended = self._send(events, ())
+        if appended:
+            OWED_EVENTS_SENT.labels(kind).inc(appended)
+        return appended
+
+    def _send(self, events: Sequence[_Event], aliases: Sequence[tuple[str, str, str]]) -> int:
+        """`events` and the id index entries in one round trip, each event marked paid
+        (in its own script on a single Redis, `_settle_all` on a cluster), then, with
+        replicas, the wait (`_confirm`). Returns how many events were appended."""
+        calls = [
+            (self._event, self._event_call(kind, ident, fence, fields))
+            for kind, ident, fence, fields in events
+        ]
+        confirm = [self.keys.fence(kind, ident) for kind, ident, _, _ in events]
+        wait = bool(confirm) and self.replicas.needed()
+        if wait and not self._cluster:
+            # One master: the INCR and WAIT of `_confirm` ride in the events' round trip.
+            return self._emit(calls, aliases, wait_key=confirm[0])
+        appended = self._emit(calls, aliases)
+        paid = [(self.keys.meta(kind, ident), fence) for kind, ident, fence, _ in events]
+        if wait:  # a cluster: each master's wait carries the marks of its keys
+            self._confirm(confirm, [str(call[1][2]) for call in calls], settle=paid)
+        elif self._cluster:
+            self._settle_all(paid)
+        return appended
+
+    def _settle_all(self, paid: Sequence[tuple[str, int]]) -> None:
+        """On a cluster without replicas, after their events' round trip: mark each of
+        `paid` (metadata key, fence) paid (`_SETTLE`), in one more round trip.
+
+        A mark this fails to clear is harmless: whoever finds it sends the event again,
+        which appends nothing (once per fence), and clears it then. So a failure here
+        does not fail the job that has stored its result and its event."""
+        calls = [(self._settle, _packed({"keys": [meta], "args": [fence]})) for meta, fence in paid]
+        if not calls:
+            return
+        try:
+            self._run(calls)  # the replies (errors among them) change nothing
+        except redis.RedisError as error:
+            log.info("events appended, marks left for later: %s", type(error).__name__)
 
     def _event_call(
         self, kind: str, ident: str, fence: int, fields: Sequence[Any]
     ) -> tuple[Any, ...]:
         keys = [self.keys.events_for(kind, ident), self.keys.event_fences_for(kind, ident)]
+        if not self._cluster:  # one Redis: the event marks itself paid (`_EVENT`)
+            keys.append(self.keys.meta(kind, ident))
         args = [self.events_maxlen, self.keys.result(kind, ident), fence, *fields]
         return _packed({"keys": keys, "args": args})
 
@@ -550,17 +681,17 @@ class ResultStore:
         calls: Sequence[tuple[Script, tuple[Any, ...]]],
         aliases: Sequence[tuple[str, str, str]],
         wait_key: str | None = None,
-    ) -> None:
+    ) -> int:
         """The event scripts and the id index entries, in one plain pipeline; with
         `wait_key` (a fence counter, on a single Redis), `_confirm`'s INCR and WAIT after
-        them."""
+        them. Returns how many events were appended."""
         extra: list[tuple[Any, ...]] = [
             ("HSET", index, alias, name) for index, alias, name in aliases
         ]
         if wait_key is not None:
             extra += [("INCR", wait_key), ("WAIT", 1, self.replicas.timeout_ms)]
         if not calls and not extra:
-            return
+            return 0
         replies, answers = self._run_with(calls, extra)
         waited = answers.pop() if wait_key is not None else None
         for reply in [*replies, *answers]:
@@ -568,10 +699,19 @@ class ResultStore:
                 raise reply
         if wait_key is not None:
             self.replicas.check(waited)
+        return sum(1 for reply in replies if reply == 1)
 
-    def _confirm(self, counters: Sequence[str], hashes: Sequence[str]) -> None:
+    def _confirm(
+        self,
+        counters: Sequence[str],
+        hashes: Sequence[str],
+        settle: Sequence[tuple[str, int]] = (),
+    ) -> None:
         """Wait until a replica of each master that holds one of `keys` has the writes
         made to it so far; raise `ReplicaNotConfirmed` when one does not in time.
+        `settle` (metadata key, fence: events just appended) are marked paid in the
+        round trip of their master (`_SETTLE`, sent whole with EVAL: a promoted replica
+        has no scripts loaded); one that fails stays owed, harmless (`_settle_all`).
 
         WAIT counts only its own connection's writes, so each master's round trip
         begins with a write to it: one of the given keys raised (a fence counter of
@@ -585,8 +725,13 @@ class ResultStore:
         for key, counter in [(key, True) for key in counters] + [(key, False) for key in hashes]:
             node = self._node_client(key)
             by_node.setdefault(id(node), (node, key, counter))
+        marks: dict[int, list[tuple[str, int]]] = {}
+        for meta, fence in settle:  # each beside a counter: the same slot
+            marks.setdefault(id(self._node_client(meta)), []).append((meta, fence))
         for node, key, counter in by_node.values():
             pipe = node.pipeline(transaction=False)
+            for meta, fence in marks.get(id(node), ()):
+                pipe.eval(_SETTLE, 1, meta, fence)
             if counter:
                 pipe.incr(key)
             else:
@@ -679,13 +824,12 @@ class ResultStore:
         freshness: Freshness,
         token: str,
         ttl: float,
-        task_id: str = "",
     ) -> Claim:
         """A value fresh at `started` (by `freshness`), else the fetch lock, else "wait".
 
-        A fresh value that `task_id` itself wrote (the job ran before and wrote, then
-        failed or died before its event was appended) has its event sent again here,
-        once per fence (`resend_event`).
+        A stored value whose change event is still owed (its writer died or failed
+        before the event's round trip) has it sent here, once per fence (`send_owed`),
+        whether it is served fresh or fetched again.
 
         `started` is on Redis's clock, as an earlier claim answered it; None on a job's
         first claim, which takes Redis's `TIME` (the answer's `started`).
@@ -710,15 +854,16 @@ class ResultStore:
         if state == "fresh":
             note_result_key(keys[0])
             fresh = Claim(state, began, orjson.loads(answer[2]), fence=int(answer[3]))
-            writer, fetched_ms = _text(answer[4]), _text(answer[5])
-            if task_id and writer == task_id:
-                # This very job wrote it before it ran again: its event may be missing.
-                self.resend_event(kind, ident, fence=fresh.fence, task_id=writer,
-                                  fetched_ms=fetched_ms)  # fmt: skip
+            owed = Owed.parse(answer[6], answer[3], answer[4], answer[5])
+            if owed is not None:
+                self.send_owed(kind, [(ident, owed)])
             return fresh
         if state == "owner":
             fence = int(answer[2])
             validators = Validators(_text(answer[3]) or None, _text(answer[4]) or None)
+            owed = Owed.parse(*answer[5:9]) if len(answer) > 5 else None
+            if owed is not None:  # paid before this fetch, which may fail and write nothing
+                self.send_owed(kind, [(ident, owed)])
             return Claim(
                 state,
                 began,
@@ -788,8 +933,10 @@ class ResultStore:
         """Remove the results of upstream items that are gone; returns how many were there.
 
         Each removal is atomic; its `removed=1` event follows (`_EVENT`, once per
-        fence). Its metadata stays as a tombstone for `tombstone_seconds`, so a write
-        fetched before the removal is refused (its fence is lower), and then expires.
+        fence), owed until then: a removal whose event a dead worker never sent is sent
+        by the next call for that ident. Its metadata stays as a tombstone for
+        `tombstone_seconds`, so a write fetched before the removal is refused (its fence
+        is lower), and then expires.
         """
         calls = [
             (
@@ -810,24 +957,18 @@ class ResultStore:
         if not calls:
             return 0
         replies = self._run(calls)
-        events: list[tuple[Script, tuple[Any, ...]]] = []
-        confirm: list[str] = []
+        owed: list[tuple[str, Owed]] = []
+        removed = 0
         for ident, reply in zip(idents, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
             if not reply:
                 continue
-            fields = [
-                "key", self.keys.result(kind, ident), "kind", kind, "id", ident,
-                "task_id", "", "fetched_at_ms", "", "changed", 1, "revalidated", 0,
-                "fence", int(reply), "removed", 1,
-            ]  # fmt: skip
-            events.append((self._event, self._event_call(kind, ident, int(reply), fields)))
-            confirm.append(self.keys.fence(kind, ident))
-        self._emit(events, ())
-        if confirm and self.replicas.needed():
-            self._confirm(confirm, [str(call[1][2]) for call in events])
-        return len(confirm)
+            fence, now_removed = int(reply[0]), int(reply[1])
+            removed += now_removed
+            owed.append((ident, Owed(fence, "", "", changed=1, revalidated=0, removed=True)))
+        self.send_owed(kind, owed)
+        return removed
 
     def read(self, kind: str, ident: str) -> tuple[Any, float] | None:
         """The stored value and its fetch time (epoch seconds), or None."""
@@ -862,26 +1003,36 @@ class ResultStore:
 
         Only results whose value exists are given: a 304 can only bring forward a value
         that is there, and only such a value can be served as fresh. Fences are taken
-        for every ident, fresh or not: a fence nobody writes with costs nothing.
+        for every ident, fresh or not: a fence nobody writes with costs nothing. On a
+        cluster the time is one node's, asked first: a cluster pipeline carries only
+        commands with keys.
         """
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        clock: Any = None
+        if self._cluster:
+            # A cluster pipeline refuses a command without a key: one node's TIME first.
+            clock = self.redis.time()
+        else:
+            pipe.time()
         for ident in idents:
             pipe.hmget(
                 self.keys.meta(kind, ident),
                 "stored_ms", "fetched_at_ms", "max_age", "etag", "last_modified",
+                "event_owed", "fence", "task_id",
             )  # fmt: skip
             pipe.exists(self.keys.result(kind, ident))
             if fences:
                 pipe.incr(self.keys.fence(kind, ident))
         answers = pipe.execute()
+        if clock is not None:
+            answers.insert(0, clock)
         seconds, micros = answers[0]
         step = 3 if fences else 2
         found: dict[str, Stored] = {}
         taken: dict[str, int] = {}
         for index, ident in enumerate(idents):
             at = 1 + step * index
-            stored_ms, fetched_ms, max_age, etag, last_modified = answers[at]
+            stored_ms, fetched_ms, max_age, etag, last_modified, owed, fence, writer = answers[at]
             if fences:
                 taken[ident] = int(answers[at + 2])
             stamp = stored_ms if stored_ms is not None else fetched_ms
@@ -892,6 +1043,7 @@ class ResultStore:
                 stored_at=int(stamp) / 1000,
                 max_age=float(max_age) if max_age is not None else None,
                 validators=validators if validators else None,
+                owed=Owed.parse(owed, fence, writer, fetched_ms),
             )
         return Batch(started=int(seconds) + int(micros) / 1e6, stored=found, fences=taken)
 
@@ -1006,11 +1158,11 @@ def _applied(result: Fetched | Unchanged, answer: Any) -> tuple[int, int] | None
         return None
     status = int(answer[0])
     if isinstance(result, Unchanged):
-        return (0, int(answer[2])) if status in (1, 2) else None
+        return (int(answer[3]), int(answer[2])) if status in (1, 2) else None
     if status == 1:
         return int(answer[1]), int(answer[2])
-    # A replay: whether it changed the value is no longer known; say it may have.
-    return 1, int(answer[1])
+    # A replay: the owed event's `changed`, or "may have" when it was paid already.
+    return int(answer[2]), int(answer[1])
 
 
 def _load(client: Any, script: Any) -> None:

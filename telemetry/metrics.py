@@ -1,8 +1,8 @@
 """Every Prometheus metric of the service, defined once, here.
 
 The API layer's (upstream requests, retries, revalidations, rate limits, circuits), the
-tasks' (retries, failure records, freshness hits, single-flight waits) and the worker's
-(jobs and their durations); the gauges read from Redis on scrape are in
+tasks' (retries, failure records, owed events sent, freshness hits, single-flight waits)
+and the worker's (jobs and their durations); the gauges read from Redis on scrape are in
 `telemetry.backlog`. Defined at import and shared by everything in the process. Under
 Celery's prefork pool prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR)
 aggregates them.
@@ -105,6 +105,15 @@ FAILURES_RECORDED = Counter(
     "Permanent job failures recorded: written to the failure stream, or kept by the worker "
     "until Redis takes them (apiworker_failures_buffered).",
     ["task", "error"],
+)
+
+# Change events a writer owed and a later job sent (tasks/store.py, `send_owed`): each
+# one is a worker that died (or whose event failed) between a write and its event.
+OWED_EVENTS_SENT = Counter(
+    "apiworker_owed_events_sent",
+    "Change events a result's metadata said were owed (their writer died before them), "
+    "appended by a later job or the sweep, by kind.",
+    ["kind"],
 )
 
 # Freshness and single flight (tasks/single_flight.py).

@@ -6,6 +6,10 @@ Every setting below is chosen on purpose; each says why, with a link to Celery's
 
 from __future__ import annotations
 
+# Before Celery: redis-py, kombu and tenacity without the optional packages a worker never
+# uses (worker/optional_imports.py).
+import worker.optional_imports  # isort: skip
+
 import sys
 
 from celery import Celery

@@ -18,8 +18,9 @@ Together about 3 MiB of every worker process's 76 MiB budget (docs/performance.m
 module imports them first with those optional names marked missing (`sys.modules[name]
 = None`, which the import system documents as "raise ImportError"): each takes its own
 "not installed" branch. The marks are removed at once, so any later `import yaml` (the
-command line's manifests, a test) loads it as usual. Imported first by `worker/__init__.py`,
-before Celery (which imports kombu) and the app; tests/unit/test_worker_entry_point.py
+command line's manifests, a test) loads it as usual. Imported first by `worker/app.py`,
+before Celery (which imports kombu), and by `python -m worker` right after a green pool's
+monkey patching (worker/__main__.py), never before it; tests/unit/test_worker_entry_point.py
 fails if a worker process loads any of them again.
 """
 

@@ -6,7 +6,8 @@ variables, read afresh on every invocation rather than from the process-wide cac
 so a command always talks to the Redis it was pointed at.
 
 One module per command group: `enqueue`, `result`, `follow`, `failures`, `queues`,
-`top`, `dead_letters`, `health`, `migrate-keys`, `rabbitmq`; the group itself and what
+`top`, `dead_letters`, `health`, `migrate-keys`, `send-owed-events` (`owed_events`),
+`rabbitmq`; the group itself and what
 they share is `base`.
 """
 
@@ -21,6 +22,7 @@ from ops.cli import (
     follow,
     health,
     migrate_keys,
+    owed_events,
     queues,
     rabbitmq,
     result,
@@ -40,6 +42,7 @@ __all__ = [
     "health",
     "main",
     "migrate_keys",
+    "owed_events",
     "queues",
     "rabbitmq",
     "result",

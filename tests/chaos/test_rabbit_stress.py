@@ -136,7 +136,9 @@ def test_a_lost_connection_under_threads_runs_no_unstarted_job_twice(
     redelivery; only the two running may run again."""
     deployment = deploy(**COUNT_RUNS, **DEEP_PREFETCH)
     names = pokemon_names(8)
-    sandbox.latency = 1.5
+    # Long enough that jobs are still waiting in hand however long the cut takes to
+    # arrange (rabbitmqctl starts an Erlang VM: seconds on a loaded machine).
+    sandbox.latency = 5.0
     worker = deployment.start_worker(concurrency=2)
     jobs = send(deployment, names)
     wait_for(lambda: len(calls_per_name(sandbox)) >= 2, timeout=20, what="two jobs running")

@@ -8,9 +8,9 @@ Every long job in flight must be delivered once and stored once:
   heartbeat is 7 s old, the rescuers' own too, so nobody is rescued
   (brokers/redis_scripts.py, HEARTBEAT).
 - **Rolling deploy**: SIGTERM to one of two hosts while its jobs run, each longer than
-  the heartbeat timeout, with the threads, prefork and solo pools: the stopping host
-  heartbeats on its own thread until its last job is acknowledged, so the other host
-  takes none of them.
+  the heartbeat timeout, with the threads, prefork, solo, gevent and eventlet pools:
+  the stopping host heartbeats on its own thread until its last job is acknowledged, so
+  the other host takes none of them.
 
 The jobs last a few seconds (the sandbox answers slowly), longer than the 5 s heartbeat
 timeout, which is what a lapsed heartbeat would need to show; every other setting is the
@@ -124,14 +124,17 @@ def holding(deployment: Deployment, hosts: list[WorkerProcess]) -> list[WorkerPr
 
 
 @pytest.mark.parametrize(
-    ("pool", "concurrency", "jobs"), [("threads", 4, 8), ("prefork", 4, 8), ("solo", 1, 1)]
+    ("pool", "concurrency", "jobs"),
+    [("threads", 4, 8), ("prefork", 4, 8), ("solo", 1, 1), ("gevent", 4, 8), ("eventlet", 4, 8)],
 )
 def test_a_rolling_deploy_re_runs_no_job(
     deploy, sandbox: Any, pool: str, concurrency: int, jobs: int
 ) -> None:
     """Two hosts, long jobs running; SIGTERM to a host that runs some: it finishes them
     and leaves, and the other host takes none of them. (Solo: one job, so the other host
-    is idle, free to rescue, while the job runs on its host's event loop thread.)"""
+    is idle, free to rescue, while the job runs on its host's event loop thread. The
+    green pools: their jobs all run at once only if the process was monkey-patched before
+    it imported anything, and the heartbeat is a green thread beating as jobs yield.)"""
     deployment: Deployment = deploy(
         HTTP_READ_TIMEOUT="30",
         WORKER_PREFETCH_MULTIPLIER="1",

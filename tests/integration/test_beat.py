@@ -36,7 +36,7 @@ def test_a_beat_tick_enqueues_refresh_catalog(redis_url: str, sandbox: Any, tmp_
     try:
         wait_for(
             lambda: "tasks.pokemon.refresh_catalog" in queued_task_names(client, "pokeapi"),
-            timeout=30,
+            timeout=60,  # a cold start of `celery beat` on a loaded machine
             what="refresh_catalog on the pokeapi queue",
         )
     finally:

@@ -20,7 +20,7 @@ APIWORKER = Path(sys.executable).with_name("apiworker")
 def import_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Build the app in a fresh interpreter with `env`: where settings are checked."""
     return subprocess.run(
-        [sys.executable, "-c", "import worker"],
+        [sys.executable, "-c", "from worker import app"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

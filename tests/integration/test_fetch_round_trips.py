@@ -9,11 +9,14 @@ one per batch of acks.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import pytest
 import redis
 
+from brokers.redis_transport import ReliableChannel
 from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
 from sandbox.pokeapi import load_catalogue
@@ -21,6 +24,7 @@ from tests.integration.conftest import with_db, worker_environment
 from tests.support.celery_worker import wait_for
 
 JOBS = 300
+HEARTBEAT_INTERVAL = ReliableChannel.heartbeat_interval
 
 
 @pytest.mark.broker("redis")
@@ -43,17 +47,21 @@ def test_a_queued_backlog_costs_under_one_broker_round_trip_per_job(
     for name in names:
         producer.send_task("tasks.pokemon.fetch_pokemon", args=[name], queue="pokeapi")
     broker.config_resetstat()
+    started = time.monotonic()
     worker = WorkerProcess(env, concurrency=8).start(producer)
     try:
         keys = [f"pokemon:{name}" for name in names]
         wait_for(lambda: results.exists(*keys) == JOBS, timeout=60, what="every job stored")
         stats = broker.info("commandstats")
+        # The heartbeat is one script call a second, however long a loaded machine
+        # takes over the jobs: not counted against them.
+        heartbeats = math.ceil((time.monotonic() - started) / HEARTBEAT_INTERVAL) + 1
     finally:
         worker.stop()
         broker.close()
         results.close()
         producer.close()
     evalsha = stats.get("cmdstat_evalsha", {}).get("calls", 0)
-    assert 0 < evalsha < JOBS, stats
+    assert 0 < evalsha - heartbeats < JOBS, stats
     assert "cmdstat_brpop" not in stats
     print(f"broker script calls for {JOBS} jobs: {evalsha}")

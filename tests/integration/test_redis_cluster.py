@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import threading
 import time
@@ -21,6 +23,7 @@ import redis
 from celery import Celery
 from click.testing import CliRunner
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from apis import errors
 from apis.breaker import CircuitBreaker
@@ -35,11 +38,12 @@ from tasks.runtime import Runtime
 from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.integration.conftest import worker_environment
 from tests.integration.test_readers import reader
-from tests.support.celery_worker import wait_for
+from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.redis_cluster import PrivateCluster
 
 PARTITIONS = 16
 TIMEOUT = 30
+README = (REPO_ROOT / "README.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +203,110 @@ def test_a_worker_on_the_cluster_stores_results_the_cli_reads(
     finally:
         worker.stop()
         producer.close()
+
+
+ACL_PASSWORD = "cluster-acl-password-8c2f"
+
+
+def readme_cluster_acl_line() -> list[str]:
+    """The README's `ACL SETUSER apiworker-results ...` line, with the test's password."""
+    found = re.search(r"^ACL SETUSER apiworker-results .+$", README, re.MULTILINE)
+    assert found, "README.md gives no ACL SETUSER line for the cluster's nodes"
+    return shlex.split(found.group(0).replace("CHANGE-ME", ACL_PASSWORD))
+
+
+@pytest.mark.broker("redis")
+def test_the_readme_cluster_acl_user_runs_jobs_end_to_end_with_nothing_refused(
+    cluster: PrivateCluster,
+    client: RedisCluster,
+    redis_server_url: str,
+    sandbox_server: Any,
+    session_broker_url: str,
+) -> None:
+    """Every node gets the README's cluster ACL line; a worker whose results store is
+    the cluster as that user (REDIS_USERNAME, REDIS_PASSWORD) stores a job's result, a
+    catalog batch's and a failure, and `result`, `follow`, `failures list`, `health` and
+    `send-owed-events` run as it too, `result` once more while the value's slot moves:
+    every command exits 0, and no node's ACL LOG records a refusal. Before the master-kill
+    test (file order): health needs every master's replica."""
+    nodes = [redis.Redis(port=node.port, decode_responses=True) for node in cluster.nodes]
+    for node in nodes:
+        node.execute_command(*readme_cluster_acl_line())
+        node.acl_log_reset()
+    env = worker_environment(
+        redis_server_url,
+        sandbox_server,
+        CELERY_BROKER_URL=session_broker_url,
+        REDIS_CLUSTER_NODES=cluster.setting,
+        EVENTS_PARTITIONS=str(PARTITIONS),
+        REDIS_USERNAME="apiworker-results",
+        REDIS_PASSWORD=ACL_PASSWORD,
+    )
+    producer: Celery = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
+    worker = WorkerProcess(env).start(producer)
+    try:
+        producer.send_task("tasks.pokemon.fetch_pokemon", args=["charizard"]).get(timeout=TIMEOUT)
+        producer.send_task("tasks.pokemon.fetch_pokemon_batch", args=[["pikachu", "mew"]]).get(
+            timeout=TIMEOUT
+        )
+        failed = producer.send_task("tasks.pokemon.fetch_pokemon", args=["no-such-pokemon"])
+        with pytest.raises(Exception):  # noqa: B017,PT011 - any failure: the record is the test
+            failed.get(timeout=TIMEOUT)
+        wait_for(lambda: client.xlen("events:failures"), timeout=TIMEOUT, what="a failure record")
+        for args in (
+            ("result", "pokemon", "mew", "--meta"),
+            ("follow", "--from-start", "--count", "3"),
+            ("failures", "list"),
+            ("health", "--timeout", "2"),
+            ("send-owed-events",),
+        ):
+            outcome = CliRunner().invoke(cli, list(args), env=env)
+            assert outcome.exit_code == 0, (args, outcome.output)
+            assert ACL_PASSWORD not in outcome.output
+        assert json.loads(client.get("pokemon:mew"))["name"] == "mew"
+        asked = read_while_its_slot_moves(cluster, "pokemon:mew", env)
+        assert asked >= 1  # the source answered ASK: the client sent ASKING, allowed
+        assert worker.alive
+        users = {c["user"] for node in nodes for c in node.client_list()}
+        assert "apiworker-results" in users
+        assert [entry for node in nodes for entry in node.acl_log()] == []
+    finally:
+        worker.stop()
+        producer.close()
+        for node in nodes:
+            node.acl_deluser("apiworker-results")
+            node.close()
+
+
+def read_while_its_slot_moves(cluster: PrivateCluster, key: str, env: dict[str, str]) -> int:
+    """Move `key`'s slot to another master as `redis-cli --cluster reshard` does
+    (IMPORTING, MIGRATING, MIGRATE), read `key` with `apiworker result` halfway, while
+    the old master answers ASK for it, then finish the move. Returns how many ASKING the
+    new master received."""
+    slot = key_slot(key.encode())
+    source = cluster.master_of(key)
+    target = next(node for node in cluster.masters_now() if node.port != source.port)
+    src = redis.Redis(port=source.port, decode_responses=True)
+    dst = redis.Redis(port=target.port, decode_responses=True)
+    try:
+        src_id, dst_id = src.cluster("MYID"), dst.cluster("MYID")
+        dst.cluster("SETSLOT", slot, "IMPORTING", src_id)
+        src.cluster("SETSLOT", slot, "MIGRATING", dst_id)
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", key)
+        kind, ident = key.split(":", 1)
+        outcome = CliRunner().invoke(cli, ["result", kind, ident], env=env)
+        assert outcome.exit_code == 0, outcome.output
+        asked = int(dst.info("commandstats").get("cmdstat_asking", {}).get("calls", 0))
+        while rest := src.cluster("GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *rest)
+        for node in cluster.masters_now():
+            master = redis.Redis(port=node.port)
+            master.cluster("SETSLOT", slot, "NODE", dst_id)
+            master.close()
+        return asked
+    finally:
+        src.close()
+        dst.close()
 
 
 def test_a_master_killed_while_results_are_written_loses_none(

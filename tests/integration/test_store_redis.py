@@ -139,22 +139,41 @@ def test_write_many_loads_its_script_when_redis_lost_it(client: redis.Redis) -> 
     assert client.xlen("events:results") == 2
 
 
-def test_a_job_that_finds_its_own_write_fresh_sends_the_missing_event(
+def test_a_claim_that_finds_an_unpaid_write_fresh_sends_its_event_once(
     client: redis.Redis,
 ) -> None:
-    """A job whose value was written but whose event was not (its worker died between
-    the two round trips) runs again and finds the value fresh: its claim sends the event,
-    once; another job's fresh hit sends nothing."""
+    """A value written whose event was not (its worker died between the two round
+    trips): the metadata says the event is owed, and the next claims that find it fresh,
+    whichever job makes them, send it once and clear the debt."""
     store = make_store(client)
     client.flushall()
     result = pokemon("mew", 1.0)
     store._run([(store._write, _packed(store._write_args(result, "job-1")))])  # value only
     assert client.xlen("events:results") == 0
-    for task_id in ("job-2", "job-1", "job-1"):
+    assert client.hget("meta:{pokemon:mew}", "event_owed") == "10"
+    for task_id in ("job-2", "job-1", "job-3"):
         claim = store.claim(
-            "pokemon", "mew", started=None, freshness=Freshness(60), token="t", ttl=5,
-            task_id=task_id,
-        )  # fmt: skip
+            "pokemon", "mew", started=None, freshness=Freshness(60), token=task_id, ttl=5
+        )
         assert claim.state == "fresh"
     (event,) = [fields for _, fields in client.xrange("events:results")]
     assert (event["key"], event["task_id"], event["fence"]) == ("pokemon:mew", "job-1", "1")
+    assert client.hget("meta:{pokemon:mew}", "event_owed") is None
+
+
+def test_a_fresh_hit_on_a_paid_write_costs_one_round_trip(client: redis.Redis) -> None:
+    """A write whose event was appended leaves nothing owed: a later fresh claim is its
+    one script call, as before the outbox."""
+    store = make_store(client)
+    store.write(pokemon("mew", 1.0), "t")
+    fresh = Freshness(60)
+    store.claim("pokemon", "other", started=None, freshness=fresh, token="x", ttl=5)  # loads it
+    assert client.hget("meta:{pokemon:mew}", "event_owed") is None
+    trips, commands = round_trips(
+        client,
+        lambda: store.claim(
+            "pokemon", "mew", started=None, freshness=Freshness(60), token="x", ttl=5
+        ),
+    )
+    assert (trips, commands["evalsha"]) == (1, 1)
+    assert "xadd" not in commands

@@ -7,8 +7,9 @@ import orjson
 import pytest
 
 from apis.conditional import Validators
+from ops.owed_events import send_owed
 from tasks.keys import Keys
-from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged
+from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, _packed
 
 
 @pytest.fixture
@@ -228,3 +229,18 @@ def test_stored_many_gives_validators_only_where_the_value_exists(store: ResultS
     assert set(found) == {"a"}
     assert found["a"].validators == Validators(etag='"e1"')
     assert found["a"].stored_at == stored_ms(store, "a") / 1000
+
+
+def test_the_sweep_finds_owed_events_under_a_prefix_and_skips_list_pages() -> None:
+    """With RESULT_KEY_PREFIX the sweep still names each result from its metadata key;
+    a list page's hash (also under `meta:{`) is no result and is left alone."""
+    client = fakeredis.FakeRedis(decode_responses=True)
+    store = ResultStore(client, Keys("app:"), events_maxlen=100, failures_maxlen=100)
+    unsent = pokemon("mew", 1.0)
+    store._run([(store._write, _packed(store._write_args(unsent, "t1")))])  # value only
+    client.hset(store.keys.page("article", "0:100"), mapping={"ids": "[]", "event_owed": "10"})
+    assert send_owed(store, dry_run=True) == {"owed": 1}
+    assert send_owed(store) == {"owed": 1, "appended": 1}
+    [(_, event)] = client.xrange("app:events:results")
+    assert (event["key"], event["task_id"]) == ("app:pokemon:mew", "t1")
+    assert send_owed(store) == {"owed": 0, "appended": 0}

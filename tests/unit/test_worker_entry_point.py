@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
+from settings import setting_names
 from tests.support.celery_worker import REPO_ROOT
+from worker.__main__ import POOL_VARIABLE, chosen_pool
 from worker.optional_imports import absent
 
 # Loaded by `celery -A worker worker` before the worker starts, never used by it.
@@ -45,19 +47,21 @@ def test_the_package_is_installed_so_the_next_test_can_fail(name: str) -> None:
 
 
 def test_a_worker_process_loads_none_of_the_packages_it_does_not_use() -> None:
-    """What `python -m worker` imports before it starts (the app, its tasks, Celery's
-    worker command) holds none of KEPT_OUT."""
+    """What `python -m worker` imports before it starts (its `main`, the app, its tasks,
+    Celery's worker command) holds none of KEPT_OUT."""
     script = (
-        "import sys, worker.__main__, celery.apps.worker, celery.worker;"
-        "from worker.app import app; app.loader.import_default_modules();"
-        "print('\\n'.join(sys.modules))"
+        "import sys, worker.__main__\n"
+        "try:\n    worker.__main__.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "import celery.apps.worker, celery.worker\n"
+        "from worker.app import app; app.loader.import_default_modules()\n"
+        "print('MODULES', *sys.modules)"
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    loaded = set(done.stdout.split())
+    loaded = set(done.stdout.split("MODULES", 1)[1].split())
     assert {"celery.bin.worker", "kombu.serialization", "tenacity", "redis"} <= loaded
     leaked = {
         name for name in KEPT_OUT for module in loaded
@@ -90,3 +94,38 @@ def test_a_module_already_loaded_stays_loaded() -> None:
 
         assert json.loads("1") == 1
     assert sys.modules["json"] is json
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "pool"),
+    [
+        (["-P", "gevent"], {}, "gevent"),
+        (["-Peventlet"], {}, "eventlet"),
+        (["--pool", "solo"], {"WORKER_POOL": "gevent"}, "solo"),
+        (["--pool=gevent", "--concurrency=4"], {}, "gevent"),
+        (["--loglevel=INFO"], {"WORKER_POOL": "eventlet"}, "eventlet"),
+        (["--loglevel=INFO"], {}, None),
+    ],
+)
+def test_the_pool_is_read_from_the_command_line_then_the_setting(
+    argv: list[str], environ: dict[str, str], pool: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(POOL_VARIABLE, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert chosen_pool(argv) == pool
+
+
+def test_the_pool_variable_is_the_settings_own() -> None:
+    assert POOL_VARIABLE in setting_names()
+
+
+def test_a_green_pool_is_patched_before_the_app_is_imported() -> None:
+    """`python -m worker` imports this package first: it must not import the app, or
+    the patching would come after the sockets and threads it patches were imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, worker; print('celery' in sys.modules)"],
+        cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
