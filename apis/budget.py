@@ -26,13 +26,28 @@ of workers and threads changes with the deployment. A limit per process would al
   rate by `DECREASE` (at most once per pause, so a burst of 429s is one signal); the
   rate then grows back by `INCREASE` of itself per second (at least `MIN_INCREASE`),
   up to the configured rate, the ceiling. A call whose reserved token predates a pause
-  asks again. With no rate configured the budget is unbounded until the first 429 (a
-  process then trusts "unbounded" for `UNBOUNDED_TRUST_SECONDS` without a round trip
-  per call); the rate it then starts from is the larger of half of what the fleet sent
-  in the last second (as TCP leaves slow start) and what the upstream accepted in it
-  (this process's count of answers times the processes sharing the budget). With
-  `adaptive` off such an upstream has no budget at all. Each change of the rate is
-  logged on one line and exported (`apiworker_budget_rate`).
+  asks again. With `adaptive` off an upstream with no rate configured has no budget at
+  all. Each change of the rate is logged on one line and exported
+  (`apiworker_budget_rate`).
+- **Slow start.** With no rate configured and nothing learnt, the fleet does not start
+  unbounded: the requests in flight when the first 429 comes are all refused too, and
+  at full speed that was most of a run's 429s. It starts at `PROBE_RATE` and doubles
+  every `SLOW_START_DOUBLING` seconds while it asks for at least `SLOW_START_USED` of it
+  (an idle fleet proves nothing), in a bucket of a tenth of a second (saved-up tokens
+  sent at once would land on a limit just met): TCP's slow start, paced by rate rather
+  than a window, because an upstream's token bucket refuses on rate. The first 429
+  leaves half of what the fleet sent in the last second (TCP's ssthresh: half the
+  flight), and the additive increase above takes over. An upstream that reaches
+  `OPEN_RATE` without a 429, or passes `OPEN_UNUSED` and then finds the fleet asking
+  for less than `SLOW_START_USED` of it (it took all this fleet sends, and pacing it
+  further would cost a round trip per call for nothing), is unbounded: a process then
+  trusts that for `UNBOUNDED_TRUST_SECONDS` without a round trip per call, and a later
+  first 429 starts from the larger of half of what the fleet sent in the last second
+  and what the upstream accepted in it (this process's count of answers times the
+  processes sharing the budget). The phase is fleet-wide in Redis, so a new process
+  does not start over; and each process sends what it last knew with every call, so a
+  Redis that lost the state (a restart without persistence, a flush) gets it back
+  instead of a new probe.
 - **Fails safe.** When Redis is slow or away the process falls back to a local bucket
   at the last known rate divided by the processes that share it (counted in Redis
   while it answered), logged once per outage and shown by `apiworker_guard_fallback`.
@@ -94,16 +109,40 @@ _PROCESS_SECONDS = 10.0
 #: How long a permit of the concurrency limit outlives its call at most.
 _PERMIT_SECONDS = 60.0
 #: How long a process trusts an "unbounded" reading before asking Redis again: an
-#: upstream with no rate configured and no 429 yet costs no round trip per call.
+#: upstream found unbounded by its slow start costs no round trip per call.
 UNBOUNDED_TRUST_SECONDS = 0.1
+#: Slow start of an upstream with no rate configured and nothing learnt: the fleet starts
+#: at PROBE_RATE requests/s and doubles it every SLOW_START_DOUBLING seconds while it
+#: asks for at least SLOW_START_USED of it (an idle fleet proves nothing), until the
+#: first 429 (then SLOW_START_EXIT of what the fleet sent, growing additively) or until
+#: it reaches OPEN_RATE with none (then unbounded: no round trip per call).
+PROBE_RATE = 20.0
+SLOW_START_DOUBLING = 3.0
+SLOW_START_USED = 0.5
+OPEN_RATE = 1000.0
+#: ... or once it is past OPEN_UNUSED requests/s and the fleet asks for less than
+#: SLOW_START_USED of it: the upstream took what this fleet sends without a 429.
+OPEN_UNUSED = 200.0
+#: The probe's bucket holds this many seconds' worth (a configured or learnt rate's, half
+#: a second's): saved-up tokens sent at once would land on a limit just met.
+SLOW_START_BURST = 0.1
+#: What a 429 met in slow start leaves of what the fleet sent in the last second (at
+#: most of the probe rate): TCP's ssthresh, half the flight.
+SLOW_START_EXIT = 0.5
+#: The slow start's phases, as the state hash and the take script's reply name them.
+LEARNT, SLOW, OPEN = "learnt", "slow", "open"
+_MODES = (LEARNT, SLOW, OPEN)
 #: Poll step of a call that waits without a reservation (bulk, or no free permit).
 _POLL_SECONDS = 0.02
 
 # KEYS: state hash, permits zset, processes zset.
 # ARGV: ceiling, capacity (0: half a second's worth), max wait ms, class, bulk share,
-# concurrency, permit id, permit ttl ms, process id.
-# Returns {wait ms, rate in milli-requests/s, processes}: wait 0 = go now, > 0 = a
-# token is reserved, go after that long; < 0 = nothing taken, ask again after -wait.
+# concurrency, permit id, permit ttl ms, process id, what this process last knew of a
+# rate not configured (rate, phase: '' none: the start when the state is gone), and
+# '1' when the budget learns (slow start; else unbounded until a 429).
+# Returns {wait ms, rate in milli-requests/s, processes, phase (0 learnt or configured,
+# 1 slow start, 2 open)}: wait 0 = go now, > 0 = a token is reserved, go after that
+# long; < 0 = nothing taken, ask again after -wait.
 _TAKE = (
     (
         """
@@ -120,31 +159,97 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - @PROCESS_MS@)
 redis.call('PEXPIRE', KEYS[3], 60000)
 local processes = redis.call('ZCARD', KEYS[3])
 local s = redis.call('HMGET', KEYS[1], 'rate', 'tokens', 'at', 'grown', 'btokens', 'bat',
-  'win', 'win_n', 'prev_n')
+  'win', 'win_n', 'prev_n', 'phase', 'ask_n', 'ask_prev')
 local rate = tonumber(s[1]) or 0
 local tokens = tonumber(s[2])
 local at = tonumber(s[3]) or now
 local grown = tonumber(s[4]) or now
 local btokens = tonumber(s[5])
 local bat = tonumber(s[6]) or now
+local phase = s[10]
 if rate == 0 and ceiling > 0 then rate = ceiling end
 if ceiling > 0 and rate > ceiling then rate = ceiling end
--- additive increase, from the end of the last pause
+-- what the fleet sent in the last second (the tokens taken; a first 429 starts from
+-- it) and asked for (slow start grows only while the fleet asks for the rate)
+local win = tonumber(s[7]) or now
+local win_n = tonumber(s[8]) or 0
+local prev_n = tonumber(s[9]) or 0
+local ask_n = tonumber(s[11]) or 0
+local ask_prev = tonumber(s[12]) or 0
+if now - win >= 1000 then
+  if now - win < 2000 then
+    prev_n = win_n
+    ask_prev = ask_n
+  else
+    prev_n = 0
+    ask_prev = 0
+  end
+  win = now
+  win_n = 0
+  ask_n = 0
+end
+ask_n = ask_n + 1
+local asked = math.max(ask_n, ask_prev)
+if ceiling == 0 then
+  redis.call('HSET', KEYS[1], 'win', win, 'win_n', win_n, 'prev_n', prev_n,
+    'ask_n', ask_n, 'ask_prev', ask_prev)
+  if not phase then
+    -- nothing learnt (or the state is gone): what this process knew, else slow start
+    if rate > 0 then
+      phase = 'learnt'
+    elseif ARGV[11] == 'open' or ARGV[12] ~= '1' then
+      phase = 'open'
+    elseif ARGV[11] ~= '' and tonumber(ARGV[10]) > 0 then
+      phase = ARGV[11]
+      rate = tonumber(ARGV[10])
+    else
+      phase = 'slow'
+      rate = @PROBE_RATE@
+    end
+    grown = now
+    redis.call('HSET', KEYS[1], 'phase', phase)
+  end
+end
 if rate > 0 and now > grown then
-  local step = math.max(rate * @INCREASE@, @MIN_INCREASE@) * (now - grown) / 1000
-  if ceiling > 0 then rate = math.min(ceiling, rate + step) else rate = rate + step end
+  if phase == 'slow' then
+    -- slow start: doubling every SLOW_START_DOUBLING while the fleet uses the rate
+    local used = asked >= rate * @SLOW_START_USED@
+    if used then
+      rate = rate * math.pow(2, (now - grown) / @SLOW_START_DOUBLING_MS@)
+    end
+    -- open: no limit met up to OPEN_RATE, or the probe outgrew what the fleet asks for
+    -- once past OPEN_UNUSED (pacing it further would protect nothing it asked for)
+    if rate >= @OPEN_RATE@ or (not used and rate >= @OPEN_UNUSED@) then
+      rate = 0
+      phase = 'open'
+      redis.call('HSET', KEYS[1], 'phase', phase)
+    end
+  else
+    -- additive increase, from the end of the last pause
+    local step = math.max(rate * @INCREASE@, @MIN_INCREASE@) * (now - grown) / 1000
+    if ceiling > 0 then rate = math.min(ceiling, rate + step) else rate = rate + step end
+  end
   grown = now
 end
+local code = 0
+if ceiling == 0 and phase == 'slow' then code = 1 elseif rate == 0 then code = 2 end
 if concurrency > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   if redis.call('ZCARD', KEYS[2]) >= concurrency then
-    return {-20, math.floor(rate * 1000), processes}
+    return {-20, math.floor(rate * 1000), processes, code}
   end
 end
 local wait = 0
 if rate > 0 then
   local cap = capacity
-  if cap <= 0 then cap = math.max(1, math.ceil(rate / 2)) end
+  if cap <= 0 then
+    if code == 1 then
+      -- a probe is sent evenly: a burst of saved tokens would land on a limit just met
+      cap = math.max(1, math.ceil(rate * @SLOW_START_BURST@))
+    else
+      cap = math.max(1, math.ceil(rate / 2))
+    end
+  end
   if tokens == nil then tokens = cap end
   if now > at then
     tokens = math.min(cap, tokens + (now - at) * rate / 1000)
@@ -170,40 +275,35 @@ if rate > 0 then
       if brate > 0 then
         hint = math.min(hint, math.max(bat - now, 0) + (1 - btokens) * 1000 / brate)
       end
-      return {-math.max(1, math.ceil(hint)), math.floor(rate * 1000), processes}
+      return {-math.max(1, math.ceil(hint)), math.floor(rate * 1000), processes, code}
     end
   else
     wait = math.max(0, math.ceil(ready - now))
     if wait > max_wait then
-      return {-wait, math.floor(rate * 1000), processes}
+      return {-wait, math.floor(rate * 1000), processes, code}
     end
     tokens = tokens - 1
   end
   redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(at),
     'btokens', tostring(btokens), 'bat', tostring(bat))
-else
-  -- unbounded: count what the fleet sends, to start from when a 429 comes
-  local win = tonumber(s[7]) or now
-  local win_n = tonumber(s[8]) or 0
-  local prev_n = tonumber(s[9]) or 0
-  if now - win >= 1000 then
-    if now - win < 2000 then prev_n = win_n else prev_n = 0 end
-    win = now
-    win_n = 0
-  end
-  win_n = win_n + 1
-  redis.call('HSET', KEYS[1], 'win', win, 'win_n', win_n, 'prev_n', prev_n)
 end
 redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'grown', tostring(grown))
+if ceiling == 0 then redis.call('HINCRBY', KEYS[1], 'win_n', 1) end
 redis.call('PEXPIRE', KEYS[1], 86400000)
 if concurrency > 0 then
   redis.call('ZADD', KEYS[2], now + wait + tonumber(ARGV[8]), ARGV[7])
   redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[8]) * 2)
 end
-return {wait, math.floor(rate * 1000), processes}
+return {wait, math.floor(rate * 1000), processes, code}
 """
     )
     .replace("@INCREASE@", repr(INCREASE))
+    .replace("@PROBE_RATE@", repr(PROBE_RATE))
+    .replace("@SLOW_START_USED@", repr(SLOW_START_USED))
+    .replace("@SLOW_START_DOUBLING_MS@", repr(SLOW_START_DOUBLING * 1000))
+    .replace("@OPEN_RATE@", repr(OPEN_RATE))
+    .replace("@OPEN_UNUSED@", repr(OPEN_UNUSED))
+    .replace("@SLOW_START_BURST@", repr(SLOW_START_BURST))
     .replace("@MIN_INCREASE@", repr(MIN_INCREASE))
     .replace("@PROCESS_MS@", str(int(_PROCESS_SECONDS * 1000)))
 )
@@ -213,12 +313,13 @@ return {wait, math.floor(rate * 1000), processes}
 # unknown).
 # Returns {1 when this signal cut the rate else 0, old rate milli, new rate milli,
 # pause left ms}.
-_PAUSE = """
+_PAUSE = (
+    """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local pause = tonumber(ARGV[1])
 local ceiling = tonumber(ARGV[2])
-local s = redis.call('HMGET', KEYS[1], 'rate', 'at', 'cut', 'win_n', 'prev_n', 'win')
+local s = redis.call('HMGET', KEYS[1], 'rate', 'at', 'cut', 'win_n', 'prev_n', 'win', 'phase')
 local rate = tonumber(s[1]) or 0
 local at = tonumber(s[2]) or now
 local cut = tonumber(s[3]) or 0
@@ -226,7 +327,15 @@ local until_ms = math.max(at, now + pause)
 local old = rate
 local changed = 0
 if now >= cut then
-  if rate == 0 then
+  if ceiling == 0 and s[7] == 'slow' and rate > 0 then
+    -- the first limit met in slow start: half of what the fleet sent in the last second
+    -- (TCP's ssthresh, half the flight size), at most half the probe rate; the cut
+    -- below must not cut it again
+    local sent = tonumber(s[4]) or 0
+    if now - (tonumber(s[6]) or now) < 2000 then sent = math.max(sent, tonumber(s[5]) or 0) end
+    if sent <= 0 then sent = rate end
+    rate = math.min(rate, sent) * @SLOW_START_EXIT@ / tonumber(ARGV[3])
+  elseif rate == 0 then
     rate = ceiling
     if rate == 0 then
       local win = tonumber(s[6]) or now
@@ -240,7 +349,8 @@ if now >= cut then
     end
   end
   rate = math.max(tonumber(ARGV[4]), rate * tonumber(ARGV[3]))
-  redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'cut', tostring(until_ms))
+  redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'cut', tostring(until_ms),
+    'phase', 'learnt')
   changed = 1
 end
 local u = tostring(until_ms)
@@ -249,6 +359,7 @@ redis.call('HSET', KEYS[1], 'tokens', '0', 'btokens', '0', 'at', u, 'bat', u, 'g
 redis.call('PEXPIRE', KEYS[1], 86400000)
 return {changed, math.floor(old * 1000), math.floor(rate * 1000), until_ms - now}
 """
+).replace("@SLOW_START_EXIT@", repr(SLOW_START_EXIT))
 
 # KEYS: state hash. Returns the ms left of the fleet's pause (0: none).
 _PAUSE_LEFT = """
@@ -389,6 +500,11 @@ class Budget:
         #: The fleet's rate as last read (requests/s, 0 = unbounded) and its sharers.
         self.rate = policy.rate
         self.processes = 1
+        #: Where learning a rate not configured stands, as last read ('' nothing read
+        #: yet): passed with each call, so a fleet whose Redis lost the state (a restart
+        #: without persistence, a flush) resumes from it instead of starting over.
+        self.phase = ""
+        self._opened = False
         #: Until when (this process's clock) the fleet's budget is known to have no token,
         #: and to be paused by the upstream.
         self.busy_until = 0.0
@@ -428,12 +544,13 @@ class Budget:
                         raise self._throttled(-local, method, path)
                     self._wait(local, method=method, path=path)
                     return _FREE
-                wait_ms, rate_milli, processes = (int(value) for value in reply)
-                self._note_rate(rate_milli / 1000, processes)
+                wait_ms, rate_milli, processes, phase = (int(value) for value in reply)
+                self._note_rate(rate_milli / 1000, processes, phase=_MODES[phase])
                 now = self._clock()
                 if rate_milli == 0 and not permit:
-                    # Unbounded (no rate configured, no 429 yet): trust that for a while
-                    # without a round trip per call, as the breaker trusts "closed".
+                    # Unbounded (slow start met no limit, or learning is off): trust that
+                    # for a while without a round trip per call, as the breaker trusts
+                    # "closed".
                     self._unbounded_until = now + UNBOUNDED_TRUST_SECONDS
                     self._sent.add(now)
                 if wait_ms >= 0:
@@ -505,6 +622,9 @@ class Budget:
             permit,
             int(_PERMIT_SECONDS * 1000),
             self._process,
+            repr(self.rate),
+            self.phase,
+            "1" if policy.adaptive else "0",
         ]
         reply: list[int] | None = self._guard.run(
             lambda: self._take(keys=self.keys, args=args), None
@@ -594,6 +714,8 @@ class Budget:
                 status,
             )
             self._note_rate(new / 1000, self.processes, logged=True)
+        elif self.phase != LEARNT:
+            self.phase = LEARNT  # another process's 429 ended the slow start
         return left / 1000
 
     def paused(self, exc: errors.RateLimited) -> errors.Throttled:
@@ -610,13 +732,37 @@ class Budget:
             wait,
         )
 
-    def _note_rate(self, rate: float, processes: int, *, logged: bool = False) -> None:
+    def _note_rate(
+        self, rate: float, processes: int, *, phase: str = LEARNT, logged: bool = False
+    ) -> None:
         self.processes = max(1, processes)
+        if phase != self.phase and self.policy.rate <= 0:
+            if phase == SLOW and not self.phase:
+                log.info("budget of %s: no rate known, slow start at %.3g/s", self.service, rate)
+            elif phase == OPEN and self.phase == SLOW and not self._opened:
+                # Once per process: its threads' replies cross the change in any order.
+                self._opened = True
+                log.info(
+                    "budget of %s: slow start met no limit up to %.3g/s: unbounded",
+                    self.service,
+                    self.rate,
+                )
+        previous_phase, self.phase = self.phase, phase
         if abs(rate - self.rate) < 1e-9:
             return
         previous, self.rate = self.rate, rate
         BUDGET_RATE.labels(self.service).set(rate)
-        # Growth is logged when it crosses a whole request/s, so a recovery is a few
-        # lines, not one per call.
-        if not logged and math.floor(rate) != math.floor(previous):
+        # Growth is logged when it crosses a whole request/s (in slow start: when it
+        # doubles), so a recovery is a few lines, not one per call.
+        # In slow start only a doubling is logged: processes' readings cross a power
+        # of two in both directions while they interleave.
+        if phase == SLOW:
+            changed = _log2_step(rate) > _log2_step(previous)
+        else:
+            changed = math.floor(rate) != math.floor(previous)
+        if not logged and previous_phase and changed:
             log.info("budget of %s: rate %.3g/s -> %.3g/s", self.service, previous, rate)
+
+
+def _log2_step(rate: float) -> int:
+    return math.floor(math.log2(rate)) if rate > 0 else -1

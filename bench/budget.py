@@ -8,7 +8,11 @@ answers 429 with `Retry-After: 1` above it; its latency is 50 ms. Each system ru
   is stored (the project with no rate configured; the baselines with the rate their
   users would write, since they cannot learn one);
 - **refresh** (the project): a catalog refresh of 1,200 names using the whole budget, and
-  10 on-demand jobs sent during it, 0.5 s apart.
+  10 on-demand jobs sent during it, 0.5 s apart;
+- **backlog** (the project): another upstream with no limit (CMS) and its p95 from sent
+  to result over 40 jobs sent one after another, first with nothing else queued, then
+  while 2,000 PokeAPI jobs wait for the configured rate (the idle figure from the same
+  run).
 
 Reported per run: the 429 share of requests, the time against the budget's floor (jobs
 / rate), the re-published messages (counted from each worker's own log: the project's
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -68,7 +73,12 @@ DRAMATIQ_RATE_LIMIT = System(
     protocol=DRAMATIQ_PROTOCOL,
     actor="fetch_pokemon",
 )
+#: CMS jobs timed in each phase of the backlog scenario.
+OTHER_SAMPLES = 40
+#: The PokeAPI backlog of that scenario.
+BACKLOG_JOBS = 2000
 SYSTEMS = {s.name: s for s in (PROJECT, CELERY_RATE_LIMIT, DRAMATIQ_RATE_LIMIT)}
+SCENARIOS = ("burst", "cut", "refresh", "backlog")
 REPUBLISHED_MARKS = {
     PROJECT.name: ("job retry",),
     CELERY_RATE_LIMIT.name: ("retry: Retry in",),
@@ -138,6 +148,8 @@ class Run:
             "CELERY_RESULT_BACKEND": redis_server.url_for(2),
             "DRAMATIQ_BROKER_URL": self.broker_url,
             "POKEAPI_BASE_URL": upstream.process.pokeapi_url,
+            # The other upstream of the backlog scenario, with no limit.
+            "CMS_BASE_URL": f"{upstream.process.base_url}/api/v1",
             "METRICS_PORT": str(free_port()),
             **env,
         }
@@ -308,6 +320,66 @@ def scenario_refresh(
     }
 
 
+def _p95(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)], 3)
+
+
+def _other_upstream_latencies(run: Run, slugs: Sequence[str]) -> list[float]:
+    """Each CMS job (an upstream with no limit) sent alone, from sent to its result; the
+    stored articles are deleted first, so each one asks the upstream."""
+    run.results.delete(*(f"article:{slug}" for slug in slugs))
+    waits = []
+    for slug in slugs:
+        sent = time.monotonic()
+        run.producer.send_task("tasks.cms.sync_article", args=[slug]).get(timeout=60)
+        waits.append(time.monotonic() - sent)
+    return waits
+
+
+def scenario_backlog(
+    run: Run,
+    upstream: Upstream,
+    names: Sequence[str],
+    rate: float,
+    timeout: float,
+    *,
+    samples: int = OTHER_SAMPLES,
+) -> dict[str, Any]:
+    """Another upstream's latency while the limited one has a backlog: `samples` CMS
+    jobs one after another with nothing else queued (idle), then `names` PokeAPI jobs at
+    once, and once the budget binds the same CMS jobs again; p95 of each, same run."""
+    upstream.reset(rate)
+    slugs = [f"article-{number:02d}" for number in range(1, samples + 1)]
+    _other_upstream_latencies(run, slugs[:5])  # the CMS client's connections made
+    idle = _other_upstream_latencies(run, slugs)
+    before = run.republished()
+    started = time.monotonic()
+    run.send(names)
+    # The budget binds once a second's worth is stored.
+    deadline = started + timeout
+    while len(run.wait_stored(names[: int(rate) * 3], 0.1)) < rate and time.monotonic() < deadline:
+        pass
+    busy = _other_upstream_latencies(run, slugs)
+    stored = len(run.wait_stored(names, 0.1))
+    allowed, refused = upstream.counts()
+    return {
+        "backlog": len(names),
+        "samples": samples,
+        "idle_p95_s": _p95(idle),
+        "backlog_p95_s": _p95(busy),
+        "x_idle": round(_p95(busy) / _p95(idle), 2),
+        "idle_max_s": round(max(idle), 3),
+        "backlog_max_s": round(max(busy), 3),
+        "backlog_left": len(names) - stored,
+        "seconds": round(time.monotonic() - started, 2),
+        "refused_429": refused,
+        "share_429_pct": round(100 * refused / max(1, allowed + refused), 2),
+        "republished": run.republished() - before,
+        "moved_once": run.moved(),
+    }
+
+
 def _rabbit_node() -> tuple[Any, Any]:
     """A private RabbitMQ node (the suite's harness) and the server to make vhosts on."""
     from tests.support.rabbitmq import RabbitNode, RabbitServer
@@ -328,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--systems", default=",".join(SYSTEMS), help="comma-separated: " + ", ".join(SYSTEMS)
     )
     parser.add_argument(
-        "--scenarios", default="burst,cut,refresh", help="comma-separated: burst, cut, refresh"
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated: " + ", ".join(SCENARIOS),
     )
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per scenario at most")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
@@ -360,8 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for system_name in args.systems.split(","):
             system = SYSTEMS[system_name]
             figures: dict[str, Any] = {}
-            for scenario in ("burst", "cut", "refresh"):
-                if scenario not in wanted or (scenario == "refresh" and system is not PROJECT):
+            for scenario in SCENARIOS:
+                if scenario not in wanted or (
+                    scenario in ("refresh", "backlog") and system is not PROJECT
+                ):
                     continue
                 env = {"BENCH_RATE": str(args.rate)}
                 if system is PROJECT and scenario != "cut":
@@ -380,6 +456,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     elif scenario == "cut":
                         figures[scenario] = scenario_cut(
                             run, upstream, burst_names, args.rate, args.timeout
+                        )
+                    elif scenario == "backlog":
+                        # The sandbox has fewer names than the backlog: the rest repeat
+                        # (queued all the same, and held by the budget like the others).
+                        backlog = [names[i % len(names)] for i in range(BACKLOG_JOBS)]
+                        figures[scenario] = scenario_backlog(
+                            run, upstream, backlog, args.rate, args.timeout
                         )
                     else:
                         figures[scenario] = scenario_refresh(

@@ -64,8 +64,10 @@ def test_with_no_rate_configured_the_fleet_learns_the_limit_and_follows_a_cut(
     deploy, sandbox: Any
 ) -> None:
     """No POKEAPI_RATE_LIMIT, an upstream allowing 20/s that halves it a third of the way
-    in without notice: every job is stored, none fails, and the 429s stay a small share
-    (the first ones teach the fleet the limit; later ones only follow the cut)."""
+    in without notice: every job is stored, none fails, and the 429s stay a small share:
+    the fleet starts slow, so few requests are in flight when the first 429 comes (16
+    threads started unbounded met it with all of theirs); later ones only follow the
+    cut."""
     sandbox.latency = LATENCY
     sandbox.set_budget("pokemon", RATE)
     deployment = deploy()
@@ -79,7 +81,7 @@ def test_with_no_rate_configured_the_fleet_learns_the_limit_and_follows_a_cut(
 
     requests = sandbox.calls("pokemon")
     assert deployment.failures() == []
-    assert refused(sandbox) <= requests * 0.25
+    assert refused(sandbox) <= max(3, requests * 0.05)
     print(
         f"budget learnt: jobs={len(names)} requests={requests} "
         f"refused_429={refused(sandbox)} republished={republished(deployment)}"

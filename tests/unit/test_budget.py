@@ -8,7 +8,21 @@ import fakeredis
 import pytest
 
 from apis import CmsAPI, PokeAPI, SemaphoreAPI, errors
-from apis.budget import BULK, DECREASE, Budget, job_class
+from apis.budget import (
+    BULK,
+    DECREASE,
+    LEARNT,
+    OPEN,
+    OPEN_RATE,
+    OPEN_UNUSED,
+    PROBE_RATE,
+    SLOW,
+    SLOW_START_DOUBLING,
+    SLOW_START_EXIT,
+    Budget,
+    budget_keys,
+    job_class,
+)
 from apis.config import ApiSettings, RateLimitPolicy, UpstreamConfig
 from redisconn import RedisTarget
 from settings import ConfigurationError, checked_settings, setting_names
@@ -145,10 +159,116 @@ def test_other_answers_teach_nothing(server) -> None:
     assert shared.rate == 40
 
 
-def test_with_no_rate_configured_the_first_429_sets_one_from_what_was_sent(server) -> None:
-    """Unbounded until told: 30 calls in the last second, then a 429: the fleet's rate
-    becomes half of that (nothing was counted as accepted yet); a second 429 after the
-    pause cuts it by DECREASE."""
+def test_with_no_rate_configured_the_fleet_starts_slow_and_a_429_halves_the_probe(
+    server,
+) -> None:
+    """No rate configured, nothing learnt: the fleet starts at PROBE_RATE (half a
+    second's worth at once, then reservations), not unbounded; the first 429 halves the
+    probe rate (TCP's slow-start exit) and ends the slow start; a second one after the
+    pause cuts by DECREASE."""
+    sleeps = Sleeps()
+    shared = budget(server, sleeps, max_wait=1.0)
+    calls = int(PROBE_RATE)
+    for _ in range(calls):
+        shared.acquire()
+    assert shared.phase == SLOW
+    assert PROBE_RATE <= shared.rate < PROBE_RATE * 2
+    assert len(sleeps) >= calls // 2 - 1  # paced beyond the first half second's worth
+    probe = shared.rate
+    shared.answered(429, 0)
+    assert shared.phase == LEARNT
+    assert shared.rate == pytest.approx(probe * SLOW_START_EXIT, rel=0.2)
+    learnt = shared.rate
+    shared.answered(429, 0)
+    assert shared.rate == pytest.approx(learnt * DECREASE, rel=0.2)
+
+
+def test_slow_start_doubles_while_used_and_opens_without_a_429(server) -> None:
+    """The probe rate doubles per SLOW_START_DOUBLING while the fleet asks for it, and an
+    upstream that reaches OPEN_RATE with no 429 is unbounded: no round trip per call."""
+    shared = budget(server, max_wait=1.0)
+    shared.acquire()
+    state = shared.keys[0]
+    client = fakeredis.FakeRedis(server=server)
+    grown = float(client.hget(state, "grown") or 0)
+    client.hset(state, mapping={"grown": grown - SLOW_START_DOUBLING * 1000, "ask_n": 1000})
+    shared.acquire()
+    assert shared.rate == pytest.approx(PROBE_RATE * 2, rel=0.1)  # one doubling
+    client.hset(
+        state,
+        mapping={"rate": OPEN_RATE / 2, "grown": grown - SLOW_START_DOUBLING * 1000, "ask_n": 1000},
+    )
+    shared.acquire()
+    assert shared.phase == OPEN
+    assert shared.rate == 0
+    asked = int(client.hget(state, "win_n") or 0)
+    for _ in range(20):
+        shared.acquire()  # trusted: "unbounded"
+    assert int(client.hget(state, "win_n") or 0) <= asked + 1
+
+
+def test_slow_start_opens_once_past_open_unused_when_the_fleet_asks_less(server) -> None:
+    """A probe past OPEN_UNUSED that the fleet no longer asks half of: unbounded (the
+    upstream took all it was sent); below OPEN_UNUSED the same lull keeps it slow."""
+    shared = budget(server, max_wait=1.0)
+    shared.acquire()
+    client = fakeredis.FakeRedis(server=server)
+    state = shared.keys[0]
+    client.hset(state, mapping={"rate": OPEN_UNUSED / 2, "ask_n": 0, "ask_prev": 0})
+    shared.acquire()
+    assert shared.phase == SLOW
+    client.hset(state, mapping={"rate": OPEN_UNUSED, "ask_n": 0, "ask_prev": 0})
+    shared.acquire()
+    assert shared.phase == OPEN
+    assert shared.rate == 0
+
+
+def test_slow_start_does_not_grow_while_the_fleet_asks_little(server) -> None:
+    """An idle fleet proves nothing: seconds without calls do not double the probe."""
+    shared = budget(server, max_wait=1.0)
+    shared.acquire()
+    client = fakeredis.FakeRedis(server=server)
+    grown = float(client.hget(shared.keys[0], "grown") or 0)
+    client.hset(shared.keys[0], mapping={"grown": grown - 5000, "ask_n": 0, "ask_prev": 0})
+    shared.acquire()
+    assert shared.rate == pytest.approx(PROBE_RATE, rel=0.1)
+
+
+def test_what_the_fleet_learnt_is_kept_by_new_processes_and_outlives_a_lost_state(
+    server,
+) -> None:
+    """A new process reads the fleet's learnt rate instead of starting over; and when
+    Redis loses the state, a process that knew it puts it back rather than probing."""
+    first = budget(server, max_wait=1.0)
+    for _ in range(10):
+        first.acquire()
+    first.answered(429, 0)
+    learnt = first.rate
+    late = budget(server, max_wait=1.0)
+    late.acquire()
+    assert late.rate == pytest.approx(learnt, rel=0.1)
+    assert late.phase == LEARNT
+
+    fakeredis.FakeRedis(server=server).flushall()
+    first.acquire()
+    assert first.phase == LEARNT
+    assert first.rate == pytest.approx(learnt, rel=0.1)
+
+
+def test_with_learning_off_there_is_no_slow_start(server) -> None:
+    """BUDGET_ADAPTIVE=false with a concurrency limit: the budget counts permits only."""
+    shared = budget(server, concurrency=4, adaptive=False)
+    shared.acquire()
+    assert shared.rate == 0
+
+
+def test_an_open_upstream_s_first_429_sets_a_rate_from_what_was_sent(server) -> None:
+    """Slow start found no limit (open), then a 429: 30 calls in the last second give the
+    fleet a rate of half of that (nothing was counted as accepted yet); a second 429
+    after the pause cuts it by DECREASE."""
+    fakeredis.FakeRedis(server=server).hset(
+        budget_keys("", "pokeapi")[0], mapping={"phase": OPEN, "rate": 0}
+    )
     shared = budget(server, max_wait=1.0)
     for _ in range(30):
         shared.acquire()
