@@ -76,7 +76,6 @@ class ApiClient:
     """Base class of one upstream's client; subclasses add the resource methods."""
 
     service: ClassVar[str] = "upstream"
-    requires_token: ClassVar[bool] = False
 
     def __init__(self, config: UpstreamConfig, *, sleep: Sleep = time.sleep) -> None:
         self.config = config
@@ -116,8 +115,8 @@ class ApiClient:
 
     @classmethod
     def configure(cls, settings: ApiSettings) -> UpstreamConfig:
-        """This upstream's configuration, from its registry entry: a client with a token
-        or its own user agent adds them (apis/semaphore.py)."""
+        """This upstream's configuration, from its registry entry and the variables it
+        names."""
         return settings.upstream(cls.entry())
 
     def probe(self) -> object:
@@ -321,7 +320,7 @@ class ApiClient:
         """The headers of one request: the defaults, and the token when there is one."""
         token = self.config.token
         if token is None:
-            if self.requires_token:
+            if self.config.token_setting:
                 raise errors.NotConfigured(
                     f"{self.service} needs a token: set {self.config.token_setting}",
                     self.service,

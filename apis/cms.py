@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from apis.client import ApiClient, Payload, expect
 from apis.conditional import Validators
+from apis.config import UpstreamSettings
 from apis.paging import PageBudget
 from apis.paths import page_window, segment
 
 MAX_PAGE_SIZE = 100
+
+
+class CmsSettings(UpstreamSettings):
+    """The CMS's variables."""
+
+    cms_base_url: str | None = None
+    # Beat sends sync_articles this often (0: never).
+    cms_sync_interval: float = Field(900.0, ge=0)
 
 
 class CmsAPI(ApiClient):

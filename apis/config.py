@@ -1,8 +1,11 @@
 """Shared client configuration for every upstream, read from the environment once.
 
-Defaults are named here rather than scattered through calls. A missing optional value
-(the CMS address, the Semaphore token) does not stop the process from starting: only the
-calls that need it fail, with `NotConfigured`, before any request is sent.
+Defaults are named here rather than scattered through calls. What belongs to one
+upstream (its base URL, its token, its own jobs' variables) is declared by that upstream:
+a settings model its registry entry names (`Upstream.settings`, an `UpstreamSettings`),
+read once with this one. A missing optional value (an address, a token) does not stop
+the process from starting: only the calls that need it fail, with `NotConfigured`,
+before any request is sent.
 """
 
 from __future__ import annotations
@@ -11,18 +14,26 @@ import importlib
 import math
 import os
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from redisconn.settings import RedisSettings, RedisTarget
+from redisconn.settings import RedisSection, RedisTarget
 from upstreams import Upstream, all_upstreams
 
 PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker)"
-SEMAPHORE_USER_AGENT = "SemaphoreCI v2.0 Client"
 
 N = TypeVar("N", int, float)
 
@@ -30,11 +41,6 @@ DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_POOL_SIZE = 16
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
-# Per-endpoint body caps, from what the upstream's records really are: the largest real
-# PokeAPI record (mew, /work/shared/pokeapi) is 559 KB, an index page of 1000 names
-# ~75 KB. Each is about twice the largest seen, and never above HTTP_MAX_RESPONSE_BYTES.
-POKEAPI_RECORD_MAX_BYTES = 1024 * 1024
-POKEAPI_INDEX_PAGE_MAX_BYTES = 256 * 1024
 # A paged walk (every Pokémon name, every article, every pipeline) stops with
 # `PagingLimitExceeded` past these: an upstream whose `next` never ends, or whose
 # `total` keeps growing, must not hold a job (and its memory) forever.
@@ -123,6 +129,11 @@ class UpstreamConfig:
             object.__setattr__(self, "state_redis", RedisTarget.from_url(self.state_redis_url))
 
     @property
+    def configured(self) -> bool:
+        """Its base URL is set, and its token too when it takes one."""
+        return self.base_url is not None and (not self.token_setting or self.token is not None)
+
+    @property
     def total_timeout(self) -> float:
         """The longest one attempt may take, from connect to the last decoded byte."""
         return self.connect_timeout + 2 * self.read_timeout
@@ -153,6 +164,25 @@ def _validate_base_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+class UpstreamSettings(BaseSettings):
+    """The base of an upstream's own settings model (`Upstream.settings`): each field is
+    read from its upper-case environment name and checked at start with every other
+    setting. Every `*_BASE_URL` field is checked as a base URL (absolute http(s), with a
+    path), and an empty value of a field whose default is None (a token) is None."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_value(cls, value: object, info: ValidationInfo) -> object:
+        name = info.field_name or ""
+        if name.endswith("_base_url"):
+            return _validate_base_url(value if isinstance(value, str) else None)
+        if value == "" and cls.model_fields[name].default is None:
+            return None
+        return value
+
+
 def upstream_settings_model(entry: Upstream) -> type[BaseModel] | None:
     """The settings model `entry.settings` names (`module:Class`), None without one; a
     name that is not a pydantic model is a `TypeError`."""
@@ -165,21 +195,17 @@ def upstream_settings_model(entry: Upstream) -> type[BaseModel] | None:
     return model
 
 
-class ApiSettings(RedisSettings):
+class ApiSettings(RedisSection):
     """The API layer's settings; each field is read from the upper-case environment name.
 
-    The Redis settings (`redisconn.settings`) say where the circuit breakers and
-    rate-limit buckets shared by every worker process live: the worker's results Redis
-    (same variables, same defaults). An empty REDIS_URL without Sentinel: the API layer
-    keeps no shared state, so the breaker and shared rate limit are off.
+    The Redis settings (`redisconn.settings`, read once for the process and shared with
+    the worker's section) say where the circuit breakers and rate-limit buckets shared by
+    every worker process live: the worker's results Redis. An empty REDIS_URL without
+    Sentinel: the API layer keeps no shared state, so the breaker and shared rate limit
+    are off.
     """
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
-    pokeapi_base_url: str | None = "https://pokeapi.co/api/v2"
-    cms_base_url: str | None = None
-    semaphore_base_url: str | None = None
-    semaphore_api_token: SecretStr | None = None
 
     http_connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0, le=60)
     http_read_timeout: float = Field(DEFAULT_READ_TIMEOUT, gt=0, le=300)
@@ -214,15 +240,24 @@ class ApiSettings(RedisSettings):
     budget_bulk_share: float = Field(RateLimitPolicy.bulk_share, ge=0, le=1)
     budget_adaptive: bool = RateLimitPolicy.adaptive
 
-    @field_validator("pokeapi_base_url", "cms_base_url", "semaphore_base_url", mode="before")
-    @classmethod
-    def _check_base_url(cls, value: str | None) -> str | None:
-        return _validate_base_url(value)
+    #: The upstreams' own settings, by the model's name, read once (`upstream_settings`),
+    #: and the values given for their fields as keywords (`<name>_base_url=...`, in lower
+    #: case as for this model's own fields).
+    _upstreams: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    _upstream_values: dict[str, Any] = PrivateAttr(default_factory=dict)
 
-    @field_validator("semaphore_api_token", mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
-        return None if value == "" else value
+    def _keep_upstream_values(
+        cls, data: Any, handler: ModelWrapValidatorHandler[ApiSettings]
+    ) -> ApiSettings:
+        """Keywords that are fields of an upstream's model are kept for that model."""
+        given: dict[str, Any] = {}
+        if isinstance(data, dict):
+            given = {key: value for key, value in data.items() if key not in cls.model_fields}
+        built = handler(data)
+        built._upstream_values = given
+        return built
 
     @model_validator(mode="after")
     def _check_backoff(self) -> ApiSettings:
@@ -238,10 +273,20 @@ class ApiSettings(RedisSettings):
             self.rate_limit_policy(upstream)
         return self
 
+    def timeouts(self, entry: Upstream) -> tuple[float, float]:
+        """The connect and read timeouts of the upstream `entry` names: its own, or the
+        shared ones."""
+        return (
+            entry.connect_timeout or self.http_connect_timeout,
+            entry.read_timeout or self.http_read_timeout,
+        )
+
     @property
     def worst_case_call_seconds(self) -> float:
-        """The longest one client call can take: the retry budget plus a last attempt."""
-        last_attempt = self.http_connect_timeout + 2 * self.http_read_timeout
+        """The longest one client call can take: the retry budget plus a last attempt, of
+        the slowest upstream."""
+        timeouts = [self.timeouts(upstream) for upstream in all_upstreams()]
+        last_attempt = max(connect + 2 * read for connect, read in timeouts)
         return self.http_retry_max_seconds + last_attempt
 
     @property
@@ -254,36 +299,60 @@ class ApiSettings(RedisSettings):
             retry_after_cap=self.http_retry_after_cap,
         )
 
-    def base_url(self, entry: Upstream) -> str | None:
-        """The value of the variable `entry.base_url_setting` names: a field of this
-        model for a built-in upstream, else of the entry's own settings model."""
-        field_name = entry.base_url_setting.lower()
-        if field_name in type(self).model_fields:
-            value: str | None = getattr(self, field_name)
-            return value
+    def upstream_settings(self, entry: Upstream) -> BaseModel | None:
+        """The settings of the upstream `entry` names (its `settings` model), read from the
+        environment once per process, with any value given to this object as a keyword;
+        None for an entry without a model."""
         model = upstream_settings_model(entry)
-        found = getattr(model(), field_name, None) if model is not None else None
+        if model is None:
+            return None
+        found = self._upstreams.get(entry.settings)
+        if found is None:
+            own = {k: v for k, v in self._upstream_values.items() if k in model.model_fields}
+            found = model(**own)
+            self._upstreams[entry.settings] = found
+        return found
+
+    def keep_upstream_settings(self, name: str, settings: BaseModel) -> None:
+        """Use `settings`, already read and checked, as the model `name` (`module:Class`,
+        an entry's `settings`) gives, unless values for it were given to this object."""
+        if not any(key in type(settings).model_fields for key in self._upstream_values):
+            self._upstreams[name] = settings
+
+    def upstream_value(self, entry: Upstream, variable: str) -> Any:
+        """The value of one variable of the upstream's own settings (None when its model
+        has no such field)."""
+        return getattr(self.upstream_settings(entry), variable.lower(), None)
+
+    def base_url(self, entry: Upstream) -> str | None:
+        """The value of the variable `entry.base_url_setting` names, in the entry's own
+        settings model."""
+        found = self.upstream_value(entry, entry.base_url_setting)
         return str(found) if found else None
 
-    def upstream(
-        self,
-        entry: Upstream,
-        *,
-        user_agent: str = PROJECT_USER_AGENT,
-        token: SecretStr | None = None,
-        token_setting: str = "",
-    ) -> UpstreamConfig:
-        """The configuration of the upstream `entry` names: its base URL from the
-        variable the entry names, its budget from the entry, the shared limits filled in."""
+    def token(self, entry: Upstream) -> SecretStr | None:
+        """The value of the variable `entry.token_setting` names (None without one)."""
+        if not entry.token_setting:
+            return None
+        found = self.upstream_value(entry, entry.token_setting)
+        if found is None or isinstance(found, SecretStr):
+            return found
+        return SecretStr(str(found))
+
+    def upstream(self, entry: Upstream) -> UpstreamConfig:
+        """The configuration of the upstream `entry` names: its base URL and token from
+        the variables the entry names, its user agent, budget and breaker from the entry,
+        the shared limits filled in."""
         return UpstreamConfig(
             service=entry.name,
             base_url=self.base_url(entry),
             base_url_setting=entry.base_url_setting,
-            user_agent=user_agent,
-            token=token,
-            token_setting=token_setting,
-            connect_timeout=self.http_connect_timeout,
-            read_timeout=self.http_read_timeout,
+            user_agent=entry.user_agent or PROJECT_USER_AGENT,
+            token=self.token(entry),
+            token_scheme=entry.token_scheme,
+            token_setting=entry.token_setting,
+            connect_timeout=self.timeouts(entry)[0],
+            read_timeout=self.timeouts(entry)[1],
             pool_size=self.http_pool_size,
             max_response_bytes=self.http_max_response_bytes,
             max_pages=self.paging_max_pages,
@@ -293,7 +362,8 @@ class ApiSettings(RedisSettings):
             state_redis=self.resolve_cluster() or self.resolve_redis(),
             state_key_prefix=self.result_key_prefix,
             circuit=CircuitPolicy(
-                failure_threshold=self.circuit_failure_threshold,
+                # An entry the breaker does not guard has it off (a threshold of 0).
+                failure_threshold=self.circuit_failure_threshold if entry.breaker else 0,
                 window_seconds=self.circuit_window_seconds,
                 cooldown_seconds=self.circuit_cooldown_seconds,
             ),
@@ -302,8 +372,8 @@ class ApiSettings(RedisSettings):
 
     def rate_limit_policy(self, entry: Upstream | None) -> RateLimitPolicy:
         """The budget of the upstream `entry` names: its rate and concurrency, unless the
-        variables it names say otherwise (POKEAPI_RATE_LIMIT, POKEAPI_RATE_LIMIT_BURST,
-        POKEAPI_CONCURRENCY...); None (a client of no upstream) has none."""
+        variables it names say otherwise (<NAME>_RATE_LIMIT, <NAME>_RATE_LIMIT_BURST,
+        <NAME>_CONCURRENCY); None (a client of no upstream) has none."""
         if entry is None:
             return RateLimitPolicy(
                 max_wait=self.rate_limit_max_wait,
@@ -342,7 +412,18 @@ def _number(name: str, default: N, kind: type[N]) -> N:
     return value
 
 
-@lru_cache(maxsize=1)
+_current: list[ApiSettings] = []
+
+
 def get_settings() -> ApiSettings:
-    """The process-wide settings, validated on first use (the worker calls it at start)."""
-    return ApiSettings()
+    """The API layer's section of the process-wide settings tree: the one the tree
+    installed (`use_settings`, when the worker checks every setting at start), else read
+    on first use. Kept, so a client's configuration costs nothing per job."""
+    if not _current:
+        _current[:] = [ApiSettings()]
+    return _current[0]
+
+
+def use_settings(settings: ApiSettings | None) -> None:
+    """Make `settings` the process-wide section (None: read it again on next use)."""
+    _current[:] = [] if settings is None else [settings]

@@ -15,21 +15,53 @@ Paged walks stop at PAGING_MAX_PAGES pages or PAGING_MAX_ITEMS names
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from apis.client import ApiClient, Payload, expect
 from apis.conditional import Validators
-from apis.config import (
-    POKEAPI_INDEX_PAGE_MAX_BYTES,
-    POKEAPI_RECORD_MAX_BYTES,
-)
+from apis.config import UpstreamSettings
 from apis.paging import PageBudget
 from apis.paths import page_window, segment
 
 MAX_PAGE_SIZE = 1000
+# Per-endpoint body caps, from what the upstream's records really are: the largest real
+# PokeAPI record (mew) is 559 KB, an index page of 1000 names ~75 KB. Each is about
+# twice the largest seen, and never above HTTP_MAX_RESPONSE_BYTES.
+POKEAPI_RECORD_MAX_BYTES = 1024 * 1024
+POKEAPI_INDEX_PAGE_MAX_BYTES = 256 * 1024
+
+
+class PokeAPISettings(UpstreamSettings):
+    """PokeAPI's variables, and those of its catalog refresh (tasks/pokemon.py)."""
+
+    pokeapi_base_url: str | None = "https://pokeapi.co/api/v2"
+    # The names beat's refresh_catalog fetches, every POKEMON_REFRESH_INTERVAL seconds
+    # (0: never).
+    pokemon_catalog: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["bulbasaur", "charizard", "pikachu", "mewtwo", "mew"]
+    )
+    pokemon_refresh_interval: float = Field(3600.0, ge=0)
+    # refresh_catalog sends this many names per job (0: one fetch_pokemon job per name),
+    # each job fetching up to CATALOG_BATCH_CONCURRENCY of them at once.
+    catalog_batch_size: int = Field(50, ge=0, le=500)
+    catalog_batch_concurrency: int = Field(8, ge=1, le=64)
+
+    @field_validator("pokemon_catalog", mode="before")
+    @classmethod
+    def _split_catalog(cls, value: object) -> object:
+        """`POKEMON_CATALOG` is a comma-separated list, or `*` for the whole index."""
+        if isinstance(value, str):
+            return [name.strip().lower() for name in value.split(",") if name.strip()]
+        return value
+
+    @property
+    def whole_catalog(self) -> bool:
+        return self.pokemon_catalog == ["*"]
 
 
 class _Sprites(msgspec.Struct):

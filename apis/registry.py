@@ -8,7 +8,8 @@ import threading
 from typing import TypeVar
 
 from apis.client import ApiClient
-from apis.config import get_settings
+from apis.config import get_settings, use_settings
+from redisconn.settings import use_redis_settings
 from upstreams import Upstream, all_upstreams
 
 C = TypeVar("C", bound=ApiClient)
@@ -36,7 +37,8 @@ def reset_clients() -> None:
         for client in _clients.values():
             client.close()
         _clients.clear()
-        get_settings.cache_clear()
+        use_settings(None)
+        use_redis_settings(None)
 
 
 def client_class(upstream: Upstream) -> type[ApiClient]:

@@ -1,6 +1,7 @@
 """Semaphore CI, API v1alpha: https://docs.semaphoreci.com/reference/api-v1alpha
 
-Token auth (`Authorization: Token <token>`) and the user agent its docs ask for. Lists
+Token auth (`Authorization: Token <token>`) and the user agent its docs ask for, both
+declared by its registry entry. Lists
 are paged by the `link` response header (`rel="next"`), followed here to the last page,
 only below the base URL (`ApiClient.follow`: the token goes wherever a link leads) and
 at most PAGING_MAX_PAGES pages or PAGING_MAX_ITEMS items (`PagingLimitExceeded`).
@@ -10,26 +11,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field, SecretStr
+
 from apis.client import ApiClient, Payload, expect
-from apis.config import SEMAPHORE_USER_AGENT, ApiSettings, UpstreamConfig
+from apis.config import UpstreamSettings
 from apis.paging import PageBudget
 from apis.paths import segment
+
+
+class SemaphoreSettings(UpstreamSettings):
+    """Semaphore's variables (its registry entry names the token and the user agent)."""
+
+    semaphore_base_url: str | None = None
+    semaphore_api_token: SecretStr | None = None
+    # Beat sends sync_all_projects this often (0: never).
+    semaphore_sync_interval: float = Field(300.0, ge=0)
 
 
 class SemaphoreAPI(ApiClient):
     """Projects and pipelines of one Semaphore organisation."""
 
     service = "semaphore"
-    requires_token = True
-
-    @classmethod
-    def configure(cls, settings: ApiSettings) -> UpstreamConfig:
-        return settings.upstream(
-            cls.entry(),
-            user_agent=SEMAPHORE_USER_AGENT,
-            token=settings.semaphore_api_token,
-            token_setting="SEMAPHORE_API_TOKEN",  # noqa: S106 (a setting name)
-        )
 
     def probe(self) -> object:
         return self.list_projects()

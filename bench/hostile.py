@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from apis import CmsAPI, PokeAPI, SemaphoreAPI, errors
-from apis.config import POKEAPI_RECORD_MAX_BYTES, ApiSettings
+from apis.config import ApiSettings
+from apis.pokeapi import POKEAPI_RECORD_MAX_BYTES
 from bench.harness import SandboxProcess
 
 _PAGE = Path("/proc/self/statm")

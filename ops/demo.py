@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ import redis
 from celery import Celery
 
 # Loaded so that Celery rebuilds a job's failure as the API layer's own exception, which
-# prints as its message (`not found [pokeapi GET … -> 404]`): Celery only rebuilds classes
-# of modules already imported, and shows any other as the tuple of its arguments.
+# prints as its message (`not found [<upstream> GET … -> 404]`): Celery only rebuilds
+# classes of modules already imported, and shows any other as the tuple of its arguments.
 from apis import errors as _upstream_errors  # noqa: F401
 from ops.processes.children import Child, spawn, stop_children, tail
 from ops.processes.redis_server import find_redis_server, start_private_redis
@@ -38,10 +39,13 @@ from ops.processes.waits import StartupFailed, wait_until
 from ops.producer import producer_app
 from sandbox.server import SandboxServer
 from tasks.keys import Keys
+from upstreams import Upstream, all_upstreams
 
-FETCH = "tasks.pokemon.fetch_pokemon"
-FOUND = ("charizard", "pikachu")
-MISSING = "missingno"
+#: The demo's jobs (a data file beside this module): the task, and the idents it sends.
+SCRIPT = tomllib.loads((Path(__file__).parent / "demo.toml").read_text())
+FETCH: str = SCRIPT["task"]
+FOUND: tuple[str, ...] = tuple(SCRIPT["found"])
+MISSING: str = SCRIPT["missing"]
 WORKER_START_TIMEOUT = 30.0
 RESULTS_TIMEOUT = 30.0
 KEYS = Keys()
@@ -76,10 +80,6 @@ def worker_environment(redis_url: str, sandbox: SandboxServer) -> dict[str, str]
         CELERY_BROKER_URL=redis_url,
         CELERY_RESULT_BACKEND=redis_url,
         RESULT_KEY_PREFIX="",
-        POKEAPI_BASE_URL=sandbox.pokeapi_url,
-        CMS_BASE_URL=sandbox.cms_url,
-        SEMAPHORE_BASE_URL=sandbox.semaphore_url,
-        SEMAPHORE_API_TOKEN=sandbox.semaphore_token,
         WORKER_POOL="threads",
         WORKER_CONCURRENCY="4",
         METRICS_PORT="0",  # a demo needs no metrics, nor a port that may be in use
@@ -87,6 +87,7 @@ def worker_environment(redis_url: str, sandbox: SandboxServer) -> dict[str, str]
         HTTP_READ_TIMEOUT="5",
         PYTHONUNBUFFERED="1",
     )
+    env.update(sandbox.upstream_settings())
     return env
 
 
@@ -140,15 +141,26 @@ def read_stream(client: redis.Redis, key: str) -> list[Entry]:
     ]
 
 
+def task_upstream(task: str) -> Upstream:
+    """The registry entry whose task module holds `task`."""
+    module = task.rpartition(".")[0]
+    return next(upstream for upstream in all_upstreams() if upstream.tasks == module)
+
+
+def result_key(ident: str) -> str:
+    """Where the demo's task stores `ident`: the first kind its upstream stores."""
+    return KEYS.result(task_upstream(FETCH).result_kinds[0], ident)
+
+
 def show_results(client: redis.Redis, outcome: Outcome) -> None:
     for name in FOUND:
-        key = KEYS.result("pokemon", name)
+        key = result_key(name)
         raw = client.get(key)
         text = None if raw is None else _text(raw)
         say(f"   {key} = {text}")
         stored = json.loads(text) if text is not None else None
         outcome.expect(
-            isinstance(stored, dict) and stored.get("name") == name,
+            isinstance(stored, dict) and name in stored.values(),
             f"the JSON of {name} at {key}",
         )
 
@@ -161,7 +173,7 @@ def show_events(client: redis.Redis, outcome: Outcome) -> None:
         say(f"     {entry_id} {_fields(fields)}")
     keys = {fields.get("key") for _, fields in entries}
     for name in FOUND:
-        key = KEYS.result("pokemon", name)
+        key = result_key(name)
         outcome.expect(key in keys, f"an event for {key} in {stream}")
 
 
@@ -190,7 +202,10 @@ def _fields(fields: dict[str, str]) -> str:
 
 def run_demo(stack: ExitStack, redis_binary: str) -> int:
     """The steps; every resource is registered on `stack` as soon as it exists."""
-    say("1. Starting the sandbox upstream (fake PokeAPI, CMS and Semaphore, in-process)")
+    served = ", ".join(
+        upstream.description for upstream in all_upstreams() if upstream.sandbox_path
+    )
+    say(f"1. Starting the sandbox upstream (a fake of {served}, in-process)")
     sandbox = stack.enter_context(SandboxServer())
     say(f"   listening on {sandbox.base_url}")
 

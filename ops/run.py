@@ -3,8 +3,8 @@
 Finds a Redis (REDIS_URL when it answers, else a private redis-server under `.run/`;
 `--private-redis` always the private one), then runs one worker process per CPU core,
 one beat and, when installed, Flower, with their logs labelled on one stream.
-`--offline` (`make run OFFLINE=1`) also starts the sandbox upstream and points the three
-upstreams at it, for a machine that cannot reach the real ones. Ctrl-C or SIGTERM
+`--offline` (`make run OFFLINE=1`) also starts the sandbox upstream and points every
+upstream it serves at it, for a machine that cannot reach the real ones. Ctrl-C or SIGTERM
 stops exactly what was started here; if any of it dies on its own, the rest is stopped
 too and the exit code says so, so a half-running service is never mistaken for a
 healthy one.
@@ -43,10 +43,11 @@ from ops.processes.redis_server import (
 )
 from ops.processes.waits import StartupFailed, wait_until
 from ops.producer import producer_app
-from sandbox.server import DEFAULT_SEMAPHORE_TOKEN
-from settings import ConfigurationError, checked_settings, get_worker_settings, setting_names
+from sandbox.server import SANDBOX_TOKEN
+from settings import ConfigurationError, checked_settings, get_settings, setting_names
 from settings.errors import USAGE_EXIT_CODE
 from telemetry.redact import masked_url
+from upstreams import all_upstreams, offline_settings
 
 RUN_DIR_ENV = "APIWORKER_RUN_DIR"
 #: The second shell's settings, in the run folder: `source .run/env`.
@@ -110,8 +111,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--offline",
         action="store_true",
         default=os.environ.get("OFFLINE", "") not in ("", "0"),
-        help="also start the sandbox upstream on loopback and point POKEAPI_BASE_URL, "
-        "CMS_BASE_URL and SEMAPHORE_BASE_URL at it (default: on when OFFLINE=1)",
+        help="also start the sandbox upstream on loopback and point every upstream it "
+        "serves at it (default: on when OFFLINE=1)",
     )
     parser.add_argument(
         "--private-redis",
@@ -167,7 +168,7 @@ def _no_redis_message(url: str) -> str:
 def ensure_redis(out: PrefixedOutput, *, private: bool = False) -> Redis | None:
     """REDIS_URL when it answers (unless `private`); else a private redis-server; else
     None, explained."""
-    url = get_worker_settings().redis_url
+    url = get_settings().worker.redis_url
     if not private and redis_answers(url):
         why = (
             "REDIS_URL answers PING"
@@ -216,7 +217,7 @@ class Service:
 def service_commands(args: argparse.Namespace, out: PrefixedOutput) -> list[Service]:
     """The processes to run, workers first."""
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
-    settings = get_worker_settings()
+    settings = get_settings().worker
     level = f"--loglevel={settings.log_level}"
     services = [
         Service(
@@ -269,7 +270,7 @@ def _flower_command(args: argparse.Namespace, out: PrefixedOutput) -> list[str] 
 
 def _announce_celery_urls(out: PrefixedOutput) -> None:
     """CELERY_BROKER_URL / CELERY_RESULT_BACKEND take precedence over REDIS_URL: say so."""
-    settings = get_worker_settings()
+    settings = get_settings().worker
     if settings.celery_broker_url:
         out.write(ME, f"Broker: {masked_url(settings.celery_broker_url)} (CELERY_BROKER_URL)")
     if settings.celery_result_backend:
@@ -279,23 +280,13 @@ def _announce_celery_urls(out: PrefixedOutput) -> None:
 
 def child_environment(redis: Redis, sandbox_url: str | None = None) -> dict[str, str]:
     """The children's environment: ours, with REDIS_URL pointing at the Redis in use and,
-    offline, the three upstreams at the sandbox."""
+    offline, every upstream the sandbox serves at it (their entries' `sandbox_path`)."""
     env = dict(os.environ)
     env["REDIS_URL"] = redis.url
     env["PYTHONUNBUFFERED"] = "1"
     if sandbox_url is not None:
-        env.update(sandbox_upstreams(sandbox_url))
+        env.update(offline_settings(sandbox_url, SANDBOX_TOKEN))
     return env
-
-
-def sandbox_upstreams(base_url: str) -> dict[str, str]:
-    """The upstream settings that point the API layer at the sandbox (sandbox/server.py)."""
-    return {
-        "POKEAPI_BASE_URL": f"{base_url}/api/v2",
-        "CMS_BASE_URL": f"{base_url}/api/v1",
-        "SEMAPHORE_BASE_URL": f"{base_url}/api/v1alpha",
-        "SEMAPHORE_API_TOKEN": DEFAULT_SEMAPHORE_TOKEN,
-    }
 
 
 def client_settings(env: dict[str, str]) -> dict[str, str]:
@@ -345,7 +336,8 @@ def start_sandbox(out: PrefixedOutput, started: list[Child]) -> str:
     if child.exit_code() is not None:
         raise StartupFailed("the sandbox upstream exited at start")
     base_url = f"http://127.0.0.1:{port}"
-    out.write(ME, f"Offline: the sandbox upstream at {base_url} serves all three upstreams")
+    served = ", ".join(u.name for u in all_upstreams() if u.sandbox_path)
+    out.write(ME, f"Offline: the sandbox upstream at {base_url} serves {served}")
     return base_url
 
 

@@ -1,9 +1,11 @@
 """Where the service's Redis is and how to reach it: one URL, or Sentinel; TLS; ACL users.
 
-`RedisSettings` is a mixin of the worker's and the API layer's settings, so both read the
-same variables and validate them the same way at start. `RedisTarget` is what the
-settings resolve to: a frozen, hashable value the connection factory (`redisconn.factory`)
-turns into clients, and whose repr never shows a password.
+`RedisSettings` reads the Redis variables, once per process (`get_redis_settings`): the
+worker's and the API layer's sections are `RedisSection`s, which take their Redis fields
+from that one object instead of reading the environment again, so the variables are
+read, validated and reported once. `RedisTarget` is what the settings resolve to: a
+frozen, hashable value the connection factory (`redisconn.factory`) turns into clients,
+and whose repr never shows a password.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+)
 
 from telemetry.redact import masked_url
 
@@ -264,3 +272,55 @@ class RedisSettings(BaseSettings):
 
 def _path(value: Path | None) -> str | None:
     return None if value is None else str(value)
+
+
+_current: list[RedisSettings] = []
+
+
+def get_redis_settings() -> RedisSettings:
+    """The process's Redis settings: the ones installed (`use_redis_settings`, by the
+    settings tree at start), else read on first use; kept afterwards."""
+    if not _current:
+        _current[:] = [RedisSettings()]
+    return _current[0]
+
+
+def use_redis_settings(settings: RedisSettings | None) -> None:
+    """Make `settings` the process's Redis settings (None: read them again on next use)."""
+    _current[:] = [] if settings is None else [settings]
+
+
+class _SharedRedisSource(PydanticBaseSettingsSource):
+    """The Redis variables the process's `RedisSettings` read (those that were set)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # the whole mapping comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        return get_redis_settings().model_dump(exclude_unset=True)
+
+
+class _OwnEnvSource(EnvSettingsSource):
+    """The environment, for the fields a section declares itself: not the Redis ones."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in RedisSettings.model_fields:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+class RedisSection(RedisSettings):
+    """A settings section that also knows where Redis is (the worker's, the API layer's):
+    its Redis fields come from the one `RedisSettings` of the process, its own fields from
+    the environment, and keywords override both."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _OwnEnvSource(settings_cls), _SharedRedisSource(settings_cls)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from sandbox.server import DEFAULT_SEMAPHORE_TOKEN, SandboxServer
+from sandbox.server import SANDBOX_TOKEN, SandboxServer
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -27,9 +27,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--latency", type=float, default=0.0, help="seconds added to every API response"
     )
-    parser.add_argument(
-        "--token", default=DEFAULT_SEMAPHORE_TOKEN, help="Semaphore API token to accept"
-    )
+    parser.add_argument("--token", default=SANDBOX_TOKEN, help="Semaphore API token to accept")
     parser.add_argument("--seed", type=int, default=None, help="seed for probabilistic faults")
     parser.add_argument(
         "--prewarm",

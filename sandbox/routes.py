@@ -1,10 +1,12 @@
-"""Maps request paths to named routes of the three impersonated APIs, and of upstreams
-added from outside.
+"""Maps request paths to named routes of the three impersonated APIs, and of the other
+upstreams.
 
 Route names are the handles tests use to inject faults and read request counts, so they
 are part of the public surface and listed in `ROUTES` (and `route_names()`, which adds
-the routes of the `apiworker.sandbox_routes` entry-point group: each a `SandboxRoute`, so
-an upstream added as a package is served offline as the built-in ones are).
+the routes registry entries name, `Upstream.sandbox_routes`, and those of the
+`apiworker.sandbox_routes` entry-point group: each an `upstreams.SandboxRoute`, so an
+upstream added in its own module or as a package is served offline as the built-in ones
+are).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from sandbox.cms import Cms
 from sandbox.messages import Request, Response, json_response, text_response
 from sandbox.pokeapi import PokeApi
 from sandbox.semaphore import Semaphore
+from upstreams import SandboxRoute, all_upstreams
+
+__all__ = ["ROUTES", "UNKNOWN_ROUTE", "SandboxRoute", "added_routes", "route_names"]
 
 ROUTES = (
     "pokemon",
@@ -46,22 +51,15 @@ _READ_METHODS = frozenset({"GET", "HEAD"})
 ROUTE_ENTRY_POINT_GROUP = "apiworker.sandbox_routes"
 
 
-@dataclass(frozen=True)
-class SandboxRoute:
-    """A route of an upstream added from outside: its name (for faults and counts), the
-    path it answers (a regular expression matched in full; a `key` group, if any, is
-    passed to `respond` unquoted) and its normal answer."""
-
-    name: str
-    pattern: str
-    respond: Callable[[Request, str], Response]
-
-
 @cache
 def added_routes() -> tuple[SandboxRoute, ...]:
-    """The routes installed packages add (`apiworker.sandbox_routes`), by name."""
+    """The routes the upstream registry's entries name (`Upstream.sandbox_routes`), then
+    those installed packages add (`apiworker.sandbox_routes`), by name."""
     found = sorted(metadata.entry_points(group=ROUTE_ENTRY_POINT_GROUP), key=lambda e: e.name)
-    routes = tuple(entry_point.load() for entry_point in found)
+    routes = (
+        *(route for upstream in all_upstreams() for route in upstream.routes()),
+        *(entry_point.load() for entry_point in found),
+    )
     for route in routes:
         if not isinstance(route, SandboxRoute):
             raise TypeError(f"{route!r} is not a sandbox.routes.SandboxRoute")
@@ -140,14 +138,20 @@ class Upstreams:
 
 
 def _read_only(
-    respond: Callable[[Request, str], Response], key: str
+    respond: Callable[[Request, str], object], key: str
 ) -> Callable[[Request], Response]:
-    """An added route answers reads, and 405 to anything else, as the built-in ones do."""
+    """An added route answers reads, and 405 to anything else, as the built-in ones do; a
+    `(status, JSON value)` answer is sent as JSON."""
 
     def answer(request: Request) -> Response:
         if request.method not in _READ_METHODS:
             return Response(405, b"", None, (("Allow", "GET, HEAD"),))
-        return respond(request, key)
+        given = respond(request, key)
+        if isinstance(given, Response):
+            return given
+        if isinstance(given, tuple) and len(given) == 2 and isinstance(given[0], int):
+            return json_response(given[0], given[1])
+        raise TypeError(f"a sandbox route answered {given!r}: a Response or (status, JSON)")
 
     return answer
 

@@ -28,8 +28,9 @@ from sandbox.faults import UNSET, Fault, FaultBook, Unset, endless_page
 from sandbox.messages import JSON_TYPE, Request, Response, text_response
 from sandbox.request_log import Received, RequestLog
 from sandbox.routes import UNKNOWN_ROUTE, Route, Upstreams, not_found, route_names
+from upstreams import offline_settings
 
-DEFAULT_SEMAPHORE_TOKEN = "sandbox-token"  # noqa: S105 - a fixed fake for local tests
+SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - a fixed fake for local tests
 _STATUS_PHRASES = {
     int(status): phrase for status, (phrase, _) in BaseHTTPRequestHandler.responses.items()
 }
@@ -311,7 +312,7 @@ class SandboxServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        semaphore_token: str = DEFAULT_SEMAPHORE_TOKEN,
+        semaphore_token: str = SANDBOX_TOKEN,
         latency: float = 0.0,
         seed: int | None = None,
         public_url: str | None = None,
@@ -409,6 +410,11 @@ class SandboxServer:
     @property
     def semaphore_url(self) -> str:
         return self.base_url + "/api/v1alpha"
+
+    def upstream_settings(self) -> dict[str, str]:
+        """The variables that point every upstream it serves at it (their registry
+        entries' `sandbox_path`), with the token it accepts."""
+        return offline_settings(self.base_url, self._semaphore_token)
 
     @property
     def semaphore_token(self) -> str:

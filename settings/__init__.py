@@ -4,22 +4,31 @@ Each section is owned by the room that uses it and reads its own upper-case envi
 variables (their names never change): `redis` (redisconn/settings.py: where Redis is,
 Sentinel, TLS, the key prefix), `api` (apis/config.py: upstreams, timeouts, retries,
 circuits, rate limits) and `worker` (settings/worker.py: jobs, broker, beat, logs,
-metrics). The root checks what spans sections. An upstream added from outside declares
-its own variables in a model its registry entry names (`Upstream.settings`), checked at
-start with the rest. Below the tasks and the worker (which
-read it) and above the rooms whose sections it composes.
+metrics). The Redis variables are read once, by the `redis` section: the other two take
+their Redis fields from it (`redisconn.settings.RedisSection`). The root checks what
+spans sections. Each upstream declares its own variables
+in a model its registry entry names (`Upstream.settings`), checked at start with the
+rest. Below the tasks and the worker (which read it) and above the rooms whose sections
+it composes.
+
+`get_settings()` is the one accessor: the tree the process checked at start
+(`checked_settings`), else read on first use, then kept, so reading a setting on a job's
+path costs an attribute lookup.
 """
 
 from __future__ import annotations
 
+import threading
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from apis.config import ApiSettings, budget_setting_names, upstream_settings_model
+from apis import reset_clients
+from apis.config import ApiSettings, budget_setting_names, upstream_settings_model, use_settings
 from apis.config import get_settings as get_api_settings
-from redisconn.settings import RedisSettings
+from redisconn.settings import RedisSettings, get_redis_settings, use_redis_settings
 from settings.errors import ConfigurationError, lines_of, merged
-from settings.worker import WorkerSettings, get_worker_settings
-from upstreams import all_upstreams
+from settings.worker import WorkerSettings
+from upstreams import Upstream, all_upstreams
 
 __all__ = [
     "SECTIONS",
@@ -28,22 +37,28 @@ __all__ = [
     "WorkerSettings",
     "checked_settings",
     "get_settings",
-    "get_worker_settings",
+    "reset_settings",
+    "setting_models",
     "setting_names",
     "upstream_sections",
 ]
 
 
 class Settings(BaseModel):
-    """The root: one section per concern (each cached once per process)."""
+    """The root: one section per concern."""
 
     model_config = ConfigDict(frozen=True)
 
     # Read in this order: a value two sections read (WORKER_CONCURRENCY also sizes the
-    # HTTP pools) is reported by the worker's section first.
-    worker: WorkerSettings = Field(default_factory=get_worker_settings)
+    # HTTP pools) is reported by the worker's section first. The API layer's is the one
+    # its clients are configured from (`apis.config.get_settings`).
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=get_api_settings)
-    redis: RedisSettings = Field(default_factory=RedisSettings)
+    redis: RedisSettings = Field(default_factory=get_redis_settings)
+
+    def upstream(self, entry: Upstream) -> BaseModel | None:
+        """The upstream's own settings (the model its entry names), read once."""
+        return self.api.upstream_settings(entry)
 
     @model_validator(mode="after")
     def _jobs_outlast_their_calls(self) -> Settings:
@@ -54,7 +69,8 @@ class Settings(BaseModel):
             raise ValueError(
                 f"TASK_SOFT_TIME_LIMIT ({self.worker.task_soft_time_limit:g}s) must exceed "
                 f"the longest upstream call ({longest:g}s: HTTP_RETRY_MAX_SECONDS + "
-                "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT), or jobs die mid-retry"
+                "HTTP_CONNECT_TIMEOUT + 2 x HTTP_READ_TIMEOUT, or an upstream's own timeouts "
+                "where its registry entry sets them), or jobs die mid-retry"
             )
         return self
 
@@ -78,36 +94,72 @@ def upstream_sections() -> dict[str, type[BaseModel]]:
     return found
 
 
+_lock = threading.Lock()
+_current: list[Settings] = []
+
+
 def get_settings() -> Settings:
-    """The whole tree, validated (its sections are read once per process)."""
-    return Settings()
+    """The process's settings tree: the one `checked_settings` installed, else read and
+    validated on first use; kept afterwards."""
+    if not _current:
+        with _lock:
+            if not _current:
+                _current.append(Settings())
+    return _current[0]
+
+
+def reset_settings() -> None:
+    """Forget the kept tree and the clients configured from it (the environment changed:
+    tests); the next `get_settings()` reads it again."""
+    with _lock:
+        _current.clear()
+    reset_clients()
 
 
 def checked_settings() -> Settings:
-    """The whole tree read afresh from the environment, or a `ConfigurationError` with
-    one line per bad variable of every section (not only the first section's)."""
+    """The whole tree read afresh from the environment, and from now on the process's
+    (`get_settings`), or a `ConfigurationError` with one line per bad variable of every
+    section (not only the first section's)."""
     built: dict[str, BaseModel] = {}
     failed: list[list[str]] = []
-    sections: dict[str, type[BaseModel]] = {**SECTIONS, **upstream_sections()}
+    # The upstreams' models by the name their entries give them (`module:Class`).
+    own = {u.settings: model for u in all_upstreams() if (model := upstream_settings_model(u))}
+    sections: dict[str, type[BaseModel]] = {**SECTIONS, **own}
+    # The Redis variables are read once, by the first section that needs them; the
+    # worker's and the API layer's sections take theirs from that object.
+    use_redis_settings(None)
     for name, cls in sections.items():
         try:
-            built[name] = cls()
+            built[name] = get_redis_settings() if cls is RedisSettings else cls()
         except ValidationError as exc:
             failed.append(lines_of(cls, exc))
     if failed:
         raise ConfigurationError(merged(failed))
     try:
-        return Settings.model_validate({name: built[name] for name in SECTIONS})
+        tree = Settings.model_validate({name: built[name] for name in SECTIONS})
     except ValidationError as exc:
         raise ConfigurationError(lines_of(Settings, exc)) from None
+    for name in own:  # read once: the API layer keeps the upstreams' settings it checked
+        tree.api.keep_upstream_settings(name, built[name])
+    with _lock:
+        reset_clients()
+        use_redis_settings(tree.redis)
+        use_settings(tree.api)
+        _current[:] = [tree]
+    return tree
+
+
+def setting_models() -> tuple[type[BaseModel], ...]:
+    """The model of every section and of every upstream's own settings."""
+    return (*SECTIONS.values(), *upstream_sections().values())
 
 
 def setting_names() -> frozenset[str]:
-    """Every environment name the service reads: every field of every section.
+    """Every environment name the service reads: every field of every section and of
+    every upstream's settings, and the upstreams' budget variables.
 
     Derived, not listed, so the README check and everything that must start from
     defaults (the test suite, the benchmarks) see a new setting without being told.
     """
-    models = [*SECTIONS.values(), *upstream_sections().values()]
-    fields = {name.upper() for cls in models for name in cls.model_fields}
+    fields = {name.upper() for cls in setting_models() for name in cls.model_fields}
     return frozenset(fields | budget_setting_names())

@@ -8,15 +8,14 @@ it takes a job. The root of the tree is `settings.Settings`.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from brokers import ALL_QUEUES, broker_kind, broker_scheme_supported, redis_broker_scheme
 from redisconn.celery_config import CeleryConnection, connection_config
-from redisconn.settings import DEFAULT_REDIS_URL, RedisSettings, RedisTarget
+from redisconn.settings import DEFAULT_REDIS_URL, RedisSection, RedisTarget
 
 REDIS_ONLY = frozenset(
     {"BROKER_VISIBILITY_TIMEOUT", "BROKER_RESTORE_INTERVAL", "BROKER_HEARTBEAT_TIMEOUT"}
@@ -38,9 +37,9 @@ AMQP_LIVENESS_SECONDS = 5.0
 MAX_EVENT_PARTITIONS = 64
 
 
-class WorkerSettings(RedisSettings):
-    """Each field is read from its upper-case environment name (the Redis ones: see
-    `redisconn.settings`)."""
+class WorkerSettings(RedisSection):
+    """Each field is read from its upper-case environment name; the Redis ones come from
+    the process's one Redis section (`redisconn.settings.get_redis_settings`)."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
@@ -120,17 +119,6 @@ class WorkerSettings(RedisSettings):
     # after this long.
     result_tombstone_seconds: int = Field(86_400, ge=60)
 
-    # Beat: an interval of 0 removes the entry from the schedule.
-    pokemon_catalog: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["bulbasaur", "charizard", "pikachu", "mewtwo", "mew"]
-    )
-    pokemon_refresh_interval: float = Field(3600.0, ge=0)
-    # refresh_catalog sends this many names per job (0: one fetch_pokemon job per name),
-    # each job fetching up to CATALOG_BATCH_CONCURRENCY of them at once.
-    catalog_batch_size: int = Field(50, ge=0, le=500)
-    catalog_batch_concurrency: int = Field(8, ge=1, le=64)
-    cms_sync_interval: float = Field(900.0, ge=0)
-    semaphore_sync_interval: float = Field(300.0, ge=0)
     beat_lock_timeout: int = Field(300, ge=10)
 
     # Prometheus metrics of this worker on http://0.0.0.0:METRICS_PORT/metrics; 0 turns
@@ -139,14 +127,6 @@ class WorkerSettings(RedisSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-
-    @field_validator("pokemon_catalog", mode="before")
-    @classmethod
-    def _split_catalog(cls, value: object) -> object:
-        """`POKEMON_CATALOG` is a comma-separated list, or `*` for the whole index."""
-        if isinstance(value, str):
-            return [name.strip().lower() for name in value.split(",") if name.strip()]
-        return value
 
     @field_validator("task_time_limit")
     @classmethod
@@ -315,12 +295,3 @@ class WorkerSettings(RedisSettings):
     def upstream_max_age(self) -> float | None:
         """The cap of an upstream-given freshness window; None when it is not followed."""
         return self.freshness_upstream_max_age if self.freshness_from_upstream else None
-
-    @property
-    def whole_catalog(self) -> bool:
-        return self.pokemon_catalog == ["*"]
-
-
-@lru_cache(maxsize=1)
-def get_worker_settings() -> WorkerSettings:
-    return WorkerSettings()

@@ -24,10 +24,9 @@ from celery import Task
 from celery.exceptions import Reject
 
 from apis.budget import BULK, ON_DEMAND, job_class
-from apis.config import get_settings
 from apis.errors import HeldBack, NotConfigured, NotFound, RateLimited, UpstreamError
 from brokers import ALL_QUEUES, broker_module
-from settings import get_worker_settings
+from settings import get_settings
 from tasks.errors import InvalidInput, RetriesExhausted
 from tasks.messages import CLASS_HEADER
 from tasks.runtime import get_runtime
@@ -73,7 +72,7 @@ def deferral_countdown(exc: HeldBack, *, cap: float) -> float:
 
 def broker_countdown(seconds: float) -> float:
     """A countdown the broker can honour (RabbitMQ's delayed delivery: whole seconds)."""
-    shaped: float = broker_module(get_worker_settings().broker_url).shape_countdown(seconds)
+    shaped: float = broker_module(get_settings().worker.broker_url).shape_countdown(seconds)
     return shaped
 
 
@@ -140,7 +139,6 @@ class UpstreamTask(Task):  # type: ignore[misc]
     bulk = False
     acks_late = True
     reject_on_worker_lost = True
-    max_retries = get_worker_settings().task_max_retries
     #: Expected ends of a job: Celery logs them without a traceback (Celery's `throws`;
     #: the job's outcome line names the error); any other exception keeps its traceback.
     throws = (*OUTCOMES, NotConfigured, RetriesExhausted)
@@ -148,6 +146,12 @@ class UpstreamTask(Task):  # type: ignore[misc]
     #: result-backend copy of a success, whose value is in the results keys anyway. A
     #: failure or retry of such a job is still stored there, so its state stays readable.
     store_errors_even_if_ignored = True
+
+    @property
+    def max_retries(self) -> int:
+        """TASK_MAX_RETRIES, read from the settings when a retry is decided, not when the
+        module is imported."""
+        return get_settings().worker.task_max_retries
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.started_at = time.monotonic()
@@ -174,7 +178,7 @@ class UpstreamTask(Task):  # type: ignore[misc]
 
     def _retry_later(self, exc: Exception) -> NoReturn:
         """A Celery retry with backoff, within TASK_MAX_RETRIES (deferrals not counted)."""
-        settings = get_worker_settings()
+        settings = get_settings().worker
         deferrals = deferrals_of(self.request)
         countdown = retry_countdown(
             self.request.retries - deferrals,
@@ -210,9 +214,9 @@ class UpstreamTask(Task):  # type: ignore[misc]
         fails with a record like any other.
         """
         deferrals = deferrals_of(self.request)
-        if deferrals >= get_settings().task_max_deferrals:
+        if deferrals >= get_settings().api.task_max_deferrals:
             return
-        cap = get_worker_settings().task_deferral_max_seconds
+        cap = get_settings().worker.task_deferral_max_seconds
         countdown = broker_countdown(deferral_countdown(exc, cap=cap))
         log.info(
             "job deferred task=%s id=%s for=%.1fs deferral=%d error=%s",

@@ -7,6 +7,8 @@ from typing import Any
 from celery import shared_task
 
 from apis import PokeAPI, get_client
+from apis.pokeapi import PokeAPISettings
+from settings import get_settings
 from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.catalog import refresh_batch
@@ -16,6 +18,13 @@ from tasks.single_flight import FetchOnceJob
 from tasks.transforms import PokemonSummary, pokemon_summary
 
 KIND = "pokemon"
+
+
+def catalog_settings() -> PokeAPISettings:
+    """POKEMON_CATALOG and the batch variables: PokeAPI's own settings, read once."""
+    found = get_settings().upstream(PokeAPI.entry())
+    assert isinstance(found, PokeAPISettings)
+    return found
 
 
 #: `pokemon:{name}`: a Pokémon by its canonical name, found by its id too.
@@ -59,7 +68,7 @@ def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
 def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
     """Internal to `refresh_catalog`: store many names in one job (see tasks.catalog)."""
     refs = validation.pokemon_batch(names)
-    settings = get_runtime().settings
+    settings = catalog_settings()
     outcome = refresh_batch(
         refs,
         self.request.id,
@@ -74,7 +83,7 @@ def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
 @shared_task(name="tasks.pokemon.refresh_catalog", base=UpstreamTask, bind=True, bulk=True)
 def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
     """Enqueue the configured names (or the whole index): in batches, or one job each."""
-    settings = get_runtime().settings
+    settings = catalog_settings()
     if settings.whole_catalog:
         names = [entry["name"] for entry in get_client(PokeAPI).iter_all_pokemon(page_size=500)]
     else:

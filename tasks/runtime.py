@@ -10,7 +10,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 import redisconn
-from settings import WorkerSettings, get_worker_settings
+from settings import WorkerSettings, get_settings
 from tasks.failures import FailureBuffer
 from tasks.keys import Keys
 from tasks.store import ResultStore
@@ -92,7 +92,7 @@ def get_runtime() -> Runtime:
     if _runtime is None:
         with _lock:
             if _runtime is None:
-                _runtime = Runtime.build(get_worker_settings())
+                _runtime = Runtime.build(get_settings().worker)
     return _runtime
 
 

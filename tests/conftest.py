@@ -11,8 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from apis import reset_clients
-from settings import get_worker_settings, setting_names
+from settings import reset_settings, setting_names
 from tests.support.rabbitmq import RabbitNode, RabbitServer, RabbitUnavailable
 from tests.support.redis_server import RedisServer
 
@@ -171,8 +170,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Nor budget state: an upstream with no rate configured has no budget in-process
     # (tests of the budget configure a rate, or pass their own Redis client).
     monkeypatch.setenv("BUDGET_ADAPTIVE", "false")
-    reset_clients()
-    get_worker_settings.cache_clear()
+    reset_settings()
     yield
-    reset_clients()
-    get_worker_settings.cache_clear()
+    reset_settings()

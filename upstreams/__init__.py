@@ -1,10 +1,12 @@
 """The upstream registry: one entry per upstream, everything else derived from it.
 
 As Celery's `app.tasks` names each task once, an `Upstream` names once what the service
-needs to know of an upstream: its client module (in `apis/`), the setting of its base
-URL, its queue, its rate-limit settings, its circuit breaker and the task module whose
-tasks it routes. The broker's queues, Celery's routes and includes, the circuit gauges,
-the CLI's tables and the README's table of upstreams all come from here.
+needs to know of an upstream: its client module (in `apis/`), its settings model and
+the variables of its base URL and token, its user agent, its queue, its budget, its
+circuit breaker, the task module whose tasks it routes, its periodic jobs, the kinds of
+result it stores and where the sandbox serves it. The broker's queues, Celery's routes
+and includes, the beat schedule, the circuit gauges, the settings check at start, the
+CLI's tables, the offline mode and the README's table of upstreams all come from here.
 
 Below the API layer and the brokers, it names modules by their dotted paths (as Celery's
 `include=` does) and imports none of them. Built-in entries are listed in `BUILT_IN`;
@@ -14,16 +16,21 @@ an installed package adds its own through the `apiworker.upstreams` entry-point 
 
 from __future__ import annotations
 
+import importlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 __all__ = [
     "BUILT_IN",
     "ENTRY_POINT_GROUP",
     "Periodic",
+    "SandboxRoute",
     "Upstream",
     "all_upstreams",
+    "offline_settings",
     "queue_names",
     "register",
 ]
@@ -44,6 +51,19 @@ class Periodic:
     #: The variable of its interval in seconds (a field of the worker's settings, or of
     #: the upstream's own settings model).
     interval_setting: str
+
+
+@dataclass(frozen=True)
+class SandboxRoute:
+    """A route the sandbox upstream serves for an upstream: its name (for faults and
+    counts), the path it answers (a regular expression matched in full; a `key` group, if
+    any, is passed to `respond` unquoted) and its normal answer. `respond(request, key)`
+    returns the sandbox's `Response`, or a `(status, JSON value)` pair, which a module of
+    the service can give without importing the sandbox."""
+
+    name: str
+    pattern: str
+    respond: Callable[[Any, str], object]
 
 
 @dataclass(frozen=True)
@@ -70,13 +90,30 @@ class Upstream:
     concurrency: int = 0
     #: Whether its calls go through the shared circuit breaker (keys named after it).
     breaker: bool = True
+    #: Its own HTTP timeouts in seconds, for an upstream slower than the rest (0: the
+    #: shared HTTP_CONNECT_TIMEOUT and HTTP_READ_TIMEOUT).
+    connect_timeout: float = 0.0
+    read_timeout: float = 0.0
     #: The kinds of result its tasks store (`{kind}:{ident}` in the results contract),
     #: which `apiworker result` names when asked for another.
     result_kinds: tuple[str, ...] = ()
-    #: Its own settings, `module:Class` (a pydantic-settings model), for an upstream
-    #: whose variables are not fields of the built-in sections: validated at start with
-    #: every other setting (settings.checked_settings), one line per bad variable.
+    #: Its own settings, `module:Class` (a pydantic-settings model, such as
+    #: `apis.config.UpstreamSettings`): every variable it reads (its base URL, its token,
+    #: its periodic jobs' intervals), validated at start with every other setting
+    #: (settings.checked_settings), one line per bad variable.
     settings: str = ""
+    #: The environment variable of its API token ("": it takes none); its client refuses
+    #: to call without it (`NotConfigured`), and sends `Authorization: <scheme> <token>`.
+    token_setting: str = ""
+    token_scheme: str = "Token"  # noqa: S105 (an auth scheme's name, not a secret)
+    #: The User-Agent it asks for ("": the project's own).
+    user_agent: str = ""
+    #: The path the sandbox upstream serves it under (`/api/v2`): offline, its base URL is
+    #: the sandbox's address and this path, its token the sandbox's ("": not served).
+    sandbox_path: str = ""
+    #: Its routes in the sandbox, `module:NAME` of a tuple of `SandboxRoute`s ("": the
+    #: sandbox's own modules serve it, or it is not served).
+    sandbox_routes: str = ""
     #: Its periodic jobs, which the beat schedule (worker/beat.py) is built from.
     periodic: tuple[Periodic, ...] = ()
 
@@ -99,6 +136,17 @@ class Upstream:
         stem = self.rate_limit_setting.removesuffix("_RATE_LIMIT")
         return (self.rate_limit_setting, f"{self.rate_limit_setting}_BURST", f"{stem}_CONCURRENCY")
 
+    def routes(self) -> tuple[SandboxRoute, ...]:
+        """The sandbox routes `sandbox_routes` names (its module imported)."""
+        if not self.sandbox_routes:
+            return ()
+        module, _, name = self.sandbox_routes.partition(":")
+        found = tuple(getattr(importlib.import_module(module), name))
+        for route in found:
+            if not isinstance(route, SandboxRoute):
+                raise TypeError(f"{self.sandbox_routes} holds {route!r}, not a SandboxRoute")
+        return found
+
     @property
     def client_module(self) -> str:
         return self.client.partition(":")[0]
@@ -117,6 +165,8 @@ BUILT_IN = (
         description="PokeAPI v2",
         rate_limit_setting="POKEAPI_RATE_LIMIT",
         result_kinds=("pokemon",),
+        settings="apis.pokeapi:PokeAPISettings",
+        sandbox_path="/api/v2",
         periodic=(
             Periodic(
                 "refresh-pokemon-catalog",
@@ -133,6 +183,8 @@ BUILT_IN = (
         description="the headless CMS",
         rate_limit_setting="CMS_RATE_LIMIT",
         result_kinds=("article",),
+        settings="apis.cms:CmsSettings",
+        sandbox_path="/api/v1",
         periodic=(Periodic("sync-cms-articles", "tasks.cms.sync_articles", "CMS_SYNC_INTERVAL"),),
     ),
     Upstream(
@@ -143,6 +195,11 @@ BUILT_IN = (
         description="Semaphore CI, API v1alpha",
         rate_limit_setting="SEMAPHORE_RATE_LIMIT",
         result_kinds=("semaphore-pipelines", "semaphore-projects"),
+        settings="apis.semaphore:SemaphoreSettings",
+        token_setting="SEMAPHORE_API_TOKEN",  # noqa: S106 (a variable's name)
+        # The user agent Semaphore's API documentation asks clients for.
+        user_agent="SemaphoreCI v2.0 Client",
+        sandbox_path="/api/v1alpha",
         periodic=(
             Periodic(
                 "sync-semaphore-pipelines",
@@ -177,6 +234,18 @@ def all_upstreams() -> tuple[Upstream, ...]:
 
 def queue_names() -> tuple[str, ...]:
     return tuple(upstream.queue for upstream in all_upstreams())
+
+
+def offline_settings(sandbox_url: str, token: str) -> dict[str, str]:
+    """The variables that point every upstream the sandbox serves at the sandbox at
+    `sandbox_url`, with `token` (the one it accepts) for those that take one."""
+    found: dict[str, str] = {}
+    for upstream in all_upstreams():
+        if upstream.sandbox_path:
+            found[upstream.base_url_setting] = sandbox_url.rstrip("/") + upstream.sandbox_path
+            if upstream.token_setting:
+                found[upstream.token_setting] = token
+    return found
 
 
 def _load() -> None:

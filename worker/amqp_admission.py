@@ -48,7 +48,7 @@ from celery import bootsteps
 
 from apis.budget import Budget
 from brokers import DEFAULT_QUEUE, amqp, broker_kind
-from settings import get_worker_settings
+from settings import get_settings
 from worker import admission
 
 log = logging.getLogger("worker.admission")
@@ -240,7 +240,7 @@ class AmqpAdmission(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is
         super().__init__(c, **kwargs)
 
     def start(self, c: Any) -> None:
-        if broker_kind(get_worker_settings().broker_url) != "amqp" or c.timer is None:
+        if broker_kind(get_settings().worker.broker_url) != "amqp" or c.timer is None:
             return
         gate = c.admission_gate = Gate(c)
         gate.hold_back()

@@ -28,7 +28,8 @@ __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
 try:
     # Validate the whole settings tree (settings/: Redis, the API layer, the worker)
     # before taking a job: one line per bad variable, and exit 2, a usage error.
-    settings = checked_settings().worker
+    checked = checked_settings()
+    settings = checked.worker
 except ConfigurationError as exc:
     sys.stderr.write("".join(f"error: {line}\n" for line in exc.lines))
     raise SystemExit(USAGE_EXIT_CODE) from None
@@ -137,7 +138,7 @@ app.conf.update(
     redbeat_key_prefix=f"{settings.result_key_prefix}redbeat",
     redbeat_lock_timeout=settings.beat_lock_timeout,
     beat_max_loop_interval=5,
-    beat_schedule=beat_schedule(settings),
+    beat_schedule=beat_schedule(checked.api),
     task_send_sent_event=False,
     # No task declares Celery's per-worker `rate_limit`: the upstream budget
     # (apis/budget.py) paces calls for the whole fleet, so the consumer skips the

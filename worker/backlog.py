@@ -13,7 +13,7 @@ from redis.retry import Retry
 import redisconn
 from apis.breaker import state_keys
 from brokers import DEFAULT_QUEUE, QUEUES, Broker, open_broker, reads_queue_depths
-from settings import get_worker_settings
+from settings import get_settings
 from tasks.keys import Keys
 from telemetry.backlog import BacklogCollector, QueueDepthReader
 from upstreams import all_upstreams
@@ -41,7 +41,7 @@ def queue_depth_reader(broker_url: str, key_prefix: str = "") -> QueueDepthReade
 def register(registry: CollectorRegistry, app: Any) -> BacklogCollector:
     """Build the collector from the worker's settings and `app`'s broker options, and add
     it to `registry`."""
-    settings = get_worker_settings()
+    settings = get_settings().worker
     prefix = settings.result_key_prefix
     collector = BacklogCollector(
         queues=(*QUEUES, DEFAULT_QUEUE),

@@ -34,7 +34,7 @@ from celery.worker.consumer import Consumer
 
 from brokers import amqp_delivery, broker_kind, broker_module, dead_letter_queue, redis_transport
 from brokers.redis import parked_message
-from settings import get_worker_settings
+from settings import get_settings
 from tasks.base import failure_record
 from tasks.runtime import get_runtime
 from telemetry.metrics import FAILURES_RECORDED
@@ -92,7 +92,7 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
         # worker's messages in its own hands: brokers/redis_transport.py.)
         # On Redis the same tracker drops the unstarted jobs of a worker that learns it
         # was declared dead (worker/shutdown.py).
-        self._cancel_on_connection_loss = broker_kind(get_worker_settings().broker_url) == "amqp"
+        self._cancel_on_connection_loss = broker_kind(get_settings().worker.broker_url) == "amqp"
         self.pending_jobs = pending_jobs.track(self.pool)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
@@ -125,7 +125,7 @@ class RecordingConsumer(Consumer):  # type: ignore[misc]
     def connect(self) -> Any:
         redis_transport.free_slots = self._free_slots
         connection = super().connect()
-        broker_module(get_worker_settings().broker_url).prepare_consumer(connection)
+        broker_module(get_settings().worker.broker_url).prepare_consumer(connection)
         return connection
 
     def _free_slots(self) -> int:

@@ -26,7 +26,7 @@ from celery.signals import (
 )
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
-from settings import get_worker_settings
+from settings import get_settings
 from tasks.base import OUTCOMES, deferrals_of, home_queue
 from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
 from telemetry import logs, otel
@@ -42,7 +42,7 @@ _started: dict[str, float] = {}
 @setup_logging.connect
 def configure_logging(**_: Any) -> None:
     """Replace Celery's logging set-up: our format, our level, secrets masked."""
-    settings = get_worker_settings()
+    settings = get_settings().worker
     logs.configure(settings.log_level, settings.log_format)
     # A lost broker connection is one line per event, without tracebacks.
     connection_loss.install()
@@ -78,7 +78,7 @@ def _job_finished(
         state,
         task.name,
         task_id,
-        # The queue's own name, also after RabbitMQ's delayed delivery (`0.0.1.cms`).
+        # The queue's own name, also after RabbitMQ's delayed delivery (`0.0.1.<queue>`).
         home_queue(task.request) or delivery.get("routing_key", "-"),
         duration * 1000,
         (task.request.retries or 0) + 1,
@@ -117,7 +117,7 @@ def _trace_jobs() -> None:
 
 @worker_init.connect
 def _serve_metrics(sender: Any = None, **_: Any) -> None:
-    port = get_worker_settings().metrics_port
+    port = get_settings().worker.metrics_port
     if not port:
         return
     registry = None

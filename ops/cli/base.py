@@ -64,9 +64,9 @@ def public_tasks() -> dict[str, tuple[str, ...]]:
 
 
 class _PublicTasks(Mapping[str, tuple[str, ...]]):
-    """`public_tasks()`, read on first use: the task modules read settings when imported,
-    so importing them with the CLI would break `apiworker --help` under a bad setting,
-    before the group could report it as one."""
+    """`public_tasks()`, read on first use: the task modules bring Celery, the API layer
+    and every upstream's client with them, which `apiworker --help` and most commands do
+    not need."""
 
     @cached_property
     def _tasks(self) -> dict[str, tuple[str, ...]]:
@@ -213,8 +213,8 @@ class Services:
         """The whole tree as the worker checks it at start, then this invocation's view
         (`--redis-url`); a bad setting is a usage error, one line per variable."""
         try:
-            checked_settings()
-            return WorkerSettings(**self.overrides)
+            tree = checked_settings()
+            return WorkerSettings(**self.overrides) if self.overrides else tree.worker
         except ConfigurationError as exc:
             raise ConfigError(str(exc)) from exc
         except ValidationError as exc:
@@ -333,7 +333,7 @@ def cli(ctx: click.Context, redis_url: str | None, verbose: bool) -> None:
     """Operate the api-layer-worker: send jobs, read results, replay failures, check health.
 
     Reads the worker's environment variables (REDIS_URL, CELERY_BROKER_URL,
-    CELERY_RESULT_BACKEND, RESULT_KEY_PREFIX, POKEAPI_BASE_URL, ...).
+    CELERY_RESULT_BACKEND, RESULT_KEY_PREFIX, the upstreams' base URLs, ...).
     """
     # There is no --broker-url: Celery itself prefers CELERY_BROKER_URL to its config,
     # so such an option could not be honoured for sending.

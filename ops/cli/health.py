@@ -29,6 +29,7 @@ from ops.cli.base import (
     echo_table,
 )
 from redisconn import RedisTarget
+from settings import get_settings
 from telemetry.redact import masked_url, redact
 
 
@@ -141,7 +142,7 @@ def probe_upstream(
     config = cls.configure(api)
     if config.base_url is None:
         return Check(cls.service, None, f"not configured (set {config.base_url_setting})")
-    if cls.requires_token and config.token is None:
+    if not config.configured:
         return Check(cls.service, None, f"not configured (set {config.token_setting})")
     quick = replace(
         config,
@@ -174,7 +175,7 @@ def cluster_checks(services: Services) -> list[Check]:
 
 def upstream_checks(timeout: float) -> list[Check]:
     try:
-        api = ApiSettings()
+        api = get_settings().api
     except ValidationError as exc:
         return [Check("upstreams", False, f"invalid settings: {exc.errors()[0]['msg']}")]
     return [probe_upstream(cls, probe, api, timeout) for cls, probe in PROBES.items()]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from apis.config import ApiSettings
 from ops.cli.base import Services, cli
 from ops.top import Fleet
 from ops.top import run as run_top
+from settings import get_settings
 from upstreams import all_upstreams
 
 
@@ -29,7 +29,7 @@ def top(services: Services, once: bool, interval: float, metrics_urls: tuple[str
     pause, requests in flight, and with --metrics 429s per minute and the calls waiting
     by class). Ctrl-C leaves it."""
     keys = services.keys
-    api = ApiSettings()
+    api = get_settings().api
     fleet = Fleet(
         broker=services.broker(),
         results=services.results(),

@@ -55,10 +55,8 @@ def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[s
         "REDIS_URL": with_db(redis_url, 0),
         "CELERY_BROKER_URL": with_db(redis_url, 1),
         "CELERY_RESULT_BACKEND": with_db(redis_url, 2),
-        "POKEAPI_BASE_URL": sandbox.pokeapi_url,
-        "CMS_BASE_URL": sandbox.cms_url,
-        "SEMAPHORE_BASE_URL": sandbox.semaphore_url,
-        "SEMAPHORE_API_TOKEN": sandbox.semaphore_token,
+        # Every upstream the sandbox serves, from their registry entries (`sandbox_path`).
+        **sandbox.upstream_settings(),
     }
     env.update({name: value for name, (value, _reason) in SUITE_OVERRIDES.items()})
     env.update(overrides)

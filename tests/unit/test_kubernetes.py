@@ -22,7 +22,7 @@ from pydantic import SecretStr
 import worker.observability  # noqa: F401 (defines the worker's metrics)
 from apis.config import ApiSettings
 from brokers import ALL_QUEUES
-from settings import WorkerSettings, setting_names
+from settings import WorkerSettings, setting_models, setting_names
 from worker.backlog import BacklogCollector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ TOOLING_NAMES = frozenset(
 CREDENTIALS = frozenset(
     {
         name.upper()
-        for cls in (WorkerSettings, ApiSettings)
+        for cls in setting_models()
         for name, field in cls.model_fields.items()
         if SecretStr in getattr(field.annotation, "__args__", (field.annotation,))
     }

@@ -4,6 +4,7 @@ name that has to match."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from apis import ApiSettings, client_class
 from apis.pokeapi import PokeAPI
-from upstreams import BUILT_IN, Upstream
+from upstreams import BUILT_IN, Upstream, offline_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +57,101 @@ def test_no_client_restates_its_base_url_variable() -> None:
     assert restated == []
 
 
-def test_the_beat_schedule_names_no_upstream() -> None:
-    """worker/beat.py builds the schedule from the entries' periodic jobs alone."""
-    text = (ROOT / "worker" / "beat.py").read_text().lower()
-    named = [word for word in ("pokeapi", "pokemon", "cms", "semaphore") if word in text]
+UPSTREAM_NAMES = re.compile(r"pokeapi|pokemon|cms|semaphore", re.IGNORECASE)
+#: The rooms that hold no line of any one upstream: what they need of one comes from its
+#: registry entry.
+GENERIC = (ROOT / "apis" / "config.py", ROOT / "settings", ROOT / "worker", ROOT / "ops")
+#: The results store's id index (tasks/keys.py) is named after the one kind that has
+#: one; the two commands that read it follow that name until the store names it
+#: generically.
+ID_INDEX_READERS = {"ops/migrate_keys.py", "ops/cli/result.py"}
+
+
+def generic_sources() -> list[Path]:
+    found: list[Path] = []
+    for place in GENERIC:
+        found.extend([place] if place.is_file() else sorted(place.rglob("*.py")))
+    return found
+
+
+def test_the_generic_rooms_name_no_upstream() -> None:
+    """apis/config.py, settings/, worker/ and ops/ build everything per upstream from the
+    registry: no line names one (the demo's jobs are its data file, ops/demo.toml)."""
+    named = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in generic_sources()
+        if str(path.relative_to(ROOT)) not in ID_INDEX_READERS
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if UPSTREAM_NAMES.search(line)
+    ]
     assert named == []
+
+
+def test_the_id_index_readers_name_nothing_but_the_index() -> None:
+    """The two exceptions name only the id index's kind and keys, nothing else of an
+    upstream."""
+    for name in ID_INDEX_READERS:
+        for line in (ROOT / name).read_text().splitlines():
+            rest = re.sub(r"pokemon[-_]ids|pokemon[: ]\S+|BY_NAME = \"pokemon\"", "", line)
+            assert not re.search(r"pokeapi|cms|semaphore", rest, re.IGNORECASE), line
+
+
+def test_the_grep_can_fail() -> None:
+    """The pattern finds a name where one is."""
+    assert UPSTREAM_NAMES.search('SEMAPHORE_BASE_URL = "x"')
+    assert UPSTREAM_NAMES.search("refresh_pokemon_catalog")
+    assert generic_sources()
+
+
+def test_an_entry_the_breaker_does_not_guard_has_it_off() -> None:
+    """`breaker=False` in the entry turns the client's breaker off, whatever the
+    threshold."""
+    guarded = BUILT_IN[0]
+    unguarded = dataclasses.replace(guarded, breaker=False)
+    settings = ApiSettings(circuit_failure_threshold=5)
+    assert settings.upstream(guarded).circuit.failure_threshold == 5
+    assert settings.upstream(unguarded).circuit.failure_threshold == 0
+
+
+def test_the_token_and_user_agent_come_from_the_entry() -> None:
+    """The entry names the token's variable, its scheme and the user agent; the value is
+    read from the upstream's own settings."""
+    entry = next(u for u in BUILT_IN if u.token_setting)
+    config = client_class(entry).configure(ApiSettings(semaphore_api_token="t0ken-value"))
+    assert config.token is not None
+    assert config.token.get_secret_value() == "t0ken-value"
+    assert config.token_setting == entry.token_setting == "SEMAPHORE_API_TOKEN"
+    assert config.user_agent == entry.user_agent
+    assert not client_class(entry).configure(ApiSettings()).configured
+    plain = PokeAPI.configure(ApiSettings())
+    assert plain.token is None
+    assert plain.configured
+    assert plain.user_agent.startswith("api-layer-worker/")
+
+
+def test_offline_mode_points_every_served_upstream_at_the_sandbox() -> None:
+    """One variable per entry with a sandbox path, and the token of those that take one."""
+    found = offline_settings("http://127.0.0.1:9/", "sandbox-token")
+    assert found == {
+        "POKEAPI_BASE_URL": "http://127.0.0.1:9/api/v2",
+        "CMS_BASE_URL": "http://127.0.0.1:9/api/v1",
+        "SEMAPHORE_BASE_URL": "http://127.0.0.1:9/api/v1alpha",
+        "SEMAPHORE_API_TOKEN": "sandbox-token",
+    }
+
+
+def test_an_entry_may_set_its_own_timeouts_and_the_soft_limit_covers_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow upstream's timeouts are its entry's; the longest call, which
+    TASK_SOFT_TIME_LIMIT must exceed, counts them."""
+    slow = dataclasses.replace(BUILT_IN[0], read_timeout=40.0)
+    settings = ApiSettings()
+    config = settings.upstream(slow)
+    assert (config.connect_timeout, config.read_timeout) == (settings.http_connect_timeout, 40.0)
+    assert settings.upstream(BUILT_IN[0]).read_timeout == settings.http_read_timeout
+    shared = settings.worst_case_call_seconds
+    monkeypatch.setattr("apis.config.all_upstreams", lambda: (*BUILT_IN[1:], slow))
+    assert settings.worst_case_call_seconds == pytest.approx(
+        shared + 2 * (40.0 - settings.http_read_timeout)
+    )
