@@ -44,6 +44,7 @@ from bench.systems import (
     DRAMATIQ,
     DRAMATIQ_PROTOCOL,
     EVERY_SCENARIO,
+    FLOWER,
     PROBE,
     PROJECT,
     SYSTEMS,
@@ -85,7 +86,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="REV[,REV...]",
         default=None,
         help="also run the project at each git revision REV (from a copy of its files), "
-        "right after the project, to measure changes side by side",
+        "right after the project (and after project-flower, with Flower, when it runs), "
+        "to measure changes side by side",
     )
     parser.add_argument(
         "--scenarios",
@@ -161,22 +163,29 @@ class Bench:
         if self.args.against:
             revisions = [rev.strip() for rev in self.args.against.split(",") if rev.strip()]
             chosen[1:1] = [self._project_at(revision) for revision in revisions]
+            # With Flower in the run, the revisions with Flower too, right after it.
+            flower = next((i for i, s in enumerate(chosen) if s.name == FLOWER), None)
+            if flower is not None:
+                at = [self._project_at(revision, FLOWER) for revision in revisions]
+                chosen[flower + 1 : flower + 1] = at
         return chosen
 
-    def _project_at(self, revision: str) -> System:
+    def _project_at(self, revision: str, base: str = PROJECT) -> System:
         """A copy of the project's files at `revision` (git archive), run as a system."""
-        if revision not in self._against:
+        key = f"{base}@{revision}"
+        if key not in self._against:
             tree = self.log_dir / f"tree-{revision}"
-            tree.mkdir()
-            archive = subprocess.run(
-                ["git", "archive", "--format=tar", revision],
-                cwd=REPO_ROOT,
-                capture_output=True,
-                check=True,
-            )
-            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-            self._against[revision] = project_at(revision, str(tree))
-        return self._against[revision]
+            if not tree.exists():
+                tree.mkdir()
+                archive = subprocess.run(
+                    ["git", "archive", "--format=tar", revision],
+                    cwd=REPO_ROOT,
+                    capture_output=True,
+                    check=True,
+                )
+                subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+            self._against[key] = project_at(revision, str(tree), base)
+        return self._against[key]
 
     def run(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
         self.redis.start()

@@ -139,16 +139,21 @@ ALL_SYSTEMS = {
 }
 
 
-def project_at(revision: str, tree: str) -> System:
-    """The project as `make run` starts it, from `tree`: a copy of `revision`'s files.
+def project_at(revision: str, tree: str, base: str = PROJECT) -> System:
+    """The project as `base` starts it (`make run`, or with Flower), from `tree`: a copy
+    of `revision`'s files.
 
     Measures an optimisation side by side with the code before it, in one run.
     """
+    system = ALL_SYSTEMS[base]
     return replace(
-        SYSTEMS[PROJECT],
-        name=f"{PROJECT}@{revision}",
-        description=f"the project at {revision}, started the same way",
+        system,
+        name=f"{base}@{revision}",
+        description=f"{system.description}, at {revision}",
         cwd=tree,
+        extra_env={**system.extra_env, "FLOWER_PORT": str(free_port())}
+        if base == FLOWER
+        else system.extra_env,
     )
 
 

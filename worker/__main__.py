@@ -55,7 +55,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     arguments = list(argv) if argv is not None else sys.argv[1:]
     patch_green_pool(arguments)
-    from celery.bin.base import CLIContext
+    # Then redis-py, kombu and tenacity without their unused extras (worker/optional_imports.py),
+    # before Celery's command line imports kombu.
+    from worker.optional_imports import absent
+
+    # Celery's command-line base colours the output of `celery inspect` and friends with
+    # pygments when it is installed (Flower's extra brings it): ~1.8 MiB of lexer tables a
+    # worker process never uses. Without it, celery's plain-text fallback stays in place.
+    with absent(("pygments",)):
+        from celery.bin.base import CLIContext
     from celery.bin.worker import worker as worker_command
 
     from worker.app import app

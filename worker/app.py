@@ -6,6 +6,10 @@ Every setting below is chosen on purpose; each says why, with a link to Celery's
 
 from __future__ import annotations
 
+# Before Celery: redis-py, kombu and tenacity without the optional packages a worker never
+# uses (worker/optional_imports.py).
+import worker.optional_imports  # isort: skip
+
 import sys
 
 from celery import Celery
@@ -16,7 +20,7 @@ from settings.errors import USAGE_EXIT_CODE
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
 from telemetry.redact import register_secret, url_passwords
-from worker import admission, result_backend, result_repr
+from worker import admission, flower_search, result_backend, result_repr
 from worker.beat import beat_schedule
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -152,6 +156,9 @@ app.conf.broker_url = failover_order(app.conf.broker_url)
 
 # The text of each job's return value, made by Celery's tracer on every success.
 result_repr.install()
+# In Flower's process (`celery -A worker flower`), its search index parses each job's
+# kwargs text once, not at every event.
+flower_search.install()
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for
 # their side effect.
