@@ -19,7 +19,9 @@ import pytest
 
 from apis import CmsAPI, PokeAPI, SemaphoreAPI, errors
 from apis.client import ApiClient
+from apis.cms import CmsSettings
 from apis.config import ApiSettings, UpstreamConfig
+from apis.semaphore import SemaphoreSettings
 
 C = TypeVar("C", bound=ApiClient)
 
@@ -112,9 +114,9 @@ def assert_clean(exc: BaseException, secret: str) -> None:
 def test_a_base_url_without_a_path_is_refused_at_start() -> None:
     """`http://host:port` alone would let `base + link` name another host: a config error."""
     with pytest.raises(ValueError, match="must have a path"):
-        ApiSettings(semaphore_base_url="http://127.0.0.1:8000")
+        SemaphoreSettings(semaphore_base_url="http://127.0.0.1:8000")
     with pytest.raises(ValueError, match="invalid port"):
-        ApiSettings(cms_base_url="http://127.0.0.1:99999/api")
+        CmsSettings(cms_base_url="http://127.0.0.1:99999/api")
 
 
 def test_a_link_with_userinfo_syntax_never_sends_the_token_to_another_port(
@@ -125,7 +127,7 @@ def test_a_link_with_userinfo_syntax_never_sends_the_token_to_another_port(
     config = UpstreamConfig(
         service="semaphore",
         base_url=sandbox.base_url,  # no path: only reachable without the settings' check
-        token=ApiSettings(semaphore_api_token=token).semaphore_api_token,
+        token=SemaphoreSettings(semaphore_api_token=token).semaphore_api_token,
         retry=ApiSettings(http_retry_attempts=1).retry_policy,
         read_timeout=1,
     )
