@@ -4,6 +4,8 @@ real workers in tests/chaos/test_budget.py)."""
 
 from __future__ import annotations
 
+import time
+
 import fakeredis
 import pytest
 
@@ -61,12 +63,15 @@ def test_a_burst_goes_at_once_then_callers_queue_at_the_rate(server) -> None:
     """Burst 2 at 5/s: two free tokens, then reservations 0.2 s apart."""
     sleeps = Sleeps()
     shared = budget(server, sleeps, rate=5, burst=2)
+    started = time.monotonic()
     for _ in range(5):
         shared.acquire()
-    # Each reservation 0.2 s after the last, less the real time between the calls.
-    assert len(sleeps) == 3
+    # Each reservation 0.2 s after the last, less the real time between the calls: a
+    # token that real time refilled meanwhile (a loaded machine) is taken without a wait.
+    refilled = int((time.monotonic() - started) * 5)
+    assert max(0, 3 - refilled) <= len(sleeps) <= 3
     assert sleeps == sorted(sleeps)
-    assert sleeps == pytest.approx([0.2, 0.4, 0.6], abs=0.15)
+    assert sleeps == pytest.approx([0.2, 0.4, 0.6][: len(sleeps)], abs=0.15)
 
 
 def test_no_thread_waits_beyond_the_bound_and_nothing_is_reserved_then(server) -> None:
