@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from ops.processes.waits import StartupFailed
 from tests.support.celery_worker import wait_for
 from tests.support.redis_server import RedisServer, free_port
 
@@ -33,20 +34,34 @@ class PrivateCluster:
             raise RuntimeError("redis-cli is not installed: apt-get install redis-tools")
         self.cli = cli
         self.masters = masters
-        self.nodes = [
-            RedisServer(
-                args=(
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(node_timeout_ms),
-                    "--cluster-port", str(free_port()),
-                    # Fail over even when the replica's link broke at the kill itself.
-                    "--cluster-replica-validity-factor", "0",
-                ),
-                prefix="apiworker-cluster-",
-            )
-            for _ in range(masters * 2)
-        ]  # fmt: skip
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes = [self._node() for _ in range(masters * 2)]
+
+    def _node(self) -> RedisServer:
+        return RedisServer(
+            args=(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                "--cluster-port", str(free_port()),
+                # Fail over even when the replica's link broke at the kill itself.
+                "--cluster-replica-validity-factor", "0",
+            ),
+            prefix="apiworker-cluster-",
+        )  # fmt: skip
+
+    def _start_node(self, index: int, attempts: int = 3) -> None:
+        """Start node `index`; a port taken since it was chosen (another server of the
+        suite starting at that moment) gets the node new ports, up to `attempts` times."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.nodes[index].start()
+                return
+            except StartupFailed:
+                self.nodes[index].cleanup()
+                if attempt == attempts:
+                    raise
+                self.nodes[index] = self._node()
 
     @property
     def addresses(self) -> list[str]:
@@ -59,8 +74,8 @@ class PrivateCluster:
 
     def start(self) -> PrivateCluster:
         try:
-            for node in self.nodes:
-                node.start()
+            for index in range(len(self.nodes)):
+                self._start_node(index)
             subprocess.run(
                 [self.cli, "--cluster", "create", *self.addresses, "--cluster-replicas", "1",
                  "--cluster-yes"],
