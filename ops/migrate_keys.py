@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from tasks.keys import Keys
+from results.keys import Keys
 
 # KEYS: the new fence counter. ARGV: the old counter's value. Raised to it, never lowered.
 _RAISE_FENCE = """

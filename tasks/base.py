@@ -26,11 +26,11 @@ from celery.exceptions import Reject
 from apis.budget import BULK, ON_DEMAND, job_class
 from apis.errors import HeldBack, NotConfigured, NotFound, RateLimited, UpstreamError
 from brokers import ALL_QUEUES, broker_module
+from results.runtime import get_runtime
+from results.single_flight import JobStart, job_began_at
 from settings import get_settings
 from tasks.errors import InvalidInput, RetriesExhausted
 from tasks.messages import CLASS_HEADER
-from tasks.runtime import get_runtime
-from tasks.single_flight import JobStart, job_began_at
 from telemetry.metrics import FAILURES_RECORDED, TASK_RETRIES
 from telemetry.redact import redact
 

@@ -8,12 +8,12 @@ from celery import shared_task
 
 from apis import CmsAPI, get_client
 from apis.cms import MAX_PAGE_SIZE
+from results.outcome import note_revalidation
+from results.runtime import Runtime, get_runtime
+from results.single_flight import FetchOnceJob
+from results.store import Fetched, Page, Unchanged, now
 from tasks import validation
 from tasks.base import UpstreamTask
-from tasks.outcome import note_revalidation
-from tasks.runtime import Runtime, get_runtime
-from tasks.single_flight import FetchOnceJob
-from tasks.store import Fetched, Page, Unchanged, now
 from tasks.transforms import ArticleSummary, article_summary
 
 KIND = "article"

@@ -8,13 +8,13 @@ from celery import shared_task
 
 from apis import PokeAPI, get_client
 from apis.pokeapi import PokeAPISettings
+from results.runtime import Runtime, get_runtime
+from results.single_flight import FetchOnceJob
 from settings import get_settings
 from tasks import validation
 from tasks.base import UpstreamTask
-from tasks.catalog import refresh_batch
 from tasks.messages import BULK_HEADERS
-from tasks.runtime import Runtime, get_runtime
-from tasks.single_flight import FetchOnceJob
+from tasks.pokemon_catalog import refresh_batch
 from tasks.transforms import PokemonSummary, pokemon_summary
 
 KIND = "pokemon"

@@ -18,8 +18,8 @@ import redis
 from click.testing import CliRunner
 
 from ops.cli import cli
-from tasks.keys import Keys
-from tasks.store import Fetched, Freshness, ResultStore, now
+from results.keys import Keys
+from results.store import Fetched, Freshness, ResultStore, now
 from tests.integration.test_readers import reader
 
 #: The last commit before the tagged layout (its child, 705e30f, introduced it): the code
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 OLD_WRITER = """
 import sys
 import redis
-from tasks.keys import Keys
-from tasks.store import Fetched, Page, ResultStore, Unchanged, now
+from results.keys import Keys
+from results.store import Fetched, Page, ResultStore, Unchanged, now
 
 client = redis.Redis.from_url(sys.argv[1])
 store = ResultStore(client, Keys(), events_maxlen=1000, failures_maxlen=1000)

@@ -32,10 +32,10 @@ from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
 from ops.cli import cli
 from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
+from results.keys import Keys
+from results.runtime import Runtime
+from results.store import Fetched, Freshness, ResultStore, Unchanged, now
 from settings import WorkerSettings
-from tasks.keys import Keys
-from tasks.runtime import Runtime
-from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.integration.conftest import worker_environment
 from tests.integration.test_readers import reader
 from tests.support.celery_worker import REPO_ROOT, wait_for

@@ -16,8 +16,8 @@ import orjson
 import pytest
 import redis
 
-from tasks.keys import Keys
-from tasks.store import Fetched, Freshness, ResultStore, _packed
+from results.keys import Keys
+from results.store import Fetched, Freshness, ResultStore, _packed
 
 WRITERS, WRITES_EACH = 8, 40
 

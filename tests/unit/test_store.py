@@ -8,8 +8,8 @@ import pytest
 
 from apis.conditional import Validators
 from ops.owed_events import send_owed
-from tasks.keys import Keys
-from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, _packed
+from results.keys import Keys
+from results.store import GONE, Fetched, Freshness, ResultStore, Unchanged, _packed
 
 
 @pytest.fixture

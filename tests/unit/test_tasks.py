@@ -13,11 +13,11 @@ import pytest
 import worker
 from apis import CmsAPI, PokeAPI
 from apis.config import ApiSettings
+from results.runtime import Runtime, set_runtime
 from settings import WorkerSettings
 from tasks import cms, pokemon
-from tasks.catalog import refresh_batch
 from tasks.errors import InvalidInput
-from tasks.runtime import Runtime, set_runtime
+from tasks.pokemon_catalog import refresh_batch
 from tests.support.celery_worker import wait_for
 
 PUBLIC_TASKS = {

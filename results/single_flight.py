@@ -33,10 +33,10 @@ from typing import Any, Generic, TypeVar
 from apis.client import Payload
 from apis.conditional import Validators
 from apis.errors import HeldBack
-from tasks.lease import LEASES
-from tasks.outcome import note_revalidation
-from tasks.runtime import Runtime
-from tasks.store import GONE, Claim, Fetched, Freshness, ResultStore, Unchanged, now
+from results.lease import LEASES
+from results.outcome import note_revalidation
+from results.runtime import Runtime
+from results.store import GONE, Claim, Fetched, Freshness, ResultStore, Unchanged, now
 from telemetry import tracing
 from telemetry.metrics import FRESHNESS_HITS, SINGLE_FLIGHT_WAITS
 

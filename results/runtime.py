@@ -10,10 +10,10 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 import redisconn
+from results.failures import FailureBuffer
+from results.keys import Keys
+from results.store import ResultStore
 from settings import WorkerSettings, get_settings
-from tasks.failures import FailureBuffer
-from tasks.keys import Keys
-from tasks.store import ResultStore
 
 RESULT_WRITE_RETRIES = 8
 CLUSTER_WRITE_RETRIES = 24

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 from apis import PokeAPI
 from apis.errors import UpstreamError
+from results.outcome import note_revalidation
+from results.runtime import Runtime
+from results.store import Fetched, Freshness, Unchanged, now
 from tasks.base import failure_record
 from tasks.errors import InvalidInput, InvalidPayload
-from tasks.outcome import note_revalidation
-from tasks.runtime import Runtime
-from tasks.store import Fetched, Freshness, Unchanged, now
 from tasks.transforms import pokemon_summary
 
 log = logging.getLogger("tasks.catalog")

@@ -43,10 +43,10 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from apis.conditional import Validators
-from tasks.keys import Keys
-from tasks.lease import Leases
-from tasks.outcome import note_result_key
-from tasks.replicas import ReplicaWait
+from results.keys import Keys
+from results.lease import Leases
+from results.outcome import note_result_key
+from results.replicas import ReplicaWait
 from telemetry import tracing
 from telemetry.metrics import OWED_EVENTS_SENT
 
