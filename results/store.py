@@ -43,6 +43,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from apis.conditional import Validators
+from results.failure_record import capped
 from results.keys import Keys
 from results.lease import Leases
 from results.outcome import note_result_key
@@ -1102,33 +1103,6 @@ class ResultStore:
             approximate=True,
         )
         return entry.decode() if isinstance(entry, bytes) else str(entry)
-
-
-def capped(record: Mapping[str, str], max_bytes: int) -> dict[str, str]:
-    """`record` within `max_bytes` (UTF-8, names and values), its longest values cut first.
-
-    A cut value ends with `...[cut]`, and the record says `truncated=1`: the arguments
-    of such a record are no longer JSON, so it cannot be replayed as it is.
-    """
-    fields = dict(record)
-
-    def size() -> int:
-        return sum(len(k.encode()) + len(v.encode()) for k, v in fields.items())
-
-    marker = "...[cut]"
-    while size() > max_bytes:
-        name = max(fields, key=lambda key: len(fields[key].encode()))
-        value = fields[name]
-        excess = size() - max_bytes + len(marker)
-        keep = max(0, len(value.encode()) - excess)
-        if keep == 0 or len(value) <= len(marker):
-            fields[name] = ""
-        else:
-            fields[name] = value.encode()[:keep].decode(errors="ignore") + marker
-        fields["truncated"] = "1"
-        if all(len(v) <= len(marker) for v in fields.values()):
-            break
-    return fields
 
 
 def now() -> float:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 from apis import PokeAPI
 from apis.errors import UpstreamError
+from results.failure_record import failure_record
 from results.outcome import note_revalidation
 from results.runtime import Runtime
 from results.store import Fetched, Freshness, Unchanged, now
-from tasks.base import failure_record
 from tasks.errors import InvalidInput, InvalidPayload
 from tasks.transforms import pokemon_summary
 
