@@ -45,7 +45,7 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
     A stored result is revalidated (a conditional fetch; a 304 brings it forward).
     """
     store = runtime.store
-    name = store.pokemon_name_for_id(ref) if ref.isdigit() else ref
+    name = store.ident_for_alias(KIND, ref) if ref.isdigit() else ref
     if name is None:  # an id not seen before: its key is known only after the fetch
         result = POKEMON.stored(ref, client.get_pokemon(ref))
         store.write(result, task_id)

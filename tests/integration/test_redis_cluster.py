@@ -99,7 +99,7 @@ def test_the_store_keeps_its_contract_on_a_cluster(
     assert (claim.state, claim.value) == ("fresh", {"v": 1})
     assert json.loads(client.get("pokemon:mon7")) == {"name": "mon7"}
     assert client.hget("meta:{pokemon:mew}", "etag") == '"e"'
-    assert store.pokemon_name_for_id("7") == "mon7"
+    assert store.ident_for_alias("pokemon", "7") == "mon7"
     seen = events(client, store.keys)
     assert sorted(e["key"] for e in seen) == sorted(
         [f"pokemon:{n}" for n in names] + ["pokemon:mew"] * 2 + ["pokemon:mon0"]
