@@ -1,4 +1,4 @@
-"""Move a results Redis from an earlier key layout to the one `tasks/keys.py` names.
+"""Move a results Redis from an earlier key layout to the one `results/keys.py` names.
 
 What moves (the values themselves keep their names, so readers see no change):
 

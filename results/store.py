@@ -2,7 +2,7 @@
 
 One Lua script writes the value and replaces the metadata hash together, so a reader
 never sees a value without its metadata. The change event goes to a stream in another
-slot (tasks/keys.py), so it is the write's second round trip; the write's script marks
+slot (results/keys.py), so it is the write's second round trip; the write's script marks
 the event owed in the metadata (`event_owed`, an outbox in the value's own slot) and the
 event's step clears the mark, so an event a dead worker never sent is sent by whoever
 finds the mark next: events are at least once, and appended once per fence.
@@ -26,7 +26,7 @@ brought forward (fetch time, task, the validators the 304 carried) and the strea
 an entry with `changed=0` and `revalidated=1`. When the value is gone, the lock is kept
 for the caller's whole fetch.
 
-Where the results Redis has replicas, each write waits for one (tasks/replicas.py).
+Where the results Redis has replicas, each write waits for one (results/replicas.py).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ local function owed_change(meta_key, otherwise)
 end
 """
 
-# KEYS: value, meta, single-flight lock, fence counter (one slot: tasks/keys.py)
+# KEYS: value, meta, single-flight lock, fence counter (one slot: results/keys.py)
 # ARGV: value, fetched_at_ms, task_id, lock value ('' for none), fence (0: take one now),
 # meta pairs...
 # The lock is given up in the same call, whether or not the write is refused.
@@ -478,10 +478,10 @@ class ResultStore:
         #: marked paid after its script (`_SETTLE`), in each master's WAIT round trip or
         #: in one of its own.
         self._cluster = isinstance(client, RedisCluster)
-        #: The single-flight leases of these keys (tasks/lease.py), renewed through
+        #: The single-flight leases of these keys (results/lease.py), renewed through
         #: `lease_client` when given: one with a short timeout and no retries.
         self.leases = Leases(lease_client or client)
-        #: Whether a write waits for a replica (tasks/replicas.py).
+        #: Whether a write waits for a replica (results/replicas.py).
         self.replicas = ReplicaWait(client, replica_wait_ms)
 
     def write(

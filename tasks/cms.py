@@ -78,7 +78,7 @@ def _remove_unlisted(runtime: Runtime, pages: list[Page], end: int) -> int:
 
     What the pages listed last time (the pages just fetched, as they were stored, and
     any stored page past the list's end now: it shrank) less what they list now. Each
-    removal leaves a `removed=1` event (tasks/store.py).
+    removal leaves a `removed=1` event (results/store.py).
     """
     store = runtime.store
     listed = {slug for page in pages for slug in page.idents}

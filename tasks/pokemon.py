@@ -66,7 +66,7 @@ def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
     name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True, bulk=True
 )
 def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
-    """Internal to `refresh_catalog`: store many names in one job (see tasks.catalog)."""
+    """Internal to `refresh_catalog`: store many names in one job (see tasks.pokemon_catalog)."""
     refs = validation.pokemon_batch(names)
     settings = catalog_settings()
     outcome = refresh_batch(

@@ -72,7 +72,7 @@ def refresh_batch(
     settings = runtime.settings
     freshness = Freshness(settings.freshness_max_age, settings.upstream_max_age)
     # Redis's time, the stored metadata and a fence per name, before any fetch: a result
-    # fetched here is refused over one a later fetch stored (tasks/store.py).
+    # fetched here is refused over one a later fetch stored (results/store.py).
     batch = store.begin_many(KIND, names)
     started, stored = batch.started, batch.stored
     fresh = {

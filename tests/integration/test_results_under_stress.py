@@ -49,7 +49,7 @@ def debug_redis() -> Iterator[RedisServer]:
 def store(debug_redis: RedisServer) -> Iterator[ResultStore]:
     client = redis.Redis.from_url(debug_redis.url, decode_responses=True)
     client.flushall()
-    # Renewals as the worker sends them (tasks/runtime.py): short timeout, no retries.
+    # Renewals as the worker sends them (results/runtime.py): short timeout, no retries.
     lease_client = redis.Redis.from_url(
         debug_redis.url, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
     )
