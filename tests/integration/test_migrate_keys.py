@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 OLD_WRITER = """
 import sys
 import redis
-from results.keys import Keys
-from results.store import Fetched, Page, ResultStore, Unchanged, now
+from tasks.keys import Keys
+from tasks.store import Fetched, Page, ResultStore, Unchanged, now
 
 client = redis.Redis.from_url(sys.argv[1])
 store = ResultStore(client, Keys(), events_maxlen=1000, failures_maxlen=1000)
