@@ -27,9 +27,9 @@ from apis.errors import UpstreamError
 from tasks.base import failure_record
 from tasks.errors import InvalidInput, InvalidPayload
 from tasks.outcome import note_revalidation
+from tasks.pokemon_record import pokemon_summary
 from tasks.runtime import Runtime
 from tasks.store import Fetched, Freshness, Unchanged, now
-from tasks.transforms import pokemon_summary
 
 log = logging.getLogger("tasks.catalog")
 
