@@ -3,9 +3,9 @@
 Defaults are named here rather than scattered through calls. What belongs to one
 upstream (its base URL, its token, its own jobs' variables) is declared by that upstream:
 a settings model its registry entry names (`Upstream.settings`, an `UpstreamSettings`),
-to which the registry adds the variables of its budget, read once with this one. A missing optional value (an address, a token) does not stop
-the process from starting: only the calls that need it fail, with `NotConfigured`,
-before any request is sent.
+to which the registry adds the variables of its budget, read once with this one. A
+missing optional value (an address, a token) does not stop the process from starting:
+only the calls that need it fail, with `NotConfigured`, before any request is sent.
 """
 
 from __future__ import annotations
