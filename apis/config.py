@@ -183,10 +183,11 @@ class UpstreamSettings(BaseSettings):
 
 
 @cache
-def upstream_settings_model(entry: Upstream) -> type[BaseModel] | None:
+def upstream_settings_model(entry: Upstream) -> type[BaseModel]:
     """The settings of the upstream `entry` names: the model `entry.settings` names
-    (`module:Class`), with a field for each of its budget variables (`budget_fields`);
-    None for an entry with neither. A name that is not a pydantic model is a `TypeError`.
+    (`module:Class`; `UpstreamSettings` for an entry that names none), with a field for
+    each of its budget variables (`budget_fields`), which every upstream has. A name that
+    is not a pydantic model is a `TypeError`.
 
     Built once per entry, so its variables are read, checked at start and listed with
     the upstream's own."""
@@ -197,8 +198,6 @@ def upstream_settings_model(entry: Upstream) -> type[BaseModel] | None:
         if not (isinstance(base, type) and issubclass(base, BaseModel)):
             raise TypeError(f"{entry.settings} is not a settings model")
     fields = budget_fields(entry)
-    if not fields:
-        return base if entry.settings else None
     return create_model(
         base.__name__,
         __base__=base,
@@ -214,8 +213,6 @@ def budget_fields(entry: Upstream) -> dict[str, Any]:
     its rate (requests/s, a number >= 0), its bucket size and its concurrency (integers
     >= 0), each defaulting to what the entry allows."""
     rate, burst, concurrency = (name.lower() for name in entry.budget_settings)
-    if not rate:
-        return {}
     return {
         rate: (float, Field(float(entry.rate_limit), ge=0, allow_inf_nan=False)),
         burst: (int, Field(0, ge=0)),
@@ -326,13 +323,10 @@ class ApiSettings(RedisSection):
             retry_after_cap=self.http_retry_after_cap,
         )
 
-    def upstream_settings(self, entry: Upstream) -> BaseModel | None:
+    def upstream_settings(self, entry: Upstream) -> BaseModel:
         """The settings of the upstream `entry` names (its `settings` model), read from the
-        environment once per process, with any value given to this object as a keyword;
-        None for an entry without a model."""
+        environment once per process, with any value given to this object as a keyword."""
         model = upstream_settings_model(entry)
-        if model is None:
-            return None
         found = self._upstreams.get(entry.name)
         if found is None:
             own = {k: v for k, v in self._upstream_values.items() if k in model.model_fields}
@@ -410,18 +404,13 @@ class ApiSettings(RedisSection):
             )
         rate_name, burst_name, concurrency_name = entry.budget_settings
         return RateLimitPolicy(
-            rate=self._budget_value(entry, rate_name, float(entry.rate_limit)),
-            burst=self._budget_value(entry, burst_name, 0),
-            concurrency=self._budget_value(entry, concurrency_name, entry.concurrency),
+            rate=self.upstream_value(entry, rate_name),
+            burst=self.upstream_value(entry, burst_name),
+            concurrency=self.upstream_value(entry, concurrency_name),
             max_wait=self.rate_limit_max_wait,
             bulk_share=self.budget_bulk_share,
             adaptive=self.budget_adaptive,
         )
-
-    def _budget_value(self, entry: Upstream, variable: str, default: Any) -> Any:
-        """One budget variable's value (`default` for an entry that names none)."""
-        found = self.upstream_value(entry, variable) if variable else None
-        return default if found is None else found
 
 
 _current: list[ApiSettings] = []

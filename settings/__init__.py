@@ -57,7 +57,7 @@ class Settings(BaseModel):
     api: ApiSettings = Field(default_factory=get_api_settings)
     redis: RedisSettings = Field(default_factory=get_redis_settings)
 
-    def upstream(self, entry: Upstream) -> BaseModel | None:
+    def upstream(self, entry: Upstream) -> BaseModel:
         """The upstream's own settings (the model its entry names), read once."""
         return self.api.upstream_settings(entry)
 
@@ -88,12 +88,7 @@ def upstream_sections() -> dict[str, type[BaseModel]]:
     """The settings model of every upstream (its `Upstream.settings` and its budget
     variables), by the upstream's name: their variables are checked at start like the
     sections' own."""
-    found: dict[str, type[BaseModel]] = {}
-    for upstream in all_upstreams():
-        model = upstream_settings_model(upstream)
-        if model is not None:
-            found[upstream.name] = model
-    return found
+    return {upstream.name: upstream_settings_model(upstream) for upstream in all_upstreams()}
 
 
 _lock = threading.Lock()

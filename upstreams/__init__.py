@@ -17,6 +17,7 @@ an installed package adds its own through the `apiworker.upstreams` entry-point 
 from __future__ import annotations
 
 import importlib
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +84,21 @@ class SandboxRoute:
 
 @dataclass(frozen=True)
 class Upstream:
-    """One upstream, named once."""
+    """One upstream, named once: an entry states only what departs from convention.
+
+    Its variables follow from its name (`setting_stem`: `pokeapi` gives `POKEAPI`): its
+    base URL is `<NAME>_BASE_URL` and its budget `<NAME>_RATE_LIMIT`,
+    `<NAME>_RATE_LIMIT_BURST` and `<NAME>_CONCURRENCY`, unless the entry names others.
+
+    Every upstream has budget variables, an installed entry's too, even one written
+    before they were conventional (it named none, and had none). Unset, its budget is
+    what it was: the entry's `rate_limit` and `concurrency`, adapted to its 429s like
+    every upstream's. Set, they now bound it, and a bad value stops the start with one
+    line, where before they were ignored: so an operator can slow any upstream, however
+    it was installed, without its author having foreseen the need. An entry whose own
+    settings already use those names for something else names its rate variable
+    (`rate_limit_setting`) otherwise.
+    """
 
     #: The service's name: its queue, its breaker and rate-limit keys, its metric label.
     name: str
@@ -91,13 +106,14 @@ class Upstream:
     client: str
     #: The module of its Celery tasks; every task in it is routed to `queue`.
     tasks: str
-    #: The environment variable of its base URL.
-    base_url_setting: str
+    #: The environment variable of its base URL ("": `<NAME>_BASE_URL`).
+    base_url_setting: str = ""
     #: What it serves, for the tables (README, CLI).
     description: str = ""
     #: The environment variable of its fleet-wide budget's rate (requests per second, the
-    #: ceiling; 0: none, learnt from its 429s). Its bucket size is
-    #: `<rate_limit_setting>_BURST`, its concurrency `<NAME>_CONCURRENCY` (`budget_settings`).
+    #: ceiling; 0: none, learnt from its 429s; "": `<NAME>_RATE_LIMIT`). Its bucket size is
+    #: `<rate_limit_setting>_BURST`, its concurrency `<stem>_CONCURRENCY`, the stem being
+    #: the rate's name without `_RATE_LIMIT` (`budget_settings`).
     rate_limit_setting: str = ""
     #: Its budget when those variables are unset: the rate (requests/s; 0: none known)
     #: and the requests in flight at once (0: unbounded) it allows.
@@ -135,6 +151,12 @@ class Upstream:
     periodic: tuple[Periodic, ...] = ()
 
     def __post_init__(self) -> None:
+        # Frozen: the conventional names are filled in once, as the entry is made, so
+        # equal entries compare equal however they were written.
+        if not self.base_url_setting:
+            object.__setattr__(self, "base_url_setting", f"{self.setting_stem}_BASE_URL")
+        if not self.rate_limit_setting:
+            object.__setattr__(self, "rate_limit_setting", f"{self.setting_stem}_RATE_LIMIT")
         for alias in self.result_aliases:
             if alias.kind not in self.result_kinds:
                 raise ValueError(f"{self.name}: alias of {alias.kind!r}, not one of its kinds")
@@ -150,11 +172,15 @@ class Upstream:
         return f"{self.tasks}.*", {"queue": self.queue, "routing_key": self.queue}
 
     @property
+    def setting_stem(self) -> str:
+        """What its variables' names start with: its name in upper case, each run of
+        other characters than letters and digits an underscore (`open-meteo` gives
+        `OPEN_METEO`), so every name is a valid variable and field name."""
+        return re.sub(r"[^0-9A-Za-z]+", "_", self.name).upper()
+
+    @property
     def budget_settings(self) -> tuple[str, str, str]:
-        """The variables of its budget: rate, burst, concurrency (none without a rate
-        setting)."""
-        if not self.rate_limit_setting:
-            return ("", "", "")
+        """The variables of its budget: rate, burst, concurrency."""
         stem = self.rate_limit_setting.removesuffix("_RATE_LIMIT")
         return (self.rate_limit_setting, f"{self.rate_limit_setting}_BURST", f"{stem}_CONCURRENCY")
 
@@ -183,9 +209,7 @@ BUILT_IN = (
         name="pokeapi",
         client="apis.pokeapi:PokeAPI",
         tasks="tasks.pokemon",
-        base_url_setting="POKEAPI_BASE_URL",
         description="PokeAPI v2",
-        rate_limit_setting="POKEAPI_RATE_LIMIT",
         result_kinds=("pokemon",),
         # Stored under its name; its id finds it too.
         result_aliases=(ResultAlias("pokemon", "index:pokemon-ids"),),
@@ -203,9 +227,7 @@ BUILT_IN = (
         name="cms",
         client="apis.cms:CmsAPI",
         tasks="tasks.cms",
-        base_url_setting="CMS_BASE_URL",
         description="the headless CMS",
-        rate_limit_setting="CMS_RATE_LIMIT",
         result_kinds=("article",),
         settings="apis.cms:CmsSettings",
         sandbox_path="/api/v1",
@@ -215,9 +237,7 @@ BUILT_IN = (
         name="semaphore",
         client="apis.semaphore:SemaphoreAPI",
         tasks="tasks.semaphore",
-        base_url_setting="SEMAPHORE_BASE_URL",
         description="Semaphore CI, API v1alpha",
-        rate_limit_setting="SEMAPHORE_RATE_LIMIT",
         result_kinds=("semaphore-pipelines", "semaphore-projects"),
         settings="apis.semaphore:SemaphoreSettings",
         token_setting="SEMAPHORE_API_TOKEN",  # noqa: S106 (a variable's name)

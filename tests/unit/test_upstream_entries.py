@@ -149,3 +149,55 @@ def test_an_entry_may_set_its_own_timeouts_and_the_soft_limit_covers_them(
     assert settings.worst_case_call_seconds == pytest.approx(
         shared + 2 * (40.0 - settings.http_read_timeout)
     )
+
+
+def test_an_entrys_variables_follow_from_its_name_unless_it_names_others() -> None:
+    """`open-meteo` reads OPEN_METEO_BASE_URL and a budget under OPEN_METEO_*; a name the
+    entry gives wins, and the budget's other two follow its rate's."""
+    plain = Upstream(name="open-meteo", client="meteo:MeteoAPI", tasks="meteo.tasks")
+    assert plain.base_url_setting == "OPEN_METEO_BASE_URL"
+    assert plain.budget_settings == (
+        "OPEN_METEO_RATE_LIMIT",
+        "OPEN_METEO_RATE_LIMIT_BURST",
+        "OPEN_METEO_CONCURRENCY",
+    )
+    spelled = dataclasses.replace(plain, base_url_setting="OPEN_METEO_BASE_URL")
+    assert spelled == plain  # the same entry, however it was written
+    named = dataclasses.replace(
+        plain, base_url_setting="METEO_URL", rate_limit_setting="METEO_RATE_LIMIT"
+    )
+    assert named.base_url_setting == "METEO_URL"
+    assert named.budget_settings == (
+        "METEO_RATE_LIMIT",
+        "METEO_RATE_LIMIT_BURST",
+        "METEO_CONCURRENCY",
+    )
+
+
+def test_the_built_in_variables_keep_the_names_deployments_set() -> None:
+    """Deployments set these by name: the convention gives exactly the names the entries
+    once spelled out."""
+    assert [(u.base_url_setting, *u.budget_settings) for u in BUILT_IN] == [
+        ("POKEAPI_BASE_URL", "POKEAPI_RATE_LIMIT", "POKEAPI_RATE_LIMIT_BURST",
+         "POKEAPI_CONCURRENCY"),
+        ("CMS_BASE_URL", "CMS_RATE_LIMIT", "CMS_RATE_LIMIT_BURST", "CMS_CONCURRENCY"),
+        ("SEMAPHORE_BASE_URL", "SEMAPHORE_RATE_LIMIT", "SEMAPHORE_RATE_LIMIT_BURST",
+         "SEMAPHORE_CONCURRENCY"),
+    ]  # fmt: skip
+
+
+def test_an_entry_that_names_no_budget_variable_has_them_for_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An installed entry written without budget variables: unset, its budget is the
+    entry's own, as before; set, the operator's values bind it."""
+    tides = Upstream(
+        name="tides", client="tides:TideAPI", tasks="tides.tasks", rate_limit=2.0, concurrency=3
+    )
+    unset = ApiSettings().rate_limit_policy(tides)
+    assert (unset.rate, unset.burst, unset.concurrency) == (2.0, 0, 3)
+    monkeypatch.setenv("TIDES_RATE_LIMIT", "0.5")
+    monkeypatch.setenv("TIDES_RATE_LIMIT_BURST", "4")
+    monkeypatch.setenv("TIDES_CONCURRENCY", "1")
+    bound = ApiSettings().rate_limit_policy(tides)
+    assert (bound.rate, bound.burst, bound.concurrency) == (0.5, 4, 1)
