@@ -271,7 +271,7 @@ _BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
 
 
 class AmqpBroker:
-    kind = "amqp"
+    kind = KIND
 
     def __init__(self, url: str, *, management_url: str | None = None) -> None:
         self.display_url = masked_url(url)
@@ -418,19 +418,14 @@ def _parked(queue: str, message: Any) -> ParkedMessage:
     headers = message.headers or {}
     deaths = headers.get("x-death") or [{}]
     death = deaths[0] if isinstance(deaths, list) and deaths else {}
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
+    payload = None
     # An undecodable body is why some messages are parked: then only headers are shown.
     with contextlib.suppress(Exception):
         payload = message.decode()
-        if isinstance(payload, list | tuple) and len(payload) >= 2:
-            args, kwargs = list(payload[0]), dict(payload[1])
-    return ParkedMessage(
-        queue=queue,
-        task=str(headers.get("task", "?")),
-        task_id=str(headers.get("id", "")),
-        args=args,
-        kwargs=kwargs,
+    return ParkedMessage.of_job(
+        queue,
+        headers,
+        payload,
         deliveries=int(headers.get("x-delivery-count") or death.get("count") or 0),
         reason=str(death.get("reason", "?")),
     )

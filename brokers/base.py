@@ -101,6 +101,32 @@ class ParkedMessage:
     deliveries: int
     reason: str
 
+    @classmethod
+    def of_job(
+        cls, queue: str, headers: object, payload: object, *, deliveries: int, reason: str
+    ) -> ParkedMessage:
+        """What an operator needs of a parked job, read as Celery's message protocol 2
+        lays it out on either broker: the task and its id in the headers, the body
+        `[args, kwargs, embed]`. Whatever is not so (an unreadable body is why some
+        messages are parked) shows as `?` or empty, never an error."""
+        found = headers if isinstance(headers, Mapping) else {}
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        if isinstance(payload, list | tuple) and len(payload) >= 2:
+            try:
+                args, kwargs = list(payload[0]), dict(payload[1])
+            except (TypeError, ValueError):
+                args, kwargs = [], {}
+        return cls(
+            queue=queue,
+            task=str(found.get("task", "?")),
+            task_id=str(found.get("id", "")),
+            args=args,
+            kwargs=kwargs,
+            deliveries=deliveries,
+            reason=reason,
+        )
+
 
 @dataclass(frozen=True)
 class NodeState:

@@ -29,17 +29,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import redisconn
+from brokers import base
 from brokers import redis_scripts as scripts
-from brokers.base import (
-    ALL_QUEUES,
-    BrokerError,
-    BrokerSettings,
-    ClusterView,
-    NotSupported,
-    ParkedMessage,
-    QueueDepth,
-    dead_letter_queue,
-)
 from redisconn import RedisTarget
 
 KIND = "redis"
@@ -51,7 +42,7 @@ def shape_countdown(seconds: float) -> float:
     return seconds
 
 
-def celery_conf(settings: BrokerSettings) -> dict[str, Any]:
+def celery_conf(settings: base.BrokerSettings) -> dict[str, Any]:
     """The Celery settings of a Redis broker. CFG#broker-transport-options"""
     return {
         "broker_transport_options": {
@@ -81,7 +72,7 @@ def celery_conf(settings: BrokerSettings) -> dict[str, Any]:
         # all to the default exchange with the same key, and a message could reach every
         # queue. CFG#task-queues
         "task_queues": [
-            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in base.ALL_QUEUES
         ],
     }
 
@@ -103,7 +94,7 @@ class RedisBroker:
         try:
             self.client = client or redisconn.client(target, socket_connect_timeout=5)
         except ValueError as exc:
-            raise BrokerError(f"invalid Redis URL {self.display_url}: {exc}") from exc
+            raise base.BrokerError(f"invalid Redis URL {self.display_url}: {exc}") from exc
 
     def ping(self, timeout: float) -> str:
         # No retries: a health check reports the state now, within its timeout.
@@ -114,12 +105,12 @@ class RedisBroker:
         try:
             quick.ping()
         except (redis.RedisError, OSError) as exc:
-            raise BrokerError(f"{self.display_url}: {exc}") from exc
+            raise base.BrokerError(f"{self.display_url}: {exc}") from exc
         finally:
             quick.close()
         return self.display_url
 
-    def depths(self, queues: Sequence[str]) -> list[QueueDepth]:
+    def depths(self, queues: Sequence[str]) -> list[base.QueueDepth]:
         """Ready counts every priority list of a queue; dead, every dead list (a message
         is parked under its base queue's name, but workers of an earlier release parked
         a priority list's message under that list's name)."""
@@ -135,7 +126,7 @@ class RedisBroker:
         for name in queues:
             ready = sum(int(next(lengths)) for _ in PRIORITY_STEPS)
             dead = sum(int(next(lengths)) for _ in PRIORITY_STEPS)
-            depths.append(QueueDepth(name, ready, held.get(name, 0), dead))
+            depths.append(base.QueueDepth(name, ready, held.get(name, 0), dead))
         return depths
 
     def in_hand(self) -> Counter[str]:
@@ -152,8 +143,8 @@ class RedisBroker:
                 counts[key.split("\x06\x16", 1)[0]] += 1
         return counts
 
-    def parked(self, queues: Sequence[str], limit: int) -> list[ParkedMessage]:
-        found: list[ParkedMessage] = []
+    def parked(self, queues: Sequence[str], limit: int) -> list[base.ParkedMessage]:
+        found: list[base.ParkedMessage] = []
         for name in queues:
             for dead in dead_lists(name):
                 items = self.client.lrange(self.key_prefix + dead, 0, limit - len(found) - 1)
@@ -162,11 +153,11 @@ class RedisBroker:
                     return found
         return found
 
-    def replay_parked(self, queues: Sequence[str], limit: int | None) -> list[ParkedMessage]:
+    def replay_parked(self, queues: Sequence[str], limit: int | None) -> list[base.ParkedMessage]:
         """Each message goes back to the list it was taken from: its queue's list for
         its priority (kombu's `{queue}\\x06\\x16{n}` above priority 0)."""
         replay = self.client.register_script(scripts.REPLAY)
-        replayed: list[ParkedMessage] = []
+        replayed: list[base.ParkedMessage] = []
         for name in queues:
             for dead_list in dead_lists(name):
                 dead = self.key_prefix + dead_list
@@ -182,7 +173,7 @@ class RedisBroker:
                         replayed.append(parked_message(name, item, deliveries))
         return replayed
 
-    def _parked(self, queue: str, item: Any) -> ParkedMessage:
+    def _parked(self, queue: str, item: Any) -> base.ParkedMessage:
         return parked_message(queue, item, self._deliveries(item))
 
     def _deliveries(self, item: Any) -> int:
@@ -192,8 +183,8 @@ class RedisBroker:
         count = self.client.hget(self.key_prefix + scripts.PARKED_INFO, digest)
         return int(count) if count else 0
 
-    def cluster(self, queues: Sequence[str]) -> ClusterView:
-        raise NotSupported("a Redis broker has no cluster of its own (Sentinel: `health`)")
+    def cluster(self, queues: Sequence[str]) -> base.ClusterView:
+        raise base.NotSupported("a Redis broker has no cluster of its own (Sentinel: `health`)")
 
     def close(self) -> None:
         self.client.close()
@@ -214,7 +205,7 @@ def priority_keys(queue: str) -> list[str]:
 def dead_lists(queue: str) -> list[str]:
     """Every dead list of a queue: `{queue}.dead` first, then those of its priority
     lists (where workers of an earlier release parked their messages)."""
-    return [dead_letter_queue(key) for key in priority_keys(queue)]
+    return [base.dead_letter_queue(key) for key in priority_keys(queue)]
 
 
 def item_priority(item: bytes | str) -> int:
@@ -230,20 +221,20 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def parked_message(queue: str, item: bytes | str, deliveries: int) -> ParkedMessage:
+def parked_message(queue: str, item: bytes | str, deliveries: int) -> base.ParkedMessage:
     """What an operator needs of a parked queue item: task, id and arguments, when the
-    item is an envelope of Celery's protocol 2 (JSON); else what could be read."""
-    task, task_id, args, kwargs = "?", "", [], {}
+    item is kombu's JSON envelope of a Celery message; else what could be read."""
+    headers: object = None
+    payload: object = None
     try:
         envelope = json.loads(item)
-        headers = envelope.get("headers") or {}
-        task, task_id = str(headers.get("task", "?")), str(headers.get("id", ""))
+        headers = envelope.get("headers")
         body = envelope.get("body", "")
         if (envelope.get("properties") or {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         payload = json.loads(body)
-        if isinstance(payload, list) and len(payload) >= 2:
-            args, kwargs = list(payload[0]), dict(payload[1])
     except (TypeError, ValueError, AttributeError):
         pass
-    return ParkedMessage(queue, task, task_id, args, kwargs, deliveries, PARKED_REASON)
+    return base.ParkedMessage.of_job(
+        queue, headers, payload, deliveries=deliveries, reason=PARKED_REASON
+    )
