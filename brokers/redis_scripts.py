@@ -95,6 +95,10 @@ local function put_back_into(out, at, queue, item, deliveries, parked, limit, su
 end
 """
 
+#: The most jobs of held upstreams one fetch moves out of a shared queue (each costs a
+#: JSON decode inside the script, which blocks Redis meanwhile).
+MAX_MOVES = 100
+
 #: Take up to ARGV[2] messages and record each as in hand, in one step; ARGV[4..]: the
 #: admission's held upstreams (task prefix, queue key), see the script.
 #: KEYS: holders, the holder's in-hand hash, sequence, then the queue keys, in priority
@@ -119,11 +123,13 @@ local call = nil
 -- Admission (the upstreams' budgets, `redis_transport.admission`): ARGV[4..] are pairs
 -- of a task-name prefix whose upstream has no budget now and the queue key its jobs wait
 -- in; a job of theirs met in another queue is moved to the head of that one, not taken.
+-- Past MAX_MOVES moves, such a job stays at the head of the queue it was met in, and that
+-- queue is read no further in this fetch: a held upstream's job is never taken.
 local held = {}
 for j = 4, #ARGV - 1, 2 do held[#held + 1] = {ARGV[j], ARGV[j + 1]} end
 local moved = 0
 local function held_in(item, key)
-  if #held == 0 or moved >= 100 then return nil end
+  if #held == 0 then return nil end
   local ok, envelope = pcall(cjson.decode, item)
   if not ok or type(envelope) ~= 'table' or type(envelope.headers) ~= 'table' then return nil end
   local task = envelope.headers.task
@@ -144,7 +150,9 @@ while first <= #KEYS and got < want do
       if got >= want then break end
       local item = redis.call('RPOP', KEYS[i])
       local wait_in = item and held_in(item, KEYS[i])
-      if wait_in then
+      if wait_in and moved >= @MAX_MOVES@ then
+        redis.call('RPUSH', KEYS[i], item)
+      elseif wait_in then
         redis.call('RPUSH', wait_in, item)
         moved = moved + 1
         still[#still + 1] = i
@@ -169,7 +177,7 @@ while first <= #KEYS and got < want do
 end
 return out
 """
-)
+).replace("@MAX_MOVES@", str(MAX_MOVES))
 
 #: Acknowledge: forget the in-hand fields ARGV (and their delivery counts, if any).
 #: KEYS: the holder's in-hand hash, deliveries. The caller sends at most ACK_CHUNK

@@ -554,3 +554,27 @@ def test_admission_leaves_a_held_upstreams_jobs_in_the_broker(
         assert waiting == ["tasks.held.x", "tasks.held.fetch"]  # moved to the head
         assert redis_client.llen(QUEUE) == 0
         queue.close()
+
+
+def test_a_fetch_never_takes_a_held_upstreams_job_past_its_move_limit(
+    connect, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More held jobs in the shared queue than one fetch moves (a burst sent by name): the
+    one past the limit stays at the queue's head for the next fetch, which moves it too;
+    none is taken (taken, each would hold a thread while its token is seconds away)."""
+    monkeypatch.setattr(
+        redis_transport, "admission", lambda: ([("tasks.held.", "held-queue")], None)
+    )
+    held = keys.MAX_MOVES + 2
+    with connect() as connection:
+        producer = connection.Producer()
+        for number in range(held):
+            producer.publish({"n": number}, routing_key=QUEUE, headers={"task": "tasks.held.x"})
+        producer.publish({}, routing_key=QUEUE, headers={"task": "tasks.other.fetch"})
+        queue = connection.SimpleQueue(QUEUE)
+        message = queue.get(timeout=5)
+        assert message.headers["task"] == "tasks.other.fetch"
+        message.ack()
+        assert redis_client.llen("held-queue") == held
+        assert redis_client.llen(QUEUE) == 0
+        queue.close()
