@@ -46,9 +46,10 @@ from typing import Any
 
 from celery import bootsteps
 
-from apis.budget import Budget
+from apis.budget import ON_DEMAND, Budget
 from brokers import DEFAULT_QUEUE, amqp, broker_kind
 from settings import get_settings
+from tasks.base import class_of
 from worker import admission
 
 log = logging.getLogger("worker.admission")
@@ -182,7 +183,7 @@ class Gate:
             name = (message.headers or {}).get("task")
             if not isinstance(name, str):
                 return False
-            queue = self._no_room(name)
+            queue = self._no_room(name, class_of(self.c.app.tasks.get(name), message))
             if queue is None:
                 return False
             # Through a connection of the app's producer pool, not the consumer's own:
@@ -202,15 +203,32 @@ class Gate:
         )
         return True
 
-    def _no_room(self, name: str) -> str | None:
-        """The queue of the upstream of task `name` when it binds or has no room here,
-        else None."""
+    def _no_room(self, name: str, klass: str) -> str | None:
+        """The queue of the upstream of task `name` when a job of class `klass` taken now
+        could not get its token within the wait bound, else None.
+
+        An on-demand call reserves its token ahead of every bulk call (apis/budget.py),
+        so an on-demand job waits only behind the on-demand jobs in hand: it is moved
+        only when the upstream blocks or those fill its room (or every thread holds a
+        job of that upstream). Moved for less, it would land at the tail of its
+        upstream's queue, behind a refresh's batches: RabbitMQ cannot put it at the head.
+        """
         for prefix, queue, budget in self._managed():
             if not name.startswith(prefix):
                 continue
+            room = self._room(budget)
+            if klass == ON_DEMAND:
+                if budget.blocked():
+                    return queue
+                if room is None:
+                    return None
+                threads: int = self.c.pool.num_processes
+                on_demand = _count(admission.in_hand(ON_DEMAND), prefix)
+                if on_demand >= room or _count(admission.in_hand(), prefix) >= threads:
+                    return queue
+                return None
             if budget.held():
                 return queue
-            room = self._room(budget)
             if room is not None and _count(admission.in_hand(), prefix) >= room:
                 return queue
             return None
