@@ -23,7 +23,10 @@ queue's consumer, what Celery's `cancel_consumer`/`add_consumer` do:
   (`Budget.held`: paused, or on-demand calls queued for tokens) or has no room in this
   process is moved once to the tail of its upstream's queue (a confirmed
   publish, then the original acknowledged) and waits there like the rest; other
-  upstreams' jobs behind it are taken at once. It is neither run nor retried, and a
+  upstreams' jobs behind it are taken at once. An on-demand job reserves its token
+  ahead of every bulk call, so it is moved only when the upstream blocks or the
+  on-demand jobs in hand fill the room: moved for less, it would wait behind a
+  refresh's batches at the tail of that queue. It is neither run nor retried, and a
   job is moved at most once: in its upstream's queue the window admits it. (The Redis
   broker moves such jobs inside its fetch script: brokers/redis_transport.py.) A job
   whose move fails is taken as without a budget, so nothing is lost.
