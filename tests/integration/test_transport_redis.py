@@ -557,24 +557,32 @@ def test_admission_leaves_a_held_upstreams_jobs_in_the_broker(
 
 
 def test_a_fetch_never_takes_a_held_upstreams_job_past_its_move_limit(
-    connect, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis,
 ) -> None:
     """More held jobs in the shared queue than one fetch moves (a burst sent by name): the
-    one past the limit stays at the queue's head for the next fetch, which moves it too;
-    none is taken (taken, each would hold a thread while its token is seconds away)."""
-    monkeypatch.setattr(
-        redis_transport, "admission", lambda: ([("tasks.held.", "held-queue")], None)
-    )
+    fetch moves its limit, leaves the next at the queue's head and takes none of them
+    (taken, each would hold a thread while its token is seconds away), answering that
+    more are left; the next fetch moves the rest and takes the job behind them."""
+
+    def job(task: str) -> str:
+        return json.dumps({"body": "", "headers": {"task": task}, "properties": {}})
+
     held = keys.MAX_MOVES + 2
-    with connect() as connection:
-        producer = connection.Producer()
-        for number in range(held):
-            producer.publish({"n": number}, routing_key=QUEUE, headers={"task": "tasks.held.x"})
-        producer.publish({}, routing_key=QUEUE, headers={"task": "tasks.other.fetch"})
-        queue = connection.SimpleQueue(QUEUE)
-        message = queue.get(timeout=5)
-        assert message.headers["task"] == "tasks.other.fetch"
-        message.ack()
-        assert redis_client.llen("held-queue") == held
-        assert redis_client.llen(QUEUE) == 0
-        queue.close()
+    redis_client.lpush("shared", *[job("tasks.held.x") for _ in range(held)])
+    redis_client.lpush("shared", job("tasks.other.fetch"))
+    script = redis_client.register_script(keys.FETCH)
+
+    def fetch() -> list[str]:
+        reply: list[str] = script(
+            keys=[keys.HOLDERS, keys.INHAND_PREFIX + "h", keys.SEQUENCE, "shared"],
+            args=["h", 40, 1, "tasks.held.", "held-queue"],
+        )
+        return reply
+
+    assert fetch() == [keys.MORE_TO_MOVE]
+    assert redis_client.llen("held-queue") == keys.MAX_MOVES
+    assert redis_client.hlen(keys.INHAND_PREFIX + "h") == 0
+    taken = [json.loads(item)["headers"]["task"] for item in fetch()[2::3]]
+    assert taken == ["tasks.other.fetch"]
+    assert redis_client.llen("held-queue") == held
+    assert redis_client.llen("shared") == 0
