@@ -41,7 +41,7 @@ DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_POOL_SIZE = 16
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
-# A paged walk (every Pokémon name, every article, every pipeline) stops with
+# A paged walk (every item of an upstream's list, page after page) stops with
 # `PagingLimitExceeded` past these: an upstream whose `next` never ends, or whose
 # `total` keeps growing, must not hold a job (and its memory) forever.
 DEFAULT_MAX_PAGES = 500

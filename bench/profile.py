@@ -58,9 +58,9 @@ FUNCTIONS: list[tuple[str, str]] = [
     ("      JSON decode (ApiClient._decode)", "_decode (apis/client.py"),
     ("    retry controller built per call (build_retrying)", "build_retrying (apis/retry.py"),
     ("    transform (pokemon_summary)", "pokemon_summary (tasks/transforms.py"),
-    ("    freshness reads (ResultStore.read_fresh)", "read_fresh (tasks/store.py"),
+    ("    freshness reads (ResultStore.read_fresh)", "read_fresh (results/store.py"),
     ("    single-flight lock (redis Lock)", "redis/lock.py"),
-    ("    atomic write (ResultStore.write, Lua)", "write (tasks/store.py"),
+    ("    atomic write (ResultStore.write, Lua)", "write (results/store.py"),
     ("  result backend store (store_result)", "store_result (celery/backends"),
     (
         "  job outcome log + metrics (task_postrun handler)",

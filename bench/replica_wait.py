@@ -23,8 +23,8 @@ import redis
 
 from bench.harness import notifying_redis
 from ops.processes.waits import wait_until
-from tasks.keys import Keys
-from tasks.store import Fetched, ResultStore
+from results.keys import Keys
+from results.store import Fetched, ResultStore
 
 VALUE = {"id": 6, "name": "charizard", "image": "https://example.invalid/6.png", "height": "170 cm"}
 WAIT_TIMEOUT_MS = 1000

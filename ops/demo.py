@@ -37,8 +37,8 @@ from ops.processes.children import Child, spawn, stop_children, tail
 from ops.processes.redis_server import find_redis_server, start_private_redis
 from ops.processes.waits import StartupFailed, wait_until
 from ops.producer import producer_app
+from results.keys import Keys
 from sandbox.server import SandboxServer
-from tasks.keys import Keys
 from upstreams import Upstream, all_upstreams
 
 #: The demo's jobs (a data file beside this module): the task, and the idents it sends.

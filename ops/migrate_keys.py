@@ -1,4 +1,4 @@
-"""Move a results Redis from an earlier key layout to the one `tasks/keys.py` names.
+"""Move a results Redis from an earlier key layout to the one `results/keys.py` names.
 
 What moves (the values themselves keep their names, so readers see no change):
 
@@ -8,7 +8,7 @@ What moves (the values themselves keep their names, so readers see no change):
   the new layout wrote it, and it wins: the old key is only deleted.
 - `fence:{kind}:{id}` → `fence:{<value key>}`: the new counter becomes the larger of the
   two (a script on the new key alone), so fences never go back.
-- the Pokémon id index: every entry goes to the hash of its partition
+- the alias indexes (results/keys.py): every entry goes to the hash of its partition
   (`EVENTS_PARTITIONS`), and hashes of another partition count are emptied.
 - `lock:{kind}:{id}`: not moved; a lease lasts seconds and expires by itself. Nor are
   the breakers' and budgets' keys: their state starts afresh under the tagged names.
@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from tasks.keys import Keys
+from results.keys import Keys
 
 # KEYS: the new fence counter. ARGV: the old counter's value. Raised to it, never lowered.
 _RAISE_FENCE = """
@@ -40,8 +40,6 @@ end
 return 1
 """
 
-#: An index hash of any partition count: `index:pokemon-ids` or `index:pokemon-ids:{3}`.
-_INDEX = re.compile(r"^index:pokemon-ids(:\{\d+\})?$")
 _STREAM = re.compile(r"^events:results(:\{\d+\})?$")
 
 
@@ -80,27 +78,39 @@ def migrate(client: Any, keys: Keys, *, dry_run: bool = False) -> dict[str, int]
             if old is not None:
                 raise_fence(keys=[keys.fence(kind, ident)], args=[int(old)])
             client.delete(key)
-    current = set(keys.all_pokemon_ids)
-    for raw in list(client.scan_iter(match=f"{_glob(prefix)}index:pokemon-ids*", count=1000)):
-        index = _text(raw)
-        if not _INDEX.match(index[len(prefix) :]):
-            continue
-        for field, name in client.hgetall(index).items():
-            target = keys.pokemon_ids_for(_text(field))
-            if target == index:
-                continue
-            moved["index"] += 1
-            if not dry_run:
-                client.hset(target, _text(field), _text(name))
-                client.hdel(index, _text(field))
-        if index not in current and not dry_run and not client.hlen(index):
-            client.delete(index)
+    for kind, index_name in keys.aliases:
+        if entries := _move_alias_index(client, keys, kind, index_name, dry_run=dry_run):
+            moved["index"] += entries
     streams = set(keys.all_events)
     for raw in list(client.scan_iter(match=f"{_glob(prefix)}events:results*", count=1000)):
         stream = _text(raw)
         if _STREAM.match(stream[len(prefix) :]) and stream not in streams:
             moved["streams left to readers"] += 1
     return dict(moved)
+
+
+def _move_alias_index(client: Any, keys: Keys, kind: str, index_name: str, *, dry_run: bool) -> int:
+    """Move each entry of `kind`'s alias index (any partition count: `<index>` or
+    `<index>:{3}`) to the hash of its partition; returns how many moved."""
+    moved = 0
+    pattern = re.compile(rf"^{re.escape(index_name)}(:\{{\d+\}})?$")
+    current = set(keys.all_alias_indexes(kind))
+    prefix = keys.prefix
+    for raw in list(client.scan_iter(match=f"{_glob(prefix + index_name)}*", count=1000)):
+        index = _text(raw)
+        if not pattern.match(index[len(prefix) :]):
+            continue
+        for field, ident in client.hgetall(index).items():
+            target = keys.alias_index_for(kind, _text(field))
+            if target == index:
+                continue
+            moved += 1
+            if not dry_run:
+                client.hset(target, _text(field), _text(ident))
+                client.hdel(index, _text(field))
+        if index not in current and not dry_run and not client.hlen(index):
+            client.delete(index)
+    return moved
 
 
 def _move(client: Any, old: str, new: str) -> None:

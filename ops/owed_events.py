@@ -15,7 +15,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Any
 
-from tasks.store import Owed, ResultStore
+from results.store import Owed, ResultStore
 
 #: Metadata fields a debt is sent with.
 _FIELDS = ("event_owed", "fence", "task_id", "fetched_at_ms", "removed")

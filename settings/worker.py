@@ -103,8 +103,8 @@ class WorkerSettings(RedisSection):
     result_expires: int = Field(86_400, ge=60)
 
     events_stream_maxlen: int = Field(100_000, ge=100)
-    # How many change-event streams (and Pokémon id indexes) results are split into
-    # (tasks/keys.py): 1 keeps the single `events:results`; a Redis Cluster needs more,
+    # How many change-event streams (and partitions of each alias index) results are split
+    # into (results/keys.py): 1 keeps the single `events:results`; a Redis Cluster needs more,
     # so that no master takes every event. Changing it is `apiworker migrate-keys`.
     events_partitions: int = Field(1, ge=1, le=MAX_EVENT_PARTITIONS)
     failures_stream_maxlen: int = Field(100_000, ge=100)

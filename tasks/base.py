@@ -15,24 +15,23 @@ from __future__ import annotations
 import logging
 import random
 import time
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-import orjson
 import redis
 from celery import Task
 from celery.exceptions import Reject
 
 from apis.budget import BULK, ON_DEMAND, job_class
 from apis.errors import HeldBack, NotConfigured, NotFound, RateLimited, UpstreamError
-from brokers import ALL_QUEUES, broker_module
+from brokers import broker_module
+from brokers.delivery import home_queue, own_headers
+from results.failure_record import failure_record
+from results.runtime import get_runtime
+from results.single_flight import JobStart, job_began_at
 from settings import get_settings
 from tasks.errors import InvalidInput, RetriesExhausted
 from tasks.messages import CLASS_HEADER
-from tasks.runtime import get_runtime
-from tasks.single_flight import JobStart, job_began_at
 from telemetry.metrics import FAILURES_RECORDED, TASK_RETRIES
-from telemetry.redact import redact
 
 log = logging.getLogger("tasks")
 
@@ -80,33 +79,6 @@ def deferrals_of(request: Any) -> int:
     """How many times this job was deferred so far (a header its deferrals carry)."""
     value = (getattr(request, "headers", None) or {}).get(DEFERRALS_HEADER, 0)
     return value if isinstance(value, int) and value >= 0 else 0
-
-
-def own_headers(request: Any) -> dict[str, Any]:
-    """The delivery's headers without the broker's own (`x-death`, `x-delivery-count`...).
-
-    RabbitMQ adds those on the way through its delayed-delivery queues; a message that
-    carries an `x-death` of a queue back into that queue is a dead-letter cycle, which
-    RabbitMQ drops without a word.
-    """
-    return {
-        name: value
-        for name, value in (getattr(request, "headers", None) or {}).items()
-        if not name.startswith("x-")
-    }
-
-
-def home_queue(request: Any) -> str | None:
-    """The queue this delivery came from, to send its retry back to.
-
-    Celery routes a retry by the delivery's exchange and routing key; after RabbitMQ's
-    delayed delivery those are the delay exchanges' (a routing key like
-    `0.0.1.1.pokeapi`), and Celery would invent a queue of that name nobody consumes. The
-    queue's own name is the routing key's last part (queue names here have no dots).
-    """
-    routing_key = ((getattr(request, "delivery_info", None) or {}).get("routing_key")) or ""
-    name = routing_key.rsplit(".", 1)[-1]
-    return name if name in ALL_QUEUES else None
 
 
 def class_of(task: Any, request: Any) -> str:
@@ -254,51 +226,8 @@ class UpstreamTask(Task):  # type: ignore[misc]
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """Leave a record of every permanent failure: no job vanishes silently. When
-        Redis cannot take it, the process keeps it and writes it later (tasks/failures.py)."""
+        Redis cannot take it, the process keeps it and writes it later (results/failures.py)."""
         record = failure_record(self.name, task_id, args, kwargs, exc, self.request.retries + 1)
         runtime = get_runtime()
         runtime.failures.record(runtime.store.record_failure, record)
         FAILURES_RECORDED.labels(self.name, type(exc).__name__).inc()
-
-
-MAX_RECORDED_STRING = 1024
-MAX_RECORDED_ITEMS = 1000
-
-
-def _bounded(value: Any, cut: list[bool], depth: int = 0) -> Any:
-    """`value` with long strings and lists shortened, so a hostile 1 MB argument costs
-    a failure record a few KB; `cut` notes that something was shortened."""
-    if isinstance(value, str) and len(value) > MAX_RECORDED_STRING:
-        cut.append(True)
-        return value[:MAX_RECORDED_STRING]
-    if depth > 5:
-        return value if isinstance(value, str | int | float | bool | None) else repr(value)[:80]
-    if isinstance(value, list | tuple):
-        if len(value) > MAX_RECORDED_ITEMS:
-            cut.append(True)
-        return [_bounded(item, cut, depth + 1) for item in value[:MAX_RECORDED_ITEMS]]
-    if isinstance(value, dict):
-        return {str(key)[:100]: _bounded(item, cut, depth + 1) for key, item in value.items()}
-    return value
-
-
-def failure_record(
-    task: str, task_id: str, args: Any, kwargs: Any, exc: BaseException, attempts: int
-) -> dict[str, str]:
-    """The failure stream's fields; every text is redacted, arguments kept for replay
-    (shortened, and marked `truncated`, when they are huge)."""
-    cut: list[bool] = []
-    bounded_args = _bounded(list(args or []), cut)
-    bounded_kwargs = _bounded(dict(kwargs or {}), cut)
-    return {
-        "task": task,
-        "task_id": task_id or "",
-        "args": redact(orjson.dumps(bounded_args, default=str).decode()),
-        "kwargs": redact(orjson.dumps(bounded_kwargs, default=str).decode()),
-        "truncated": "1" if cut else "0",
-        "error": type(exc).__name__,
-        "message": redact(str(exc))[:500],
-        "status": str(getattr(exc, "status", "") or ""),
-        "attempts": str(attempts),
-        "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }

@@ -8,12 +8,12 @@ from celery import shared_task
 
 from apis import CmsAPI, get_client
 from apis.cms import MAX_PAGE_SIZE
+from results.outcome import note_revalidation
+from results.runtime import Runtime, get_runtime
+from results.single_flight import FetchOnceJob
+from results.store import Fetched, Page, Unchanged, now
 from tasks import validation
 from tasks.base import UpstreamTask
-from tasks.outcome import note_revalidation
-from tasks.runtime import Runtime, get_runtime
-from tasks.single_flight import FetchOnceJob
-from tasks.store import Fetched, Page, Unchanged, now
 from tasks.transforms import ArticleSummary, article_summary
 
 KIND = "article"
@@ -78,7 +78,7 @@ def _remove_unlisted(runtime: Runtime, pages: list[Page], end: int) -> int:
 
     What the pages listed last time (the pages just fetched, as they were stored, and
     any stored page past the list's end now: it shrank) less what they list now. Each
-    removal leaves a `removed=1` event (tasks/store.py).
+    removal leaves a `removed=1` event (results/store.py).
     """
     store = runtime.store
     listed = {slug for page in pages for slug in page.idents}

@@ -8,13 +8,13 @@ from celery import shared_task
 
 from apis import PokeAPI, get_client
 from apis.pokeapi import PokeAPISettings
+from results.runtime import Runtime, get_runtime
+from results.single_flight import FetchOnceJob
 from settings import get_settings
 from tasks import validation
 from tasks.base import UpstreamTask
-from tasks.catalog import refresh_batch
 from tasks.messages import BULK_HEADERS
-from tasks.runtime import Runtime, get_runtime
-from tasks.single_flight import FetchOnceJob
+from tasks.pokemon_catalog import refresh_batch
 from tasks.transforms import PokemonSummary, pokemon_summary
 
 KIND = "pokemon"
@@ -45,7 +45,7 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
     A stored result is revalidated (a conditional fetch; a 304 brings it forward).
     """
     store = runtime.store
-    name = store.pokemon_name_for_id(ref) if ref.isdigit() else ref
+    name = store.ident_for_alias(KIND, ref) if ref.isdigit() else ref
     if name is None:  # an id not seen before: its key is known only after the fetch
         result = POKEMON.stored(ref, client.get_pokemon(ref))
         store.write(result, task_id)
@@ -66,7 +66,7 @@ def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
     name="tasks.pokemon.fetch_pokemon_batch", base=UpstreamTask, bind=True, internal=True, bulk=True
 )
 def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
-    """Internal to `refresh_catalog`: store many names in one job (see tasks.catalog)."""
+    """Internal to `refresh_catalog`: store many names in one job (see tasks.pokemon_catalog)."""
     refs = validation.pokemon_batch(names)
     settings = catalog_settings()
     outcome = refresh_batch(

@@ -7,10 +7,10 @@ from typing import Any
 from celery import shared_task
 
 from apis import SemaphoreAPI, get_client
+from results.runtime import Runtime, get_runtime
+from results.store import Fetched, now
 from tasks import validation
 from tasks.base import UpstreamTask
-from tasks.runtime import Runtime, get_runtime
-from tasks.store import Fetched, now
 from tasks.transforms import (
     PipelineSummary,
     ProjectSummary,

@@ -107,7 +107,7 @@ FAILURES_RECORDED = Counter(
     ["task", "error"],
 )
 
-# Change events a writer owed and a later job sent (tasks/store.py, `send_owed`): each
+# Change events a writer owed and a later job sent (results/store.py, `send_owed`): each
 # one is a worker that died (or whose event failed) between a write and its event.
 OWED_EVENTS_SENT = Counter(
     "apiworker_owed_events_sent",
@@ -116,7 +116,7 @@ OWED_EVENTS_SENT = Counter(
     ["kind"],
 )
 
-# Freshness and single flight (tasks/single_flight.py).
+# Freshness and single flight (results/single_flight.py).
 FRESHNESS_HITS = Counter(
     "apiworker_freshness_hits",
     "Jobs answered from a stored result younger than the freshness window.",
@@ -128,7 +128,7 @@ SINGLE_FLIGHT_WAITS = Counter(
     ["kind"],
 )
 
-# Results under stress (tasks/lease.py, tasks/failures.py).
+# Results under stress (results/lease.py, results/failures.py).
 LEASES_LOST = Counter(
     "apiworker_single_flight_leases_lost",
     "Single-flight leases lost while their fetch ran: taken (a renewal found another "

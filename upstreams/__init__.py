@@ -27,6 +27,7 @@ __all__ = [
     "BUILT_IN",
     "ENTRY_POINT_GROUP",
     "Periodic",
+    "ResultAlias",
     "SandboxRoute",
     "Upstream",
     "all_upstreams",
@@ -51,6 +52,20 @@ class Periodic:
     #: The variable of its interval in seconds (a field of the worker's settings, or of
     #: the upstream's own settings model).
     interval_setting: str
+
+
+@dataclass(frozen=True)
+class ResultAlias:
+    """Another ident that finds a kind's results: PokeAPI stores a Pokémon under its
+    name, and a job sent with its id finds it through an index (`index` maps the alias to
+    the ident; the results store keeps it, and splits it into partitions as it does the
+    change events). `index` is a key of the results contract that readers know: it is
+    named here once, and never changes."""
+
+    #: The kind of result (one of its upstream's `result_kinds`).
+    kind: str
+    #: The key of the hash alias -> ident, without the key prefix or a partition.
+    index: str
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,8 @@ class Upstream:
     #: The kinds of result its tasks store (`{kind}:{ident}` in the results contract),
     #: which `apiworker result` names when asked for another.
     result_kinds: tuple[str, ...] = ()
+    #: The kinds among those whose results another ident finds too, and their indexes.
+    result_aliases: tuple[ResultAlias, ...] = ()
     #: Its own settings, `module:Class` (a pydantic-settings model, such as
     #: `apis.config.UpstreamSettings`): every variable it reads (its base URL, its token,
     #: its periodic jobs' intervals), validated at start with every other setting
@@ -116,6 +133,11 @@ class Upstream:
     sandbox_routes: str = ""
     #: Its periodic jobs, which the beat schedule (worker/beat.py) is built from.
     periodic: tuple[Periodic, ...] = ()
+
+    def __post_init__(self) -> None:
+        for alias in self.result_aliases:
+            if alias.kind not in self.result_kinds:
+                raise ValueError(f"{self.name}: alias of {alias.kind!r}, not one of its kinds")
 
     @property
     def queue(self) -> str:
@@ -165,6 +187,8 @@ BUILT_IN = (
         description="PokeAPI v2",
         rate_limit_setting="POKEAPI_RATE_LIMIT",
         result_kinds=("pokemon",),
+        # Stored under its name; its id finds it too.
+        result_aliases=(ResultAlias("pokemon", "index:pokemon-ids"),),
         settings="apis.pokeapi:PokeAPISettings",
         sandbox_path="/api/v2",
         periodic=(

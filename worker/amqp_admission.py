@@ -30,6 +30,15 @@ queue's consumer, what Celery's `cancel_consumer`/`add_consumer` do:
   job is moved at most once: in its upstream's queue the window admits it. (The Redis
   broker moves such jobs inside its fetch script: brokers/redis_transport.py.) A job
   whose move fails is taken as without a budget, so nothing is lost.
+- **A move is two steps on two connections**, the copy's confirmed publish and the
+  original's acknowledgement, and AMQP cannot make them one (a transaction would take
+  every acknowledgement of the consumer's channel with it). A connection lost between
+  them delivers the original again, and moved again it would run twice. So once the
+  copy is confirmed, the job's id is marked in the fleet's Redis (`admission:moved:<id>`, for a
+  day), and a redelivered original found marked is acknowledged and dropped: its copy
+  runs. Only redelivered messages are looked up, so the usual path pays nothing; the
+  mark is written after the confirm, so a failure between them can still run a job
+  twice, never lose one.
 
 Queues an operator stopped (`celery control cancel_consumer`) are left alone: only the
 queues the worker is told to consume are managed. It runs on the event loop's timer,
@@ -49,6 +58,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from apis.breaker import shared_redis
 from apis.budget import ON_DEMAND, Budget
 from brokers import DEFAULT_QUEUE, amqp, broker_kind
 from settings import get_settings
@@ -65,6 +75,9 @@ RESIZE_SECONDS = 1.0
 GROWTH = 1.5
 #: How long a move waits for a producer of the app's pool (seconds).
 CONFIRM_WAIT = 1.0
+#: How long a moved job's mark is kept (seconds): far longer than its original can take
+#: to be delivered again (a lost connection, a consumer timeout, a node's restart).
+MOVED_MARK_SECONDS = 86_400
 
 
 def _count(taken: Counter[str], prefix: str) -> int:
@@ -186,6 +199,11 @@ class Gate:
             name = (message.headers or {}).get("task")
             if not isinstance(name, str):
                 return False
+            if self._moved_before(message):
+                message.ack()
+                log.info("job already moved task=%s id=%s: its original, delivered again, "
+                         "is dropped; the copy runs", name, _job_id(message))  # fmt: skip
+                return True
             queue = self._no_room(name, class_of(self.c.app.tasks.get(name), message))
             if queue is None:
                 return False
@@ -197,14 +215,37 @@ class Gate:
         except Exception as exc:  # taken as without a budget: nothing is lost
             self._log_once("moves", exc, expected=self._connection_lost(exc))
             return False
+        self._mark_moved(message)
         message.ack()
         log.info(
             "job moved task=%s id=%s to queue %s: its upstream's budget binds; it waits there",
             name,
-            (message.headers or {}).get("id", "-"),
+            _job_id(message),
             queue,
         )
         return True
+
+    def _moved_before(self, message: Any) -> bool:
+        """Whether `message` is an original delivered again after its copy was moved.
+        A fault reading the mark counts as not moved: the job is handled as any other."""
+        if not (message.delivery_info or {}).get("redelivered"):
+            return False
+        try:
+            client, key = _moved_mark(_job_id(message))
+            return bool(client.exists(key))
+        except Exception as exc:
+            self._log_once("marks", exc)
+            return False
+
+    def _mark_moved(self, message: Any) -> None:
+        """Mark `message`'s job as moved (its copy is confirmed). A fault is logged: the
+        move stands, and only a lost connection before the acknowledgement could run the
+        job twice."""
+        try:
+            client, key = _moved_mark(_job_id(message))
+            client.set(key, "1", ex=MOVED_MARK_SECONDS)
+        except Exception as exc:
+            self._log_once("marks", exc)
 
     def _no_room(self, name: str, klass: str) -> str | None:
         """The queue of the upstream of task `name` when a job of class `klass` taken now
@@ -257,6 +298,20 @@ class Gate:
                 exc,
                 exc_info=exc,
             )
+
+
+def _job_id(message: Any) -> str:
+    return str((message.headers or {}).get("id", "-"))
+
+
+def _moved_mark(job_id: str) -> tuple[Any, str]:
+    """The fleet's Redis for the upstreams' shared state (the budgets' own), and the key
+    that marks job `job_id` as moved."""
+    api = get_settings().api
+    target = api.resolve_cluster() or api.resolve_redis()
+    if target is None:
+        raise LookupError("no Redis is configured for the fleet's shared state")
+    return shared_redis(target), f"{api.result_key_prefix}admission:moved:{job_id}"
 
 
 class AmqpAdmission(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped

@@ -13,8 +13,8 @@ from redis.retry import Retry
 import redisconn
 from apis.breaker import state_keys
 from brokers import DEFAULT_QUEUE, QUEUES, Broker, open_broker, reads_queue_depths
+from results.keys import Keys
 from settings import get_settings
-from tasks.keys import Keys
 from telemetry.backlog import BacklogCollector, QueueDepthReader
 from upstreams import all_upstreams
 

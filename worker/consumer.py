@@ -34,9 +34,9 @@ from celery.worker.consumer import Consumer
 
 from brokers import amqp_delivery, broker_kind, broker_module, dead_letter_queue, redis_transport
 from brokers.redis import parked_message
+from results.failure_record import failure_record
+from results.runtime import get_runtime
 from settings import get_settings
-from tasks.base import failure_record
-from tasks.runtime import get_runtime
 from telemetry.metrics import FAILURES_RECORDED
 from telemetry.redact import redact
 from worker import amqp_admission, pending_jobs

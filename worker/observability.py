@@ -26,9 +26,10 @@ from celery.signals import (
 )
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
+from brokers.delivery import home_queue
+from results.outcome import begin_job, result_keys, revalidation_text, revalidations
 from settings import get_settings
-from tasks.base import OUTCOMES, deferrals_of, home_queue
-from tasks.outcome import begin_job, result_keys, revalidation_text, revalidations
+from tasks.base import OUTCOMES, deferrals_of
 from telemetry import logs, otel
 from telemetry.metrics import JOB_SECONDS, JOBS
 from telemetry.redact import redact

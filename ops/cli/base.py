@@ -35,9 +35,9 @@ from brokers import (
     open_broker,
 )
 from redisconn import RedisTarget
+from results.keys import Keys
 from settings import ConfigurationError, WorkerSettings, checked_settings
 from settings.errors import USAGE_EXIT_CODE, lines_of
-from tasks.keys import Keys
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry.redact import masked_url, redact
 

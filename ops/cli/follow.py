@@ -85,7 +85,7 @@ def read_partitions(
     block: int,
     batch: int = READ_BATCH,
 ) -> Iterator[tuple[str, Entry]]:
-    """Every partition stream in turn (tasks/keys.py), as a reader of a Redis Cluster
+    """Every partition stream in turn (results/keys.py), as a reader of a Redis Cluster
     must: one XREAD or XREADGROUP per stream, since a command's keys share one slot.
 
     Each stream is read without blocking; a round that finds nothing waits a tenth of a

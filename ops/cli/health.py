@@ -75,7 +75,7 @@ def ping_redis(
 def redis_cluster_check(services: Services, target: RedisTarget, timeout: float) -> Check:
     """The Redis Cluster's state (every slot served) and each master's replicas: a master
     without one takes results that a failover would lose, and its writes are not waited
-    for (tasks/replicas.py)."""
+    for (results/replicas.py)."""
     client = services.redis(
         target, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
     )

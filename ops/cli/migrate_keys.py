@@ -12,7 +12,7 @@ from ops.migrate_keys import migrate
 @click.option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
 @click.pass_obj
 def migrate_keys(services: Services, dry_run: bool) -> None:
-    """Move metadata, fences and the Pokémon id index of an earlier layout to this one's
+    """Move metadata, fences and the alias indexes of an earlier layout to this one's
     names (values keep theirs), and print what moved as one JSON line.
 
     Idempotent and resumable: run it again at any time. Safe while workers of this

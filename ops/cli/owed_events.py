@@ -6,7 +6,7 @@ import click
 
 from ops.cli.base import Services, cli, json_line
 from ops.owed_events import send_owed
-from tasks.runtime import Runtime
+from results.runtime import Runtime
 
 
 @cli.command("send-owed-events")

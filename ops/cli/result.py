@@ -12,10 +12,6 @@ from ops.cli.base import (
 )
 from upstreams import all_upstreams
 
-#: The kind whose results are stored under the canonical name, found from an id through
-#: `index:pokemon-ids` (a job sent with `25` stores `pokemon:pikachu`).
-BY_NAME = "pokemon"
-
 
 def result_kinds() -> list[str]:
     """Every kind of result the registered upstreams store."""
@@ -30,15 +26,16 @@ def result_kinds() -> list[str]:
 def result(services: Services, kind: str, ident: str, meta: bool) -> None:
     """Print the stored JSON of the result KIND:IDENT.
 
-    For example `apiworker result pokemon charizard` (or `pokemon 6`: an id is looked up
-    in `index:pokemon-ids`). Exit 1 when nothing is stored, 2 for a kind no upstream
-    stores (the valid kinds are listed).
+    IDENT may also be an alias, for a kind whose upstream's registry entry declares one
+    (`upstreams.ResultAlias`): it is looked up in that kind's alias index, and the result
+    it names is printed. Exit 1 when nothing is stored, 2 for a kind no upstream stores
+    (the valid kinds are listed).
     """
     client = services.results()
     keys = services.keys
-    if kind == BY_NAME and ident.isdigit():
-        name = client.hget(keys.pokemon_ids_for(ident), ident)
-        ident = str(name) if name else ident
+    if keys.alias_index(kind) is not None:
+        found = client.hget(keys.alias_index_for(kind, ident), ident)
+        ident = str(found) if found else ident
     value = client.get(keys.result(kind, ident))
     if value is None:
         kinds = result_kinds()

@@ -226,8 +226,8 @@ def test_a_bad_value_of_the_guides_settings_stops_the_worker_at_start(
     assert "Traceback" not in output
 
 
-PACKAGES = ("apis", "brokers", "redisconn", "settings", "telemetry", "upstreams", "tasks",
-            "worker", "ops", "sandbox")  # fmt: skip
+PACKAGES = ("apis", "brokers", "redisconn", "settings", "telemetry", "upstreams", "results",
+            "tasks", "worker", "ops", "sandbox")  # fmt: skip
 
 BUILT_IN_MODULE = """\
 \"\"\"A weather API, built in: its settings, client, tasks and sandbox route.\"\"\"
@@ -247,8 +247,8 @@ from apis.paths import segment
 from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.errors import InvalidPayload
-from tasks.runtime import get_runtime
-from tasks.single_flight import FetchOnceJob
+from results.runtime import get_runtime
+from results.single_flight import FetchOnceJob
 from upstreams import SandboxRoute
 
 

@@ -18,8 +18,8 @@ import redis
 from click.testing import CliRunner
 
 from ops.cli import cli
-from tasks.keys import Keys
-from tasks.store import Fetched, Freshness, ResultStore, now
+from results.keys import Keys
+from results.store import Fetched, Freshness, ResultStore, now
 from tests.integration.test_readers import reader
 
 #: The last commit before the tagged layout (its child, 705e30f, introduced it): the code
@@ -112,7 +112,7 @@ def test_migrated_results_are_found_under_the_new_layout(
         "pokemon", "charizard", started=None, freshness=Freshness(3600), token="t", ttl=5
     )
     assert (claim.state, claim.value) == ("fresh", {"id": 6, "name": "charizard"})
-    assert store.pokemon_name_for_id("25") == "pikachu"
+    assert store.ident_for_alias("pokemon", "25") == "pikachu"
     assert old_layout.hget("meta:{article-page}:0:100", "ids") == "[]"
     assert not old_layout.keys("meta:pokemon:*")
     assert not old_layout.keys("fence:pokemon:*")
@@ -135,7 +135,7 @@ def test_a_move_to_partitions_moves_the_id_index_and_leaves_the_old_stream(
         "dry_run": False, "meta": 3, "fence": 2, "index": 2, "streams left to readers": 1,
     }  # fmt: skip
     store = ResultStore(old_layout, Keys("", 16), events_maxlen=100, failures_maxlen=100)
-    assert store.pokemon_name_for_id("6") == "charizard"
+    assert store.ident_for_alias("pokemon", "6") == "charizard"
     assert not old_layout.exists("index:pokemon-ids")
     assert old_layout.xlen("events:results") == 2
 

@@ -23,12 +23,12 @@ from apis.config import ApiSettings
 from ops.cli import cli
 from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
+from results.keys import Keys
+from results.runtime import Runtime
+from results.store import Fetched, Freshness, ResultStore, Unchanged, now
 from settings import WorkerSettings
 from tasks import pokemon
-from tasks.catalog import refresh_batch
-from tasks.keys import Keys
-from tasks.runtime import Runtime
-from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
+from tasks.pokemon_catalog import refresh_batch
 from tests.integration.conftest import worker_environment
 from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.metrics import sample

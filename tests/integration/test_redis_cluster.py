@@ -32,10 +32,10 @@ from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
 from ops.cli import cli
 from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
+from results.keys import Keys
+from results.runtime import Runtime
+from results.store import Fetched, Freshness, ResultStore, Unchanged, now
 from settings import WorkerSettings
-from tasks.keys import Keys
-from tasks.runtime import Runtime
-from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.integration.conftest import worker_environment
 from tests.integration.test_readers import reader
 from tests.support.celery_worker import REPO_ROOT, wait_for
@@ -99,7 +99,7 @@ def test_the_store_keeps_its_contract_on_a_cluster(
     assert (claim.state, claim.value) == ("fresh", {"v": 1})
     assert json.loads(client.get("pokemon:mon7")) == {"name": "mon7"}
     assert client.hget("meta:{pokemon:mew}", "etag") == '"e"'
-    assert store.pokemon_name_for_id("7") == "mon7"
+    assert store.ident_for_alias("pokemon", "7") == "mon7"
     seen = events(client, store.keys)
     assert sorted(e["key"] for e in seen) == sorted(
         [f"pokemon:{n}" for n in names] + ["pokemon:mew"] * 2 + ["pokemon:mon0"]

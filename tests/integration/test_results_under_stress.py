@@ -19,13 +19,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks import single_flight
-from tasks import store as store_module
+from results import single_flight
+from results import store as store_module
+from results.keys import Keys
+from results.replicas import ReplicaNotConfirmed
+from results.single_flight import fetch_once
+from results.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tasks.base import REDIS_TRANSIENT
-from tasks.keys import Keys
-from tasks.replicas import ReplicaNotConfirmed
-from tasks.single_flight import fetch_once
-from tasks.store import Fetched, Freshness, ResultStore, Unchanged, now
 from tests.support.celery_worker import wait_for
 from tests.support.metrics import sample
 from tests.support.redis_server import RedisServer
@@ -49,7 +49,7 @@ def debug_redis() -> Iterator[RedisServer]:
 def store(debug_redis: RedisServer) -> Iterator[ResultStore]:
     client = redis.Redis.from_url(debug_redis.url, decode_responses=True)
     client.flushall()
-    # Renewals as the worker sends them (tasks/runtime.py): short timeout, no retries.
+    # Renewals as the worker sends them (results/runtime.py): short timeout, no retries.
     lease_client = redis.Redis.from_url(
         debug_redis.url, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
     )

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks.keys import Keys
-from tasks.single_flight import JobStart, SingleFlightBusy, fetch_once, job_began_at
-from tasks.store import Fetched, Freshness, ResultStore, now
+from results.keys import Keys
+from results.single_flight import JobStart, SingleFlightBusy, fetch_once, job_began_at
+from results.store import Fetched, Freshness, ResultStore, now
 from tests.support.celery_worker import wait_for
 from tests.support.metrics import sample
 

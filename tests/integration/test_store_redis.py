@@ -16,8 +16,8 @@ import orjson
 import pytest
 import redis
 
-from tasks.keys import Keys
-from tasks.store import Fetched, Freshness, ResultStore, _packed
+from results.keys import Keys
+from results.store import Fetched, Freshness, ResultStore, _packed
 
 WRITERS, WRITES_EACH = 8, 40
 
@@ -148,7 +148,7 @@ def test_a_claim_that_finds_an_unpaid_write_fresh_sends_its_event_once(
     store = make_store(client)
     client.flushall()
     result = pokemon("mew", 1.0)
-    store._run([(store._write, _packed(store._write_args(result, "job-1")))])  # value only
+    store._run([(store._write, _packed(store._script_call(result, "job-1")[1]))])  # value only
     assert client.xlen("events:results") == 0
     assert client.hget("meta:{pokemon:mew}", "event_owed") == "10"
     for task_id in ("job-2", "job-1", "job-3"):

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Product packages above `brokers` in the layers, which may ask `brokers` but not look.
 #: `redisconn` sits below `brokers` and reads only Redis URLs (REDIS_URL, its TLS and
 #: Sentinel forms); it is checked for RabbitMQ schemes only.
-PACKAGES = ("apis", "settings", "telemetry", "upstreams", "tasks", "worker", "ops")
+PACKAGES = ("apis", "settings", "telemetry", "upstreams", "results", "tasks", "worker", "ops")
 BROKER_SCHEMES = r"(?:amqps?|pyamqp|rediss?|sentinel|unix)"
 SCHEME_CHECKS = (
     # url.startswith("amqp"), url.lower().startswith("redis")

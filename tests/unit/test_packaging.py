@@ -97,3 +97,17 @@ def test_test_only_code_is_not_packaged() -> None:
                 if isinstance(node, ast.ImportFrom) and node.module
             }
             assert "pytest" not in names, path
+
+
+def test_the_image_copies_every_product_package() -> None:
+    """The Dockerfile builds from the packages pyproject.toml finds (the sandbox too, for
+    the offline profile): a package left out of it is an image that cannot import."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [listed] = [
+        line.split("=", 1)[1].strip('"').split()
+        for line in dockerfile.splitlines()
+        if line.startswith("ARG PACKAGES=")
+    ]
+    copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert sorted(listed) == sorted([*PACKAGES, "sandbox"])
+    assert set(listed) <= set(copied)

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apis import reset_clients
+from results.runtime import Runtime, set_runtime
 from sandbox.pokeapi import load_catalogue
 from settings import WorkerSettings
 from tasks import validation
 from tasks.errors import InvalidInput, InvalidPayload
 from tasks.pokemon import fetch_pokemon
-from tasks.runtime import Runtime, set_runtime
 from tasks.transforms import article_summary, pipeline_summary, pokemon_summary
 
 JOBS = 12_000

@@ -12,13 +12,13 @@ import redis
 
 from apis import CmsAPI
 from apis.config import ApiSettings
+from results.failure_record import capped, failure_record
+from results.failures import FailureBuffer
+from results.keys import Keys
+from results.runtime import Runtime
+from results.store import Fetched, ResultStore, now
 from settings import WorkerSettings
 from tasks import cms
-from tasks.base import failure_record
-from tasks.failures import FailureBuffer
-from tasks.keys import Keys
-from tasks.runtime import Runtime
-from tasks.store import Fetched, ResultStore, capped, now
 from tests.support.metrics import sample
 
 

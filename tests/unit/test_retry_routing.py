@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.base import home_queue, own_headers
+from brokers.delivery import home_queue, own_headers
 
 DELAYED = "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.1."
 

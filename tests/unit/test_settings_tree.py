@@ -16,7 +16,7 @@ from settings import WorkerSettings, checked_settings, get_settings, reset_setti
 from upstreams import BUILT_IN
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("apis", "brokers", "redisconn", "settings", "tasks", "telemetry", "upstreams",
+PRODUCT = ("apis", "brokers", "redisconn", "settings", "results", "tasks", "telemetry", "upstreams",
            "worker", "ops")  # fmt: skip
 
 
@@ -95,7 +95,7 @@ def test_one_accessor_reads_the_sections() -> None:
     section_accessor = re.compile(r"from apis(\.config)? import .*\bget_settings\b")
     above = [
         f"{path.relative_to(ROOT)}: {line.strip()}"
-        for room in ("tasks", "worker", "ops")
+        for room in ("results", "tasks", "worker", "ops")
         for path in sorted((ROOT / room).rglob("*.py"))
         for line in path.read_text().splitlines()
         if section_accessor.search(line)

@@ -8,8 +8,8 @@ import pytest
 
 from apis.conditional import Validators
 from ops.owed_events import send_owed
-from tasks.keys import Keys
-from tasks.store import GONE, Fetched, Freshness, ResultStore, Unchanged, _packed
+from results.keys import Keys
+from results.store import GONE, Fetched, Freshness, ResultStore, Unchanged, _packed
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_a_write_stores_value_metadata_and_event(store: ResultStore) -> None:
         "revalidated": "0",
         "fence": "1",
     }
-    assert store.pokemon_name_for_id("151") == "mew"
+    assert store.ident_for_alias("pokemon", "151") == "mew"
 
 
 def test_an_older_result_written_later_is_refused(store: ResultStore) -> None:
@@ -237,7 +237,7 @@ def test_the_sweep_finds_owed_events_under_a_prefix_and_skips_list_pages() -> No
     client = fakeredis.FakeRedis(decode_responses=True)
     store = ResultStore(client, Keys("app:"), events_maxlen=100, failures_maxlen=100)
     unsent = pokemon("mew", 1.0)
-    store._run([(store._write, _packed(store._write_args(unsent, "t1")))])  # value only
+    store._run([(store._write, _packed(store._script_call(unsent, "t1")[1]))])  # value only
     client.hset(store.keys.page("article", "0:100"), mapping={"ids": "[]", "event_owed": "10"})
     assert send_owed(store, dry_run=True) == {"owed": 1}
     assert send_owed(store) == {"owed": 1, "appended": 1}

@@ -13,11 +13,11 @@ import pytest
 import worker
 from apis import CmsAPI, PokeAPI
 from apis.config import ApiSettings
+from results.runtime import Runtime, set_runtime
 from settings import WorkerSettings
 from tasks import cms, pokemon
-from tasks.catalog import refresh_batch
 from tasks.errors import InvalidInput
-from tasks.runtime import Runtime, set_runtime
+from tasks.pokemon_catalog import refresh_batch
 from tests.support.celery_worker import wait_for
 
 PUBLIC_TASKS = {
@@ -77,7 +77,7 @@ def test_fetch_and_store_writes_the_reference_result(runtime, client, sandbox) -
 def test_an_id_is_stored_under_the_canonical_name_and_remembered(runtime, client, sandbox) -> None:
     """`6` lands at pokemon:charizard; the next `6` job is served from Redis."""
     pokemon.fetch_and_store("6", "t1", runtime=runtime, client=client)
-    assert runtime.store.pokemon_name_for_id("6") == "charizard"
+    assert runtime.store.ident_for_alias("pokemon", "6") == "charizard"
     pokemon.fetch_and_store("6", "t2", runtime=runtime, client=client)
     assert sandbox.calls("pokemon") == 1
 

@@ -21,9 +21,9 @@ from apis import errors
 from apis.breaker import CircuitBreaker
 from apis.budget import Budget
 from apis.config import CircuitPolicy, RateLimitPolicy, UpstreamConfig
-from tasks.keys import Keys
-from tasks.single_flight import SingleFlightBusy, fetch_once
-from tasks.store import Fetched, ResultStore, Unchanged, now
+from results.keys import Keys
+from results.single_flight import SingleFlightBusy, fetch_once
+from results.store import Fetched, ResultStore, Unchanged, now
 from telemetry import tracing
 from telemetry.celery_spans import CelerySpans
 from telemetry.otel import (

@@ -5,7 +5,7 @@ SINGLE_FLIGHT_LOCK_SECONDS (by default the broker's liveness timeout plus
 SINGLE_FLIGHT_TOLERATED_PAUSE_SECONDS, settings/worker.py), renewed by one thread of the
 process while the fetch runs, so a dead holder frees the key within one lease. The
 holder's lock value (`token|fence`) guards every renewal and release. It is taken by the
-results store's claim script (tasks/store.py: "fresh value, or may I fetch?" in one
+results store's claim script (results/store.py: "fresh value, or may I fetch?" in one
 round trip) and given up by its write script (the result and the release in one call);
 renewing it, and releasing it after a failed fetch, is here.
 """
@@ -92,7 +92,7 @@ class LeaseKeeper:
     One daemon thread for the whole process. A lease is renewed once a third of it has
     passed since it was taken or last renewed, so a fetch shorter than that (nearly
     all of them) costs no renewal at all; the leases due together go in one round trip,
-    through a client with a short timeout and no retries (tasks/runtime.py): a renewal
+    through a client with a short timeout and no retries (results/runtime.py): a renewal
     that waits behind a paused Redis is worth nothing once the lease is over.
 
     Validity is counted from when the claim or the last successful renewal was *sent*
@@ -102,7 +102,7 @@ class LeaseKeeper:
     answers that the token is no longer there. A lost lease is logged and counted
     (`apiworker_single_flight_leases_lost_total`) and dropped, never taken back:
     another job may hold it by then. The holder's fetch goes on; its write carries the
-    claim's fence, so it cannot overwrite a later holder's result (tasks/store.py).
+    claim's fence, so it cannot overwrite a later holder's result (results/store.py).
     """
 
     def __init__(self) -> None:

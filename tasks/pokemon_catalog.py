@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 from apis import PokeAPI
 from apis.errors import UpstreamError
-from tasks.base import failure_record
+from results.failure_record import failure_record
+from results.outcome import note_revalidation
+from results.runtime import Runtime
+from results.store import Fetched, Freshness, Unchanged, now
 from tasks.errors import InvalidInput, InvalidPayload
-from tasks.outcome import note_revalidation
-from tasks.runtime import Runtime
-from tasks.store import Fetched, Freshness, Unchanged, now
 from tasks.transforms import pokemon_summary
 
 log = logging.getLogger("tasks.catalog")
@@ -72,7 +72,7 @@ def refresh_batch(
     settings = runtime.settings
     freshness = Freshness(settings.freshness_max_age, settings.upstream_max_age)
     # Redis's time, the stored metadata and a fence per name, before any fetch: a result
-    # fetched here is refused over one a later fetch stored (tasks/store.py).
+    # fetched here is refused over one a later fetch stored (results/store.py).
     batch = store.begin_many(KIND, names)
     started, stored = batch.started, batch.stored
     fresh = {

@@ -10,10 +10,10 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 import redisconn
+from results.failures import FailureBuffer
+from results.keys import Keys
+from results.store import ResultStore
 from settings import WorkerSettings, get_settings
-from tasks.failures import FailureBuffer
-from tasks.keys import Keys
-from tasks.store import ResultStore
 
 RESULT_WRITE_RETRIES = 8
 CLUSTER_WRITE_RETRIES = 24
@@ -23,7 +23,7 @@ CLUSTER_WRITE_RETRIES = 24
 class Runtime:
     settings: WorkerSettings
     store: ResultStore
-    #: Failure records kept while Redis cannot take them (tasks/failures.py).
+    #: Failure records kept while Redis cannot take them (results/failures.py).
     failures: FailureBuffer = field(default_factory=lambda: FailureBuffer(1000))
 
     @classmethod
@@ -71,7 +71,7 @@ class Runtime:
     def lease_client(settings: WorkerSettings) -> redis.Redis:
         """The client of lease renewals: a short timeout and no retries. A renewal
         answered after its lease ran out is worth nothing, and one sent again after a
-        timeout would extend a lease counted from the first (tasks/lease.py)."""
+        timeout would extend a lease counted from the first (results/lease.py)."""
         return redisconn.client(
             settings.state_redis,
             health_check_interval=30,

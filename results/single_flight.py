@@ -8,7 +8,7 @@ delayed by one lease at most, not by the longest fetch it might have made. The h
 writes its result and gives the lease up in one more round trip. The claim also gives
 the holder a fence, which its write carries: a holder whose lease lapsed (Redis paused,
 the process stalled) may still finish its fetch, but its write is refused once a later
-holder has written (tasks/store.py).
+holder has written (results/store.py).
 
 A job that finds the lease taken waits in its thread only briefly
 (`SINGLE_FLIGHT_WAIT_SECONDS`) for a result stored after it began. If none arrives, it
@@ -33,10 +33,10 @@ from typing import Any, Generic, TypeVar
 from apis.client import Payload
 from apis.conditional import Validators
 from apis.errors import HeldBack
-from tasks.lease import LEASES
-from tasks.outcome import note_revalidation
-from tasks.runtime import Runtime
-from tasks.store import GONE, Claim, Fetched, Freshness, ResultStore, Unchanged, now
+from results.lease import LEASES
+from results.outcome import note_revalidation
+from results.runtime import Runtime
+from results.store import GONE, Claim, Fetched, Freshness, ResultStore, Unchanged, now
 from telemetry import tracing
 from telemetry.metrics import FRESHNESS_HITS, SINGLE_FLIGHT_WAITS
 

@@ -2,7 +2,7 @@
 
 One Lua script writes the value and replaces the metadata hash together, so a reader
 never sees a value without its metadata. The change event goes to a stream in another
-slot (tasks/keys.py), so it is the write's second round trip; the write's script marks
+slot (results/keys.py), so it is the write's second round trip; the write's script marks
 the event owed in the metadata (`event_owed`, an outbox in the value's own slot) and the
 event's step clears the mark, so an event a dead worker never sent is sent by whoever
 finds the mark next: events are at least once, and appended once per fence.
@@ -26,7 +26,7 @@ brought forward (fetch time, task, the validators the 304 carried) and the strea
 an entry with `changed=0` and `revalidated=1`. When the value is gone, the lock is kept
 for the caller's whole fetch.
 
-Where the results Redis has replicas, each write waits for one (tasks/replicas.py).
+Where the results Redis has replicas, each write waits for one (results/replicas.py).
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from apis.conditional import Validators
-from tasks.keys import Keys
-from tasks.lease import Leases
-from tasks.outcome import note_result_key
-from tasks.replicas import ReplicaWait
+from results.failure_record import capped
+from results.keys import Keys
+from results.lease import Leases
+from results.outcome import note_result_key
+from results.replicas import ReplicaWait
 from telemetry import tracing
 from telemetry.metrics import OWED_EVENTS_SENT
 
@@ -94,7 +95,7 @@ local function owed_change(meta_key, otherwise)
 end
 """
 
-# KEYS: value, meta, single-flight lock, fence counter (one slot: tasks/keys.py)
+# KEYS: value, meta, single-flight lock, fence counter (one slot: results/keys.py)
 # ARGV: value, fetched_at_ms, task_id, lock value ('' for none), fence (0: take one now),
 # meta pairs...
 # The lock is given up in the same call, whether or not the write is refused.
@@ -393,7 +394,8 @@ class Fetched:
     fetched_at: float
     etag: str | None = None
     last_modified: str | None = None
-    #: Another name of the same result (a Pokémon id), kept in `index:pokemon-ids`.
+    #: Another ident that finds the same result, kept in its kind's alias index
+    #: (results/keys.py: the kind's registry entry names it).
     alias: str | None = None
     #: The upstream's freshness lifetime (`Cache-Control`), kept as meta `max_age`.
     max_age: float | None = None
@@ -476,10 +478,10 @@ class ResultStore:
         #: marked paid after its script (`_SETTLE`), in each master's WAIT round trip or
         #: in one of its own.
         self._cluster = isinstance(client, RedisCluster)
-        #: The single-flight leases of these keys (tasks/lease.py), renewed through
+        #: The single-flight leases of these keys (results/lease.py), renewed through
         #: `lease_client` when given: one with a short timeout and no retries.
         self.leases = Leases(lease_client or client)
-        #: Whether a write waits for a replica (tasks/replicas.py).
+        #: Whether a write waits for a replica (results/replicas.py).
         self.replicas = ReplicaWait(client, replica_wait_ms)
 
     def write(
@@ -520,8 +522,8 @@ class ResultStore:
         key = self.keys.result(result.kind, result.ident)
         note_result_key(key)
         with self._span("apiworker.store.revalidate", key, 1):
-            call = self._revalidate_args(result, task_id, release, fence)
-            (answer,) = self._run([(self._revalidate, _packed(call))])
+            script, call = self._script_call(result, task_id, release, fence)
+            (answer,) = self._run([(script, _packed(call))])
             if isinstance(answer, Exception):
                 raise answer
             self._after([result], [answer], task_id)
@@ -563,11 +565,7 @@ class ResultStore:
         pipeline, then `_after`: their events, index entries and replica wait."""
         calls: list[tuple[Script, tuple[Any, ...]]] = []
         for result, (release, fence) in zip(results, claims, strict=True):
-            if isinstance(result, Unchanged):
-                script = self._revalidate
-                call = self._revalidate_args(result, task_id, release, fence)
-            else:
-                script, call = self._write, self._write_args(result, task_id, release, fence)
+            script, call = self._script_call(result, task_id, release, fence)
             calls.append((script, _packed(call)))
         replies = self._run(calls)
         outcomes = self._outcomes(results, replies)
@@ -578,7 +576,7 @@ class ResultStore:
         self, results: Sequence[Fetched | Unchanged], replies: Sequence[Any], task_id: str
     ) -> None:
         """The second step of the applied writes and revalidations in `replies`: each
-        one's change event (`_EVENT`, once per fence) and Pokémon id, in one round trip,
+        one's change event (`_EVENT`, once per fence) and alias, in one round trip,
         then, with replicas, the wait (`_confirm`).
 
         Each script left its event owed in the result's metadata (`_OWED`), and the
@@ -609,7 +607,7 @@ class ResultStore:
             events.append((kind, ident, fence, fields))
             alias = None if revalidated else getattr(result, "alias", None)
             if alias:
-                aliases.append((self.keys.pokemon_ids_for(alias), alias, ident))
+                aliases.append((self.keys.alias_index_for(kind, alias), alias, ident))
         self._send(events, aliases)
 
     def send_owed(self, kind: str, owed: Sequence[tuple[str, Owed]]) -> int:
@@ -632,7 +630,7 @@ class ResultStore:
         return appended
 
     def _send(self, events: Sequence[_Event], aliases: Sequence[tuple[str, str, str]]) -> int:
-        """`events` and the id index entries in one round trip, each event marked paid
+        """`events` and the alias index entries in one round trip, each event marked paid
         (in its own script on a single Redis, `_settle_all` on a cluster), then, with
         replicas, the wait (`_confirm`). Returns how many events were appended."""
         calls = [
@@ -682,7 +680,7 @@ class ResultStore:
         aliases: Sequence[tuple[str, str, str]],
         wait_key: str | None = None,
     ) -> int:
-        """The event scripts and the id index entries, in one plain pipeline; with
+        """The event scripts and the alias index entries, in one plain pipeline; with
         `wait_key` (a fence counter, on a single Redis), `_confirm`'s INCR and WAIT after
         them. Returns how many events were appended."""
         extra: list[tuple[Any, ...]] = [
@@ -873,13 +871,20 @@ class ResultStore:
             )
         return Claim(state, began, lease_left=max(int(answer[2]), 0) / 1000)
 
-    def _write_args(
+    def _script_call(
         self,
-        result: Fetched,
+        result: Fetched | Unchanged,
         task_id: str,
         release: tuple[str, str] | None = None,
         fence: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> tuple[Script, dict[str, Any]]:
+        """The script of one result, with its keys (value, meta, the single-flight lock,
+        the fence counter: one slot) and arguments: the write (`_WRITE`) of a new
+        result, the revalidation (`_REVALIDATE`) of an unchanged one.
+
+        `release` is the lock (key, lock value) to give up in the same call (None: the
+        lock is named, nothing released); `fence`, the claim's, stands for the result's.
+        """
         lock_key, lock_value = release or (self.keys.lock(result.kind, result.ident), "")
         keys = [
             self.keys.result(result.kind, result.ident),
@@ -887,47 +892,31 @@ class ResultStore:
             lock_key,
             self.keys.fence(result.kind, result.ident),
         ]
+        taken = result.fence if fence is None else fence
+        max_age = None if result.max_age is None else _seconds(result.max_age)
+        fetched_ms = int(result.fetched_at * 1000)
+        if isinstance(result, Unchanged):
+            args: list[Any] = [
+                fetched_ms,
+                task_id,
+                lock_value,
+                result.etag or "",
+                result.last_modified or "",
+                max_age or "",
+                taken,
+            ]
+            return self._revalidate, {"keys": keys, "args": args}
+        if result.alias:  # its kind must have an index: refused before anything is written
+            self.keys.alias_index_for(result.kind, result.alias)
         meta: list[str] = ["task_id", task_id]
         if result.etag:
             meta += ["etag", result.etag]
         if result.last_modified:
             meta += ["last_modified", result.last_modified]
-        if result.max_age is not None:
-            meta += ["max_age", _seconds(result.max_age)]
-        args = [
-            orjson.dumps(result.value),
-            int(result.fetched_at * 1000),
-            task_id,
-            lock_value,
-            result.fence if fence is None else fence,
-            *meta,
-        ]
-        return {"keys": keys, "args": args}
-
-    def _revalidate_args(
-        self,
-        result: Unchanged,
-        task_id: str,
-        release: tuple[str, str] | None = None,
-        fence: int | None = None,
-    ) -> dict[str, Any]:
-        lock_key, lock_value = release or (self.keys.lock(result.kind, result.ident), "")
-        keys = [
-            self.keys.result(result.kind, result.ident),
-            self.keys.meta(result.kind, result.ident),
-            lock_key,
-            self.keys.fence(result.kind, result.ident),
-        ]
-        args = [
-            int(result.fetched_at * 1000),
-            task_id,
-            lock_value,
-            result.etag or "",
-            result.last_modified or "",
-            "" if result.max_age is None else _seconds(result.max_age),
-            result.fence if fence is None else fence,
-        ]
-        return {"keys": keys, "args": args}
+        if max_age is not None:
+            meta += ["max_age", max_age]
+        args = [orjson.dumps(result.value), fetched_ms, task_id, lock_value, taken, *meta]
+        return self._write, {"keys": keys, "args": args}
 
     def remove(self, kind: str, idents: Sequence[str], *, tombstone_seconds: float) -> int:
         """Remove the results of upstream items that are gone; returns how many were there.
@@ -1085,9 +1074,13 @@ class ResultStore:
         if pages:
             self.redis.delete(*(self.keys.page(kind, page) for page in pages))
 
-    def pokemon_name_for_id(self, pokemon_id: str) -> str | None:
-        name = self.redis.hget(self.keys.pokemon_ids_for(pokemon_id), pokemon_id)
-        return name.decode() if isinstance(name, bytes) else name
+    def ident_for_alias(self, kind: str, alias: str) -> str | None:
+        """The ident `kind`'s result found by `alias` is stored under, or None when no
+        result was stored with that alias (or `kind` has none)."""
+        if self.keys.alias_index(kind) is None:
+            return None
+        ident = self.redis.hget(self.keys.alias_index_for(kind, alias), alias)
+        return ident.decode() if isinstance(ident, bytes) else ident
 
     def record_failure(self, record: Mapping[str, str]) -> str:
         """Append a permanent failure to the failure stream; returns the entry id.
@@ -1102,33 +1095,6 @@ class ResultStore:
             approximate=True,
         )
         return entry.decode() if isinstance(entry, bytes) else str(entry)
-
-
-def capped(record: Mapping[str, str], max_bytes: int) -> dict[str, str]:
-    """`record` within `max_bytes` (UTF-8, names and values), its longest values cut first.
-
-    A cut value ends with `...[cut]`, and the record says `truncated=1`: the arguments
-    of such a record are no longer JSON, so it cannot be replayed as it is.
-    """
-    fields = dict(record)
-
-    def size() -> int:
-        return sum(len(k.encode()) + len(v.encode()) for k, v in fields.items())
-
-    marker = "...[cut]"
-    while size() > max_bytes:
-        name = max(fields, key=lambda key: len(fields[key].encode()))
-        value = fields[name]
-        excess = size() - max_bytes + len(marker)
-        keep = max(0, len(value.encode()) - excess)
-        if keep == 0 or len(value) <= len(marker):
-            fields[name] = ""
-        else:
-            fields[name] = value.encode()[:keep].decode(errors="ignore") + marker
-        fields["truncated"] = "1"
-        if all(len(v) <= len(marker) for v in fields.values()):
-            break
-    return fields
 
 
 def now() -> float:
