@@ -204,7 +204,7 @@ class Gate:
                 log.info("job already moved task=%s id=%s: its original, delivered again, "
                          "is dropped; the copy runs", name, _job_id(message))  # fmt: skip
                 return True
-            queue = self._no_room(name, class_of(self.c.app.tasks.get(name), message))
+            queue = self._no_room(name, message)
             if queue is None:
                 return False
             # Through a connection of the app's producer pool, not the consumer's own:
@@ -247,8 +247,8 @@ class Gate:
         except Exception as exc:
             self._log_once("marks", exc)
 
-    def _no_room(self, name: str, klass: str) -> str | None:
-        """The queue of the upstream of task `name` when a job of class `klass` taken now
+    def _no_room(self, name: str, message: Any) -> str | None:
+        """The queue of the upstream of task `name` when its job `message`, taken now,
         could not get its token within the wait bound, else None.
 
         An on-demand call reserves its token ahead of every bulk call (apis/budget.py),
@@ -261,7 +261,7 @@ class Gate:
             if not name.startswith(prefix):
                 continue
             room = self._room(budget)
-            if klass == ON_DEMAND:
+            if class_of(self.c.app.tasks.get(name), message) == ON_DEMAND:
                 if budget.blocked():
                     return queue
                 if room is None:
