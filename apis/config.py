@@ -3,18 +3,18 @@
 Defaults are named here rather than scattered through calls. What belongs to one
 upstream (its base URL, its token, its own jobs' variables) is declared by that upstream:
 a settings model its registry entry names (`Upstream.settings`, an `UpstreamSettings`),
-read once with this one. A missing optional value (an address, a token) does not stop
-the process from starting: only the calls that need it fail, with `NotConfigured`,
-before any request is sent.
+to which the registry adds the variables of its budget, read once with this one. A
+missing optional value (an address, a token) does not stop the process from starting:
+only the calls that need it fail, with `NotConfigured`, before any request is sent.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import os
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import cache
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -34,8 +35,6 @@ from redisconn.settings import RedisSection, RedisTarget
 from upstreams import Upstream, all_upstreams
 
 PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker)"
-
-N = TypeVar("N", int, float)
 
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
@@ -183,16 +182,52 @@ class UpstreamSettings(BaseSettings):
         return value
 
 
+@cache
 def upstream_settings_model(entry: Upstream) -> type[BaseModel] | None:
-    """The settings model `entry.settings` names (`module:Class`), None without one; a
-    name that is not a pydantic model is a `TypeError`."""
-    if not entry.settings:
-        return None
-    module, _, name = entry.settings.partition(":")
-    model = getattr(importlib.import_module(module), name)
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise TypeError(f"{entry.settings} is not a settings model")
-    return model
+    """The settings of the upstream `entry` names: the model `entry.settings` names
+    (`module:Class`), with a field for each of its budget variables (`budget_fields`);
+    None for an entry with neither. A name that is not a pydantic model is a `TypeError`.
+
+    Built once per entry, so its variables are read, checked at start and listed with
+    the upstream's own."""
+    base: type[BaseModel] = UpstreamSettings
+    if entry.settings:
+        module, _, name = entry.settings.partition(":")
+        base = getattr(importlib.import_module(module), name)
+        if not (isinstance(base, type) and issubclass(base, BaseModel)):
+            raise TypeError(f"{entry.settings} is not a settings model")
+    fields = budget_fields(entry)
+    if not fields:
+        return base if entry.settings else None
+    return create_model(
+        base.__name__,
+        __base__=base,
+        __module__=base.__module__,
+        __doc__=f"{base.__doc__ or ''}\n\nWith the budget variables of {entry.name!r}.",
+        __validators__={"_blank_is_default": field_validator(*fields, mode="before")(_blank)},
+        **fields,
+    )
+
+
+def budget_fields(entry: Upstream) -> dict[str, Any]:
+    """The fields of the budget variables `entry` names (`Upstream.budget_settings`):
+    its rate (requests/s, a number >= 0), its bucket size and its concurrency (integers
+    >= 0), each defaulting to what the entry allows."""
+    rate, burst, concurrency = (name.lower() for name in entry.budget_settings)
+    if not rate:
+        return {}
+    return {
+        rate: (float, Field(float(entry.rate_limit), ge=0, allow_inf_nan=False)),
+        burst: (int, Field(0, ge=0)),
+        concurrency: (int, Field(entry.concurrency, ge=0)),
+    }
+
+
+def _blank(cls: type[BaseModel], value: object, info: ValidationInfo) -> object:
+    """A budget variable set to nothing (`<NAME>_RATE_LIMIT=`) is its default."""
+    if isinstance(value, str) and not value.strip() and info.field_name:
+        return cls.model_fields[info.field_name].default
+    return value
 
 
 class ApiSettings(RedisSection):
@@ -234,13 +269,13 @@ class ApiSettings(RedisSection):
     # fails with a record; deferrals do not use up TASK_MAX_RETRIES.
     task_max_deferrals: int = Field(20, ge=0, le=1000)
 
-    # Each upstream's budget (rate, burst, concurrency) is read from the variables its
-    # registry entry names (`Upstream.budget_settings`), checked by `_check_budgets`.
+    # Each upstream's budget (rate, burst, concurrency) is a field of its own settings
+    # (`upstream_settings_model`), under the names its registry entry gives them.
     rate_limit_max_wait: float = Field(RateLimitPolicy.max_wait, ge=0, le=1)
     budget_bulk_share: float = Field(RateLimitPolicy.bulk_share, ge=0, le=1)
     budget_adaptive: bool = RateLimitPolicy.adaptive
 
-    #: The upstreams' own settings, by the model's name, read once (`upstream_settings`),
+    #: The upstreams' own settings, by the upstream's name, read once (`upstream_settings`),
     #: and the values given for their fields as keywords (`<name>_base_url=...`, in lower
     #: case as for this model's own fields).
     _upstreams: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
@@ -263,14 +298,6 @@ class ApiSettings(RedisSection):
     def _check_backoff(self) -> ApiSettings:
         if self.http_retry_backoff_max < self.http_retry_backoff_initial:
             raise ValueError("HTTP_RETRY_BACKOFF_MAX must be >= HTTP_RETRY_BACKOFF_INITIAL")
-        return self
-
-    @model_validator(mode="after")
-    def _check_budgets(self) -> ApiSettings:
-        """Every upstream's budget variables are numbers >= 0 (one line for the first
-        that is not): they are read from the environment, not declared as fields."""
-        for upstream in all_upstreams():
-            self.rate_limit_policy(upstream)
         return self
 
     def timeouts(self, entry: Upstream) -> tuple[float, float]:
@@ -306,16 +333,16 @@ class ApiSettings(RedisSection):
         model = upstream_settings_model(entry)
         if model is None:
             return None
-        found = self._upstreams.get(entry.settings)
+        found = self._upstreams.get(entry.name)
         if found is None:
             own = {k: v for k, v in self._upstream_values.items() if k in model.model_fields}
             found = model(**own)
-            self._upstreams[entry.settings] = found
+            self._upstreams[entry.name] = found
         return found
 
     def keep_upstream_settings(self, name: str, settings: BaseModel) -> None:
-        """Use `settings`, already read and checked, as the model `name` (`module:Class`,
-        an entry's `settings`) gives, unless values for it were given to this object."""
+        """Use `settings`, already read and checked, as the settings of the upstream
+        `name`, unless values for them were given to this object."""
         if not any(key in type(settings).model_fields for key in self._upstream_values):
             self._upstreams[name] = settings
 
@@ -373,7 +400,8 @@ class ApiSettings(RedisSection):
     def rate_limit_policy(self, entry: Upstream | None) -> RateLimitPolicy:
         """The budget of the upstream `entry` names: its rate and concurrency, unless the
         variables it names say otherwise (<NAME>_RATE_LIMIT, <NAME>_RATE_LIMIT_BURST,
-        <NAME>_CONCURRENCY); None (a client of no upstream) has none."""
+        <NAME>_CONCURRENCY, fields of its settings); None (a client of no upstream) has
+        none."""
         if entry is None:
             return RateLimitPolicy(
                 max_wait=self.rate_limit_max_wait,
@@ -382,34 +410,18 @@ class ApiSettings(RedisSection):
             )
         rate_name, burst_name, concurrency_name = entry.budget_settings
         return RateLimitPolicy(
-            rate=_number(rate_name, float(entry.rate_limit), float),
-            burst=_number(burst_name, 0, int),
-            concurrency=_number(concurrency_name, entry.concurrency, int),
+            rate=self._budget_value(entry, rate_name, float(entry.rate_limit)),
+            burst=self._budget_value(entry, burst_name, 0),
+            concurrency=self._budget_value(entry, concurrency_name, entry.concurrency),
             max_wait=self.rate_limit_max_wait,
             bulk_share=self.budget_bulk_share,
             adaptive=self.budget_adaptive,
         )
 
-
-def budget_setting_names() -> frozenset[str]:
-    """The budget variables of every registered upstream (the settings tree lists them
-    with its fields)."""
-    return frozenset(name for u in all_upstreams() for name in u.budget_settings if name)
-
-
-def _number(name: str, default: N, kind: type[N]) -> N:
-    """A budget variable from the environment: a number >= 0 (one-line error otherwise)."""
-    raw = os.environ.get(name, "").strip() if name else ""
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        word = "an integer" if kind is int else "a number"
-        raise ValueError(f"{name}={raw!r}: must be {word}") from None
-    if value < 0 or (kind is float and not math.isfinite(value)):
-        raise ValueError(f"{name}={raw!r}: must be at least 0")
-    return value
+    def _budget_value(self, entry: Upstream, variable: str, default: Any) -> Any:
+        """One budget variable's value (`default` for an entry that names none)."""
+        found = self.upstream_value(entry, variable) if variable else None
+        return default if found is None else found
 
 
 _current: list[ApiSettings] = []

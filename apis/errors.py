@@ -26,6 +26,9 @@ Every failure of an upstream call is raised as one of these, mapped in one place
 
 Every argument is passed positionally to `Exception.__init__`, so each class survives a
 pickle round trip and Celery's JSON exception transport (both rebuild it from `args`).
+One constructor serves every class: `retry_after` (the seconds a 429 or a guard of ours
+asks us to wait) is the seventh argument, in `args` only when given, and a class that
+always has one says so with its defaults (`default_status`, `default_retry_after`).
 
 The text arguments (message, path, excerpt) are cleaned in `UpstreamError.__init__`
 itself: registered secrets masked and control characters escaped, before they reach
@@ -47,6 +50,9 @@ class UpstreamError(Exception):
     """Base class: something went wrong talking to an upstream service."""
 
     transient: ClassVar[bool] = False
+    #: The status and the wait of an instance built without them.
+    default_status: ClassVar[int | None] = None
+    default_retry_after: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -56,15 +62,18 @@ class UpstreamError(Exception):
         path: str = "",
         status: int | None = None,
         body_excerpt: str = "",
+        retry_after: float | None = None,
     ) -> None:
         message, path, body_excerpt = clean(message), clean(path), clean(body_excerpt)
-        super().__init__(message, service, method, path, status, body_excerpt)
+        wait = () if retry_after is None else (retry_after,)
+        super().__init__(message, service, method, path, status, body_excerpt, *wait)
         self.message = message
         self.service = service
         self.method = method
         self.path = path
-        self.status = status
+        self.status = self.default_status if status is None else status
         self.body_excerpt = body_excerpt
+        self.retry_after = self.default_retry_after if retry_after is None else retry_after
 
     @property
     def is_transient(self) -> bool:
@@ -100,24 +109,13 @@ class HeldBack(UpstreamError):
     """
 
     transient = True
+    #: A guard always says how long to wait (0: at once).
+    retry_after: float
+    default_retry_after = 0.0
     #: A deferred job comes back after `retry_after` plus up to this share of it (at
     #: least `jitter_floor` seconds), so held-back jobs do not all return at once.
     jitter_fraction = 0.5
     jitter_floor = 1.0
-
-    def __init__(
-        self,
-        message: str,
-        service: str = "",
-        method: str = "",
-        path: str = "",
-        status: int | None = None,
-        body_excerpt: str = "",
-        retry_after: float = 0.0,
-    ) -> None:
-        super().__init__(message, service, method, path, status, body_excerpt)
-        self.args = (*self.args, retry_after)
-        self.retry_after = retry_after
 
 
 class CircuitOpen(HeldBack):
@@ -155,21 +153,10 @@ class ServerError(HTTPStatusError):
 
 
 class RateLimited(HTTPStatusError):
-    """A 429 answer; `retry_after` holds the seconds the upstream asked us to wait."""
+    """A 429 answer; `retry_after` holds the seconds the upstream asked us to wait (None:
+    it did not say)."""
 
-    def __init__(
-        self,
-        message: str,
-        service: str = "",
-        method: str = "",
-        path: str = "",
-        status: int | None = 429,
-        body_excerpt: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, service, method, path, status, body_excerpt)
-        self.args = (*self.args, retry_after)
-        self.retry_after = retry_after
+    default_status = 429
 
 
 class AuthError(HTTPStatusError):

@@ -57,7 +57,7 @@ FUNCTIONS: list[tuple[str, str]] = [
     ("      body read + gunzip (ApiClient._read)", "_read (apis/client.py"),
     ("      JSON decode (ApiClient._decode)", "_decode (apis/client.py"),
     ("    retry controller built per call (build_retrying)", "build_retrying (apis/retry.py"),
-    ("    transform (pokemon_summary)", "pokemon_summary (tasks/transforms.py"),
+    ("    transform (pokemon_summary)", "pokemon_summary (tasks/pokemon_record.py"),
     ("    freshness reads (ResultStore.read_fresh)", "read_fresh (results/store.py"),
     ("    single-flight lock (redis Lock)", "redis/lock.py"),
     ("    atomic write (ResultStore.write, Lua)", "write (results/store.py"),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -342,43 +342,43 @@ class AmqpBroker:
         each listing would have added one to every message it showed. Only as many
         messages as each queue held when asked are taken, so no copy is read twice; a
         listing of fewer than a queue holds moves those it shows behind the others."""
-        found: list[ParkedMessage] = []
+        return self._take_parked(queues, limit, _publish_copy, held_only=True)
+
+    def replay_parked(self, queues: Sequence[str], limit: int | None) -> list[ParkedMessage]:
+        return self._take_parked(queues, limit, _republish, held_only=False)
+
+    def _take_parked(
+        self,
+        queues: Sequence[str],
+        limit: int | None,
+        send: Callable[[Any, str, str, Any], None],
+        *,
+        held_only: bool,
+    ) -> list[ParkedMessage]:
+        """Take up to `limit` parked messages of `queues`, each sent on by `send(producer,
+        queue, dead-letter queue, message)` (confirmed) before it is acknowledged, so
+        none is lost either way; `held_only`: no more of a queue than it held when
+        asked (those sent back to it are not read again)."""
+        taken: list[ParkedMessage] = []
         with self._connection() as connection:
             channel = connection.channel()
             producer = Producer(channel)
             try:
                 for name in queues:
                     dead = dead_letter_queue(name)
-                    for _ in range(min(_ready(connection, dead), limit - len(found))):
+                    held = _ready(connection, dead)
+                    left = held if held_only or not held else math.inf
+                    while left and (limit is None or len(taken) < limit):
                         message = _get(channel, dead)
                         if message is None:
                             break
-                        _publish_copy(producer, dead, message)  # confirmed before the ack
+                        send(producer, name, dead, message)
                         message.ack()
-                        found.append(_parked(name, message))
+                        taken.append(_parked(name, message))
+                        left -= 1
             finally:
                 channel.close()
-        return found
-
-    def replay_parked(self, queues: Sequence[str], limit: int | None) -> list[ParkedMessage]:
-        replayed: list[ParkedMessage] = []
-        with self._connection() as connection:
-            channel = connection.channel()
-            producer = Producer(channel)
-            try:
-                for name in queues:
-                    if not _ready(connection, dead_letter_queue(name)):
-                        continue
-                    while limit is None or len(replayed) < limit:
-                        message = _get(channel, dead_letter_queue(name))
-                        if message is None:
-                            break
-                        _republish(producer, name, message)  # confirmed before the ack
-                        message.ack()
-                        replayed.append(_parked(name, message))
-            finally:
-                channel.close()
-        return replayed
+        return taken
 
     def close(self) -> None:
         """Each command opens and releases its own connection."""
@@ -436,16 +436,17 @@ def _parked(queue: str, message: Any) -> ParkedMessage:
     )
 
 
-def _republish(producer: Any, queue: str, message: Any) -> None:
+def _republish(producer: Any, queue: str, dead: str, message: Any) -> None:
     """Send a parked message back to `queue` as a new job (the broker's headers dropped)."""
     headers = {key: value for key, value in (message.headers or {}).items()
                if key not in _BROKER_HEADERS}  # fmt: skip
     _publish(producer, queue, message, headers)
 
 
-def _publish_copy(producer: Any, queue: str, message: Any) -> None:
-    """Put an exact copy of `message` (headers included) at the tail of `queue`."""
-    _publish(producer, queue, message, dict(message.headers or {}))
+def _publish_copy(producer: Any, queue: str, dead: str, message: Any) -> None:
+    """Put an exact copy of `message` (headers included) at the tail of its dead-letter
+    queue `dead`, where it was."""
+    _publish(producer, dead, message, dict(message.headers or {}))
 
 
 def move_message(producer: Any, queue: str, message: Any) -> None:

@@ -179,7 +179,7 @@ class FetchOnceJob(Generic[V]):
     kind: str
     #: The client method that fetches one ident: `(client, ident, validators=...)`.
     get: Callable[..., Payload]
-    #: The stored value, a pure function of the upstream body (tasks/transforms.py).
+    #: The stored value, a pure function of the upstream body (declared with its tasks).
     transform: Callable[[Any], V]
     #: The ident it is stored under, when the upstream's own differs from the one asked.
     ident_of: Callable[[V], str] | None = None

@@ -7,7 +7,8 @@ circuits, rate limits) and `worker` (settings/worker.py: jobs, broker, beat, log
 metrics). The Redis variables are read once, by the `redis` section: the other two take
 their Redis fields from it (`redisconn.settings.RedisSection`). The root checks what
 spans sections. Each upstream declares its own variables
-in a model its registry entry names (`Upstream.settings`), checked at start with the
+in a model its registry entry names (`Upstream.settings`), to which the registry adds
+its budget variables (`apis.config.upstream_settings_model`), checked at start with the
 rest. Below the tasks and the worker (which read it) and above the rooms whose sections
 it composes.
 
@@ -23,7 +24,7 @@ import threading
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from apis import reset_clients
-from apis.config import ApiSettings, budget_setting_names, upstream_settings_model, use_settings
+from apis.config import ApiSettings, upstream_settings_model, use_settings
 from apis.config import get_settings as get_api_settings
 from redisconn.settings import RedisSettings, get_redis_settings, use_redis_settings
 from settings.errors import ConfigurationError, lines_of, merged
@@ -84,8 +85,9 @@ SECTIONS: dict[str, type[RedisSettings]] = {
 
 
 def upstream_sections() -> dict[str, type[BaseModel]]:
-    """The settings models of upstreams added from outside (`Upstream.settings`), by the
-    upstream's name: their variables are checked at start like the sections' own."""
+    """The settings model of every upstream (its `Upstream.settings` and its budget
+    variables), by the upstream's name: their variables are checked at start like the
+    sections' own."""
     found: dict[str, type[BaseModel]] = {}
     for upstream in all_upstreams():
         model = upstream_settings_model(upstream)
@@ -120,27 +122,27 @@ def checked_settings() -> Settings:
     """The whole tree read afresh from the environment, and from now on the process's
     (`get_settings`), or a `ConfigurationError` with one line per bad variable of every
     section (not only the first section's)."""
-    built: dict[str, BaseModel] = {}
+    built: dict[type[BaseModel], BaseModel] = {}
     failed: list[list[str]] = []
-    # The upstreams' models by the name their entries give them (`module:Class`).
-    own = {u.settings: model for u in all_upstreams() if (model := upstream_settings_model(u))}
-    sections: dict[str, type[BaseModel]] = {**SECTIONS, **own}
+    # The sections, then the upstreams' models (by the upstream's name).
+    own = upstream_sections()
+    sections = [*SECTIONS.values(), *own.values()]
     # The Redis variables are read once, by the first section that needs them; the
     # worker's and the API layer's sections take theirs from that object.
     use_redis_settings(None)
-    for name, cls in sections.items():
+    for cls in sections:
         try:
-            built[name] = get_redis_settings() if cls is RedisSettings else cls()
+            built[cls] = get_redis_settings() if cls is RedisSettings else cls()
         except ValidationError as exc:
             failed.append(lines_of(cls, exc))
     if failed:
         raise ConfigurationError(merged(failed))
     try:
-        tree = Settings.model_validate({name: built[name] for name in SECTIONS})
+        tree = Settings.model_validate({name: built[cls] for name, cls in SECTIONS.items()})
     except ValidationError as exc:
         raise ConfigurationError(lines_of(Settings, exc)) from None
-    for name in own:  # read once: the API layer keeps the upstreams' settings it checked
-        tree.api.keep_upstream_settings(name, built[name])
+    for name, cls in own.items():  # read once: the API layer keeps the upstreams' settings
+        tree.api.keep_upstream_settings(name, built[cls])
     with _lock:
         reset_clients()
         use_redis_settings(tree.redis)
@@ -156,10 +158,9 @@ def setting_models() -> tuple[type[BaseModel], ...]:
 
 def setting_names() -> frozenset[str]:
     """Every environment name the service reads: every field of every section and of
-    every upstream's settings, and the upstreams' budget variables.
+    every upstream's settings (its budget variables among them).
 
     Derived, not listed, so the README check and everything that must start from
     defaults (the test suite, the benchmarks) see a new setting without being told.
     """
-    fields = {name.upper() for cls in setting_models() for name in cls.model_fields}
-    return frozenset(fields | budget_setting_names())
+    return frozenset(name.upper() for cls in setting_models() for name in cls.model_fields)

@@ -31,6 +31,7 @@ _ALLOWED: Mapping[str, str] = {
     "int_parsing": "must be an integer",
     "int_from_float": "must be an integer",
     "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
     "bool_parsing": "must be true or false (1/0, yes/no, on/off)",
     "greater_than": "must be greater than {gt}",
     "greater_than_equal": "must be at least {ge}",

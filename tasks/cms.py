@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from celery import shared_task
 
@@ -14,10 +14,38 @@ from results.single_flight import FetchOnceJob
 from results.store import Fetched, Page, Unchanged, now
 from tasks import validation
 from tasks.base import UpstreamTask
-from tasks.transforms import ArticleSummary, article_summary
+from tasks.errors import InvalidPayload
+from tasks.transforms import field, mapping, optional_str
 
 KIND = "article"
 PAGE_SIZE = MAX_PAGE_SIZE
+
+
+class ArticleSummary(TypedDict):
+    id: int | str
+    slug: str
+    title: str
+    author: str | None
+    tags: list[str]
+    published_at: str | None
+    updated_at: str | None
+
+
+def article_summary(article: object) -> ArticleSummary:
+    """CMS article → the fields other services list and link, without the body."""
+    payload = mapping(article, "article")
+    tags = payload.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise InvalidPayload("field 'tags' must be a list of strings")
+    return {
+        "id": field(payload, "id", (int, str)),
+        "slug": field(payload, "slug", str),
+        "title": field(payload, "title", str),
+        "author": optional_str(payload, "author"),
+        "tags": list(tags),
+        "published_at": optional_str(payload, "published_at"),
+        "updated_at": optional_str(payload, "updated_at"),
+    }
 
 
 #: `article:{slug}`: one article's summary.

@@ -11,11 +11,10 @@ from apis.pokeapi import PokeAPISettings
 from results.runtime import Runtime, get_runtime
 from results.single_flight import FetchOnceJob
 from settings import get_settings
-from tasks import validation
 from tasks.base import UpstreamTask
 from tasks.messages import BULK_HEADERS
 from tasks.pokemon_catalog import refresh_batch
-from tasks.transforms import PokemonSummary, pokemon_summary
+from tasks.pokemon_record import PokemonSummary, pokemon_batch, pokemon_ref, pokemon_summary
 
 KIND = "pokemon"
 
@@ -57,7 +56,7 @@ def fetch_and_store(ref: str, task_id: str, *, runtime: Runtime, client: PokeAPI
 @shared_task(name="tasks.pokemon.fetch_pokemon", base=UpstreamTask, bind=True)
 def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
     """Store `pokemon:{name}` = {id, name, image, height, weight}; returns the same."""
-    ref = validation.pokemon_ref(name_or_id)
+    ref = pokemon_ref(name_or_id)
     return fetch_and_store(ref, self.request.id, runtime=get_runtime(), client=get_client(PokeAPI))
 
 
@@ -67,7 +66,7 @@ def fetch_pokemon(self: UpstreamTask, name_or_id: str) -> PokemonSummary:
 )
 def fetch_pokemon_batch(self: UpstreamTask, names: list[str]) -> dict[str, int]:
     """Internal to `refresh_catalog`: store many names in one job (see tasks.pokemon_catalog)."""
-    refs = validation.pokemon_batch(names)
+    refs = pokemon_batch(names)
     settings = catalog_settings()
     outcome = refresh_batch(
         refs,
@@ -87,7 +86,7 @@ def refresh_catalog(self: UpstreamTask) -> dict[str, Any]:
     if settings.whole_catalog:
         names = [entry["name"] for entry in get_client(PokeAPI).iter_all_pokemon(page_size=500)]
     else:
-        names = [validation.pokemon_ref(name) for name in settings.pokemon_catalog]
+        names = [pokemon_ref(name) for name in settings.pokemon_catalog]
     size = settings.catalog_batch_size
     jobs = 0
     with self.app.producer_or_acquire() as producer:

@@ -29,7 +29,7 @@ from results.outcome import note_revalidation
 from results.runtime import Runtime
 from results.store import Fetched, Freshness, Unchanged, now
 from tasks.errors import InvalidInput, InvalidPayload
-from tasks.transforms import pokemon_summary
+from tasks.pokemon_record import pokemon_summary
 
 log = logging.getLogger("tasks.catalog")
 

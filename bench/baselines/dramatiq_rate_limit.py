@@ -23,7 +23,7 @@ from dramatiq.rate_limits import WindowRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
 from requests.adapters import HTTPAdapter
 
-from tasks.transforms import pokemon_summary
+from tasks.pokemon_record import pokemon_summary
 
 BASE_URL = os.environ["POKEAPI_BASE_URL"]
 RATE = int(float(os.environ.get("BENCH_RATE", "40")))

@@ -23,7 +23,7 @@ import requests
 from dramatiq.brokers.redis import RedisBroker
 from requests.adapters import HTTPAdapter
 
-from tasks.transforms import pokemon_summary
+from tasks.pokemon_record import pokemon_summary
 
 BASE_URL = os.environ["POKEAPI_BASE_URL"]
 ACTOR = "fetch_pokemon"

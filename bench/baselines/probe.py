@@ -25,7 +25,7 @@ import msgspec
 import orjson
 import redis.asyncio as aioredis
 
-from tasks.transforms import pokemon_summary
+from tasks.pokemon_record import pokemon_summary
 
 QUEUE = "probe:jobs"
 # Jobs in flight: enough that 50 ms of upstream latency never idles the loop.

@@ -21,7 +21,7 @@ import requests
 from celery import Celery
 from requests.adapters import HTTPAdapter
 
-from tasks.transforms import PokemonSummary, pokemon_summary
+from tasks.pokemon_record import PokemonSummary, pokemon_summary
 
 BASE_URL = os.environ["POKEAPI_BASE_URL"]
 THREADS = 16

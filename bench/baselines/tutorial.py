@@ -20,7 +20,7 @@ import redis
 import requests
 from celery import Celery
 
-from tasks.transforms import PokemonSummary, pokemon_summary
+from tasks.pokemon_record import PokemonSummary, pokemon_summary
 
 BASE_URL = os.environ["POKEAPI_BASE_URL"]
 

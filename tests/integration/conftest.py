@@ -19,6 +19,7 @@ from kombu import transport as kombu_transport
 from brokers import redis_transport
 from ops.processes.worker import WorkerProcess
 from ops.producer import producer_app
+from tests.support.redis_cluster import PrivateCluster, private_cluster
 from tests.support.redis_server import RedisServer, free_port
 
 
@@ -61,6 +62,27 @@ def worker_environment(redis_url: str, sandbox: Any, **overrides: str) -> dict[s
     env.update({name: value for name, (value, _reason) in SUITE_OVERRIDES.items()})
     env.update(overrides)
     return env
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PrivateCluster]:
+    """A private Redis Cluster of the requesting module (tests/support/redis_cluster.py)."""
+    with private_cluster() as private:
+        yield private
+
+
+@pytest.fixture
+def cluster_worker_env(
+    cluster: PrivateCluster, redis_server_url: str, sandbox_server: Any, session_broker_url: str
+) -> dict[str, str]:
+    """A worker's settings with its results on the module's cluster, its broker the
+    session's (a single Redis, or RabbitMQ)."""
+    return worker_environment(
+        redis_server_url,
+        sandbox_server,
+        CELERY_BROKER_URL=session_broker_url,
+        **cluster.environment(),
+    )
 
 
 @pytest.fixture(scope="module")

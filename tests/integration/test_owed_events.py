@@ -29,27 +29,16 @@ from results.store import Fetched, Freshness, ResultStore, Unchanged, now
 from settings import WorkerSettings
 from tasks import pokemon
 from tasks.pokemon_catalog import refresh_batch
-from tests.integration.conftest import worker_environment
 from tests.support.celery_worker import REPO_ROOT, wait_for
 from tests.support.metrics import sample
-from tests.support.redis_cluster import PrivateCluster
+from tests.support.redis_cluster import PARTITIONS, PrivateCluster
 
 NAMES = ["charizard", "pikachu", "mew"]
-PARTITIONS = 16
 TIMEOUT = 30
 
 
 class WorkerDied(Exception):
     """The fault: the worker is gone after the write's round trip, before the event's."""
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PrivateCluster]:
-    private = PrivateCluster().start()
-    try:
-        yield private
-    finally:
-        private.cleanup()
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -58,10 +47,7 @@ def runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
     if request.param == "cluster":
         cluster: PrivateCluster = request.getfixturevalue("cluster")
         cluster.flush()
-        settings = WorkerSettings(
-            redis_cluster_nodes=cluster.addresses, events_partitions=PARTITIONS
-        )
-        built = Runtime.build(settings)
+        built = Runtime.build(cluster.worker_settings())
     else:
         client = redis.Redis.from_url(request.getfixturevalue("own_redis"))
         client.flushall()
@@ -244,7 +230,7 @@ def test_the_sweep_sends_what_no_job_asked_for_again(
             store.write(Fetched("pokemon", name, {"v": name}, now()), f"t-{name}")
     if "cluster" in request.node.callspec.id:
         cluster: PrivateCluster = request.getfixturevalue("cluster")
-        env = {"REDIS_CLUSTER_NODES": cluster.setting, "EVENTS_PARTITIONS": "16"}
+        env = cluster.environment()
     else:
         env = {"REDIS_URL": request.getfixturevalue("own_redis")}
 
@@ -278,10 +264,7 @@ def names_written_apart_from_their_events(cluster: PrivateCluster) -> tuple[list
 
 @pytest.mark.broker("redis")
 def test_a_worker_killed_between_a_batch_write_and_its_events_leaves_them_owed(
-    cluster: PrivateCluster,
-    redis_server_url: str,
-    sandbox_server: Any,
-    session_broker_url: str,
+    cluster: PrivateCluster, cluster_worker_env: dict[str, str]
 ) -> None:
     """A real worker on the cluster runs a catalog batch; the master of the names' event
     streams holds writes (CLIENT PAUSE WRITE), so the worker has stored the results and
@@ -289,13 +272,7 @@ def test_a_worker_killed_between_a_batch_write_and_its_events_leaves_them_owed(
     worker, which finds both names fresh and sends the two events the dead one owed."""
     cluster.flush()
     names, paused_port = names_written_apart_from_their_events(cluster)
-    env = worker_environment(
-        redis_server_url,
-        sandbox_server,
-        CELERY_BROKER_URL=session_broker_url,
-        REDIS_CLUSTER_NODES=cluster.setting,
-        EVENTS_PARTITIONS=str(PARTITIONS),
-    )
+    env = cluster_worker_env
     producer: Celery = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     client = cluster.client()
     paused = redis.Redis(port=paused_port)

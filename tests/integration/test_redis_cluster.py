@@ -35,24 +35,12 @@ from ops.producer import producer_app
 from results.keys import Keys
 from results.runtime import Runtime
 from results.store import Fetched, Freshness, ResultStore, Unchanged, now
-from settings import WorkerSettings
-from tests.integration.conftest import worker_environment
 from tests.integration.test_readers import reader
 from tests.support.celery_worker import REPO_ROOT, wait_for
-from tests.support.redis_cluster import PrivateCluster
+from tests.support.redis_cluster import PARTITIONS, PrivateCluster
 
-PARTITIONS = 16
 TIMEOUT = 30
 README = (REPO_ROOT / "README.md").read_text()
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PrivateCluster]:
-    private = PrivateCluster().start()
-    try:
-        yield private
-    finally:
-        private.cleanup()
 
 
 @pytest.fixture
@@ -64,10 +52,7 @@ def client(cluster: PrivateCluster) -> Iterator[RedisCluster]:
 
 
 def make_store(cluster: PrivateCluster, **options: Any) -> ResultStore:
-    settings = WorkerSettings(
-        redis_cluster_nodes=cluster.addresses, events_partitions=PARTITIONS, **options
-    )
-    return Runtime.build(settings).store
+    return Runtime.build(cluster.worker_settings(**options)).store
 
 
 def events(client: RedisCluster, keys: Keys) -> list[dict[str, str]]:
@@ -128,8 +113,7 @@ def test_a_reader_gets_a_result_and_follows_every_event_on_the_cluster(
     env = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ["HOME"],
-        "REDIS_CLUSTER_NODES": cluster.setting,
-        "EVENTS_PARTITIONS": str(PARTITIONS),
+        **cluster.environment(),
     }
 
     def read(*args: str) -> str:
@@ -153,21 +137,11 @@ def test_a_reader_gets_a_result_and_follows_every_event_on_the_cluster(
 
 @pytest.mark.broker("redis")
 def test_a_worker_on_the_cluster_stores_results_the_cli_reads(
-    cluster: PrivateCluster,
-    client: RedisCluster,
-    redis_server_url: str,
-    sandbox_server: Any,
-    session_broker_url: str,
+    client: RedisCluster, cluster_worker_env: dict[str, str]
 ) -> None:
     """A worker with REDIS_CLUSTER_NODES (its broker on a single Redis) stores results
     on the cluster; `result`, `follow`, `failures`, `top` and `health` read them there."""
-    env = worker_environment(
-        redis_server_url,
-        sandbox_server,
-        CELERY_BROKER_URL=session_broker_url,
-        REDIS_CLUSTER_NODES=cluster.setting,
-        EVENTS_PARTITIONS=str(PARTITIONS),
-    )
+    env = cluster_worker_env
     producer: Celery = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     worker = WorkerProcess(env).start(producer)
     try:
@@ -217,11 +191,7 @@ def readme_cluster_acl_line() -> list[str]:
 
 @pytest.mark.broker("redis")
 def test_the_readme_cluster_acl_user_runs_jobs_end_to_end_with_nothing_refused(
-    cluster: PrivateCluster,
-    client: RedisCluster,
-    redis_server_url: str,
-    sandbox_server: Any,
-    session_broker_url: str,
+    cluster: PrivateCluster, client: RedisCluster, cluster_worker_env: dict[str, str]
 ) -> None:
     """Every node gets the README's cluster ACL line; a worker whose results store is
     the cluster as that user (REDIS_USERNAME, REDIS_PASSWORD) stores a job's result, a
@@ -233,15 +203,11 @@ def test_the_readme_cluster_acl_user_runs_jobs_end_to_end_with_nothing_refused(
     for node in nodes:
         node.execute_command(*readme_cluster_acl_line())
         node.acl_log_reset()
-    env = worker_environment(
-        redis_server_url,
-        sandbox_server,
-        CELERY_BROKER_URL=session_broker_url,
-        REDIS_CLUSTER_NODES=cluster.setting,
-        EVENTS_PARTITIONS=str(PARTITIONS),
-        REDIS_USERNAME="apiworker-results",
-        REDIS_PASSWORD=ACL_PASSWORD,
-    )
+    env = {
+        **cluster_worker_env,
+        "REDIS_USERNAME": "apiworker-results",
+        "REDIS_PASSWORD": ACL_PASSWORD,
+    }
     producer: Celery = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     worker = WorkerProcess(env).start(producer)
     try:
@@ -378,9 +344,7 @@ def test_breaker_and_budget_scripts_run_on_the_cluster(
     """The breaker's and the budget's scripts touch keys of one upstream, tagged by its
     name: on the cluster they answer (a state guard that met CROSSSLOT would fail open
     and the breaker would never trip), the breaker opens, the budget hands out permits."""
-    target = WorkerSettings(
-        redis_cluster_nodes=cluster.addresses, events_partitions=PARTITIONS
-    ).state_redis
+    target = cluster.worker_settings().state_redis
     config = UpstreamConfig(
         "pokeapi",
         "http://pokeapi.test/api/v2",

@@ -8,7 +8,7 @@ import requests
 
 from sandbox import SandboxServer
 from sandbox.pokeapi import load_catalogue
-from tasks.transforms import pokemon_summary
+from tasks.pokemon_record import pokemon_summary
 
 
 def test_small_bodies_keep_every_field_and_weigh_about_4_kb() -> None:

@@ -13,16 +13,21 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from ops.processes.waits import StartupFailed
+from settings import WorkerSettings
 from tests.support.celery_worker import wait_for
 from tests.support.redis_server import RedisServer, free_port
 
 NODE_TIMEOUT_MS = 5000
 MASTERS = 3
+#: The event partitions a worker on the cluster runs with: more than its masters, so a
+#: run's events land on every one of them.
+PARTITIONS = 16
 
 
 class PrivateCluster:
@@ -135,6 +140,17 @@ class PrivateCluster:
             finally:
                 client.close()
         return found
+
+    def environment(self) -> dict[str, str]:
+        """The variables that keep a worker's results (or a command's, or a reader's) on
+        this cluster."""
+        return {"REDIS_CLUSTER_NODES": self.setting, "EVENTS_PARTITIONS": str(PARTITIONS)}
+
+    def worker_settings(self, **options: Any) -> WorkerSettings:
+        """A worker's settings with its results on this cluster, as `environment` says."""
+        return WorkerSettings(
+            redis_cluster_nodes=self.addresses, events_partitions=PARTITIONS, **options
+        )
 
     def flush(self) -> None:
         client = self.client()

@@ -10,6 +10,9 @@ from apis import errors
 
 ALL_ERRORS = [
     errors.UpstreamError,
+    errors.HeldBack,
+    errors.CircuitOpen,
+    errors.Throttled,
     errors.NotConfigured,
     errors.InvalidParameter,
     errors.TransportError,
@@ -44,6 +47,22 @@ def test_every_error_survives_a_pickle_round_trip(cls: type[errors.UpstreamError
     )
     assert copy.body_excerpt == "excerpt"
     assert str(copy) == str(original)
+
+
+@pytest.mark.parametrize("cls", ALL_ERRORS)
+@pytest.mark.parametrize("retry_after", [None, 0.0, 2.5])
+def test_every_error_is_rebuilt_from_its_args_with_its_wait_and_status(
+    cls: type[errors.UpstreamError], retry_after: float | None
+) -> None:
+    """Celery's JSON transport calls the class with `args`: the wait asked for, or the
+    class's default (0 for a guard, None otherwise), and its default status come back."""
+    original = cls("boom", "pokeapi", "GET", "/x", None, "", retry_after)
+    for copy in (cls(*original.args), pickle.loads(pickle.dumps(original))):
+        assert copy.retry_after == original.retry_after
+        assert copy.status == original.status
+    default = 0.0 if issubclass(cls, errors.HeldBack) else None
+    assert original.retry_after == (default if retry_after is None else retry_after)
+    assert original.status == (429 if cls is errors.RateLimited else None)
 
 
 def test_rate_limited_keeps_retry_after_through_pickle() -> None:

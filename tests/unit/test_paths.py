@@ -34,7 +34,7 @@ def test_unicode_digits_are_not_numbers() -> None:
     """`"²".isdigit()` is True but `int("²")` fails: such input is refused, not crashed on."""
     from apis.client import _parse_retry_after
     from tasks.errors import InvalidInput
-    from tasks.validation import pokemon_ref
+    from tasks.pokemon_record import pokemon_ref
 
     with pytest.raises(InvalidInput):
         pokemon_ref("²")

@@ -19,9 +19,11 @@ from results.runtime import Runtime, set_runtime
 from sandbox.pokeapi import load_catalogue
 from settings import WorkerSettings
 from tasks import validation
+from tasks.cms import article_summary
 from tasks.errors import InvalidInput, InvalidPayload
 from tasks.pokemon import fetch_pokemon
-from tasks.transforms import article_summary, pipeline_summary, pokemon_summary
+from tasks.pokemon_record import pokemon_ref, pokemon_summary
+from tasks.semaphore import checked_project_id, pipeline_summary
 
 JOBS = 12_000
 JSON = st.recursive(
@@ -39,12 +41,12 @@ NAME_TEXT = st.text(alphabet=string.ascii_letters + string.digits + "-_./ %?#\u0
 def test_pokemon_ref_normalises_or_refuses(value: object) -> None:
     """A lower-case name or a canonical id, stable when validated again; else InvalidInput."""
     try:
-        ref = validation.pokemon_ref(value)
+        ref = pokemon_ref(value)
     except InvalidInput:
         return
     assert 1 <= len(ref) <= validation.MAX_LENGTH
     assert re.fullmatch(r"[1-9][0-9]*|[a-z0-9][a-z0-9-]*", ref)
-    assert validation.pokemon_ref(ref) == ref
+    assert pokemon_ref(ref) == ref
 
 
 @given(ANY_INPUT | NAME_TEXT)
@@ -52,7 +54,7 @@ def test_slug_and_project_id_return_their_input_or_refuse(value: object) -> None
     """Slugs and project ids are checked, never rewritten; anything else is InvalidInput."""
     for check, pattern in (
         (validation.slug, r"[a-z0-9][a-z0-9_-]*"),
-        (validation.project_id, r"[A-Za-z0-9][A-Za-z0-9-]*"),
+        (checked_project_id, r"[A-Za-z0-9][A-Za-z0-9-]*"),
     ):
         try:
             text = check(value)
@@ -317,7 +319,7 @@ def test_ten_thousand_generated_jobs_call_the_upstream_only_for_valid_input(
     for index, value in enumerate(generated_inputs(JOBS)):
         before = sandbox.calls()
         try:
-            validation.pokemon_ref(value)
+            pokemon_ref(value)
         except InvalidInput:
             # The task body, run in-process (Celery's tracer costs ~1 ms a job: sampled below).
             with pytest.raises(InvalidInput):
@@ -351,7 +353,7 @@ def test_hypothesis_inputs_through_the_task_never_call_the_upstream_when_invalid
     """Shrinkable counterexamples: the task refuses invalid input before any call."""
     before = sandbox.calls()
     try:
-        validation.pokemon_ref(value)
+        pokemon_ref(value)
     except InvalidInput:
         with pytest.raises(InvalidInput):
             fetch_pokemon(value)

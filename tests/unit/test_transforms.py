@@ -8,8 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tasks.cms import article_summary
 from tasks.errors import InvalidPayload
-from tasks.transforms import article_summary, js_number, pipeline_summary, pokemon_summary
+from tasks.pokemon_record import js_number, pokemon_summary
+from tasks.semaphore import pipeline_summary
 
 RECORDS = sorted((Path(__file__).parents[2] / "sandbox" / "data" / "pokemon").glob("*.json"))
 
