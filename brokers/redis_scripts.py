@@ -95,6 +95,14 @@ local function put_back_into(out, at, queue, item, deliveries, parked, limit, su
 end
 """
 
+#: The most jobs of held upstreams one fetch moves out of a shared queue (each costs a
+#: JSON decode inside the script, which blocks Redis meanwhile).
+MAX_MOVES = 100
+#: What a fetch that took nothing answers when it stopped at MAX_MOVES: more are left to
+#: move, and another job may wait behind them, so the caller fetches again at once
+#: instead of going idle.
+MORE_TO_MOVE = "more"
+
 #: Take up to ARGV[2] messages and record each as in hand, in one step; ARGV[4..]: the
 #: admission's held upstreams (task prefix, queue key), see the script.
 #: KEYS: holders, the holder's in-hand hash, sequence, then the queue keys, in priority
@@ -108,8 +116,9 @@ end
 #: its messages rescued), but never refreshes its heartbeat: only the heartbeat thread
 #: does, so a heartbeat's age tells how long that thread has been silent (HEARTBEAT).
 FETCH = (
-    _PRELUDE
-    + """
+    (
+        _PRELUDE
+        + """
 local want = tonumber(ARGV[2])
 local group = tonumber(ARGV[3])
 local out = {}
@@ -119,11 +128,15 @@ local call = nil
 -- Admission (the upstreams' budgets, `redis_transport.admission`): ARGV[4..] are pairs
 -- of a task-name prefix whose upstream has no budget now and the queue key its jobs wait
 -- in; a job of theirs met in another queue is moved to the head of that one, not taken.
+-- Past MAX_MOVES moves, such a job stays at the head of the queue it was met in, and that
+-- queue is read no further in this fetch: a held upstream's job is never taken. A fetch
+-- that took nothing then answers MORE_TO_MOVE, and the caller fetches again at once.
 local held = {}
 for j = 4, #ARGV - 1, 2 do held[#held + 1] = {ARGV[j], ARGV[j + 1]} end
 local moved = 0
+local capped = false
 local function held_in(item, key)
-  if #held == 0 or moved >= 100 then return nil end
+  if #held == 0 then return nil end
   local ok, envelope = pcall(cjson.decode, item)
   if not ok or type(envelope) ~= 'table' or type(envelope.headers) ~= 'table' then return nil end
   local task = envelope.headers.task
@@ -144,7 +157,10 @@ while first <= #KEYS and got < want do
       if got >= want then break end
       local item = redis.call('RPOP', KEYS[i])
       local wait_in = item and held_in(item, KEYS[i])
-      if wait_in then
+      if wait_in and moved >= @MAX_MOVES@ then
+        redis.call('RPUSH', KEYS[i], item)
+        capped = true
+      elseif wait_in then
         redis.call('RPUSH', wait_in, item)
         moved = moved + 1
         still[#still + 1] = i
@@ -167,8 +183,12 @@ while first <= #KEYS and got < want do
   end
   first = last + 1
 end
+if got == 0 and capped then return {'@MORE_TO_MOVE@'} end
 return out
 """
+    )
+    .replace("@MAX_MOVES@", str(MAX_MOVES))
+    .replace("@MORE_TO_MOVE@", MORE_TO_MOVE)
 )
 
 #: Acknowledge: forget the in-hand fields ARGV (and their delivery counts, if any).

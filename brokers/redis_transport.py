@@ -435,6 +435,8 @@ class ReliableChannel(kombu_redis.Channel):
             if not reply:
                 self._idle = True
                 raise Empty()
+            if len(reply) == 1:  # MORE_TO_MOVE: a job may wait behind the ones left
+                raise Empty()
             self._deliver_batch(reply)
             return True
         finally:

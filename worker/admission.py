@@ -21,12 +21,14 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from celery.worker import state as worker_state
 
 from apis.budget import Budget
 from apis.registry import client_class, get_client
 from brokers import redis_transport
+from tasks.base import class_of
 from upstreams import all_upstreams
 
 log = logging.getLogger("worker.admission")
@@ -36,14 +38,23 @@ _budgets: list[tuple[str, str, Budget]] = []
 _failed = False
 
 
-def in_hand() -> Counter[str]:
-    """This process's jobs taken and not finished, by task name."""
+def in_hand(klass: str | None = None) -> Counter[str]:
+    """This process's jobs taken and not finished, by task name; `klass`: only the jobs
+    of that budget class (`apis.budget.ON_DEMAND` or `BULK`)."""
     for _ in range(3):
         try:  # the pool's threads add and remove requests meanwhile
-            return Counter(request.name for request in list(worker_state.reserved_requests))
+            requests = list(worker_state.reserved_requests)
         except RuntimeError:
             continue
+        return Counter(
+            request.name for request in requests if klass is None or request_class(request) == klass
+        )
     return Counter()
+
+
+def request_class(request: Any) -> str:
+    """A taken job's budget class, as the task will run it (`tasks.base.class_of`)."""
+    return class_of(request.task, request.message)
 
 
 def admit() -> tuple[Sequence[tuple[str, str]], int | None]:

@@ -23,7 +23,10 @@ queue's consumer, what Celery's `cancel_consumer`/`add_consumer` do:
   (`Budget.held`: paused, or on-demand calls queued for tokens) or has no room in this
   process is moved once to the tail of its upstream's queue (a confirmed
   publish, then the original acknowledged) and waits there like the rest; other
-  upstreams' jobs behind it are taken at once. It is neither run nor retried, and a
+  upstreams' jobs behind it are taken at once. An on-demand job reserves its token
+  ahead of every bulk call, so it is moved only when the upstream blocks or the
+  on-demand jobs in hand fill the room: moved for less, it would wait behind a
+  refresh's batches at the tail of that queue. It is neither run nor retried, and a
   job is moved at most once: in its upstream's queue the window admits it. (The Redis
   broker moves such jobs inside its fetch script: brokers/redis_transport.py.) A job
   whose move fails is taken as without a budget, so nothing is lost.
@@ -56,9 +59,10 @@ from typing import Any
 from celery import bootsteps
 
 from apis.breaker import shared_redis
-from apis.budget import Budget
+from apis.budget import ON_DEMAND, Budget
 from brokers import DEFAULT_QUEUE, amqp, broker_kind
 from settings import get_settings
+from tasks.base import class_of
 from worker import admission
 
 log = logging.getLogger("worker.admission")
@@ -200,7 +204,7 @@ class Gate:
                 log.info("job already moved task=%s id=%s: its original, delivered again, "
                          "is dropped; the copy runs", name, _job_id(message))  # fmt: skip
                 return True
-            queue = self._no_room(name)
+            queue = self._no_room(name, message)
             if queue is None:
                 return False
             # Through a connection of the app's producer pool, not the consumer's own:
@@ -243,15 +247,32 @@ class Gate:
         except Exception as exc:
             self._log_once("marks", exc)
 
-    def _no_room(self, name: str) -> str | None:
-        """The queue of the upstream of task `name` when it binds or has no room here,
-        else None."""
+    def _no_room(self, name: str, message: Any) -> str | None:
+        """The queue of the upstream of task `name` when its job `message`, taken now,
+        could not get its token within the wait bound, else None.
+
+        An on-demand call reserves its token ahead of every bulk call (apis/budget.py),
+        so an on-demand job waits only behind the on-demand jobs in hand: it is moved
+        only when the upstream blocks or those fill its room (or every thread holds a
+        job of that upstream). Moved for less, it would land at the tail of its
+        upstream's queue, behind a refresh's batches: RabbitMQ cannot put it at the head.
+        """
         for prefix, queue, budget in self._managed():
             if not name.startswith(prefix):
                 continue
+            room = self._room(budget)
+            if class_of(self.c.app.tasks.get(name), message) == ON_DEMAND:
+                if budget.blocked():
+                    return queue
+                if room is None:
+                    return None
+                threads: int = self.c.pool.num_processes
+                on_demand = _count(admission.in_hand(ON_DEMAND), prefix)
+                if on_demand >= room or _count(admission.in_hand(), prefix) >= threads:
+                    return queue
+                return None
             if budget.held():
                 return queue
-            room = self._room(budget)
             if room is not None and _count(admission.in_hand(), prefix) >= room:
                 return queue
             return None

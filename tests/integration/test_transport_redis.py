@@ -554,3 +554,35 @@ def test_admission_leaves_a_held_upstreams_jobs_in_the_broker(
         assert waiting == ["tasks.held.x", "tasks.held.fetch"]  # moved to the head
         assert redis_client.llen(QUEUE) == 0
         queue.close()
+
+
+def test_a_fetch_never_takes_a_held_upstreams_job_past_its_move_limit(
+    redis_client: redis.Redis,
+) -> None:
+    """More held jobs in the shared queue than one fetch moves (a burst sent by name): the
+    fetch moves its limit, leaves the next at the queue's head and takes none of them
+    (taken, each would hold a thread while its token is seconds away), answering that
+    more are left; the next fetch moves the rest and takes the job behind them."""
+
+    def job(task: str) -> str:
+        return json.dumps({"body": "", "headers": {"task": task}, "properties": {}})
+
+    held = keys.MAX_MOVES + 2
+    redis_client.lpush("shared", *[job("tasks.held.x") for _ in range(held)])
+    redis_client.lpush("shared", job("tasks.other.fetch"))
+    script = redis_client.register_script(keys.FETCH)
+
+    def fetch() -> list[str]:
+        reply: list[str] = script(
+            keys=[keys.HOLDERS, keys.INHAND_PREFIX + "h", keys.SEQUENCE, "shared"],
+            args=["h", 40, 1, "tasks.held.", "held-queue"],
+        )
+        return reply
+
+    assert fetch() == [keys.MORE_TO_MOVE]
+    assert redis_client.llen("held-queue") == keys.MAX_MOVES
+    assert redis_client.hlen(keys.INHAND_PREFIX + "h") == 0
+    taken = [json.loads(item)["headers"]["task"] for item in fetch()[2::3]]
+    assert taken == ["tasks.other.fetch"]
+    assert redis_client.llen("held-queue") == held
+    assert redis_client.llen("shared") == 0
