@@ -100,6 +100,11 @@ def with_user(url: str, user: str, password: str) -> str:
     return ";".join(one.replace("guest:guest@", f"{user}:{password}@", 1) for one in url.split(";"))
 
 
+# pytest-timeout counts the fixtures' setup too: this module's starts and clusters three
+# RabbitMQ nodes (each `rabbitmqctl` call an Erlang VM of its own), and the test restarts
+# one and waits up to REJOIN_SECONDS for it to rejoin. On a loaded 2-core machine that
+# passes the suite's 120 s before anything has hung.
+@pytest.mark.timeout(360)
 def test_a_dead_node_costs_no_job_and_the_worker_consumes_on(
     cluster: RabbitCluster, redis_server_url: str, sandbox: Any
 ) -> None:
