@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import flower.utils.search as search  # the flower extra (make install)
 import pytest
 
-from tests.support.celery_worker import REPO_ROOT
+from tests.support.celery_worker import run_python
 from worker import flower_search
 
 
@@ -66,9 +63,6 @@ def test_flowers_process_gets_the_cache_and_a_worker_does_not() -> None:
         "print(getattr(sys.modules['flower.utils.search']._kwargs_pairs,"
         " 'cached_by_text', False))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_python("-c", script)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "True"

@@ -4,14 +4,12 @@ worker process loads none of the packages it does not use."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
 
 import pytest
 
 from settings import setting_names
-from tests.support.celery_worker import REPO_ROOT
+from tests.support.celery_worker import run_python
 from worker.__main__ import POOL_VARIABLE, chosen_pool
 from worker.optional_imports import absent
 
@@ -31,10 +29,7 @@ KEPT_OUT = (
 
 
 def test_the_entry_point_takes_celery_worker_options_without_loading_the_cli() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", "--help"],
-        cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_python("-m", "worker", "--help")
     assert done.returncode == 0, done.stderr[-2000:]
     for option in ("--concurrency", "--hostname", "--loglevel", "--queues", "--pool"):
         assert option in done.stdout
@@ -56,10 +51,7 @@ def test_a_worker_process_loads_none_of_the_packages_it_does_not_use() -> None:
         "from worker.app import app; app.loader.import_default_modules()\n"
         "print('MODULES', *sys.modules)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_python("-c", script)
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = set(done.stdout.split("MODULES", 1)[1].split())
     assert {"celery.bin.worker", "kombu.serialization", "tenacity", "redis"} <= loaded
@@ -73,16 +65,13 @@ def test_a_worker_process_loads_none_of_the_packages_it_does_not_use() -> None:
 def test_a_package_kept_out_imports_as_usual_afterwards() -> None:
     """The mark lasts only while a library imports: yaml (which the CLI's manifests use)
     is refused inside the block and loads after it."""
-    done = subprocess.run(
-        [
-            sys.executable, "-c",
-            "import sys, worker.app; from worker.optional_imports import absent\n"
-            "with absent(('yaml',)):\n"
-            "    try:\n        import yaml\n    except ImportError:\n        print('refused')\n"
-            "import yaml; print(yaml.safe_load('a: 1'))",
-        ],
-        cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_python(
+        "-c",
+        "import sys, worker.app; from worker.optional_imports import absent\n"
+        "with absent(('yaml',)):\n"
+        "    try:\n        import yaml\n    except ImportError:\n        print('refused')\n"
+        "import yaml; print(yaml.safe_load('a: 1'))",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["refused", "{'a': 1}"]
 
@@ -123,9 +112,6 @@ def test_the_pool_variable_is_the_settings_own() -> None:
 def test_a_green_pool_is_patched_before_the_app_is_imported() -> None:
     """`python -m worker` imports this package first: it must not import the app, or
     the patching would come after the sockets and threads it patches were imported."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys, worker; print('celery' in sys.modules)"],
-        cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_python("-c", "import sys, worker; print('celery' in sys.modules)")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
