@@ -267,18 +267,49 @@ def _rate(count: int, start: float, end: float) -> float:
 
 
 WARM_UP_JOBS = 256
+#: The project's budget state of the bench's upstream (apis/budget.py, no key prefix).
+BUDGET_STATE = "budget:{pokeapi}:state"
+#: Warm-up passes at most while the budget is still in its slow start.
+WARM_UP_PASSES = 12
 
 
 def warm_up(ctx: Context) -> Figures:
     """Jobs before the measured rounds, not measured: a worker makes its threads, its
     connections and its caches on its first work. Without this, each system's first
     cold run carried that start-up cost and the later ones did not (the project, with
-    the most threads to start, lost ~15% of its first run to it)."""
-    reset(ctx)
+    the most threads to start, lost ~15% of its first run to it).
+
+    The project also paces an upstream it knows nothing of (the budget's slow start,
+    apis/budget.py): 20 calls/s, doubling every 3 s while asked for. That is paid once
+    per upstream per day of silence, not per job, so the warm-up goes on, one pass of
+    the same names after another, until the budget has left its slow start: the rounds
+    then measure what every later job costs. A system without a budget (its state key
+    is never written) warms up in one pass.
+    """
     names = list(ctx.names[: min(WARM_UP_JOBS, ctx.plan.jobs, len(ctx.names))])
-    send(ctx, names)
-    stored, timed_out = wait_stored(ctx, [f"pokemon:{name}" for name in names], timeout=120.0)
-    return {"jobs": len(names), "stored": len(stored), "timed_out": timed_out}
+    keys = [f"pokemon:{name}" for name in names]
+    passes = stored_total = 0
+    timed_out = False
+    while True:
+        reset(ctx)
+        send(ctx, names)
+        stored, timed_out = wait_stored(ctx, keys, timeout=120.0)
+        passes += 1
+        stored_total += len(stored)
+        if timed_out or passes >= WARM_UP_PASSES or not budget_pacing(ctx):
+            break
+    return {
+        "jobs": len(names) * passes,
+        "stored": stored_total,
+        "passes": passes,
+        "timed_out": timed_out,
+    }
+
+
+def budget_pacing(ctx: Context) -> bool:
+    """Whether the project's budget still paces the upstream (its slow start)."""
+    phase = ctx.results.hget(BUDGET_STATE, "phase")
+    return phase in (b"slow", "slow")
 
 
 def cold(ctx: Context) -> Figures:
