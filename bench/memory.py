@@ -6,6 +6,15 @@ real-sized record. The worker's resident memory is read after every slice of job
 its peak during the slice (sampled every 0.2 s: the bodies in flight included); a leak
 shows as a curve that keeps climbing, a healthy worker as one that flattens once its
 pools, caches and allocator arenas are warm.
+
+By default the worker joins a fleet that already knows the upstream: a first worker
+process runs until the fleet's budget has left its slow start (apis/budget.py), then
+stops, and the measured one starts with the budget's state in Redis, as every worker
+after a fleet's first day does. `--fresh-fleet` measures the first worker of a fleet
+that has never called the upstream instead: its first jobs are paced and deferred while
+the slow start ramps, and each deferred job waits in the worker's memory as a countdown
+(Celery holds a job's countdown in the worker on Redis), which raises the process's
+high-water mark.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -25,6 +35,7 @@ from bench.harness import (
     clean_environment,
     notifying_redis,
 )
+from bench.scenarios import BUDGET_STATE
 from bench.systems import FETCH_TASK, settings_names
 from ops.processes.ports import free_port
 from ops.processes.waits import wait_until
@@ -34,8 +45,49 @@ RESULTS = Path(__file__).parent / "results"
 INDEX = Path(__file__).parents[1] / "sandbox" / "data" / "pokemon-index.json"
 
 
+#: Jobs the learning worker may take at most before the budget opens.
+LEARNING_JOBS_MAX = 20_000
+
+
 def _stored_at_least(results: redis.Redis, total: int) -> bool:
     return bool(results.xlen("events:results") >= total)
+
+
+def _send(producer: Any, names: list[str], start: int, count: int) -> None:
+    with producer.producer_or_acquire() as publisher:
+        for offset in range(count):
+            producer.send_task(
+                FETCH_TASK,
+                args=[names[(start + offset) % len(names)]],
+                queue="pokeapi",
+                producer=publisher,
+                ignore_result=True,  # nobody waits: as the bench's cold senders
+            )
+
+
+def _learn_budget(
+    env: dict[str, str], producer: Any, results: redis.Redis, names: list[str], log_dir: Path
+) -> int:
+    """A first worker process, run until the fleet's budget of the upstream has left its
+    slow start, then stopped; returns how many jobs it stored."""
+    learner = SampledWorker(
+        "worker", env, [], log_dir, label="learner", command=("-m", "worker", "--loglevel=WARNING")
+    )
+    sent = 0
+    try:
+        learner.start(producer)
+        while results.hget(BUDGET_STATE, "phase") in (None, "slow") and sent < LEARNING_JOBS_MAX:
+            _send(producer, names, sent, 256)
+            sent += 256
+            wait_until(
+                functools.partial(_stored_at_least, results, sent),
+                timeout=300,
+                what=f"{sent} stored results (learning the budget)",
+                interval=0.2,
+            )
+    finally:
+        learner.stop()
+    return sent
 
 
 def main() -> int:
@@ -43,6 +95,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--slice", type=int, default=1_000, help="jobs between readings")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--fresh-fleet",
+        action="store_true",
+        help="the first worker of a fleet that has never called the upstream (slow start)",
+    )
     args = parser.parse_args()
 
     names = [entry["name"] for entry in json.loads(INDEX.read_text())["results"]]
@@ -67,6 +124,9 @@ def main() -> int:
     curve: list[dict[str, float]] = []
     started = time.monotonic()
     try:
+        learnt = 0 if args.fresh_fleet else _learn_budget(env, producer, results, names, log_dir)
+        fleet = "fresh fleet" if args.fresh_fleet else f"budget learnt first ({learnt} jobs)"
+        print(f"one worker process, {fleet}", flush=True)
         worker.start(producer)
         assert worker.tree is not None
         assert worker.sampler is not None
@@ -74,19 +134,10 @@ def main() -> int:
         while sent < args.jobs:
             batch = min(args.slice, args.jobs - sent)
             worker.sampler.reset_peak()
-            with producer.producer_or_acquire() as publisher:
-                for offset in range(batch):
-                    name = names[(sent + offset) % len(names)]
-                    producer.send_task(
-                        FETCH_TASK,
-                        args=[name],
-                        queue="pokeapi",
-                        producer=publisher,
-                        ignore_result=True,  # nobody waits: as the bench's cold senders
-                    )
+            _send(producer, names, sent, batch)
             sent += batch
             wait_until(
-                functools.partial(_stored_at_least, results, sent),
+                functools.partial(_stored_at_least, results, learnt + sent),
                 timeout=300,
                 what=f"{sent} stored results",
                 interval=0.2,
@@ -112,7 +163,12 @@ def main() -> int:
     out = args.out or RESULTS / f"memory-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
     out.write_text(
         json.dumps(
-            {"jobs": args.jobs, "wall_s": round(time.monotonic() - started, 1), "curve": curve},
+            {
+                "jobs": args.jobs,
+                "fresh_fleet": args.fresh_fleet,
+                "wall_s": round(time.monotonic() - started, 1),
+                "curve": curve,
+            },
             indent=2,
         )
     )
