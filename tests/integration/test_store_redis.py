@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from results.keys import Keys
-from results.store import Fetched, Freshness, ResultStore, _packed
+from results.store import Fetched, Freshness, ResultStore, Unchanged, _packed
 
 WRITERS, WRITES_EACH = 8, 40
 
@@ -100,9 +100,10 @@ def test_concurrent_writers_of_one_key_leave_the_newest_fetch_and_never_step_bac
     client.close()
 
 
-def test_a_job_writes_its_result_in_two_round_trips(client: redis.Redis) -> None:
-    """One EVALSHA for the result (the lock released in the same call), one for its
-    event: no SCRIPT EXISTS before them."""
+def test_a_job_writes_its_result_and_its_event_in_one_round_trip(client: redis.Redis) -> None:
+    """On one Redis: one EVALSHA for the result (the lock released in the same call) and
+    one for its event, sent together; no SCRIPT EXISTS before them. (On a cluster the
+    event is a second round trip: tests/integration/test_redis_cluster.py.)"""
     store = make_store(client)
     lock = store.keys.lock("pokemon", "mew")
     store.write(pokemon("mew", 1.0), "warm-up")  # loads the script once
@@ -110,23 +111,25 @@ def test_a_job_writes_its_result_in_two_round_trips(client: redis.Redis) -> None
     trips, commands = round_trips(
         client, lambda: store.write(pokemon("mew", 2.0), "t", release=(lock, "mine"))
     )
-    assert (trips, commands["evalsha"]) == (2, 2)
+    assert (trips, commands["evalsha"]) == (1, 2)
     assert not [name for name in commands if name.startswith("script")]
     assert client.get(lock) is None
+    assert client.xlen("events:results") == 2
+    assert client.hget("meta:{pokemon:mew}", "event_owed") is None
 
 
-def test_write_many_writes_a_batch_in_two_round_trips_with_one_event_each(
+def test_write_many_writes_a_batch_in_one_round_trip_with_one_event_each(
     client: redis.Redis,
 ) -> None:
-    """Five results: five EVALSHA in one batch the server reads at once, then their five
-    events in one more."""
+    """Five results: five EVALSHA for the results and five for their events, in one
+    batch the server reads at once."""
     store = make_store(client)
     store.write(pokemon("warm-up", 1.0), "warm-up")  # loads the script once
     batch = [pokemon(name, 2.0) for name in ("a", "b", "c", "d", "e")]
     written: list[int] = []
     trips, commands = round_trips(client, lambda: written.append(store.write_many(batch, "b")))
     assert written == [5]
-    assert (trips, commands["evalsha"]) == (2, 10)
+    assert (trips, commands["evalsha"]) == (1, 10)
     assert not [name for name in commands if name.startswith("script")]
     assert client.xlen("events:results") == 1 + 5
 
@@ -137,6 +140,22 @@ def test_write_many_loads_its_script_when_redis_lost_it(client: redis.Redis) -> 
     client.script_flush()
     assert store.write_many([pokemon("a", 1.0), pokemon("b", 1.0)], "b") == 2
     assert client.xlen("events:results") == 2
+
+
+def test_an_event_is_paid_after_its_write_even_when_redis_had_not_loaded_the_write(
+    client: redis.Redis,
+) -> None:
+    """The event's script rides behind the write's. A revalidation script Redis has not
+    seen yet is refused (NOSCRIPT) while the event's, already loaded, runs and finds
+    nothing owed; once the revalidation is loaded and sent again, its event is too."""
+    store = make_store(client)
+    store.write(pokemon("mew", 1.0), "t1")  # loads the write's and the event's scripts
+    assert client.script_exists(store._revalidate.sha) == [False]
+    (outcome,) = store.apply_many([Unchanged("pokemon", "mew", 2.0, etag='"e1"')], "t2")
+    assert outcome == "revalidated"
+    last = [fields for _, fields in client.xrange("events:results")][-1]
+    assert (last["task_id"], last["revalidated"], last["changed"]) == ("t2", "1", "0")
+    assert client.hget("meta:{pokemon:mew}", "event_owed") is None
 
 
 def test_a_claim_that_finds_an_unpaid_write_fresh_sends_its_event_once(
