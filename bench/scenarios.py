@@ -284,7 +284,8 @@ def warm_up(ctx: Context) -> Figures:
     per upstream per day of silence, not per job, so the warm-up goes on, one pass of
     the same names after another, until the budget has left its slow start: the rounds
     then measure what every later job costs. A system without a budget (its state key
-    is never written) warms up in one pass.
+    is never written) warms up in one pass, and so does a smoke run (`--quick`), which
+    measures nothing.
     """
     names = list(ctx.names[: min(WARM_UP_JOBS, ctx.plan.jobs, len(ctx.names))])
     keys = [f"pokemon:{name}" for name in names]
@@ -296,7 +297,7 @@ def warm_up(ctx: Context) -> Figures:
         stored, timed_out = wait_stored(ctx, keys, timeout=120.0)
         passes += 1
         stored_total += len(stored)
-        if timed_out or passes >= WARM_UP_PASSES or not budget_pacing(ctx):
+        if timed_out or ctx.plan.quick or passes >= WARM_UP_PASSES or not budget_pacing(ctx):
             break
     return {
         "jobs": len(names) * passes,
