@@ -11,10 +11,9 @@ By default the worker joins a fleet that already knows the upstream: a first wor
 process runs until the fleet's budget has left its slow start (apis/budget.py), then
 stops, and the measured one starts with the budget's state in Redis, as every worker
 after a fleet's first day does. `--fresh-fleet` measures the first worker of a fleet
-that has never called the upstream instead: its first jobs are paced and deferred while
-the slow start ramps, and each deferred job waits in the worker's memory as a countdown
-(Celery holds a job's countdown in the worker on Redis), which raises the process's
-high-water mark.
+that has never called the upstream instead: its first jobs are paced while the slow
+start ramps, some are deferred, and a worker that deferred jobs ends ~14 MiB higher
+(docs/performance.md, "A quiet host").
 """
 
 from __future__ import annotations
