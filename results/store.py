@@ -222,7 +222,9 @@ return 0
 # Pays whatever change event the metadata says is owed (`_OWED`), reading the event's
 # fields from the metadata itself, as `send_owed` does from a claim's reply: so on one
 # Redis it rides in the same round trip as the write that owes it. Appends once per
-# fence, as `_EVENT` does, and marks the debt paid. Returns 1 when appended.
+# fence, as `_EVENT` does, and marks the debt paid. Returns 1 when appended. Its fields
+# are the ones `ResultStore._after` and `send_owed` build, in the same order
+# (tests/unit/test_store.py holds them equal).
 _PAY = """
 local m = redis.call('HMGET', KEYS[3], 'event_owed', 'fence', 'task_id', 'fetched_at_ms',
     'removed')

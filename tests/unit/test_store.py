@@ -244,3 +244,22 @@ def test_the_sweep_finds_owed_events_under_a_prefix_and_skips_list_pages() -> No
     [(_, event)] = client.xrange("app:events:results")
     assert (event["key"], event["task_id"]) == ("app:pokemon:mew", "t1")
     assert send_owed(store) == {"owed": 0, "appended": 0}
+
+
+def test_an_event_paid_in_the_writes_round_trip_equals_one_built_by_the_writer() -> None:
+    """One Redis pays a write's event from its metadata (`_PAY`); a cluster's path builds
+    it from the writer's own fields (`_after`). A reader must not tell them apart: the
+    same fields in the same order, for a write and for a revalidation."""
+
+    def stream_after_both(cluster_path: bool) -> list[list[tuple[str, str]]]:
+        client = fakeredis.FakeRedis(decode_responses=True)
+        store = ResultStore(client, Keys(), events_maxlen=1000, failures_maxlen=1000)
+        store._cluster = cluster_path  # the two-step path runs on one Redis as well
+        store.write(pokemon("mew", 1000.0, alias="151"), "task-1")
+        store.apply_many([unchanged("mew", 2000.0)], "task-2")
+        assert client.hget("meta:{pokemon:mew}", "event_owed") is None
+        return [list(fields.items()) for _, fields in client.xrange("events:results")]
+
+    paid = stream_after_both(cluster_path=False)
+    assert [dict(event)["revalidated"] for event in paid] == ["0", "1"]
+    assert paid == stream_after_both(cluster_path=True)
