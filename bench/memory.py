@@ -28,13 +28,14 @@ from typing import Any
 
 import redis
 
+from apis.budget import SLOW
 from bench.harness import (
     SampledWorker,
     SandboxProcess,
     clean_environment,
     notifying_redis,
 )
-from bench.scenarios import BUDGET_STATE
+from bench.scenarios import budget_phase
 from bench.systems import FETCH_TASK, settings_names
 from ops.processes.ports import free_port
 from ops.processes.waits import wait_until
@@ -75,7 +76,7 @@ def _learn_budget(
     sent = 0
     try:
         learner.start(producer)
-        while results.hget(BUDGET_STATE, "phase") in (None, "slow") and sent < LEARNING_JOBS_MAX:
+        while budget_phase(results) in (None, SLOW) and sent < LEARNING_JOBS_MAX:
             _send(producer, names, sent, 256)
             sent += 256
             wait_until(

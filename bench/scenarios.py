@@ -25,6 +25,8 @@ import orjson
 import redis
 from celery import Celery
 
+from apis import PokeAPI
+from apis.budget import SLOW, budget_keys
 from bench.harness import KeyWatcher, ProcessTree, SampledWorker, SandboxProcess
 from bench.senders import sender
 from bench.systems import CATALOG_TASK, System
@@ -267,8 +269,8 @@ def _rate(count: int, start: float, end: float) -> float:
 
 
 WARM_UP_JOBS = 256
-#: The project's budget state of the bench's upstream (apis/budget.py, no key prefix).
-BUDGET_STATE = "budget:{pokeapi}:state"
+#: The project's budget state of the bench's upstream (no key prefix in the bench).
+BUDGET_STATE = budget_keys("", PokeAPI.service)[0]
 #: Warm-up passes at most while the budget is still in its slow start.
 WARM_UP_PASSES = 12
 
@@ -297,7 +299,8 @@ def warm_up(ctx: Context) -> Figures:
         stored, timed_out = wait_stored(ctx, keys, timeout=120.0)
         passes += 1
         stored_total += len(stored)
-        if timed_out or ctx.plan.quick or passes >= WARM_UP_PASSES or not budget_pacing(ctx):
+        pacing = budget_phase(ctx.results) == SLOW
+        if timed_out or ctx.plan.quick or passes >= WARM_UP_PASSES or not pacing:
             break
     return {
         "jobs": len(names) * passes,
@@ -307,10 +310,12 @@ def warm_up(ctx: Context) -> Figures:
     }
 
 
-def budget_pacing(ctx: Context) -> bool:
-    """Whether the project's budget still paces the upstream (its slow start)."""
-    phase = ctx.results.hget(BUDGET_STATE, "phase")
-    return phase in (b"slow", "slow")
+def budget_phase(results: redis.Redis) -> str | None:
+    """The phase of the project's budget of the bench's upstream (`SLOW` while its slow
+    start paces it), as the results Redis holds it; None before its first call, or for
+    a system without a budget."""
+    phase = results.hget(BUDGET_STATE, "phase")
+    return phase.decode() if isinstance(phase, bytes) else phase
 
 
 def cold(ctx: Context) -> Figures:

@@ -560,10 +560,7 @@ class ResultStore:
         note_result_key(key)
         with self._span("apiworker.store.revalidate", key, 1):
             script, call = self._script_call(result, task_id, release, fence)
-            (answer,) = self._run([(script, _packed(call))])
-            if isinstance(answer, Exception):
-                raise answer
-            self._after([result], [answer], task_id)
+            (answer,) = self._run_and_pay([result], [(script, _packed(call))], task_id)
         return _revalidated_value(answer)
 
     def confirm_read(self, kind: str, ident: str) -> None:
@@ -604,16 +601,28 @@ class ResultStore:
         for result, (release, fence) in zip(results, claims, strict=True):
             script, call = self._script_call(result, task_id, release, fence)
             calls.append((script, _packed(call)))
+        return self._outcomes(results, self._run_and_pay(results, calls, task_id))
+
+    def _run_and_pay(
+        self,
+        results: Sequence[Fetched | Unchanged],
+        calls: Sequence[tuple[Script, Any]],
+        task_id: str,
+    ) -> list[Any]:
+        """The scripts of `results` (`calls`), then their change events and alias index
+        entries: in the same round trip on one Redis with no replica to wait for
+        (`_apply_and_pay`), else in a second (`_after`). Raises the first error reply;
+        returns the scripts' replies."""
         if not self._cluster and not self.replicas.needed():
             return self._apply_and_pay(results, calls)
         replies = self._run(calls)
-        outcomes = self._outcomes(results, replies)
+        _raise_first_error(replies)
         self._after(results, replies, task_id)
-        return outcomes
+        return replies
 
     def _apply_and_pay(
         self, results: Sequence[Fetched | Unchanged], calls: Sequence[tuple[Script, Any]]
-    ) -> list[str]:
+    ) -> list[Any]:
         """On one Redis without a replica to wait for: the scripts of `results`, each
         one's change event (`_PAY`, from the metadata its script just wrote) and the
         alias index entries, all in one round trip instead of `_after`'s second.
@@ -635,11 +644,8 @@ class ResultStore:
             if isinstance(result, Fetched) and result.alias
         ]
         replies, answers = self._run_with(calls, aliases, then=pays)
-        outcomes = self._outcomes(results, replies[: len(calls)])
-        for reply in [*replies[len(calls) :], *answers]:
-            if isinstance(reply, Exception):
-                raise reply
-        return outcomes
+        _raise_first_error([*replies, *answers])  # the scripts' own errors come first
+        return replies[: len(calls)]
 
     def _pay_call(self, kind: str, ident: str) -> tuple[Any, ...]:
         keys = [
@@ -770,9 +776,7 @@ class ResultStore:
             return 0
         replies, answers = self._run_with(calls, extra)
         waited = answers.pop() if wait_key is not None else None
-        for reply in [*replies, *answers]:
-            if isinstance(reply, Exception):
-                raise reply
+        _raise_first_error([*replies, *answers])
         if wait_key is not None:
             self.replicas.check(waited)
         return sum(1 for reply in replies if reply == 1)
@@ -862,9 +866,7 @@ class ResultStore:
     @staticmethod
     def _outcomes(results: Sequence[Fetched | Unchanged], replies: list[Any]) -> list[str]:
         outcomes: list[str] = []
-        for result, answer in zip(results, replies, strict=True):
-            if isinstance(answer, Exception):
-                raise answer
+        for result, answer in zip(results, replies, strict=True):  # errors already raised
             if isinstance(result, Unchanged):
                 status = int(answer[0])
                 outcomes.append(
@@ -1225,6 +1227,13 @@ def _load(client: Any, script: Any) -> None:
 def _packed(call: Mapping[str, Any]) -> tuple[Any, ...]:
     """A script call's keys and arguments as EVALSHA takes them after the sha."""
     return (len(call["keys"]), *call["keys"], *call["args"])
+
+
+def _raise_first_error(replies: Sequence[Any]) -> None:
+    """A pipeline's replies carry errors as values: the first one is raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def _no_script(reply: object) -> bool:

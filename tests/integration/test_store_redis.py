@@ -118,6 +118,20 @@ def test_a_job_writes_its_result_and_its_event_in_one_round_trip(client: redis.R
     assert client.hget("meta:{pokemon:mew}", "event_owed") is None
 
 
+def test_a_revalidation_and_its_event_take_one_round_trip(client: redis.Redis) -> None:
+    """A 304's revalidation pays its event in its own round trip, as a write does."""
+    store = make_store(client)
+    store.write(pokemon("mew", 1.0), "t1")
+    store.revalidate(Unchanged("pokemon", "other", 1.5, etag='"e1"'), "warm-up")  # loads it
+    trips, commands = round_trips(
+        client, lambda: store.revalidate(Unchanged("pokemon", "mew", 2.0, etag='"e1"'), "t2")
+    )
+    assert (trips, commands["evalsha"]) == (1, 2)
+    last = [fields for _, fields in client.xrange("events:results")][-1]
+    assert (last["task_id"], last["revalidated"]) == ("t2", "1")
+    assert client.hget("meta:{pokemon:mew}", "event_owed") is None
+
+
 def test_write_many_writes_a_batch_in_one_round_trip_with_one_event_each(
     client: redis.Redis,
 ) -> None:
