@@ -10,6 +10,10 @@ from __future__ import annotations
 # uses (worker/optional_imports.py).
 import worker.optional_imports  # isort: skip
 
+# Celery's retries and failures share each function's code positions in their traceback
+# copies (worker/exception_info.py).
+import worker.exception_info  # isort: skip
+
 import sys
 
 from celery import Celery

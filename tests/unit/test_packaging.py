@@ -20,7 +20,7 @@ PACKAGES = tuple(
     if pattern.rstrip("*") not in ("sandbox", "bench")
 )
 # Libraries whose internals the project subclasses or overrides (pyproject.toml says where).
-OVERRIDDEN = ("celery", "kombu", "celery-redbeat", "urllib3", "flower")
+OVERRIDDEN = ("celery", "kombu", "billiard", "celery-redbeat", "urllib3", "flower")
 # Import names that differ from their distribution's name.
 DISTRIBUTION_OF = {
     "pythonjsonlogger": "python-json-logger",
