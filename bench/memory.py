@@ -12,8 +12,12 @@ process runs until the fleet's budget has left its slow start (apis/budget.py), 
 stops, and the measured one starts with the budget's state in Redis, as every worker
 after a fleet's first day does. `--fresh-fleet` measures the first worker of a fleet
 that has never called the upstream instead: its first jobs are paced while the slow
-start ramps, some are deferred, and a worker that deferred jobs ends ~14 MiB higher
-(docs/performance.md, "A quiet host").
+start ramps, and some are deferred. `--upstream-limit RATE` makes the sandbox answer 429
+(`Retry-After: 1`) above RATE calls a second once the budget is learnt, so the measured
+worker defers jobs on the upstream's word, as a worker behind a rate-limited upstream
+does. Each slice's line counts the jobs retried or deferred so far (the worker's
+`apiworker_task_retries_total`): a retry once left a worker ~14 MiB higher for life
+(docs/performance.md, "One copy of the code positions").
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +96,27 @@ def _learn_budget(
     return sent
 
 
+RETRIES_METRIC = re.compile(r"^apiworker_task_retries_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+def _retries(metrics_url: str) -> int:
+    """Jobs the worker retried or deferred so far (its own counter)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    return int(sum(float(found) for found in RETRIES_METRIC.findall(text)))
+
+
+def _limit_upstream(sandbox: SandboxProcess, rate: float) -> None:
+    """The sandbox's PokeAPI answers 429 with `Retry-After: 1` above `rate` calls/s."""
+    request = urllib.request.Request(
+        f"{sandbox.base_url}/_sandbox/budget/pokemon",
+        data=json.dumps({"rate": rate, "retry_after": 1}).encode(),
+        method="PUT",
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -99,6 +126,13 @@ def main() -> int:
         "--fresh-fleet",
         action="store_true",
         help="the first worker of a fleet that has never called the upstream (slow start)",
+    )
+    parser.add_argument(
+        "--upstream-limit",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="the upstream answers 429 above RATE calls/s once the budget is learnt",
     )
     args = parser.parse_args()
 
@@ -126,7 +160,11 @@ def main() -> int:
     try:
         learnt = 0 if args.fresh_fleet else _learn_budget(env, producer, results, names, log_dir)
         fleet = "fresh fleet" if args.fresh_fleet else f"budget learnt first ({learnt} jobs)"
+        if args.upstream_limit is not None:
+            _limit_upstream(sandbox, args.upstream_limit)
+            fleet += f", upstream limited to {args.upstream_limit:g} calls/s"
         print(f"one worker process, {fleet}", flush=True)
+        metrics_url = f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"
         worker.start(producer)
         assert worker.tree is not None
         assert worker.sampler is not None
@@ -148,11 +186,13 @@ def main() -> int:
                 "jobs": sent,
                 "rss_mib": round(rss / 2**20, 1),
                 "peak_rss_mib": round(peak / 2**20, 1),
+                "retried": _retries(metrics_url),
             }
             curve.append(point)
             print(
                 f"{point['jobs']:>7} jobs  RSS {point['rss_mib']:>7.1f} MiB"
-                f"  peak during the slice {point['peak_rss_mib']:>7.1f} MiB",
+                f"  peak during the slice {point['peak_rss_mib']:>7.1f} MiB"
+                f"  retried or deferred {point['retried']:>5}",
                 flush=True,
             )
     finally:
@@ -166,6 +206,7 @@ def main() -> int:
             {
                 "jobs": args.jobs,
                 "fresh_fleet": args.fresh_fleet,
+                "upstream_limit": args.upstream_limit,
                 "wall_s": round(time.monotonic() - started, 1),
                 "curve": curve,
             },
