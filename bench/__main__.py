@@ -281,7 +281,7 @@ class Bench:
                         results[name].update(self._others(ctx, results[name]["cold"]))
                     except Exception as exc:
                         self._failed(ctx.system, exc)
-                if "refresh" in self._wanted(running[PROJECT].system) and PROJECT in healthy:
+                if PROJECT in healthy and "refresh" in self._wanted(healthy[PROJECT].system):
                     self._refresh(healthy[PROJECT], names, watcher, sandbox, results)
         finally:
             for ctx in running.values():
