@@ -24,7 +24,7 @@ from settings.errors import USAGE_EXIT_CODE
 from tasks.messages import SENDER_CONF, TASK_MODULES
 from telemetry import otel
 from telemetry.redact import register_secret, url_passwords
-from worker import admission, flower_events, flower_search, result_backend, result_repr
+from worker import admission, flower_search, result_backend, result_repr
 from worker.beat import beat_schedule
 
 __all__ = ["DEFAULT_QUEUE", "QUEUES", "app", "broker"]
@@ -161,9 +161,8 @@ app.conf.broker_url = failover_order(app.conf.broker_url)
 # The text of each job's return value, made by Celery's tracer on every success.
 result_repr.install()
 # In Flower's process (`celery -A worker flower`), its search index parses each job's
-# kwargs text once, not at every event, and its events reach its IO loop a batch at a time.
+# kwargs text once, not at every event.
 flower_search.install()
-flower_events.install()
 
 # Signal handlers: logging, job outcome lines, metrics, process tuning. Imported for
 # their side effect.
