@@ -70,7 +70,11 @@ def test_the_token_is_in_no_message_rabbitmq_carried(
         rabbit_server.node.rabbitmqctl("trace_off", "-p", vhost)
     # Not vacuous: the jobs, and the retries through the delayed-delivery exchanges.
     assert len(bodies) > 20, len(bodies)
-    assert any(route.startswith("publish.celery_delayed_") for route in routes), routes
+    # On failure, every route and every failure record's task, error and attempts.
+    outcomes = [(r.get("task"), r.get("error"), r.get("attempts")) for r in deployment.failures()]
+    assert any(route.startswith("publish.celery_delayed_") for route in routes), (
+        f"routes: {sorted(routes)}; failures: {outcomes}"
+    )
     leaks = [body[:200] for body in bodies if TOKEN.encode() in body]
     assert leaks == []
     print(f"secrets (RabbitMQ): bodies traced={len(bodies)} routes={sorted(routes)}")
