@@ -127,9 +127,6 @@ class WorkerSettings(RedisSection):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    # Lines are written a batch at a time, at least this often (WARNING and worse at
-    # once); 0 writes each line as it comes (telemetry/logs.py, BatchedStreamHandler).
-    log_flush_seconds: float = Field(0.2, ge=0, le=5)
 
     @field_validator("task_time_limit")
     @classmethod

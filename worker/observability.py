@@ -44,7 +44,7 @@ _started: dict[str, float] = {}
 def configure_logging(**_: Any) -> None:
     """Replace Celery's logging set-up: our format, our level, secrets masked."""
     settings = get_settings().worker
-    logs.configure(settings.log_level, settings.log_format, settings.log_flush_seconds)
+    logs.configure(settings.log_level, settings.log_format)
     # A lost broker connection is one line per event, without tracebacks.
     connection_loss.install()
 
@@ -144,11 +144,3 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
 def _forget_dead_child(pid: int | None = None, **_: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid is not None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-@worker_process_shutdown.connect
-def _flush_log_lines(**_: Any) -> None:
-    """A prefork child ends with `os._exit`, which skips logging's own flush at exit: its
-    last batch of lines (telemetry/logs.py, BatchedStreamHandler) is written here."""
-    for handler in logging.getLogger().handlers:
-        handler.flush()
