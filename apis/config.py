@@ -38,7 +38,11 @@ PROJECT_USER_AGENT = "api-layer-worker/0.1 (+https://github.com/api-layer-worker
 
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
-DEFAULT_POOL_SIZE = 16
+# Calls a worker process makes at once by default: its pool threads (WORKER_CONCURRENCY
+# takes its default from here, settings/worker.py), and so the connections its HTTP
+# pool keeps per upstream, one per concurrent job. Two numbers once, 32 threads and 16
+# connections: every call above 16 opened a connection and closed it after use.
+DEFAULT_CONCURRENT_CALLS = 32
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 # A paged walk (every item of an upstream's list, page after page) stops with
 # `PagingLimitExceeded` past these: an upstream whose `next` never ends, or whose
@@ -110,7 +114,7 @@ class UpstreamConfig:
     base_url_setting: str = ""
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
-    pool_size: int = DEFAULT_POOL_SIZE
+    pool_size: int = DEFAULT_CONCURRENT_CALLS
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     max_pages: int = DEFAULT_MAX_PAGES
     max_items: int = DEFAULT_MAX_ITEMS
@@ -244,7 +248,7 @@ class ApiSettings(RedisSection):
     # The pool should hold one connection per concurrent job, so it follows the worker's
     # concurrency unless set on its own.
     http_pool_size: int = Field(
-        DEFAULT_POOL_SIZE,
+        DEFAULT_CONCURRENT_CALLS,
         ge=1,
         le=1000,
         validation_alias=AliasChoices("http_pool_size", "worker_concurrency"),

@@ -54,7 +54,7 @@ PROJECT = System(
     name="project",
     module="worker",
     queue="celery",
-    description="make run (one process per core, threads x16), the budget",
+    description="make run (one process per core, threads x32), the budget",
     command=("-m", "ops.run", "--no-beat", "--no-flower"),
 )
 CELERY_RATE_LIMIT = System(

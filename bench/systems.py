@@ -72,7 +72,7 @@ SYSTEMS: dict[str, System] = {
         name=PROJECT,
         module="worker",
         queue="pokeapi",
-        description="make run: one worker process per core (threads x16 each), defaults",
+        description="make run: one worker process per core (threads x32 each), defaults",
         records_failures=True,
         command=("-m", "ops.run", "--no-beat", "--no-flower"),
     ),

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from apis.config import DEFAULT_CONCURRENT_CALLS
 from brokers import ALL_QUEUES, broker_kind, broker_scheme_supported, redis_broker_scheme
 from redisconn.celery_config import CeleryConnection, connection_config
 from redisconn.settings import DEFAULT_REDIS_URL, RedisSection, RedisTarget
@@ -49,7 +50,7 @@ class WorkerSettings(RedisSection):
     celery_result_backend: str | None = None
 
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
-    worker_concurrency: int = Field(32, ge=1, le=1000)
+    worker_concurrency: int = Field(DEFAULT_CONCURRENT_CALLS, ge=1, le=1000)
     # 1 on RabbitMQ (AMQP_DEFAULTS).
     worker_prefetch_multiplier: int = Field(2, ge=1, le=100)
     worker_max_memory_per_child_kb: int = Field(512_000, ge=0)

@@ -36,3 +36,17 @@ def test_a_password_in_a_url_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     (line,) = lines_for(monkeypatch, CELERY_BROKER_URL="kafka://me:s3cret-pw@broker:9092")
     assert line.startswith("CELERY_BROKER_URL='kafka://me:***@broker:9092': unsupported scheme")
     assert "s3cret-pw" not in line
+
+
+def test_the_http_pool_follows_the_worker_concurrency_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One connection kept per concurrent job, with neither variable set as with both:
+    a smaller pool opens and closes a connection for every call above it."""
+    monkeypatch.delenv("HTTP_POOL_SIZE", raising=False)
+    monkeypatch.delenv("WORKER_CONCURRENCY", raising=False)
+    tree = checked_settings()
+    assert tree.api.http_pool_size == tree.worker.worker_concurrency
+    monkeypatch.setenv("WORKER_CONCURRENCY", "8")
+    tree = checked_settings()
+    assert tree.api.http_pool_size == tree.worker.worker_concurrency == 8
