@@ -45,10 +45,11 @@ def test_each_hostile_answer_ends_in_its_typed_record_after_one_call_or_the_wors
     assert WORST_CASE_CALLS == 16  # the figure docs/reliability.md gives
     deployment = deploy(
         # The slow drip runs to the body's deadline (connect + 2 x read) on each of its
-        # 16 attempts: 0.5 s each rather than 23 s. The drip (a byte every 0.05 s) stays
-        # well inside each read timeout, so only the deadline can stop it.
+        # 16 attempts: 1.1 s each rather than 23 s. The drip (a byte every 0.05 s) stays
+        # well inside each read timeout, even on a loaded machine that stalls the
+        # upstream's thread for a few tenths of a second, so only the deadline can stop it.
         HTTP_CONNECT_TIMEOUT="0.1",
-        HTTP_READ_TIMEOUT="0.2",
+        HTTP_READ_TIMEOUT="0.5",
     )
     deployment.start_worker(concurrency=2)
     for index, (kind, params, error, calls) in enumerate(CASES, start=1):
