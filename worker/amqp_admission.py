@@ -213,7 +213,19 @@ class Gate:
             with self.c.app.producer_pool.acquire(block=True, timeout=CONFIRM_WAIT) as producer:
                 amqp.move_message(producer, queue, message)
         except Exception as exc:  # taken as without a budget: nothing is lost
-            self._log_once("moves", exc, expected=self._connection_lost(exc))
+            if self._connection_lost(exc):
+                # Each time, one line, no traceback: it passes with the reconnect. The
+                # copy may have reached the queue before the confirm was lost: then the
+                # job runs twice (at least once, never lost), and the line names it.
+                log.warning(
+                    "RabbitMQ admission could not move job %s (%s: %s); it is taken here "
+                    "instead, and runs twice if its copy arrived before the connection broke",
+                    _job_id(message),
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                self._log_once("moves", exc)
             return False
         self._mark_moved(message)
         message.ack()
@@ -284,11 +296,7 @@ class Gate:
         errors = tuple(getattr(self.c, "connection_errors", ()) or ())
         return isinstance(exc, (ConnectionError, *errors))
 
-    def _log_once(self, kind: str, exc: Exception, *, expected: bool = False) -> None:
-        if expected:  # each time, one line, no traceback: it passes with the reconnect
-            log.warning("RabbitMQ admission could not move a job (%s: %s); it is taken "
-                        "here instead", type(exc).__name__, exc)  # fmt: skip
-            return
+    def _log_once(self, kind: str, exc: Exception) -> None:
         if kind not in self._failed:
             self._failed.add(kind)
             log.error(

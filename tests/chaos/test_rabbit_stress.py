@@ -41,6 +41,7 @@ RESTARTS = 5
 
 
 OUTCOME = re.compile(rf"worker\.jobs: job [A-Z]+ task={re.escape(FETCH)} id=(\S+)")
+CUT_SHORT = re.compile(r"RabbitMQ admission could not move job (\S+) ")
 
 
 def send(deployment: Deployment, names: list[str]) -> dict[str, str]:
@@ -51,6 +52,13 @@ def send(deployment: Deployment, names: list[str]) -> dict[str, str]:
 def runs(logs: list[str], jobs: dict[str, str]) -> Counter[str]:
     """Runs per name, from the workers' outcome lines."""
     return Counter(jobs[found] for log in logs for found in OUTCOME.findall(log) if found in jobs)
+
+
+def moves_cut_short(log: str, jobs: dict[str, str]) -> set[str]:
+    """The names of jobs whose move to their upstream's queue met the lost connection:
+    the copy may have arrived before its confirm was lost, so they may run twice (at
+    least once; worker/amqp_admission.py says so in the line)."""
+    return {jobs[found] for found in CUT_SHORT.findall(log) if found in jobs}
 
 
 def stored(deployment: Deployment, names: list[str]) -> set[str]:
@@ -132,8 +140,9 @@ def test_a_lost_connection_under_threads_runs_no_unstarted_job_twice(
     counted = runs([worker.log()], jobs)
     assert set(counted) == set(names)
     ran_twice = {name for name, count in counted.items() if count > 1}
-    assert ran_twice <= running, (
-        f"not started, yet ran twice: {sorted(ran_twice - running)}\n{worker.log()[-8000:]}"
+    may_run_twice = running | moves_cut_short(worker.log(), jobs)
+    assert ran_twice <= may_run_twice, (
+        f"not started, yet ran twice: {sorted(ran_twice - may_run_twice)}\n{worker.log()[-8000:]}"
     )
     assert worker.alive
     assert "not started yet cancelled" in worker.log(), worker.log()[-3000:]
