@@ -104,12 +104,7 @@ class Upstream:
         self.process.stop()
 
     def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"{self.process.base_url}/_sandbox{path}", data=data, method=method
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return json.loads(answer.read())
+        return self.process.admin(method, path, body)
 
     def reset(self, rate: float) -> None:
         self._admin("POST", "/reset")

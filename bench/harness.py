@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import redis
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops.processes.children import popen, stop_process
 from ops.processes.ports import free_port
@@ -274,6 +275,22 @@ class KeyWatcher:
 
 
 # -- the sandbox upstream ---------------------------------------------------------------
+
+
+def counter_total(metrics_url: str, name: str, **labels: str) -> int:
+    """The sum of counter `name` over its series whose labels include `labels`, as a
+    worker's `/metrics` page shows it now (prometheus_client's own text parser)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == f"{name}_total"
+            and all(sample.labels.get(key) == value for key, value in labels.items())
+        )
+    )
 
 
 class SandboxProcess:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from bench.harness import (
     SampledWorker,
     SandboxProcess,
     clean_environment,
+    counter_total,
     notifying_redis,
 )
 from bench.scenarios import budget_phase
@@ -96,27 +95,6 @@ def _learn_budget(
     return sent
 
 
-RETRIES_METRIC = re.compile(r"^apiworker_task_retries_total\{[^}]*\} ([0-9.e+]+)$", re.M)
-
-
-def _retries(metrics_url: str) -> int:
-    """Jobs the worker retried or deferred so far (its own counter)."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
-        text = answer.read().decode()
-    return int(sum(float(found) for found in RETRIES_METRIC.findall(text)))
-
-
-def _limit_upstream(sandbox: SandboxProcess, rate: float) -> None:
-    """The sandbox's PokeAPI answers 429 with `Retry-After: 1` above `rate` calls/s."""
-    request = urllib.request.Request(
-        f"{sandbox.base_url}/_sandbox/budget/pokemon",
-        data=json.dumps({"rate": rate, "retry_after": 1}).encode(),
-        method="PUT",
-    )
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -161,7 +139,8 @@ def main() -> int:
         learnt = 0 if args.fresh_fleet else _learn_budget(env, producer, results, names, log_dir)
         fleet = "fresh fleet" if args.fresh_fleet else f"budget learnt first ({learnt} jobs)"
         if args.upstream_limit is not None:
-            _limit_upstream(sandbox, args.upstream_limit)
+            # The sandbox's PokeAPI answers 429 with `Retry-After: 1` above the rate.
+            sandbox.admin("PUT", "/budget/pokemon", {"rate": args.upstream_limit, "retry_after": 1})
             fleet += f", upstream limited to {args.upstream_limit:g} calls/s"
         print(f"one worker process, {fleet}", flush=True)
         metrics_url = f"http://127.0.0.1:{env['METRICS_PORT']}/metrics"
@@ -186,7 +165,7 @@ def main() -> int:
                 "jobs": sent,
                 "rss_mib": round(rss / 2**20, 1),
                 "peak_rss_mib": round(peak / 2**20, 1),
-                "retried": _retries(metrics_url),
+                "retried": counter_total(metrics_url, "apiworker_task_retries"),
             }
             curve.append(point)
             print(

@@ -35,17 +35,16 @@ a run with `--no-monitor`.
 from __future__ import annotations
 
 import argparse
-import re
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import redis
 
+from bench.harness import counter_total
 from ops.processes.ports import free_port
 from ops.processes.redis_server import DisposableRedis
 from ops.processes.waits import wait_until
@@ -58,7 +57,6 @@ FETCH = "tasks.pokemon.fetch_pokemon"
 ROLES = ("results", "backend", "broker")
 LATENCY = 0.05
 IDLE_SECONDS = 5.0
-JOBS_METRIC = re.compile(r'^apiworker_jobs_total\{[^}]*task="' + FETCH + r'"[^}]*\} (\S+)$', re.M)
 
 
 class Monitor:
@@ -194,9 +192,7 @@ def rabbit_vhost() -> Iterator[str]:
 
 
 def jobs_done(metrics_url: str) -> int:
-    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
-        text = answer.read().decode()
-    return int(sum(float(found) for found in JOBS_METRIC.findall(text)))
+    return counter_total(metrics_url, "apiworker_jobs", task=FETCH)
 
 
 def measure(

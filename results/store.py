@@ -633,17 +633,12 @@ class ResultStore:
         it is set whatever the write's outcome.
         """
         pays = [(self._pay, self._pay_call(result.kind, result.ident)) for result in results]
-        aliases: list[tuple[Any, ...]] = [
-            (
-                "HSET",
-                self.keys.alias_index_for(result.kind, result.alias),
-                result.alias,
-                result.ident,
-            )
+        aliases = [
+            (self.keys.alias_index_for(result.kind, result.alias), result.alias, result.ident)
             for result in results
             if isinstance(result, Fetched) and result.alias
         ]
-        replies, answers = self._run_with(calls, aliases, then=pays)
+        replies, answers = self._run_with(calls, _alias_commands(aliases), then=pays)
         _raise_first_error([*replies, *answers])  # the scripts' own errors come first
         return replies[: len(calls)]
 
@@ -767,9 +762,7 @@ class ResultStore:
         """The event scripts and the alias index entries, in one plain pipeline; with
         `wait_key` (a fence counter, on a single Redis), `_confirm`'s INCR and WAIT after
         them. Returns how many events were appended."""
-        extra: list[tuple[Any, ...]] = [
-            ("HSET", index, alias, name) for index, alias, name in aliases
-        ]
+        extra = _alias_commands(aliases)
         if wait_key is not None:
             extra += [("INCR", wait_key), ("WAIT", 1, self.replicas.timeout_ms)]
         if not calls and not extra:
@@ -1227,6 +1220,11 @@ def _load(client: Any, script: Any) -> None:
 def _packed(call: Mapping[str, Any]) -> tuple[Any, ...]:
     """A script call's keys and arguments as EVALSHA takes them after the sha."""
     return (len(call["keys"]), *call["keys"], *call["args"])
+
+
+def _alias_commands(aliases: Sequence[tuple[str, str, str]]) -> list[tuple[Any, ...]]:
+    """One `HSET` per (alias index, alias, ident): where an alias of a result points."""
+    return [("HSET", index, alias, ident) for index, alias, ident in aliases]
 
 
 def _raise_first_error(replies: Sequence[Any]) -> None:

@@ -65,8 +65,7 @@ class _SharedPositionsCode:
 def _sharing(billiard_init: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
     def init(self: Any, code: CodeType) -> None:
         billiard_init(self, _SharedPositionsCode(code))
-        if hasattr(self, "_co_positions"):  # Python 3.11+: billiard listed them
-            self._co_positions = shared_positions(code)
+        self._co_positions = shared_positions(code)  # the list it made, by the tuple
 
     init.__wrapped__ = billiard_init  # type: ignore[attr-defined]
     return init
