@@ -57,6 +57,7 @@ class ProcStat:
     ppid: int
     pgrp: int
     cpu_seconds: float  # user + system of the process itself
+    system_cpu_seconds: float  # the kernel's part of it: syscalls, page faults, wake-ups
     children_cpu_seconds: float  # of its children that exited and were reaped
     rss_bytes: int
 
@@ -73,6 +74,7 @@ def read_stat(pid: int) -> ProcStat | None:
         ppid=int(fields[1]),
         pgrp=int(fields[2]),
         cpu_seconds=(int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+        system_cpu_seconds=int(fields[12]) / _CLOCK_TICKS,
         children_cpu_seconds=(int(fields[13]) + int(fields[14])) / _CLOCK_TICKS,
         rss_bytes=int(fields[21]) * _PAGE_SIZE,
     )
@@ -127,13 +129,19 @@ class ProcessTree:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the live group, plus what its reaped children used."""
+        return self.cpu_split()[0]
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user + system, system) CPU seconds of the live group; the first also counts
+        its reaped children."""
         self._last_scan = 0.0
-        total = 0.0
+        total = system = 0.0
         for pid in self.pids():
             stat = read_stat(pid)
             if stat is not None:
                 total += stat.cpu_seconds + stat.children_cpu_seconds
-        return total
+                system += stat.system_cpu_seconds
+        return total, system
 
     def memory(self) -> tuple[int, int]:
         """(RSS, PSS) of the group in bytes."""
@@ -420,6 +428,10 @@ class SampledWorker(WorkerProcess):
 
     def cpu_seconds(self) -> float:
         return self.tree.cpu_seconds() if self.tree is not None else 0.0
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(all, kernel) CPU seconds of the worker's process group."""
+        return self.tree.cpu_split() if self.tree is not None else (0.0, 0.0)
 
     def stop(self, grace: float = 20.0) -> None:
         if self.sampler is not None:

@@ -1,11 +1,12 @@
 """`python -m bench.memory [--jobs 20000]`: does one worker's memory level off?
 
 One `python -m worker` process (threads pool, defaults) takes N jobs over the
-1351 index names in turn, freshness off so that every job fetches, decodes and stores a
-real-sized record. The worker's resident memory is read after every slice of jobs, and
-its peak during the slice (sampled every 0.2 s: the bodies in flight included); a leak
-shows as a curve that keeps climbing, a healthy worker as one that flattens once its
-pools, caches and allocator arenas are warm.
+1351 index names in turn, freshness off and each slice's stored results deleted before
+it is sent (a stored result would be revalidated: a 304 without a body), so that every
+job fetches, decodes and stores a real-sized record. The worker's resident memory is
+read after every slice of jobs, and its peak during the slice (sampled every 0.2 s: the
+bodies in flight included); a leak shows as a curve that keeps climbing, a healthy worker
+as one that flattens once its pools, caches and allocator arenas are warm.
 
 By default the worker joins a fleet that already knows the upstream: a first worker
 process runs until the fleet's budget has left its slow start (apis/budget.py), then
@@ -17,7 +18,8 @@ start ramps, and some are deferred. `--upstream-limit RATE` makes the sandbox an
 worker defers jobs on the upstream's word, as a worker behind a rate-limited upstream
 does. Each slice's line counts the jobs retried or deferred so far (the worker's
 `apiworker_task_retries_total`): a retry once left a worker ~14 MiB higher for life
-(docs/performance.md, "One copy of the code positions").
+(docs/performance.md, "One copy of the code positions"). `--concurrency N` sets the
+measured worker's WORKER_CONCURRENCY.
 """
 
 from __future__ import annotations
@@ -58,12 +60,25 @@ def _stored_at_least(results: redis.Redis, total: int) -> bool:
     return bool(results.xlen("events:results") >= total)
 
 
-def _send(producer: Any, names: list[str], start: int, count: int) -> None:
+def _slice(names: list[str], start: int, count: int) -> list[str]:
+    return [names[(start + offset) % len(names)] for offset in range(count)]
+
+
+def _forget(results: redis.Redis, names: list[str]) -> None:
+    """Delete the stored results of `names`, so their next jobs fetch whole bodies.
+
+    With freshness off a stored result is still revalidated (`If-None-Match`), and the
+    sandbox answers 304 without a body: a name's second job would measure no body at all.
+    """
+    results.delete(*(f"pokemon:{name}" for name in names))
+
+
+def _send(producer: Any, names: list[str]) -> None:
     with producer.producer_or_acquire() as publisher:
-        for offset in range(count):
+        for name in names:
             producer.send_task(
                 FETCH_TASK,
-                args=[names[(start + offset) % len(names)]],
+                args=[name],
                 queue="pokeapi",
                 producer=publisher,
                 ignore_result=True,  # nobody waits: as the bench's cold senders
@@ -82,7 +97,7 @@ def _learn_budget(
     try:
         learner.start(producer)
         while budget_phase(results) in (None, SLOW) and sent < LEARNING_JOBS_MAX:
-            _send(producer, names, sent, 256)
+            _send(producer, _slice(names, sent, 256))
             sent += 256
             wait_until(
                 functools.partial(_stored_at_least, results, sent),
@@ -112,6 +127,12 @@ def main() -> int:
         metavar="RATE",
         help="the upstream answers 429 above RATE calls/s once the budget is learnt",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="the measured worker's WORKER_CONCURRENCY (default: the setting's default)",
+    )
     args = parser.parse_args()
 
     names = [entry["name"] for entry in json.loads(INDEX.read_text())["results"]]
@@ -128,6 +149,8 @@ def main() -> int:
         "FRESHNESS_MAX_AGE": "0",
         "RESULT_EXPIRES": "60",
     }
+    if args.concurrency is not None:
+        env["WORKER_CONCURRENCY"] = str(args.concurrency)
     producer = producer_app(env["CELERY_BROKER_URL"], env["CELERY_RESULT_BACKEND"])
     worker = SampledWorker(
         "worker", env, [], log_dir, label="memory", command=("-m", "worker", "--loglevel=WARNING")
@@ -151,7 +174,9 @@ def main() -> int:
         while sent < args.jobs:
             batch = min(args.slice, args.jobs - sent)
             worker.sampler.reset_peak()
-            _send(producer, names, sent, batch)
+            chosen = _slice(names, learnt + sent, batch)
+            _forget(results, chosen)
+            _send(producer, chosen)
             sent += batch
             wait_until(
                 functools.partial(_stored_at_least, results, learnt + sent),

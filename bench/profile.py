@@ -81,7 +81,7 @@ def find_py_spy() -> str | None:
 class Profiler:
     """`py-spy record` attached to a worker for the duration of a `with` block."""
 
-    def __init__(self, worker: SampledWorker, out_dir: Path, rate: int = 200) -> None:
+    def __init__(self, worker: SampledWorker, out_dir: Path, rate: int = 1000) -> None:
         self.worker = worker
         self.rate = rate
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -214,7 +214,7 @@ class Meter:
         if ctx.worker.sampler is not None:
             ctx.worker.sampler.reset_peak()
             ctx.worker.sampler.resume()
-        self.worker_cpu = ctx.worker.cpu_seconds()
+        self.worker_cpu, self.worker_system_cpu = ctx.worker.cpu_split()
         self.sandbox_cpu = ctx.sandbox.cpu_seconds()
         self.redis_cpu = ctx.redis_tree.cpu_seconds()
         self.driver_cpu = time.process_time()
@@ -225,9 +225,12 @@ class Meter:
         largest = ctx.worker.sampler.peak_largest() if ctx.worker.sampler is not None else 0
         if ctx.worker.sampler is not None:
             ctx.worker.sampler.pause()
+        worker_cpu, worker_system_cpu = ctx.worker.cpu_split()
         return {
-            "worker_cpu_ms_per_job": round(
-                (ctx.worker.cpu_seconds() - self.worker_cpu) * per_job, 3
+            "worker_cpu_ms_per_job": round((worker_cpu - self.worker_cpu) * per_job, 3),
+            # Of it, the kernel's: syscalls, thread wake-ups, page faults.
+            "worker_system_cpu_ms_per_job": round(
+                (worker_system_cpu - self.worker_system_cpu) * per_job, 3
             ),
             "upstream_cpu_ms_per_job": round(
                 (ctx.sandbox.cpu_seconds() - self.sandbox_cpu) * per_job, 3

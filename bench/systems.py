@@ -27,6 +27,7 @@ PROJECT = "project"
 WAITED = "project-waited"
 # The project with Flower attached (Flower turns the workers' task events on).
 FLOWER = "project-flower"
+GEVENT = "project-gevent"
 TUNED = "tuned"
 TUTORIAL = "tutorial"
 DRAMATIQ = "dramatiq"
@@ -126,6 +127,12 @@ ALL_SYSTEMS = {
         name=WAITED,
         description="make run, every job sent without ignore_result (a producer that waits)",
         waits=True,
+    ),
+    GEVENT: replace(
+        SYSTEMS[PROJECT],
+        name=GEVENT,
+        description="make run with WORKER_POOL=gevent",
+        extra_env={"WORKER_POOL": "gevent"},
     ),
     # Not in a default run: what task events cost with Flower watching. Flower's own CPU
     # is in the process tree, so its worker CPU per job includes Flower's.
