@@ -22,8 +22,8 @@ writing it again. Waiters see that as a fresh result, exactly like a write.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -94,7 +94,7 @@ def fetch_once(
     freshness = Freshness(max_age, upstream_max_age)
     job = job_began_at.get()
     started = job.at if job is not None else None
-    token = uuid.uuid4().hex
+    token = os.urandom(16).hex()  # as random as uuid4's, without building a UUID
     deadline = time.monotonic() + wait_seconds
     waited = False
     while True:

@@ -8,6 +8,7 @@ it takes a job. The root of the tree is `settings.Settings`.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -278,10 +279,11 @@ class WorkerSettings(RedisSection):
             return self.broker_heartbeat_timeout
         return AMQP_LIVENESS_SECONDS
 
-    @property
+    @cached_property
     def lease_seconds(self) -> float:
         """The single-flight lease: SINGLE_FLIGHT_LOCK_SECONDS, or the broker's liveness
-        plus the tolerated pause."""
+        plus the tolerated pause. Every job reads it; the settings are frozen, so it is
+        worked out once (the broker's URL alone builds Celery's connection settings)."""
         if self.single_flight_lock_seconds is not None:
             return self.single_flight_lock_seconds
         return self.broker_liveness_seconds + self.single_flight_tolerated_pause_seconds
