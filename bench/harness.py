@@ -57,8 +57,9 @@ class ProcStat:
     ppid: int
     pgrp: int
     cpu_seconds: float  # user + system of the process itself
-    system_cpu_seconds: float  # the kernel's part of it: syscalls, page faults, wake-ups
     children_cpu_seconds: float  # of its children that exited and were reaped
+    # The kernel's part of both (system calls, page faults, wake-ups).
+    system_cpu_seconds: float
     rss_bytes: int
 
 
@@ -74,8 +75,8 @@ def read_stat(pid: int) -> ProcStat | None:
         ppid=int(fields[1]),
         pgrp=int(fields[2]),
         cpu_seconds=(int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
-        system_cpu_seconds=int(fields[12]) / _CLOCK_TICKS,
         children_cpu_seconds=(int(fields[13]) + int(fields[14])) / _CLOCK_TICKS,
+        system_cpu_seconds=(int(fields[12]) + int(fields[14])) / _CLOCK_TICKS,
         rss_bytes=int(fields[21]) * _PAGE_SIZE,
     )
 
@@ -132,8 +133,8 @@ class ProcessTree:
         return self.cpu_split()[0]
 
     def cpu_split(self) -> tuple[float, float]:
-        """(user + system, system) CPU seconds of the live group; the first also counts
-        its reaped children."""
+        """(user + system, system) CPU seconds of the live group, plus what its reaped
+        children used."""
         self._last_scan = 0.0
         total = system = 0.0
         for pid in self.pids():

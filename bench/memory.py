@@ -47,6 +47,8 @@ from bench.systems import FETCH_TASK, settings_names
 from ops.processes.ports import free_port
 from ops.processes.waits import wait_until
 from ops.producer import producer_app
+from results.keys import Keys
+from tasks.pokemon import KIND as POKEMON
 
 RESULTS = Path(__file__).parent / "results"
 INDEX = Path(__file__).parents[1] / "sandbox" / "data" / "pokemon-index.json"
@@ -70,7 +72,8 @@ def _forget(results: redis.Redis, names: list[str]) -> None:
     With freshness off a stored result is still revalidated (`If-None-Match`), and the
     sandbox answers 304 without a body: a name's second job would measure no body at all.
     """
-    results.delete(*(f"pokemon:{name}" for name in names))
+    keys = Keys()
+    results.delete(*(keys.result(POKEMON, name) for name in names))
 
 
 def _send(producer: Any, names: list[str]) -> None:
