@@ -19,7 +19,7 @@ worker defers jobs on the upstream's word, as a worker behind a rate-limited ups
 does. Each slice's line counts the jobs retried or deferred so far (the worker's
 `apiworker_task_retries_total`): a retry once left a worker ~14 MiB higher for life
 (docs/performance.md, "One copy of the code positions"). `--concurrency N` sets the
-measured worker's WORKER_CONCURRENCY.
+workers' WORKER_CONCURRENCY (the learning one's too).
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def main() -> int:
         "--concurrency",
         type=int,
         default=None,
-        help="the measured worker's WORKER_CONCURRENCY (default: the setting's default)",
+        help="WORKER_CONCURRENCY of the measured worker (and of the one learning the "
+        "budget before it); default: the setting's default",
     )
     args = parser.parse_args()
 

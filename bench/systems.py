@@ -128,6 +128,7 @@ ALL_SYSTEMS = {
         description="make run, every job sent without ignore_result (a producer that waits)",
         waits=True,
     ),
+    # Not in a default run: the same on the gevent pool (one thread, no GIL hand-offs).
     GEVENT: replace(
         SYSTEMS[PROJECT],
         name=GEVENT,

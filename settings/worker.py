@@ -261,12 +261,14 @@ class WorkerSettings(RedisSection):
             self.celery_broker_url, self.tls_files() if scheme == "rediss" else None
         )
 
-    @property
+    # The two URLs are worked out once: each builds Celery's whole connection settings,
+    # and the settings are frozen. A job reads the broker's (through `lease_seconds`).
+    @cached_property
     def broker_url(self) -> str:
         url: str = self.celery_connection.settings["broker_url"]
         return url
 
-    @property
+    @cached_property
     def result_backend(self) -> str:
         url: str = self.celery_connection.settings["result_backend"]
         return url
@@ -279,11 +281,10 @@ class WorkerSettings(RedisSection):
             return self.broker_heartbeat_timeout
         return AMQP_LIVENESS_SECONDS
 
-    @cached_property
+    @property
     def lease_seconds(self) -> float:
         """The single-flight lease: SINGLE_FLIGHT_LOCK_SECONDS, or the broker's liveness
-        plus the tolerated pause. Every job reads it; the settings are frozen, so it is
-        worked out once (the broker's URL alone builds Celery's connection settings)."""
+        plus the tolerated pause."""
         if self.single_flight_lock_seconds is not None:
             return self.single_flight_lock_seconds
         return self.broker_liveness_seconds + self.single_flight_tolerated_pause_seconds
