@@ -32,6 +32,7 @@ TUNED = "tuned"
 TUTORIAL = "tutorial"
 DRAMATIQ = "dramatiq"
 PROBE = "probe"
+PROBE_THREADS = "probe-threads"
 # How the driver enqueues a job (bench.senders).
 CELERY = "celery"
 DRAMATIQ_PROTOCOL = "dramatiq"
@@ -134,6 +135,15 @@ ALL_SYSTEMS = {
         name=GEVENT,
         description="make run with WORKER_POOL=gevent",
         extra_env={"WORKER_POOL": "gevent"},
+    ),
+    # Not in a default run: the probe's job on blocking threads, the project's model.
+    PROBE_THREADS: replace(
+        SYSTEMS[PROBE],
+        name=PROBE_THREADS,
+        module="bench.baselines.probe_threads",
+        command=("-m", "bench.baselines.probe_threads"),
+        description="a process per core x32 threads: urllib3, redis-py, msgspec of five "
+        "fields, a Redis list, no guarantees",
     ),
     # Not in a default run: what task events cost with Flower watching. Flower's own CPU
     # is in the process tree, so its worker CPU per job includes Flower's.

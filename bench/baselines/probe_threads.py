@@ -1,0 +1,111 @@
+"""The lean threaded probe: the floor of a thread-per-job worker of this job in Python.
+
+The asyncio probe's job (`bench.baselines.probe`) on the project's execution model: one
+process per core, 32 threads each, every thread blocking on its job's I/O with the
+project's synchronous clients (urllib3 with connect and read timeouts, redis-py with
+hiredis and socket timeouts), the same msgspec decode of five fields, the project's
+transform and a plain `SET pokemon:{name}`. Its queue is the same plain Redis list
+(`BLPOP`): no acks, no retries, no results, no freshness, no single flight, no failure
+records, no logs or metrics per job. Its row against the asyncio probe's is what blocking
+threads cost on this box before any guarantee; against the project's, what the
+guarantees and Celery cost on top.
+
+Run: `python -m bench.baselines.probe_threads`, with REDIS_URL, PROBE_QUEUE_URL and
+POKEAPI_BASE_URL in the environment.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+
+import msgspec
+import orjson
+import redis
+import urllib3
+
+from tasks.pokemon_record import pokemon_summary
+
+QUEUE = "probe:jobs"
+# The project's defaults: a process per core, 32 pool threads each.
+THREADS = 32
+
+
+class _Sprites(msgspec.Struct):
+    front_default: str | None = None
+
+
+class _Record(msgspec.Struct):
+    id: int
+    name: str
+    height: int
+    weight: int
+    sprites: _Sprites
+
+
+_decoder = msgspec.json.Decoder(_Record)
+
+
+def _consume(
+    queue: redis.Redis, store: redis.Redis, http: urllib3.PoolManager, stop: threading.Event
+) -> None:
+    base = os.environ["POKEAPI_BASE_URL"]
+    timeout = urllib3.Timeout(connect=3.05, read=10.0)
+    while not stop.is_set():
+        popped = queue.blpop([QUEUE], timeout=1)
+        if popped is None:
+            continue
+        raw = popped[1]
+        name = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            response = http.request("GET", f"{base}/pokemon/{name}", timeout=timeout, retries=False)
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            summary = pokemon_summary(msgspec.to_builtins(_decoder.decode(response.data)))
+            store.set(f"pokemon:{summary['name']}", orjson.dumps(summary))
+        except Exception as exc:  # any error drops the job, never the thread
+            print(f"probe-threads: {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _process() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pool = redis.ConnectionPool.from_url(
+        os.environ["PROBE_QUEUE_URL"], max_connections=THREADS, socket_timeout=5
+    )
+    queue = redis.Redis(connection_pool=pool)
+    store = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=5)
+    http = urllib3.PoolManager(maxsize=THREADS, block=False)
+    threads = [
+        threading.Thread(target=_consume, args=(queue, store, http, stop), daemon=True)
+        for _ in range(THREADS)
+    ]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for thread in threads:
+        thread.join(timeout=3)
+
+
+def main() -> None:
+    processes = [multiprocessing.Process(target=_process) for _ in range(os.cpu_count() or 1)]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None:
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+
+
+if __name__ == "__main__":
+    main()
