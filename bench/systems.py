@@ -33,6 +33,7 @@ TUTORIAL = "tutorial"
 DRAMATIQ = "dramatiq"
 PROBE = "probe"
 PROBE_THREADS = "probe-threads"
+CELERY_FLOOR = "celery-floor"
 # How the driver enqueues a job (bench.senders).
 CELERY = "celery"
 DRAMATIQ_PROTOCOL = "dramatiq"
@@ -144,6 +145,16 @@ ALL_SYSTEMS = {
         command=("-m", "bench.baselines.probe_threads"),
         description="a process per core x32 threads: urllib3, redis-py, msgspec of five "
         "fields, a Redis list, no guarantees",
+    ),
+    # Not in a default run: stock Celery around the threaded probe's job.
+    CELERY_FLOOR: System(
+        name=CELERY_FLOOR,
+        module="bench.baselines.celery_floor",
+        queue="pokeapi",
+        command=("-m", "bench.baselines.celery_floor"),
+        description="stock Celery, a process per core x32 threads, late acks: the "
+        "threaded probe's job as a task, no guarantees",
+        scenarios=QUEUE_ONLY_SCENARIOS,
     ),
     # Not in a default run: what task events cost with Flower watching. Flower's own CPU
     # is in the process tree, so its worker CPU per job includes Flower's.

@@ -1,0 +1,90 @@
+"""Stock Celery around the threaded probe's job: what the framework alone costs a job.
+
+The threaded probe's body (`bench.baselines.probe_threads`: urllib3 with connect and
+read timeouts, a msgspec decode of five fields, the project's transform, a plain `SET
+pokemon:{name}`) as a Celery task, on the project's layout: one worker process per core,
+the threads pool with 32 threads each, kombu's stock Redis transport, late acks (a job
+is acknowledged once done, as the project's are), task events off. No freshness, single
+flight, retries, failure records, results, logs or metrics per job. Its row against the
+threaded probe's is Celery's own cost a job; against the project's, what the project's
+guarantees and its operations (logs, metrics, tracing hooks) cost on top.
+
+Run: `python -m bench.baselines.celery_floor`, with REDIS_URL, CELERY_BROKER_URL and
+POKEAPI_BASE_URL in the environment.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+
+import msgspec
+import orjson
+import redis
+import urllib3
+from celery import Celery
+
+from bench.baselines.probe_threads import THREADS, decode_record
+from tasks.pokemon_record import PokemonSummary, pokemon_summary
+
+BASE_URL = os.environ["POKEAPI_BASE_URL"]
+
+app = Celery("celery_floor", broker=os.environ["CELERY_BROKER_URL"])
+app.conf.update(
+    worker_pool="threads",
+    worker_concurrency=THREADS,
+    task_acks_late=True,
+    task_ignore_result=True,
+    task_serializer="json",
+    accept_content=["json"],
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    broker_pool_limit=THREADS,
+)
+store = redis.Redis.from_url(os.environ["REDIS_URL"], max_connections=THREADS, socket_timeout=5)
+http = urllib3.PoolManager(maxsize=THREADS, block=False)
+TIMEOUT = urllib3.Timeout(connect=3.05, read=10.0)
+
+
+@app.task(name="tasks.pokemon.fetch_pokemon")  # type: ignore[untyped-decorator]
+def fetch_pokemon(name: str) -> PokemonSummary:
+    response = http.request("GET", f"{BASE_URL}/pokemon/{name}", timeout=TIMEOUT, retries=False)
+    if response.status != 200:
+        raise ValueError(f"HTTP {response.status}")
+    summary = pokemon_summary(msgspec.to_builtins(decode_record(response.data)))
+    store.set(f"pokemon:{summary['name']}", orjson.dumps(summary))
+    return summary
+
+
+def _worker() -> None:
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel=WARNING",
+            "--queues=pokeapi",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+
+
+def main() -> None:
+    processes = [multiprocessing.Process(target=_worker) for _ in range(os.cpu_count() or 1)]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None:
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+
+
+if __name__ == "__main__":
+    main()
