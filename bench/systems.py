@@ -1,4 +1,8 @@
-"""The systems a run compares: the project's worker and four baselines.
+"""The systems a run compares: the project's worker, four baselines and, on request, more.
+
+Beyond a default run: the project on the gevent pool, with Flower, or with every job
+waited on, and two floors of its model (the asyncio probe's job on blocking threads, and
+the same as a stock Celery task).
 
 The three Celery systems register the same task names (`tasks.pokemon.fetch_pokemon`,
 `tasks.pokemon.refresh_catalog`), so the driver sends the identical message to each and

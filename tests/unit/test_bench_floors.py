@@ -1,0 +1,57 @@
+"""The bench's floors of the project's model do the project's job, and only that.
+
+`probe-threads` and `celery-floor` (bench/baselines) are measured against the project; a
+floor that decoded a different record, or a Celery floor that acked early or kept
+results, would make the comparison say nothing. Their speed is the bench's business.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import msgspec
+import orjson
+import pytest
+
+from apis.pokeapi import decode_record_fields
+from bench.baselines.probe_threads import decode_record
+from bench.systems import ALL_SYSTEMS, CELERY_FLOOR, FETCH_TASK, PROBE_THREADS, SYSTEMS
+
+RECORD = orjson.dumps(
+    {
+        "id": 6,
+        "name": "charizard",
+        "height": 17,
+        "weight": 905,
+        "sprites": {"front_default": "https://img.example/6.png", "back_default": None},
+        "moves": [{"move": {"name": "mega-punch"}}] * 50,
+        "stats": [],
+    }
+)
+
+
+def test_the_threaded_floor_decodes_the_fields_the_project_decodes() -> None:
+    assert msgspec.to_builtins(decode_record(RECORD)) == decode_record_fields(RECORD)
+
+
+def test_the_celery_floor_is_stock_celery_with_late_acks_and_no_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POKEAPI_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:9/1")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
+    monkeypatch.delitem(sys.modules, "bench.baselines.celery_floor", raising=False)
+    floor = importlib.import_module("bench.baselines.celery_floor")
+    conf = floor.app.conf
+    assert FETCH_TASK in floor.app.tasks
+    assert conf.task_acks_late is True
+    assert conf.task_ignore_result is True
+    assert conf.worker_pool == "threads"
+    assert not conf.worker_send_task_events
+
+
+def test_both_floors_are_offered_but_not_in_a_default_run() -> None:
+    assert {PROBE_THREADS, CELERY_FLOOR} <= set(ALL_SYSTEMS)
+    assert not {PROBE_THREADS, CELERY_FLOOR} & set(SYSTEMS)
+    assert ALL_SYSTEMS[CELERY_FLOOR].queue == "pokeapi"
