@@ -26,6 +26,7 @@ import urllib3
 from celery import Celery
 
 from bench.baselines.probe_threads import THREADS, decode_record
+from bench.systems import FETCH_TASK
 from tasks.pokemon_record import PokemonSummary, pokemon_summary
 
 BASE_URL = os.environ["POKEAPI_BASE_URL"]
@@ -47,7 +48,9 @@ http = urllib3.PoolManager(maxsize=THREADS, block=False)
 TIMEOUT = urllib3.Timeout(connect=3.05, read=10.0)
 
 
-@app.task(name="tasks.pokemon.fetch_pokemon")  # type: ignore[untyped-decorator]
+# Not shared: a shared task would join every Celery app finalised later in the same
+# process (a test's), under the project's own task name.
+@app.task(name=FETCH_TASK, shared=False)  # type: ignore[untyped-decorator]
 def fetch_pokemon(name: str) -> PokemonSummary:
     response = http.request("GET", f"{BASE_URL}/pokemon/{name}", timeout=TIMEOUT, retries=False)
     if response.status != 200:

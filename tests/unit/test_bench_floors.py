@@ -13,6 +13,7 @@ import sys
 import msgspec
 import orjson
 import pytest
+from celery import Celery
 
 from apis.pokeapi import decode_record_fields
 from bench.baselines.probe_threads import decode_record
@@ -55,3 +56,17 @@ def test_both_floors_are_offered_but_not_in_a_default_run() -> None:
     assert {PROBE_THREADS, CELERY_FLOOR} <= set(ALL_SYSTEMS)
     assert not {PROBE_THREADS, CELERY_FLOOR} & set(SYSTEMS)
     assert ALL_SYSTEMS[CELERY_FLOOR].queue == "pokeapi"
+
+
+def test_importing_the_celery_floor_leaves_other_apps_their_own_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its task shares the project's name; it must not join apps finalised later."""
+    monkeypatch.setenv("POKEAPI_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:9/1")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
+    monkeypatch.delitem(sys.modules, "bench.baselines.celery_floor", raising=False)
+    importlib.import_module("bench.baselines.celery_floor")
+    later = Celery("later", set_as_current=False)
+    later.finalize()
+    assert FETCH_TASK not in later.tasks
