@@ -151,14 +151,15 @@ ALL_SYSTEMS = {
         "fields, a Redis list, no guarantees",
     ),
     # Not in a default run: stock Celery around the threaded probe's job.
-    CELERY_FLOOR: System(
+    CELERY_FLOOR: replace(
+        SYSTEMS[PROBE],
         name=CELERY_FLOOR,
         module="bench.baselines.celery_floor",
-        queue="pokeapi",
+        queue=SYSTEMS[PROJECT].queue,
         command=("-m", "bench.baselines.celery_floor"),
         description="stock Celery, a process per core x32 threads, late acks: the "
         "threaded probe's job as a task, no guarantees",
-        scenarios=QUEUE_ONLY_SCENARIOS,
+        protocol=CELERY,
     ),
     # Not in a default run: what task events cost with Flower watching. Flower's own CPU
     # is in the process tree, so its worker CPU per job includes Flower's.

@@ -15,9 +15,7 @@ POKEAPI_BASE_URL in the environment.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 
 import msgspec
 import orjson
@@ -25,7 +23,8 @@ import redis
 import urllib3
 from celery import Celery
 
-from bench.baselines.probe_threads import THREADS, decode_record
+from bench.baselines.lean import decode_record, run_per_core
+from bench.baselines.probe_threads import THREADS
 from bench.systems import FETCH_TASK
 from tasks.pokemon_record import PokemonSummary, pokemon_summary
 
@@ -74,19 +73,7 @@ def _worker() -> None:
 
 
 def main() -> None:
-    processes = [multiprocessing.Process(target=_worker) for _ in range(os.cpu_count() or 1)]
-    for process in processes:
-        process.start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for process in processes:
-            if process.pid is not None:
-                os.kill(process.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in processes:
-        process.join()
+    run_per_core(_worker)
 
 
 if __name__ == "__main__":

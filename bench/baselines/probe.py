@@ -25,26 +25,12 @@ import msgspec
 import orjson
 import redis.asyncio as aioredis
 
+from bench.baselines.lean import decode_record
 from tasks.pokemon_record import pokemon_summary
 
 QUEUE = "probe:jobs"
 # Jobs in flight: enough that 50 ms of upstream latency never idles the loop.
 CONCURRENCY = 64
-
-
-class _Sprites(msgspec.Struct):
-    front_default: str | None = None
-
-
-class _Record(msgspec.Struct):
-    id: int
-    name: str
-    height: int
-    weight: int
-    sprites: _Sprites
-
-
-_decoder = msgspec.json.Decoder(_Record)
 
 
 async def _consume(
@@ -62,7 +48,7 @@ async def _consume(
             async with http.get(f"{base}/pokemon/{name}") as response:
                 response.raise_for_status()
                 body = await response.read()
-            summary = pokemon_summary(msgspec.to_builtins(_decoder.decode(body)))
+            summary = pokemon_summary(msgspec.to_builtins(decode_record(body)))
             await store.set(f"pokemon:{summary['name']}", orjson.dumps(summary))
         except Exception as exc:  # any error drops the job, never the consumer
             # No retries and no failure records: the job is dropped, as the row says. An

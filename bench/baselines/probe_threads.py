@@ -16,7 +16,6 @@ POKEAPI_BASE_URL in the environment.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sys
@@ -27,31 +26,12 @@ import orjson
 import redis
 import urllib3
 
+from bench.baselines.lean import decode_record, run_per_core
 from tasks.pokemon_record import pokemon_summary
 
 QUEUE = "probe:jobs"
 # The project's defaults: a process per core, 32 pool threads each.
 THREADS = 32
-
-
-class _Sprites(msgspec.Struct):
-    front_default: str | None = None
-
-
-class _Record(msgspec.Struct):
-    id: int
-    name: str
-    height: int
-    weight: int
-    sprites: _Sprites
-
-
-_decoder = msgspec.json.Decoder(_Record)
-
-
-def decode_record(body: bytes) -> _Record:
-    """The five fields the transform reads; the rest of the body is skipped in C."""
-    return _decoder.decode(body)
 
 
 def _consume(
@@ -97,19 +77,7 @@ def _process() -> None:
 
 
 def main() -> None:
-    processes = [multiprocessing.Process(target=_process) for _ in range(os.cpu_count() or 1)]
-    for process in processes:
-        process.start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for process in processes:
-            if process.pid is not None:
-                os.kill(process.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in processes:
-        process.join()
+    run_per_core(_process)
 
 
 if __name__ == "__main__":

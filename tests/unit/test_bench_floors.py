@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from types import ModuleType
 
 import msgspec
 import orjson
@@ -16,7 +17,7 @@ import pytest
 from celery import Celery
 
 from apis.pokeapi import decode_record_fields
-from bench.baselines.probe_threads import decode_record
+from bench.baselines.lean import decode_record
 from bench.systems import ALL_SYSTEMS, CELERY_FLOOR, FETCH_TASK, PROBE_THREADS, SYSTEMS
 
 RECORD = orjson.dumps(
@@ -36,14 +37,20 @@ def test_the_threaded_floor_decodes_the_fields_the_project_decodes() -> None:
     assert msgspec.to_builtins(decode_record(RECORD)) == decode_record_fields(RECORD)
 
 
-def test_the_celery_floor_is_stock_celery_with_late_acks_and_no_results(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def celery_floor(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The module imported afresh, its settings pointing nowhere (nothing connects)."""
     monkeypatch.setenv("POKEAPI_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:9/1")
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
     monkeypatch.delitem(sys.modules, "bench.baselines.celery_floor", raising=False)
-    floor = importlib.import_module("bench.baselines.celery_floor")
+    return importlib.import_module("bench.baselines.celery_floor")
+
+
+def test_the_celery_floor_is_stock_celery_with_late_acks_and_no_results(
+    celery_floor: ModuleType,
+) -> None:
+    floor = celery_floor
     conf = floor.app.conf
     assert FETCH_TASK in floor.app.tasks
     assert conf.task_acks_late is True
@@ -58,15 +65,9 @@ def test_both_floors_are_offered_but_not_in_a_default_run() -> None:
     assert ALL_SYSTEMS[CELERY_FLOOR].queue == "pokeapi"
 
 
-def test_importing_the_celery_floor_leaves_other_apps_their_own_task(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("celery_floor")
+def test_importing_the_celery_floor_leaves_other_apps_their_own_task() -> None:
     """Its task shares the project's name; it must not join apps finalised later."""
-    monkeypatch.setenv("POKEAPI_BASE_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:9/1")
-    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
-    monkeypatch.delitem(sys.modules, "bench.baselines.celery_floor", raising=False)
-    importlib.import_module("bench.baselines.celery_floor")
     later = Celery("later", set_as_current=False)
     later.finalize()
     assert FETCH_TASK not in later.tasks
