@@ -25,7 +25,7 @@ from celery import Celery
 
 from bench.baselines.lean import decode_record, run_per_core
 from bench.baselines.probe_threads import THREADS
-from bench.systems import FETCH_TASK
+from bench.systems import FETCH_TASK, PROJECT, SYSTEMS
 from tasks.pokemon_record import PokemonSummary, pokemon_summary
 
 BASE_URL = os.environ["POKEAPI_BASE_URL"]
@@ -64,7 +64,7 @@ def _worker() -> None:
         [
             "worker",
             "--loglevel=WARNING",
-            "--queues=pokeapi",
+            f"--queues={SYSTEMS[PROJECT].queue}",
             "--without-heartbeat",
             "--without-mingle",
             "--without-gossip",

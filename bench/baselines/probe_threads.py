@@ -26,12 +26,13 @@ import orjson
 import redis
 import urllib3
 
+from apis.config import DEFAULT_CONCURRENT_CALLS
 from bench.baselines.lean import decode_record, run_per_core
 from tasks.pokemon_record import pokemon_summary
 
 QUEUE = "probe:jobs"
-# The project's defaults: a process per core, 32 pool threads each.
-THREADS = 32
+# The project's default pool size (WORKER_CONCURRENCY), in each process of a core.
+THREADS = DEFAULT_CONCURRENT_CALLS
 
 
 def _consume(
