@@ -18,6 +18,7 @@ from celery import Celery
 
 from apis.pokeapi import decode_record_fields
 from bench.baselines.lean import decode_record
+from bench.import_cost import added
 from bench.systems import ALL_SYSTEMS, CELERY_FLOOR, FETCH_TASK, PROBE_THREADS, SYSTEMS
 
 RECORD = orjson.dumps(
@@ -71,3 +72,11 @@ def test_importing_the_celery_floor_leaves_other_apps_their_own_task() -> None:
     later = Celery("later", set_as_current=False)
     later.finalize()
     assert FETCH_TASK not in later.tasks
+
+
+def test_the_import_cost_of_a_package_is_measured_over_the_floor() -> None:
+    """A package the floor does not load adds memory and modules; one it loads adds none."""
+    mib, modules = added(("tenacity",))
+    assert mib > 0
+    assert modules > 0
+    assert added(("kombu.transport.redis",))[1] == 0
