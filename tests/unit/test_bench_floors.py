@@ -2,7 +2,8 @@
 
 `probe-threads` and `celery-floor` (bench/baselines) are measured against the project; a
 floor that decoded a different record, or a Celery floor that acked early or kept
-results, would make the comparison say nothing. Their speed is the bench's business.
+results, would make the comparison say nothing. Their speed is the bench's business; so
+is `bench.import_cost`'s figure, but not whether it measures over the floor's imports.
 """
 
 from __future__ import annotations
