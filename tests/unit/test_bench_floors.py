@@ -8,19 +8,21 @@ is `bench.import_cost`'s figure, but not whether it measures over the floor's im
 
 from __future__ import annotations
 
-import importlib
+import json
+import os
+import subprocess
 import sys
-from types import ModuleType
+from typing import Any
 
 import msgspec
 import orjson
 import pytest
-from celery import Celery
 
 from apis.pokeapi import decode_record_fields
 from bench.baselines.lean import decode_record
 from bench.import_cost import added
 from bench.systems import ALL_SYSTEMS, CELERY_FLOOR, FETCH_TASK, PROBE_THREADS, SYSTEMS
+from ops.processes.children import REPO_ROOT
 
 RECORD = orjson.dumps(
     {
@@ -39,26 +41,58 @@ def test_the_threaded_floor_decodes_the_fields_the_project_decodes() -> None:
     assert msgspec.to_builtins(decode_record(RECORD)) == decode_record_fields(RECORD)
 
 
-@pytest.fixture
-def celery_floor(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The module imported afresh, its settings pointing nowhere (nothing connects)."""
-    monkeypatch.setenv("POKEAPI_BASE_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:9/1")
-    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
-    monkeypatch.delitem(sys.modules, "bench.baselines.celery_floor", raising=False)
-    return importlib.import_module("bench.baselines.celery_floor")
+# Run in a fresh interpreter, as the bench runs the floor: in the suite's process the
+# project's own shared tasks are registered, and every Celery app made there gets them.
+_INSPECT_FLOOR = """
+import json
+from celery import Celery
+import bench.baselines.celery_floor as floor
+conf = floor.app.conf
+task = floor.app.tasks[{task!r}]
+later = Celery("later", set_as_current=False)
+later.finalize()
+print(json.dumps({{
+    "task_module": task.run.__module__,
+    "acks_late": conf.task_acks_late,
+    "ignore_result": conf.task_ignore_result,
+    "pool": conf.worker_pool,
+    "events": conf.worker_send_task_events,
+    "later_has_it": {task!r} in later.tasks,
+}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def celery_floor() -> dict[str, Any]:
+    """What the floor's module sets up when imported alone, its settings pointing nowhere
+    (nothing connects)."""
+    environment = {
+        **os.environ,
+        "POKEAPI_BASE_URL": "http://127.0.0.1:9",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:9/1",
+        "REDIS_URL": "redis://127.0.0.1:9/0",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", _INSPECT_FLOOR.format(task=FETCH_TASK)],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    inspected: dict[str, Any] = json.loads(completed.stdout)
+    return inspected
 
 
 def test_the_celery_floor_is_stock_celery_with_late_acks_and_no_results(
-    celery_floor: ModuleType,
+    celery_floor: dict[str, Any],
 ) -> None:
-    floor = celery_floor
-    conf = floor.app.conf
-    assert FETCH_TASK in floor.app.tasks
-    assert conf.task_acks_late is True
-    assert conf.task_ignore_result is True
-    assert conf.worker_pool == "threads"
-    assert not conf.worker_send_task_events
+    assert celery_floor["task_module"] == "bench.baselines.celery_floor"
+    assert celery_floor["acks_late"] is True
+    assert celery_floor["ignore_result"] is True
+    assert celery_floor["pool"] == "threads"
+    assert not celery_floor["events"]
 
 
 def test_both_floors_are_offered_but_not_in_a_default_run() -> None:
@@ -67,12 +101,11 @@ def test_both_floors_are_offered_but_not_in_a_default_run() -> None:
     assert ALL_SYSTEMS[CELERY_FLOOR].queue == "pokeapi"
 
 
-@pytest.mark.usefixtures("celery_floor")
-def test_importing_the_celery_floor_leaves_other_apps_their_own_task() -> None:
+def test_importing_the_celery_floor_leaves_other_apps_their_own_task(
+    celery_floor: dict[str, Any],
+) -> None:
     """Its task shares the project's name; it must not join apps finalised later."""
-    later = Celery("later", set_as_current=False)
-    later.finalize()
-    assert FETCH_TASK not in later.tasks
+    assert celery_floor["later_has_it"] is False
 
 
 def test_the_import_cost_of_a_package_is_measured_over_the_floor() -> None:
