@@ -97,8 +97,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="profile the project's worker with py-spy during the cold scenario only "
-        "(with --scenarios small: during the small-body case instead)",
+        help="profile the project's worker (or the first of --systems) with py-spy during "
+        "the cold scenario only (with --scenarios small: during the small-body case instead)",
     )
     args = parser.parse_args(argv)
     if args.jobs is None:
@@ -254,7 +254,10 @@ class Bench:
                 running[system.name] = ctx
                 results[system.name]["process_small" if small else "process"] = process
             if self.args.profile:
-                self._profile(running[PROJECT], results[PROJECT], label)
+                # The first system chosen: the project unless --systems names another.
+                first = systems[0].name
+                if first in running:
+                    self._profile(running[first], results[first], label)
                 return
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
             healthy = dict(running)  # a system that fails leaves the rounds, not `running`
