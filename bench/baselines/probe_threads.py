@@ -26,13 +26,14 @@ import orjson
 import redis
 import urllib3
 
-from apis.config import DEFAULT_CONCURRENT_CALLS
 from bench.baselines.lean import decode_record, run_per_core
 from tasks.pokemon_record import pokemon_summary
 
 QUEUE = "probe:jobs"
-# The project's default pool size (WORKER_CONCURRENCY), in each process of a core.
-THREADS = DEFAULT_CONCURRENT_CALLS
+# The project's default pool size (apis.config.DEFAULT_CONCURRENT_CALLS), in each process
+# of a core. Not imported: apis.config loads the project's settings and pydantic, which
+# would be counted in the floors' memory (tests/unit/test_bench_floors.py holds it equal).
+THREADS = 32
 
 
 def _consume(

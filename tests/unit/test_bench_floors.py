@@ -18,10 +18,19 @@ import msgspec
 import orjson
 import pytest
 
+from apis.config import DEFAULT_CONCURRENT_CALLS
 from apis.pokeapi import decode_record_fields
 from bench.baselines.lean import decode_record
+from bench.baselines.probe_threads import THREADS
 from bench.import_cost import added
-from bench.systems import ALL_SYSTEMS, CELERY_FLOOR, FETCH_TASK, PROBE_THREADS, SYSTEMS
+from bench.systems import (
+    ALL_SYSTEMS,
+    CELERY_FLOOR,
+    FETCH_TASK,
+    PROBE_THREADS,
+    PROJECT,
+    SYSTEMS,
+)
 from ops.processes.children import REPO_ROOT
 
 RECORD = orjson.dumps(
@@ -44,7 +53,7 @@ def test_the_threaded_floor_decodes_the_fields_the_project_decodes() -> None:
 # Run in a fresh interpreter, as the bench runs the floor: in the suite's process the
 # project's own shared tasks are registered, and every Celery app made there gets them.
 _INSPECT_FLOOR = """
-import json
+import json, sys
 from celery import Celery
 import bench.baselines.celery_floor as floor
 conf = floor.app.conf
@@ -58,6 +67,9 @@ print(json.dumps({{
     "pool": conf.worker_pool,
     "events": conf.worker_send_task_events,
     "later_has_it": {task!r} in later.tasks,
+    "task_name": floor.FETCH_TASK,
+    "queue": floor.QUEUE,
+    "loads_the_project_settings": "pydantic" in sys.modules or "settings" in sys.modules,
 }}))
 """
 
@@ -95,10 +107,26 @@ def test_the_celery_floor_is_stock_celery_with_late_acks_and_no_results(
     assert not celery_floor["events"]
 
 
+def test_the_floors_run_the_projects_default_pool_size() -> None:
+    assert THREADS == DEFAULT_CONCURRENT_CALLS
+
+
 def test_both_floors_are_offered_but_not_in_a_default_run() -> None:
     assert {PROBE_THREADS, CELERY_FLOOR} <= set(ALL_SYSTEMS)
     assert not {PROBE_THREADS, CELERY_FLOOR} & set(SYSTEMS)
-    assert ALL_SYSTEMS[CELERY_FLOOR].queue == "pokeapi"
+    assert ALL_SYSTEMS[CELERY_FLOOR].queue == SYSTEMS[PROJECT].queue
+
+
+def test_the_celery_floor_takes_the_projects_jobs(celery_floor: dict[str, Any]) -> None:
+    assert celery_floor["task_name"] == FETCH_TASK
+    assert celery_floor["queue"] == SYSTEMS[PROJECT].queue
+
+
+def test_the_celery_floor_loads_neither_the_projects_settings_nor_pydantic(
+    celery_floor: dict[str, Any],
+) -> None:
+    """They are the project's start-up heap; in the floor they would blur the comparison."""
+    assert celery_floor["loads_the_project_settings"] is False
 
 
 def test_importing_the_celery_floor_leaves_other_apps_their_own_task(
