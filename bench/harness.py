@@ -31,6 +31,7 @@ from ops.processes.ports import free_port
 from ops.processes.redis_server import DisposableRedis
 from ops.processes.waits import wait_until
 from ops.processes.worker import WorkerProcess
+from ops.top import summed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -288,18 +289,10 @@ class KeyWatcher:
 
 def counter_total(metrics_url: str, name: str, **labels: str) -> int:
     """The sum of counter `name` over its series whose labels include `labels`, as a
-    worker's `/metrics` page shows it now (prometheus_client's own text parser)."""
+    worker's `/metrics` page shows it now (read as `apiworker top` reads it)."""
     with urllib.request.urlopen(metrics_url, timeout=5) as answer:
         text = answer.read().decode()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == f"{name}_total"
-            and all(sample.labels.get(key) == value for key, value in labels.items())
-        )
-    )
+    return int(summed(text_string_to_metric_families(text), name, "_total", **labels))
 
 
 class SandboxProcess:

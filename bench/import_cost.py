@@ -2,10 +2,10 @@
 
 A worker process's resident memory is mostly its start-up heap. This measures, each in a
 fresh interpreter, the resident MiB one package adds to a process that has already
-imported what a stock Celery worker of the lean job runs (`bench.baselines.celery_floor`:
-Celery's worker, consumer, threads pool and trace, kombu's Redis transport, redis-py,
-urllib3, msgspec, orjson); the last row is the project's worker modules as `python -m
-worker` loads them. Medians of `--rounds` interpreters each; prints one Markdown table.
+imported what a stock Celery worker of the lean job runs (`bench.baselines.celery_floor`
+and what a Celery worker loads as it starts); the last row is the project's worker
+modules as `python -m worker` loads them. Medians of `--rounds` interpreters each;
+prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -17,19 +17,23 @@ import sys
 
 from ops.processes.children import REPO_ROOT
 
-#: What the Celery floor imports before its first job.
+#: The Celery floor's module (its clients, urllib3, msgspec, orjson), then what a Celery
+#: worker loads as it starts: its consumer, the threads pool, the tracer and kombu's
+#: Redis transport.
 FLOOR = (
-    "celery",
+    "bench.baselines.celery_floor",
     "celery.app.trace",
     "celery.bin.worker",
     "celery.concurrency.thread",
     "celery.worker.consumer",
     "kombu.transport.redis",
-    "msgspec",
-    "orjson",
-    "redis",
-    "urllib3",
 )
+#: The floor reads these at import; nothing connects to them.
+FLOOR_ENVIRONMENT = {
+    "POKEAPI_BASE_URL": "http://127.0.0.1:9",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:9/1",
+    "REDIS_URL": "redis://127.0.0.1:9/0",
+}
 CANDIDATES = {
     "pydantic-core": ("pydantic_core",),
     "pydantic-settings (with pydantic's model machinery)": ("pydantic_settings",),
@@ -38,14 +42,18 @@ CANDIDATES = {
     "the project's worker (`python -m worker`'s imports)": ("worker.app", "worker.__main__"),
 }
 _PROBE = """
-import importlib, sys
+import importlib, os, sys
 def rss():
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmRSS"):
                 return int(line.split()[1]) / 1024
+saved = dict(os.environ)
+os.environ.update({environment!r})  # for the floor's import only
 for name in {floor!r}:
     importlib.import_module(name)
+os.environ.clear()
+os.environ.update(saved)
 before, modules = rss(), len(sys.modules)
 for name in {names!r}:
     importlib.import_module(name)
@@ -55,9 +63,13 @@ print(rss() - before, len(sys.modules) - modules)
 
 def added(names: tuple[str, ...]) -> tuple[float, int]:
     """(resident MiB, modules) that importing `names` adds over the floor's imports."""
-    script = _PROBE.format(floor=FLOOR, names=names)
+    script = _PROBE.format(floor=FLOOR, environment=FLOOR_ENVIRONMENT, names=names)
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     return float(out[0]), int(out[1])
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,7 +193,7 @@ class Fleet:
             families = self._metrics()
             if families is None:
                 return None
-        return _summed(families, UPSTREAM_COUNTER, "_total")
+        return summed(families, UPSTREAM_COUNTER, "_total")
 
     def budget_rows(self, families: list[Any] | None, now: float) -> list[BudgetRow]:
         """Each upstream's budget: its state in Redis, and what the workers report."""
@@ -204,7 +204,7 @@ class Fleet:
             waiting: dict[str, float] = {}
             if families is not None:
                 meter = self.refusals[service]
-                meter.add(now, _summed(families, PAUSES_COUNTER, "_total", service=service))
+                meter.add(now, summed(families, PAUSES_COUNTER, "_total", service=service))
                 rate = meter.rate()
                 refused = None if rate is None else rate * 60
                 for family in families:
@@ -231,8 +231,9 @@ class Fleet:
         return dict(sorted(states.items(), key=lambda item: item[1] == "closed"))
 
 
-def _summed(families: list[Any], name: str, suffix: str, **labels: str) -> float:
-    """The sum of a metric's samples named `name` + `suffix` with these labels."""
+def summed(families: Iterable[Any], name: str, suffix: str, **labels: str) -> float:
+    """The sum of a metric's samples named `name` + `suffix` with these labels (families
+    as prometheus_client's text parser gives them; the bench reads its counters so too)."""
     return float(
         sum(
             sample.value

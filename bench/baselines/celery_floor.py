@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import os
 
-import msgspec
-import orjson
 import redis
 import urllib3
 from celery import Celery
 
-from bench.baselines.lean import decode_record, run_per_core
-from bench.baselines.probe_threads import THREADS
-from tasks.pokemon_record import PokemonSummary, pokemon_summary
+from bench.baselines.lean import run_per_core
+from bench.baselines.probe_threads import THREADS, fetch_and_store
+from tasks.pokemon_record import PokemonSummary
 
 BASE_URL = os.environ["POKEAPI_BASE_URL"]
 # The project's task name and queue, as literals: bench.systems loads the project's
@@ -48,19 +46,13 @@ app.conf.update(
 )
 store = redis.Redis.from_url(os.environ["REDIS_URL"], max_connections=THREADS, socket_timeout=5)
 http = urllib3.PoolManager(maxsize=THREADS, block=False)
-TIMEOUT = urllib3.Timeout(connect=3.05, read=10.0)
 
 
 # Not shared: a shared task would join every Celery app finalised later in the same
 # process (a test's), under the project's own task name.
 @app.task(name=FETCH_TASK, shared=False)  # type: ignore[untyped-decorator]
 def fetch_pokemon(name: str) -> PokemonSummary:
-    response = http.request("GET", f"{BASE_URL}/pokemon/{name}", timeout=TIMEOUT, retries=False)
-    if response.status != 200:
-        raise ValueError(f"HTTP {response.status}")
-    summary = pokemon_summary(msgspec.to_builtins(decode_record(response.data)))
-    store.set(f"pokemon:{summary['name']}", orjson.dumps(summary))
-    return summary
+    return fetch_and_store(http, store, BASE_URL, name)
 
 
 def _worker() -> None:

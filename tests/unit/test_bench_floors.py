@@ -18,11 +18,11 @@ import msgspec
 import orjson
 import pytest
 
-from apis.config import DEFAULT_CONCURRENT_CALLS
+from apis.config import DEFAULT_CONCURRENT_CALLS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 from apis.pokeapi import decode_record_fields
 from bench.baselines.lean import decode_record
-from bench.baselines.probe_threads import THREADS
-from bench.import_cost import added
+from bench.baselines.probe_threads import THREADS, TIMEOUT
+from bench.import_cost import FLOOR_ENVIRONMENT, added
 from bench.systems import (
     ALL_SYSTEMS,
     CELERY_FLOOR,
@@ -78,16 +78,10 @@ print(json.dumps({{
 def celery_floor() -> dict[str, Any]:
     """What the floor's module sets up when imported alone, its settings pointing nowhere
     (nothing connects)."""
-    environment = {
-        **os.environ,
-        "POKEAPI_BASE_URL": "http://127.0.0.1:9",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:9/1",
-        "REDIS_URL": "redis://127.0.0.1:9/0",
-    }
     completed = subprocess.run(
         [sys.executable, "-c", _INSPECT_FLOOR.format(task=FETCH_TASK)],
         cwd=REPO_ROOT,
-        env=environment,
+        env={**os.environ, **FLOOR_ENVIRONMENT},
         capture_output=True,
         text=True,
         timeout=60,
@@ -107,8 +101,12 @@ def test_the_celery_floor_is_stock_celery_with_late_acks_and_no_results(
     assert not celery_floor["events"]
 
 
-def test_the_floors_run_the_projects_default_pool_size() -> None:
+def test_the_floors_run_the_projects_default_pool_size_and_timeouts() -> None:
     assert THREADS == DEFAULT_CONCURRENT_CALLS
+    assert (TIMEOUT.connect_timeout, TIMEOUT.read_timeout) == (
+        DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_READ_TIMEOUT,
+    )
 
 
 def test_both_floors_are_offered_but_not_in_a_default_run() -> None:
